@@ -1,0 +1,128 @@
+"""Protocol timing presets, after memberlist's LAN/WAN/local configs and NetworkDB.
+
+All durations are seconds (floats). ``lan()`` is the reference; ``wan()`` and
+``local()`` override a few fields, the way memberlist derives its presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MembershipConfig:
+    """SWIM + Lifeguard failure detector settings."""
+
+    #: Time between failure-detector probes. Larger: less traffic, slower detection.
+    probe_interval: float = 1.0
+    #: Wait for a direct ack before indirect probes. Scaled by awareness (1..max).
+    probe_timeout: float = 0.5
+    #: Members asked to probe a target indirectly when the direct probe fails.
+    indirect_checks: int = 3
+    #: Suspicion timeout = suspicion_mult * max(1, log10(N)) * probe_interval (the minimum).
+    suspicion_mult: int = 4
+    #: Maximum suspicion timeout = suspicion_max_timeout_mult * minimum; it starts
+    #: at the maximum and shrinks towards the minimum as independent confirmations arrive.
+    suspicion_max_timeout_mult: int = 6
+    #: Each update is piggybacked retransmit_mult * ceil(log10(N + 1)) times.
+    retransmit_mult: int = 4
+    #: Period of dedicated gossip messages and fan-out per period.
+    gossip_interval: float = 0.2
+    gossip_nodes: int = 3
+    #: Keep gossiping to dead nodes this long so they learn they were declared dead.
+    gossip_to_dead_time: float = 30.0
+    #: Full state sync with one random member; scaled up above 32 nodes like memberlist.
+    push_pull_interval: float = 30.0
+    #: Local health (Lifeguard awareness): timeouts scale by (1 + score), score < max.
+    awareness_max_multiplier: int = 8
+    #: Dead members are forgotten after this long (a tombstone for rejoin ordering).
+    dead_node_reclaim_time: float = 0.0
+    #: Largest datagram the sender fills with piggybacked updates.
+    udp_buffer_size: int = 1400
+
+    @classmethod
+    def lan(cls) -> MembershipConfig:
+        return cls()
+
+    @classmethod
+    def wan(cls) -> MembershipConfig:
+        return dataclasses.replace(
+            cls(),
+            probe_interval=5.0,
+            probe_timeout=3.0,
+            suspicion_mult=6,
+            push_pull_interval=60.0,
+            gossip_nodes=4,
+            gossip_interval=0.5,
+            gossip_to_dead_time=60.0,
+        )
+
+    @classmethod
+    def local(cls) -> MembershipConfig:
+        return dataclasses.replace(
+            cls(),
+            indirect_checks=1,
+            retransmit_mult=2,
+            suspicion_mult=3,
+            push_pull_interval=15.0,
+            probe_timeout=0.2,
+            probe_interval=1.0,
+            gossip_interval=0.1,
+            gossip_to_dead_time=15.0,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableConfig:
+    """NetworkDB-like replicated table settings."""
+
+    #: Period of per-network table gossip and fan-out (only to nodes on that network).
+    gossip_interval: float = 0.2
+    gossip_nodes: int = 3
+    #: Each table event is retransmitted retransmit_mult * ceil(log10(N + 1)) times,
+    #: N being the number of nodes on the network.
+    retransmit_mult: int = 4
+    #: Anti-entropy: bulk sync all shared networks with one random peer this often.
+    bulk_sync_interval: float = 30.0
+    #: Tombstones (deleted entries) are kept this long so late adds cannot resurrect them.
+    reap_interval: float = 1800.0
+    #: Largest datagram the sender fills with table events.
+    udp_buffer_size: int = 1400
+
+    @classmethod
+    def lan(cls) -> TableConfig:
+        return cls()
+
+    @classmethod
+    def wan(cls) -> TableConfig:
+        return dataclasses.replace(cls(), gossip_interval=0.5, gossip_nodes=4, bulk_sync_interval=60.0)
+
+    @classmethod
+    def local(cls) -> TableConfig:
+        return dataclasses.replace(cls(), gossip_interval=0.1, retransmit_mult=2, bulk_sync_interval=15.0)
+
+
+PROFILES = ("lan", "wan", "local")
+
+
+def profile(name: str) -> tuple[MembershipConfig, TableConfig]:
+    """Return (membership, table) configs for a preset name."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
+    return getattr(MembershipConfig, name)(), getattr(TableConfig, name)()
+
+
+def retransmit_limit(mult: int, n: int) -> int:
+    """memberlist's retransmit budget: mult * ceil(log10(n + 1))."""
+    return mult * math.ceil(math.log10(n + 1))
+
+
+def push_pull_scale(interval: float, n: int) -> float:
+    """memberlist's pushPullScale: back off the sync interval above 32 nodes."""
+    threshold = 32
+    if n <= threshold:
+        return interval
+    mult = math.ceil(math.log2(n) - math.log2(threshold)) + 1.0
+    return interval * mult

@@ -1,0 +1,63 @@
+"""Outputs of the protocol core, pulled by a driver (simulator or live agent).
+
+A core object never performs I/O: it queues :class:`Send` items (messages to deliver)
+and events (facts for metrics and for the data plane), and exposes the deadline of its
+next timer. The driver delivers, records and re-arms one timer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from overlaysim.core.wire import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Deliver ``msg`` to the node at address ``dst``.
+
+    ``reliable`` asks for a stream (TCP in the agent): push-pull and bulk sync.
+    """
+
+    dst: str
+    msg: Message
+    reliable: bool = False
+
+
+class MemberEventKind(Enum):
+    JOIN = "join"  # first seen alive (or seen alive again after dead/left)
+    SUSPECT = "suspect"
+    ALIVE = "alive"  # suspicion refuted / recovered
+    DEAD = "dead"
+    LEAVE = "leave"  # graceful leave
+    UPDATE = "update"  # alive with a new address or epoch (restart)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEvent:
+    """The local view of ``node`` changed."""
+
+    kind: MemberEventKind
+    node: str
+    incarnation: int
+    addr: str = ""
+    epoch: int = 0
+
+
+class EntryEventKind(Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class EntryEvent:
+    """The local copy of a table entry changed (what the data plane programs)."""
+
+    kind: EntryEventKind
+    network: str
+    table: str
+    key: str
+    owner: str
+    value: dict[str, str]

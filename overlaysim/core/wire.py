@@ -1,0 +1,347 @@
+"""Versioned wire format for the control plane (UDP and TCP on 7946).
+
+Every packet is a msgpack array ``[VERSION, type, field1, field2, ...]``. Fields are
+encoded positionally in dataclass order; nested records (updates, entries) are arrays
+too. Decoding is strict: wrong version, unknown type, wrong field count or type,
+oversized input, or trailing bytes all raise :class:`WireError`, the one exception a
+driver has to catch, count and drop. A peer can never crash an agent with a packet.
+
+Message types are append-only: never renumber or reuse a value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, ClassVar
+
+import msgpack
+
+VERSION = 1
+
+#: Largest datagram we send or accept over UDP (fits a 1500-byte underlay MTU
+#: minus IP/UDP headers, like memberlist's UDPBufferSize).
+MAX_DATAGRAM = 1400
+#: Largest stream message (push-pull / bulk sync over TCP).
+MAX_STREAM = 32 * 1024 * 1024
+
+
+class WireError(ValueError):
+    """A peer sent something we cannot decode. Count it and drop the packet."""
+
+
+class MsgType(IntEnum):
+    """Append-only registry of message types."""
+
+    PING = 1
+    INDIRECT_PING = 2
+    ACK = 3
+    NACK = 4
+    GOSSIP = 5
+    PUSH_PULL = 6
+    TABLE_GOSSIP = 7
+    BULK_SYNC = 8
+    NETWORK_GOSSIP = 9
+
+
+class UpdateKind(IntEnum):
+    """Membership update kinds carried by piggybacked gossip."""
+
+    ALIVE = 1
+    SUSPECT = 2
+    DEAD = 3  # a DEAD about oneself (src == node) is a graceful leave
+
+
+class MemberStateCode(IntEnum):
+    ALIVE = 1
+    SUSPECT = 2
+    DEAD = 3
+    LEFT = 4
+
+
+# --- nested records ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberUpdate:
+    """One membership fact: node is alive/suspect/dead at incarnation.
+
+    ``src`` is who claims it (for suspect/dead); ``epoch`` identifies the node's
+    boot, so a restarted node's stale state can be replaced rather than merged.
+    """
+
+    kind: int
+    node: str
+    incarnation: int
+    addr: str = ""
+    src: str = ""
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberState:
+    """A full member record, exchanged in push-pull sync."""
+
+    node: str
+    addr: str
+    incarnation: int
+    state: int
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    """One replicated table entry (NetworkDB-like).
+
+    Ordering between two versions of the same (network, table, key) is
+    ``(owner_epoch, ltime, owner)``: higher wins. ``deleted`` marks a tombstone.
+    ``value`` is a small str->str map (for endpoints: name, ip, mac, vtep).
+    """
+
+    network: str
+    table: str
+    key: str
+    owner: str
+    owner_epoch: int
+    ltime: int
+    deleted: bool
+    value: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkAttachment:
+    """Node ``node`` is (or, with ``leaving``, no longer is) attached to ``network``."""
+
+    node: str
+    network: str
+    ltime: int
+    leaving: bool
+    epoch: int = 0
+
+
+# --- messages ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    TYPE: ClassVar[MsgType]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping(Message):
+    TYPE: ClassVar[MsgType] = MsgType.PING
+    seq: int
+    target: str  # node name the sender believes lives at the destination
+    source: str
+    source_addr: str
+    updates: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IndirectPing(Message):
+    TYPE: ClassVar[MsgType] = MsgType.INDIRECT_PING
+    seq: int
+    target: str
+    target_addr: str
+    source: str
+    source_addr: str
+    want_nack: bool = True
+    updates: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack(Message):
+    TYPE: ClassVar[MsgType] = MsgType.ACK
+    seq: int
+    source: str
+    updates: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Nack(Message):
+    TYPE: ClassVar[MsgType] = MsgType.NACK
+    seq: int
+    source: str
+    updates: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gossip(Message):
+    TYPE: ClassVar[MsgType] = MsgType.GOSSIP
+    source: str
+    updates: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushPull(Message):
+    """Full membership state exchange (stream). ``reply`` marks the answer."""
+
+    TYPE: ClassVar[MsgType] = MsgType.PUSH_PULL
+    source: str
+    source_addr: str
+    join: bool
+    reply: bool
+    members: tuple[MemberState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableGossip(Message):
+    """Epidemic table updates for one network, sent only to that network's nodes."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TABLE_GOSSIP
+    source: str
+    network: str
+    entries: tuple[Entry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkSync(Message):
+    """Anti-entropy: all entries of the listed networks plus all attachments (stream)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.BULK_SYNC
+    source: str
+    reply: bool
+    networks: tuple[str, ...] = ()
+    attachments: tuple[NetworkAttachment, ...] = ()
+    entries: tuple[Entry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkGossip(Message):
+    """Cluster-wide gossip of node/network attachments."""
+
+    TYPE: ClassVar[MsgType] = MsgType.NETWORK_GOSSIP
+    source: str
+    attachments: tuple[NetworkAttachment, ...] = ()
+
+
+MESSAGES: dict[int, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Ping, IndirectPing, Ack, Nack, Gossip, PushPull, TableGossip, BulkSync, NetworkGossip)
+}
+
+# --- codec ------------------------------------------------------------------------
+
+_RECORDS = (MemberUpdate, MemberState, Entry, NetworkAttachment)
+
+# Per class: list of (field name, kind, record class or None)
+_Schema = list[tuple[str, str, type | None]]
+_SCHEMAS: dict[type, _Schema] = {}
+
+
+def _schema(cls: type) -> _Schema:
+    sch = _SCHEMAS.get(cls)
+    if sch is not None:
+        return sch
+    hints = typing.get_type_hints(cls)
+    sch = []
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        origin = typing.get_origin(t)
+        if t is int:
+            sch.append((f.name, "int", None))
+        elif t is str:
+            sch.append((f.name, "str", None))
+        elif t is bool:
+            sch.append((f.name, "bool", None))
+        elif origin is dict:
+            sch.append((f.name, "strmap", None))
+        elif origin is tuple:
+            (inner, _ellipsis) = typing.get_args(t)
+            if inner is str:
+                sch.append((f.name, "strs", None))
+            elif inner in _RECORDS:
+                sch.append((f.name, "records", inner))
+            else:  # pragma: no cover - schema bug
+                raise TypeError(f"unsupported tuple type {t} in {cls.__name__}")
+        else:  # pragma: no cover - schema bug
+            raise TypeError(f"unsupported field type {t} in {cls.__name__}")
+    _SCHEMAS[cls] = sch
+    return sch
+
+
+def _to_list(obj: Any) -> list:
+    out = []
+    for name, kind, rec in _schema(type(obj)):
+        v = getattr(obj, name)
+        if kind == "records":
+            out.append([_to_list(r) for r in v])
+        elif kind == "strs":
+            out.append(list(v))
+        else:
+            out.append(v)
+    return out
+
+
+def _from_list(cls: type, items: Any, where: str) -> Any:
+    sch = _schema(cls)
+    if not isinstance(items, list) or len(items) != len(sch):
+        raise WireError(f"{where}: expected {len(sch)} fields for {cls.__name__}")
+    kwargs = {}
+    for (name, kind, rec), v in zip(sch, items, strict=True):
+        if kind == "int":
+            if type(v) is not int:
+                raise WireError(f"{where}.{name}: expected int, got {type(v).__name__}")
+        elif kind == "str":
+            if type(v) is not str:
+                raise WireError(f"{where}.{name}: expected str, got {type(v).__name__}")
+        elif kind == "bool":
+            if type(v) is not bool:
+                raise WireError(f"{where}.{name}: expected bool, got {type(v).__name__}")
+        elif kind == "strmap":
+            if not isinstance(v, dict) or not all(
+                type(k) is str and type(x) is str for k, x in v.items()
+            ):
+                raise WireError(f"{where}.{name}: expected map of str to str")
+        elif kind == "strs":
+            if not isinstance(v, list) or not all(type(x) is str for x in v):
+                raise WireError(f"{where}.{name}: expected list of str")
+            v = tuple(v)
+        else:
+            if not isinstance(v, list):
+                raise WireError(f"{where}.{name}: expected list of {rec.__name__}")
+            v = tuple(_from_list(rec, r, f"{where}.{name}") for r in v)
+        kwargs[name] = v
+    return cls(**kwargs)
+
+
+def encode(msg: Message) -> bytes:
+    """Encode a message to bytes."""
+    return msgpack.packb([VERSION, int(msg.TYPE), *_to_list(msg)], use_bin_type=True)
+
+
+def decode(data: bytes, max_size: int = MAX_DATAGRAM) -> Message:
+    """Decode bytes into a message, or raise :class:`WireError`.
+
+    ``max_size`` bounds the input (use :data:`MAX_STREAM` for stream messages).
+    """
+    if len(data) > max_size:
+        raise WireError(f"message of {len(data)} bytes exceeds limit of {max_size}")
+    if not data:
+        raise WireError("empty message")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=max_size,
+            max_bin_len=max_size,
+            max_array_len=max_size,
+            max_map_len=max_size,
+            max_ext_len=0,
+        )
+    except WireError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise WireError(f"undecodable msgpack: {exc.__class__.__name__}: {exc}") from None
+    if not isinstance(obj, list) or len(obj) < 2:
+        raise WireError("expected [version, type, ...] array")
+    version, mtype = obj[0], obj[1]
+    if version != VERSION or type(version) is not int:
+        raise WireError(f"unsupported wire version {version!r} (expected {VERSION})")
+    cls = MESSAGES.get(mtype) if type(mtype) is int else None
+    if cls is None:
+        raise WireError(f"unknown message type {mtype!r}")
+    return _from_list(cls, obj[2:], cls.__name__)
