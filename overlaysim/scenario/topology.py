@@ -6,7 +6,9 @@ turn it into a NetworkX graph or a Mininet network. Nothing here does I/O.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 
@@ -56,3 +58,31 @@ class Topology:
                 loss_pct=link.spec.loss_pct,
             )
         return g
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data in the topology-file format (see ``docs/scenarios.md``).
+
+        Hosts named exactly ``h1..hN`` are written as the count ``N``. Link properties equal
+        to the most common ones are left to ``defaults``, so large topologies stay small.
+        """
+        specs = Counter(link.spec for link in self.links)
+        common = specs.most_common(1)[0][0] if specs else LinkSpec()
+        links: list[dict[str, Any]] = []
+        for link in self.links:
+            item: dict[str, Any] = {"a": link.a, "b": link.b}
+            for key in _LINK_FIELDS:
+                value = getattr(link.spec, key)
+                if value != getattr(common, key):
+                    item[key] = value
+            links.append(item)
+        numbered = self.hosts == tuple(f"h{i}" for i in range(1, len(self.hosts) + 1))
+        return {
+            "name": self.name,
+            "hosts": len(self.hosts) if numbered else list(self.hosts),
+            "switches": list(self.switches),
+            "defaults": {key: getattr(common, key) for key in _LINK_FIELDS},
+            "links": links,
+        }
+
+
+_LINK_FIELDS = ("latency_ms", "bandwidth_mbps", "loss_pct")

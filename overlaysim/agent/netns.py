@@ -1,0 +1,247 @@
+"""Small kernel helpers for the data plane: named namespaces, netlink handles, sysctls.
+
+Everything here goes through pyroute2 or plain syscalls; no shell strings. Namespace
+specs are either a name under ``/var/run/netns`` or a path such as
+``/proc/PID/ns/net``; ``None`` means the calling process's own namespace.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
+
+NETNS_DIR = Path("/var/run/netns")
+#: Linux interface names hold at most 15 characters (IFNAMSIZ - 1).
+IFNAME_MAX = 15
+
+#: Names we may take as they are; everything else is hashed.
+_SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,31}$")
+_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,5}$")
+
+
+class KernelError(RuntimeError):
+    """A kernel operation failed for a reason other than "already gone"."""
+
+
+def check_prefix(prefix: str) -> str:
+    """Validate a project prefix: short lowercase, so derived names fit IFNAMSIZ."""
+    if not _PREFIX.match(prefix):
+        raise ValueError(f"prefix {prefix!r} must match {_PREFIX.pattern}")
+    return prefix
+
+
+def short_hash(text: str, n: int = 10) -> str:
+    """Stable hex digest prefix of ``text`` (names, not security)."""
+    return hashlib.sha1(text.encode()).hexdigest()[:n]
+
+
+def name_part(raw: str) -> str:
+    """A namespace-name component for ``raw``.
+
+    Kept verbatim when short and made of ``[A-Za-z0-9_.]``; otherwise (dashes,
+    odd characters, too long, or all digits, which would collide with a VNI)
+    replaced by ``x`` plus a hash. Dashes are excluded so that
+    ``<prefix>-<host>-<thing>`` splits unambiguously.
+    """
+    if _SAFE_PART.match(raw) and not raw.isdigit():
+        return raw
+    return "x" + short_hash(raw)
+
+
+def netns_exists(name: str) -> bool:
+    """Whether a named namespace exists."""
+    return (NETNS_DIR / name).exists()
+
+
+def list_netns() -> list[str]:
+    """Names of all named network namespaces."""
+    return sorted(pr_netns.listnetns())
+
+
+def create_netns(name: str) -> None:
+    """Create the named namespace; fail if the name is taken (never adopt)."""
+    if netns_exists(name):
+        raise KernelError(f"network namespace {name!r} already exists (leftover? run clean)")
+    pr_netns.create(name)
+
+
+def open_ipr(ns: str | None) -> IPRoute:
+    """An rtnetlink handle in namespace ``ns`` (never creates the namespace)."""
+    if ns is None:
+        return IPRoute()
+    return IPRoute(netns=ns, flags=0)
+
+
+def close_ipr(ipr: IPRoute) -> None:
+    """Close a handle, quietly: pyroute2 warns when closed from another thread."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ipr.close()
+        except Exception as exc:  # a broken handle must not stop teardown
+            log.debug("closing netlink handle: %s", exc)
+
+
+def is_gone(exc: BaseException) -> bool:
+    """True when ``exc`` means the object no longer exists."""
+    if isinstance(exc, NetlinkError):
+        return exc.code in (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOENT, errno.ENODEV, errno.EINVAL)
+    return False
+
+
+def link_index(ipr: IPRoute, ifname: str) -> int | None:
+    """Index of ``ifname`` in the handle's namespace, or None."""
+    found = ipr.link_lookup(ifname=ifname)
+    return found[0] if found else None
+
+
+def delete_link(ipr: IPRoute, ifname: str) -> bool:
+    """Delete ``ifname`` if present. Returns whether something was deleted."""
+    index = link_index(ipr, ifname)
+    if index is None:
+        return False
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if is_gone(exc):
+            return False
+        raise
+    return True
+
+
+def flush_links(ns: str) -> None:
+    """Delete every interface except ``lo`` in ``ns``.
+
+    Removing a namespace destroys its devices asynchronously (a kernel work queue);
+    deleting them first makes teardown synchronous, so a VXLAN device with the same
+    VNI and port can be created again right away.
+    """
+    ipr = open_ipr(ns)
+    try:
+        # vxlan and veth first, bridges last: ports detach cleanly
+        links = sorted(
+            ((msg.get("ifname"), _link_kind(msg)) for msg in ipr.link("dump")),
+            key=lambda item: item[1] == "bridge",
+        )
+        for ifname, _kind in links:
+            if ifname and ifname != "lo":
+                delete_link(ipr, ifname)
+    finally:
+        close_ipr(ipr)
+
+
+def _link_kind(msg: Any) -> str:
+    info = msg.get("IFLA_LINKINFO")
+    return (info.get("IFLA_INFO_KIND") if info else None) or ""
+
+
+def remove_netns(name: str) -> bool:
+    """Remove a named namespace (its interfaces first). False if it was gone."""
+    if not netns_exists(name):
+        return False
+    try:
+        flush_links(name)
+    except Exception as exc:  # best effort: the namespace removal below still frees it
+        log.warning("flushing links in %s: %s", name, exc)
+    try:
+        pr_netns.remove(name)
+    except OSError as exc:
+        if is_gone(exc):
+            return False
+        raise
+    return True
+
+
+def ns_inode(ns: str | None) -> int | None:
+    """Inode of a namespace spec, to recognise it later (None if unavailable)."""
+    path = ns_path(ns)
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def ns_path(ns: str | None) -> str:
+    """Filesystem path of a namespace spec."""
+    if ns is None:
+        return f"/proc/{os.getpid()}/ns/net"
+    if "/" in ns:
+        return ns
+    return str(NETNS_DIR / ns)
+
+
+def run_in_netns(ns: str | None, func: Callable[..., Any], *args: Any) -> Any:
+    """Run ``func(*args)`` in a forked child that has entered namespace ``ns``.
+
+    For the few things netlink cannot do (sysctls, ethtool ioctls). The caller's
+    threads never change namespace. The result (or exception) comes back pickled.
+    """
+    path = ns_path(ns)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: enter, run, report, exit without running parent cleanups
+        os.close(read_fd)
+        code = 0
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            pr_netns.setns(fd, flags=0)
+            os.close(fd)
+            payload = pickle.dumps((True, func(*args)))
+        except BaseException as exc:  # report everything to the parent
+            code = 1
+            payload = pickle.dumps((False, KernelError(f"in netns {ns}: {exc!r}")))
+        with os.fdopen(write_fd, "wb") as out:
+            out.write(payload)
+        os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as inp:
+        data = inp.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise KernelError(f"helper in netns {ns} died without a result")
+    ok, value = pickle.loads(data)
+    if not ok:
+        raise value
+    return value
+
+
+# --- sysctls (run inside run_in_netns) ---------------------------------------------
+
+NEIGH_DEFAULT = "/proc/sys/net/ipv4/neigh/default"
+
+
+def raise_sysctls(targets: dict[str, int]) -> dict[str, tuple[int, int]] | None:
+    """Raise each sysctl file to at least its target; never lower one.
+
+    Returns ``{path: (before, after)}``, or None when the first file is absent
+    (some sysctls exist only in the initial namespace).
+    """
+    first = next(iter(targets))
+    if not os.path.exists(first):
+        return None
+    changes: dict[str, tuple[int, int]] = {}
+    for path, target in targets.items():
+        with open(path) as f:
+            before = int(f.read().split()[0])
+        after = max(before, target)
+        if after != before:
+            with open(path, "w") as f:
+                f.write(str(after))
+        changes[path] = (before, after)
+    return changes

@@ -1,0 +1,795 @@
+"""NetworkDB-like replicated tables: per-network entries, Lamport clocks, tombstones.
+
+Sans-I/O: inputs are :meth:`Tables.receive`, :meth:`Tables.handle_timer`, membership
+facts and the local API; outputs are pulled with :meth:`Tables.take_sends`,
+:meth:`Tables.take_events` and :meth:`Tables.next_timer`.
+
+The rules, all applied in :meth:`Tables._merge` and :meth:`Tables._store`:
+
+* An entry is identified by ``(network, table, key)``. Two versions compare by
+  ``(owner_epoch, ltime, owner)``: the higher wins, an equal one is a duplicate.
+* A stored record is *live*, a *tombstone* (the owner deleted it: a real version that
+  is gossiped and bulk-synced), or *hidden* (a local tombstone: we concluded that its
+  owner went down, left the network or restarted; never sent, because it is our
+  conclusion and not the owner's word). Tombstones and hidden records are forgotten
+  ``reap_interval`` after they stopped being live.
+* Accepting a peer's version of someone else's entry:
+
+  =====================  ==========================================================
+  stored record          the incoming version is accepted when
+  =====================  ==========================================================
+  none                   always
+  live or tombstone      its version is strictly higher
+  hidden, same owner     its version is higher or equal (equal: the owner is back)
+  hidden, other owner    always (the hidden record exists only here)
+  =====================  ==========================================================
+
+  Before that, a *live* incoming version is dropped when its owner is known down at
+  that epoch, has restarted since (older epoch) or has left the network.
+* Our own entries: we are the authority. A peer's copy is never stored; if a peer
+  holds a live copy newer than what we have (a previous boot's entry, or one whose
+  tombstone was reaped), we answer with a fresh version that beats it.
+* Every change of the local live view emits exactly one :class:`EntryEvent`:
+  absent -> live CREATE, live -> live with another owner or value UPDATE,
+  live -> absent DELETE (carrying the value that was live).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from overlaysim.core.config import TableConfig
+from overlaysim.core.events import EntryEvent, EntryEventKind, Send
+from overlaysim.core.queue import TransmitLimitedQueue, record_size
+from overlaysim.core.wire import (
+    BulkSync,
+    Entry,
+    Message,
+    NetworkAttachment,
+    NetworkGossip,
+    TableGossip,
+    encode,
+)
+
+__all__ = [
+    "EntryExistsError",
+    "EntryTooLargeError",
+    "NoSuchEntryError",
+    "NotAttachedError",
+    "NotOwnerError",
+    "Tables",
+    "TablesError",
+    "entry_version",
+]
+
+_MAX_INT = 2**63 - 1  # keeps Lamport times encodable whatever a peer sends
+_Key = tuple[str, str]  # (table, key) inside one network
+
+
+class TablesError(ValueError):
+    """Local misuse of the tables API: a bug in the caller, never a peer's fault."""
+
+
+class NotAttachedError(TablesError):
+    """The operation needs this node to be attached to the network."""
+
+
+class EntryExistsError(TablesError):
+    """``create_entry`` on a key that is live, or tombstoned by a newer boot."""
+
+
+class NoSuchEntryError(TablesError):
+    """``update_entry``/``delete_entry`` on a key that is not live."""
+
+
+class NotOwnerError(TablesError):
+    """Only an entry's owner may update or delete it."""
+
+
+class EntryTooLargeError(TablesError):
+    """The entry would not fit in one gossip datagram."""
+
+
+def entry_version(e: Entry) -> tuple[int, int, str]:
+    """The order between versions of one entry: higher wins."""
+    return (e.owner_epoch, e.ltime, e.owner)
+
+
+@dataclass(slots=True)
+class _Record:
+    entry: Entry
+    hidden: bool = False
+    reap_at: float | None = None  # set while not live
+
+    @property
+    def live(self) -> bool:
+        return not self.hidden and not self.entry.deleted
+
+
+@dataclass(slots=True)
+class _Network:
+    """What this node stores about one network."""
+
+    records: dict[_Key, _Record] = field(default_factory=dict)
+    by_owner: dict[str, dict[_Key, None]] = field(default_factory=dict)
+    queue: TransmitLimitedQueue | None = None  # while attached, or draining after a leave
+
+
+class _NodeSet:
+    """Set of node names with O(1) add/remove and O(k) random sampling."""
+
+    __slots__ = ("_items", "_pos")
+
+    def __init__(self) -> None:
+        self._items: list[str] = []
+        self._pos: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._pos
+
+    def add(self, node: str) -> bool:
+        if node in self._pos:
+            return False
+        self._pos[node] = len(self._items)
+        self._items.append(node)
+        return True
+
+    def discard(self, node: str) -> None:
+        i = self._pos.pop(node, None)
+        if i is None:
+            return
+        last = self._items.pop()
+        if last != node:  # swap the last one into the hole
+            self._items[i] = last
+            self._pos[last] = i
+
+    def sample(self, rng: random.Random, k: int) -> list[str]:
+        return rng.sample(self._items, min(k, len(self._items)))
+
+    def choice(self, rng: random.Random) -> str:
+        return self._items[rng.randrange(len(self._items))]
+
+    def as_set(self) -> set[str]:
+        return set(self._items)
+
+
+def _int_ok(v: object) -> bool:
+    return type(v) is int and 0 <= v <= _MAX_INT
+
+
+def _strmap_ok(v: object) -> bool:
+    return isinstance(v, dict) and all(type(a) is str and type(b) is str for a, b in v.items())
+
+
+def _entry_ok(e: object) -> bool:
+    return (
+        isinstance(e, Entry)
+        and type(e.network) is str
+        and type(e.table) is str
+        and type(e.key) is str
+        and type(e.owner) is str
+        and e.owner != ""
+        and _int_ok(e.owner_epoch)
+        and _int_ok(e.ltime)
+        and type(e.deleted) is bool
+        and _strmap_ok(e.value)
+    )
+
+
+def _attachment_ok(a: object) -> bool:
+    return (
+        isinstance(a, NetworkAttachment)
+        and type(a.node) is str
+        and a.node != ""
+        and type(a.network) is str
+        and _int_ok(a.ltime)
+        and _int_ok(a.epoch)
+        and type(a.leaving) is bool
+    )
+
+
+def _seq(v: object) -> Iterable:
+    """A peer's collection field, or nothing if it is not one."""
+    return v if isinstance(v, tuple | list) else ()
+
+
+def _check_names(*names: object) -> None:
+    for n in names:
+        if type(n) is not str:
+            raise TablesError(f"network, table and key must be str, got {n!r}")
+
+
+class Tables:
+    """One node's replicated tables (see the module docstring for the rules)."""
+
+    def __init__(
+        self, *, name: str, addr: str, config: TableConfig, rng: random.Random, epoch: int = 0
+    ) -> None:
+        self.name = name
+        self.addr = addr
+        self.config = config
+        self.rng = rng
+        self.epoch = epoch
+        #: Peer records or messages ignored because they were malformed.
+        self.dropped = 0
+        self._clock = 0  # Lamport clock for table events
+        self._net_clock = 0  # Lamport clock for attachment events
+        self._nets: dict[str, _Network] = {}
+        self._attached: dict[str, None] = {}  # networks we are on (ordered set)
+        self._draining: set[str] = set()  # left, still gossiping our tombstones
+        self._pending: dict[str, None] = {}  # joined, join sync not yet sent
+        # Attachments, cluster-wide: network -> node -> latest record.
+        self._attach: dict[str, dict[str, NetworkAttachment]] = {}
+        self._node_nets: dict[str, dict[str, None]] = {}
+        self._peers: dict[str, _NodeSet] = {}  # attached, alive, not us
+        # Membership facts.
+        self._addr: dict[str, str] = {}  # alive members
+        self._alive = _NodeSet()
+        self._epochs: dict[str, int] = {}
+        self._down: dict[str, int] = {}  # node -> highest epoch of it we saw die
+        # Gossip.
+        self._dirty: dict[str, None] = {}  # networks with queued table events
+        self._net_queue = TransmitLimitedQueue(config.retransmit_mult)
+        self._overheads: dict[str, int] = {}
+        # +2: the attachments array header grows from 1 to 3 bytes past 15 items.
+        self._net_overhead = len(encode(NetworkGossip(source=name))) + 2
+        # Timers.
+        self._next_gossip: float | None = None
+        self._next_bulk: float | None = None
+        self._reap: list[tuple[float, int, str, _Key]] = []
+        self._reap_seq = itertools.count()
+        # Outputs.
+        self._sends: list[Send] = []
+        self._events: list[EntryEvent] = []
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Arm the gossip and bulk-sync timers (random phases desynchronise nodes)."""
+        cfg = self.config
+        self._next_gossip = now + cfg.gossip_interval * self.rng.random()
+        self._next_bulk = now + cfg.bulk_sync_interval * self.rng.random()
+
+    # -- membership facts ------------------------------------------------------------
+
+    def member_alive(self, node: str, addr: str, epoch: int, now: float) -> None:
+        """``node`` is alive at ``addr``; a higher ``epoch`` replaces its older state."""
+        if node == self.name or type(node) is not str:
+            return
+        known = self._epochs.get(node)
+        if known is not None and epoch < known:
+            return  # stale news about a previous boot
+        self._epochs[node] = epoch
+        self._down.pop(node, None)
+        first = not self._alive
+        self._addr[node] = addr
+        self._alive.add(node)
+        if known is None or epoch > known:
+            self._replace_older_boot(node, epoch, now)
+        for network in list(self._node_nets.get(node, ())):
+            self._refresh_peer(network, node)
+        if first and self._pending:
+            for network in list(self._pending):
+                self._discover(network)
+
+    def member_down(self, node: str, now: float) -> None:
+        """``node`` is dead or left: hide all its entries, drop it from peer sets."""
+        if node == self.name or type(node) is not str:
+            return
+        dead_epoch = self._epochs.get(node, 0)
+        for network, st in self._nets.items():
+            keys = st.by_owner.get(node)
+            for k in list(keys or ()):
+                rec = st.records[k]
+                dead_epoch = max(dead_epoch, rec.entry.owner_epoch)
+                if rec.live:
+                    self._store(network, st, k, rec.entry, now, hidden=True)
+        self._down[node] = dead_epoch
+        self._addr.pop(node, None)
+        self._alive.discard(node)
+        for network in list(self._node_nets.get(node, ())):
+            self._refresh_peer(network, node)
+
+    # -- local API -------------------------------------------------------------------
+
+    def join_network(self, network: str, now: float) -> None:
+        """Attach: announce it cluster-wide, then bulk sync with a peer on the network."""
+        _check_names(network)
+        if network in self._attached:
+            return
+        self._attached[network] = None
+        self._draining.discard(network)
+        st = self._nets.setdefault(network, _Network())
+        if st.queue is None:
+            st.queue = TransmitLimitedQueue(self.config.retransmit_mult)
+        self._announce(network, False, now)
+        self._roll_bulk(now)
+        peers = self._peers.get(network)
+        if peers:
+            self._send_bulk(peers.choice(self.rng), [network])
+        else:
+            self._pending[network] = None
+            self._discover(network)
+
+    def leave_network(self, network: str, now: float) -> None:
+        """Detach: tombstone our entries, forget the others', announce the leave."""
+        st = self._attached_state(network)
+        del self._attached[network]
+        self._pending.pop(network, None)
+        for k, rec in list(st.records.items()):
+            if rec.entry.owner != self.name:
+                self._forget(network, st, k)
+            elif rec.live:
+                self._commit(network, st, k, {}, now, deleted=True)
+        self._announce(network, True, now)
+        if st.queue is not None and len(st.queue) and self._peers.get(network):
+            self._draining.add(network)  # keep gossiping the tombstones until sent
+        else:
+            st.queue = None
+
+    def create_entry(
+        self, network: str, table: str, key: str, value: dict[str, str], now: float
+    ) -> None:
+        """Create an entry we own; the key must not be live on this node."""
+        st = self._attached_state(network)
+        _check_names(table, key)
+        cur = st.records.get((table, key))
+        if cur is not None:
+            if cur.live:
+                raise EntryExistsError(f"{network}/{table}/{key} exists (owner {cur.entry.owner})")
+            if not cur.hidden and cur.entry.owner_epoch > self.epoch:
+                raise EntryExistsError(
+                    f"{network}/{table}/{key} was deleted by a boot with epoch "
+                    f"{cur.entry.owner_epoch} > {self.epoch}; it can be reused once reaped"
+                )
+        self._commit(network, st, (table, key), value, now)
+
+    def update_entry(
+        self, network: str, table: str, key: str, value: dict[str, str], now: float
+    ) -> None:
+        """Replace the value of a live entry we own."""
+        st = self._attached_state(network)
+        self._owned(network, st, table, key)
+        self._commit(network, st, (table, key), value, now)
+
+    def delete_entry(self, network: str, table: str, key: str, now: float) -> None:
+        """Delete a live entry we own (it becomes a tombstone)."""
+        st = self._attached_state(network)
+        self._owned(network, st, table, key)
+        self._commit(network, st, (table, key), {}, now, deleted=True)
+
+    # -- wire ------------------------------------------------------------------------
+
+    def receive(self, src: str, msg: Message, now: float) -> None:
+        """Handle a table message from address ``src``; anything else is ignored."""
+        if isinstance(msg, TableGossip):
+            self._on_table_gossip(msg, now)
+        elif isinstance(msg, NetworkGossip):
+            for a in _seq(msg.attachments):
+                if not _attachment_ok(a):
+                    self.dropped += 1
+                elif self._merge_attachment(a, now):
+                    self._queue_attachment(a, now)  # spread news epidemically
+        elif isinstance(msg, BulkSync):
+            self._on_bulk_sync(src, msg, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Run whatever is due: gossip round, bulk sync round, tombstone reaping."""
+        cfg = self.config
+        if self._next_gossip is not None and now >= self._next_gossip:
+            self._gossip_round()
+            self._next_gossip = _after(self._next_gossip, cfg.gossip_interval, now)
+        if self._next_bulk is not None and now >= self._next_bulk:
+            self._bulk_round()
+            self._next_bulk = _after(self._next_bulk, cfg.bulk_sync_interval, now)
+        reap = self._reap
+        while reap and reap[0][0] <= now:
+            reap_at, _, network, k = heapq.heappop(reap)
+            st = self._nets.get(network)
+            rec = st.records.get(k) if st is not None else None
+            if rec is not None and rec.reap_at == reap_at and not rec.live:
+                self._forget(network, st, k)
+                if not st.records and st.queue is None and network not in self._attached:
+                    del self._nets[network]
+
+    def next_timer(self) -> float | None:
+        """Earliest deadline, or None. Idle timers (nothing to gossip) are left out."""
+        out = self._reap[0][0] if self._reap else None
+        if self._next_gossip is not None and (self._dirty or len(self._net_queue)):
+            out = self._next_gossip if out is None else min(out, self._next_gossip)
+        if self._next_bulk is not None and self._attached:
+            out = self._next_bulk if out is None else min(out, self._next_bulk)
+        return out
+
+    def take_sends(self) -> list[Send]:
+        """Messages to deliver since the last call."""
+        out, self._sends = self._sends, []
+        return out
+
+    def take_events(self) -> list[EntryEvent]:
+        """Changes of the local live view since the last call."""
+        out, self._events = self._events, []
+        return out
+
+    # -- queries ---------------------------------------------------------------------
+
+    def entries(self, network: str, table: str | None = None) -> dict[_Key, Entry]:
+        """Live entries of ``network`` (optionally one table), keyed ``(table, key)``."""
+        st = self._nets.get(network)
+        if st is None:
+            return {}
+        return {
+            k: r.entry for k, r in st.records.items() if r.live and (table is None or k[0] == table)
+        }
+
+    def tombstones(self, network: str, table: str | None = None) -> dict[_Key, Entry]:
+        """Deleted entries not yet reaped (hidden ones shown with ``deleted=True``)."""
+        st = self._nets.get(network)
+        if st is None:
+            return {}
+        return {
+            k: r.entry if r.entry.deleted else replace(r.entry, deleted=True)
+            for k, r in st.records.items()
+            if not r.live and (table is None or k[0] == table)
+        }
+
+    def peers(self, network: str) -> set[str]:
+        """Other alive nodes attached to ``network``."""
+        ps = self._peers.get(network)
+        return ps.as_set() if ps is not None else set()
+
+    def networks(self) -> set[str]:
+        """Networks this node is attached to."""
+        return set(self._attached)
+
+    def attachments(self, network: str) -> dict[str, NetworkAttachment]:
+        """Latest known attachment record per node for ``network`` (including ours)."""
+        return dict(self._attach.get(network, {}))
+
+    # -- state transitions -----------------------------------------------------------
+
+    def _store(
+        self, network: str, st: _Network, k: _Key, entry: Entry, now: float, hidden: bool = False
+    ) -> None:
+        """Put a record in place and emit the event the live-view change implies."""
+        old = st.records.get(k)
+        rec = _Record(entry, hidden)
+        if not rec.live:
+            rec.reap_at = now + self.config.reap_interval
+            heapq.heappush(self._reap, (rec.reap_at, next(self._reap_seq), network, k))
+        if old is not None and old.entry.owner != entry.owner:
+            self._unindex(st, old.entry.owner, k)
+        st.by_owner.setdefault(entry.owner, {})[k] = None
+        st.records[k] = rec
+        before = old.entry if old is not None and old.live else None
+        self._emit(network, k, before, entry if rec.live else None)
+
+    def _forget(self, network: str, st: _Network, k: _Key) -> None:
+        rec = st.records.pop(k)
+        self._unindex(st, rec.entry.owner, k)
+        if rec.live:
+            self._emit(network, k, rec.entry, None)
+
+    @staticmethod
+    def _unindex(st: _Network, owner: str, k: _Key) -> None:
+        keys = st.by_owner.get(owner)
+        if keys is not None:
+            keys.pop(k, None)
+            if not keys:
+                del st.by_owner[owner]
+
+    def _emit(self, network: str, k: _Key, before: Entry | None, after: Entry | None) -> None:
+        if after is None:
+            if before is None:
+                return
+            kind, src = EntryEventKind.DELETE, before
+        elif before is None:
+            kind, src = EntryEventKind.CREATE, after
+        elif before.owner == after.owner and before.value == after.value:
+            return  # a new version with the same content: nothing to reprogram
+        else:
+            kind, src = EntryEventKind.UPDATE, after
+        self._events.append(EntryEvent(kind, network, k[0], k[1], src.owner, dict(src.value)))
+
+    def _merge(self, network: str, st: _Network, e: Entry, now: float) -> bool:
+        """Merge a peer's version; True if it was accepted (worth spreading)."""
+        if e.ltime > self._clock:
+            self._clock = e.ltime  # Lamport: our next event orders after what we saw
+        k = (e.table, e.key)
+        cur = st.records.get(k)
+        if e.owner == self.name:
+            self._reassert(network, st, k, cur, e, now)
+            return False
+        if e.owner_epoch < self._epochs.get(e.owner, 0):
+            return False  # from a boot that membership says was replaced
+        if not e.deleted and self._owner_gone(network, e):
+            return False
+        if cur is not None:
+            ev, cv = entry_version(e), entry_version(cur.entry)
+            if cur.hidden:
+                if cur.entry.owner == e.owner and ev < cv:
+                    return False
+            elif ev <= cv:
+                return False
+        self._store(network, st, k, e, now)
+        return True
+
+    def _owner_gone(self, network: str, e: Entry) -> bool:
+        dead = self._down.get(e.owner)
+        if dead is not None and e.owner_epoch <= dead:
+            return True
+        att = self._attach.get(network, {}).get(e.owner)
+        return att is not None and att.leaving and e.owner_epoch <= att.epoch
+
+    def _reassert(
+        self, network: str, st: _Network, k: _Key, cur: _Record | None, e: Entry, now: float
+    ) -> None:
+        """A peer sent our own entry back: answer a stale live copy with a newer version."""
+        if e.deleted or e.owner_epoch > self.epoch or network not in self._attached:
+            return
+        if cur is None:
+            self._commit(network, st, k, {}, now, deleted=True)
+        elif cur.entry.owner == self.name and entry_version(e) > entry_version(cur.entry):
+            self._commit(network, st, k, cur.entry.value, now, deleted=cur.entry.deleted)
+
+    def _commit(
+        self,
+        network: str,
+        st: _Network,
+        k: _Key,
+        value: dict[str, str],
+        now: float,
+        deleted: bool = False,
+    ) -> None:
+        """Store and gossip a new version of an entry we own."""
+        if not _strmap_ok(value):
+            raise TablesError(f"value must be a dict of str to str, got {value!r}")
+        e = Entry(
+            network=network,
+            table=k[0],
+            key=k[1],
+            owner=self.name,
+            owner_epoch=self.epoch,
+            ltime=self._clock + 1,
+            deleted=deleted,
+            value=dict(value),
+        )
+        if record_size(e) + self._overhead(network) > self.config.udp_buffer_size:
+            raise EntryTooLargeError(f"{network}/{k[0]}/{k[1]} does not fit one gossip datagram")
+        self._clock += 1
+        self._store(network, st, k, e, now)
+        self._enqueue(network, st, e, now)
+
+    def _hide_owner(self, network: str, owner: str, max_epoch: int, now: float) -> None:
+        st = self._nets.get(network)
+        if st is None:
+            return
+        for k in list(st.by_owner.get(owner, ())):
+            rec = st.records[k]
+            if rec.live and rec.entry.owner_epoch <= max_epoch:
+                self._store(network, st, k, rec.entry, now, hidden=True)
+
+    def _replace_older_boot(self, node: str, epoch: int, now: float) -> None:
+        """A newer boot of ``node``: its older entries and attachments are void."""
+        for network in list(self._nets):
+            self._hide_owner(network, node, epoch - 1, now)
+        for network in list(self._node_nets.get(node, ())):
+            att = self._attach[network].get(node)
+            if att is not None and att.epoch < epoch:
+                del self._attach[network][node]
+                del self._node_nets[node][network]
+                self._refresh_peer(network, node)
+
+    # -- attachments -----------------------------------------------------------------
+
+    def _announce(self, network: str, leaving: bool, now: float) -> None:
+        self._net_clock += 1
+        att = NetworkAttachment(
+            node=self.name,
+            network=network,
+            ltime=self._net_clock,
+            leaving=leaving,
+            epoch=self.epoch,
+        )
+        self._attach.setdefault(network, {})[self.name] = att
+        self._node_nets.setdefault(self.name, {})[network] = None
+        self._queue_attachment(att, now)
+
+    def _merge_attachment(self, a: NetworkAttachment, now: float) -> bool:
+        if a.ltime > self._net_clock:
+            self._net_clock = a.ltime
+        if a.node == self.name or a.epoch < self._epochs.get(a.node, 0):
+            return False  # we know our own state; older boots are void
+        recs = self._attach.setdefault(a.network, {})
+        cur = recs.get(a.node)
+        if cur is not None and (a.epoch, a.ltime) <= (cur.epoch, cur.ltime):
+            return False
+        recs[a.node] = a
+        self._node_nets.setdefault(a.node, {})[a.network] = None
+        self._refresh_peer(a.network, a.node)
+        if a.leaving:
+            self._hide_owner(a.network, a.node, a.epoch, now)
+        return True
+
+    def _refresh_peer(self, network: str, node: str) -> None:
+        """Recompute whether ``node`` is a gossip peer on ``network``."""
+        if node == self.name:
+            return
+        att = self._attach.get(network, {}).get(node)
+        want = att is not None and not att.leaving and node in self._addr
+        ps = self._peers.get(network)
+        if want:
+            if ps is None:
+                ps = self._peers[network] = _NodeSet()
+            if ps.add(node) and network in self._pending:
+                del self._pending[network]  # the join sync waited for a first peer
+                self._send_bulk(node, [network])
+        elif ps is not None:
+            ps.discard(node)
+
+    # -- gossip and anti-entropy -----------------------------------------------------
+
+    def _enqueue(self, network: str, st: _Network, e: Entry, now: float) -> None:
+        if st.queue is None:
+            return
+        if record_size(e) + self._overhead(network) > self.config.udp_buffer_size:
+            return  # too big for gossip: bulk sync carries it
+        st.queue.queue((e.table, e.key), e)
+        self._dirty[network] = None
+        self._roll_gossip(now)
+
+    def _queue_attachment(self, a: NetworkAttachment, now: float) -> None:
+        self._net_queue.queue((a.node, a.network), a)
+        self._roll_gossip(now)
+
+    def _overhead(self, network: str) -> int:
+        o = self._overheads.get(network)
+        if o is None:
+            # +2: the entries array header grows from 1 to 3 bytes past 15 items.
+            o = len(encode(TableGossip(source=self.name, network=network))) + 2
+            self._overheads[network] = o
+        return o
+
+    def _gossip_round(self) -> None:
+        cfg = self.config
+        for network in list(self._dirty):
+            st = self._nets.get(network)
+            q = st.queue if st is not None else None
+            peers = self._peers.get(network)
+            if q is None or not len(q) or (not peers and network in self._draining):
+                del self._dirty[network]
+                if st is not None and network in self._draining:
+                    self._draining.discard(network)
+                    st.queue = None
+                continue
+            if not peers:
+                continue  # keep the news until someone joins
+            items = q.get(len(peers) + 1, self._overhead(network), cfg.udp_buffer_size)
+            if not items:
+                continue
+            msg = TableGossip(source=self.name, network=network, entries=tuple(items))
+            for node in peers.sample(self.rng, cfg.gossip_nodes):
+                self._sends.append(Send(self._addr[node], msg))
+        if len(self._net_queue) and self._alive:
+            n = len(self._alive) + 1
+            items = self._net_queue.get(n, self._net_overhead, cfg.udp_buffer_size)
+            if items:
+                msg = NetworkGossip(source=self.name, attachments=tuple(items))
+                for node in self._alive.sample(self.rng, cfg.gossip_nodes):
+                    self._sends.append(Send(self._addr[node], msg))
+
+    def _bulk_round(self) -> None:
+        """One random peer per network; one message covers all networks shared with it."""
+        covered: set[str] = set()
+        for network in list(self._attached):
+            if network in covered:
+                continue
+            peers = self._peers.get(network)
+            if not peers:
+                if network in self._pending:
+                    self._discover(network)
+                continue
+            node = peers.choice(self.rng)
+            shared = [n for n in self._attached if node in self._peers.get(n, ())]
+            covered.update(shared)
+            self._send_bulk(node, shared)
+
+    def _discover(self, network: str) -> None:
+        """No known peer on a network we joined: ask any member for its attachments."""
+        if self._alive:
+            self._send_bulk(self._alive.choice(self.rng), [network])
+
+    def _send_bulk(self, node: str, networks: list[str], reply: bool = False) -> None:
+        self._sends.append(Send(self._addr[node], self._bulk_msg(networks, reply), reliable=True))
+
+    def _bulk_msg(self, networks: list[str], reply: bool) -> BulkSync:
+        atts = [a for recs in self._attach.values() for a in recs.values()]
+        entries = [
+            r.entry
+            for n in networks
+            if (st := self._nets.get(n)) is not None
+            for r in st.records.values()
+            if not r.hidden  # hidden records are our conclusion, not the owner's word
+        ]
+        return BulkSync(
+            source=self.name,
+            reply=reply,
+            networks=tuple(networks),
+            attachments=tuple(atts),
+            entries=tuple(entries),
+        )
+
+    def _on_table_gossip(self, msg: TableGossip, now: float) -> None:
+        network = msg.network
+        if type(network) is not str or network not in self._attached:
+            return  # not ours: never store another network's entries
+        st = self._nets[network]
+        for e in _seq(msg.entries):
+            if not _entry_ok(e) or e.network != network:
+                self.dropped += 1
+            elif self._merge(network, st, e, now):
+                self._enqueue(network, st, e, now)
+
+    def _on_bulk_sync(self, src: str, msg: BulkSync, now: float) -> None:
+        for a in _seq(msg.attachments):
+            if _attachment_ok(a):
+                self._merge_attachment(a, now)  # anti-entropy repairs, it does not re-gossip
+            else:
+                self.dropped += 1
+        shared = list(
+            dict.fromkeys(n for n in _seq(msg.networks) if type(n) is str and n in self._attached)
+        )
+        wanted = set(shared)
+        for e in _seq(msg.entries):
+            if not _entry_ok(e):
+                self.dropped += 1
+            elif e.network in wanted:
+                self._merge(e.network, self._nets[e.network], e, now)
+        if msg.reply is False:
+            dst = self._addr.get(msg.source, src) if type(msg.source) is str else src
+            self._sends.append(Send(dst, self._bulk_msg(shared, True), reliable=True))
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _attached_state(self, network: str) -> _Network:
+        _check_names(network)
+        if network not in self._attached:
+            raise NotAttachedError(f"{self.name} is not attached to network {network!r}")
+        return self._nets[network]
+
+    def _owned(self, network: str, st: _Network, table: str, key: str) -> None:
+        _check_names(table, key)
+        cur = st.records.get((table, key))
+        if cur is None or not cur.live:
+            raise NoSuchEntryError(f"{network}/{table}/{key} does not exist")
+        if cur.entry.owner != self.name:
+            raise NotOwnerError(f"{network}/{table}/{key} is owned by {cur.entry.owner}")
+
+    def _roll_gossip(self, now: float) -> None:
+        """Idle gossip timers are not reported; move a stale deadline onto its grid."""
+        t = self._next_gossip
+        if t is not None and t < now:
+            iv = self.config.gossip_interval
+            self._next_gossip = t + math.ceil((now - t) / iv) * iv
+
+    def _roll_bulk(self, now: float) -> None:
+        t = self._next_bulk
+        if t is not None and t < now:
+            iv = self.config.bulk_sync_interval
+            self._next_bulk = t + math.ceil((now - t) / iv) * iv
+
+
+def _after(deadline: float, interval: float, now: float) -> float:
+    """The next deadline on the grid, skipping rounds the driver was too late for."""
+    nxt = deadline + interval
+    if nxt <= now:
+        nxt = deadline + (math.floor((now - deadline) / interval) + 1) * interval
+    return nxt

@@ -1,0 +1,145 @@
+"""Online endpoint-convergence tracking, shared by the simulator and the emulation.
+
+A commit (an owner adds or deletes an endpoint entry) waits for every *target* — the
+hosts attached to the network and alive at commit time — to hold the entry in that
+state. The tracker is fed four kinds of facts in time order and yields one row of
+``convergence.csv`` per commit:
+
+* ``commit`` opens a pending record; the owner counts as having seen it at once.
+  A commit on a (network, key) that still has one pending closes the older one as
+  ``superseded``.
+* ``seen`` removes a node from the waiting set (idempotent; non-targets, unknown keys
+  and a different op are ignored). It is a dict lookup plus a set discard, because at
+  1,000 nodes it is called millions of times.
+* ``node_gone`` drops a crashed/left/detached node from every waiting set; a commit
+  that only waited for it converges at the time its last other target saw it.
+* ``finish`` closes what is left as ``unconverged``.
+
+Known limit: ``seen`` carries no version, so if an owner re-commits the same op on a
+key while the first is pending, the older one is superseded and later observations
+count for the newer one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    CONVERGED = "converged"
+    UNCONVERGED = "unconverged"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(slots=True)
+class _Commit:
+    t_commit: float
+    owner: str
+    network: str
+    key: str
+    op: str
+    targets: int
+    waiting: set[str] = field(default_factory=set)
+    last_seen_t: float = 0.0
+    converged_t: float | None = None
+    status: Status | None = None
+
+    def close(self, status: Status, converged_t: float | None = None) -> None:
+        self.status = status
+        self.converged_t = converged_t
+        self.waiting = set()  # free memory early
+
+    def row(self) -> dict[str, object]:
+        latency = None if self.converged_t is None else self.converged_t - self.t_commit
+        return {
+            "t_commit": self.t_commit,
+            "owner": self.owner,
+            "network": self.network,
+            "key": self.key,
+            "op": self.op,
+            "targets": self.targets,
+            "converged_t": self.converged_t,
+            "latency_s": latency,
+            "status": str(self.status),
+        }
+
+
+class ConvergenceTracker:
+    """Measures, per entry commit, the time until every target holds the entry."""
+
+    def __init__(self) -> None:
+        self._all: list[_Commit] = []  # in commit order: the row order of the output
+        # At most one pending commit per (network, key): a newer one supersedes it.
+        self._pending: dict[tuple[str, str], _Commit] = {}
+        self._finished = False
+
+    @property
+    def pending(self) -> int:
+        """Number of commits still waiting for some target."""
+        return len(self._pending)
+
+    def commit(
+        self, t: float, owner: str, network: str, key: str, op: str, targets: Iterable[str]
+    ) -> None:
+        """``owner`` committed ``op`` (add|delete) on ``key`` in ``network`` at ``t``.
+
+        ``targets`` are the hosts attached to ``network`` and alive at ``t``.
+        """
+        self._check_open()
+        old = self._pending.pop((network, key), None)
+        if old is not None:
+            old.close(Status.SUPERSEDED)
+        waiting = set(targets)
+        rec = _Commit(t, owner, network, key, op, len(waiting), waiting, last_seen_t=t)
+        self._all.append(rec)
+        waiting.discard(owner)  # the owner holds its own entry from the start
+        if waiting:
+            self._pending[(network, key)] = rec
+        else:
+            rec.close(Status.CONVERGED, t)
+
+    def seen(self, t: float, node: str, network: str, key: str, op: str) -> None:
+        """``node`` holds (or has programmed) ``key`` in state ``op`` at ``t``."""
+        rec = self._pending.get((network, key))
+        if rec is None or rec.op != op or node not in rec.waiting:
+            return
+        rec.waiting.discard(node)
+        rec.last_seen_t = t
+        if not rec.waiting:
+            del self._pending[(network, key)]
+            rec.close(Status.CONVERGED, t)
+
+    def node_gone(self, t: float, node: str) -> None:
+        """``node`` crashed, left or detached at ``t``: stop waiting for it."""
+        # A scan over pending commits: node_gone is rare next to seen, and an index
+        # node -> commits would cost on every seen call.
+        done = []
+        for k, rec in self._pending.items():
+            if node in rec.waiting:
+                rec.waiting.discard(node)
+                if not rec.waiting:
+                    done.append(k)
+        for k in done:
+            rec = self._pending.pop(k)
+            rec.close(Status.CONVERGED, rec.last_seen_t)
+
+    def finish(self, t_end: float) -> list[dict[str, object]]:
+        """Close every pending commit as unconverged and return all rows in commit order.
+
+        ``t_end`` is the time the run stopped; unconverged rows have no convergence
+        time, so it is only checked against. The tracker accepts no more input afterwards.
+        """
+        self._check_open()
+        if self._all and t_end < self._all[-1].t_commit:
+            raise ValueError(f"t_end={t_end} is before the last commit")
+        for rec in self._pending.values():
+            rec.close(Status.UNCONVERGED)
+        self._pending.clear()
+        self._finished = True
+        return [rec.row() for rec in self._all]
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise RuntimeError("ConvergenceTracker.finish() was already called")
