@@ -286,6 +286,7 @@ class DataPlane:
         sb.vx_index = self._index(inner, sb.vxlan)
         inner.link("set", index=sb.vx_index, master=bridge, state="up")
         inner.link("set", index=bridge, state="up")
+        inner.link("set", index=self._index(inner, "lo"), state="up")
 
     def _raise_gc_thresholds(self, ns: str) -> None:
         """Raise neighbour GC thresholds, once per data plane; never lower them.
@@ -601,6 +602,19 @@ class DataPlane:
             if msg.get("address") == self.underlay_ip:
                 return int(host.link("get", index=msg["index"])[0].get("mtu"))
         raise DataPlaneError(f"underlay IP {self.underlay_ip} is on no interface of the host")
+
+    @_kernel_call
+    def offloads(self, network: str) -> dict[str, dict[str, bool]]:
+        """Key offload features of the sandbox's VXLAN device, bridge and veth ports.
+
+        GSO/TSO on the VXLAN device and UDP-tunnel GSO on the underlay are what keep
+        overlay throughput near the underlay's (docs/dataplane.md).
+        """
+        sandbox = self._sandboxes.get(network)
+        if sandbox is None:
+            raise DataPlaneError(f"network {network!r} has no sandbox here")
+        ifnames = [sandbox.vxlan, BRIDGE, *sandbox.ports.values()]
+        return kns.run_in_netns(sandbox.ns, kns.read_features, ifnames)
 
     # --- teardown ---------------------------------------------------------------------
 

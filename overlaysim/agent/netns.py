@@ -245,3 +245,28 @@ def raise_sysctls(targets: dict[str, int]) -> dict[str, tuple[int, int]] | None:
                 f.write(str(after))
         changes[path] = (before, after)
     return changes
+
+
+# --- ethtool features (run inside run_in_netns) --------------------------------------
+
+#: Offloads that decide overlay throughput (see docs/dataplane.md).
+KEY_FEATURES = (
+    "rx-gro",
+    "tx-generic-segmentation",
+    "tx-tcp-segmentation",
+    "tx-udp_tnl-segmentation",
+    "tx-checksum-ip-generic",
+    "tx-scatter-gather",
+)
+
+
+def read_features(ifnames: list[str], names: tuple[str, ...] = KEY_FEATURES) -> dict:
+    """``{ifname: {feature: enabled}}`` for the given interfaces (ethtool ioctls)."""
+    from pyroute2.ethtool import Ethtool
+
+    result: dict[str, dict[str, bool]] = {}
+    with Ethtool() as tool:
+        for ifname in ifnames:
+            features = tool.get_features(ifname).features
+            result[ifname] = {n: bool(features[n].enable) for n in names if n in features}
+    return result

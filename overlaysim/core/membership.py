@@ -82,19 +82,29 @@ class MemberState(Enum):
     LEFT = "left"
 
 
-ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberState.ALIVE,
+    MemberState.SUSPECT,
+    MemberState.DEAD,
+    MemberState.LEFT,
+)
 _LIVE = (ALIVE, SUSPECT)
 _GONE = (DEAD, LEFT)
-_TO_WIRE = {
-    ALIVE: MemberStateCode.ALIVE,
-    SUSPECT: MemberStateCode.SUSPECT,
-    DEAD: MemberStateCode.DEAD,
-    LEFT: MemberStateCode.LEFT,
-}
-_FROM_WIRE = {int(code): state for state, code in _TO_WIRE.items()}
+
+
+_CODES = {id(s): int(MemberStateCode[s.name]) for s in MemberState}
+
+
+def _code(state: MemberState) -> int:
+    """Wire code of a state (by identity: Enum hashing is slow in hot loops)."""
+    return _CODES[id(state)]
+
 
 #: Incarnations and epochs must stay encodable as msgpack integers, even after +1.
 _MAX_COUNTER = 2**63 - 2
+
+#: A relay sends its Nack after this fraction of probe_timeout (Lifeguard paper).
+_NACK_FRACTION = 0.8
 
 # Timer kinds (entries in one heap, cancelled lazily).
 _T_PROBE, _T_INDIRECT, _T_RELAY, _T_SUSPECT, _T_GOSSIP, _T_PUSH_PULL = range(6)
@@ -159,13 +169,14 @@ class Membership:
         self.config = config
         self._rng = rng
         self._members: dict[str, Member] = {name: Member(name, addr, incarnation, ALIVE, epoch)}
-        # Indexable list of live (ALIVE/SUSPECT) others for O(1) random picks.
-        self._live: list[str] = []
-        self._live_pos: dict[str, int] = {}
-        self._recent_dead: deque[tuple[float, str]] = deque()  # (time of death, name)
+        self._n_live = 0  # ALIVE or SUSPECT others
+        # memberlist's node list: the probe order, and the indexable pool for O(1)
+        # random picks. Holds every live member (plus the dead until the next
+        # reshuffle, and rarely a duplicate); lookups filter.
         self._probe_list: list[str] = []
-        self._in_probe_list: set[str] = set()
         self._probe_idx = 0
+        self._recent_dead: deque[tuple[float, str]] = deque()  # (time of death, name)
+        self._graveyard: deque[tuple[float, str]] = deque()  # DEAD/LEFT, for reclaiming
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._suspicions: dict[str, Suspicion] = {}
@@ -214,12 +225,12 @@ class Membership:
         return self._members.get(name)
 
     def alive(self) -> list[str]:
-        """Names of other members that are ALIVE or SUSPECT."""
-        return list(self._live)
+        """Names of other members that are ALIVE or SUSPECT (O(N): for callers, not hot paths)."""
+        return [m.name for m in self._members.values() if m.state in _LIVE and m.name != self.name]
 
     def num_members(self) -> int:
         """Live members, counting ourselves unless we left (memberlist's NumMembers)."""
-        return len(self._live) + (0 if self._left else 1)
+        return self._n_live + (0 if self._left else 1)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -231,7 +242,8 @@ class Membership:
         cfg = self.config
         self._arm(now + self._rng.random() * cfg.probe_interval, _T_PROBE, self._probe_gen)
         self._gossip_phase = now + self._rng.random() * cfg.gossip_interval
-        pp_at = now + self._rng.random() * cfg.push_pull_interval
+        pp_interval = push_pull_scale(cfg.push_pull_interval, self.num_members())
+        pp_at = now + self._rng.random() * pp_interval
         self._arm(pp_at, _T_PUSH_PULL, self._push_pull_gen)
         # Like memberlist, a starting node gossips its own Alive (a restart announces
         # its new epoch this way).
@@ -268,24 +280,24 @@ class Membership:
         self._broadcast(update, now)
         self._gossip_round(now)
 
-    def bootstrap(self, states: Iterable[wire.MemberState], now: float) -> None:
-        """Install known members quietly (no gossip, JOIN events only).
+    def bootstrap(self, members: Iterable[Member], now: float, *, emit: bool = True) -> None:
+        """Install known members quietly: no gossip, JOIN events only if ``emit``.
 
         For drivers that start from an already converged cluster (large simulations);
-        not part of the protocol. Unknown names only; ourselves is skipped.
+        not part of the protocol. Records are immutable, so one list of them can be
+        shared by every node. Unknown names only; ourselves is skipped.
         """
-        for r in states:
-            state = _FROM_WIRE.get(r.state)
-            if state is None or r.node == self.name or r.node in self._members or not r.addr:
+        known, order = self._members, self._probe_list
+        for m in members:
+            if m.name in known or not m.addr:
                 continue
-            m = Member(r.node, r.addr, r.incarnation, state, r.epoch, now)
-            self._members[r.node] = m
-            if state in _LIVE:
-                self._live_add(r.node)
-                self._in_probe_list.add(r.node)
-                self._probe_list.append(r.node)
-                self._emit(MemberEventKind.JOIN, m)
-        self._rng.shuffle(self._probe_list)
+            known[m.name] = m
+            if m.state in _LIVE:
+                self._n_live += 1
+                order.append(m.name)
+                if emit:
+                    self._emit(MemberEventKind.JOIN, m)
+        self._rng.shuffle(order)
         self._state_cache = None
 
     # -- driver surface ----------------------------------------------------------------
@@ -413,27 +425,30 @@ class Membership:
         return None
 
     def _reset_probe_list(self, now: float) -> None:
-        keep = []
-        reclaim = self.config.dead_node_reclaim_time
-        for name in self._probe_list:
-            m = self._members.get(name)
-            if m is not None and m.state in _LIVE:
-                keep.append(name)
-                continue
-            self._in_probe_list.discard(name)
-            # Forget long-gone members if configured (0 keeps them as tombstones).
-            if m is not None and reclaim > 0 and now - m.state_change > reclaim:
-                del self._members[name]
-                self._state_cache = None
+        """End of a round: drop the dead (and duplicates), reshuffle."""
+        members = self._members
+        keep = [
+            n for n in dict.fromkeys(self._probe_list) if (m := members.get(n)) and m.state in _LIVE
+        ]
         self._rng.shuffle(keep)
         self._probe_list = keep
         self._probe_idx = 0
+        # Forget long-gone members if configured (0 keeps them forever as tombstones,
+        # so a stale Alive can never resurrect them).
+        reclaim, grave = self.config.dead_node_reclaim_time, self._graveyard
+        while grave and now - grave[0][0] > reclaim > 0:
+            died, name = grave.popleft()
+            m = members.get(name)
+            if m is not None and m.state in _GONE and m.state_change == died:
+                del members[name]
+                self._state_cache = None
 
     def _probe_list_add(self, name: str) -> None:
-        """Insert at a random position so new members are probed soon on average."""
-        if name in self._in_probe_list:
-            return
-        self._in_probe_list.add(name)
+        """Insert at a random position so new members are probed soon on average.
+
+        A member that died and came back within one round is already listed: the
+        duplicate costs one extra probe and disappears at the next reshuffle.
+        """
         lst = self._probe_list
         lst.append(name)
         i = self._rng.randrange(len(lst))
@@ -503,7 +518,10 @@ class Membership:
         self._relays[self._seq] = _Relay(src, msg.seq, msg.want_nack)
         ping = Ping(seq=self._seq, target=msg.target, source=self.name, source_addr=self.addr)
         self._send(msg.target_addr, ping, _overhead(msg.target, self.name, self.addr))
-        self._arm(now + self.config.probe_timeout, _T_RELAY, self._seq)
+        # Lifeguard: Nack at 80% of the probe timeout, so that it reaches the prober
+        # before its probe interval ends (memberlist waits the full timeout and races
+        # the prober's deadline). Acks arriving later are not forwarded.
+        self._arm(now + _NACK_FRACTION * self.config.probe_timeout, _T_RELAY, self._seq)
 
     def _relay_timeout(self, seq: int) -> None:
         r = self._relays.pop(seq)
@@ -527,7 +545,9 @@ class Membership:
             dead.popleft()
 
         def eligible(m: Member, died: float | None) -> bool:
-            return died is None or (m.state is DEAD and m.state_change == died)
+            if died is None:
+                return m.state in _LIVE
+            return m.state is DEAD and m.state_change == died
 
         for m in self._sample(self.config.gossip_nodes, eligible, with_dead=True):
             updates = self._queue.get(
@@ -552,13 +572,15 @@ class Membership:
         self._arm(now + interval, _T_PUSH_PULL, self._push_pull_gen)
 
     def _state(self) -> tuple[wire.MemberState, ...]:
+        """Every record as sent in push-pull (cached until something changes)."""
         if self._state_cache is None:
+            code = _code
             self._state_cache = tuple(
                 wire.MemberState(
                     node=m.name,
                     addr=m.addr,
                     incarnation=m.incarnation,
-                    state=_TO_WIRE[m.state],
+                    state=code(m.state),
                     epoch=m.epoch,
                 )
                 for m in self._members.values()
@@ -631,7 +653,7 @@ class Membership:
             m = Member(u.node, u.addr, u.incarnation, ALIVE, u.epoch, now)
             self._members[u.node] = m
             self._state_cache = None
-            self._live_add(u.node)
+            self._n_live += 1
             self._probe_list_add(u.node)
             self._broadcast(u, now)
             self._emit(MemberEventKind.JOIN, m)
@@ -738,11 +760,13 @@ class Membership:
             if m.name != self.name:
                 was_live, is_live = m.state in _LIVE, new.state in _LIVE
                 if was_live and not is_live:
-                    self._live_remove(m.name)
+                    self._n_live -= 1
                     if new.state is DEAD:
                         self._recent_dead.append((now, m.name))
+                    if self.config.dead_node_reclaim_time > 0:
+                        self._graveyard.append((now, m.name))
                 elif is_live and not was_live:
-                    self._live_add(m.name)
+                    self._n_live += 1
                     self._probe_list_add(m.name)
         self._members[m.name] = new
         self._state_cache = None
@@ -750,17 +774,6 @@ class Membership:
 
     def _cancel_suspicion(self, name: str) -> None:
         self._suspicions.pop(name, None)
-
-    def _live_add(self, name: str) -> None:
-        self._live_pos[name] = len(self._live)
-        self._live.append(name)
-
-    def _live_remove(self, name: str) -> None:
-        i = self._live_pos.pop(name)
-        last = self._live.pop()
-        if last != name:
-            self._live[i] = last
-            self._live_pos[last] = i
 
     def _emit(self, kind: MemberEventKind, m: Member) -> None:
         self._events.append(MemberEvent(kind, m.name, m.incarnation, m.addr, m.epoch))
@@ -795,10 +808,12 @@ class Membership:
     ) -> list[Member]:
         """Up to ``k`` distinct accepted members, uniformly at random.
 
-        Draws without replacement from the live list (plus the recently dead list) by a
-        lazy Fisher-Yates, so a pick costs O(1) whatever the cluster size.
+        Draws without replacement from the probe list (plus the recently dead list) by
+        a lazy Fisher-Yates, so a pick costs O(1) whatever the cluster size as long as
+        most listed members are acceptable (like memberlist's kRandomNodes).
+        ``accept(member, died)`` gets ``died`` (time of death) for recently dead picks.
         """
-        live, dead = self._live, self._recent_dead
+        live, dead = self._probe_list, self._recent_dead
         n_live = len(live)
         total = n_live + (len(dead) if with_dead else 0)
         swaps: dict[int, int] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -22,14 +22,18 @@ from overlaysim.core.config import retransmit_limit
 from overlaysim.core.wire import _to_list
 
 
-@dataclass(slots=True, order=True)
+@dataclass(slots=True)
 class _Item:
     transmits: int
-    neg_id: int  # newer items (larger id) sort first among equal transmits
-    key: Hashable = field(compare=False)
-    record: Any = field(compare=False)
-    size: int = field(compare=False)
-    live: bool = field(default=True, compare=False)
+    key: Hashable
+    record: Any
+    size: int
+    live: bool = True
+
+
+# Heap entries are (transmits, -id, item): ints compare in C, and newer items (larger
+# id) sort first among equal transmit counts.
+_Entry = tuple[int, int, _Item]
 
 
 def record_size(record: Any) -> int:
@@ -42,7 +46,7 @@ class TransmitLimitedQueue:
 
     def __init__(self, retransmit_mult: int) -> None:
         self.retransmit_mult = retransmit_mult
-        self._heap: list[_Item] = []
+        self._heap: list[_Entry] = []
         self._by_key: dict[Hashable, _Item] = {}
         self._ids = itertools.count()
 
@@ -54,9 +58,9 @@ class TransmitLimitedQueue:
         old = self._by_key.get(key)
         if old is not None:
             old.live = False
-        item = _Item(0, -next(self._ids), key, record, record_size(record))
+        item = _Item(0, key, record, record_size(record))
         self._by_key[key] = item
-        heapq.heappush(self._heap, item)
+        heapq.heappush(self._heap, (0, -next(self._ids), item))
 
     def get(self, n: int, overhead: int, limit: int) -> list[Any]:
         """Take records fitting in ``limit - overhead`` bytes; count one transmit each.
@@ -66,14 +70,16 @@ class TransmitLimitedQueue:
         budget = limit - overhead
         max_tx = retransmit_limit(self.retransmit_mult, n)
         out: list[Any] = []
-        keep: list[_Item] = []
+        keep: list[_Entry] = []
         heap = self._heap
+        pop = heapq.heappop
         while heap and budget > 0:
-            item = heapq.heappop(heap)
+            entry = pop(heap)
+            item = entry[2]
             if not item.live:
                 continue
             if item.size > budget:
-                keep.append(item)
+                keep.append(entry)
                 # Smaller items further down may still fit; stop when few bytes remain.
                 if budget < 32:
                     break
@@ -85,18 +91,18 @@ class TransmitLimitedQueue:
                 item.live = False
                 del self._by_key[item.key]
             else:
-                keep.append(item)
-        for item in keep:
-            heapq.heappush(heap, item)
+                keep.append((item.transmits, entry[1], item))
+        for entry in keep:
+            heapq.heappush(heap, entry)
         return out
 
     def prune(self, max_items: int) -> None:
         """Drop the most-transmitted items beyond ``max_items`` (bounds memory)."""
         if len(self._by_key) <= max_items:
             return
-        live = sorted(i for i in self._heap if i.live)
-        for item in live[max_items:]:
+        live = sorted(e for e in self._heap if e[2].live)
+        for _, _, item in live[max_items:]:
             item.live = False
             del self._by_key[item.key]
-        self._heap = [i for i in live[:max_items]]
+        self._heap = live[:max_items]
         heapq.heapify(self._heap)

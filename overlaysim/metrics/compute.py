@@ -13,6 +13,7 @@ import pandas as pd
 
 from overlaysim.metrics.atomic import jsonable
 from overlaysim.metrics.convergence import Status
+from overlaysim.metrics.groundtruth import Liveness
 from overlaysim.metrics.membership import (
     failure_detections,
     false_positive_counts,
@@ -149,7 +150,8 @@ def compute_metrics(
     reachability = frame("reachability", reachability)
     throughput = frame("throughput", throughput)
     traffic_kinds = frame("traffic_kinds", traffic_kinds)
-    fp = false_positive_counts(events)
+    live = Liveness(events)
+    fp = false_positive_counts(events, live)
     metrics = {
         "backend": backend,
         "scenario": scenario,

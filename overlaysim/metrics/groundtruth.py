@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from overlaysim.metrics.records import DOWN_KINDS, UP_KINDS, EventKind
+from overlaysim.metrics.records import DOWN_KINDS, MEMBER_KINDS, UP_KINDS, EventKind
+from overlaysim.metrics.tables import lists
 
 _UP = frozenset(str(k) for k in UP_KINDS)
 _DOWN = frozenset(str(k) for k in DOWN_KINDS)
+_MEMBER = frozenset(str(k) for k in MEMBER_KINDS)
 
 
 class Liveness:
@@ -35,14 +37,14 @@ class Liveness:
         self._times: dict[str, list[float]] = {}
         self._states: dict[str, list[bool]] = {}  # state from the matching time on
         self._initial: dict[str, bool] = {}
-        for t, kind, host in zip(life["t"], life["kind"], life["subject"], strict=True):
+        for t, kind, host in zip(*lists(life, "t", "kind", "subject"), strict=True):
             up = kind in _UP
             if host not in self._times:
                 self._times[host], self._states[host] = [], []
                 self._initial[host] = not up
             self._times[host].append(float(t))
             self._states[host].append(up)
-        observers = events.loc[events["kind"].isin(_MEMBER), "node"]
+        observers = events.loc[events["kind"].isin(_MEMBER), "node"].unique().tolist()
         self.hosts: frozenset[str] = (frozenset(self._times) | frozenset(observers)) - {""}
 
     def is_up(self, host: str, t: float) -> bool:
@@ -122,7 +124,7 @@ class Partitions:
         rows = events[events["kind"].isin((str(EventKind.PARTITION), str(EventKind.HEAL)))]
         active: list[tuple[float, list[list[str]]]] = []
         closed: list[_Partition] = []
-        for t, kind, detail in zip(rows["t"], rows["kind"], rows["detail"], strict=True):
+        for t, kind, detail in zip(*lists(rows, "t", "kind", "detail"), strict=True):
             groups = parse_groups(detail)
             if kind == EventKind.PARTITION:
                 active.append((float(t), groups))

@@ -91,10 +91,10 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> list[tupl
     does not fit the data.
     """
     problems: list[Problem] = []
-    paths = _apply(data, list(overrides), problems)
+    touched = _apply(data, list(overrides), problems)
     if problems:
         raise ScenarioError("--set", problems)
-    return paths
+    return [parts for parts, _ in touched]
 
 
 # ---------------------------------------------------------------------------- pipeline
@@ -115,7 +115,10 @@ def _validate(
         raise ScenarioError(source, _locate(problems, lines, touched)) from None
     spec = scenario.topology
     if isinstance(spec, TopologyFile):
-        topo = _topology_from_file(_find_topology(spec.file, base_dir, source))
+        try:
+            topo = _topology_from_file(_find_topology(spec.file, base_dir, source))
+        except ScenarioError as exc:  # its problems already name the topology file
+            raise ScenarioError(source, exc.problems) from None
     else:
         if isinstance(spec, TopologyDoc):
             problems = topology_problems(spec, prefix="topology.")
@@ -250,14 +253,16 @@ def _parse_path(path: str) -> tuple[Part, ...]:
 def _locate(
     problems: list[Problem],
     lines: Lines,
-    touched: list[tuple[Part, ...]],
+    touched: list[tuple[tuple[Part, ...], str]],
     source: str | None = None,
 ) -> list[Problem]:
     """Add the YAML line (or the override that set the value) to each problem; drop repeats."""
     out: dict[tuple[str, str], Problem] = {}
     for p in problems:
         parts = _parse_path(p.path)
-        note = next((f"set by --set {_render(t)}" for t in touched if parts[: len(t)] == t), None)
+        note = next(
+            (f"set by --set {text}" for t, text in reversed(touched) if parts[: len(t)] == t), None
+        )
         line = p.line
         if line is None and note is None:
             for n in range(len(parts), -1, -1):
@@ -273,14 +278,18 @@ def _locate(
             note=p.note or note,
         )
         out.setdefault((p.path, p.message), fixed)
-    return list(out.values())
+    # File order: by line where known (stable, so same-line problems keep their order).
+    return sorted(out.values(), key=lambda p: p.line if p.line is not None else 0)
 
 
 # ---------------------------------------------------------------------------- overrides
 
 
-def _apply(data: Any, overrides: list[str], out: list[Problem]) -> list[tuple[Part, ...]]:
-    touched: list[tuple[Part, ...]] = []
+def _apply(
+    data: Any, overrides: list[str], out: list[Problem]
+) -> list[tuple[tuple[Part, ...], str]]:
+    """Apply overrides in order; return (path set, override text) pairs."""
+    touched: list[tuple[tuple[Part, ...], str]] = []
     for text in overrides:
         where = f"--set {text}"
         path_text, eq, value_text = text.partition("=")
@@ -296,7 +305,7 @@ def _apply(data: Any, overrides: list[str], out: list[Problem]) -> list[tuple[Pa
             continue
         parts = _set(data, keys, value, where, out)
         if parts is not None:
-            touched.append(parts)
+            touched.append((parts, text))
     return touched
 
 
@@ -347,9 +356,16 @@ def _set(data: Any, keys: list[str], value: Any, where: str, out: list[Problem])
 
 def _translate(err: Mapping[str, Any], data: Any, root: type[BaseModel]) -> Problem:
     """One pydantic error as a Problem with a clean path and an 'expected' phrase."""
-    parts, owner, info, ann = _resolve(err["loc"], root)
+    loc = tuple(p for p in err["loc"] if p != "[key]")  # a bad mapping key: name the key
+    parts, owner, info, ann = _resolve(loc, root)
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if (kind == "missing" and parts and isinstance(parts[-1], int)) or kind == "too_long":
+        # Fixed-size lists are pairs ([a, b] links and container pairs): report the list.
+        pair = parts[:-1] if kind == "missing" else parts
+        return Problem.invalid(_render(pair), _dig(data, pair), "a pair of names [a, b]")
     path = _render(parts)
+    if kind == "finite_number":
+        return Problem.invalid(path, value, "a finite number")
     if kind == "missing":
         return Problem.missing(path, _field_expect(info, ann))
     if kind == "extra_forbidden":
@@ -385,8 +401,6 @@ def _translate(err: Mapping[str, Any], data: Any, root: type[BaseModel]) -> Prob
     if kind == "too_short":
         n = ctx.get("min_length", 1)
         return Problem.invalid(path, value, "a non-empty list" if n == 1 else f"{n} or more items")
-    if kind == "too_long":
-        return Problem.invalid(path, value, f"at most {ctx.get('max_length')} items")
     return Problem.invalid(path, value, _field_expect(info, ann, prefer_type=True))
 
 
@@ -518,7 +532,12 @@ def _type_expect(ann: Any, metadata: list[Any]) -> str | None:
     return None
 
 
-_BOUND_WORDS = (("ge", "at least"), ("gt", "greater than"), ("le", "at most"), ("lt", "below"))
+_BOUND_WORDS = (
+    ("ge", "of at least"),
+    ("gt", "greater than"),
+    ("le", "of at most"),
+    ("lt", "below"),
+)
 
 
 def _has(meta: Any, key: str) -> bool:

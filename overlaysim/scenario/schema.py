@@ -1,10 +1,10 @@
-"""The scenario and topology-file schema: pydantic models plus the checks across fields.
+"""The scenario and topology-file schema (pydantic models) and the error they raise.
 
-Parsing (types, ranges, unknown fields) is pydantic's job; ``check_scenario`` then checks
-what one field cannot know alone: that named hosts, networks and containers exist, and that
-the timeline makes sense in order (a restart follows a crash, a detach follows an attach).
-Every problem becomes a ``Problem``; ``ScenarioError`` reports them all at once, each with the
-file, the field path, the value and what was expected. ``docs/scenarios.md`` is the reference.
+The models check each field alone: types, ranges, names, unknown fields. What needs several
+fields (named hosts exist, the timeline makes sense) is in ``checks``; reading files and
+``--set`` overrides is in ``loader``. Every problem becomes a ``Problem``; ``ScenarioError``
+reports them all at once, each with the file, the field path, the value and what was
+expected. ``docs/scenarios.md`` is the reference for every field.
 """
 
 from __future__ import annotations
@@ -84,6 +84,9 @@ class ScenarioError(UserError, ValueError):
         if len(self.problems) > _MAX_SHOWN:
             lines.append(f"{source}: ... and {len(self.problems) - _MAX_SHOWN} more problems")
         super().__init__("\n".join(lines) or f"{source}: invalid")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across worker processes
+        return (type(self), (self.source, self.problems))
 
 
 def show(value: Any, limit: int = 60) -> str:
@@ -325,7 +328,9 @@ class ContainerGenerator(StrictModel):
 
     per_host: int = Field(ge=1, le=10_000, description="containers on each host")
     networks: tuple[Name, ...] = Field(min_length=1, description="a list of network names")
-    hosts: tuple[Name, ...] | None = Field(None, description="a list of hosts (default: all)")
+    hosts: tuple[Name, ...] | None = Field(
+        None, min_length=1, description="a list of hosts (default: all)"
+    )
     prefix: Name = Field("c", description="a name prefix")
 
 
@@ -347,7 +352,9 @@ class Service(StrictModel):
     name: Name = Field(description="a service name")
     replicas: int = Field(ge=0, le=1_000_000, description="the number of replicas")
     network: Name = Field(description="a network name")
-    hosts: tuple[Name, ...] | None = Field(None, description="a list of hosts (default: all)")
+    hosts: tuple[Name, ...] | None = Field(
+        None, min_length=1, description="a list of hosts (default: all)"
+    )
 
 
 # ---------------------------------------------------------------------------- events
@@ -464,7 +471,9 @@ class ChurnEvent(_Event):
     network: Name = Field(description="a network name")
     rate_per_s: float = Field(gt=0, description="events per second")
     duration: float = Field(gt=0, description="a number of seconds greater than 0")
-    hosts: tuple[Name, ...] | None = Field(None, description="a list of hosts (default: all)")
+    hosts: tuple[Name, ...] | None = Field(
+        None, min_length=1, description="a list of hosts (default: all)"
+    )
 
 
 class RotateKeysEvent(_Event):

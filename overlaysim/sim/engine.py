@@ -64,6 +64,7 @@ class SimCluster:
         self.messages_delivered = 0
         self.messages_sent = 0
         self.messages_lost = 0
+        self.timers_fired = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -166,6 +167,7 @@ class SimCluster:
         if self.slots.get(host) is not slot or slot.timer_at != deadline:
             return  # superseded timer or crashed node
         slot.timer_at = None
+        self.timers_fired += 1
         slot.node.handle_timer(self.env.now)
         self._after(host, slot)
 

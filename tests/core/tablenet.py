@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from overlaysim.core.config import TableConfig
+from overlaysim.core.events import EntryEvent
 from overlaysim.core.tables import Tables
 from overlaysim.core.wire import MAX_DATAGRAM, MAX_STREAM, Message, decode, encode
 
@@ -52,6 +53,10 @@ class TableNet:
         #: drop(src, dst, msg) -> True cuts that message.
         self.drop: Callable[[str, str, Message], bool] | None = None
         self.delivered: list[Delivery] = []
+        #: Every EntryEvent each node emitted, with the virtual time it was collected.
+        self.events: dict[str, list[tuple[float, EntryEvent]]] = {}
+        #: delay(src, dst, msg) -> seconds, or None for the random default.
+        self.delay_fn: Callable[[str, str, Message], float | None] | None = None
         self.lost = 0
         #: Called after each delivery has been handled.
         self.observer: Callable[[Delivery], None] | None = None
@@ -69,6 +74,7 @@ class TableNet:
         rng = random.Random(self.rng.getrandbits(64) if seed is None else seed)
         t = Tables(name=name, addr=self.addr_of(name), config=config, rng=rng, epoch=epoch)
         self.nodes[name] = t
+        self.events.setdefault(name, [])
         self._by_addr[t.addr] = name
         t.start(self.now)
         return t
@@ -109,6 +115,7 @@ class TableNet:
             self._route(name, node)
 
     def _route(self, src: str, node: Tables) -> None:
+        self.events[src].extend((self.now, ev) for ev in node.take_events())
         for s in node.take_sends():
             data = encode(s.msg)
             limit = MAX_STREAM if s.reliable else MAX_DATAGRAM
@@ -124,7 +131,8 @@ class TableNet:
             if not s.reliable and self.rng.random() < self.loss:
                 self.lost += 1
                 continue
-            t = self.now + self.rng.uniform(*self.delay)
+            d = self.delay_fn(src, dst, s.msg) if self.delay_fn is not None else None
+            t = self.now + (self.rng.uniform(*self.delay) if d is None else d)
             heapq.heappush(self._heap, (t, next(self._seq), src, dst, data, s.reliable))
 
     def run_until(self, until: float) -> None:
@@ -164,6 +172,10 @@ class TableNet:
         self.run_until(self.now + duration)
 
     # -- views -----------------------------------------------------------------------
+
+    def kinds(self, name: str, key: str) -> list[str]:
+        """The event kinds ``name`` emitted for ``key``, in order."""
+        return [ev.kind.value for _, ev in self.events[name] if ev.key == key]
 
     def view(self, name: str, network: str) -> dict[tuple[str, str], tuple[str, dict[str, str]]]:
         """A node's live entries as (table, key) -> (owner, value)."""

@@ -193,6 +193,12 @@ def test_tcp_between_hosts_rides_vxlan_with_the_network_vni(
     ip1, ip2 = "10.20.0.2", "10.20.0.3"
     connect(d1, d2, WEB, ip1, ip2)
     assert d1.underlay_mtu() == 1500
+    offloads = d1.offloads("web")
+    vxlan = offloads.pop(f"{PREFIX}-{WEB.vni}")
+    assert vxlan["tx-tcp-segmentation"] and vxlan["tx-generic-segmentation"] and vxlan["rx-gro"]
+    ports = [name for name in offloads if name.startswith("veth")]
+    assert len(ports) == 1 and set(offloads) == {"br0", ports[0]}
+    assert offloads[ports[0]]["tx-tcp-segmentation"]
     c1, c2 = d1.container_netns("c1"), d2.container_netns("c2")
 
     pcap = tmp_path / "underlay.pcap"
@@ -233,7 +239,9 @@ def test_tcp_between_hosts_rides_vxlan_with_the_network_vni(
     assert all(inner[0:6] in macs and inner[6:12] in macs for _, _, inner in packets)
     inner_tcp = [inner for _, _, inner in packets if inner[12:14] == b"\x08\x00" and inner[23] == 6]
     assert inner_tcp, "no inner TCP segments captured"
-    assert {inner[26:30] for inner in inner_tcp} == {bytes(map(int, ip.split("."))) for ip in (ip1, ip2)}
+    assert {inner[26:30] for inner in inner_tcp} == {
+        bytes(map(int, ip.split("."))) for ip in (ip1, ip2)
+    }
 
 
 @pytest.mark.emu
@@ -290,7 +298,10 @@ def test_ip_reused_on_another_host_survives_the_late_delete(
 def test_reconcile_repairs_drift(planes: tuple[DataPlane, DataPlane]) -> None:
     d1, _ = planes
     d1.ensure_network(WEB)
-    desired = {("10.20.0.5", docker_mac("10.20.0.5"), IP2), ("10.20.0.6", docker_mac("10.20.0.6"), IP2)}
+    desired = {
+        ("10.20.0.5", docker_mac("10.20.0.5"), IP2),
+        ("10.20.0.6", docker_mac("10.20.0.6"), IP2),
+    }
     for remote in desired:
         d1.add_remote("web", *remote)
     assert d1.reconcile("web", desired) == {"added": [], "removed": []}
@@ -366,6 +377,7 @@ def test_networks_are_isolated_and_a_dual_homed_container_reaches_both(
     assert pings(c3, c2_ip)  # network b, same host
     assert not pings(c1, c2_ip)
     assert not pings(c1, c3_b)
+    assert not pings(c2, c1_ip)
 
     # c3 was u2's last container on a: the sandbox goes, the remembered remote stays
     d2.detach("c3", "a")
@@ -395,9 +407,9 @@ def test_close_removes_exactly_what_was_created(
     d1.close()  # idempotent
     assert set(kns.list_netns()) & created == set()
     assert {n for n in kns.list_netns() if n.startswith("osim")} == {U1, U2}
-    for ns in (U1, U2):
-        out = run_in(ns, "ip", "-o", "link").stdout
-        assert f"{PREFIX}-" not in out.replace(L1, "").replace(L2, "")
+    for ns, underlay_link in ((U1, L1), (U2, L2)):  # no VXLAN device left behind either
+        shown = json.loads(run_in(ns, "ip", "-j", "link").stdout)
+        assert {link["ifname"] for link in shown} == {"lo", underlay_link}
     assert not [name for name in root_links() if name.startswith("osim")]
     assert load_outstanding(tmp_path / "u1.jsonl") == []
     assert load_outstanding(tmp_path / "u2.jsonl") == []
@@ -414,7 +426,11 @@ def test_crashed_run_is_cleaned_from_its_record(underlay: None, tmp_path: Path) 
     crashed.attach("c1", WEB, "10.20.0.2", 24, docker_mac("10.20.0.2"))
     crashed.attach("c-2/odd", WEB, "10.20.0.3", 24, docker_mac("10.20.0.3"))
     left = {obj.name for obj in load_outstanding(record)}
-    assert left == {f"{PREFIX}-u1-5001", f"{PREFIX}-u1-c1", f"{PREFIX}-u1-{kns.name_part('c-2/odd')}"}
+    assert left == {
+        f"{PREFIX}-u1-5001",
+        f"{PREFIX}-u1-c1",
+        f"{PREFIX}-u1-{kns.name_part('c-2/odd')}",
+    }
     assert {obj.owner for obj in load_outstanding(record)} >= {"container:c-2/odd"}
     # the process "dies" without close(); another process cleans from the record
     removed = clean_recorded(record)

@@ -1,0 +1,331 @@
+"""What this machine's kernel and tools can do, probed without side effects.
+
+``overlaysim doctor`` prints :func:`probe`'s result and runs record it in their manifest,
+so every figure says which mechanism produced it (netem or a fallback, kernel ESP or
+the user-space path). Kernel features are tried for real inside a throwaway network
+namespace ``osim-probe-<pid>`` (add a vxlan device, a qdisc, an nftables table, an
+xfrm state), which is deleted afterwards: nothing outside it is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+PROBE_NS_PREFIX = "osim-probe-"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capability:
+    """Result of one probe: whether it works, what was seen, what is lost without it."""
+
+    ok: bool
+    detail: str
+    disables: str
+
+
+#: What goes missing when each capability is absent (shown by ``overlaysim doctor``).
+DISABLES: dict[str, str] = {
+    "root": "all emulation (namespaces, links, qdiscs need root)",
+    "mininet": "all emulation (the underlay is built with Mininet)",
+    "mnexec": "all emulation (Mininet starts hosts with mnexec)",
+    "vxlan": "the kernel overlay data plane",
+    "netem": "link latency and delay/jitter impairments (the emulator refuses delay)",
+    "tbf": "bandwidth limits and rate impairments",
+    "nft_numgen": "loss, partition and crash impairments",
+    "nfqueue": "the user-space delay fallback",
+    "esp": "kernel IPsec for encrypted networks (the user-space AEAD path is used)",
+    "kernel_gcm": "kernel AES-GCM for IPsec (the user-space AEAD path is used)",
+    "iperf3": "throughput measurements",
+    "tcpdump": "packet captures",
+    "tshark": "decoding captures in reports",
+    "openvswitch": "nothing: the underlay uses Linux bridges",
+}
+
+
+def probe() -> dict[str, Capability]:
+    """Probe everything; never raises for a missing feature (that is the answer)."""
+    root = os.geteuid() == 0
+    caps: dict[str, Capability] = {
+        "root": _cap("root", root, "running as root" if root else f"uid {os.geteuid()}"),
+        "mininet": _probe_module("mininet"),
+        "mnexec": _probe_tool("mnexec"),
+    }
+    kernel = ("vxlan", "netem", "tbf", "nft_numgen", "nfqueue", "esp", "kernel_gcm")
+    if root:
+        with probe_netns() as ns:
+            caps["vxlan"] = _guard("vxlan", lambda: _probe_vxlan(ns))
+            caps["netem"] = _guard("netem", lambda: _probe_qdisc(ns, "netem"))
+            caps["tbf"] = _guard("tbf", lambda: _probe_qdisc(ns, "tbf"))
+            caps["nft_numgen"] = _guard("nft_numgen", lambda: _probe_nft(ns))
+            caps["nfqueue"] = _guard("nfqueue", lambda: _probe_nfqueue(ns))
+            caps["esp"] = _guard("esp", lambda: _probe_esp(ns))
+            caps["kernel_gcm"] = _guard("kernel_gcm", lambda: _probe_gcm(ns))
+    else:
+        for name in kernel:
+            caps[name] = _cap(name, False, "not probed: needs root")
+    for tool in ("iperf3", "tcpdump", "tshark"):
+        caps[tool] = _probe_tool(tool)
+    caps["openvswitch"] = _probe_ovs()
+    return caps
+
+
+def qdisc_available(kind: str) -> bool:
+    """Whether the kernel can create a ``kind`` qdisc (probed in a throwaway namespace)."""
+    with probe_netns(suffix=f"-{kind}") as ns:
+        return _probe_qdisc(ns, kind).ok
+
+
+def format_report(caps: dict[str, Capability]) -> Table:
+    """A rich table for ``overlaysim doctor``: one row per capability."""
+    table = Table(title="overlaysim doctor: emulation capabilities")
+    table.add_column("capability")
+    table.add_column("ok")
+    table.add_column("detail")
+    table.add_column("without it")
+    for name, cap in caps.items():
+        mark = "[green]yes[/green]" if cap.ok else "[red]no[/red]"
+        table.add_row(name, mark, cap.detail, "" if cap.ok else cap.disables)
+    return table
+
+
+# --- the throwaway namespace -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def probe_netns(suffix: str = "") -> Iterator[str]:
+    """A named network namespace that exists only for the ``with`` block."""
+    from pyroute2 import netns
+
+    name = f"{PROBE_NS_PREFIX}{os.getpid()}{suffix}"
+    if name in netns.listnetns():
+        netns.remove(name)  # our own name (prefix + our PID): a leftover of ours
+    netns.create(name)
+    try:
+        yield name
+    finally:
+        netns.remove(name)
+
+
+def _in_ns(ns: str, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=20,
+    )
+
+
+def _ipr(ns: str):  # -> IPRoute (imported lazily: doctor must work without pyroute2 paths)
+    from pyroute2 import IPRoute
+
+    return IPRoute(netns=ns, flags=0)
+
+
+# --- probes ----------------------------------------------------------------------------
+
+
+def _cap(name: str, ok: bool, detail: str) -> Capability:
+    return Capability(ok=ok, detail=detail, disables=DISABLES[name])
+
+
+def _guard(name: str, fn: Callable[[], Capability]) -> Capability:
+    try:
+        return fn()
+    except Exception as exc:  # a probe that crashes means "not available", with the reason
+        return _cap(name, False, f"probe failed: {exc}")
+
+
+def _probe_module(module: str) -> Capability:
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        return _cap(module, False, "not importable: pip install mininet==2.3.0.dev6")
+    from importlib import metadata
+
+    try:
+        version = metadata.version(module)
+    except metadata.PackageNotFoundError:
+        version = "unknown version"
+    return _cap(module, True, f"{module} {version}")
+
+
+def _probe_tool(tool: str) -> Capability:
+    path = shutil.which(tool)
+    if path is None:
+        pkg = "mininet" if tool == "mnexec" else tool
+        return _cap(tool, False, f"not found: apt-get install {pkg}")
+    return _cap(tool, True, path)
+
+
+def _netlink_error(exc: Exception) -> str:
+    code = getattr(exc, "code", None)
+    if code is not None:
+        return f"{os.strerror(code)} (errno {code})"
+    return str(exc)
+
+
+def _probe_vxlan(ns: str) -> Capability:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with _ipr(ns) as ipr:
+        try:
+            ipr.link("add", ifname="osimpvx0", kind="vxlan", vxlan_id=4242, vxlan_port=4789)
+        except NetlinkError as exc:
+            return _cap("vxlan", False, f"cannot create a vxlan device: {_netlink_error(exc)}")
+        ipr.link("del", index=ipr.link_lookup(ifname="osimpvx0")[0])
+    return _cap("vxlan", True, "vxlan device created and removed")
+
+
+def _probe_qdisc(ns: str, kind: str) -> Capability:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    params: dict[str, object] = (
+        {"delay": 1000} if kind == "netem" else {"rate": "1mbit", "burst": 1600, "latency": "50ms"}
+    )
+    with _ipr(ns) as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        try:
+            ipr.tc("add", kind, lo, handle=0x10000, **params)
+        except NetlinkError as exc:
+            missing = exc.code == 2  # ENOENT: no such qdisc kind
+            why = f"sch_{kind} is not in this kernel" if missing else _netlink_error(exc)
+            return _cap(kind, False, why)
+        ipr.tc("del", index=lo, root=True)
+    return _cap(kind, True, f"{kind} qdisc created and removed")
+
+
+def _probe_nft(ns: str) -> Capability:
+    if shutil.which("nft") is None:
+        return _cap("nft_numgen", False, "nft not found: apt-get install nftables")
+    table = {"family": "netdev", "name": "osim_probe"}
+    base = {"family": "netdev", "table": "osim_probe"}
+    numgen = {"numgen": {"mode": "random", "mod": 10000}}
+    rules: list[dict[str, object]] = [{"add": {"table": table}}]
+    for hook in ("ingress", "egress"):
+        chain = {"name": hook, "type": "filter", "hook": hook, "dev": "lo", "prio": 0}
+        rules.append({"add": {"chain": {**base, **chain, "policy": "accept"}}})
+    expr = [{"match": {"op": "<", "left": numgen, "right": 1}}, {"drop": None}]
+    rules.append({"add": {"rule": {**base, "chain": "ingress", "expr": expr}}})
+    rules.append({"delete": {"table": table}})
+    out = _in_ns(ns, ["nft", "-j", "-f", "-"], json.dumps({"nftables": rules}))
+    if out.returncode != 0:
+        return _cap("nft_numgen", False, out.stderr.strip() or "nft failed")
+    return _cap("nft_numgen", True, "netdev ingress/egress chains with numgen random drop")
+
+
+def _probe_nfqueue(ns: str) -> Capability:
+    if shutil.which("iptables") is None:
+        return _cap("nfqueue", False, "iptables not found: apt-get install iptables")
+    rule = ["-p", "udp", "--dport", "9", "-j", "NFQUEUE", "--queue-num", "7", "--queue-bypass"]
+    out = _in_ns(ns, ["iptables", "-w", "-A", "OUTPUT", *rule])
+    if out.returncode != 0:
+        return _cap("nfqueue", False, f"iptables NFQUEUE target: {out.stderr.strip()}")
+    _in_ns(ns, ["iptables", "-w", "-D", "OUTPUT", *rule])
+    py = importlib.util.find_spec("netfilterqueue") is not None
+    lib = "python netfilterqueue present" if py else "python netfilterqueue missing"
+    return _cap("nfqueue", True, f"iptables NFQUEUE target works; {lib}")
+
+
+_XFRM = ["xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp"]
+_XFRM_MODE = ["reqid", "1", "mode", "transport"]
+
+
+def _probe_esp(ns: str) -> Capability:
+    # cbc(aes)+hmac(sha256) are present almost everywhere, so a failure here is ESP itself.
+    argv = [
+        "ip",
+        *_XFRM,
+        "spi",
+        "0x1001",
+        *_XFRM_MODE,
+        "enc",
+        "cbc(aes)",
+        "0x" + "11" * 16,
+        "auth",
+        "hmac(sha256)",
+        "0x" + "22" * 32,
+    ]
+    out = _in_ns(ns, argv)
+    if out.returncode != 0:
+        return _cap("esp", False, f"xfrm ESP state: {out.stderr.strip()}")
+    aead = _xfrm_aead(ns)
+    return _cap("esp", True, f"xfrm ESP state created; rfc4106(gcm(aes)): {aead or 'ok'}")
+
+
+def _xfrm_aead(ns: str) -> str:
+    argv = ["ip", *_XFRM, "spi", "0x1002", *_XFRM_MODE]
+    argv += ["aead", "rfc4106(gcm(aes))", "0x" + "33" * 20, "128"]
+    out = _in_ns(ns, argv)
+    return "" if out.returncode == 0 else out.stderr.strip()
+
+
+def _probe_gcm(ns: str) -> Capability:
+    names = _proc_crypto_names()
+    if {"gcm(aes)", "rfc4106(gcm(aes))"} & names:
+        return _cap("kernel_gcm", True, "gcm(aes) registered in /proc/crypto")
+    config = _kernel_config()
+    if config.get("CONFIG_CRYPTO_GCM") in ("y", "m"):
+        return _cap("kernel_gcm", True, f"CONFIG_CRYPTO_GCM={config['CONFIG_CRYPTO_GCM']}")
+    err = _xfrm_aead(ns)
+    if not err:
+        return _cap("kernel_gcm", True, "rfc4106(gcm(aes)) xfrm state accepted")
+    detail = "not in /proc/crypto"
+    if config:
+        detail += ", CONFIG_CRYPTO_GCM not set"
+    return _cap("kernel_gcm", False, f"{detail}; xfrm says: {err}")
+
+
+def _probe_ovs() -> Capability:
+    tool = shutil.which("ovs-vsctl")
+    try:
+        from pyroute2.netlink import genlmsg
+        from pyroute2.netlink.generic import GenericNetlinkSocket
+
+        sock = GenericNetlinkSocket()
+        try:
+            sock.bind("ovs_datapath", genlmsg)
+            kernel = True
+        finally:
+            sock.close()
+    except Exception:
+        kernel = False
+    if tool and kernel:
+        return _cap("openvswitch", True, f"{tool}; kernel datapath present")
+    parts = [
+        tool or "ovs-vsctl not found",
+        "kernel datapath present" if kernel else "no kernel datapath",
+    ]
+    return _cap("openvswitch", False, "; ".join(parts))
+
+
+def _proc_crypto_names() -> set[str]:
+    try:
+        text = Path("/proc/crypto").read_text()
+    except OSError:
+        return set()
+    return {line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("name")}
+
+
+def _kernel_config() -> dict[str, str]:
+    try:
+        raw = gzip.decompress(Path("/proc/config.gz").read_bytes()).decode()
+    except OSError:
+        return {}
+    config = {}
+    for line in raw.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            key, _, value = line.partition("=")
+            config[key] = value
+    return config

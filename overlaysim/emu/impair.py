@@ -1,0 +1,507 @@
+"""Impairments on the emulated underlay: loss, rate, delay, partitions, crashed hosts.
+
+The model is declarative: each call updates the wanted state, then the whole state is
+rendered per network namespace and only what changed is applied. Every namespace's
+nftables table is replaced atomically in one ``nft -j -f -`` transaction, so a partition
+never exists half-applied inside a host.
+
+Semantics match the simulator (``overlaysim.sim.underlay``):
+
+* ``loss(p, link)`` drops each packet crossing that link, in either direction, with
+  probability p, on top of the topology's own ``loss_pct``. It is an ingress rule at both
+  ends of the link. ``loss(p)`` with no link is end to end: every packet is dropped once,
+  with probability p, on arrival at its destination host.
+* ``rate(mbps, link)`` limits both directions of a link (tbf on both ends' egress);
+  ``rate(mbps)`` limits every link. The topology's ``bandwidth_mbps`` is the baseline.
+* ``delay`` needs ``sch_netem``; without it :class:`UnsupportedImpairment` is raised.
+* ``partition(groups)``: hosts in different groups cannot exchange IPv4 on the underlay;
+  hosts in no group are cut off from everyone. ``heal()`` undoes it.
+* ``crash_links(host)``: everything into or out of the host's interfaces is dropped.
+* ``clear(link=None)`` removes loss, rate and delay impairments (not partitions or
+  crashes, which have their own undo), returning to the topology's link properties.
+
+Loss is judged per packet on the wire, so while an ingress loss rule is active the
+sending end of that veth is limited to one segment per packet (``gso_max_segs 1``):
+otherwise a 64 KB TSO super-packet would be dropped as one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from overlaysim.emu import clean as rec
+from overlaysim.errors import UserError
+from overlaysim.scenario.topology import Link
+
+if TYPE_CHECKING:
+    from overlaysim.emu.net import PlannedLink, Underlay
+
+LinkRef = tuple[str, str] | Link | None
+_NS = str | None  # a host name, or None for the root namespace
+_TBF_QUEUE_S = 0.05  # tbf queue length in time: 50 ms at the configured rate
+_WORKERS = 8
+
+
+class UnsupportedImpairment(UserError):
+    """This kernel cannot emulate the requested impairment (and we never skip silently)."""
+
+
+class ImpairmentError(RuntimeError):
+    """The kernel refused a change we expected it to accept."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Wanted egress queueing on one interface."""
+
+    rate_mbps: float | None = None
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+
+    def empty(self) -> bool:
+        return self.rate_mbps is None and self.delay_ms == 0 and self.jitter_ms == 0
+
+
+class Impairments:
+    """Impairment state for one :class:`~overlaysim.emu.net.Underlay`.
+
+    Use the underlay's own instance (``underlay.impairments``): two instances would
+    overwrite each other's rules.
+    """
+
+    def __init__(self, underlay: Underlay) -> None:
+        """Store the underlay; nothing touches the kernel until a method is called."""
+        self._u = underlay
+        self._shape_baseline = True
+        self._global_loss = 0.0
+        self._global_delay = (0.0, 0.0)
+        self._extra_loss: dict[int, float] = {}
+        self._extra_rate: dict[int, float] = {}
+        self._extra_delay: dict[int, tuple[float, float]] = {}
+        self._groups: dict[str, int] | None = None
+        self._crashed: set[str] = set()
+        self._netem: bool | None = None
+        self._nft_applied: dict[_NS, str] = {}
+        self._tc_applied: dict[tuple[_NS, str], _Shape] = {}
+        self._gso_saved: dict[tuple[_NS, str], int] = {}  # original gso_max_segs
+        self._root_table = False
+
+    # -- public API -------------------------------------------------------------------
+
+    def loss(self, percent: float, link: LinkRef = None) -> None:
+        """Drop ``percent`` % of packets on ``link`` (both ways), or end to end everywhere."""
+        p = _percent(percent)
+        if link is None:
+            self._global_loss = p
+        else:
+            for pl in self._resolve(link):
+                self._extra_loss[pl.index] = p
+        self._apply()
+
+    def rate(self, mbps: float, link: LinkRef = None) -> None:
+        """Limit ``link`` (both directions) or every link to ``mbps`` Mbit/s."""
+        if not (mbps > 0 and math.isfinite(mbps)):
+            raise UserError(f"rate must be a positive number of Mbit/s, not {mbps!r}")
+        for pl in self._targets(link):
+            self._extra_rate[pl.index] = float(mbps)
+        self._apply()
+
+    def delay(self, ms: float, jitter_ms: float = 0.0, link: LinkRef = None) -> None:
+        """Add one-way delay to ``link`` (both directions) or end to end everywhere."""
+        if ms < 0 or jitter_ms < 0:
+            raise UserError(f"delay and jitter must be >= 0, not {ms!r}/{jitter_ms!r}")
+        if (ms or jitter_ms) and not self.netem_available():
+            raise UnsupportedImpairment(
+                "delay needs sch_netem, which this kernel lacks (CONFIG_NET_SCH_NETEM); "
+                "the NFQUEUE user-space fallback is not implemented yet. Remove the delay "
+                "events from the scenario, run it on the simulator, or use a kernel with netem."
+            )
+        if link is None:
+            self._global_delay = (float(ms), float(jitter_ms))
+        else:
+            for pl in self._resolve(link):
+                self._extra_delay[pl.index] = (float(ms), float(jitter_ms))
+        self._apply()
+
+    def partition(self, groups: Sequence[Iterable[str]]) -> None:
+        """Split hosts into ``groups`` that cannot reach each other (replaces any earlier
+        partition). Hosts named in no group are isolated from everyone."""
+        assignment: dict[str, int] = {}
+        for gi, group in enumerate(groups):
+            for h in group:
+                self._u.underlay_ip(h)  # validates the name
+                if h in assignment:
+                    raise UserError(f"host {h!r} is in more than one partition group")
+                assignment[h] = gi
+        self._groups = assignment
+        self._apply()
+
+    def heal(self) -> None:
+        """End the partition."""
+        self._groups = None
+        self._apply()
+
+    def crash_links(self, host: str) -> None:
+        """Silence every underlay interface of ``host`` (in and out)."""
+        self._u.underlay_ip(host)
+        self._crashed.add(host)
+        self._apply()
+
+    def restore_links(self, host: str) -> None:
+        """Undo :meth:`crash_links`."""
+        self._u.underlay_ip(host)
+        self._crashed.discard(host)
+        self._apply()
+
+    def clear(self, link: LinkRef = None) -> None:
+        """Remove loss, rate and delay impairments from ``link`` (None: everywhere)."""
+        targets = [pl.index for pl in self._targets(link)]
+        for table in (self._extra_loss, self._extra_rate, self._extra_delay):
+            for i in targets:
+                table.pop(i, None)
+        if link is None:
+            self._global_loss = 0.0
+            self._global_delay = (0.0, 0.0)
+        self._apply()
+
+    @property
+    def mechanisms(self) -> dict[str, str]:
+        """Which mechanism carries each impairment and link property (for the manifest)."""
+        netem = self._netem
+        lat_links = sum(1 for pl in self._links() if pl.spec.latency_ms > 0)
+        if netem:
+            latency = "tc netem on both ends' egress"
+            delay = "tc netem (one-way delay added at egress)"
+        else:
+            why = "not probed yet" if netem is None else "sch_netem missing"
+            latency = (
+                f"not emulated ({why}): {lat_links} link(s) specify latency_ms > 0; "
+                "veth adds only tens of microseconds"
+            )
+            delay = f"unsupported ({why}): delay() raises UnsupportedImpairment"
+        return {
+            "loss": "nftables netdev ingress rule 'numgen random mod 10000 < p*100 drop' "
+            "(per link: both ends; everywhere: each host's ingress); sender GSO off while active",
+            "rate": "tc tbf on both ends' egress (burst max(4 ms, 2 MTU), 50 ms queue)",
+            "link_bandwidth": "tc tbf (topology bandwidth_mbps)"
+            if self._shape_baseline
+            else "not applied (shape=False)",
+            "link_latency": latency,
+            "delay": delay,
+            "partition": "nftables netdev ingress+egress drop by underlay IPv4 set in each host",
+            "crash": "nftables netdev drop-all on the host's underlay interfaces",
+        }
+
+    def netem_available(self) -> bool:
+        """Whether this kernel has ``sch_netem`` (probed once, in a throwaway namespace)."""
+        if self._netem is None:
+            from overlaysim.emu.capabilities import qdisc_available
+
+            self._netem = qdisc_available("netem")
+        return self._netem
+
+    # -- used by the underlay -------------------------------------------------------
+
+    def apply_baseline(self, shape: bool = True) -> None:
+        """Apply the topology's own link properties (called by ``Underlay.start``)."""
+        self._shape_baseline = shape
+        if any(pl.spec.latency_ms > 0 for pl in self._links()):
+            self.netem_available()  # decides whether latency is applied (mechanisms says)
+        self._apply()
+
+    def remove_root_state(self) -> None:
+        """Delete the root-namespace table (host tables go with their namespaces)."""
+        if not self._root_table:
+            return
+        table = self._table_name()
+        rec.delete_nft_table("netdev", table)
+        if self._u.record is not None:
+            self._u.record.drop(rec.Item(kind=rec.NFT, name=table, family="netdev"))
+        self._root_table = False
+        self._nft_applied.pop(None, None)
+
+    # -- planning ---------------------------------------------------------------------
+
+    def _links(self) -> tuple[PlannedLink, ...]:
+        plan = self._u.plan
+        return plan.links if plan is not None else ()
+
+    def _resolve(self, link: LinkRef) -> list[PlannedLink]:
+        if isinstance(link, Link):
+            return self._u.links_between(link.a, link.b)
+        if isinstance(link, tuple) and len(link) == 2:
+            return self._u.links_between(link[0], link[1])
+        raise UserError(f"a link is (node, node) or a topology Link, not {link!r}")
+
+    def _targets(self, link: LinkRef) -> list[PlannedLink]:
+        return list(self._links()) if link is None else self._resolve(link)
+
+    def _table_name(self) -> str:
+        assert self._u.plan is not None
+        return f"{rec.PREFIX}_{self._u.plan.tag}"
+
+    def _link_loss(self, pl: PlannedLink) -> list[float]:
+        return [p for p in (pl.spec.loss_pct, self._extra_loss.get(pl.index, 0.0)) if p > 0]
+
+    def _wanted_nft(self) -> dict[_NS, list[dict[str, Any]]]:
+        """Chains and rules per namespace: {ns: [chain specs with rules]}."""
+        plan = self._u.plan
+        assert plan is not None
+        chains: dict[_NS, list[dict[str, Any]]] = {}
+        ips = {h.name: h.ip for h in plan.hosts}
+
+        def add(ns: _NS, ifname: str, hook: str, rules: list[list[dict[str, Any]]]) -> None:
+            if rules:
+                chains.setdefault(ns, []).append({"dev": ifname, "hook": hook, "rules": rules})
+
+        for pl in self._links():
+            for port in pl.ends:
+                loss_rules = [_numgen_drop(p) for p in self._link_loss(pl)]
+                if port.host is None:
+                    add(None, port.ifname, "ingress", loss_rules)
+                    continue
+                host = port.host
+                if host in self._crashed:
+                    add(host, port.ifname, "ingress", [[{"drop": None}]])
+                    add(host, port.ifname, "egress", [[{"drop": None}]])
+                    continue
+                ingress, egress = [], []
+                blocked = self._blocked(host, ips)
+                if blocked:
+                    ingress.append(_set_drop("saddr"))
+                    egress.append(_set_drop("daddr"))
+                ingress += loss_rules
+                if self._global_loss > 0:
+                    ingress.append(_numgen_drop(self._global_loss))
+                add(host, port.ifname, "ingress", ingress)
+                add(host, port.ifname, "egress", egress)
+        return chains
+
+    def _blocked(self, host: str, ips: dict[str, str]) -> list[str]:
+        if self._groups is None:
+            return []
+        mine = self._groups.get(host)
+        return sorted(
+            ip
+            for h, ip in ips.items()
+            if h != host and (mine is None or self._groups.get(h) != mine)
+        )
+
+    def _wanted_shapes(self) -> dict[tuple[_NS, str], _Shape]:
+        shapes: dict[tuple[_NS, str], _Shape] = {}
+        netem = bool(self._netem)
+        g_ms, g_jit = self._global_delay
+        for pl in self._links():
+            rates = [self._extra_rate.get(pl.index)]
+            bw = pl.spec.bandwidth_mbps
+            if self._shape_baseline and bw > 0 and math.isfinite(bw):
+                rates.append(bw)
+            rate = min((r for r in rates if r is not None), default=None)
+            d_ms, d_jit = self._extra_delay.get(pl.index, (0.0, 0.0))
+            base = pl.spec.latency_ms if netem else 0.0
+            for port in pl.ends:
+                at_host = port.host is not None
+                shapes[(port.host, port.ifname)] = _Shape(
+                    rate_mbps=rate,
+                    delay_ms=base + d_ms + (g_ms if at_host else 0.0),
+                    jitter_ms=d_jit + (g_jit if at_host else 0.0),
+                )
+        return shapes
+
+    def _wanted_gso(self, chains: dict[_NS, list[dict[str, Any]]]) -> set[tuple[_NS, str]]:
+        """Senders into interfaces with an ingress loss rule: they must not send GSO."""
+        lossy = {
+            (ns, c["dev"])
+            for ns, cs in chains.items()
+            for c in cs
+            if c["hook"] == "ingress" and any(_is_numgen(r) for r in c["rules"])
+        }
+        senders = set()
+        for pl in self._links():
+            for port in pl.ends:
+                if (port.host, port.ifname) in lossy:
+                    peer = pl.peer(port)
+                    senders.add((peer.host, peer.ifname))
+        return senders
+
+    # -- applying ---------------------------------------------------------------------
+
+    def _apply(self) -> None:
+        if self._u.state not in ("built", "running"):
+            raise UserError(f"impairments need a started underlay (it is {self._u.state})")
+        chains = self._wanted_nft()
+        # Senders stop sending GSO super-packets before loss rules start judging packets.
+        self._run(self._gso_jobs(self._wanted_gso(chains)))
+        jobs = self._nft_jobs(chains)
+        for ns, cmds in self._tc_jobs(self._wanted_shapes()).items():
+            jobs.setdefault(ns, []).extend(cmds)
+        self._run(jobs)
+
+    def _run(self, jobs: dict[_NS, list[_Cmd]]) -> None:
+        """Run each namespace's commands in order; namespaces in parallel."""
+
+        def run(ns: _NS) -> str:
+            for cmd in jobs[ns]:
+                out = self._u.run_in(ns, cmd.argv, input=cmd.input)
+                if out.returncode != 0:
+                    return f"{' '.join(cmd.argv[:4])}: {out.stderr.strip()}"
+                if cmd.done is not None:
+                    cmd.done(out.stdout)
+            return ""
+
+        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+            errors = [(ns, err) for ns, err in zip(jobs, pool.map(run, jobs), strict=True) if err]
+        if errors:
+            ns, err = errors[0]
+            raise ImpairmentError(f"in {ns or 'the root namespace'}: {err}")
+
+    def _nft_jobs(self, chains: dict[_NS, list[dict[str, Any]]]) -> dict[_NS, list[_Cmd]]:
+        plan = self._u.plan
+        assert plan is not None
+        table = self._table_name()
+        jobs: dict[_NS, list[_Cmd]] = {}
+        namespaces: list[_NS] = [h.name for h in plan.hosts] + [None]
+        for ns in namespaces:
+            wanted = chains.get(ns, [])
+            if not wanted and ns not in self._nft_applied:
+                continue  # never needed a table here: create none
+            payload = _render_table(table, wanted, self._blocked_for(ns))
+            if self._nft_applied.get(ns) == payload:
+                continue
+            if ns is None and not self._root_table:
+                assert self._u.record is not None
+                self._u.record.add(rec.Item(kind=rec.NFT, name=table, family="netdev"))
+                self._root_table = True
+
+            def done(_out: str, ns: _NS = ns, payload: str = payload) -> None:
+                self._nft_applied[ns] = payload
+
+            jobs[ns] = [_Cmd(["nft", "-j", "-f", "-"], input=payload, done=done)]
+        return jobs
+
+    def _blocked_for(self, ns: _NS) -> list[str]:
+        if ns is None or ns in self._crashed:
+            return []
+        plan = self._u.plan
+        assert plan is not None
+        return self._blocked(ns, {h.name: h.ip for h in plan.hosts})
+
+    def _gso_jobs(self, wanted: set[tuple[_NS, str]]) -> dict[_NS, list[_Cmd]]:
+        jobs: dict[_NS, list[_Cmd]] = {}
+        for ns, ifname in wanted - set(self._gso_saved):
+
+            def save(out: str, key: tuple[_NS, str] = (ns, ifname)) -> None:
+                self._gso_saved[key] = int(json.loads(out)[0].get("gso_max_segs", 65535))
+
+            jobs.setdefault(ns, []).extend(
+                [
+                    _Cmd(["ip", "-j", "-d", "link", "show", "dev", ifname], done=save),
+                    _Cmd(["ip", "link", "set", "dev", ifname, "gso_max_segs", "1"]),
+                ]
+            )
+        for ns, ifname in set(self._gso_saved) - wanted:
+            segs = self._gso_saved.pop((ns, ifname))
+            jobs.setdefault(ns, []).append(
+                _Cmd(["ip", "link", "set", "dev", ifname, "gso_max_segs", str(segs)])
+            )
+        return jobs
+
+    def _tc_jobs(self, wanted: dict[tuple[_NS, str], _Shape]) -> dict[_NS, list[_Cmd]]:
+        jobs: dict[_NS, list[_Cmd]] = {}
+        for (ns, ifname), shape in wanted.items():
+            old = self._tc_applied.get((ns, ifname), _Shape())
+            if old == shape:
+                continue
+            cmds = [] if old.empty() else [_Cmd(["tc", "qdisc", "del", "dev", ifname, "root"])]
+            cmds += [_Cmd(argv) for argv in _qdisc_argv(ifname, shape, self._u.mtu)]
+
+            def done(_out: str, key: tuple[_NS, str] = (ns, ifname), shape: _Shape = shape) -> None:
+                self._tc_applied[key] = shape
+
+            cmds[-1] = _Cmd(cmds[-1].argv, done=done)
+            jobs.setdefault(ns, []).extend(cmds)
+        return jobs
+
+
+@dataclass(frozen=True, slots=True)
+class _Cmd:
+    """One command for a namespace; ``done`` gets its stdout when it succeeds."""
+
+    argv: list[str]
+    input: str | None = None
+    done: Callable[[str], None] | None = None
+
+
+# --- rendering and kernel helpers -----------------------------------------------------
+
+
+def _percent(value: float) -> float:
+    if not (0 <= value <= 100):
+        raise UserError(f"loss must be a percentage in [0, 100], not {value!r}")
+    return float(value)
+
+
+def _numgen_drop(percent: float) -> list[dict[str, Any]]:
+    threshold = round(percent * 100)  # out of 10000: 0.01 % resolution
+    numgen = {"numgen": {"mode": "random", "mod": 10000}}
+    return [{"match": {"op": "<", "left": numgen, "right": threshold}}, {"drop": None}]
+
+
+def _is_numgen(rule: list[dict[str, Any]]) -> bool:
+    return "numgen" in rule[0].get("match", {}).get("left", {})
+
+
+def _set_drop(field: str) -> list[dict[str, Any]]:
+    payload = {"payload": {"protocol": "ip", "field": field}}
+    return [{"match": {"op": "==", "left": payload, "right": "@blocked"}}, {"drop": None}]
+
+
+def _render_table(table: str, chains: list[dict[str, Any]], blocked: list[str]) -> str:
+    """The full table as one atomic nft transaction (add+delete+add resets it)."""
+    t = {"family": "netdev", "name": table}
+    base = {"family": "netdev", "table": table}
+    cmds: list[dict[str, Any]] = [
+        {"add": {"table": t}},
+        {"delete": {"table": t}},
+        {"add": {"table": t}},
+    ]
+    if blocked:
+        elem = {"name": "blocked", "type": "ipv4_addr", "elem": blocked}
+        cmds.append({"add": {"set": {**base, **elem}}})
+    for c in chains:
+        name = f"{c['hook'][:3]}_{c['dev']}".replace("-", "_")
+        spec = {"name": name, "type": "filter", "hook": c["hook"], "dev": c["dev"], "prio": 0}
+        cmds.append({"add": {"chain": {**base, **spec, "policy": "accept"}}})
+        for expr in c["rules"]:
+            cmds.append({"add": {"rule": {**base, "chain": name, "expr": expr}}})
+    return json.dumps({"nftables": cmds}, sort_keys=True)
+
+
+def _qdisc_argv(ifname: str, shape: _Shape, mtu: int) -> list[list[str]]:
+    """tc commands giving ``ifname`` the root qdisc for ``shape`` (none if it is empty)."""
+    if shape.empty():
+        return []
+    dev = ["tc", "qdisc", "add", "dev", ifname]
+    tbf = _tbf_args(shape, mtu) if shape.rate_mbps is not None else []
+    if not (shape.delay_ms or shape.jitter_ms):
+        return [[*dev, "root", "handle", "1:", *tbf]]
+    netem = [*dev, "root", "handle", "1:", "netem", "delay", f"{shape.delay_ms * 1000:.0f}us"]
+    if shape.jitter_ms:
+        netem.append(f"{shape.jitter_ms * 1000:.0f}us")
+    # netem queues and delays; a tbf child under it does the rate limit.
+    return [netem] + ([[*dev, "parent", "1:1", "handle", "10:", *tbf]] if tbf else [])
+
+
+def _tbf_args(shape: _Shape, mtu: int) -> list[str]:
+    assert shape.rate_mbps is not None
+    bytes_per_s = shape.rate_mbps * 1e6 / 8
+    # A burst of 4 ms of traffic keeps the timer resolution from capping the rate, and at
+    # least two full frames so no packet is ever too big for the bucket.
+    burst = max(int(bytes_per_s * 0.004), 2 * (mtu + 14))
+    rate = f"{shape.rate_mbps * 1000:.0f}kbit"
+    return ["tbf", "rate", rate, "burst", str(burst), "latency", f"{_TBF_QUEUE_S * 1000:.0f}ms"]

@@ -1,0 +1,201 @@
+"""ConvergenceTracker semantics, by hand and against an offline reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overlaysim.metrics.convergence import ConvergenceTracker
+
+HOSTS = ["a", "b", "c", "d"]
+
+
+def test_converges_when_last_target_sees_it():
+    tr = ConvergenceTracker()
+    tr.commit(1.0, "a", "n1", "k", "add", HOSTS)
+    tr.seen(1.5, "b", "n1", "k", "add")
+    tr.seen(2.0, "d", "n1", "k", "add")
+    assert tr.pending == 1
+    tr.seen(3.25, "c", "n1", "k", "add")
+    assert tr.pending == 0
+    (row,) = tr.finish(10.0)
+    assert row["status"] == "converged"
+    assert row["converged_t"] == 3.25
+    assert row["latency_s"] == pytest.approx(2.25)
+    assert row["targets"] == 4
+    assert (row["owner"], row["network"], row["key"], row["op"]) == ("a", "n1", "k", "add")
+
+
+def test_owner_sees_its_own_commit_at_once():
+    tr = ConvergenceTracker()
+    tr.commit(2.0, "a", "n1", "k", "add", ["a"])
+    tr.commit(3.0, "a", "n1", "k2", "add", ["a", "b"])
+    tr.seen(3.5, "b", "n1", "k2", "add")
+    rows = tr.finish(5.0)
+    assert [r["latency_s"] for r in rows] == [0.0, 0.5]
+    assert all(r["status"] == "converged" for r in rows)
+
+
+def test_seen_is_idempotent_and_ignores_non_targets_other_ops_and_unknown_keys():
+    tr = ConvergenceTracker()
+    tr.commit(0.0, "a", "n1", "k", "add", ["a", "b", "c"])
+    tr.seen(0.1, "b", "n1", "k", "add")
+    tr.seen(0.2, "b", "n1", "k", "add")  # again: still waiting for c
+    tr.seen(0.3, "z", "n1", "k", "add")  # not a target
+    tr.seen(0.4, "c", "n1", "k", "delete")  # other op
+    tr.seen(0.5, "c", "n2", "k", "add")  # other network
+    tr.seen(0.6, "c", "n1", "other", "add")  # nothing pending
+    assert tr.pending == 1
+    tr.seen(0.7, "c", "n1", "k", "add")
+    (row,) = tr.finish(1.0)
+    assert row["converged_t"] == 0.7
+
+
+def test_node_gone_converges_at_last_other_seen():
+    tr = ConvergenceTracker()
+    tr.commit(1.0, "a", "n1", "k", "add", HOSTS)
+    tr.seen(2.0, "b", "n1", "k", "add")
+    tr.seen(2.5, "c", "n1", "k", "add")
+    tr.node_gone(7.0, "d")  # d crashed before it ever saw the entry
+    (row,) = tr.finish(10.0)
+    assert row["status"] == "converged"
+    assert row["converged_t"] == 2.5
+    assert row["latency_s"] == 1.5
+
+
+def test_node_gone_of_a_non_waiting_node_changes_nothing():
+    tr = ConvergenceTracker()
+    tr.commit(1.0, "a", "n1", "k", "add", ["a", "b", "c"])
+    tr.seen(2.0, "b", "n1", "k", "add")
+    tr.node_gone(3.0, "b")  # already saw it
+    tr.node_gone(3.0, "zz")
+    assert tr.pending == 1
+    tr.seen(4.0, "c", "n1", "k", "add")
+    (row,) = tr.finish(10.0)
+    assert row["converged_t"] == 4.0
+
+
+def test_new_commit_supersedes_pending_one_on_same_key():
+    tr = ConvergenceTracker()
+    tr.commit(1.0, "a", "n1", "k", "add", HOSTS)
+    tr.seen(1.5, "b", "n1", "k", "add")
+    tr.commit(2.0, "a", "n1", "k", "delete", HOSTS)
+    tr.seen(2.5, "c", "n1", "k", "add")  # late add: belongs to nothing now
+    for h in ("b", "c", "d"):
+        tr.seen(3.0, h, "n1", "k", "delete")
+    first, second = tr.finish(4.0)
+    assert first["status"] == "superseded"
+    assert first["converged_t"] is None and first["latency_s"] is None
+    assert second["status"] == "converged" and second["latency_s"] == 1.0
+
+
+def test_converged_commit_is_not_superseded_later():
+    tr = ConvergenceTracker()
+    tr.commit(1.0, "a", "n1", "k", "add", ["a", "b"])
+    tr.seen(1.2, "b", "n1", "k", "add")
+    tr.commit(5.0, "a", "n1", "k", "delete", ["a", "b"])
+    first, second = tr.finish(6.0)
+    assert first["status"] == "converged"
+    assert second["status"] == "unconverged"
+
+
+def test_unconverged_at_finish_and_rows_in_commit_order():
+    tr = ConvergenceTracker()
+    tr.commit(1.0, "a", "n1", "k1", "add", ["a", "b"])
+    tr.commit(2.0, "b", "n1", "k2", "add", ["a", "b"])
+    tr.seen(3.0, "a", "n1", "k2", "add")
+    rows = tr.finish(9.0)
+    assert [r["key"] for r in rows] == ["k1", "k2"]
+    assert [r["status"] for r in rows] == ["unconverged", "converged"]
+    assert rows[0]["converged_t"] is None
+
+
+def test_finish_closes_the_tracker():
+    tr = ConvergenceTracker()
+    tr.finish(1.0)
+    with pytest.raises(RuntimeError):
+        tr.commit(2.0, "a", "n", "k", "add", ["a"])
+    with pytest.raises(RuntimeError):
+        tr.finish(2.0)
+
+
+# --- property: the online tracker agrees with an offline computation ------------------
+
+KEYS = ["k1", "k2"]
+
+
+@st.composite
+def scripts(draw):
+    """A time-ordered list of (t, action, ...) with distinct times."""
+    n = draw(st.integers(1, 40))
+    steps = []
+    for i in range(n):
+        t = float(i + 1)
+        kind = draw(st.sampled_from(["commit", "seen", "seen", "seen", "gone"]))
+        if kind == "commit":
+            targets = draw(st.sets(st.sampled_from(HOSTS), min_size=1))
+            owner = draw(st.sampled_from(sorted(targets)))
+            op = draw(st.sampled_from(["add", "delete"]))
+            steps.append((t, "commit", owner, draw(st.sampled_from(KEYS)), op, targets))
+        elif kind == "seen":
+            node = draw(st.sampled_from(HOSTS))
+            op = draw(st.sampled_from(["add", "delete"]))
+            steps.append((t, "seen", node, draw(st.sampled_from(KEYS)), op))
+        else:
+            steps.append((t, "gone", draw(st.sampled_from(HOSTS))))
+    return steps
+
+
+def reference(steps, t_end):
+    """For each commit, scan forward: when does every target either see it or leave?"""
+    rows = []
+    for i, s in enumerate(steps):
+        if s[1] != "commit":
+            continue
+        t0, _, owner, key, op, targets = s
+        waiting = set(targets) - {owner}
+        last = t0
+        status, conv = "unconverged", None
+        if not waiting:
+            status, conv = "converged", t0
+        else:
+            for later in steps[i + 1 :]:
+                if later[1] == "commit" and later[3] == key:
+                    status = "superseded"
+                    break
+                if later[1] == "seen" and later[3] == key and later[4] == op:
+                    if later[2] in waiting:
+                        waiting.discard(later[2])
+                        last = later[0]
+                elif later[1] == "gone":
+                    waiting.discard(later[2])
+                if not waiting:
+                    status, conv = "converged", last
+                    break
+        rows.append((t0, key, op, status, conv))
+    return rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(scripts())
+def test_tracker_matches_offline_reference(steps):
+    tr = ConvergenceTracker()
+    for s in steps:
+        if s[1] == "commit":
+            tr.commit(s[0], s[2], "n", s[3], s[4], s[5])
+        elif s[1] == "seen":
+            tr.seen(s[0], s[2], "n", s[3], s[4])
+        else:
+            tr.node_gone(s[0], s[2])
+    t_end = steps[-1][0] + 1
+    rows = tr.finish(t_end)
+    got = [(r["t_commit"], r["key"], r["op"], r["status"], r["converged_t"]) for r in rows]
+    assert got == reference(steps, t_end)
+    for r in rows:
+        if r["converged_t"] is None:
+            assert r["latency_s"] is None
+        else:
+            assert math.isclose(r["latency_s"], r["converged_t"] - r["t_commit"])
