@@ -103,7 +103,7 @@ class ConvergenceTracker:
     def seen(self, t: float, node: str, network: str, key: str, op: str) -> None:
         """``node`` holds (or has programmed) ``key`` in state ``op`` at ``t``."""
         rec = self._pending.get((network, key))
-        if rec is None or rec.op != op or node not in rec.waiting:
+        if rec is None or node not in rec.waiting:
             return
         rec.waiting.discard(node)
         rec.last_seen_t = t

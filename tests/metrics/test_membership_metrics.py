@@ -103,7 +103,8 @@ def crash_scenario(log):
     views(log, 11.0, "member_suspect", ["a", "b"], "d", step=0.5)
     views(log, 14.0, "member_dead", ["a", "b", "c", "e"], "d", step=1.0)  # last at 17
     log.add(25.0, "node_restart", subject="d")
-    # crash 2: c at 30; e crashes at 32 so it is not a required observer.
+    # crash 2: c at 30; e crashes at 32 before reporting, so it is not required.
+    # Nobody reports e's own crash: a goes down at 50, b and d never do.
     log.add(30.0, "node_crash", subject="c")
     log.add(32.0, "node_crash", subject="e")
     log.add(31.0, "member_dead", node="a", subject="c")  # straight to dead, no suspect
@@ -119,8 +120,8 @@ def crash_scenario(log):
 
 def test_failure_detection_per_crash():
     fd = failure_detections(events_of(crash_scenario), duration_s=100.0)
-    assert list(fd["node"]) == ["d", "c", "a"]
-    d, c, a = (fd.iloc[i] for i in range(3))
+    assert list(fd["node"]) == ["d", "c", "e", "a"]
+    d, c, e, a = (fd.iloc[i] for i in range(4))
     assert d["first_suspect_s"] == 1.0
     assert d["all_dead_s"] == 7.0
     assert d["observers"] == 4 and d["missing"] == 0 and d["window_end"] == 25.0
@@ -128,18 +129,21 @@ def test_failure_detection_per_crash():
     assert c["observers"] == 3  # a, b, d (e crashed inside the window)
     assert c["all_dead_s"] == 4.0
     assert c["window_end"] == 100.0  # never restarts: until the end of the run
+    assert math.isnan(e["first_suspect_s"]) and math.isnan(e["all_dead_s"])
+    assert e["observers"] == 2 and e["missing"] == 2  # b, d (a went down first)
     assert a["first_suspect_s"] == 2.0
     assert math.isnan(a["all_dead_s"]) and a["missing"] == 1  # only d (c, e are down)
 
 
 def test_failure_detection_summary():
     s = summarize_failure_detection(failure_detections(events_of(crash_scenario), 100.0))
-    assert s["count"] == 3
+    assert s["count"] == 4
+    assert s["suspected"] == 3
     assert s["first_suspect_mean"] == pytest.approx((1.0 + 1.0 + 2.0) / 3)
     assert s["all_dead_p50"] == pytest.approx(5.5)  # of 7.0 and 4.0
     assert s["all_dead_max"] == 7.0
     assert s["all_dead_count"] == 2
-    assert s["undetected"] == 1
+    assert s["undetected"] == 2
 
 
 def test_failure_detection_empty():
@@ -170,6 +174,7 @@ def test_join_visibility_per_join():
     jv = join_visibilities(events_of(join_scenario), duration_s=60.0)
     assert list(jv["node"]) == ["x", "c", "y"]
     x, c, y = (jv.iloc[i] for i in range(3))
+    # c crashes at 20, after it saw x: it still counts
     assert x["visibility_s"] == 2.5 and x["observers"] == 3
     assert math.isnan(c["visibility_s"]) and c["missing"] == 1 and c["observers"] == 3
     assert math.isnan(y["visibility_s"]) and y["missing"] == 4

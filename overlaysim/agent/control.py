@@ -1,0 +1,194 @@
+"""The agent's local control API: JSON lines over a unix socket.
+
+The scenario runner (and a person with ``socat``) talks to each agent through its
+socket, e.g. ``/run/overlaysim/<run>/h3.sock``. Each request is one line holding a JSON
+object ``{"op": "run", "container": "c1", "network": "web"}``; each answer is one line,
+``{"result": ...}`` or ``{"error": {"type": "NotAttachable", "message": "..."}}``.
+Several requests may share a connection; they are answered in order.
+
+:class:`ControlClient` raises refusals again as the manager's
+:class:`~overlaysim.core.cluster.ClusterError` subclass when the type is one of those
+(``NotAttachable``, ``EncryptionUnsupported``...), otherwise as :class:`ControlError`.
+The operations themselves live in the daemon; ``docs/agent.md`` lists them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from overlaysim.agent.manager import ERROR_TYPES
+from overlaysim.core.cluster import ClusterError
+
+#: Longest request or answer line.
+MAX_LINE = 16 * 1024 * 1024
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class ControlError(RuntimeError):
+    """An operation failed for a reason that is not a manager refusal.
+
+    ``type`` is the error's class name on the agent (``BadRequest``, ``DataPlaneError``,
+    ``EntryExistsError``...).
+    """
+
+    def __init__(self, type_: str, message: str) -> None:
+        super().__init__(f"{type_}: {message}")
+        self.type = type_
+        self.message = message
+
+
+class BadRequest(ControlError):
+    """Raised by handlers (and the server) for a malformed request."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("BadRequest", message)
+
+
+def _error_answer(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, ControlError):
+        return {"error": {"type": exc.type, "message": exc.message}}
+    return {"error": {"type": type(exc).__name__, "message": str(exc)}}
+
+
+def raise_answer(answer: object) -> Any:
+    """The result of an answer, or raise the error it carries."""
+    if not isinstance(answer, dict):
+        raise ControlError("BadAnswer", f"malformed answer {answer!r}")
+    if "error" in answer:
+        err = answer["error"] if isinstance(answer["error"], dict) else {}
+        kind, message = str(err.get("type", "")), str(err.get("message", ""))
+        cls = ERROR_TYPES.get(kind)
+        if cls is not None:
+            raise cls(message)
+        raise ControlError(kind or "Error", message)
+    return answer.get("result")
+
+
+class ControlServer:
+    """Serves ``handlers`` (op name -> async function of the request) on a unix socket.
+
+    ``on_unexpected`` is told about handler exceptions that are neither refusals
+    (:class:`ClusterError`) nor :class:`ControlError`: likely bugs worth logging.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        handlers: Mapping[str, Handler],
+        on_unexpected: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.handlers = dict(handlers)
+        self.on_unexpected = on_unexpected
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_socket():
+            self.path.unlink()  # a previous boot's socket (SIGKILL leaves it behind)
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_LINE)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def handle(self, request: object) -> dict[str, Any]:
+        """Answer one decoded request."""
+        try:
+            if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                raise BadRequest(f"request {request!r}: expected an object with a string 'op'")
+            op = request["op"]
+            handler = self.handlers.get(op)
+            if handler is None:
+                raise BadRequest(f"op={op!r}: unknown; expected one of {', '.join(sorted(self.handlers))}")
+            return {"result": await handler(request)}
+        except (ClusterError, ControlError) as exc:
+            return _error_answer(exc)
+        except Exception as exc:
+            if self.on_unexpected is not None:
+                self.on_unexpected(str(request.get("op") if isinstance(request, dict) else ""), exc)
+            return _error_answer(exc)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    writer.write(_encode(_error_answer(BadRequest("request line too long"))))
+                    break
+                if not line:
+                    break
+                try:
+                    request = json.loads(line)
+                except ValueError as exc:
+                    answer = _error_answer(BadRequest(f"not JSON: {exc}"))
+                else:
+                    answer = await self.handle(request)
+                writer.write(_encode(answer))
+                await writer.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+def _encode(answer: dict[str, Any]) -> bytes:
+    return (json.dumps(answer, separators=(",", ":"), default=str) + "\n").encode()
+
+
+class ControlClient:
+    """Client of one agent's control socket.
+
+    :meth:`call` is synchronous (one connection per call); :meth:`acall` is the same
+    from a coroutine.
+    """
+
+    def __init__(self, path: Path | str, timeout: float = 60.0) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+
+    def call(self, op: str, **args: Any) -> Any:
+        """Send one request and return its result, or raise its error."""
+        line = json.dumps({"op": op, **args}).encode() + b"\n"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+            sock.sendall(line)
+            buf = bytearray()
+            while not buf.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ControlError("BadAnswer", f"agent at {self.path} closed the connection")
+                buf += chunk
+                if len(buf) > MAX_LINE:
+                    raise ControlError("BadAnswer", "answer too long")
+        return raise_answer(json.loads(buf))
+
+    async def acall(self, op: str, **args: Any) -> Any:
+        """Like :meth:`call`, without blocking the event loop."""
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(self.path, limit=MAX_LINE), self.timeout
+        )
+        try:
+            writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), self.timeout)
+        finally:
+            writer.close()
+        if not line:
+            raise ControlError("BadAnswer", f"agent at {self.path} closed the connection")
+        return raise_answer(json.loads(line))

@@ -1,0 +1,130 @@
+"""The agent's JSON-lines event log: one fact per line, stamped with the monotonic clock.
+
+Every line is a JSON object with at least ``t`` (``time.monotonic()``: every network
+namespace shares one kernel clock, so times from different agents compare directly),
+``node`` (the agent's name) and ``kind``. The kinds, and the fields each adds, are
+listed in ``docs/agent.md``; the scenario runner turns them into ``events.csv``,
+``convergence.csv`` and ``traffic.csv``.
+
+Lines are written whole and flushed one by one, so a SIGKILL loses at most the line
+being written. Writes are serialised by a lock: the data-plane worker thread logs
+kernel programming steps while the event loop logs protocol events.
+
+(The module shares its name with the standard library's ``logging``; absolute imports
+elsewhere are unaffected.)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+#: Every ``kind`` the agent writes.
+KINDS = frozenset(
+    {
+        "start",
+        "stop",
+        "member_join",
+        "member_suspect",
+        "member_alive",
+        "member_dead",
+        "member_leave",
+        "member_update",
+        "entry_commit",
+        "entry_seen",
+        "entry_programmed",
+        "program_error",
+        "reconcile",
+        "wire_error",
+        "agent_error",
+        "traffic",
+    }
+)
+
+
+class EventLog:
+    """Append-only JSON-lines log of one agent.
+
+    ``path`` None writes no file (an agent run without ``--log``); ``keep`` keeps every
+    record in :attr:`lines` too (tests). ``clock`` is injectable so tests need not
+    depend on real time.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        node: str,
+        keep: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.node = node
+        self.clock = clock
+        self.lines: list[dict[str, Any]] | None = [] if keep else None
+        self._lock = threading.Lock()
+        self._file: IO[str] | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # buffering=1: line-buffered, each line reaches the kernel when written
+            self._file = path.open("a", buffering=1, encoding="utf-8")
+
+    def write(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Log one fact of ``kind`` now; returns the record written."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown event kind {kind!r}")
+        record = {"t": self.clock(), "node": self.node, "kind": kind, **fields}
+        line = json.dumps(record, separators=(",", ":"), default=str)
+        with self._lock:
+            if self._file is not None:
+                self._file.write(line + "\n")
+            if self.lines is not None:
+                self.lines.append(record)
+        return record
+
+    def close(self) -> None:
+        """Flush and close the file; later writes only go to memory (if kept)."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """Parse an agent log; a torn last line (the agent was killed mid-write) is skipped."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+class RateLimit:
+    """Allow one report per ``interval`` seconds and count what was suppressed.
+
+    A flood of garbage packets must not turn into a flood of log lines.
+    """
+
+    __slots__ = ("interval", "_next", "suppressed")
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._next = float("-inf")
+        self.suppressed = 0
+
+    def allow(self, now: float) -> int | None:
+        """Number of reports suppressed since the last allowed one, or None to stay quiet."""
+        if now < self._next:
+            self.suppressed += 1
+            return None
+        self._next = now + self.interval
+        out, self.suppressed = self.suppressed, 0
+        return out

@@ -1,0 +1,451 @@
+"""The manager API on TCP 2377: networks, addresses and service placement.
+
+The manager wraps :class:`overlaysim.core.cluster.Cluster` (network definitions, VNIs,
+IPAM) and adds what a swarm manager also does here: it remembers which host holds each
+allocation (a restarted agent releases its previous boot's addresses with
+``release_host``) and places service tasks round robin over the live hosts.
+
+Protocol: one request per TCP connection, each way a 4-byte big-endian length then a
+msgpack map. Request ``{"op": name, "args": {...}}``; answer ``{"result": ...}`` or
+``{"error": {"type": "NotAttachable", "message": "..."}}``. Errors are
+:class:`~overlaysim.core.cluster.ClusterError` subclasses; :class:`ManagerClient` raises
+the same subclass again on the calling side (:func:`error_from_wire`).
+
+Encrypted networks are refused (:data:`ENCRYPTION_REFUSED`) until the user-space ESP
+data path exists: never silently unencrypted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from overlaysim.agent.transport import FrameError, frame, read_frame
+from overlaysim.core import cluster as _cluster
+from overlaysim.core.cluster import Cluster, ClusterError, InvalidSpec, NetworkSpec
+
+MANAGER_PORT = 2377
+#: Largest request or answer (a network_ls of a big cluster fits easily).
+MAX_MESSAGE = 16 * 1024 * 1024
+
+ENCRYPTION_REFUSED = (
+    "encrypted overlay networks are not supported yet: the user-space ESP data path is not "
+    "built; refusing rather than running unencrypted"
+)
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+class EncryptionUnsupported(ClusterError):
+    """An encrypted network was asked for; the encrypted data path does not exist yet."""
+
+
+class InvalidRequest(ClusterError):
+    """The request itself is malformed: unknown operation, missing or mistyped argument."""
+
+
+class ServiceExists(ClusterError):
+    """A service with that name already exists."""
+
+
+class ServiceNotFound(ClusterError):
+    """No service has that name."""
+
+
+class NoLiveHosts(ClusterError):
+    """Placement found no live host to run tasks on."""
+
+
+class RemoteError(ClusterError):
+    """An error type this side does not know (a newer or broken peer)."""
+
+
+class ManagerUnavailable(ConnectionError):
+    """The manager could not be reached or answered garbage (not a refusal)."""
+
+
+def _error_types() -> dict[str, type[Exception]]:
+    types: dict[str, type[Exception]] = {}
+    for value in (*vars(_cluster).values(), *globals().values()):
+        if isinstance(value, type) and issubclass(value, ClusterError):
+            types[value.__name__] = value
+    return types
+
+
+def error_to_wire(exc: BaseException) -> dict[str, str]:
+    """``{"type": class name, "message": text}`` for an error answer."""
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+def error_from_wire(err: object) -> Exception:
+    """The exception an error answer stands for: the same ClusterError subclass when known.
+
+    Unknown types become :class:`RemoteError` whose message starts with the type name.
+    """
+    if not isinstance(err, dict):
+        return ManagerUnavailable(f"malformed error answer {err!r}")
+    name = str(err.get("type", ""))
+    message = str(err.get("message", ""))
+    cls = ERROR_TYPES.get(name)
+    if cls is None:
+        return RemoteError(f"{name}: {message}" if name else message)
+    return cls(message)
+
+
+# --- request handling (no I/O) ------------------------------------------------------------
+
+_REQUIRED = object()
+
+
+def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _REQUIRED) -> Any:
+    if name not in args or (args[name] is None and default is not _REQUIRED):
+        if default is _REQUIRED:
+            raise InvalidRequest(f"missing argument {name!r}")
+        return default
+    value = args[name]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise InvalidRequest(f"{name}={value!r}: expected {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def network_dict(net: _cluster.Network) -> dict[str, Any]:
+    """A network as plain data (msgpack/JSON safe)."""
+    return dataclasses.asdict(net)
+
+
+def allocation_dict(alloc: _cluster.Allocation) -> dict[str, Any]:
+    """An allocation as plain data."""
+    return dataclasses.asdict(alloc)
+
+
+_SPEC_FIELDS = frozenset(f.name for f in dataclasses.fields(NetworkSpec))
+
+
+def spec_from_dict(spec: object) -> NetworkSpec:
+    """A :class:`NetworkSpec` from plain data; unknown fields are an error, not ignored."""
+    if not isinstance(spec, dict):
+        raise InvalidSpec(f"spec={spec!r}: expected a mapping of network fields")
+    unknown = sorted(set(spec) - _SPEC_FIELDS)
+    if unknown:
+        raise InvalidSpec(
+            f"spec field {unknown[0]!r}: unknown; expected one of {', '.join(sorted(_SPEC_FIELDS))}"
+        )
+    if "name" not in spec:
+        raise InvalidSpec("spec: missing field 'name'")
+    values = dict(spec)
+    for key in ("aux_addresses", "labels"):
+        if values.get(key) is None:
+            values.pop(key, None)
+    return NetworkSpec(**values)
+
+
+@dataclasses.dataclass(slots=True)
+class _Service:
+    name: str
+    network: str
+    tasks: list[tuple[str, str]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "network": self.network, "tasks": [list(t) for t in self.tasks]}
+
+
+class Manager:
+    """Request handling for the manager API, without I/O.
+
+    ``live_hosts`` returns the names of hosts currently alive (the serving agent's
+    membership view, itself included); services are placed over them.
+    """
+
+    def __init__(self, cluster: Cluster, live_hosts: Callable[[], list[str]]) -> None:
+        self.cluster = cluster
+        self.live_hosts = live_hosts
+        self._holder: dict[tuple[str, str], str] = {}  # (network name, endpoint) -> host
+        self._services: dict[str, _Service] = {}
+        self._next_host = 0  # round-robin cursor, kept across services
+
+    def handle(self, request: object) -> dict[str, Any]:
+        """Answer one request: ``{"result": ...}`` or ``{"error": {...}}``."""
+        try:
+            if not isinstance(request, dict):
+                raise InvalidRequest(f"request={request!r}: expected a map with 'op' and 'args'")
+            op = request.get("op")
+            args = request.get("args") or {}
+            handler = self._OPS.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise InvalidRequest(f"op={op!r}: unknown; expected one of {', '.join(self._OPS)}")
+            if not isinstance(args, dict):
+                raise InvalidRequest(f"args={args!r}: expected a map")
+            return {"result": handler(self, args)}
+        except ClusterError as exc:
+            return {"error": error_to_wire(exc)}
+        except Exception as exc:  # a bug here must not take the manager down
+            return {"error": {"type": "InternalError", "message": f"{type(exc).__name__}: {exc}"}}
+
+    # --- operations ----------------------------------------------------------------------
+
+    def network_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        spec = args.get("spec")
+        if isinstance(spec, dict) and spec.get("encrypted") is True:
+            raise EncryptionUnsupported(f"network {spec.get('name')}: {ENCRYPTION_REFUSED}")
+        return network_dict(self.cluster.create_network(spec_from_dict(spec)))
+
+    def network_rm(self, args: dict[str, Any]) -> dict[str, Any]:
+        net = self.cluster.remove_network(_arg(args, "name", str))
+        return network_dict(net)
+
+    def network_ls(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [network_dict(n) for n in self.cluster.networks()]
+
+    def network_inspect(self, args: dict[str, Any]) -> dict[str, Any]:
+        net = self.cluster.network(_arg(args, "name", str))
+        out = network_dict(net)
+        out["endpoints"] = [
+            {**allocation_dict(a), "host": self._holder.get((net.name, a.endpoint), "")}
+            for a in self.cluster.allocations(net.name)
+        ]
+        return out
+
+    def allocate(self, args: dict[str, Any]) -> dict[str, Any]:
+        network = _arg(args, "network", str)
+        net = self.cluster.network(network)
+        if net.encrypted:  # only reachable through a restored snapshot
+            raise EncryptionUnsupported(f"network {net.name}: {ENCRYPTION_REFUSED}")
+        alloc = self.cluster.allocate(
+            network,
+            _arg(args, "endpoint", str),
+            ip=_arg(args, "ip", str, None),
+            standalone=_arg(args, "standalone", bool, True),
+        )
+        self._holder[(alloc.network, alloc.endpoint)] = _arg(args, "host", str, "")
+        return allocation_dict(alloc)
+
+    def release(self, args: dict[str, Any]) -> dict[str, Any]:
+        alloc = self.cluster.release(_arg(args, "network", str), _arg(args, "endpoint", str))
+        self._holder.pop((alloc.network, alloc.endpoint), None)
+        return allocation_dict(alloc)
+
+    def release_host(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Release every allocation held by ``host`` (its agent restarted: they are gone)."""
+        host = _arg(args, "host", str)
+        if not host:
+            raise InvalidRequest("host='': expected a host name")
+        out = []
+        for (network, endpoint), holder in list(self._holder.items()):
+            if holder == host:
+                out.append(allocation_dict(self.cluster.release(network, endpoint)))
+                del self._holder[(network, endpoint)]
+        return out
+
+    def service_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = _arg(args, "name", str)
+        replicas = _arg(args, "replicas", int)
+        network = self.cluster.network(_arg(args, "network", str))
+        if not name or "/" in name:
+            raise InvalidSpec(f"name={name!r}: expected a non-empty name without '/'")
+        if name in self._services:
+            raise ServiceExists(f"service {name} already exists")
+        if replicas < 1:
+            raise InvalidSpec(f"replicas={replicas}: expected at least 1")
+        if network.encrypted:
+            raise EncryptionUnsupported(f"network {network.name}: {ENCRYPTION_REFUSED}")
+        hosts = sorted(set(self.live_hosts()))
+        if not hosts:
+            raise NoLiveHosts(f"service {name}: no live host to place {replicas} tasks on")
+        tasks = []
+        for i in range(1, replicas + 1):
+            tasks.append((f"{name}.{i}", hosts[self._next_host % len(hosts)]))
+            self._next_host += 1
+        service = self._services[name] = _Service(name, network.name, tasks)
+        return service.as_dict()
+
+    def service_rm(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = _arg(args, "name", str)
+        service = self._services.pop(name, None)
+        if service is None:
+            raise ServiceNotFound(f"service {name} not found")
+        return service.as_dict()
+
+    def service_ls(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [s.as_dict() for s in self._services.values()]
+
+    _OPS: dict[str, Callable[[Manager, dict[str, Any]], Any]] = {
+        "network_create": network_create,
+        "network_rm": network_rm,
+        "network_ls": network_ls,
+        "network_inspect": network_inspect,
+        "allocate": allocate,
+        "release": release,
+        "release_host": release_host,
+        "service_create": service_create,
+        "service_rm": service_rm,
+        "service_ls": service_ls,
+    }
+
+
+# --- wire --------------------------------------------------------------------------------
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class ManagerServer:
+    """Serves a :class:`Manager` on ``host:port``, one request per connection."""
+
+    def __init__(self, manager: Manager, host: str, port: int = MANAGER_PORT, timeout: float = 10.0):
+        self.manager = manager
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.bad_requests = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                data = await asyncio.wait_for(read_frame(reader, MAX_MESSAGE), self.timeout)
+                request = _unpack(data)
+            except (FrameError, ValueError, msgpack.UnpackException) as exc:
+                self.bad_requests += 1
+                answer = {"error": error_to_wire(InvalidRequest(f"undecodable request: {exc}"))}
+            else:
+                answer = self.manager.handle(request)
+            writer.write(frame(_pack(answer), MAX_MESSAGE))
+            await asyncio.wait_for(writer.drain(), self.timeout)
+        except (OSError, TimeoutError, FrameError):
+            self.bad_requests += 1  # the client went away; nothing to answer
+        finally:
+            writer.close()
+
+
+def _result(answer: object) -> Any:
+    if not isinstance(answer, dict):
+        raise ManagerUnavailable(f"malformed answer {answer!r}")
+    if "error" in answer:
+        raise error_from_wire(answer["error"])
+    if "result" not in answer:
+        raise ManagerUnavailable(f"malformed answer {answer!r}")
+    return answer["result"]
+
+
+class ManagerClient:
+    """Client of the manager API at ``"ip:port"``: async methods, plus :meth:`call_sync`.
+
+    Refusals raise the manager's :class:`ClusterError` subclass; an unreachable or
+    garbled manager raises :class:`ManagerUnavailable`.
+    """
+
+    def __init__(self, addr: str, timeout: float = 5.0, local_addr: str | None = None) -> None:
+        host, sep, port = addr.rpartition(":")
+        self.host = host if sep else addr
+        self.port = int(port) if sep else MANAGER_PORT
+        self.timeout = timeout
+        self.local_addr = local_addr
+
+    async def call(self, op: str, **args: Any) -> Any:
+        """One request; returns the result or raises."""
+        writer = None
+        try:
+            local = (self.local_addr, 0) if self.local_addr else None
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, local_addr=local), self.timeout
+            )
+            writer.write(frame(_pack({"op": op, "args": args}), MAX_MESSAGE))
+            await asyncio.wait_for(writer.drain(), self.timeout)
+            data = await asyncio.wait_for(read_frame(reader, MAX_MESSAGE), self.timeout)
+            answer = _unpack(data)
+        except (OSError, TimeoutError, FrameError, ValueError, msgpack.UnpackException) as exc:
+            raise ManagerUnavailable(
+                f"manager {self.host}:{self.port} ({op}): {exc.__class__.__name__}: {exc}"
+            ) from None
+        finally:
+            if writer is not None:
+                writer.close()
+        return _result(answer)
+
+    def call_sync(self, op: str, **args: Any) -> Any:
+        """The same request from synchronous code (a runner, the CLI)."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
+                sock.sendall(frame(_pack({"op": op, "args": args}), MAX_MESSAGE))
+                head = _recv_exactly(sock, 4)
+                (size,) = struct.unpack("!I", head)
+                if not 0 < size <= MAX_MESSAGE:
+                    raise FrameError(f"answer of {size} bytes")
+                answer = _unpack(_recv_exactly(sock, size))
+        except (OSError, FrameError, ValueError, msgpack.UnpackException) as exc:
+            raise ManagerUnavailable(
+                f"manager {self.host}:{self.port} ({op}): {exc.__class__.__name__}: {exc}"
+            ) from None
+        return _result(answer)
+
+    # --- typed helpers ----------------------------------------------------------------
+
+    async def network_create(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return await self.call("network_create", spec=spec)
+
+    async def network_rm(self, name: str) -> dict[str, Any]:
+        return await self.call("network_rm", name=name)
+
+    async def network_ls(self) -> list[dict[str, Any]]:
+        return await self.call("network_ls")
+
+    async def network_inspect(self, name: str) -> dict[str, Any]:
+        return await self.call("network_inspect", name=name)
+
+    async def allocate(
+        self,
+        network: str,
+        endpoint: str,
+        ip: str | None = None,
+        standalone: bool = True,
+        host: str = "",
+    ) -> dict[str, Any]:
+        return await self.call(
+            "allocate", network=network, endpoint=endpoint, ip=ip, standalone=standalone, host=host
+        )
+
+    async def release(self, network: str, endpoint: str) -> dict[str, Any]:
+        return await self.call("release", network=network, endpoint=endpoint)
+
+    async def release_host(self, host: str) -> list[dict[str, Any]]:
+        return await self.call("release_host", host=host)
+
+    async def service_create(self, name: str, replicas: int, network: str) -> dict[str, Any]:
+        return await self.call("service_create", name=name, replicas=replicas, network=network)
+
+    async def service_rm(self, name: str) -> dict[str, Any]:
+        return await self.call("service_rm", name=name)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise FrameError(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+#: Every refusal type by class name (the cluster's and this module's), for clients.
+ERROR_TYPES = _error_types()

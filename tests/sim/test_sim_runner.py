@@ -1,0 +1,102 @@
+"""End-to-end simulator runs: determinism, metrics keys, interruption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from overlaysim.metrics.results import load_run
+from overlaysim.scenario.loader import load_scenario
+from overlaysim.sim import runner as sim_runner
+from overlaysim.sim.runner import run_simulation
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "scenarios" / "quickstart.yaml"
+
+METRIC_KEYS = {
+    "backend",
+    "scenario",
+    "seed",
+    "duration_s",
+    "nodes",
+    "endpoint_convergence_s",
+    "failure_detection_s",
+    "join_visibility_s",
+    "false_positives",
+    "overhead",
+    "throughput",
+    "reachability",
+}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_same_seed_gives_byte_identical_results(tmp_path: Path) -> None:
+    sc = load_scenario(QUICKSTART)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_simulation(sc, a, progress=False) == "complete"
+    assert run_simulation(load_scenario(QUICKSTART), b, progress=False) == "complete"
+    fa, fb = _files(a), _files(b)
+    assert set(fa) == set(fb)
+    assert any(name.startswith("plots/") for name in fa), "plots were not written"
+    for name in fa:
+        assert fa[name] == fb[name], f"{name} differs between two runs with the same seed"
+
+
+def test_other_seed_changes_the_run(tmp_path: Path) -> None:
+    sc = load_scenario(QUICKSTART)
+    run_simulation(sc, tmp_path / "a", progress=False, plots=False)
+    run_simulation(sc, tmp_path / "b", seed=8, progress=False, plots=False)
+    ea = (tmp_path / "a" / "events.csv").read_bytes()
+    eb = (tmp_path / "b" / "events.csv").read_bytes()
+    assert ea != eb
+
+
+def test_quickstart_metrics_are_measured(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    run_simulation(load_scenario(QUICKSTART), out, progress=False, plots=False)
+    run = load_run(out)
+    m = run.metrics
+    assert METRIC_KEYS <= set(m)
+    assert run.manifest["status"] == "complete"
+    assert m["backend"] == "sim" and m["nodes"] == 5
+    # h4 crashes at 20 s: every live node must declare it dead, within Lifeguard bounds.
+    fd = m["failure_detection_s"]
+    assert fd["count"] == 1
+    assert 0 < fd["first_suspect_mean"] < 5
+    assert fd["all_dead_max"] is not None and fd["all_dead_max"] < 30
+    # Endpoints converge; the final reachability matrix is complete with no leak between networks.
+    ec = m["endpoint_convergence_s"]
+    assert ec["count"] > 10 and ec["p99"] < 5
+    r = m["reachability"]
+    assert r["expected_pairs"] > 0
+    assert r["reachable_pairs"] == r["expected_pairs"]
+    assert r["unexpected_reachable"] == 0
+    assert m["overhead"]["bytes_per_node_per_s"] > 0
+    tp = m["throughput"]
+    assert tp and tp[0]["overlay_bps"] is None
+    events = run.events
+    dead_h4 = events[(events.kind == "member_dead") & (events.subject == "h4")]
+    assert set(dead_h4.node) == {"h1", "h2", "h3", "h5"}
+
+
+def test_interrupted_run_is_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(env, duration, progress, name):
+        env.run(until=duration / 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sim_runner, "_run_env", boom)
+    out = tmp_path / "int"
+    status = run_simulation(load_scenario(QUICKSTART), out, progress=False, plots=False)
+    assert status == "interrupted"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["duration_s"] == pytest.approx(30.0)
+    assert not list(out.glob("*.tmp*")), "temporary files left behind"
