@@ -93,7 +93,9 @@ class ControlServer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_socket():
             self.path.unlink()  # a previous boot's socket (SIGKILL leaves it behind)
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_LINE)
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(self.path), limit=MAX_LINE
+        )
         os.chmod(self.path, 0o600)
 
     async def close(self) -> None:
@@ -113,7 +115,9 @@ class ControlServer:
             op = request["op"]
             handler = self.handlers.get(op)
             if handler is None:
-                raise BadRequest(f"op={op!r}: unknown; expected one of {', '.join(sorted(self.handlers))}")
+                raise BadRequest(
+                    f"op={op!r}: unknown; expected one of {', '.join(sorted(self.handlers))}"
+                )
             return {"result": await handler(request)}
         except (ClusterError, ControlError) as exc:
             return _error_answer(exc)

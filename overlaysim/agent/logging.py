@@ -41,6 +41,7 @@ KINDS = frozenset(
         "reconcile",
         "wire_error",
         "agent_error",
+        "previous_boot",
         "traffic",
     }
 )

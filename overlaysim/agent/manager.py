@@ -104,7 +104,9 @@ def error_from_wire(err: object) -> Exception:
 _REQUIRED = object()
 
 
-def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _REQUIRED) -> Any:
+def _arg(
+    args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _REQUIRED
+) -> Any:
     if name not in args or (args[name] is None and default is not _REQUIRED):
         if default is _REQUIRED:
             raise InvalidRequest(f"missing argument {name!r}")
@@ -303,7 +305,9 @@ def _unpack(data: bytes) -> Any:
 class ManagerServer:
     """Serves a :class:`Manager` on ``host:port``, one request per connection."""
 
-    def __init__(self, manager: Manager, host: str, port: int = MANAGER_PORT, timeout: float = 10.0):
+    def __init__(
+        self, manager: Manager, host: str, port: int = MANAGER_PORT, timeout: float = 10.0
+    ):
         self.manager = manager
         self.host = host
         self.port = port
@@ -312,7 +316,9 @@ class ManagerServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self.port, reuse_address=True
+        )
 
     async def close(self) -> None:
         if self._server is not None:

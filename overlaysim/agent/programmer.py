@@ -142,10 +142,19 @@ class Programmer:
             return False
         return True
 
-    def _programmed(self, network: str, key: str, op: str, owner: str, r: Remote, **extra: Any) -> None:
+    def _programmed(
+        self, network: str, key: str, op: str, owner: str, r: Remote, **extra: Any
+    ) -> None:
         if network in self._local:  # otherwise only remembered, logged at replay
             self.log.write(
-                "entry_programmed", network=network, key=key, op=op, owner=owner, ip=r[0], vtep=r[2], **extra
+                "entry_programmed",
+                network=network,
+                key=key,
+                op=op,
+                owner=owner,
+                ip=r[0],
+                vtep=r[2],
+                **extra,
             )
 
     def _error(self, network: str, key: str, op: str, exc: BaseException) -> None:
@@ -171,7 +180,11 @@ class Programmer:
             for key, remote in sorted(self.held.get(net.name, {}).items()):
                 owner = self._owners.get((net.name, key), "")
                 self._programmed(net.name, key, "add", owner, remote, replay=True)
-        return {"ifname": ifname, "netns": self.dataplane.container_netns(container), "first": first}
+        return {
+            "ifname": ifname,
+            "netns": self.dataplane.container_netns(container),
+            "first": first,
+        }
 
     def detach(self, container: str, network: str) -> dict[str, Any]:
         """Unplug a local container; ``{"last": True}`` when the sandbox went with it."""

@@ -23,7 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from overlaysim.core.events import Send
-from overlaysim.core.wire import MAX_DATAGRAM, MAX_STREAM, Message, MsgType, WireError, decode, encode
+from overlaysim.core.wire import (
+    MAX_DATAGRAM,
+    MAX_STREAM,
+    Message,
+    MsgType,
+    WireError,
+    decode,
+    encode,
+)
 
 DEFAULT_PORT = 7946
 _LEN = struct.Struct("!I")
@@ -295,7 +303,9 @@ class Transport:
         self.counters.received(msg.TYPE, len(data))
         self.deliver(src, msg)
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         peer = writer.get_extra_info("peername")
         src = f"{peer[0]}:{self.port}" if peer else "?"
         try:

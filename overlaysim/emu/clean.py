@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -507,21 +508,26 @@ def link_exists(name: str) -> bool:
         return bool(ipr.link_lookup(ifname=name))
 
 
-def delete_link(name: str) -> bool:
-    """Delete root-namespace link ``name`` if present (a veth takes its peer along)."""
+def delete_link(name: str, ipr: Any = None) -> bool:
+    """Delete root-namespace link ``name`` if present (a veth takes its peer along).
+
+    ``ipr`` is an open root-namespace IPRoute to reuse (one is opened otherwise).
+    """
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
+    if ipr is None:
+        with IPRoute() as own:
+            return delete_link(name, own)
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        return False
+    try:
+        ipr.link("del", index=found[0])
+    except NetlinkError as exc:
+        if exc.code == 19:  # ENODEV: went away meanwhile
             return False
-        try:
-            ipr.link("del", index=found[0])
-        except NetlinkError as exc:
-            if exc.code == 19:  # ENODEV: went away meanwhile
-                return False
-            raise
+        raise
     return True
 
 

@@ -33,6 +33,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -326,6 +327,7 @@ class Underlay:
         self.state = "new"
         self._hosts: dict[str, Any] = {}  # scenario host -> Mininet Host
         self._switches: dict[str, Any] = {}  # scenario switch -> Mininet Switch
+        self._shell_items: dict[str, rec.Item] = {}  # Mininet node name -> its record
         self._host_plan: dict[str, PlannedHost] = {}
         self._root_ipr: IPRoute | None = None
         self._ns_ipr: dict[str, IPRoute] = {}
@@ -552,15 +554,24 @@ class Underlay:
         _raise_fd_limit(4 * len(plan.hosts) + 256)  # a pty pair per node, plus pipes
 
         t = time.perf_counter()
-        for h in plan.hosts:
-            prefixlen = plan.subnet.prefixlen
+        prefixlen = plan.subnet.prefixlen
+        build_lock = threading.Lock()
+
+        def make_host(h: PlannedHost) -> None:
             node = host_cls(h.node, ip=f"{h.ip}/{prefixlen}", inNamespace=True)
-            self._hosts[h.name] = node
-            record.add(_shell_item(rec.HOST, h.name, node))
+            with build_lock:  # the record and the map are shared between workers
+                self._hosts[h.name] = node
+                self._shell_items[node.name] = item = _shell_item(rec.HOST, h.name, node)
+                record.add(item)
+
+        # Each host shell waits on its own bash to start: overlap those waits.
+        _parallel(make_host, plan.hosts)
+        self._hosts = {h.name: self._hosts[h.name] for h in plan.hosts}  # topology order
         for j, (switch, bridge) in enumerate(plan.bridges, 1):
             node = switch_cls(bridge, dpid=f"{j:x}", inNamespace=False)
             self._switches[switch] = node
-            record.add(_shell_item(rec.PROCESS, f"switch {switch}", node))
+            self._shell_items[node.name] = item = _shell_item(rec.PROCESS, f"switch {switch}", node)
+            record.add(item)
         self.timings["nodes_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -583,12 +594,15 @@ class Underlay:
         self.timings["links_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        for h in plan.hosts:
+
+        def configure(h: PlannedHost) -> None:
             node = self._hosts[h.name]
             if h.ports:
                 node.configDefault()  # address on eth0, eth0 and lo up
             else:
                 node.configDefault(ip=None)
+
+        _parallel(configure, plan.hosts)
         self.timings["config_s"] = time.perf_counter() - t
 
     def _node(self, name: str) -> Any:
@@ -617,13 +631,15 @@ class Underlay:
         self._ns_ipr.clear()
         step("impairments", self.impairments.remove_root_state)
         if record is not None:
-            for kind in (rec.LINK, rec.BRIDGE):
+            ipr = self.netlink(None)
+            for kind in (rec.LINK, rec.BRIDGE):  # veth ends before their bridges
                 for item in record.outstanding(kind):
-                    step(f"{kind} {item.name}", _delete_recorded, item, record)
-        for name, node in list(self._hosts.items()):
-            step(f"host {name}", _stop_node, node, rec.HOST, record)
-        for name, node in list(self._switches.items()):
-            step(f"switch {name}", _stop_node, node, rec.PROCESS, record)
+                    step(f"{kind} {item.name}", _delete_recorded, item, record, ipr)
+        nodes = [*self._hosts.values(), *self._switches.values()]
+        for node in nodes:  # hang up every shell first, then reap them one by one
+            step(f"node {node.name}", _hang_up, node)
+        for node in nodes:
+            step(f"node {node.name}", _stop_node, node, self._shell_items.get(node.name), record)
         if self._bridge_nf and record is not None:
             step("bridge-nf sysctls", rec.release_bridge_nf, record.run_id, self.state_dir)
             self._bridge_nf = False
@@ -631,6 +647,13 @@ class Underlay:
             step("netlink handle", self._root_ipr.close)
             self._root_ipr = None
         return errors
+
+
+def _parallel(fn: Any, items: Sequence[Any], workers: int = 8) -> None:
+    """``fn(item)`` for every item on a few threads; the first error is raised."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(fn, items):
+            pass
 
 
 def _argv(argv: Sequence[str]) -> list[str]:
@@ -663,18 +686,22 @@ def _stop_process(
         record.drop(item)
 
 
-def _stop_node(node: Any, kind: str, record: rec.RunRecord | None) -> None:
-    pid, start = int(node.pid), rec.proc_start(int(node.pid))
-    node.terminate()  # SIGHUP to the shell's group, closes the pty
-    rec.terminate(pid, start)  # and make sure
-    if record is not None:
-        for item in record.outstanding(kind):
-            if item.pid == pid:
-                record.drop(item)
+def _hang_up(node: Any) -> None:
+    if node.shell is not None and node.shell.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.shell.pid, signal.SIGHUP)
 
 
-def _delete_recorded(item: rec.Item, record: rec.RunRecord) -> None:
-    rec.delete_link(item.name)
+def _stop_node(node: Any, item: rec.Item | None, record: rec.RunRecord | None) -> None:
+    node.terminate()  # SIGHUP to the shell's group (done already), closes the pty, waits
+    if item is not None:
+        rec.terminate(item.pid or 0, item.start)  # still there despite the hang-up: kill
+        if record is not None:
+            record.drop(item)
+
+
+def _delete_recorded(item: rec.Item, record: rec.RunRecord, ipr: IPRoute) -> None:
+    rec.delete_link(item.name, ipr)
     record.drop(item)
 
 

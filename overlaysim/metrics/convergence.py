@@ -11,8 +11,9 @@ state. The tracker is fed four kinds of facts in time order and yields one row o
 * ``seen`` removes a node from the waiting set (idempotent; non-targets, unknown keys
   and a different op are ignored). It is a dict lookup plus a set discard, because at
   1,000 nodes it is called millions of times.
-* ``node_gone`` drops a crashed/left/detached node from every waiting set; a commit
-  that only waited for it converges at the time its last other target saw it.
+* ``node_gone`` drops a crashed/left node from every waiting set (a detached node from
+  those of one network); a commit that only waited for it converges at the time its
+  last other target saw it (the commit time if none had).
 * ``finish`` closes what is left as ``unconverged``.
 
 Known limit: ``seen`` carries no version, so if an owner re-commits the same op on a
@@ -103,7 +104,7 @@ class ConvergenceTracker:
     def seen(self, t: float, node: str, network: str, key: str, op: str) -> None:
         """``node`` holds (or has programmed) ``key`` in state ``op`` at ``t``."""
         rec = self._pending.get((network, key))
-        if rec is None or node not in rec.waiting:
+        if rec is None or rec.op != op or node not in rec.waiting:
             return
         rec.waiting.discard(node)
         rec.last_seen_t = t
@@ -111,13 +112,14 @@ class ConvergenceTracker:
             del self._pending[(network, key)]
             rec.close(Status.CONVERGED, t)
 
-    def node_gone(self, t: float, node: str) -> None:
-        """``node`` crashed, left or detached at ``t``: stop waiting for it."""
+    def node_gone(self, t: float, node: str, network: str | None = None) -> None:
+        """``node`` crashed or left (or, with ``network``, detached from it) at ``t``:
+        stop waiting for it."""
         # A scan over pending commits: node_gone is rare next to seen, and an index
         # node -> commits would cost on every seen call.
         done = []
         for k, rec in self._pending.items():
-            if node in rec.waiting:
+            if node in rec.waiting and (network is None or k[0] == network):
                 rec.waiting.discard(node)
                 if not rec.waiting:
                     done.append(k)

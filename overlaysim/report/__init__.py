@@ -1,0 +1,1 @@
+"""Figures (``plots``) and the console summary (``summary``) of a results folder."""

@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from overlaysim.metrics.atomic import atomic_write_bytes
 from overlaysim.metrics.membership import view_counts
@@ -89,12 +90,13 @@ def draw_convergence_cdf(run: Run, fig: Figure) -> None:
     wide = len(positive) > 0 and positive.max() / positive.min() > 100
     for op in sorted(set(ok["op"])):
         lat = np.sort(ok.loc[ok["op"] == op, "latency_s"].to_numpy())
-        frac = np.arange(1, len(lat) + 1) / len(lat)
         unconv = int(((conv["op"] == op) & (conv["status"] == "unconverged")).sum())
         label = f"{op or '(no op)'}: n={len(lat)}, p50={np.median(lat):.3g} s"
         if unconv:
             label += f", {unconv} never converged"
-        ax.step(lat, frac, where="post", label=label)
+        # Start from 0 so the first step is drawn as a rise, like the others.
+        xs = np.concatenate([lat[:1], lat])
+        ax.step(xs, np.arange(len(lat) + 1) / len(lat), where="post", label=label)
     if wide:
         ax.set_xscale("log")
         ax.set_xlabel(ax.get_xlabel() + ", log scale")
@@ -174,6 +176,7 @@ def draw_membership_timeline(run: Run, fig: Figure) -> None:
                 label="suspect (all subjects)",
             )
         ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _draw_markers(ax, _markers(run))
 

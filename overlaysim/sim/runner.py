@@ -210,6 +210,7 @@ class SimWorld:
                 self.cluster.call(c.host, lambda n, t, net=net: n.leave_network(net, t))
                 self.net_hosts[net].discard(c.host)
                 self.events.add(self.env.now, "net_detach", node=c.host, network=net)
+                self.tracker.node_gone(self.env.now, c.host, network=net)
         if not c.networks:
             del self.containers[name]
 

@@ -66,6 +66,18 @@ def test_node_gone_converges_at_last_other_seen():
     assert row["latency_s"] == 1.5
 
 
+def test_node_gone_from_one_network_only():
+    tr = ConvergenceTracker()
+    tr.commit(1.0, "a", "n1", "k", "add", ["a", "b"])
+    tr.commit(1.0, "a", "n2", "k", "add", ["a", "b"])
+    tr.node_gone(2.0, "b", network="n2")  # b detached from n2 only
+    assert tr.pending == 1
+    tr.seen(3.0, "b", "n1", "k", "add")
+    r1, r2 = tr.finish(5.0)
+    assert (r1["network"], r1["converged_t"]) == ("n1", 3.0)
+    assert (r2["network"], r2["converged_t"], r2["latency_s"]) == ("n2", 1.0, 0.0)
+
+
 def test_node_gone_of_a_non_waiting_node_changes_nothing():
     tr = ConvergenceTracker()
     tr.commit(1.0, "a", "n1", "k", "add", ["a", "b", "c"])

@@ -1,0 +1,772 @@
+"""overlayd: the live agent, one process per (Mininet) host.
+
+``python -m overlaysim.agent.daemon --name h3 --bind 172.30.0.3 --seeds 172.30.0.1:7946
+--manager 172.30.0.1:2377 --control /run/overlaysim/<run>/h3.sock --log ...``
+
+The agent is a thin asyncio driver around one :class:`~overlaysim.core.node.Node`: it
+feeds the node datagrams and streams from :class:`~overlaysim.agent.transport.Transport`,
+fires its single timer, and after every input flushes the node's sends (to the
+transport) and events (to the JSON-lines log and to the
+:class:`~overlaysim.agent.programmer.Programmer`, which programs the kernel on a worker
+thread). It makes no protocol decisions.
+
+All state is in memory: SIGKILL is a node crash. A restart cleans the kernel objects
+its previous boot recorded (``--record``), asks the manager to release the previous
+boot's addresses and joins with a higher epoch (milliseconds since 1970 by default).
+SIGTERM/SIGINT leave gracefully and remove everything created. ``docs/agent.md``
+describes the control operations and log lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import signal
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from overlaysim.agent.control import BadRequest, ControlError, ControlServer
+from overlaysim.agent.created import clean_recorded
+from overlaysim.agent.dataplane import DataPlane, NetInfo
+from overlaysim.agent.logging import EventLog, RateLimit
+from overlaysim.agent.manager import (
+    ENCRYPTION_REFUSED,
+    MANAGER_PORT,
+    EncryptionUnsupported,
+    Manager,
+    ManagerClient,
+    ManagerServer,
+)
+from overlaysim.agent.programmer import ENDPOINTS, DataPlanePort, Programmer, remote_entries
+from overlaysim.agent.transport import DEFAULT_PORT, Counters, TrafficDelta, Transport
+from overlaysim.core.cluster import Cluster, derive_mtu
+from overlaysim.core.config import PROFILES, profile
+from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
+from overlaysim.core.node import Node
+from overlaysim.core.tables import TablesError
+from overlaysim.core.wire import Message
+
+log = logging.getLogger("overlayd")
+
+_OPS = {
+    EntryEventKind.CREATE: "add",
+    EntryEventKind.UPDATE: "update",
+    EntryEventKind.DELETE: "delete",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    """Everything the command line sets (see ``--help``)."""
+
+    name: str
+    bind: str
+    port: int = DEFAULT_PORT
+    seeds: tuple[str, ...] = ()
+    manager: str | None = None
+    serve_manager: bool = False
+    control: Path | None = None
+    log: Path | None = None
+    profile: str = "lan"
+    vxlan_port: int = 4789
+    underlay_mtu: int = 1500
+    record: Path | None = None
+    epoch: int = 0
+    prefix: str = "osim"
+    seed: int | None = None
+    #: Period of the kernel-versus-tables reconcile.
+    reconcile_interval: float = 10.0
+    #: After a graceful leave, keep running this long so the leave spreads.
+    leave_grace: float = 1.0
+    #: Retry joining through the seeds this often while no other member is known.
+    join_retry: float = 1.0
+    #: Period of ``traffic`` log lines.
+    traffic_interval: float = 1.0
+
+    @property
+    def addr(self) -> str:
+        return f"{self.bind}:{self.port}"
+
+    @property
+    def manager_addr(self) -> str | None:
+        if self.manager:
+            return self.manager
+        return f"{self.bind}:{MANAGER_PORT}" if self.serve_manager else None
+
+
+@dataclass(slots=True)
+class _Container:
+    name: str
+    standalone: bool
+    nets: dict[str, dict[str, Any]] = field(default_factory=dict)  # network -> attachment
+
+
+class Agent:
+    """One running agent.
+
+    ``dataplane`` may be injected (tests); otherwise the kernel one is built at start.
+    ``handle_signals`` installs the SIGTERM/SIGINT handlers (one agent per process).
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        dataplane: DataPlanePort | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.cfg = config
+        self.handle_signals = handle_signals
+        self.events = EventLog(config.log, node=config.name)
+        self.counters = Counters()
+        mcfg, tcfg = profile(config.profile)
+        self.node = Node(
+            name=config.name,
+            addr=config.addr,
+            membership=mcfg,
+            tables=tcfg,
+            rng=random.Random(config.seed),
+            epoch=config.epoch,
+        )
+        self._dataplane = dataplane
+        self.programmer: Programmer | None = None
+        self.transport = Transport(
+            bind=config.bind,
+            port=config.port,
+            deliver=self._deliver,
+            on_error=self._report,
+            counters=self.counters,
+        )
+        addr = config.manager_addr
+        self.manager = ManagerClient(addr) if addr else None
+        self.manager_server: ManagerServer | None = None
+        self.control: ControlServer | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
+        self._containers: dict[str, _Container] = {}
+        self._netinfo: dict[str, dict[str, Any]] = {}
+        self._ops = asyncio.Lock()
+        self._limits: dict[str, RateLimit] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._released = False
+        self._stopping = False
+        self._torn_down = False
+        self._done = asyncio.Event()
+        #: Set once the agent listens and has started its node.
+        self.started = asyncio.Event()
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start, serve until stopped, clean up. Returns the exit status."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._teardown()
+            raise
+        await self._done.wait()
+        return 0
+
+    async def _start(self) -> None:
+        cfg = self.cfg
+        cleaned: list[str] = []
+        if cfg.record is not None and cfg.record.exists():
+            # a previous boot of this host was killed: remove exactly what it recorded
+            cleaned = [o.name for o in await self._dp(clean_recorded, cfg.record)]
+        dataplane = self._dataplane or DataPlane(
+            host=cfg.name,
+            underlay_ip=cfg.bind,
+            vxlan_port=cfg.vxlan_port,
+            record_path=cfg.record,
+            prefix=cfg.prefix,
+        )
+        self.programmer = Programmer(dataplane, node=cfg.name, log=self.events)
+        await self.transport.start()
+        if cfg.serve_manager:
+            port = int(cfg.manager_addr.rpartition(":")[2]) if cfg.manager_addr else MANAGER_PORT
+            manager = Manager(Cluster(), self._live_hosts)
+            self.manager_server = ManagerServer(manager, cfg.bind, port)
+            await self.manager_server.start()
+        if cfg.control is not None:
+            self.control = ControlServer(cfg.control, self._handlers(), self._unexpected)
+            await self.control.start()
+        loop = asyncio.get_running_loop()
+        if self.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop, True)
+        now = time.monotonic()
+        self.events.write(
+            "start",
+            addr=cfg.addr,
+            epoch=cfg.epoch,
+            profile=cfg.profile,
+            seeds=list(cfg.seeds),
+            manager=cfg.manager_addr or "",
+            cleaned=cleaned,
+        )
+        self.node.start(now, cfg.seeds)
+        self._flush()
+        for coro in (
+            self._traffic_loop(),
+            self._reconcile_loop(),
+            self._join_loop(),
+            self._release_loop(),
+        ):
+            self._tasks.append(loop.create_task(coro))
+        self.started.set()
+
+    def request_stop(self, leave: bool = True) -> None:
+        """Stop soon (from a signal handler or a control operation)."""
+        if not self._stopping:
+            self._stopping = True
+            asyncio.get_running_loop().create_task(self._stop(leave))
+
+    async def _stop(self, leave: bool) -> None:
+        try:
+            if leave and not self.node.membership.has_left:
+                self.node.leave(time.monotonic())
+                self._flush()
+                await asyncio.sleep(self.cfg.leave_grace)  # timers keep gossiping the leave
+            async with self._ops:
+                await self._release_all()
+        finally:
+            await self._teardown()
+
+    async def _teardown(self) -> None:
+        if self._torn_down:
+            return
+        self._torn_down = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.transport.close()
+        for server in (self.control, self.manager_server):
+            if server is not None:
+                await server.close()
+        if self.programmer is not None:
+            try:
+                await self._dp(self.programmer.close)
+            except Exception as exc:
+                self.events.write(
+                    "agent_error", what="teardown", error=f"{type(exc).__name__}: {exc}"
+                )
+        self._executor.shutdown(wait=True)
+        self.events.write("stop", counters=self.counters.as_dict())
+        self.events.close()
+        self._done.set()
+
+    # --- driving the core -------------------------------------------------------------------
+
+    def _deliver(self, src: str, msg: Message) -> None:
+        try:
+            self.node.receive(src, msg, time.monotonic())
+        except Exception as exc:  # a peer's message must never take the agent down
+            self.counters.handler_errors += 1
+            self._report(
+                "handler", f"{msg.TYPE.name.lower()} from {src}: {type(exc).__name__}: {exc}"
+            )
+        self._flush()
+
+    def _on_timer(self) -> None:
+        when = self._timer_at
+        self._timer = self._timer_at = None
+        # asyncio may fire up to one clock tick early; the core must see the deadline reached
+        now = max(time.monotonic(), when or 0.0)
+        try:
+            self.node.handle_timer(now)
+        except Exception as exc:
+            self._report("timer", f"{type(exc).__name__}: {exc}")
+            self._flush(not_before=now + 0.1)  # don't spin on a timer that keeps failing
+            return
+        self._flush()
+
+    def _flush(self, not_before: float | None = None) -> None:
+        """Hand over the node's outputs and re-arm its timer."""
+        for item in self.node.take_sends():
+            self.transport.send(item)
+        for ev in self.node.take_events():
+            self._on_event(ev)
+        when = self.node.next_timer()
+        if when is not None and not_before is not None:
+            when = max(when, not_before)
+        if when == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, when
+        if when is not None and not self._torn_down:
+            self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
+
+    def _on_event(self, ev: MemberEvent | EntryEvent) -> None:
+        if isinstance(ev, MemberEvent):
+            self.events.write(
+                f"member_{ev.kind.value}",
+                subject=ev.node,
+                addr=ev.addr,
+                incarnation=ev.incarnation,
+                epoch=ev.epoch,
+            )
+            return
+        self.events.write(
+            "entry_seen",
+            network=ev.network,
+            table=ev.table,
+            key=ev.key,
+            op=_OPS[ev.kind],
+            owner=ev.owner,
+        )
+        if self.programmer is not None and not self._torn_down:
+            self._submit(self.programmer.on_event, ev)
+
+    def _report(self, what: str, detail: str) -> None:
+        """Log a peer or transport error, at most once per second per kind."""
+        limit = self._limits.setdefault(what, RateLimit(1.0))
+        suppressed = limit.allow(time.monotonic())
+        if suppressed is None:
+            return
+        kind = "wire_error" if what in ("wire", "frame") else "agent_error"
+        self.events.write(kind, what=what, detail=detail, suppressed=suppressed)
+
+    def _unexpected(self, op: str, exc: BaseException) -> None:
+        self.events.write("agent_error", what=f"control:{op}", error=f"{type(exc).__name__}: {exc}")
+
+    def _live_hosts(self) -> list[str]:
+        return [self.cfg.name, *self.node.membership.alive()]
+
+    # --- worker thread (data plane) --------------------------------------------------------
+
+    async def _dp(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        """Queue a data-plane job without waiting; jobs run one at a time, in order."""
+        fut = self._executor.submit(fn, *args)
+        fut.add_done_callback(self._job_done)
+
+    def _job_done(self, fut: Future[Any]) -> None:
+        exc = fut.exception() if not fut.cancelled() else None
+        if exc is not None:
+            self.events.write("agent_error", what="dataplane", error=f"{type(exc).__name__}: {exc}")
+
+    # --- periodic work ----------------------------------------------------------------------
+
+    async def _traffic_loop(self) -> None:
+        delta = TrafficDelta()
+        while True:
+            await asyncio.sleep(self.cfg.traffic_interval)
+            self.events.write("traffic", **delta.take(self.counters))
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.reconcile_interval)
+            try:
+                await self._reconcile()
+            except Exception as exc:
+                self.events.write(
+                    "agent_error", what="reconcile", error=f"{type(exc).__name__}: {exc}"
+                )
+
+    async def _reconcile(self) -> dict[str, Any]:
+        # the snapshot is read here, on the loop thread; jobs queued before it run first
+        tables = self.node.tables
+        desired = {
+            network: remote_entries(tables.entries(network, ENDPOINTS).values(), self.cfg.name)
+            for network in tables.networks()
+        }
+        assert self.programmer is not None
+        return await self._dp(self.programmer.reconcile, desired)
+
+    async def _join_loop(self) -> None:
+        """Seeds may start after us: keep asking them until someone else is known."""
+        seeds = [s for s in self.cfg.seeds if s != self.cfg.addr]
+        if not seeds:
+            return
+        while True:
+            await asyncio.sleep(self.cfg.join_retry)
+            membership = self.node.membership
+            if not membership.has_left and not membership.alive():
+                membership.join(seeds, time.monotonic())
+                self._flush()
+
+    async def _release_loop(self) -> None:
+        """Release the addresses a previous boot of this host held (it is gone)."""
+        while not self._released and self.manager is not None:
+            try:
+                await self._release_host()
+            except Exception:
+                await asyncio.sleep(0.5)
+
+    async def _release_host(self) -> None:
+        if self._released or self.manager is None:
+            return
+        released = await self.manager.release_host(self.cfg.name)
+        self._released = True
+        if released:
+            self.events.write("previous_boot", released=released)
+
+    async def _release_all(self) -> None:
+        """Give back every local container's addresses (best effort, on a clean stop)."""
+        if self.manager is None:
+            return
+        calls = [
+            self.manager.release(network, c.name)
+            for c in self._containers.values()
+            for network in c.nets
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                self.events.write("agent_error", what="release", error=f"{type(r).__name__}: {r}")
+
+    # --- containers ---------------------------------------------------------------------------
+
+    async def _network(self, name: str) -> dict[str, Any]:
+        info = self._netinfo.get(name)
+        if info is None:
+            info = await self._need_manager().network_inspect(name)
+            self._netinfo[name] = self._netinfo[info["name"]] = info
+        return info
+
+    def _need_manager(self) -> ManagerClient:
+        if self.manager is None:
+            raise ControlError("NoManager", "this agent was started without --manager")
+        return self.manager
+
+    async def _attach(self, c: _Container, network: str, ip: str | None) -> dict[str, Any]:
+        manager = self._need_manager()
+        net = await self._network(network)
+        name = net["name"]
+        if name in c.nets:
+            raise BadRequest(f"container {c.name} is already on network {name}")
+        if net["encrypted"]:
+            raise EncryptionUnsupported(f"network {name}: {ENCRYPTION_REFUSED}")
+        info = NetInfo(
+            name=name,
+            vni=net["vni"],
+            subnet=net["subnet"],
+            gateway=net["gateway"],
+            mtu=derive_mtu(self.cfg.underlay_mtu, net["encrypted"], net["mtu"]),
+        )
+        if not self._released:
+            await self._release_host()
+        alloc = await manager.allocate(name, c.name, ip, c.standalone, host=self.cfg.name)
+        assert self.programmer is not None
+        try:
+            plug = await self._dp(
+                self.programmer.attach, c.name, info, alloc["ip"], alloc["prefixlen"], alloc["mac"]
+            )
+        except BaseException:
+            await self._release_quietly(name, c.name)
+            raise
+        now = time.monotonic()
+        if plug["first"]:
+            self.node.join_network(name, now)
+        value = {"name": c.name, "ip": alloc["ip"], "mac": alloc["mac"], "vtep": self.cfg.bind}
+        try:
+            self.node.create_entry(name, ENDPOINTS, c.name, value, now)
+        except TablesError as exc:
+            self._flush()
+            await self._unplug(c.name, name)
+            await self._release_quietly(name, c.name)
+            raise ControlError(type(exc).__name__, str(exc)) from None
+        self.events.write(
+            "entry_commit", network=name, key=c.name, op="add", ip=alloc["ip"], vtep=self.cfg.bind
+        )
+        self._flush()
+        c.nets[name] = {
+            "ip": alloc["ip"],
+            "mac": alloc["mac"],
+            "prefixlen": alloc["prefixlen"],
+            "gateway": alloc["gateway"],
+            "mtu": info.mtu,
+            "vni": info.vni,
+            "ifname": plug["ifname"],
+            "netns": plug["netns"],
+        }
+        return {"network": name, **c.nets[name]}
+
+    async def _detach(self, c: _Container, network: str) -> dict[str, Any]:
+        if network not in c.nets:
+            raise BadRequest(f"container {c.name} is not on network {network}")
+        attachment = c.nets.pop(network)
+        try:
+            self.node.delete_entry(network, ENDPOINTS, c.name, time.monotonic())
+        except TablesError as exc:  # already gone from the table (e.g. after a leave)
+            self.events.write("agent_error", what="delete_entry", error=str(exc))
+        else:
+            self.events.write(
+                "entry_commit",
+                network=network,
+                key=c.name,
+                op="delete",
+                ip=attachment["ip"],
+                vtep=self.cfg.bind,
+            )
+        self._flush()
+        await self._unplug(c.name, network)
+        released = await self._release_quietly(network, c.name)
+        if not c.nets:
+            self._containers.pop(c.name, None)
+        return {"network": network, "ip": attachment["ip"], "released": released}
+
+    async def _unplug(self, container: str, network: str) -> None:
+        assert self.programmer is not None
+        result = await self._dp(self.programmer.detach, container, network)
+        if result["last"]:
+            if network in self.node.tables.networks():
+                self.node.leave_network(network, time.monotonic())
+                self._flush()
+            self._netinfo = {k: v for k, v in self._netinfo.items() if v["name"] != network}
+
+    async def _release_quietly(self, network: str, container: str) -> bool:
+        try:
+            await self._need_manager().release(network, container)
+        except Exception as exc:
+            self.events.write("agent_error", what="release", error=f"{type(exc).__name__}: {exc}")
+            return False
+        return True
+
+    # --- control operations ---------------------------------------------------------------
+
+    def _handlers(self) -> dict[str, Any]:
+        return {
+            "status": self._op_status,
+            "members": self._op_members,
+            "tables": self._op_tables,
+            "kernel": self._op_kernel,
+            "run": self._op_run,
+            "task": self._op_task,
+            "connect": self._op_connect,
+            "disconnect": self._op_disconnect,
+            "rm": self._op_rm,
+            "reconcile": self._op_reconcile,
+            "leave": self._op_leave,
+            "shutdown": self._op_shutdown,
+        }
+
+    async def _op_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        m = self.node.membership
+        counters = self.counters.as_dict()
+        counters["program_errors"] = self.programmer.errors if self.programmer else 0
+        return {
+            "name": self.cfg.name,
+            "addr": self.cfg.addr,
+            "epoch": self.cfg.epoch,
+            "incarnation": m.incarnation,
+            "left": m.has_left,
+            "health": m.health_score,
+            "members": await self._op_members(req),
+            "counters": counters,
+            "networks": sorted(self.node.tables.networks()),
+            "containers": {n: sorted(c.nets) for n, c in self._containers.items()},
+        }
+
+    async def _op_members(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {
+            name: {
+                "state": m.state.value,
+                "addr": m.addr,
+                "incarnation": m.incarnation,
+                "epoch": m.epoch,
+            }
+            for name, m in sorted(self.node.membership.members().items())
+        }
+
+    async def _op_tables(self, req: dict[str, Any]) -> dict[str, Any]:
+        tables = self.node.tables
+        return {
+            network: {
+                key: {
+                    "owner": e.owner,
+                    "owner_epoch": e.owner_epoch,
+                    "ltime": e.ltime,
+                    "value": e.value,
+                }
+                for (_, key), e in sorted(tables.entries(network, ENDPOINTS).items())
+            }
+            for network in sorted(tables.networks())
+        }
+
+    async def _op_kernel(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.programmer is not None
+        return await self._dp(self.programmer.kernel)
+
+    async def _op_run(self, req: dict[str, Any]) -> dict[str, Any]:
+        return await self._start_container(req, standalone=True)
+
+    async def _op_task(self, req: dict[str, Any]) -> dict[str, Any]:
+        return await self._start_container(req, standalone=False)
+
+    async def _start_container(self, req: dict[str, Any], *, standalone: bool) -> dict[str, Any]:
+        name = _str(req, "container")
+        networks = _networks(req)
+        ip = req.get("ip")
+        if ip is not None and (not isinstance(ip, str) or len(networks) != 1):
+            raise BadRequest("ip: expected one address string, with exactly one network")
+        async with self._ops:
+            if name in self._containers:
+                raise BadRequest(f"container {name} already exists on {self.cfg.name}")
+            c = _Container(name, standalone)
+            self._containers[name] = c
+            attached = []
+            try:
+                for network in networks:
+                    attached.append(await self._attach(c, network, ip))
+            except BaseException:
+                for network in list(c.nets):
+                    try:
+                        await self._detach(c, network)
+                    except Exception as exc:  # report the first failure, not this one
+                        self._unexpected("run:rollback", exc)
+                self._containers.pop(name, None)
+                raise
+            return {
+                "container": name,
+                "host": self.cfg.name,
+                "netns": attached[0]["netns"],
+                "networks": attached,
+            }
+
+    async def _op_connect(self, req: dict[str, Any]) -> dict[str, Any]:
+        async with self._ops:
+            c = self._container(_str(req, "container"))
+            ip = req.get("ip")
+            if ip is not None and not isinstance(ip, str):
+                raise BadRequest("ip: expected an address string")
+            return await self._attach(c, _str(req, "network"), ip)
+
+    async def _op_disconnect(self, req: dict[str, Any]) -> dict[str, Any]:
+        async with self._ops:
+            c = self._container(_str(req, "container"))
+            network = _str(req, "network")
+            info = self._netinfo.get(network)
+            return await self._detach(c, info["name"] if info else network)
+
+    async def _op_rm(self, req: dict[str, Any]) -> dict[str, Any]:
+        async with self._ops:
+            c = self._container(_str(req, "container"))
+            out = [await self._detach(c, network) for network in list(c.nets)]
+            self._containers.pop(c.name, None)
+            return {"container": c.name, "networks": out}
+
+    async def _op_reconcile(self, req: dict[str, Any]) -> dict[str, Any]:
+        return await self._reconcile()
+
+    async def _op_leave(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.request_stop(leave=True)
+        return {"leaving": True, "grace": self.cfg.leave_grace}
+
+    async def _op_shutdown(self, req: dict[str, Any]) -> dict[str, Any]:
+        leave = req.get("leave", True)
+        if not isinstance(leave, bool):
+            raise BadRequest("leave: expected true or false")
+        self.request_stop(leave=leave)
+        return {"stopping": True, "leave": leave}
+
+    def _container(self, name: str) -> _Container:
+        c = self._containers.get(name)
+        if c is None:
+            raise BadRequest(f"no container {name} on {self.cfg.name}")
+        return c
+
+
+def _str(req: dict[str, Any], key: str) -> str:
+    value = req.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{key}: expected a non-empty string")
+    return value
+
+
+def _networks(req: dict[str, Any]) -> list[str]:
+    if "networks" in req:
+        nets = req["networks"]
+        if (
+            not isinstance(nets, list)
+            or not nets
+            or not all(isinstance(n, str) and n for n in nets)
+        ):
+            raise BadRequest("networks: expected a non-empty list of network names")
+        if len(set(nets)) != len(nets):
+            raise BadRequest(f"networks: {nets!r} lists a network twice")
+        return list(nets)
+    return [_str(req, "network")]
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> AgentConfig:
+    """The command line as an :class:`AgentConfig`."""
+    p = argparse.ArgumentParser(prog="overlayd", description="overlaysim live agent")
+    p.add_argument("--name", required=True, help="node name (unique in the cluster)")
+    p.add_argument(
+        "--bind", required=True, help="underlay IPv4 address to listen on (also the VTEP)"
+    )
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="cluster port, UDP and TCP")
+    p.add_argument(
+        "--seeds", default="", help="comma-separated ip[:port] of agents to join through"
+    )
+    p.add_argument("--manager", default=None, help="manager ip[:port] (default port 2377)")
+    p.add_argument("--serve-manager", action="store_true", help="also run the manager API here")
+    p.add_argument("--control", type=Path, default=None, help="unix socket of the control API")
+    p.add_argument("--log", type=Path, default=None, help="JSON-lines event log")
+    p.add_argument("--profile", choices=PROFILES, default="lan", help="protocol timing preset")
+    p.add_argument("--vxlan-port", type=int, default=4789)
+    p.add_argument("--underlay-mtu", type=int, default=1500)
+    p.add_argument("--record", type=Path, default=None, help="record of created kernel objects")
+    p.add_argument("--epoch", type=int, default=None, help="boot epoch (default: ms since 1970)")
+    p.add_argument("--prefix", default="osim", help="name prefix of created namespaces")
+    p.add_argument("--seed", type=int, default=None, help="seed of the protocol's randomness")
+    p.add_argument("--reconcile-interval", type=float, default=10.0)
+    p.add_argument("--leave-grace", type=float, default=1.0)
+    a = p.parse_args(argv)
+    seeds = []
+    for item in filter(None, (s.strip() for s in a.seeds.split(","))):
+        seeds.append(item if ":" in item else f"{item}:{a.port}")
+    manager = a.manager
+    if manager and ":" not in manager:
+        manager = f"{manager}:{MANAGER_PORT}"
+    return AgentConfig(
+        name=a.name,
+        bind=a.bind,
+        port=a.port,
+        seeds=tuple(seeds),
+        manager=manager,
+        serve_manager=a.serve_manager,
+        control=a.control,
+        log=a.log,
+        profile=a.profile,
+        vxlan_port=a.vxlan_port,
+        underlay_mtu=a.underlay_mtu,
+        record=a.record,
+        epoch=a.epoch if a.epoch is not None else time.time_ns() // 1_000_000,
+        prefix=a.prefix,
+        seed=a.seed,
+        reconcile_interval=a.reconcile_interval,
+        leave_grace=a.leave_grace,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format=f"overlayd[{config.name}] %(levelname)s %(message)s"
+    )
+    try:
+        return asyncio.run(Agent(config).run())
+    except OSError as exc:  # e.g. the port is taken: a clear message, not a traceback
+        print(f"overlayd[{config.name}]: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
