@@ -82,6 +82,8 @@ class Result:
     offloads: str
     underlay_gbps: tuple[float, ...]
     overlay_gbps: tuple[float, ...]
+    underlay_retrans: tuple[int, ...]  # TCP retransmissions per run (reordering, drops)
+    overlay_retrans: tuple[int, ...]
 
     @property
     def ratios(self) -> list[float]:
@@ -175,8 +177,8 @@ def apply_offloads(variant: Variant, planes: tuple[DataPlane, DataPlane], net: N
 # --- measuring --------------------------------------------------------------------------
 
 
-def iperf3_gbps(server_ns: str, client_ns: str, server_ip: str, seconds: float) -> float:
-    """TCP goodput client -> server in Gbit/s, as received by the server."""
+def iperf3_tcp(server_ns: str, client_ns: str, server_ip: str, seconds: float) -> tuple[float, int]:
+    """TCP goodput client -> server in Gbit/s (as received) and retransmissions."""
     server = subprocess.Popen(
         ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", server_ip],
         stdout=subprocess.DEVNULL,
@@ -192,9 +194,10 @@ def iperf3_gbps(server_ns: str, client_ns: str, server_ip: str, seconds: float) 
                 timeout=seconds + 30,
             )
             report = json.loads(client.stdout or "{}")
-            received = report.get("end", {}).get("sum_received")
-            if client.returncode == 0 and received:
-                return received["bits_per_second"] / 1e9
+            end = report.get("end", {})
+            if client.returncode == 0 and "sum_received" in end:
+                retrans = int(end.get("sum_sent", {}).get("retransmits", 0))
+                return end["sum_received"]["bits_per_second"] / 1e9, retrans
             time.sleep(0.1)  # not listening yet, or a run that reported an error
         raise RuntimeError(f"iperf3 to {server_ip} failed: {client.stdout[-300:]}")
     finally:
@@ -207,8 +210,8 @@ def measure(variant: Variant, seconds: float, repeat: int) -> Result:
         c1, c2 = d1.container_netns("c1"), d2.container_netns("c2")
         under, over = [], []
         for _ in range(repeat):  # interleaved, so drift in the machine hits both
-            under.append(iperf3_gbps(U2, U1, IP2, seconds))
-            over.append(iperf3_gbps(c2, c1, C2_IP, seconds))
+            under.append(iperf3_tcp(U2, U1, IP2, seconds))
+            over.append(iperf3_tcp(c2, c1, C2_IP, seconds))
     offloads = "; ".join(
         f"{role}: " + ",".join(f"{k}={'on' if v else 'off'}" for k, v in wanted.items())
         for role, wanted in variant.offloads.items()
@@ -218,16 +221,18 @@ def measure(variant: Variant, seconds: float, repeat: int) -> Result:
         underlay_mtu=variant.underlay_mtu,
         overlay_mtu=mtu,
         offloads=offloads or "kernel defaults",
-        underlay_gbps=tuple(under),
-        overlay_gbps=tuple(over),
+        underlay_gbps=tuple(g for g, _ in under),
+        overlay_gbps=tuple(g for g, _ in over),
+        underlay_retrans=tuple(r for _, r in under),
+        overlay_retrans=tuple(r for _, r in over),
     )
 
 
 def print_table(results: list[Result]) -> None:
-    """Medians in Gbit/s; the ratio column also shows the range over repeats."""
+    """Medians (Gbit/s, retransmissions); the ratio also shows its range over repeats."""
     head = (
         f"{'variant':<20} {'u-MTU':>5} {'o-MTU':>5} {'underlay':>8} {'overlay':>8} "
-        f"{'ratio':>5} {'(min-max)':>11}  offloads"
+        f"{'ratio':>5} {'(min-max)':>11} {'u-retr':>7} {'o-retr':>7}  offloads"
     )
     print(head)
     print("-" * len(head))
@@ -236,7 +241,8 @@ def print_table(results: list[Result]) -> None:
         print(
             f"{r.variant:<20} {r.underlay_mtu:>5} {r.overlay_mtu:>5} "
             f"{statistics.median(r.underlay_gbps):>8.2f} {statistics.median(r.overlay_gbps):>8.2f} "
-            f"{r.ratio:>5.2f} {spread:>11}  {r.offloads}"
+            f"{r.ratio:>5.2f} {spread:>11} {statistics.median(r.underlay_retrans):>7.0f} "
+            f"{statistics.median(r.overlay_retrans):>7.0f}  {r.offloads}"
         )
 
 

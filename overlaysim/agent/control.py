@@ -9,7 +9,8 @@ Several requests may share a connection; they are answered in order.
 :class:`ControlClient` raises refusals again as the manager's
 :class:`~overlaysim.core.cluster.ClusterError` subclass when the type is one of those
 (``NotAttachable``, ``EncryptionUnsupported``...), otherwise as :class:`ControlError`.
-The operations themselves live in the daemon; ``docs/agent.md`` lists them.
+:func:`operations` checks each request and calls the agent; ``docs/agent.md`` lists
+the operations with their arguments and results.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from overlaysim.agent.manager import ERROR_TYPES
 from overlaysim.core.cluster import ClusterError
@@ -196,3 +197,111 @@ class ControlClient:
         if not line:
             raise ControlError("BadAnswer", f"agent at {self.path} closed the connection")
         return raise_answer(json.loads(line))
+
+
+# --- the operations -------------------------------------------------------------------
+
+
+class AgentOps(Protocol):
+    """What the operations need from :class:`overlaysim.agent.daemon.Agent`."""
+
+    def status(self) -> dict[str, Any]: ...
+    def members(self) -> dict[str, Any]: ...
+    def tables(self) -> dict[str, Any]: ...
+    async def kernel(self) -> dict[str, Any]: ...
+    async def run_container(
+        self, name: str, networks: list[str], *, standalone: bool, ip: str | None = None
+    ) -> dict[str, Any]: ...
+    async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]: ...
+    async def disconnect(self, name: str, network: str) -> dict[str, Any]: ...
+    async def remove(self, name: str) -> dict[str, Any]: ...
+    async def reconcile(self) -> dict[str, Any]: ...
+    async def manager_call(self, op: str, args: dict[str, Any]) -> Any: ...
+    def request_stop(self, leave: bool = True) -> None: ...
+
+
+def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
+    """The control operations over ``agent``: each checks its request, then calls it."""
+
+    async def status(req: dict[str, Any]) -> Any:
+        return agent.status()
+
+    async def members(req: dict[str, Any]) -> Any:
+        return agent.members()
+
+    async def tables(req: dict[str, Any]) -> Any:
+        return agent.tables()
+
+    async def kernel(req: dict[str, Any]) -> Any:
+        return await agent.kernel()
+
+    async def run(req: dict[str, Any]) -> Any:
+        networks, ip = _networks(req), _opt_str(req, "ip")
+        if ip is not None and len(networks) != 1:
+            raise BadRequest("ip: only with exactly one network")
+        return await agent.run_container(_str(req, "container"), networks, standalone=True, ip=ip)
+
+    async def task(req: dict[str, Any]) -> Any:
+        networks, ip = _networks(req), _opt_str(req, "ip")
+        if ip is not None and len(networks) != 1:
+            raise BadRequest("ip: only with exactly one network")
+        return await agent.run_container(_str(req, "container"), networks, standalone=False, ip=ip)
+
+    async def connect(req: dict[str, Any]) -> Any:
+        return await agent.connect(
+            _str(req, "container"), _str(req, "network"), _opt_str(req, "ip")
+        )
+
+    async def disconnect(req: dict[str, Any]) -> Any:
+        return await agent.disconnect(_str(req, "container"), _str(req, "network"))
+
+    async def rm(req: dict[str, Any]) -> Any:
+        return await agent.remove(_str(req, "container"))
+
+    async def reconcile(req: dict[str, Any]) -> Any:
+        return await agent.reconcile()
+
+    async def manager(req: dict[str, Any]) -> Any:
+        args = req.get("args") or {}
+        if not isinstance(args, dict):
+            raise BadRequest("args: expected an object")
+        return await agent.manager_call(_str(req, "call"), args)
+
+    async def leave(req: dict[str, Any]) -> Any:
+        agent.request_stop(leave=True)
+        return {"leaving": True, "grace": leave_grace}
+
+    async def shutdown(req: dict[str, Any]) -> Any:
+        stay = req.get("leave", True)
+        if not isinstance(stay, bool):
+            raise BadRequest("leave: expected true or false")
+        agent.request_stop(leave=stay)
+        return {"stopping": True, "leave": stay}
+
+    ops = (status, members, tables, kernel, run, task, connect, disconnect, rm, reconcile)
+    return {f.__name__: f for f in (*ops, manager, leave, shutdown)}
+
+
+def _str(req: dict[str, Any], key: str) -> str:
+    value = req.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{key}: expected a non-empty string")
+    return value
+
+
+def _opt_str(req: dict[str, Any], key: str) -> str | None:
+    value = req.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"{key}: expected a string")
+    return value
+
+
+def _networks(req: dict[str, Any]) -> list[str]:
+    if "networks" not in req:
+        return [_str(req, "network")]
+    nets = req["networks"]
+    if not isinstance(nets, list) or not nets or not all(isinstance(n, str) and n for n in nets):
+        raise BadRequest("networks: expected a non-empty list of network names")
+    if len(set(nets)) != len(nets):
+        raise BadRequest(f"networks: {nets!r} lists a network twice")
+    return list(nets)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 import signal
 import sys
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from overlaysim.agent.control import BadRequest, ControlError, ControlServer
+from overlaysim.agent.control import BadRequest, ControlError, ControlServer, operations
 from overlaysim.agent.created import clean_recorded
 from overlaysim.agent.dataplane import DataPlane, NetInfo
 from overlaysim.agent.logging import EventLog, RateLimit
@@ -51,8 +52,6 @@ from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.node import Node
 from overlaysim.core.tables import TablesError
 from overlaysim.core.wire import Message
-
-log = logging.getLogger("overlayd")
 
 _OPS = {
     EntryEventKind.CREATE: "add",
@@ -195,12 +194,13 @@ class Agent:
             self.manager_server = ManagerServer(manager, cfg.bind, port)
             await self.manager_server.start()
         if cfg.control is not None:
-            self.control = ControlServer(cfg.control, self._handlers(), self._unexpected)
+            self.control = ControlServer(
+                cfg.control, operations(self, cfg.leave_grace), self._unexpected
+            )
             await self.control.start()
         loop = asyncio.get_running_loop()
         if self.handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop, True)
+            self._install_signal_handlers(loop)
         now = time.monotonic()
         self.events.write(
             "start",
@@ -221,6 +221,25 @@ class Agent:
         ):
             self._tasks.append(loop.create_task(coro))
         self.started.set()
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        """SIGTERM/SIGINT: graceful leave and clean stop.
+
+        Not ``loop.add_signal_handler``: its wakeup fd is inherited by children that
+        pyroute2 forks (and stops with SIGTERM), so a signal to a helper would reach
+        this loop and stop the agent. A plain handler checks which process it runs in.
+        """
+        pid = os.getpid()
+
+        def on_signal(signum: int, frame: object) -> None:
+            if os.getpid() != pid:  # a forked helper: end it the way the signal would
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
+            loop.call_soon_threadsafe(self.request_stop, True)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
 
     def request_stop(self, leave: bool = True) -> None:
         """Stop soon (from a signal handler or a control operation)."""
@@ -256,9 +275,7 @@ class Agent:
             try:
                 await self._dp(self.programmer.close)
             except Exception as exc:
-                self.events.write(
-                    "agent_error", what="teardown", error=f"{type(exc).__name__}: {exc}"
-                )
+                self._error("teardown", exc)
         self._executor.shutdown(wait=True)
         self.events.write("stop", counters=self.counters.as_dict())
         self.events.close()
@@ -337,7 +354,11 @@ class Agent:
         self.events.write(kind, what=what, detail=detail, suppressed=suppressed)
 
     def _unexpected(self, op: str, exc: BaseException) -> None:
-        self.events.write("agent_error", what=f"control:{op}", error=f"{type(exc).__name__}: {exc}")
+        self._error(f"control:{op}", exc)
+
+    def _error(self, what: str, exc: BaseException) -> None:
+        """Log a local failure that must not stop the agent."""
+        self.events.write("agent_error", what=what, error=f"{type(exc).__name__}: {exc}")
 
     def _live_hosts(self) -> list[str]:
         return [self.cfg.name, *self.node.membership.alive()]
@@ -355,7 +376,7 @@ class Agent:
     def _job_done(self, fut: Future[Any]) -> None:
         exc = fut.exception() if not fut.cancelled() else None
         if exc is not None:
-            self.events.write("agent_error", what="dataplane", error=f"{type(exc).__name__}: {exc}")
+            self._error("dataplane", exc)
 
     # --- periodic work ----------------------------------------------------------------------
 
@@ -369,13 +390,12 @@ class Agent:
         while True:
             await asyncio.sleep(self.cfg.reconcile_interval)
             try:
-                await self._reconcile()
+                await self.reconcile()
             except Exception as exc:
-                self.events.write(
-                    "agent_error", what="reconcile", error=f"{type(exc).__name__}: {exc}"
-                )
+                self._error("reconcile", exc)
 
-    async def _reconcile(self) -> dict[str, Any]:
+    async def reconcile(self) -> dict[str, Any]:
+        """Repair every local network's kernel state against the tables, now."""
         # the snapshot is read here, on the loop thread; jobs queued before it run first
         tables = self.node.tables
         desired = {
@@ -425,7 +445,7 @@ class Agent:
         results = await asyncio.gather(*calls, return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
-                self.events.write("agent_error", what="release", error=f"{type(r).__name__}: {r}")
+                self._error("release", r)
 
     # --- containers ---------------------------------------------------------------------------
 
@@ -467,6 +487,10 @@ class Agent:
         except BaseException:
             await self._release_quietly(name, c.name)
             raise
+        self.events.write(
+            "attach", container=c.name, network=name, ip=alloc["ip"], mac=alloc["mac"],
+            vni=info.vni, mtu=info.mtu, ifname=plug["ifname"], netns=plug["netns"],
+        )  # fmt: skip
         now = time.monotonic()
         if plug["first"]:
             self.node.join_network(name, now)
@@ -501,7 +525,7 @@ class Agent:
         try:
             self.node.delete_entry(network, ENDPOINTS, c.name, time.monotonic())
         except TablesError as exc:  # already gone from the table (e.g. after a leave)
-            self.events.write("agent_error", what="delete_entry", error=str(exc))
+            self._error("delete_entry", exc)
         else:
             self.events.write(
                 "entry_commit",
@@ -513,6 +537,7 @@ class Agent:
             )
         self._flush()
         await self._unplug(c.name, network)
+        self.events.write("detach", container=c.name, network=network)
         released = await self._release_quietly(network, c.name)
         if not c.nets:
             self._containers.pop(c.name, None)
@@ -531,29 +556,14 @@ class Agent:
         try:
             await self._need_manager().release(network, container)
         except Exception as exc:
-            self.events.write("agent_error", what="release", error=f"{type(exc).__name__}: {exc}")
+            self._error("release", exc)
             return False
         return True
 
-    # --- control operations ---------------------------------------------------------------
+    # --- operations (the control API's, see overlaysim.agent.control) ------------------
 
-    def _handlers(self) -> dict[str, Any]:
-        return {
-            "status": self._op_status,
-            "members": self._op_members,
-            "tables": self._op_tables,
-            "kernel": self._op_kernel,
-            "run": self._op_run,
-            "task": self._op_task,
-            "connect": self._op_connect,
-            "disconnect": self._op_disconnect,
-            "rm": self._op_rm,
-            "reconcile": self._op_reconcile,
-            "leave": self._op_leave,
-            "shutdown": self._op_shutdown,
-        }
-
-    async def _op_status(self, req: dict[str, Any]) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
+        """Name, epoch, members with states, counters, networks and local containers."""
         m = self.node.membership
         counters = self.counters.as_dict()
         counters["program_errors"] = self.programmer.errors if self.programmer else 0
@@ -564,13 +574,14 @@ class Agent:
             "incarnation": m.incarnation,
             "left": m.has_left,
             "health": m.health_score,
-            "members": await self._op_members(req),
+            "members": self.members(),
             "counters": counters,
             "networks": sorted(self.node.tables.networks()),
             "containers": {n: sorted(c.nets) for n, c in self._containers.items()},
         }
 
-    async def _op_members(self, req: dict[str, Any]) -> dict[str, Any]:
+    def members(self) -> dict[str, Any]:
+        """Every known member (ourselves included): state, address, incarnation, epoch."""
         return {
             name: {
                 "state": m.state.value,
@@ -581,7 +592,8 @@ class Agent:
             for name, m in sorted(self.node.membership.members().items())
         }
 
-    async def _op_tables(self, req: dict[str, Any]) -> dict[str, Any]:
+    def tables(self) -> dict[str, Any]:
+        """Live endpoint entries per attached network."""
         tables = self.node.tables
         return {
             network: {
@@ -596,27 +608,19 @@ class Agent:
             for network in sorted(tables.networks())
         }
 
-    async def _op_kernel(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def kernel(self) -> dict[str, Any]:
+        """FDB and neighbour entries the kernel holds per local network."""
         assert self.programmer is not None
         return await self._dp(self.programmer.kernel)
 
-    async def _op_run(self, req: dict[str, Any]) -> dict[str, Any]:
-        return await self._start_container(req, standalone=True)
-
-    async def _op_task(self, req: dict[str, Any]) -> dict[str, Any]:
-        return await self._start_container(req, standalone=False)
-
-    async def _start_container(self, req: dict[str, Any], *, standalone: bool) -> dict[str, Any]:
-        name = _str(req, "container")
-        networks = _networks(req)
-        ip = req.get("ip")
-        if ip is not None and (not isinstance(ip, str) or len(networks) != 1):
-            raise BadRequest("ip: expected one address string, with exactly one network")
+    async def run_container(
+        self, name: str, networks: list[str], *, standalone: bool, ip: str | None = None
+    ) -> dict[str, Any]:
+        """Start a container on ``networks``: ``docker run`` (standalone) or a service task."""
         async with self._ops:
             if name in self._containers:
                 raise BadRequest(f"container {name} already exists on {self.cfg.name}")
-            c = _Container(name, standalone)
-            self._containers[name] = c
+            c = self._containers[name] = _Container(name, standalone)
             attached = []
             try:
                 for network in networks:
@@ -629,76 +633,37 @@ class Agent:
                         self._unexpected("run:rollback", exc)
                 self._containers.pop(name, None)
                 raise
-            return {
-                "container": name,
-                "host": self.cfg.name,
-                "netns": attached[0]["netns"],
-                "networks": attached,
-            }
+            netns = attached[0]["netns"]
+            return {"container": name, "host": self.cfg.name, "netns": netns, "networks": attached}
 
-    async def _op_connect(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]:
+        """Attach a running container to one more network."""
         async with self._ops:
-            c = self._container(_str(req, "container"))
-            ip = req.get("ip")
-            if ip is not None and not isinstance(ip, str):
-                raise BadRequest("ip: expected an address string")
-            return await self._attach(c, _str(req, "network"), ip)
+            return await self._attach(self._container(name), network, ip)
 
-    async def _op_disconnect(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def disconnect(self, name: str, network: str) -> dict[str, Any]:
+        """Detach a container from one network (it goes when its last network does)."""
         async with self._ops:
-            c = self._container(_str(req, "container"))
-            network = _str(req, "network")
             info = self._netinfo.get(network)
-            return await self._detach(c, info["name"] if info else network)
+            return await self._detach(self._container(name), info["name"] if info else network)
 
-    async def _op_rm(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def remove(self, name: str) -> dict[str, Any]:
+        """Remove a container: its entries, interfaces and addresses."""
         async with self._ops:
-            c = self._container(_str(req, "container"))
+            c = self._container(name)
             out = [await self._detach(c, network) for network in list(c.nets)]
             self._containers.pop(c.name, None)
             return {"container": c.name, "networks": out}
 
-    async def _op_reconcile(self, req: dict[str, Any]) -> dict[str, Any]:
-        return await self._reconcile()
-
-    async def _op_leave(self, req: dict[str, Any]) -> dict[str, Any]:
-        self.request_stop(leave=True)
-        return {"leaving": True, "grace": self.cfg.leave_grace}
-
-    async def _op_shutdown(self, req: dict[str, Any]) -> dict[str, Any]:
-        leave = req.get("leave", True)
-        if not isinstance(leave, bool):
-            raise BadRequest("leave: expected true or false")
-        self.request_stop(leave=leave)
-        return {"stopping": True, "leave": leave}
+    async def manager_call(self, op: str, args: dict[str, Any]) -> Any:
+        """Forward one manager request; the manager's errors come back unchanged."""
+        return await self._need_manager().call(op, **args)
 
     def _container(self, name: str) -> _Container:
         c = self._containers.get(name)
         if c is None:
             raise BadRequest(f"no container {name} on {self.cfg.name}")
         return c
-
-
-def _str(req: dict[str, Any], key: str) -> str:
-    value = req.get(key)
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"{key}: expected a non-empty string")
-    return value
-
-
-def _networks(req: dict[str, Any]) -> list[str]:
-    if "networks" in req:
-        nets = req["networks"]
-        if (
-            not isinstance(nets, list)
-            or not nets
-            or not all(isinstance(n, str) and n for n in nets)
-        ):
-            raise BadRequest("networks: expected a non-empty list of network names")
-        if len(set(nets)) != len(nets):
-            raise BadRequest(f"networks: {nets!r} lists a network twice")
-        return list(nets)
-    return [_str(req, "network")]
 
 
 # --- command line --------------------------------------------------------------------------

@@ -42,8 +42,6 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import ndmsg
 
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import LINK, NETNS, Created, CreatedLog, remove_all
@@ -57,10 +55,6 @@ DEFAULT_VXLAN_PORT = 4789
 GC_THRESH = {1: 8192, 2: 49152, 3: 65536}
 BRIDGE = "br0"
 
-AF_INET = 2
-AF_BRIDGE = 7
-NUD_PERMANENT = ndmsg.states["permanent"]
-NTF_SELF = ndmsg.flags["self"]
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -289,32 +283,11 @@ class DataPlane:
         inner.link("set", index=self._index(inner, "lo"), state="up")
 
     def _raise_gc_thresholds(self, ns: str) -> None:
-        """Raise neighbour GC thresholds, once per data plane; never lower them.
-
-        The ARP table is kernel-wide and its ``default`` sysctls appear only in the
-        initial namespace on current kernels, so after the sandbox (where Docker
-        writes them) try our own namespace, then PID 1's.
-        """
-        if self.gc_thresholds:
-            return
-        targets = {f"{kns.NEIGH_DEFAULT}/gc_thresh{i}": v for i, v in GC_THRESH.items()}
-        attempts: list[tuple[str, Callable[[], Any]]] = [
-            (ns, lambda: kns.run_in_netns(ns, kns.raise_sysctls, targets)),
-            ("own", lambda: kns.raise_sysctls(targets)),
-            ("initial", lambda: kns.run_in_netns("/proc/1/ns/net", kns.raise_sysctls, targets)),
-        ]
-        failures = []
-        for where, attempt in attempts:
-            try:
-                changes = attempt()
-            except (kns.KernelError, OSError) as exc:
-                failures.append(f"{where}: {exc}")
-                continue
-            if changes is not None:
-                self.gc_thresholds = {"where": where, "values": changes}
-                return
-        log.warning("could not raise neighbour GC thresholds: %s", failures)
-        self.gc_thresholds = {"where": "none", "errors": failures}
+        """Raise neighbour GC thresholds (kernel-wide), once per data plane."""
+        if not self.gc_thresholds:
+            self.gc_thresholds = kns.raise_neigh_gc(ns, GC_THRESH)
+            if self.gc_thresholds["where"] == "none":
+                log.warning("could not raise neighbour GC thresholds: %s", self.gc_thresholds)
 
     @_kernel_call
     def remove_network(self, name: str) -> None:
@@ -478,13 +451,13 @@ class DataPlane:
         fdb, neigh = self._desired(network)
         inner, vx = self._vxlan(sandbox)
         if mac in fdb:
-            self._fdb(inner, "replace", vx, mac, fdb[mac])
+            kns.fdb_set(inner, vx, mac, fdb[mac])
         else:
-            self._fdb(inner, "del", vx, mac, None)  # no dst: the whole entry
+            kns.fdb_del(inner, vx, mac)  # no dst: the whole entry
         if ip in neigh:
-            self._neigh(inner, "replace", vx, ip, neigh[ip])
+            kns.neigh_set(inner, vx, ip, neigh[ip])
         else:
-            self._neigh(inner, "del", vx, ip, None)
+            kns.neigh_del(inner, vx, ip)
 
     def _desired(self, network: str) -> tuple[dict[str, str], dict[str, str]]:
         """Kernel state wanted for ``network``: ``{mac: vtep}``, ``{ip: mac}``."""
@@ -498,35 +471,9 @@ class DataPlane:
     def _program(self, sb: _Sandbox, fdb: Any, neigh: Any) -> None:
         inner, vx = self._vxlan(sb)
         for mac, vtep in fdb:
-            self._fdb(inner, "replace", vx, mac, vtep)
+            kns.fdb_set(inner, vx, mac, vtep)
         for ip, mac in neigh:
-            self._neigh(inner, "replace", vx, ip, mac)
-
-    @staticmethod
-    def _fdb(ipr: IPRoute, cmd: str, vx: int, mac: str, vtep: str | None) -> None:
-        args: dict[str, Any] = {"family": AF_BRIDGE, "ifindex": vx, "lladdr": mac}
-        if vtep is not None:
-            args["dst"] = vtep
-        if cmd != "del":
-            args.update(state=NUD_PERMANENT, flags=NTF_SELF)
-        else:
-            args.update(flags=NTF_SELF)
-        DataPlane._tolerant(ipr, cmd, args)
-
-    @staticmethod
-    def _neigh(ipr: IPRoute, cmd: str, vx: int, ip: str, mac: str | None) -> None:
-        args: dict[str, Any] = {"family": AF_INET, "ifindex": vx, "dst": ip}
-        if mac is not None:
-            args.update(lladdr=mac, state=NUD_PERMANENT)
-        DataPlane._tolerant(ipr, cmd, args)
-
-    @staticmethod
-    def _tolerant(ipr: IPRoute, cmd: str, args: dict[str, Any]) -> None:
-        try:
-            ipr.neigh(cmd, **args)
-        except NetlinkError as exc:
-            if not (cmd == "del" and kns.is_gone(exc)):
-                raise
+            kns.neigh_set(inner, vx, ip, mac)
 
     # --- reconcile ------------------------------------------------------------------
 
@@ -551,16 +498,16 @@ class DataPlane:
         fdb_have, neigh_have = self._read_kernel(sandbox)
         inner, vx = self._vxlan(sandbox)
         for mac, vtep in sorted(fdb_have - fdb_want):
-            self._fdb(inner, "del", vx, mac, vtep)
+            kns.fdb_del(inner, vx, mac, vtep)
             result["removed"].append(("fdb", mac, vtep))
         for ip, mac in sorted(neigh_have - neigh_want):
-            self._neigh(inner, "del", vx, ip, None)
+            kns.neigh_del(inner, vx, ip)
             result["removed"].append(("neigh", ip, mac))
         for mac, vtep in sorted(fdb_want - fdb_have):
-            self._fdb(inner, "replace", vx, mac, vtep)
+            kns.fdb_set(inner, vx, mac, vtep)
             result["added"].append(("fdb", mac, vtep))
         for ip, mac in sorted(neigh_want - neigh_have):
-            self._neigh(inner, "replace", vx, ip, mac)
+            kns.neigh_set(inner, vx, ip, mac)
             result["added"].append(("neigh", ip, mac))
         if result["added"] or result["removed"]:
             log.info("reconciled %s on %s: %s", network, self.host, result)
@@ -577,17 +524,7 @@ class DataPlane:
 
     def _read_kernel(self, sb: _Sandbox) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         inner, vx = self._vxlan(sb)
-        fdb = {
-            (msg.get("lladdr"), msg.get("dst"))
-            for msg in inner.neigh("dump", family=AF_BRIDGE)
-            if msg["ifindex"] == vx and msg.get("dst")  # bridge (master) entries have none
-        }
-        neigh = {
-            (msg.get("dst"), msg.get("lladdr"))
-            for msg in inner.neigh("dump", family=AF_INET)
-            if msg["ifindex"] == vx
-        }
-        return fdb, neigh
+        return kns.vxlan_entries(inner, vx)
 
     # --- underlay -------------------------------------------------------------------
 
@@ -598,7 +535,7 @@ class DataPlane:
 
     def _underlay_mtu(self) -> int:
         host = self._ipr(self.host_netns)
-        for msg in host.addr("dump", family=AF_INET):
+        for msg in host.addr("dump", family=kns.AF_INET):
             if msg.get("address") == self.underlay_ip:
                 return int(host.link("get", index=msg["index"])[0].get("mtu"))
         raise DataPlaneError(f"underlay IP {self.underlay_ip} is on no interface of the host")

@@ -37,6 +37,8 @@ KINDS = frozenset(
         "entry_commit",
         "entry_seen",
         "entry_programmed",
+        "attach",
+        "detach",
         "program_error",
         "reconcile",
         "wire_error",

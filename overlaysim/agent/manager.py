@@ -216,16 +216,15 @@ class Manager:
 
     def allocate(self, args: dict[str, Any]) -> dict[str, Any]:
         network = _arg(args, "network", str)
+        endpoint = _arg(args, "endpoint", str)
+        ip = _arg(args, "ip", str, None)
+        standalone = _arg(args, "standalone", bool, True)
+        host = _arg(args, "host", str, "")
         net = self.cluster.network(network)
         if net.encrypted:  # only reachable through a restored snapshot
             raise EncryptionUnsupported(f"network {net.name}: {ENCRYPTION_REFUSED}")
-        alloc = self.cluster.allocate(
-            network,
-            _arg(args, "endpoint", str),
-            ip=_arg(args, "ip", str, None),
-            standalone=_arg(args, "standalone", bool, True),
-        )
-        self._holder[(alloc.network, alloc.endpoint)] = _arg(args, "host", str, "")
+        alloc = self.cluster.allocate(network, endpoint, ip=ip, standalone=standalone)
+        self._holder[(alloc.network, alloc.endpoint)] = host
         return allocation_dict(alloc)
 
     def release(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import ndmsg
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,12 @@ IFNAME_MAX = 15
 #: Names we may take as they are; everything else is hashed.
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,31}$")
 _PREFIX = re.compile(r"^[a-z][a-z0-9]{0,5}$")
+
+
+AF_INET = 2
+AF_BRIDGE = 7
+NUD_PERMANENT = ndmsg.states["permanent"]
+NTF_SELF = ndmsg.flags["self"]
 
 
 class KernelError(RuntimeError):
@@ -221,9 +228,87 @@ def run_in_netns(ns: str | None, func: Callable[..., Any], *args: Any) -> Any:
     return value
 
 
+# --- VXLAN forwarding entries --------------------------------------------------------
+
+
+def fdb_set(ipr: IPRoute, vx: int, mac: str, vtep: str) -> None:
+    """``bridge fdb replace MAC dev VX dst VTEP self permanent``."""
+    _neigh_op(
+        ipr, "replace", family=AF_BRIDGE, ifindex=vx, lladdr=mac, dst=vtep,
+        state=NUD_PERMANENT, flags=NTF_SELF,
+    )  # fmt: skip
+
+
+def fdb_del(ipr: IPRoute, vx: int, mac: str, vtep: str | None = None) -> None:
+    """Delete ``mac`` towards ``vtep`` (without ``vtep``: the whole entry); tolerant."""
+    args: dict[str, Any] = {"family": AF_BRIDGE, "ifindex": vx, "lladdr": mac, "flags": NTF_SELF}
+    if vtep is not None:
+        args["dst"] = vtep
+    _neigh_op(ipr, "del", **args)
+
+
+def neigh_set(ipr: IPRoute, vx: int, ip: str, mac: str) -> None:
+    """``ip neigh replace IP lladdr MAC dev VX nud permanent``."""
+    _neigh_op(ipr, "replace", family=AF_INET, ifindex=vx, dst=ip, lladdr=mac, state=NUD_PERMANENT)
+
+
+def neigh_del(ipr: IPRoute, vx: int, ip: str) -> None:
+    """Delete the neighbour entry for ``ip``; tolerant of it being gone."""
+    _neigh_op(ipr, "del", family=AF_INET, ifindex=vx, dst=ip)
+
+
+def _neigh_op(ipr: IPRoute, cmd: str, **args: Any) -> None:
+    try:
+        ipr.neigh(cmd, **args)
+    except NetlinkError as exc:
+        if not (cmd == "del" and is_gone(exc)):
+            raise
+
+
+def vxlan_entries(ipr: IPRoute, vx: int) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """The VXLAN device's own FDB ``{(mac, vtep)}`` and IPv4 neighbours ``{(ip, mac)}``."""
+    fdb = {
+        (msg.get("lladdr"), msg.get("dst"))
+        for msg in ipr.neigh("dump", family=AF_BRIDGE)
+        if msg["ifindex"] == vx and msg.get("dst")  # the bridge's (master) entries have none
+    }
+    neigh = {
+        (msg.get("dst"), msg.get("lladdr"))
+        for msg in ipr.neigh("dump", family=AF_INET)
+        if msg["ifindex"] == vx
+    }
+    return fdb, neigh
+
+
 # --- sysctls (run inside run_in_netns) ---------------------------------------------
 
 NEIGH_DEFAULT = "/proc/sys/net/ipv4/neigh/default"
+
+
+def raise_neigh_gc(sandbox: str, thresholds: dict[int, int]) -> dict[str, Any]:
+    """Raise ``gc_thresh1..3`` of the IPv4 neighbour table; never lower them.
+
+    The ARP table is kernel-wide and its ``default`` sysctls appear only in the
+    initial namespace on current kernels, so after the sandbox (where Docker writes
+    them) try our own namespace, then PID 1's. Returns ``{"where", "values"}`` with
+    ``{path: (before, after)}``, or ``{"where": "none", "errors": [...]}``.
+    """
+    targets = {f"{NEIGH_DEFAULT}/gc_thresh{i}": v for i, v in thresholds.items()}
+    attempts: list[tuple[str, Callable[[], Any]]] = [
+        (sandbox, lambda: run_in_netns(sandbox, raise_sysctls, targets)),
+        ("own", lambda: raise_sysctls(targets)),
+        ("initial", lambda: run_in_netns("/proc/1/ns/net", raise_sysctls, targets)),
+    ]
+    errors = []
+    for where, attempt in attempts:
+        try:
+            changes = attempt()
+        except (KernelError, OSError) as exc:
+            errors.append(f"{where}: {exc}")
+            continue
+        if changes is not None:
+            return {"where": where, "values": changes}
+    return {"where": "none", "errors": errors}
 
 
 def raise_sysctls(targets: dict[str, int]) -> dict[str, tuple[int, int]] | None:

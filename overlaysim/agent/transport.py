@@ -182,7 +182,7 @@ class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, owner: Transport) -> None:
         self.owner = owner
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.owner._on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
@@ -218,6 +218,7 @@ class Transport:
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def start(self) -> None:
         """Bind the UDP socket and start the TCP server (OSError if the port is taken)."""
@@ -230,7 +231,8 @@ class Transport:
         )
 
     async def close(self) -> None:
-        """Stop listening and cancel streams in flight."""
+        """Stop listening and cancel streams in flight; later sends are dropped."""
+        self._closed = True
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -246,6 +248,8 @@ class Transport:
 
     def send(self, item: Send) -> None:
         """Send one core message: a datagram, or a TCP stream when reliable or too big."""
+        if self._closed:
+            return
         try:
             data = encode(item.msg)
             host, port = split_addr(item.dst)
@@ -258,7 +262,7 @@ class Transport:
             task.add_done_callback(self._tasks.discard)
             return
         if self._udp is None:
-            return  # closing
+            return  # not started
         try:
             self._udp.sendto(data, (host, port))
         except OSError as exc:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from overlaysim.core.config import MembershipConfig, TableConfig
 from overlaysim.core.events import EntryEvent, MemberEvent, MemberEventKind, Send
-from overlaysim.core.membership import Membership
+from overlaysim.core.membership import Member, Membership
 from overlaysim.core.tables import Tables
 from overlaysim.core.wire import Message, MsgType
 
@@ -70,6 +70,22 @@ class Node:
         if seeds:
             self.membership.join(seeds, now)
         self._pump(now)
+
+    def bootstrap(self, members: Sequence[Member], now: float, *, tables: bool = True) -> None:
+        """Start from an already formed cluster: know ``members`` without gossip.
+
+        For drivers that begin a scenario from a converged cluster (the simulator's
+        ``boot: formed``); not part of the protocol. ``members`` are immutable records
+        that every node may share. ``tables=False`` skips telling the table layer, for
+        membership-only benchmarks at sizes where N x N peer records do not fit.
+        """
+        self.membership.bootstrap(members, now, emit=False)
+        if tables:
+            alive = self.tables.member_alive
+            for m in members:
+                if m.name != self.name:
+                    alive(m.name, m.addr, m.epoch, now)
+            self.tables.take_events()
 
     def leave(self, now: float) -> None:
         """Graceful leave: tell the cluster, stop probing."""

@@ -230,6 +230,7 @@ class Tables:
         self._attach: dict[str, dict[str, NetworkAttachment]] = {}
         self._node_nets: dict[str, dict[str, None]] = {}
         self._peers: dict[str, _NodeSet] = {}  # attached, alive, not us
+        self._recovered = _NodeSet()  # back after we declared them down: fetch what we hid
         # Membership facts.
         self._addr: dict[str, str] = {}  # alive members
         self._alive = _NodeSet()
@@ -268,7 +269,7 @@ class Tables:
         if known is not None and epoch < known:
             return  # stale news about a previous boot
         self._epochs[node] = epoch
-        self._down.pop(node, None)
+        false_alarm = self._down.pop(node, None) is not None and epoch == known
         first = not self._alive
         self._addr[node] = addr
         self._alive.add(node)
@@ -276,6 +277,9 @@ class Tables:
             self._replace_older_boot(node, epoch, now)
         for network in list(self._node_nets.get(node, ())):
             self._refresh_peer(network, node)
+        if false_alarm:
+            self._recovered.add(node)
+            self._roll_gossip(now)
         if first and self._pending:
             for network in list(self._pending):
                 self._discover(network)
@@ -403,7 +407,8 @@ class Tables:
     def next_timer(self) -> float | None:
         """Earliest deadline, or None. Idle timers (nothing to gossip) are left out."""
         out = self._reap[0][0] if self._reap else None
-        if self._next_gossip is not None and (self._dirty or len(self._net_queue)):
+        busy = self._dirty or len(self._net_queue) or len(self._recovered)
+        if self._next_gossip is not None and busy:
             out = self._next_gossip if out is None else min(out, self._next_gossip)
         if self._next_bulk is not None and self._attached:
             out = self._next_bulk if out is None else min(out, self._next_bulk)
@@ -429,6 +434,12 @@ class Tables:
         return {
             k: r.entry for k, r in st.records.items() if r.live and (table is None or k[0] == table)
         }
+
+    def entry(self, network: str, table: str, key: str) -> Entry | None:
+        """One live entry, or None (O(1), unlike :meth:`entries`)."""
+        st = self._nets.get(network)
+        rec = st.records.get((table, key)) if st is not None else None
+        return rec.entry if rec is not None and rec.live else None
 
     def tombstones(self, network: str, table: str | None = None) -> dict[_Key, Entry]:
         """Deleted entries not yet reaped (hidden ones shown with ``deleted=True``)."""
@@ -685,6 +696,29 @@ class Tables:
                 msg = NetworkGossip(source=self.name, attachments=tuple(items))
                 for node in self._alive.sample(self.rng, cfg.gossip_nodes):
                     self._sends.append(Send(self._addr[node], msg))
+        self._recovery_sync()
+
+    def _recovery_sync(self) -> None:
+        """At most one bulk sync per round with a node back from a false alarm.
+
+        Its hidden entries would otherwise wait for a periodic bulk sync. One random
+        node per round: a node that comes back with a whole partition usually holds
+        the others' entries too, and nodes whose entries are back already are skipped.
+        """
+        rec = self._recovered
+        while len(rec):
+            node = rec.choice(self.rng)
+            rec.discard(node)
+            if node not in self._addr:
+                continue
+            shared = [n for n in self._attached if node in self._peers.get(n, ())]
+            if any(self._hides(n, node) for n in shared):
+                self._send_bulk(node, shared)
+                return
+
+    def _hides(self, network: str, owner: str) -> bool:
+        st = self._nets[network]
+        return any(st.records[k].hidden for k in st.by_owner.get(owner, ()))
 
     def _bulk_round(self) -> None:
         """One random peer per network; one message covers all networks shared with it."""

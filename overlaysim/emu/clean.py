@@ -382,7 +382,8 @@ def clean(
 
     1. For each run record whose owner is gone: its processes and host shells (PID and
        start time must match), every process still inside those hosts' namespaces,
-       its root-namespace links, bridges and nftables tables; then the record itself.
+       its root-namespace links, bridges and nftables tables, what the agents' data-plane
+       records (``*created*.jsonl`` in the same folder) still list; then the records.
     2. When no run is live: anything in the root namespace named with ``prefix`` --
        links (veth ends first, bridges last), named network namespaces, and nftables
        tables called ``<prefix>_*``.
@@ -464,8 +465,27 @@ def _clean_record(rec: RunRecord, dry_run: bool, note: Callable[[str], None]) ->
             if not dry_run:
                 delete_nft_table(item.family, item.name)
             note(item.describe())
+    _clean_data_plane(rec.path.parent, dry_run, note)
     if not dry_run:
         rec.discard()
+
+
+def _clean_data_plane(run_dir: Path, dry_run: bool, note: Callable[[str], None]) -> None:
+    """The agents' data-plane records (``*created*.jsonl``) in a dead run's folder."""
+    paths = sorted(run_dir.glob("*created*.jsonl"))
+    if not paths:
+        return
+    from overlaysim.agent.created import clean_recorded, load_outstanding
+
+    for path in paths:
+        if dry_run:
+            for obj in load_outstanding(path):
+                note(f"{obj.kind} {obj.name} [{path.name}]")
+            continue
+        for obj in clean_recorded(path):
+            note(f"{obj.kind} {obj.name} [{path.name}]")
+        if not load_outstanding(path):
+            path.unlink()
 
 
 def _sweep_prefixed(prefix: str, dry_run: bool, note: Callable[[str], None]) -> None:

@@ -41,7 +41,7 @@ from overlaysim.scenario.topology import Link
 if TYPE_CHECKING:
     from overlaysim.emu.net import PlannedLink, Underlay
 
-LinkRef = tuple[str, str] | Link | None
+LinkRef = tuple[str, str] | list[str] | Link | None
 _NS = str | None  # a host name, or None for the root namespace
 _TBF_QUEUE_S = 0.05  # tbf queue length in time: 50 ms at the configured rate
 _WORKERS = 8
@@ -234,9 +234,9 @@ class Impairments:
     def _resolve(self, link: LinkRef) -> list[PlannedLink]:
         if isinstance(link, Link):
             return self._u.links_between(link.a, link.b)
-        if isinstance(link, tuple) and len(link) == 2:
-            return self._u.links_between(link[0], link[1])
-        raise UserError(f"a link is (node, node) or a topology Link, not {link!r}")
+        if isinstance(link, tuple | list) and len(link) == 2:
+            return self._u.links_between(str(link[0]), str(link[1]))
+        raise UserError(f"a link is [node, node] or a topology Link, not {link!r}")
 
     def _targets(self, link: LinkRef) -> list[PlannedLink]:
         return list(self._links()) if link is None else self._resolve(link)
@@ -248,12 +248,9 @@ class Impairments:
     def _link_loss(self, pl: PlannedLink) -> list[float]:
         return [p for p in (pl.spec.loss_pct, self._extra_loss.get(pl.index, 0.0)) if p > 0]
 
-    def _wanted_nft(self) -> dict[_NS, list[dict[str, Any]]]:
+    def _wanted_nft(self, blocked_by: dict[str, list[str]]) -> dict[_NS, list[dict[str, Any]]]:
         """Chains and rules per namespace: {ns: [chain specs with rules]}."""
-        plan = self._u.plan
-        assert plan is not None
         chains: dict[_NS, list[dict[str, Any]]] = {}
-        ips = {h.name: h.ip for h in plan.hosts}
 
         def add(ns: _NS, ifname: str, hook: str, rules: list[list[dict[str, Any]]]) -> None:
             if rules:
@@ -271,8 +268,7 @@ class Impairments:
                     add(host, port.ifname, "egress", [[{"drop": None}]])
                     continue
                 ingress, egress = [], []
-                blocked = self._blocked(host, ips)
-                if blocked:
+                if blocked_by.get(host):
                     ingress.append(_set_drop("saddr"))
                     egress.append(_set_drop("daddr"))
                 ingress += loss_rules
@@ -282,15 +278,25 @@ class Impairments:
                 add(host, port.ifname, "egress", egress)
         return chains
 
-    def _blocked(self, host: str, ips: dict[str, str]) -> list[str]:
-        if self._groups is None:
-            return []
-        mine = self._groups.get(host)
-        return sorted(
-            ip
-            for h, ip in ips.items()
-            if h != host and (mine is None or self._groups.get(h) != mine)
-        )
+    def _blocked_by_host(self) -> dict[str, list[str]]:
+        """Underlay addresses each host must not exchange packets with (partition)."""
+        plan = self._u.plan
+        assert plan is not None
+        groups = self._groups
+        if groups is None:
+            return {}
+        ips = sorted((h.ip, h.name) for h in plan.hosts)
+        blocked: dict[str, list[str]] = {}
+        for h in plan.hosts:
+            if h.name in self._crashed:
+                continue  # drops everything anyway
+            mine = groups.get(h.name)
+            blocked[h.name] = [
+                ip
+                for ip, other in ips
+                if other != h.name and (mine is None or groups.get(other) != mine)
+            ]
+        return blocked
 
     def _wanted_shapes(self) -> dict[tuple[_NS, str], _Shape]:
         shapes: dict[tuple[_NS, str], _Shape] = {}
@@ -334,10 +340,11 @@ class Impairments:
     def _apply(self) -> None:
         if self._u.state not in ("built", "running"):
             raise UserError(f"impairments need a started underlay (it is {self._u.state})")
-        chains = self._wanted_nft()
+        blocked_by = self._blocked_by_host()
+        chains = self._wanted_nft(blocked_by)
         # Senders stop sending GSO super-packets before loss rules start judging packets.
         self._run(self._gso_jobs(self._wanted_gso(chains)))
-        jobs = self._nft_jobs(chains)
+        jobs = self._nft_jobs(chains, blocked_by)
         for ns, cmds in self._tc_jobs(self._wanted_shapes()).items():
             jobs.setdefault(ns, []).extend(cmds)
         self._run(jobs)
@@ -360,7 +367,9 @@ class Impairments:
             ns, err = errors[0]
             raise ImpairmentError(f"in {ns or 'the root namespace'}: {err}")
 
-    def _nft_jobs(self, chains: dict[_NS, list[dict[str, Any]]]) -> dict[_NS, list[_Cmd]]:
+    def _nft_jobs(
+        self, chains: dict[_NS, list[dict[str, Any]]], blocked_by: dict[str, list[str]]
+    ) -> dict[_NS, list[_Cmd]]:
         plan = self._u.plan
         assert plan is not None
         table = self._table_name()
@@ -370,7 +379,8 @@ class Impairments:
             wanted = chains.get(ns, [])
             if not wanted and ns not in self._nft_applied:
                 continue  # never needed a table here: create none
-            payload = _render_table(table, wanted, self._blocked_for(ns))
+            blocked = blocked_by.get(ns, []) if ns is not None else []
+            payload = _render_table(table, wanted, blocked)
             if self._nft_applied.get(ns) == payload:
                 continue
             if ns is None and not self._root_table:
@@ -383,13 +393,6 @@ class Impairments:
 
             jobs[ns] = [_Cmd(["nft", "-j", "-f", "-"], input=payload, done=done)]
         return jobs
-
-    def _blocked_for(self, ns: _NS) -> list[str]:
-        if ns is None or ns in self._crashed:
-            return []
-        plan = self._u.plan
-        assert plan is not None
-        return self._blocked(ns, {h.name: h.ip for h in plan.hosts})
 
     def _gso_jobs(self, wanted: set[tuple[_NS, str]]) -> dict[_NS, list[_Cmd]]:
         jobs: dict[_NS, list[_Cmd]] = {}

@@ -32,6 +32,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -131,7 +132,7 @@ def plan_underlay(topology: Topology, tag: str, subnet: str = DEFAULT_SUBNET) ->
     if not isinstance(net, ipaddress.IPv4Network):
         raise UnderlayError(f"underlay subnet {subnet!r} must be IPv4")
     names = list(topology.hosts) + list(topology.switches)
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
     if dup:
         raise UnderlayError(f"topology {topology.name!r}: duplicate node names {dup}")
     for n in names:
@@ -330,7 +331,6 @@ class Underlay:
         self._shell_items: dict[str, rec.Item] = {}  # Mininet node name -> its record
         self._host_plan: dict[str, PlannedHost] = {}
         self._root_ipr: IPRoute | None = None
-        self._ns_ipr: dict[str, IPRoute] = {}
         self._procs: list[tuple[subprocess.Popen[Any], rec.Item]] = []
         self._bridge_nf = False
         self._lock = threading.Lock()
@@ -361,7 +361,7 @@ class Underlay:
         t0 = time.perf_counter()
         try:
             self._bridge_nf = rec.hold_bridge_nf(self.record.run_id, self.state_dir)
-            ipr = self.netlink(None)
+            ipr = self.netlink()
             for switch, bridge in self.plan.bridges:
                 ports = [
                     p.ifname for link in self.plan.links for p in link.ends if p.node == switch
@@ -495,24 +495,18 @@ class Underlay:
         self._procs.append((proc, item))
         return proc
 
-    def netlink(self, name: str | None) -> IPRoute:
-        """A cached rtnetlink handle in host ``name``'s namespace (None: root namespace).
+    def netlink(self) -> IPRoute:
+        """The underlay's cached rtnetlink handle in the root namespace.
 
-        pyroute2 opens a namespace socket by forking a helper, once per handle and per
-        thread, so host handles are costly (tens of ms): bulk changes across many hosts
-        go through :meth:`run_in` with ``ip``/``tc``/``nft`` in parallel instead.
+        Host namespaces get no cached handle: pyroute2 forks a helper to open each
+        namespace socket (tens of ms per host), so bulk changes across hosts use
+        :meth:`run_in` with ``ip``/``tc``/``nft``, in parallel.
         """
         from pyroute2 import IPRoute
 
-        if name is None:
-            if self._root_ipr is None:
-                self._root_ipr = IPRoute()
-            return self._root_ipr
-        ipr = self._ns_ipr.get(name)
-        if ipr is None:
-            ipr = IPRoute(netns=f"/proc/{self.pid(name)}/ns/net", flags=0)
-            self._ns_ipr[name] = ipr
-        return ipr
+        if self._root_ipr is None:
+            self._root_ipr = IPRoute()
+        return self._root_ipr
 
     def run_in(
         self,
@@ -575,7 +569,7 @@ class Underlay:
         self.timings["nodes_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        ipr = self.netlink(None)
+        ipr = self.netlink()
         primary = {h.name: h.ports[0] for h in plan.hosts if h.ports}
         for link in plan.links:
             # Root-namespace end first, so it is the device created up by netlink.
@@ -626,20 +620,22 @@ class Underlay:
         for pid in rec.pids_in_netns(inodes) if inodes else []:
             if pid not in shells:
                 step(f"process {pid}", rec.terminate, pid, rec.proc_start(pid))
-        for ipr in self._ns_ipr.values():
-            step("netlink handle", ipr.close)
-        self._ns_ipr.clear()
         step("impairments", self.impairments.remove_root_state)
+        for nodes in (list(self._hosts.values()), list(self._switches.values())):
+            for node in nodes:  # hang up every shell first, then reap them one by one
+                step(f"node {node.name}", _hang_up, node)
+            for node in nodes:
+                item = self._shell_items.get(node.name)
+                step(f"node {node.name}", _stop_node, node, item, record)
         if record is not None:
-            ipr = self.netlink(None)
-            for kind in (rec.LINK, rec.BRIDGE):  # veth ends before their bridges
+            ipr = self.netlink()
+            # A host's namespace dies with its shell and the kernel deletes its veth pairs
+            # in one batch; deleting them one by one costs an RCU grace period each.
+            links = [item.name for item in record.outstanding(rec.LINK)]
+            step("veth teardown", _wait_gone, ipr, links, 10.0)
+            for kind in (rec.LINK, rec.BRIDGE):  # what is left (switch-to-switch), bridges
                 for item in record.outstanding(kind):
                     step(f"{kind} {item.name}", _delete_recorded, item, record, ipr)
-        nodes = [*self._hosts.values(), *self._switches.values()]
-        for node in nodes:  # hang up every shell first, then reap them one by one
-            step(f"node {node.name}", _hang_up, node)
-        for node in nodes:
-            step(f"node {node.name}", _stop_node, node, self._shell_items.get(node.name), record)
         if self._bridge_nf and record is not None:
             step("bridge-nf sysctls", rec.release_bridge_nf, record.run_id, self.state_dir)
             self._bridge_nf = False
@@ -698,6 +694,16 @@ def _stop_node(node: Any, item: rec.Item | None, record: rec.RunRecord | None) -
         rec.terminate(item.pid or 0, item.start)  # still there despite the hang-up: kill
         if record is not None:
             record.drop(item)
+
+
+def _wait_gone(ipr: IPRoute, names: Sequence[str], timeout_s: float) -> None:
+    """Wait until none of ``names`` exists in the root namespace (or the timeout)."""
+    pending = set(names)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        pending &= {m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+        if pending:
+            time.sleep(0.05)
 
 
 def _delete_recorded(item: rec.Item, record: rec.RunRecord, ipr: IPRoute) -> None:

@@ -550,6 +550,12 @@ class Scenario(StrictModel):
     services: tuple[Service, ...] = Field((), description="a list of services")
     events: tuple[Event, ...] = Field((), description="a list of timed events")
     measure: Measure = Field(default_factory=Measure, description="what to measure")
+    boot: Literal["formed", "join"] = Field(
+        "formed",
+        description="'formed': time 0 is when the cluster has formed (the simulator starts "
+        "from converged membership, the emulator waits until every agent sees every other); "
+        "'join': every host joins through the managers at time 0 and the joins are measured",
+    )
 
     _topology: Topology | None = PrivateAttr(None)
 

@@ -281,8 +281,14 @@ class SimWorld:
     def boot(self, the_plan: Plan) -> None:
         order = [m for m in self.managers if m in the_plan.initial_hosts]
         order += [h for h in the_plan.initial_hosts if h not in order]
-        for h in order:
-            self.start_host(h, "node_start")
+        if self.scenario.boot == "formed":
+            self.cluster.start_formed(order)
+            for h in order:
+                self.up.add(h)
+                self.events.add(self.env.now, "node_start", subject=h)
+        else:
+            for h in order:
+                self.start_host(h, "node_start")
         for spec in the_plan.containers:
             for net in spec.networks:
                 if spec.host in self.up:

@@ -209,10 +209,7 @@ async def test_client_reraises_the_same_subclass_over_tcp() -> None:
         released = await _in_thread(client.call_sync, "release", network="web", endpoint="t1")
         assert released["ip"] == t["ip"]
         # garbage request: an error answer, and the server keeps serving
-        with socket.create_connection((A, port)) as s:
-            s.sendall(struct.pack("!I", 3) + b"\xc1\xc1\xc1")
-            size = struct.unpack("!I", s.recv(4))[0]
-            answer = msgpack.unpackb(s.recv(size))
+        answer = await _in_thread(_raw_request, port, b"\xc1\xc1\xc1")
         assert answer["error"]["type"] == "InvalidRequest"
         assert await client.network_ls()
         with pytest.raises(InvalidRequest):
@@ -239,3 +236,14 @@ async def _in_thread(fn, *args, **kwargs):
     return await asyncio.get_running_loop().run_in_executor(
         None, functools.partial(fn, *args, **kwargs)
     )
+
+
+def _raw_request(port: int, payload: bytes) -> dict:
+    """Send a framed payload by hand (blocking: run it off the event loop)."""
+    with socket.create_connection((A, port), timeout=5) as s:
+        s.sendall(struct.pack("!I", len(payload)) + payload)
+        size = struct.unpack("!I", s.recv(4))[0]
+        data = b""
+        while len(data) < size:
+            data += s.recv(size - len(data))
+    return msgpack.unpackb(data)

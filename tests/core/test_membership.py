@@ -339,8 +339,10 @@ def test_awareness_scales_probe_timing_and_recovers_with_acks():
     # Health 1: indirect after 2 * 0.5 s (none here), next probe after 2 * 1 s.
     m.receive("b", Ack(seq=ping1.seq, source="b"), t1 + 0.9)
     assert m.health_score == 0
-    t2, _ = first_ping(m)
+    t2, ping2 = first_ping(m)
     assert t2 == pytest.approx(t1 + 2.0)
+    # Gossip has used up the queued Suspect by now; the buddy copy is still attached.
+    assert [(u.kind, u.node, u.src) for u in ping2.updates] == [(UpdateKind.SUSPECT, "b", "a")]
 
 
 def test_relay_forwards_the_ack_or_sends_a_nack_in_time():

@@ -22,15 +22,13 @@ from pyroute2 import IPRoute
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import clean_prefixed, clean_recorded, load_outstanding
 from overlaysim.agent.dataplane import (
-    AF_BRIDGE,
-    NTF_SELF,
-    NUD_PERMANENT,
     DataPlane,
     DataPlaneError,
     NetInfo,
     docker_mac,
     overlay_mtu,
 )
+from overlaysim.agent.netns import AF_BRIDGE, NTF_SELF, NUD_PERMANENT
 
 U1, U2 = "osimt-u1", "osimt-u2"
 L1, L2 = "osimt-l1", "osimt-l2"
@@ -169,7 +167,7 @@ def test_name_parts_are_safe_and_distinct() -> None:
         DataPlane(host="h", underlay_ip=IP1, prefix="toolongprefix")
 
 
-def test_constructor_and_calls_inside_event_loop() -> None:
+def test_calls_from_a_running_event_loop_are_refused() -> None:
     import asyncio
 
     plane = DataPlane(host="h", underlay_ip=IP1, prefix=PREFIX)  # touches nothing
@@ -406,11 +404,11 @@ def test_close_removes_exactly_what_was_created(
     d2.close()
     d1.close()  # idempotent
     assert set(kns.list_netns()) & created == set()
-    assert {n for n in kns.list_netns() if n.startswith("osim")} == {U1, U2}
+    assert {n for n in kns.list_netns() if n.startswith(PREFIX)} == {U1, U2}
     for ns, underlay_link in ((U1, L1), (U2, L2)):  # no VXLAN device left behind either
         shown = json.loads(run_in(ns, "ip", "-j", "link").stdout)
         assert {link["ifname"] for link in shown} == {"lo", underlay_link}
-    assert not [name for name in root_links() if name.startswith("osim")]
+    assert not [name for name in root_links() if name.startswith(PREFIX)]
     assert load_outstanding(tmp_path / "u1.jsonl") == []
     assert load_outstanding(tmp_path / "u2.jsonl") == []
     with pytest.raises(DataPlaneError, match="closed"):

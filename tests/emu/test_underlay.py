@@ -406,6 +406,10 @@ def test_clean_follows_records_of_dead_runs_only(tmp_path: Path) -> None:
         rec.Item(kind=rec.LINK, name="osimzrl0"),
     ]
     _write_record(tmp_path / "dead-run" / rec.RECORD_FILE, gone.pid, 12345, dead)
+    # The agents' data-plane record in the same run folder is followed too.
+    subprocess.run(["ip", "netns", "add", "osimzr-dp"], check=True)
+    created = {"op": "add", "kind": "netns", "name": "osimzr-dp", "netns": None, "ns_ino": None}
+    (tmp_path / "dead-run" / "h1.created.jsonl").write_text(json.dumps(created) + "\n")
     live = [rec.Item(kind=rec.LINK, name="osimzrk0")]
     _write_record(
         tmp_path / "live-run" / rec.RECORD_FILE, os.getpid(), rec.proc_start(os.getpid()), live
@@ -416,6 +420,7 @@ def test_clean_follows_records_of_dead_runs_only(tmp_path: Path) -> None:
         assert bystander.poll() is None
         links = root_links()
         assert "osimzrl0" not in links and "osimzrk0" in links
+        assert "osimzr-dp" not in netns_names()
         assert any("skipped the prefix sweep" in line for line in done)
         assert not (tmp_path / "dead-run").exists()
         assert (tmp_path / "live-run" / rec.RECORD_FILE).exists()
@@ -425,3 +430,4 @@ def test_clean_follows_records_of_dead_runs_only(tmp_path: Path) -> None:
             p.wait()
         subprocess.run(["ip", "link", "del", "osimzrl0"], check=False, capture_output=True)
         subprocess.run(["ip", "link", "del", "osimzrk0"], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "del", "osimzr-dp"], check=False, capture_output=True)
