@@ -214,6 +214,7 @@ class Membership:
 
     @property
     def has_left(self) -> bool:
+        """True once :meth:`leave` was called."""
         return self._left
 
     def members(self) -> dict[str, Member]:
@@ -254,7 +255,7 @@ class Membership:
         state = self._state()
         for addr in seeds:
             if addr and addr != self.addr:
-                msg = wire.PushPull(
+                msg = PushPull(
                     source=self.name, source_addr=self.addr, join=True, reply=False, members=state
                 )
                 self._sends.append(Send(addr, msg, True))

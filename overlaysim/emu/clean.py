@@ -228,21 +228,35 @@ def pids_in_netns(inodes: set[int]) -> list[int]:
 def terminate(pid: int, start: int | None, grace_s: float = 1.0) -> bool:
     """SIGTERM (then SIGKILL) ``pid`` if it is still the process started at ``start``.
 
-    A process that leads its own process group has the whole group signalled, so its
-    children go too. Returns whether a matching process was found.
+    Returns whether a matching process was found. See :func:`terminate_all`.
     """
-    if start is None or proc_start(pid) != start:
-        return False
-    target = -pid if _is_group_leader(pid) else pid
-    _signal(target, signal.SIGTERM)
+    return terminate_all([(pid, start)], grace_s) == 1
+
+
+def terminate_all(targets: list[tuple[int, int | None]], grace_s: float = 1.0) -> int:
+    """SIGTERM every (pid, start) still alive with that start time; SIGKILL survivors.
+
+    All are signalled first and then waited for together, so stopping many processes
+    costs one grace period, not one each. A process that leads its own process group
+    has the whole group signalled, so its children go too. Returns how many matched.
+    """
+    alive = []
+    for pid, start in targets:
+        if start is None or proc_start(pid) != start:
+            continue
+        group = -pid if _is_group_leader(pid) else pid
+        _signal(group, signal.SIGTERM)
+        alive.append((pid, start, group))
+    matched = len(alive)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if proc_start(pid) != start or _is_zombie(pid):
-            return True
+    while alive:
+        alive = [a for a in alive if proc_start(a[0]) == a[1] and not _is_zombie(a[0])]
+        if not alive or time.monotonic() >= deadline:
+            break
         time.sleep(0.02)
-    if proc_start(pid) == start:
-        _signal(target, signal.SIGKILL)
-    return True
+    for _pid, _start, group in alive:
+        _signal(group, signal.SIGKILL)
+    return matched
 
 
 def _signal(target: int, sig: int) -> None:
@@ -304,11 +318,15 @@ def hold_bridge_nf(run_id: str, state_dir: Path = STATE_DIR) -> bool:
             "original": {str(p): p.read_text().strip() for p in present},
             "holders": [],
         }
+        try:
+            for p in present:
+                p.write_text("0")
+        except OSError as exc:  # read-only /proc/sys (some containers): bridges still work
+            log.warning("cannot turn off bridge netfilter (%s); root firewall rules apply", exc)
+            return False
         if run_id not in state["holders"]:
             state["holders"].append(run_id)
         _write_json(path, state)
-        for p in present:
-            p.write_text("0")
     return True
 
 
@@ -425,13 +443,12 @@ def clean(
 
 
 def _clean_record(rec: RunRecord, dry_run: bool, note: Callable[[str], None]) -> None:
-    procs = rec.outstanding(PROCESS)
+    procs = [i for i in rec.outstanding(PROCESS) if i.pid and proc_start(i.pid) == i.start]
     hosts = rec.outstanding(HOST)
+    if not dry_run:
+        terminate_all([(i.pid or 0, i.start) for i in procs])
     for item in procs:
-        if item.pid is not None and proc_start(item.pid) == item.start:
-            if not dry_run:
-                terminate(item.pid, item.start)
-            note(f"{item.describe()} [run {rec.run_id}]")
+        note(f"{item.describe()} [run {rec.run_id}]")
     # Whatever else still runs inside a host shell's namespace is the run's too.
     inodes = {
         ino
@@ -441,18 +458,18 @@ def _clean_record(rec: RunRecord, dry_run: bool, note: Callable[[str], None]) ->
         if ino is not None
     }
     shells = {h.pid for h in hosts}
-    for pid in pids_in_netns(inodes) if inodes else []:
-        if pid in shells:
-            continue
-        start = proc_start(pid)
-        if not dry_run:
-            terminate(pid, start)
+    inside = [p for p in (pids_in_netns(inodes) if inodes else []) if p not in shells]
+    if not dry_run:
+        terminate_all([(p, proc_start(p)) for p in inside])
+    for pid in inside:
         note(f"process {pid} (inside a host of run {rec.run_id})")
-    for item in hosts:
-        if item.pid is not None and proc_start(item.pid) == item.start:
-            if not dry_run:
-                terminate(item.pid, item.start)
-            note(f"{item.describe()} [run {rec.run_id}]")
+    live_shells = [h for h in hosts if h.pid and proc_start(h.pid) == h.start]
+    if not dry_run:
+        for h in live_shells:  # an interactive bash ignores SIGTERM but not SIGHUP
+            _signal(h.pid or 0, signal.SIGHUP)
+        terminate_all([(h.pid or 0, h.start) for h in live_shells])
+    for item in live_shells:
+        note(f"{item.describe()} [run {rec.run_id}]")
     # Veth ends before the bridges they hang off.
     for kind in (LINK, BRIDGE):
         for item in rec.outstanding(kind):

@@ -452,6 +452,22 @@ class Underlay:
         """Which kernel mechanism carries each link property and impairment."""
         return self.impairments.mechanisms
 
+    def describe(self) -> dict[str, Any]:
+        """Plain data for a run manifest: names, addresses, mechanisms, timings."""
+        assert self.plan is not None, "build() first"
+        return {
+            "run_id": self.run_id,
+            "tag": self.plan.tag,
+            "prefix": self.plan.prefix,
+            "subnet": str(self.plan.subnet),
+            "mtu": self.mtu,
+            "stp": self.plan.stp,
+            "hosts": {h.name: {"ip": h.ip, "interfaces": list(h.ports)} for h in self.plan.hosts},
+            "bridges": dict(self.plan.bridges),
+            "mechanisms": self.mechanisms,
+            "timings": dict(self.timings),
+        }
+
     # -- running things inside hosts --------------------------------------------------
 
     def cmd(
@@ -599,6 +615,20 @@ class Underlay:
         _parallel(configure, plan.hosts)
         self.timings["config_s"] = time.perf_counter() - t
 
+    def _stop_processes(self) -> None:
+        """Everything running in the hosts: started by :meth:`popen` or not."""
+        targets = [(proc.pid, item.start) for proc, item in self._procs]
+        shells = {int(h.pid) for h in self._hosts.values() if h.pid}
+        inodes = {i for i in (rec.netns_inode(p) for p in shells) if i is not None}
+        others = [p for p in (rec.pids_in_netns(inodes) if inodes else []) if p not in shells]
+        rec.terminate_all(targets + [(p, rec.proc_start(p)) for p in others])
+        for proc, item in self._procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1)  # reap
+            if self.record is not None:
+                self.record.drop(item)
+        self._procs.clear()
+
     def _node(self, name: str) -> Any:
         return self._hosts.get(name) or self._switches[name]
 
@@ -613,26 +643,25 @@ class Underlay:
                 errors.append(f"{what}: {exc}")
 
         record = self.record
-        for proc, item in self._procs:
-            step(f"process {proc.pid}", _stop_process, proc, item, record)
-        shells = {int(h.pid) for h in self._hosts.values() if h.pid}
-        inodes = {i for i in (rec.netns_inode(p) for p in shells) if i is not None}
-        for pid in rec.pids_in_netns(inodes) if inodes else []:
-            if pid not in shells:
-                step(f"process {pid}", rec.terminate, pid, rec.proc_start(pid))
+        step("processes", self._stop_processes)
         step("impairments", self.impairments.remove_root_state)
         for nodes in (list(self._hosts.values()), list(self._switches.values())):
-            for node in nodes:  # hang up every shell first, then reap them one by one
+            items = [i for i in (self._shell_items.get(n.name) for n in nodes) if i]
+            for node in nodes:  # an interactive bash ignores SIGTERM but not SIGHUP
                 step(f"node {node.name}", _hang_up, node)
+            step("node shells", rec.terminate_all, [(i.pid or 0, i.start) for i in items])
             for node in nodes:
-                item = self._shell_items.get(node.name)
-                step(f"node {node.name}", _stop_node, node, item, record)
+                step(f"node {node.name}", node.terminate)  # reaps the shell, closes its pty
+            if record is not None:
+                for item in items:
+                    record.drop(item)
         if record is not None:
             ipr = self.netlink()
             # A host's namespace dies with its shell and the kernel deletes its veth pairs
             # in one batch; deleting them one by one costs an RCU grace period each.
-            links = [item.name for item in record.outstanding(rec.LINK)]
-            step("veth teardown", _wait_gone, ipr, links, 10.0)
+            recorded = {item.name for item in record.outstanding(rec.LINK)}
+            to_hosts = _ports_to_hosts(self.plan) & recorded
+            step("veth teardown", _wait_gone, ipr, sorted(to_hosts), 10.0)
             for kind in (rec.LINK, rec.BRIDGE):  # what is left (switch-to-switch), bridges
                 for item in record.outstanding(kind):
                     step(f"{kind} {item.name}", _delete_recorded, item, record, ipr)
@@ -672,28 +701,22 @@ def _shell_item(kind: str, name: str, node: Any) -> rec.Item:
     )
 
 
-def _stop_process(
-    proc: subprocess.Popen[Any], item: rec.Item, record: rec.RunRecord | None
-) -> None:
-    rec.terminate(proc.pid, item.start)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=2)
-    if record is not None:
-        record.drop(item)
-
-
 def _hang_up(node: Any) -> None:
     if node.shell is not None and node.shell.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.shell.pid, signal.SIGHUP)
 
 
-def _stop_node(node: Any, item: rec.Item | None, record: rec.RunRecord | None) -> None:
-    node.terminate()  # SIGHUP to the shell's group (done already), closes the pty, waits
-    if item is not None:
-        rec.terminate(item.pid or 0, item.start)  # still there despite the hang-up: kill
-        if record is not None:
-            record.drop(item)
+def _ports_to_hosts(plan: Plan | None) -> set[str]:
+    """Root-namespace ports whose veth peer sits in a host namespace."""
+    if plan is None:
+        return set()
+    return {
+        port.ifname
+        for link in plan.links
+        for port in link.ends
+        if port.host is None and link.peer(port).host is not None
+    }
 
 
 def _wait_gone(ipr: IPRoute, names: Sequence[str], timeout_s: float) -> None:

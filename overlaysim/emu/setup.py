@@ -32,6 +32,7 @@ class Requirement:
 _TOOLS = (
     ("mnexec", "apt-get install mininet"),
     ("ip", "apt-get install iproute2"),
+    ("tc", "apt-get install iproute2"),
     ("nft", "apt-get install nftables"),
     # Mininet's Host configures addresses with ifconfig.
     ("ifconfig", "apt-get install net-tools"),

@@ -197,6 +197,10 @@ def test_star_hosts_ping_and_stop_leaves_nothing() -> None:
         )
         with pytest.raises(TypeError):
             u.cmd("h1", "ping -c1 172.30.0.2")  # type: ignore[arg-type]
+        desc = u.describe()
+        assert desc["hosts"]["h3"] == {"ip": "172.30.0.3", "interfaces": ["eth0"]}
+        assert desc["bridges"] == {"s1": f"{plan.prefix}s1"} and "loss" in desc["mechanisms"]
+        json.dumps(desc)  # plain data
         record = u.record
         assert record is not None and record.path.exists()
         sleeper = u.popen("h1", ["sleep", "60"])
