@@ -73,6 +73,7 @@ class TransmitLimitedQueue:
         keep: list[_Entry] = []
         heap = self._heap
         pop = heapq.heappop
+        misses = 0
         while heap and budget > 0:
             entry = pop(heap)
             item = entry[2]
@@ -80,8 +81,10 @@ class TransmitLimitedQueue:
                 continue
             if item.size > budget:
                 keep.append(entry)
-                # Smaller items further down may still fit; stop when few bytes remain.
-                if budget < 32:
+                # Smaller items further down may still fit, but scanning the whole queue
+                # on every packet is linear work: give up after a few misses.
+                misses += 1
+                if budget < 32 or misses >= 8:
                     break
                 continue
             budget -= item.size

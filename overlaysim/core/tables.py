@@ -377,7 +377,11 @@ class Tables:
         if isinstance(msg, TableGossip):
             self._on_table_gossip(msg, now)
         elif isinstance(msg, NetworkGossip):
+            attach = self._attach
             for a in _seq(msg.attachments):
+                known = attach.get(getattr(a, "network", None))
+                if known is not None and known.get(getattr(a, "node", None)) is a:
+                    continue  # the very record we hold (shared objects in the simulator)
                 if not _attachment_ok(a):
                     self.dropped += 1
                 elif self._merge_attachment(a, now):
@@ -766,14 +770,24 @@ class Tables:
         if type(network) is not str or network not in self._attached:
             return  # not ours: never store another network's entries
         st = self._nets[network]
+        records = st.records
         for e in _seq(msg.entries):
+            # Fast path: the very record we already hold (in the simulator, entries are
+            # shared immutable objects), so nothing to validate or merge.
+            cur = records.get((getattr(e, "table", None), getattr(e, "key", None)))
+            if cur is not None and cur.entry is e and not cur.hidden:
+                continue
             if not _entry_ok(e) or e.network != network:
                 self.dropped += 1
             elif self._merge(network, st, e, now):
                 self._enqueue(network, st, e, now)
 
     def _on_bulk_sync(self, src: str, msg: BulkSync, now: float) -> None:
+        attach = self._attach
         for a in _seq(msg.attachments):
+            known = attach.get(getattr(a, "network", None))
+            if known is not None and known.get(getattr(a, "node", None)) is a:
+                continue  # the very record we hold: nothing to merge
             if _attachment_ok(a):
                 self._merge_attachment(a, now)  # anti-entropy repairs, it does not re-gossip
             else:
@@ -782,7 +796,13 @@ class Tables:
             dict.fromkeys(n for n in _seq(msg.networks) if type(n) is str and n in self._attached)
         )
         wanted = set(shared)
+        nets = self._nets
         for e in _seq(msg.entries):
+            st = nets.get(getattr(e, "network", None))
+            if st is not None:
+                cur = st.records.get((getattr(e, "table", None), getattr(e, "key", None)))
+                if cur is not None and cur.entry is e and not cur.hidden:
+                    continue
             if not _entry_ok(e):
                 self.dropped += 1
             elif e.network in wanted:

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,10 @@ from overlaysim.emu.net import (
 )
 from overlaysim.emu.setup import EmulationUnavailable, emulation_problems, require_emulation
 from overlaysim.scenario.topology import Link, Topology
+
+_IGNORES_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+)
 
 
 def star(n: int, name: str = "star") -> Topology:
@@ -204,9 +209,17 @@ def test_star_hosts_ping_and_stop_leaves_nothing() -> None:
         record = u.record
         assert record is not None and record.path.exists()
         sleeper = u.popen("h1", ["sleep", "60"])
+        stubborn = u.popen("h2", [sys.executable, "-c", _IGNORES_SIGTERM])
+        # Started behind the underlay's back (a shell job): stop() finds it by namespace.
+        u.host("h3").cmd("sleep 61 &")
+        deadline = time.monotonic() + 5
+        while not processes_mentioning("sleep 61") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert processes_mentioning("sleep 61")
     finally:
         u.stop()
-    assert sleeper.poll() is not None
+    assert sleeper.poll() is not None and stubborn.poll() is not None
+    assert not processes_mentioning("sleep 61")
     assert not record.path.exists()
     assert_nothing_left(plan.prefix, plan.tag)
     if before is not None:
