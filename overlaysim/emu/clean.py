@@ -35,7 +35,6 @@ STATE_DIR = Path("/run/overlaysim")
 #: Every object the project names in the root namespace starts with this.
 PREFIX = "osim"
 RECORD_FILE = "underlay.jsonl"
-_BRIDGE_NF = "bridge-nf.json"
 _LOCK = ".lock"
 
 # Kinds of recorded objects.
@@ -289,6 +288,10 @@ BRIDGE_NF_SYSCTLS = tuple(
 )
 
 
+#: Machine-wide: who holds the bridge-nf sysctls at 0, and their original values.
+BRIDGE_NF_STATE = STATE_DIR / "bridge-nf.json"
+
+
 @contextlib.contextmanager
 def state_lock(state_dir: Path = STATE_DIR) -> Iterator[None]:
     """Serialise changes to shared state (run tags, the bridge-nf holders) across processes."""
@@ -301,20 +304,21 @@ def state_lock(state_dir: Path = STATE_DIR) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def hold_bridge_nf(run_id: str, state_dir: Path = STATE_DIR) -> bool:
-    """Turn off bridge netfilter calls while ``run_id`` runs; False if not applicable.
+def hold_bridge_nf(record: Path) -> bool:
+    """Turn off bridge netfilter calls while the run recorded at ``record`` lives.
 
     With ``br_netfilter`` active, frames crossing the underlay's bridges pass through
     the root namespace's iptables/nftables, whose rules (a Docker host's FORWARD drop,
-    say) are not ours to reason about. The first holder saves the original values;
-    the last one to release restores them.
+    say) are not ours to reason about. The sysctls are global, so the holders are kept
+    in one machine-wide file (:data:`BRIDGE_NF_STATE`) whatever folder a run records
+    into: the first holder saves the original values, the last to go restores them.
+    Returns False when there is nothing to turn off (or it cannot be).
     """
     present = [p for p in BRIDGE_NF_SYSCTLS if p.exists()]
     if not present:
         return False
-    with state_lock(state_dir):
-        path = state_dir / _BRIDGE_NF
-        state = _read_json(path) or {
+    with state_lock(BRIDGE_NF_STATE.parent):
+        state = _read_json(BRIDGE_NF_STATE) or {
             "original": {str(p): p.read_text().strip() for p in present},
             "holders": [],
         }
@@ -324,23 +328,23 @@ def hold_bridge_nf(run_id: str, state_dir: Path = STATE_DIR) -> bool:
         except OSError as exc:  # read-only /proc/sys (some containers): bridges still work
             log.warning("cannot turn off bridge netfilter (%s); root firewall rules apply", exc)
             return False
-        if run_id not in state["holders"]:
-            state["holders"].append(run_id)
-        _write_json(path, state)
+        if str(record) not in state["holders"]:
+            state["holders"].append(str(record))
+        _write_json(BRIDGE_NF_STATE, state)
     return True
 
 
-def release_bridge_nf(run_id: str | None, state_dir: Path = STATE_DIR) -> list[str]:
-    """Drop ``run_id``'s hold (None: only prune dead holders); restore when none remain."""
-    with state_lock(state_dir):
-        path = state_dir / _BRIDGE_NF
-        state = _read_json(path)
+def release_bridge_nf(record: Path | None) -> list[str]:
+    """Drop ``record``'s hold (None: only prune dead holders); restore when none remain."""
+    with state_lock(BRIDGE_NF_STATE.parent):
+        state = _read_json(BRIDGE_NF_STATE)
         if state is None:
             return []
-        holders = [h for h in state["holders"] if h != run_id and _run_is_live(state_dir, h)]
+        mine = str(record) if record is not None else None
+        holders = [h for h in state["holders"] if h != mine and _record_is_live(Path(h))]
         if holders:
             state["holders"] = holders
-            _write_json(path, state)
+            _write_json(BRIDGE_NF_STATE, state)
             return []
         restored = []
         for name, value in state["original"].items():
@@ -348,12 +352,11 @@ def release_bridge_nf(run_id: str | None, state_dir: Path = STATE_DIR) -> list[s
             if p.exists():
                 p.write_text(value)
                 restored.append(f"sysctl {p.name}={value} restored")
-        path.unlink()
+        BRIDGE_NF_STATE.unlink()
         return restored
 
 
-def _run_is_live(state_dir: Path, run_id: str) -> bool:
-    path = state_dir / run_id / RECORD_FILE
+def _record_is_live(path: Path) -> bool:
     try:
         return RunRecord.load(path).is_live()
     except (OSError, ValueError):
@@ -435,7 +438,7 @@ def clean(
     else:
         _sweep_prefixed(prefix, dry_run, note)
     if not dry_run:
-        for line in release_bridge_nf(None, state_dir):
+        for line in release_bridge_nf(None):
             done.append(line)
             if echo is not None:
                 echo(line)
@@ -470,13 +473,16 @@ def _clean_record(rec: RunRecord, dry_run: bool, note: Callable[[str], None]) ->
         terminate_all([(h.pid or 0, h.start) for h in live_shells])
     for item in live_shells:
         note(f"{item.describe()} [run {rec.run_id}]")
-    # Veth ends before the bridges they hang off.
-    for kind in (LINK, BRIDGE):
-        for item in rec.outstanding(kind):
-            if link_exists(item.name):
-                if not dry_run:
-                    delete_link(item.name)
-                note(item.describe())
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        existing = {m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
+        for kind in (LINK, BRIDGE):  # veth ends before the bridges they hang off
+            for item in rec.outstanding(kind):
+                if item.name in existing:
+                    if not dry_run:
+                        delete_link(item.name, ipr)
+                    note(item.describe())
     for item in rec.outstanding(NFT):
         if item.family and nft_table_exists(item.family, item.name):
             if not dry_run:
@@ -535,14 +541,6 @@ def _sweep_prefixed(prefix: str, dry_run: bool, note: Callable[[str], None]) -> 
 
 
 # --- root-namespace helpers (pyroute2 for links, the nft tool for tables) ------------
-
-
-def link_exists(name: str) -> bool:
-    """Whether a link called ``name`` exists in the root namespace."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return bool(ipr.link_lookup(ifname=name))
 
 
 def delete_link(name: str, ipr: Any = None) -> bool:

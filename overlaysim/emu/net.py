@@ -360,7 +360,7 @@ class Underlay:
         assert self.plan is not None and self.record is not None
         t0 = time.perf_counter()
         try:
-            self._bridge_nf = rec.hold_bridge_nf(self.record.run_id, self.state_dir)
+            self._bridge_nf = rec.hold_bridge_nf(self.record.path)
             ipr = self.netlink()
             for switch, bridge in self.plan.bridges:
                 ports = [
@@ -666,7 +666,7 @@ class Underlay:
                 for item in record.outstanding(kind):
                     step(f"{kind} {item.name}", _delete_recorded, item, record, ipr)
         if self._bridge_nf and record is not None:
-            step("bridge-nf sysctls", rec.release_bridge_nf, record.run_id, self.state_dir)
+            step("bridge-nf sysctls", rec.release_bridge_nf, record.path)
             self._bridge_nf = False
         if self._root_ipr is not None:
             step("netlink handle", self._root_ipr.close)

@@ -1,8 +1,9 @@
 """Impairments on a live 3-host star: loss, per-link loss, partitions, rate, crashes.
 
-One underlay serves the whole module (built once, ~1 s); every test leaves it clean
-(an autouse fixture clears impairments, heals and restores links after each test).
-Loss is measured one way with UDP datagrams: the receiver counts what arrives.
+One underlay serves most of the module (built once, ~1 s); the ``u`` fixture checks it
+is healthy before each test and clears impairments, heals and restores links after it.
+Loss is measured one way with UDP datagrams: the receiver counts what arrives. The
+rendering tests at the top need neither root nor Mininet.
 """
 
 from __future__ import annotations

@@ -171,6 +171,27 @@ def test_require_emulation_names_what_is_missing(monkeypatch: pytest.MonkeyPatch
     assert "nft is missing" not in text
 
 
+def test_bridge_netfilter_is_restored_by_the_last_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sysctls = tuple(tmp_path / f"nf-{t}" for t in ("arp", "ip", "ip6"))
+    for p in sysctls:
+        p.write_text("1\n")
+    monkeypatch.setattr(rec, "BRIDGE_NF_SYSCTLS", sysctls)
+    monkeypatch.setattr(rec, "BRIDGE_NF_STATE", tmp_path / "state" / "bridge-nf.json")
+    # Two live runs recording into different folders still share the global setting.
+    a = rec.RunRecord.create(tmp_path / "runs-a", "run-a", "aa")
+    b = rec.RunRecord.create(tmp_path / "runs-b", "run-b", "bb")
+    assert rec.hold_bridge_nf(a.path) and rec.hold_bridge_nf(b.path)
+    assert [p.read_text() for p in sysctls] == ["0", "0", "0"]
+    assert rec.release_bridge_nf(a.path) == []
+    assert sysctls[1].read_text() == "0"  # b still runs
+    b.discard()  # b died without releasing: the next clean prunes it
+    assert len(rec.release_bridge_nf(None)) == 3
+    assert [p.read_text() for p in sysctls] == ["1", "1", "1"]
+    assert not rec.BRIDGE_NF_STATE.exists()
+
+
 # --- build, start, stop ------------------------------------------------------------------
 
 
@@ -448,3 +469,41 @@ def test_clean_follows_records_of_dead_runs_only(tmp_path: Path) -> None:
         subprocess.run(["ip", "link", "del", "osimzrl0"], check=False, capture_output=True)
         subprocess.run(["ip", "link", "del", "osimzrk0"], check=False, capture_output=True)
         subprocess.run(["ip", "netns", "del", "osimzr-dp"], check=False, capture_output=True)
+
+
+_CRASHING_RUN = """
+import sys, time
+from pathlib import Path
+from overlaysim.emu.net import Underlay
+from overlaysim.scenario.topology import Link, Topology
+
+topo = Topology(name="crash", hosts=("h1", "h2"), switches=("s1",),
+                links=(Link(a="h1", b="s1"), Link(a="h2", b="s1")))
+u = Underlay(topo, state_dir=Path(sys.argv[1]))
+u.build()
+u.start()
+u.popen("h1", ["sleep", "62"])
+u.impairments.loss(5, link=("s1", "h2"))  # a root-namespace nft table too
+print(u.plan.tag, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.emu
+def test_clean_finishes_a_killed_run(tmp_path: Path) -> None:
+    emulation_or_skip()
+    run = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_RUN, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert run.stdout is not None
+    tag = run.stdout.readline().strip()
+    assert tag, "the run did not start"
+    prefix = f"{rec.PREFIX}{tag}"
+    run.kill()  # SIGKILL: no teardown at all
+    run.wait()
+    assert f"{prefix}s1" in root_links() and processes_mentioning("sleep 62")
+    done = rec.clean(state_dir=tmp_path, prefix=prefix, echo=None)
+    assert any("sleep 62" in line for line in done)
+    assert_nothing_left(prefix, tag)
+    assert not processes_mentioning("sleep 62")
+    assert not list(tmp_path.glob("*/underlay.jsonl"))
