@@ -96,7 +96,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", type=Path)
     p.add_argument("--no-plots", action="store_true", help="do not redraw plots")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "doctor",
+        help="show what this machine can do (root, Mininet, vxlan, netem, ESP, ...)",
+        description="Probe the kernel and tools non-destructively (in a throwaway namespace) "
+        "and print what is present, what is missing, and what each missing piece disables.",
+        epilog="example:\n  sudo overlaysim doctor\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser(
+        "clean",
+        help="remove leftovers of crashed runs (like mn -c, but only what overlaysim created)",
+        description="Remove processes, namespaces, links and nft tables left by runs that "
+        "died: only objects recorded under /run/overlaysim or named with the project's "
+        "'osim' prefix. Live runs are left alone.",
+        epilog="examples:\n  sudo overlaysim clean --dry-run\n  sudo overlaysim clean\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.set_defaults(func=_cmd_clean)
     return parser
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from overlaysim.emu.capabilities import format_report, probe
+
+    caps = probe()
+    Console().print(format_report(caps))
+    missing = [name for name, cap in caps.items() if not cap.ok]
+    if missing:
+        print(f"missing: {', '.join(missing)} (see the 'disables' column)")
+    return 0
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from overlaysim.emu.clean import clean
+
+    removed = clean(dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(removed)} object(s)")
+    return 0
 
 
 def _default_out(name: str, backend: str, seed: int) -> Path:

@@ -300,6 +300,12 @@ class Membership:
                     self._emit(MemberEventKind.JOIN, m)
         self._rng.shuffle(order)
         self._state_cache = None
+        if self._started:
+            # The sync interval scales with cluster size: re-draw its phase for the size
+            # we now know, as if the node had started in a cluster this big.
+            self._push_pull_gen += 1
+            interval = push_pull_scale(self.config.push_pull_interval, self.num_members())
+            self._arm(now + self._rng.random() * interval, _T_PUSH_PULL, self._push_pull_gen)
 
     # -- driver surface ----------------------------------------------------------------
 
