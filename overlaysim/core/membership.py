@@ -316,7 +316,7 @@ class Membership:
             self._apply_all(msg.updates, now)
             if not msg.target or msg.target == self.name:
                 ack = Ack(seq=msg.seq, source=self.name)
-                self._send(src, ack, _overhead(self.name))
+                self._send(src, ack, _overhead(self.name), self._dead_notice(msg.source))
         elif t is Ack:
             self._apply_all(msg.updates, now)
             self._on_ack(msg.seq, now)
@@ -740,6 +740,10 @@ class Membership:
             self._announce(now)  # someone still holds our previous boot
         elif u.incarnation >= self.incarnation:
             self._refute(u.incarnation, now)
+        else:
+            # Stale accusation: we already refuted it, but the accuser never heard our
+            # Alive (its transmissions can be spent during a partition). Say it again.
+            self._announce(now)
 
     def _refute(self, accused: int, now: float) -> None:
         me = self._members[self.name]
@@ -799,6 +803,19 @@ class Membership:
             at += interval
         self._arm(at, _T_GOSSIP, None)
         self._gossip_armed = True
+
+    def _dead_notice(self, name: str) -> tuple[MemberUpdate, ...]:
+        """Tell a member that pings us while we hold it DEAD that we do.
+
+        An extension of Lifeguard's buddy system: after a partition heals, each side
+        holds the other dead, and nothing queued tells them so (their Dead updates were
+        spent during the partition). Without this, they rejoin only at the next push-pull
+        (30 s or more). With it, the member refutes within one probe round.
+        """
+        m = self._members.get(name)
+        if m is None or m.state is not DEAD:
+            return ()
+        return (self._update(UpdateKind.DEAD, m, self.name),)
 
     def _send(
         self, dst: str, msg: Message, overhead: int, first: tuple[MemberUpdate, ...] = ()

@@ -1,0 +1,388 @@
+"""The emulated testbed: a running underlay with one overlayd agent per host.
+
+:class:`Testbed` owns the agent processes of one run. Every agent runs inside its
+Mininet host (``Underlay.popen``) and keeps its files in the run folder
+``/run/overlaysim/<run_id>/`` next to the underlay's own record:
+
+=====================  ==============================================================
+``<host>.sock``        the agent's control socket (the runner talks to it from the root
+                       namespace: a unix socket on the shared filesystem, no network)
+``<host>.jsonl``       its JSON-lines event log (every boot appends)
+``<host>-created.jsonl``  its record of created kernel objects (``overlaysim clean`` reads it)
+``<host>.err``         its standard error
+=====================  ==============================================================
+
+The manager role runs in the agent of the first manager host (``--serve-manager``);
+every agent joins through the managers' underlay addresses. :meth:`Testbed.stop` shuts
+every agent down (control ``shutdown``, then SIGKILL for stragglers) and removes what
+any killed boot left in the kernel, from its record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overlaysim.agent.control import ControlClient
+from overlaysim.agent.created import clean_recorded, load_outstanding
+from overlaysim.agent.logging import read_log
+from overlaysim.agent.manager import MANAGER_PORT
+from overlaysim.emu.net import Underlay
+from overlaysim.errors import UserError
+
+#: Cluster port of every agent (UDP and TCP).
+AGENT_PORT = 7946
+
+
+class TestbedError(UserError):
+    """Agents did not start, answer or converge; the message names which and why."""
+
+
+@dataclass(slots=True)
+class AgentProcess:
+    """One boot of the agent on one host."""
+
+    host: str
+    proc: subprocess.Popen[bytes]
+    boot: int
+    #: Time the process was spawned (``time.monotonic()``).
+    spawned: float
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+
+class Testbed:
+    """Agents on an underlay; see the module docstring.
+
+    ``agent_args`` are extra ``overlayd`` options (e.g. ``["--reconcile-interval", "5"]``).
+    Nothing starts until :meth:`start_agent`.
+    """
+
+    def __init__(
+        self,
+        underlay: Underlay,
+        *,
+        managers: Sequence[str],
+        profile: str = "lan",
+        seed: int = 0,
+        agent_args: Sequence[str] = (),
+    ) -> None:
+        if underlay.record is None or underlay.plan is None:
+            raise TestbedError("the underlay must be built before agents can start")
+        if not managers:
+            raise TestbedError("at least one manager host is needed")
+        self.underlay = underlay
+        self.managers = tuple(managers)
+        self.profile = profile
+        self.seed = seed
+        self.agent_args = tuple(agent_args)
+        self.run_dir: Path = underlay.record.path.parent
+        #: Namespace prefix the agents use (the underlay's ``osim<tag>``), so the
+        #: container namespaces of concurrent runs never collide.
+        self.prefix: str = underlay.plan.prefix
+        self.agents: dict[str, AgentProcess] = {}
+        self._boots: dict[str, int] = {}
+        self._retired: list[AgentProcess] = []
+
+    # -- paths and clients ------------------------------------------------------------
+
+    def sock(self, host: str) -> Path:
+        return self.run_dir / f"{host}.sock"
+
+    def log_path(self, host: str) -> Path:
+        return self.run_dir / f"{host}.jsonl"
+
+    def record_path(self, host: str) -> Path:
+        return self.run_dir / f"{host}-created.jsonl"
+
+    def err_path(self, host: str) -> Path:
+        return self.run_dir / f"{host}.err"
+
+    def client(self, host: str, timeout: float = 60.0) -> ControlClient:
+        """Control client of ``host``'s agent."""
+        return ControlClient(self.sock(host), timeout=timeout)
+
+    def call(self, host: str, op: str, **args: Any) -> Any:
+        """One control operation on ``host``'s agent."""
+        return self.client(host).call(op, **args)
+
+    @property
+    def manager_host(self) -> str:
+        """The host whose agent serves the manager API."""
+        return self.managers[0]
+
+    def manager_call(self, call: str, **args: Any) -> Any:
+        """A manager request through the manager host's agent."""
+        return self.call(self.manager_host, "manager", call=call, args=args)
+
+    def running(self) -> list[str]:
+        """Hosts whose current agent process is alive."""
+        return [h for h, a in self.agents.items() if a.running()]
+
+    # -- agent lifecycle ----------------------------------------------------------------
+
+    def argv(self, host: str, seeds: Iterable[str]) -> list[str]:
+        """The ``overlayd`` command line for ``host``."""
+        u = self.underlay
+        ip = u.underlay_ip(host)
+        boot = self._boots.get(host, 0)
+        hosts = list(u.hosts)
+        argv = [
+            sys.executable,
+            "-m",
+            "overlaysim.agent.daemon",
+            "--name",
+            host,
+            "--bind",
+            ip,
+            "--port",
+            str(AGENT_PORT),
+            "--seeds",
+            ",".join(f"{u.underlay_ip(s)}:{AGENT_PORT}" for s in seeds if s != host),
+            "--control",
+            str(self.sock(host)),
+            "--log",
+            str(self.log_path(host)),
+            "--record",
+            str(self.record_path(host)),
+            "--profile",
+            self.profile,
+            "--prefix",
+            self.prefix,
+            "--underlay-mtu",
+            str(u.mtu),
+            # reproducible protocol randomness per host and boot
+            "--seed",
+            str(self.seed * 1_000_003 + hosts.index(host) * 1009 + boot),
+        ]
+        if host == self.manager_host:
+            argv.append("--serve-manager")
+        else:
+            argv += ["--manager", f"{u.underlay_ip(self.manager_host)}:{MANAGER_PORT}"]
+        return argv + list(self.agent_args)
+
+    def start_agent(self, host: str, seeds: Iterable[str]) -> AgentProcess:
+        """Spawn ``host``'s agent (it must not be running); returns at once."""
+        old = self.agents.get(host)
+        if old is not None:
+            if old.running():
+                raise TestbedError(f"the agent on {host} is already running (pid {old.pid})")
+            self._retired.append(old)
+        boot = self._boots.get(host, 0) + 1
+        argv = self.argv(host, seeds)
+        self._boots[host] = boot
+        with self.err_path(host).open("ab") as err:
+            proc = self.underlay.popen(
+                host,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        agent = AgentProcess(host=host, proc=proc, boot=boot, spawned=time.monotonic())
+        self.agents[host] = agent
+        return agent
+
+    def wait_ready(self, hosts: Iterable[str], timeout: float = 60.0) -> dict[str, float]:
+        """Wait until each agent's control socket answers ``status``.
+
+        Returns each host's node start time (the ``start`` line of its current boot,
+        monotonic seconds). Raises :class:`TestbedError` naming agents that exited or
+        did not answer in time.
+        """
+        pending = list(hosts)
+        deadline = time.monotonic() + timeout
+        started: dict[str, float] = {}
+        while pending:
+            still = []
+            for host in pending:
+                agent = self.agents[host]
+                if not agent.running():
+                    raise TestbedError(
+                        f"the agent on {host} exited with status {agent.proc.returncode}: "
+                        f"{self._stderr_tail(host)}"
+                    )
+                try:
+                    self.client(host, timeout=5.0).call("status")
+                except (OSError, ValueError):
+                    still.append(host)
+                    continue
+                started[host] = self._start_time(host)
+            pending = still
+            if pending and time.monotonic() > deadline:
+                raise TestbedError(
+                    f"agents on {', '.join(pending)} did not answer on their control socket "
+                    f"within {timeout:.0f} s"
+                )
+            if pending:
+                time.sleep(0.05)
+        return started
+
+    def wait_formed(self, hosts: Sequence[str], timeout: float = 60.0) -> float:
+        """Wait until every agent in ``hosts`` sees every other one alive.
+
+        Returns the seconds waited; raises :class:`TestbedError` naming, for each agent
+        that had not converged, the members it did not see alive.
+        """
+        t0 = time.monotonic()
+        want = set(hosts)
+        missing: dict[str, list[str]] = {}
+        while True:
+            missing = {}
+            for host in hosts:
+                members = self.client(host, timeout=5.0).call("members")
+                alive = {m for m, info in members.items() if info.get("state") == "alive"}
+                lacking = sorted(want - alive - {host})
+                if lacking:
+                    missing[host] = lacking
+            if not missing:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                detail = "; ".join(
+                    f"{h} misses {', '.join(m[:5])}{' ...' if len(m) > 5 else ''}"
+                    for h, m in sorted(missing.items())[:10]
+                )
+                raise TestbedError(
+                    f"{len(missing)} of {len(hosts)} agents did not see every other agent alive "
+                    f"within {timeout:.0f} s: {detail}"
+                )
+            time.sleep(0.2)
+
+    def kill_agent(self, host: str) -> None:
+        """SIGKILL ``host``'s agent (a crash) and remove what that boot left in the kernel.
+
+        The crashed host's containers go with it, as on a real machine; a restart
+        re-creates them.
+        """
+        agent = self.agents.get(host)
+        if agent is not None and agent.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(agent.pid, signal.SIGKILL)
+            agent.proc.wait(timeout=10)
+        self._clean_kernel(host)
+
+    def wait_exit(self, host: str, timeout: float = 10.0) -> bool:
+        """Wait for ``host``'s agent to exit by itself (after ``leave``); SIGKILL it if late.
+
+        Returns whether it exited on its own.
+        """
+        agent = self.agents.get(host)
+        if agent is None:
+            return True
+        try:
+            agent.proc.wait(timeout=timeout)
+            clean = True
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(agent.pid, signal.SIGKILL)
+            agent.proc.wait(timeout=10)
+            clean = False
+        self._clean_kernel(host)
+        return clean
+
+    def stop(self, timeout: float = 15.0) -> list[str]:
+        """Shut every agent down and remove what they left; returns hosts that needed SIGKILL.
+
+        Agents are asked to ``shutdown`` without a leave (the run is over: a wave of
+        leaves would only add noise to the logs), in parallel.
+        """
+        running = self.running()
+
+        def ask(host: str) -> None:
+            with contextlib.suppress(Exception):  # a hung agent gets SIGKILL below
+                self.client(host, timeout=5.0).call("shutdown", leave=False)
+
+        if running:
+            with ThreadPoolExecutor(max_workers=min(16, len(running))) as pool:
+                list(pool.map(ask, running))
+        deadline = time.monotonic() + timeout
+        killed = []
+        for host in running:
+            proc = self.agents[host].proc
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+                killed.append(host)
+        for agent in self._retired:
+            if agent.running():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(agent.pid, signal.SIGKILL)
+                agent.proc.wait(timeout=10)
+        for host in self.agents:
+            self._clean_kernel(host)
+        return killed
+
+    def remove_files(self, keep_logs_in: Path | None = None) -> None:
+        """Delete the agents' files from the run folder (copying logs first, if asked).
+
+        A data-plane record that still lists objects is kept for ``overlaysim clean``.
+        """
+        if keep_logs_in is not None:
+            keep_logs_in.mkdir(parents=True, exist_ok=True)
+        for host in self.agents:
+            log = self.log_path(host)
+            if keep_logs_in is not None and log.exists():
+                shutil.copyfile(log, keep_logs_in / log.name)
+            paths = [log, self.sock(host), self.err_path(host)]
+            record = self.record_path(host)
+            if record.exists() and not load_outstanding(record):
+                paths.append(record)
+            for path in paths:
+                path.unlink(missing_ok=True)
+
+    # -- logs and resources -----------------------------------------------------------
+
+    def logs(self) -> dict[str, list[dict[str, Any]]]:
+        """Every agent's log lines, by host."""
+        return {h: read_log(self.log_path(h)) for h in self.agents if self.log_path(h).exists()}
+
+    def rss_kib(self) -> dict[str, int]:
+        """Resident memory of each running agent (``VmRSS`` in KiB)."""
+        out = {}
+        for host in self.running():
+            try:
+                status = Path(f"/proc/{self.agents[host].pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    out[host] = int(line.split()[1])
+        return out
+
+    def _start_time(self, host: str) -> float:
+        """Monotonic time of the last ``start`` line in ``host``'s log (its current boot)."""
+        for line in reversed(read_log(self.log_path(host))):
+            if line.get("kind") == "start":
+                return float(line["t"])
+        return self.agents[host].spawned
+
+    def _stderr_tail(self, host: str, n: int = 600) -> str:
+        try:
+            text = self.err_path(host).read_text(errors="replace").strip()
+        except OSError:
+            return "(no stderr)"
+        return text[-n:] or "(empty stderr)"
+
+    def _clean_kernel(self, host: str) -> None:
+        record = self.record_path(host)
+        if record.exists():
+            clean_recorded(record)
