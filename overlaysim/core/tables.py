@@ -705,9 +705,11 @@ class Tables:
     def _recovery_sync(self) -> None:
         """At most one bulk sync per round with a node back from a false alarm.
 
-        Its hidden entries would otherwise wait for a periodic bulk sync. One random
-        node per round: a node that comes back with a whole partition usually holds
-        the others' entries too, and nodes whose entries are back already are skipped.
+        Its hidden entries would otherwise wait for a periodic bulk sync, and so would
+        whatever either side changed while they could not reach each other: attachments
+        and entries that epidemic gossip could not carry across (a network joined while
+        the other side was held dead is gossiped only to nodes held alive). One random
+        node per round, so a whole partition coming back does not cause a sync storm.
         """
         rec = self._recovered
         while len(rec):
@@ -716,9 +718,8 @@ class Tables:
             if node not in self._addr:
                 continue
             shared = [n for n in self._attached if node in self._peers.get(n, ())]
-            if any(self._hides(n, node) for n in shared):
-                self._send_bulk(node, shared)
-                return
+            self._send_bulk(node, shared)
+            return
 
     def _hides(self, network: str, owner: str) -> bool:
         st = self._nets[network]

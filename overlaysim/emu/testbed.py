@@ -34,11 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from overlaysim.agent.control import ControlClient
-from overlaysim.agent.created import clean_recorded, load_outstanding
+from overlaysim.agent.created import load_outstanding
 from overlaysim.agent.logging import read_log
 from overlaysim.agent.manager import MANAGER_PORT
 from overlaysim.emu.net import Underlay
 from overlaysim.errors import UserError
+
+_CLEAN = "from overlaysim.agent.created import clean_recorded; clean_recorded"
 
 #: Cluster port of every agent (UDP and TCP).
 AGENT_PORT = 7946
@@ -98,6 +100,8 @@ class Testbed:
         self.agents: dict[str, AgentProcess] = {}
         self._boots: dict[str, int] = {}
         self._retired: list[AgentProcess] = []
+        #: Clean-up problems met by :meth:`stop` (it does not raise).
+        self.errors: list[str] = []
 
     # -- paths and clients ------------------------------------------------------------
 
@@ -299,6 +303,8 @@ class Testbed:
     def stop(self, timeout: float = 15.0) -> list[str]:
         """Shut every agent down and remove what they left; returns hosts that needed SIGKILL.
 
+        Never raises: clean-up problems are appended to :attr:`errors`.
+
         Agents are asked to ``shutdown`` without a leave (the run is over: a wave of
         leaves would only add noise to the logs), in parallel.
         """
@@ -328,7 +334,10 @@ class Testbed:
                     os.kill(agent.pid, signal.SIGKILL)
                 agent.proc.wait(timeout=10)
         for host in self.agents:
-            self._clean_kernel(host)
+            try:
+                self._clean_kernel(host)
+            except TestbedError as exc:  # keep going: the other hosts still need it
+                self.errors.append(str(exc))
         return killed
 
     def remove_files(self, keep_logs_in: Path | None = None) -> None:
@@ -383,6 +392,18 @@ class Testbed:
         return text[-n:] or "(empty stderr)"
 
     def _clean_kernel(self, host: str) -> None:
+        """Remove what ``host``'s killed boot recorded, from inside the host.
+
+        The agent's named namespaces are bound in its host's private mount namespace
+        (``mnexec -n``), so the clean-up must run there to see them.
+        """
         record = self.record_path(host)
-        if record.exists():
-            clean_recorded(record)
+        if not record.exists() or not load_outstanding(record):
+            return
+        code = f"from pathlib import Path; {_CLEAN}(Path({str(record)!r}))"
+        out = self.underlay.cmd(host, [sys.executable, "-c", code], timeout=60)
+        if out.returncode != 0 or load_outstanding(record):
+            raise TestbedError(
+                f"could not remove what the agent on {host} left in the kernel "
+                f"(kept in {record} for `overlaysim clean`): {out.stderr.strip()[-400:]}"
+            )
