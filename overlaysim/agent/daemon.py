@@ -57,6 +57,7 @@ _OPS = {
     EntryEventKind.CREATE: "add",
     EntryEventKind.UPDATE: "update",
     EntryEventKind.DELETE: "delete",
+    EntryEventKind.TOMBSTONE: "delete",
 }
 
 

@@ -112,8 +112,24 @@ class Programmer:
             return
         network, key = ev.network, ev.key
         old = self.held.get(network, {}).get(key)
+        if ev.kind is EntryEventKind.TOMBSTONE:
+            if old is None and network in self._local:
+                # Nothing was programmed, so the kernel already agrees with the delete.
+                self.log.write(
+                    "entry_programmed",
+                    network=network,
+                    key=key,
+                    op="delete",
+                    owner=ev.owner,
+                    noop=True,
+                )
+            if old is None:
+                return
         new: Remote | None = None
-        if ev.kind is not EntryEventKind.DELETE and ev.owner != self.node:
+        if (
+            ev.kind not in (EntryEventKind.DELETE, EntryEventKind.TOMBSTONE)
+            and ev.owner != self.node
+        ):
             try:
                 new = remote_of(ev.value)
             except ValueError as exc:

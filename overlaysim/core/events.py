@@ -48,7 +48,11 @@ class MemberEvent:
 class EntryEventKind(Enum):
     CREATE = "create"
     UPDATE = "update"
-    DELETE = "delete"
+    DELETE = "delete"  # a live entry went away: unprogram it
+    #: A deletion learned for a key this node held no live copy of (the add never
+    #: reached it, or its owner was already held down): nothing to unprogram, but the
+    #: node now holds the delete, which is what convergence of a delete measures.
+    TOMBSTONE = "tombstone"
 
 
 @dataclass(frozen=True, slots=True)

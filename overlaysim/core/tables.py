@@ -486,6 +486,10 @@ class Tables:
         st.records[k] = rec
         before = old.entry if old is not None and old.live else None
         self._emit(network, k, before, entry if rec.live else None)
+        if entry.deleted and before is None and (old is None or not old.entry.deleted):
+            self._events.append(
+                EntryEvent(EntryEventKind.TOMBSTONE, network, k[0], k[1], entry.owner, {})
+            )
 
     def _forget(self, network: str, st: _Network, k: _Key) -> None:
         rec = st.records.pop(k)

@@ -38,6 +38,9 @@ LEAVE_GRACE_S = 1.0
 MAX_PROBE_PAIRS = 5000
 
 
+_ADDS = (EntryEventKind.CREATE, EntryEventKind.UPDATE)
+
+
 class _Recorder(Observer):
     def __init__(self, events: EventLog, tracker: ConvergenceTracker, traffic: TrafficCounter):
         self.events = events
@@ -48,7 +51,7 @@ class _Recorder(Observer):
         self.events.member(t, host, ev)
 
     def entry_event(self, t: float, host: str, ev: EntryEvent) -> None:
-        op = "delete" if ev.kind is EntryEventKind.DELETE else "add"
+        op = "add" if ev.kind in _ADDS else "delete"
         self.tracker.seen(t, host, ev.network, ev.key, op)
 
     def sent(self, t: float, host: str, msg: Message, size: int) -> None:

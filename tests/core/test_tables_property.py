@@ -50,6 +50,9 @@ def _check_events(name, events, history, final):
     for ev in events:
         k = ev.key
         states = history[k]
+        if ev.kind is EntryEventKind.TOMBSTONE:
+            assert k not in replay, f"{name}: TOMBSTONE of live {k}"
+            continue
         if ev.kind is EntryEventKind.DELETE:
             assert k in replay, f"{name}: DELETE of absent {k}"
             del replay[k]

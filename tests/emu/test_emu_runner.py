@@ -1,0 +1,243 @@
+"""The emulation backend end to end: a scenario on Mininet with real agents.
+
+The merge of agent logs with the runner's ground truth (``collect``) is checked first
+on synthetic input (no root). Then, as root: the shipped quickstart scenario runs on
+Mininet and writes the simulator's results folder (same metrics keys), a failing run
+and an interrupted run are marked so and leave nothing behind. The quickstart plays
+60 s of scenario; the whole module takes about two minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overlaysim.emu import runner as emu_runner
+from overlaysim.emu.clean import list_nft_tables
+from overlaysim.emu.collect import collect
+from overlaysim.metrics.records import EventLog
+from overlaysim.metrics.results import load_run
+from overlaysim.scenario.loader import load_scenario
+from overlaysim.scenario.timeline import Step
+
+from .test_underlay import emulation_or_skip
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yaml"
+
+
+# --- collect: logs + ground truth -> tables (no root) ---------------------------------
+
+
+def _line(t: float, node: str, kind: str, **fields: Any) -> dict[str, Any]:
+    return {"t": t, "node": node, "kind": kind, **fields}
+
+
+def test_collect_uses_ground_truth_targets_and_ignores_cleanup_deletes() -> None:
+    t0 = 1000.0
+    truth = EventLog()
+    for h in ("h1", "h2", "h3"):
+        truth.add(0.0, "node_start", subject=h)
+    for h in ("h1", "h2", "h3"):
+        truth.add(0.1, "net_attach", node=h, network="web")
+    truth.add(5.0, "node_crash", subject="h3")
+    logs = {
+        "h1": [
+            _line(t0 - 1.0, "h1", "member_join", subject="h2"),  # before t=0: dropped
+            _line(t0 + 0.2, "h1", "entry_commit", network="web", key="c1", op="add"),
+            _line(t0 + 6.0, "h1", "entry_commit", network="web", key="c1", op="delete"),
+            _line(t0 + 2.0, "h1", "traffic", bytes_sent=100, msgs_sent=2, bytes_recv=50,
+                  msgs_recv=1, by_type={"ping": [100, 2, 50, 1]}),  # fmt: skip
+        ],
+        "h2": [
+            _line(t0 + 0.5, "h2", "entry_programmed", network="web", key="c1", op="add"),
+            _line(t0 + 6.4, "h2", "entry_programmed", network="web", key="c1", op="delete"),
+            # dead-node cleanup of h3's endpoint: no commit, so nothing to close
+            _line(t0 + 7.0, "h2", "entry_programmed", network="web", key="c3", op="delete"),
+            _line(t0 + 8.0, "h2", "member_dead", subject="h3"),
+            _line(t0 + 99.0, "h2", "member_alive", subject="h3"),  # after t_end: dropped
+        ],
+        "h3": [
+            _line(t0 + 0.9, "h3", "entry_programmed", network="web", key="c1", op="add"),
+        ],
+    }
+    out = collect(truth, logs, t0=t0, t_end=20.0)
+    assert [(r["op"], r["targets"], r["status"]) for r in out.convergence] == [
+        ("add", 3, "converged"),
+        ("delete", 2, "converged"),  # h3 crashed before the delete: not a target
+    ]
+    add, delete = out.convergence
+    assert add["latency_s"] == pytest.approx(0.7)  # the last target, h3 at 0.9
+    assert delete["latency_s"] == pytest.approx(0.4)
+    kinds = [(row[2], row[3]) for row in out.events if row[2].startswith("member_")]
+    assert kinds == [("member_dead", "h3")]
+    commits = [row for row in out.events if row[2] == "entry_commit"]
+    assert [(r[1], r[5], r[6]) for r in commits] == [("h1", "c1", "add"), ("h1", "c1", "delete")]
+    assert out.traffic == [
+        {"t": 2, "node": "h1", "bytes_sent": 100, "msgs_sent": 2, "bytes_recv": 50, "msgs_recv": 1}
+    ]
+    assert out.traffic_kinds[0]["kind"] == "ping"
+
+
+def test_collect_stops_waiting_for_a_host_that_left_the_network() -> None:
+    truth = EventLog()
+    for h in ("h1", "h2"):
+        truth.add(0.0, "node_start", subject=h)
+        truth.add(0.0, "net_attach", node=h, network="web")
+    truth.add(3.0, "net_detach", node="h2", network="web")
+    logs = {"h1": [_line(2.0, "h1", "entry_commit", network="web", key="c1", op="add")]}
+    out = collect(truth, logs, t0=0.0, t_end=10.0)
+    (row,) = out.convergence
+    # h2 never programmed it, but stopped counting when it detached
+    assert row["status"] == "converged" and row["targets"] == 2
+
+
+# --- on Mininet (root) ----------------------------------------------------------------
+
+
+def _netns() -> set[str]:
+    out = subprocess.run(["ip", "-j", "netns"], capture_output=True, text=True, check=True)
+    return {ns["name"] for ns in json.loads(out.stdout or "[]")}
+
+
+def _links() -> set[str]:
+    out = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True)
+    return {link["ifname"] for link in json.loads(out.stdout)}
+
+
+def _processes(*needles: str) -> list[str]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if any(n in cmd for n in needles):
+            found.append(cmd)
+    return found
+
+
+def _assert_nothing_left(run: Path) -> None:
+    manifest = json.loads((run / "manifest.json").read_text())
+    underlay = manifest.get("underlay") or {}
+    prefix, run_id = underlay.get("prefix"), underlay.get("run_id")
+    assert prefix and run_id, "the manifest names the underlay it built"
+    assert not [n for n in _netns() if n.startswith(prefix)]
+    assert not [n for n in _links() if n.startswith(prefix)]
+    assert not [n for _f, n in list_nft_tables() if n == f"osim_{prefix[-2:]}"]
+    assert not _processes(f"/run/overlaysim/{run_id}/", "iperf3 -s")
+    assert not Path("/run/overlaysim", run_id).exists()
+
+
+@pytest.fixture
+def emu() -> None:
+    emulation_or_skip()
+
+
+@pytest.mark.emu
+def test_quickstart_writes_the_simulators_results_folder(emu: None, tmp_path: Path) -> None:
+    from overlaysim.sim.runner import run_simulation
+
+    scenario = load_scenario(QUICKSTART)
+    status = emu_runner.run_emulation(scenario, tmp_path / "emu", progress=False)
+    assert status == "complete"
+    run_simulation(scenario, tmp_path / "sim", progress=False, plots=False)
+    emu_run, sim_run = load_run(tmp_path / "emu"), load_run(tmp_path / "sim")
+    em, sm = emu_run.metrics, sim_run.metrics
+    assert em is not None and sm is not None
+    assert em["backend"] == "emu" and emu_run.manifest["backend"] == "emu"
+    assert emu_run.status == "complete" and emu_run.manifest["error"] is None
+    # same metrics.json keys as the simulator (data-dependent maps excluded)
+    assert set(em) == set(sm)
+    for section in ("endpoint_convergence_s", "failure_detection_s", "join_visibility_s",
+                    "overhead", "reachability", "messages"):  # fmt: skip
+        assert set(em[section]) == set(sm[section]), section
+    assert [set(r) for r in em["throughput"]] == [set(r) for r in sm["throughput"]]
+    assert em["skipped_steps"] == []
+
+    reach = em["reachability"]
+    assert reach["expected_pairs"] > 0
+    assert reach["reachable_pairs"] == reach["expected_pairs"]
+    assert reach["unexpected_reachable"] == 0
+    assert reach["pairs"] > reach["expected_pairs"]  # c1/c3 share no network: probed too
+    (tp,) = em["throughput"]
+    assert (tp["src"], tp["dst"]) == ("c1", "c2")
+    assert tp["overlay_bps"] > 0 and tp["underlay_bps"] > 0
+    assert tp["ratio"] == pytest.approx(tp["overlay_bps"] / tp["underlay_bps"])
+
+    ev = emu_run.events
+    for kind, host in (("node_crash", "h4"), ("node_restart", "h4")):
+        assert ((ev["kind"] == kind) & (ev["subject"] == host)).sum() == 1, kind
+    assert (ev["kind"] == "partition").sum() == 1 and (ev["kind"] == "heal").sum() == 1
+    assert (ev["kind"] == "member_suspect").any()  # the crash was noticed by agents
+    conv = emu_run.convergence
+    assert {"c1", "c2", "c3", "c9"} <= set(conv["key"])
+    assert conv["key"].str.startswith("churn").any()
+    assert em["endpoint_convergence_s"]["count"] > 0
+    assert em["endpoint_convergence_s"]["p50"] < 5.0
+    assert len(emu_run.traffic) > 0 and em["overhead"]["msgs_total"] > 0
+
+    m = emu_run.manifest
+    assert {n["name"] for n in m["networks"]} == {"web", "db"}
+    assert all(n["vni"] >= 4096 for n in m["networks"])
+    assert "loss" in m["mechanisms"] and "delay" in m["mechanisms"]
+    assert m["capabilities"]["vxlan"]["ok"] is True
+    assert m["started"] <= m["ended"]
+    assert sorted(p.name for p in (tmp_path / "emu" / "agent-logs").iterdir()) == [
+        f"h{i}.jsonl" for i in range(1, 6)
+    ]
+    assert all((tmp_path / "emu" / "plots" / p).is_file() for p in ("overhead.png",))
+    _assert_nothing_left(tmp_path / "emu")
+
+
+@pytest.mark.emu
+def test_interrupted_run_is_marked_and_leaves_nothing_behind(
+    emu: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scenario = load_scenario(
+        QUICKSTART,
+        [
+            "duration=10",
+            "measure.throughput=[]",
+            "events=[{at: 1, action: attach, container: c9, host: h5, network: web},"
+            " {at: 3, action: crash, host: h4}, {at: 6, action: heal}]",
+        ],
+    )
+    real_apply = emu_runner.EmuWorld.apply
+
+    def apply(self: emu_runner.EmuWorld, step: Step) -> None:
+        if step.action == "crash":
+            raise KeyboardInterrupt
+        real_apply(self, step)
+
+    monkeypatch.setattr(emu_runner.EmuWorld, "apply", apply)
+    status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False, plots=False)
+    assert status == "interrupted"
+    run = load_run(tmp_path / "run")
+    assert run.status == "interrupted"
+    assert run.metrics is not None and run.metrics["duration_s"] < 6
+    ev = run.events
+    assert not (ev["kind"] == "node_crash").any()
+    assert ((ev["kind"] == "container_attach") & (ev["subject"] == "c9")).any()
+    assert "c9" in set(run.convergence["key"])  # logs up to the interruption were collected
+    assert len(run.reachability) == 0  # no measurements after an interruption
+    _assert_nothing_left(tmp_path / "run")
+
+
+@pytest.mark.emu
+def test_a_refused_network_fails_the_run_and_tears_down(emu: None, tmp_path: Path) -> None:
+    scenario = load_scenario(
+        QUICKSTART, ["duration=5", "events=[]", "measure.throughput=[]", "networks.1.encrypted=true"]
+    )
+    with pytest.raises(RuntimeError, match="EncryptionUnsupported"):
+        emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    assert run.status == "failed"
+    assert "encrypted overlay networks are not supported" in run.manifest["error"]
+    _assert_nothing_left(tmp_path / "run")
