@@ -130,7 +130,9 @@ def _timer_count(cluster: SimCluster) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 10000])
     ap.add_argument("--seconds", type=float, default=60.0, help="simulated seconds measured")
     ap.add_argument("--settle", type=float, default=2.0, help="simulated seconds before measuring")

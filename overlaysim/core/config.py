@@ -97,11 +97,15 @@ class TableConfig:
 
     @classmethod
     def wan(cls) -> TableConfig:
-        return dataclasses.replace(cls(), gossip_interval=0.5, gossip_nodes=4, bulk_sync_interval=60.0)
+        return dataclasses.replace(
+            cls(), gossip_interval=0.5, gossip_nodes=4, bulk_sync_interval=60.0
+        )
 
     @classmethod
     def local(cls) -> TableConfig:
-        return dataclasses.replace(cls(), gossip_interval=0.1, retransmit_mult=2, bulk_sync_interval=15.0)
+        return dataclasses.replace(
+            cls(), gossip_interval=0.1, retransmit_mult=2, bulk_sync_interval=15.0
+        )
 
 
 PROFILES = ("lan", "wan", "local")

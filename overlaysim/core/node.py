@@ -18,7 +18,14 @@ from overlaysim.core.tables import Tables
 from overlaysim.core.wire import Message, MsgType
 
 _MEMBERSHIP_TYPES = frozenset(
-    {MsgType.PING, MsgType.INDIRECT_PING, MsgType.ACK, MsgType.NACK, MsgType.GOSSIP, MsgType.PUSH_PULL}
+    {
+        MsgType.PING,
+        MsgType.INDIRECT_PING,
+        MsgType.ACK,
+        MsgType.NACK,
+        MsgType.GOSSIP,
+        MsgType.PUSH_PULL,
+    }
 )
 _TABLE_TYPES = frozenset({MsgType.TABLE_GOSSIP, MsgType.BULK_SYNC, MsgType.NETWORK_GOSSIP})
 
@@ -142,7 +149,9 @@ class Node:
     def leave_network(self, network: str, now: float) -> None:
         self.tables.leave_network(network, now)
 
-    def create_entry(self, network: str, table: str, key: str, value: dict[str, str], now: float) -> None:
+    def create_entry(
+        self, network: str, table: str, key: str, value: dict[str, str], now: float
+    ) -> None:
         self.tables.create_entry(network, table, key, value, now)
 
     def delete_entry(self, network: str, table: str, key: str, now: float) -> None:

@@ -219,13 +219,25 @@ class NetworkGossip(Message):
 
 MESSAGES: dict[int, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Ping, IndirectPing, Ack, Nack, Gossip, PushPull, TableGossip, BulkSync, NetworkGossip)
+    for cls in (
+        Ping,
+        IndirectPing,
+        Ack,
+        Nack,
+        Gossip,
+        PushPull,
+        TableGossip,
+        BulkSync,
+        NetworkGossip,
+    )
 }
 
 # --- codec ------------------------------------------------------------------------
 
+
 def _packb(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
+
 
 _RECORDS = (MemberUpdate, MemberState, Entry, NetworkAttachment)
 

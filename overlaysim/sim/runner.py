@@ -18,7 +18,6 @@ import simpy
 from overlaysim.core.cluster import Cluster, NetworkSpec
 from overlaysim.core.config import profile
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
-from overlaysim.core.ipam import mac_for_ip
 from overlaysim.core.wire import Message
 from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.metrics.manifest import base_manifest
@@ -202,7 +201,9 @@ class SimWorld:
                 continue
             del c.networks[net]
             self.ipam.release(net, name)
-            self.events.add(self.env.now, "container_detach", node=c.host, subject=name, network=net)
+            self.events.add(
+                self.env.now, "container_detach", node=c.host, subject=name, network=net
+            )
             if c.host not in self.up:
                 continue  # nothing to tell; the host's entries die with it
             self.cluster.call(c.host, lambda n, t, net=net: n.delete_entry(net, ENDPOINTS, name, t))
@@ -324,7 +325,14 @@ class SimWorld:
             shared = sorted(set(ca.networks) & set(cb.networks))
             if not shared:
                 rows.append(
-                    {"t": now, "src": a, "dst": b, "network": "", "expected": False, "reachable": False}
+                    {
+                        "t": now,
+                        "src": a,
+                        "dst": b,
+                        "network": "",
+                        "expected": False,
+                        "reachable": False,
+                    }
                 )
                 continue
             for net in shared:
@@ -351,7 +359,12 @@ class SimWorld:
             return False
         ea = na.tables.entries(net, ENDPOINTS).get((ENDPOINTS, b.name))
         eb = nb.tables.entries(net, ENDPOINTS).get((ENDPOINTS, a.name))
-        if ea is None or eb is None or ea.value.get("vtep") != b.host or eb.value.get("vtep") != a.host:
+        if (
+            ea is None
+            or eb is None
+            or ea.value.get("vtep") != b.host
+            or eb.value.get("vtep") != a.host
+        ):
             return False
         return self.underlay.reachable(a.host, b.host) and self.underlay.reachable(b.host, a.host)
 

@@ -127,7 +127,11 @@ class Underlay:
         for lid in p:
             st = self._links[lid]
             lat += st.latency_s + st.extra_delay_s
-            bw = st.bytes_per_s if st.rate_bytes_per_s is None else min(st.bytes_per_s, st.rate_bytes_per_s)
+            bw = (
+                st.bytes_per_s
+                if st.rate_bytes_per_s is None
+                else min(st.bytes_per_s, st.rate_bytes_per_s)
+            )
             spb += 1.0 / bw
             survive *= (1.0 - st.loss) * (1.0 - st.extra_loss)
         lat += self.global_delay_s
@@ -139,7 +143,9 @@ class Underlay:
 
     # -- delivery decision -----------------------------------------------------------
 
-    def transit(self, src: str, dst: str, size: int, rng: random.Random, reliable: bool) -> float | None:
+    def transit(
+        self, src: str, dst: str, size: int, rng: random.Random, reliable: bool
+    ) -> float | None:
         """Delay in seconds for a message, or None if it is lost.
 
         Streams (``reliable``) are not lost to random drops (TCP retransmits) but pay

@@ -50,8 +50,16 @@ def test_collect_uses_ground_truth_targets_and_ignores_cleanup_deletes() -> None
             _line(t0 - 1.0, "h1", "member_join", subject="h2"),  # before t=0: dropped
             _line(t0 + 0.2, "h1", "entry_commit", network="web", key="c1", op="add"),
             _line(t0 + 6.0, "h1", "entry_commit", network="web", key="c1", op="delete"),
-            _line(t0 + 2.0, "h1", "traffic", bytes_sent=100, msgs_sent=2, bytes_recv=50,
-                  msgs_recv=1, by_type={"ping": [100, 2, 50, 1]}),  # fmt: skip
+            _line(
+                t0 + 2.0,
+                "h1",
+                "traffic",
+                bytes_sent=100,
+                msgs_sent=2,
+                bytes_recv=50,
+                msgs_recv=1,
+                by_type={"ping": [100, 2, 50, 1]},
+            ),  # fmt: skip
         ],
         "h2": [
             _line(t0 + 0.5, "h2", "entry_programmed", network="web", key="c1", op="add"),
@@ -233,7 +241,8 @@ def test_interrupted_run_is_marked_and_leaves_nothing_behind(
 @pytest.mark.emu
 def test_a_refused_network_fails_the_run_and_tears_down(emu: None, tmp_path: Path) -> None:
     scenario = load_scenario(
-        QUICKSTART, ["duration=5", "events=[]", "measure.throughput=[]", "networks.1.encrypted=true"]
+        QUICKSTART,
+        ["duration=5", "events=[]", "measure.throughput=[]", "networks.1.encrypted=true"],
     )
     with pytest.raises(RuntimeError, match="EncryptionUnsupported"):
         emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
