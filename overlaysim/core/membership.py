@@ -51,7 +51,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from overlaysim.core import wire
@@ -121,6 +121,22 @@ class Member:
     epoch: int = 0
     #: ``now`` of the last state change.
     state_change: float = 0.0
+    #: This record as sent in push-pull, built on first use. Records are shared by every
+    #: node of a simulation, so N nodes syncing the same member build it once.
+    wire: wire.MemberState | None = field(default=None, compare=False, repr=False)
+
+    def to_wire(self) -> wire.MemberState:
+        w = self.wire
+        if w is None:
+            w = wire.MemberState(
+                node=self.name,
+                addr=self.addr,
+                incarnation=self.incarnation,
+                state=_code(self.state),
+                epoch=self.epoch,
+            )
+            object.__setattr__(self, "wire", w)  # a cache, not state: see the field
+        return w
 
 
 @dataclass(slots=True)
@@ -581,17 +597,7 @@ class Membership:
     def _state(self) -> tuple[wire.MemberState, ...]:
         """Every record as sent in push-pull (cached until something changes)."""
         if self._state_cache is None:
-            code = _code
-            self._state_cache = tuple(
-                wire.MemberState(
-                    node=m.name,
-                    addr=m.addr,
-                    incarnation=m.incarnation,
-                    state=code(m.state),
-                    epoch=m.epoch,
-                )
-                for m in self._members.values()
-            )
+            self._state_cache = tuple(m.to_wire() for m in self._members.values())
         return self._state_cache
 
     def _merge(self, remote: Iterable[wire.MemberState], now: float) -> None:
@@ -765,7 +771,7 @@ class Membership:
 
     def _set(self, m: Member, now: float, **changes: object) -> Member:
         """Replace a member record; keep the live/probe/dead indexes in step."""
-        new = replace(m, **changes)  # type: ignore[arg-type]
+        new = replace(m, wire=None, **changes)  # type: ignore[arg-type]
         if new.state is not m.state:
             new = replace(new, state_change=now)
             if m.name != self.name:

@@ -96,6 +96,8 @@ class EmuWorld:
         self.skipped: list[dict[str, Any]] = []
         self.done = 0
         self.last = ""
+        #: How late each step started (s): an earlier slow step delays the next ones.
+        self.lags: list[float] = []
         self._lock = threading.RLock()  # containers start in parallel at t=0
         self._impaired_loss: dict[tuple[str, str] | None, float] = {}
 
@@ -330,6 +332,7 @@ class EmuWorld:
     def apply(self, step: Step) -> None:
         """Apply one step; refusals and unreachable agents skip it with the reason."""
         self.last = f"{step.at:.1f}s {step.action}"
+        self.lags.append(max(0.0, self.now() - step.at))
         self._event(self.now(), "scenario", op=step.action, detail=step.describe())
         try:
             self._apply(step)
@@ -568,6 +571,7 @@ def run_emulation(
         started=started,
         ended=_wallclock(),
         networks=world.networks if world else [],
+        step_lag_s=_lag_summary(world.lags if world else []),
         mechanisms=extra.get("underlay", {}).get("mechanisms", {}),
     )
     _write(writer, scenario, seed, world, result, reach_rows, tp_rows, t_end, status, error, extra,
@@ -637,6 +641,12 @@ def _write(
 
         write_plots(load_run(writer.path), writer.plots_dir)
     writer.finish(status, error, extra)  # type: ignore[arg-type]
+
+
+def _lag_summary(lags: list[float]) -> dict[str, float | int | None]:
+    if not lags:
+        return {"steps": 0, "mean": None, "max": None}
+    return {"steps": len(lags), "mean": sum(lags) / len(lags), "max": max(lags)}
 
 
 def _wallclock() -> str:

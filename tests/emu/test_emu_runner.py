@@ -20,12 +20,11 @@ import pytest
 from overlaysim.emu import runner as emu_runner
 from overlaysim.emu.clean import list_nft_tables
 from overlaysim.emu.collect import collect
+from overlaysim.emu.setup import emulation_problems
 from overlaysim.metrics.records import EventLog
 from overlaysim.metrics.results import load_run
 from overlaysim.scenario.loader import load_scenario
 from overlaysim.scenario.timeline import Step
-
-from .test_underlay import emulation_or_skip
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yaml"
 
@@ -145,7 +144,16 @@ def _assert_nothing_left(run: Path) -> None:
 
 @pytest.fixture
 def emu() -> None:
-    emulation_or_skip()
+    """Skip without root/Mininet; under CI (or OVERLAYSIM_REQUIRE_EMU=1) fail instead."""
+    problems = emulation_problems()
+    if not problems:
+        return
+    strict = os.environ.get("OVERLAYSIM_REQUIRE_EMU") == "1" or os.environ.get(
+        "CI", ""
+    ).lower() in ("1", "true", "yes")
+    if strict:
+        pytest.fail(f"emulation required here but unavailable: {problems}", pytrace=False)
+    pytest.skip("; ".join(problems))
 
 
 @pytest.mark.emu
