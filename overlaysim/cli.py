@@ -87,6 +87,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sim)
 
     p = sub.add_parser(
+        "run",
+        help="run a scenario on Mininet, or a container on the running testbed",
+        description="Two forms, as the arguments say:\n\n"
+        "  overlaysim run SCENARIO [--seed N] [--out DIR] [--set k=v ...]\n"
+        "      play a scenario on a Mininet underlay with one real agent per host and the\n"
+        "      kernel VXLAN data plane; writes the same results folder as 'sim'. Needs root.\n\n"
+        "  overlaysim run --name C --network N [--network N2] [--ip IP] HOST\n"
+        "      start a standalone container on HOST of the testbed started by\n"
+        "      'overlaysim up' (like 'docker run --network'; needs attachable networks).",
+        epilog="examples:\n"
+        "  sudo overlaysim run scenarios/quickstart.yaml\n"
+        "  sudo overlaysim run scenarios/churn.yaml --set topology.hosts=10 --out results/churn-emu\n"
+        "  sudo overlaysim run --name c1 --network web h1\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", help="a scenario file, or with --name: a host of the testbed")
+    p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
+    p.add_argument("--out", type=Path, default=None, help="results folder")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a scenario field (YAML value); repeatable",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress display or summary")
+    p.add_argument("--name", help="container form: the container's name")
+    p.add_argument("--network", action="append", dest="networks", default=[], help="container form")
+    p.add_argument("--ip", help="container form: a fixed address (one network only)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
         "report",
         help="summarise a results folder and redraw its plots",
         description="Print the summary table of a results folder and redraw plots/.",
@@ -118,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     p.set_defaults(func=_cmd_clean)
+
+    from overlaysim.testbed_cli import register
+
+    register(sub)
     return parser
 
 
@@ -174,6 +211,31 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         print_summary(load_run(out))
         print(f"results: {out}")
     return 0 if result == "complete" else 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.name:
+        from overlaysim.testbed_cli import run_container
+
+        return run_container(args)
+    if args.networks or args.ip:
+        from overlaysim.errors import UserError
+
+        raise UserError("--network/--ip belong to the container form: add --name NAME")
+    from overlaysim.emu.runner import run_emulation
+    from overlaysim.scenario.loader import load_scenario
+
+    sc = load_scenario(Path(args.target), args.overrides)
+    seed = sc.seed if args.seed is None else args.seed
+    out = args.out or _default_out(sc.name, "emu", seed)
+    status = run_emulation(sc, out, seed=seed, progress=not args.quiet)
+    if not args.quiet:
+        from overlaysim.metrics.results import load_run
+        from overlaysim.report.summary import print_summary
+
+        print_summary(load_run(out))
+        print(f"results: {out}")
+    return 0 if status == "complete" else 1
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

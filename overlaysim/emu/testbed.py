@@ -49,6 +49,8 @@ AGENT_PORT = 7946
 class TestbedError(UserError):
     """Agents did not start, answer or converge; the message names which and why."""
 
+    __test__ = False
+
 
 @dataclass(slots=True)
 class AgentProcess:
@@ -74,6 +76,8 @@ class Testbed:
     ``agent_args`` are extra ``overlayd`` options (e.g. ``["--reconcile-interval", "5"]``).
     Nothing starts until :meth:`start_agent`.
     """
+
+    __test__ = False  # not a pytest class, whatever its name
 
     def __init__(
         self,

@@ -1,0 +1,99 @@
+"""The running testbed's address book: which agents run where, and how to reach them.
+
+``overlaysim up`` writes ``/run/overlaysim/live.json`` when its testbed is ready and
+removes it on teardown; the Docker-style commands (``overlaysim network create``,
+``overlaysim run``, ...) read it and talk to the agents over their control sockets
+(unix sockets on the shared filesystem, so no traffic crosses the underlay).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overlaysim.errors import UserError
+
+LIVE_FILE = Path("/run/overlaysim/live.json")
+
+
+class NoTestbed(UserError):
+    """No running testbed (or its owner died)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveTestbed:
+    run_id: str
+    owner_pid: int
+    manager: str
+    #: host -> {"control": socket path, "underlay_ip": address}
+    hosts: dict[str, dict[str, str]]
+    topology: str = ""
+    #: Namespace prefix of this run's agents (container netns: <prefix>-<host>-<name>).
+    prefix: str = "osim"
+
+    def control(self, host: str) -> str:
+        try:
+            return self.hosts[host]["control"]
+        except KeyError:
+            raise UserError(
+                f"host {host!r} is not in the running testbed (hosts: {', '.join(sorted(self.hosts))})"
+            ) from None
+
+
+def write_live(tb: LiveTestbed, path: Path = LIVE_FILE) -> None:
+    """Publish the testbed atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps(
+            {
+                "run_id": tb.run_id,
+                "owner_pid": tb.owner_pid,
+                "manager": tb.manager,
+                "hosts": tb.hosts,
+                "topology": tb.topology,
+                "prefix": tb.prefix,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+    )
+    os.replace(tmp, path)
+
+
+def remove_live(run_id: str, path: Path = LIVE_FILE) -> None:
+    """Withdraw the testbed, if the file is still ours."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if data.get("run_id") == run_id:
+        path.unlink(missing_ok=True)
+
+
+def read_live(path: Path = LIVE_FILE) -> LiveTestbed:
+    """The running testbed, or :class:`NoTestbed` explaining how to start one."""
+    hint = "start one with: sudo overlaysim up topologies/star.yaml (it runs until Ctrl-C)"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NoTestbed(f"no running testbed ({path} does not exist); {hint}") from None
+    except (OSError, ValueError) as exc:
+        raise NoTestbed(f"{path}: unreadable ({exc}); {hint}") from None
+    pid = int(data.get("owner_pid", 0))
+    if pid <= 0 or not Path(f"/proc/{pid}").exists():
+        raise NoTestbed(
+            f"the testbed in {path} is gone (its owner, pid {pid}, is not running); "
+            f"run 'sudo overlaysim clean', then {hint}"
+        )
+    return LiveTestbed(
+        run_id=str(data["run_id"]),
+        owner_pid=pid,
+        manager=str(data["manager"]),
+        hosts={str(k): dict(v) for k, v in data["hosts"].items()},
+        topology=str(data.get("topology", "")),
+        prefix=str(data.get("prefix", "osim")),
+    )

@@ -1,0 +1,427 @@
+"""Docker-style commands against a running testbed (``overlaysim up``).
+
+Each command reads the testbed's address book (:mod:`overlaysim.emu.live`) and calls
+the agents' control sockets: network definitions and service placement go to the
+manager, containers to the agent of their host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+from typing import Any
+
+from overlaysim.errors import UserError
+
+_FMT = argparse.RawDescriptionHelpFormatter
+
+
+def up(args: argparse.Namespace) -> int:
+    """``overlaysim up TOPOLOGY``: a testbed that stays up until Ctrl-C."""
+    import os
+    import time
+
+    from overlaysim.emu.live import LiveTestbed, remove_live, write_live
+    from overlaysim.emu.net import underlay_session
+    from overlaysim.emu.setup import require_emulation
+    from overlaysim.emu.testbed import Testbed
+    from overlaysim.scenario.loader import load_topology
+
+    require_emulation()
+    topo = load_topology(args.topology)
+    hosts = list(topo.hosts)
+    managers = args.manager or hosts[:1]
+    with underlay_session(topo) as u:
+        tb = Testbed(u, managers=managers, profile=args.profile)
+        run_id = u.record.path.parent.name
+        try:
+            t0 = time.monotonic()
+            for h in hosts:
+                tb.start_agent(h, managers)
+            tb.wait_ready(hosts)
+            tb.wait_formed(hosts)
+            write_live(
+                LiveTestbed(
+                    run_id=run_id,
+                    owner_pid=os.getpid(),
+                    manager=tb.manager_host,
+                    hosts={
+                        h: {
+                            "control": str(tb.sock(h)),
+                            "underlay_ip": u.underlay_ip(h),
+                            "pid": str(u.pid(h)),
+                        }
+                        for h in hosts
+                    },
+                    topology=str(args.topology),
+                    prefix=tb.prefix,
+                )
+            )
+            print(
+                f"testbed {run_id} up: {len(hosts)} hosts with agents, manager on "
+                f"{tb.manager_host}, formed in {time.monotonic() - t0:.1f} s"
+            )
+            for h in hosts:
+                print(f"  {h:<8} {u.underlay_ip(h):<16} {tb.sock(h)}")
+            print("try: overlaysim network create -d overlay --attachable web")
+            print("     overlaysim run --name c1 --network web h1")
+            print("Ctrl-C tears everything down.")
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("tearing down")
+        finally:
+            remove_live(run_id)
+            for host in tb.stop():
+                print(f"teardown: the agent on {host} had to be killed", file=sys.stderr)
+            for problem in tb.errors:
+                print(f"teardown: {problem}", file=sys.stderr)
+            tb.remove_files()
+            with contextlib.suppress(OSError):
+                tb.run_dir.rmdir()  # kept only if a record lists leftovers for 'clean'
+
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``network``, ``rm``, ``ps``, ``exec``, ``service`` and ``inspect``.
+
+    ``run`` has two forms (a scenario, or a container) and lives in :mod:`overlaysim.cli`.
+    """
+    p = sub.add_parser(
+        "up",
+        help="bring up a testbed (underlay + one agent per host) that stays until Ctrl-C",
+        description="Build the Mininet underlay of TOPOLOGY, start one overlay agent per host "
+        "(the manager on the first host), wait until membership has formed, then wait. "
+        "In another terminal, drive it with 'overlaysim network ...', 'overlaysim run --name "
+        "...', 'overlaysim service ...', 'overlaysim inspect HOST'. Needs root.",
+        epilog="example:\n  sudo overlaysim up topologies/star.yaml\n",
+        formatter_class=_FMT,
+    )
+    p.add_argument("topology", help="a topology YAML file (see topologies/)")
+    p.add_argument("--profile", default="lan", choices=["lan", "wan", "local"])
+    p.add_argument("--manager", action="append", help="manager host (default: the first host)")
+    p.set_defaults(func=up)
+
+    net = sub.add_parser(
+        "network",
+        help="create, list, inspect, remove, connect and disconnect overlay networks",
+        description="Manage overlay networks on the running testbed, like 'docker network'.",
+        epilog="examples:\n"
+        "  overlaysim network create -d overlay --attachable --subnet 10.30.0.0/24 web\n"
+        "  overlaysim network ls\n"
+        "  overlaysim network inspect web\n"
+        "  overlaysim network connect db c1\n"
+        "  overlaysim network disconnect db c1\n"
+        "  overlaysim network rm web\n",
+        formatter_class=_FMT,
+    )
+    nsub = net.add_subparsers(dest="net_command", metavar="COMMAND", required=True)
+    p = nsub.add_parser(
+        "create",
+        help="create an overlay network",
+        description="Create an overlay network (VNI and subnet allocated by the manager "
+        "unless given). Encrypted networks are refused until the encrypted data path exists.",
+        epilog="example:\n  overlaysim network create -d overlay --attachable --subnet 10.30.0.0/24 "
+        "--ip-range 10.30.0.128/25 --aux-address router=10.30.0.2 web\n",
+        formatter_class=_FMT,
+    )
+    p.add_argument("-d", "--driver", default="overlay", choices=["overlay"])
+    p.add_argument("--attachable", action="store_true", help="allow standalone containers (run)")
+    p.add_argument("--subnet")
+    p.add_argument("--gateway")
+    p.add_argument("--ip-range", dest="ip_range")
+    p.add_argument("--aux-address", dest="aux", action="append", default=[], metavar="NAME=IP")
+    p.add_argument("--opt", "-o", action="append", default=[], metavar="KEY[=VALUE]")
+    p.add_argument("--mtu", type=int)
+    p.add_argument("name")
+    p.set_defaults(func=_network_create)
+    p = nsub.add_parser("ls", help="list networks")
+    p.set_defaults(func=_network_ls)
+    p = nsub.add_parser("inspect", help="show a network and its endpoints as JSON")
+    p.add_argument("name")
+    p.set_defaults(func=_network_inspect)
+    p = nsub.add_parser("rm", help="remove a network (refused while endpoints remain)")
+    p.add_argument("name")
+    p.set_defaults(func=_network_rm)
+    p = nsub.add_parser("connect", help="attach a running container to another network")
+    p.add_argument("network")
+    p.add_argument("container")
+    p.add_argument("--ip")
+    p.set_defaults(func=_network_connect)
+    p = nsub.add_parser("disconnect", help="detach a container from a network")
+    p.add_argument("network")
+    p.add_argument("container")
+    p.set_defaults(func=_network_disconnect)
+
+    p = sub.add_parser("rm", help="remove a container")
+    p.add_argument("container")
+    p.set_defaults(func=_rm)
+
+    p = sub.add_parser("ps", help="list containers on every host")
+    p.set_defaults(func=_ps)
+
+    p = sub.add_parser(
+        "exec",
+        help="run a command inside a container's network namespace",
+        epilog="example:\n  overlaysim exec c1 -- ping -c 3 10.30.0.3\n",
+        formatter_class=_FMT,
+    )
+    p.add_argument("container")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_exec)
+
+    svc = sub.add_parser(
+        "service",
+        help="create, list and remove replicated services",
+        epilog="example:\n  overlaysim service create --name api --replicas 4 --network web\n",
+        formatter_class=_FMT,
+    )
+    ssub = svc.add_subparsers(dest="svc_command", metavar="COMMAND", required=True)
+    p = ssub.add_parser("create", help="place K replicas on live hosts (round robin)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--network", required=True)
+    p.set_defaults(func=_service_create)
+    p = ssub.add_parser("ls", help="list services")
+    p.set_defaults(func=_service_ls)
+    p = ssub.add_parser("rm", help="remove a service and its tasks")
+    p.add_argument("name")
+    p.set_defaults(func=_service_rm)
+
+    p = sub.add_parser(
+        "inspect",
+        help="show a host's membership view, gossip tables and kernel FDB/neighbour entries",
+        epilog="examples:\n  overlaysim inspect h2\n  overlaysim inspect h2 --what kernel\n",
+        formatter_class=_FMT,
+    )
+    p.add_argument("host")
+    p.add_argument(
+        "--what", choices=["all", "members", "tables", "kernel", "status"], default="all"
+    )
+    p.set_defaults(func=_inspect)
+
+
+# -- plumbing ----------------------------------------------------------------------------
+
+
+def _call(socket_path: str, op: str, **args: Any) -> Any:
+    from overlaysim.agent.control import ControlClient
+
+    try:
+        return ControlClient(socket_path).call(op, **args)
+    except (ConnectionError, FileNotFoundError, OSError) as exc:
+        raise UserError(f"cannot reach the agent at {socket_path}: {exc}") from None
+
+
+def _manager(op: str, **args: Any) -> Any:
+    from overlaysim.emu.live import read_live
+
+    tb = read_live()
+    return _call(tb.control(tb.manager), "manager", call=op, args=args)
+
+
+def _find(container: str) -> tuple[str, dict[str, Any]]:
+    """(host, status) of the agent holding ``container``."""
+    from overlaysim.emu.live import read_live
+
+    tb = read_live()
+    for host in sorted(tb.hosts):
+        try:
+            st = _call(tb.control(host), "status")
+        except UserError:
+            continue
+        if container in st.get("containers", {}):
+            return host, st
+    raise UserError(f"no such container: {container}")
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+# -- networks ----------------------------------------------------------------------------
+
+
+def _network_create(args: argparse.Namespace) -> int:
+    encrypted = False
+    for opt in args.opt:
+        key, _, value = opt.partition("=")
+        if key == "encrypted" and value in ("", "true", "1"):
+            encrypted = True
+        else:
+            raise UserError(f"--opt {opt}: unknown option; supported: encrypted")
+    aux = {}
+    for item in args.aux:
+        name, sep, ip = item.partition("=")
+        if not sep or not name or not ip:
+            raise UserError(f"--aux-address {item!r}: expected NAME=IP")
+        aux[name] = ip
+    spec = {
+        "name": args.name,
+        "subnet": args.subnet,
+        "gateway": args.gateway,
+        "ip_range": args.ip_range,
+        "aux_addresses": aux,
+        "attachable": args.attachable,
+        "encrypted": encrypted,
+        "mtu": args.mtu,
+    }
+    net = _manager("network_create", spec=spec)
+    print(net["id"])
+    return 0
+
+
+def _network_ls(args: argparse.Namespace) -> int:
+    nets = _manager("network_ls")
+    print(f"{'NETWORK ID':<14}{'NAME':<16}{'DRIVER':<9}{'VNI':<7}{'SUBNET':<18}ATTACHABLE")
+    for n in nets:
+        print(
+            f"{n['id'][:12]:<14}{n['name']:<16}{'overlay':<9}{n['vni']:<7}"
+            f"{n['subnet']:<18}{str(n['attachable']).lower()}"
+        )
+    return 0
+
+
+def _network_inspect(args: argparse.Namespace) -> int:
+    _print(_manager("network_inspect", name=args.name))
+    return 0
+
+
+def _network_rm(args: argparse.Namespace) -> int:
+    net = _manager("network_rm", name=args.name)
+    print(net["name"])
+    return 0
+
+
+def _network_connect(args: argparse.Namespace) -> int:
+    from overlaysim.emu.live import read_live
+
+    host, _ = _find(args.container)
+    res = _call(
+        read_live().control(host),
+        "connect",
+        container=args.container,
+        network=args.network,
+        ip=args.ip,
+    )
+    _print(res)
+    return 0
+
+
+def _network_disconnect(args: argparse.Namespace) -> int:
+    from overlaysim.emu.live import read_live
+
+    host, _ = _find(args.container)
+    _call(read_live().control(host), "disconnect", container=args.container, network=args.network)
+    return 0
+
+
+# -- containers --------------------------------------------------------------------------
+
+
+def run_container(args: argparse.Namespace) -> int:
+    """``overlaysim run --name C --network N HOST`` (the container form of ``run``)."""
+    from overlaysim.emu.live import read_live
+
+    tb = read_live()
+    if not args.networks:
+        raise UserError("run --name: give at least one --network")
+    req: dict[str, Any] = {"container": args.name, "networks": args.networks}
+    if args.ip:
+        req["ip"] = args.ip
+    res = _call(tb.control(str(args.target)), "run", **req)
+    _print(res)
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    from overlaysim.emu.live import read_live
+
+    host, _ = _find(args.container)
+    _call(read_live().control(host), "rm", container=args.container)
+    print(args.container)
+    return 0
+
+
+def _ps(args: argparse.Namespace) -> int:
+    from overlaysim.emu.live import read_live
+
+    tb = read_live()
+    print(f"{'CONTAINER':<20}{'HOST':<10}NETWORKS")
+    for host in sorted(tb.hosts):
+        st = _call(tb.control(host), "status")
+        for name, nets in sorted(st.get("containers", {}).items()):
+            print(f"{name:<20}{host:<10}{','.join(nets)}")
+    return 0
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from overlaysim.emu.live import read_live
+
+    host, _ = _find(args.container)
+    argv = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise UserError("exec: give a command after the container, e.g. -- ping -c 3 10.30.0.3")
+    netns = _container_netns(host, args.container)
+    # Container namespaces are mounted inside the host's mount namespace: enter it first.
+    pid = read_live().hosts[host].get("pid")
+    prefix = ["mnexec", "-a", pid] if pid else []
+    return subprocess.call([*prefix, "ip", "netns", "exec", netns, *argv])
+
+
+def _container_netns(host: str, container: str) -> str:
+    # The data plane's naming rule (overlaysim.agent.dataplane.DataPlane._container_ns_name).
+    from overlaysim.agent import netns as kns
+    from overlaysim.emu.live import read_live
+
+    return f"{read_live().prefix}-{kns.name_part(host)}-{kns.name_part(container)}"
+
+
+# -- services ----------------------------------------------------------------------------
+
+
+def _service_create(args: argparse.Namespace) -> int:
+    from overlaysim.emu.live import read_live
+
+    tb = read_live()
+    svc = _manager("service_create", name=args.name, replicas=args.replicas, network=args.network)
+    for task, host in svc["tasks"]:
+        _call(tb.control(host), "task", container=task, networks=[args.network])
+        print(f"{task} on {host}")
+    return 0
+
+
+def _service_ls(args: argparse.Namespace) -> int:
+    for s in _manager("service_ls"):
+        print(f"{s['name']:<16}{len(s['tasks'])} replicas  network {s['network']}")
+    return 0
+
+
+def _service_rm(args: argparse.Namespace) -> int:
+    from overlaysim.emu.live import read_live
+
+    tb = read_live()
+    svc = _manager("service_rm", name=args.name)
+    for task, host in svc["tasks"]:
+        try:
+            _call(tb.control(host), "rm", container=task)
+        except Exception as exc:  # a task on a dead host is already gone
+            print(f"{task}: {exc}", file=sys.stderr)
+    print(args.name)
+    return 0
+
+
+# -- looking inside ----------------------------------------------------------------------
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from overlaysim.emu.live import read_live
+
+    sock = read_live().control(args.host)
+    what = ["members", "tables", "kernel"] if args.what == "all" else [args.what]
+    _print({w: _call(sock, w) for w in what})
+    return 0
