@@ -8,7 +8,7 @@ survival probability (the same distribution as one trial per link, one random dr
 
 Scenario impairments add to the links: ``loss`` on one link, or "everywhere", which
 means end to end: every host-to-host datagram is dropped with that probability once,
-as the emulator does with one random-drop rule on each host's egress.
+as the emulator does with one random-drop rule on each host's ingress.
 """
 
 from __future__ import annotations
