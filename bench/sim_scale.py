@@ -30,6 +30,7 @@ from overlaysim.core.config import profile
 from overlaysim.scenario.generators import star
 from overlaysim.scenario.topology import LinkSpec
 from overlaysim.sim.engine import Observer, SimCluster
+from overlaysim.sim.runner import frozen_heap
 from overlaysim.sim.underlay import Underlay
 
 
@@ -102,13 +103,14 @@ def run_size(n: int, seconds: float, preset: str, settle: float, seed: int) -> d
     # O(N^2 log N) receipts, which is a boot cost, not the steady state measured here.
     # The table layer idles (no networks), so it is not told about N x N peers.
     cluster.start_formed(hosts, tables=False)
-    env.run(until=settle)
-    boot_wall = time.perf_counter() - t0
-    delivered0 = cluster.messages_delivered
-    timers0 = _timer_count(cluster)
-    t1 = time.perf_counter()
-    env.run(until=settle + seconds)
-    wall = time.perf_counter() - t1
+    with frozen_heap():  # as run_simulation does
+        env.run(until=settle)
+        boot_wall = time.perf_counter() - t0
+        delivered0 = cluster.messages_delivered
+        timers0 = _timer_count(cluster)
+        t1 = time.perf_counter()
+        env.run(until=settle + seconds)
+        wall = time.perf_counter() - t1
     delivered = cluster.messages_delivered - delivered0
     handled = delivered + (_timer_count(cluster) - timers0)
     alive_views = sum(len(s.node.membership.alive()) for s in cluster.slots.values())

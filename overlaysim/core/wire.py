@@ -346,6 +346,43 @@ def encode(msg: Message) -> bytes:
     return _packb([VERSION, int(msg.TYPE), *_to_list(msg)])
 
 
+_RECORD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _array_header(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 65536 else 5
+
+
+def encoded_size(msg: Message, record_sizes: dict[int, tuple[Any, int]]) -> int:
+    """``len(encode(msg))`` without re-encoding shared records every time.
+
+    For the simulator: full-state messages (push-pull, bulk sync) carry thousands of
+    records that are shared immutable objects, so each record's size is computed once
+    and kept in ``record_sizes`` (keyed by ``id``; the record is kept alive alongside so
+    the id cannot be reused). Small messages are simply encoded.
+    """
+    fields = _RECORD_FIELDS.get(type(msg))
+    if fields is None:
+        fields = _RECORD_FIELDS[type(msg)] = tuple(
+            name for name, kind, _ in _schema(type(msg)) if kind == "records"
+        )
+    big = [name for name in fields if len(getattr(msg, name)) > 16]
+    if not big:
+        return len(encode(msg))
+    empty = dataclasses.replace(msg, **{name: () for name in big})
+    size = len(encode(empty))
+    for name in big:
+        recs = getattr(msg, name)
+        size += _array_header(len(recs)) - 1
+        for r in recs:
+            hit = record_sizes.get(id(r))
+            if hit is None or hit[0] is not r:
+                hit = (r, len(_packb(_to_list(r))))
+                record_sizes[id(r)] = hit
+            size += hit[1]
+    return size
+
+
 def decode(data: bytes, max_size: int = MAX_DATAGRAM) -> Message:
     """Decode bytes into a message, or raise :class:`WireError`.
 

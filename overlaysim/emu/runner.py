@@ -135,6 +135,8 @@ class EmuWorld:
                 "mtu": net.mtu,
             }
             made = self.testbed.manager_call("network_create", spec=spec)
+            if any(n["name"] == made["name"] for n in self.networks):
+                continue  # re-created after a manager restart: keep the first facts
             self.networks.append(
                 {
                     "name": made["name"],
@@ -165,9 +167,9 @@ class EmuWorld:
             self.t0 = time.monotonic()
             for h in order:
                 tb.start_agent(h, self._seeds(h))
+                self.up.add(h)  # as in the simulator: later hosts join through it
             starts = tb.wait_ready(order)
             for h in order:
-                self.up.add(h)
                 self._event(max(0.0, starts[h] - self.t0), "node_start", subject=h)
             self.create_networks()
         self.start_containers(the_plan.containers)
@@ -293,12 +295,29 @@ class EmuWorld:
         t = max(0.0, started - self.t0)
         self.up.add(host)
         self._event(t, kind, subject=host)
+        if host == tb.manager_host:
+            self._restore_manager()
         for c in list(self.containers.values()):
             if c.host == host and c.networks:
                 try:
                     self._reannounce(c, self.now())
                 except _STEP_ERRORS as exc:
                     self._skip(kind, container=c.name, reason=_why(exc))
+
+    def _restore_manager(self) -> None:
+        """A restarted manager starts empty: re-create the networks and re-register the
+        addresses that containers on running hosts still hold, so none is handed out
+        twice. (Managers are not replicated yet; see docs/agent.md, Limits.)"""
+        self.create_networks()
+        for c in self.containers.values():
+            if not c.live or c.host not in self.up:
+                continue
+            for net, ip in c.networks.items():
+                if ip:
+                    self.testbed.manager_call(
+                        "allocate", network=net, endpoint=c.name, ip=ip, standalone=False,
+                        host=c.host,
+                    )  # fmt: skip
 
     def crash(self, host: str) -> None:
         if host not in self.up:

@@ -19,7 +19,7 @@ from simpy.events import Timeout
 from overlaysim.core.config import MembershipConfig, TableConfig
 from overlaysim.core.events import EntryEvent, MemberEvent
 from overlaysim.core.node import Node
-from overlaysim.core.wire import Message, encode
+from overlaysim.core.wire import Message, encoded_size
 from overlaysim.sim.underlay import Underlay
 
 
@@ -65,6 +65,7 @@ class SimCluster:
         self.messages_sent = 0
         self.messages_lost = 0
         self.timers_fired = 0
+        self._record_sizes: dict[int, tuple[object, int]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -147,7 +148,7 @@ class SimCluster:
             transit = self.underlay.transit
             env = self.env
             for s in sends:
-                size = len(encode(s.msg))
+                size = encoded_size(s.msg, self._record_sizes)
                 self.messages_sent += 1
                 obs.sent(now, host, s.msg, size)
                 delay = transit(host, s.dst, size, net_rng, s.reliable)

@@ -4,7 +4,7 @@ The merge of agent logs with the runner's ground truth (``collect``) is checked 
 on synthetic input (no root). Then, as root: the shipped quickstart scenario runs on
 Mininet and writes the simulator's results folder (same metrics keys), a failing run
 and an interrupted run are marked so and leave nothing behind. The quickstart plays
-60 s of scenario; the whole module takes about two minutes.
+60 s of scenario (marked ``slow``, about 80 s); the rest takes about 10 s.
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ def emu() -> None:
 
 
 @pytest.mark.emu
+@pytest.mark.slow  # 60 s of scenario plus set-up and measurements: about 80 s
 def test_quickstart_writes_the_simulators_results_folder(emu: None, tmp_path: Path) -> None:
     from overlaysim.sim.runner import run_simulation
 
@@ -257,4 +258,29 @@ def test_a_refused_network_fails_the_run_and_tears_down(emu: None, tmp_path: Pat
     run = load_run(tmp_path / "run")
     assert run.status == "failed"
     assert "encrypted overlay networks are not supported" in run.manifest["error"]
+    _assert_nothing_left(tmp_path / "run")
+
+
+@pytest.mark.emu
+def test_join_boot_starts_the_clock_before_the_agents(emu: None, tmp_path: Path) -> None:
+    scenario = load_scenario(
+        QUICKSTART, ["boot=join", "duration=6", "events=[]", "measure.throughput=[]"]
+    )
+    status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False, plots=False)
+    assert status == "complete"
+    run = load_run(tmp_path / "run")
+    ev = run.events
+    starts = ev[ev["kind"] == "node_start"]
+    assert sorted(starts["subject"]) == [f"h{i}" for i in range(1, 6)]
+    assert (starts["t"] > 0).all()  # each stamped with its agent's own start
+    joins = ev[ev["kind"] == "member_join"]
+    hosts = [f"h{i}" for i in range(1, 6)]
+    # every agent saw every other one join, after t=0 (they all started after it)
+    assert set(zip(joins["node"], joins["subject"], strict=True)) == {
+        (a, b) for a in hosts for b in hosts if a != b
+    }
+    assert (joins["t"] > 0).all()
+    assert run.metrics is not None
+    reach = run.metrics["reachability"]
+    assert reach["expected_pairs"] > 0 and reach["reachable_pairs"] == reach["expected_pairs"]
     _assert_nothing_left(tmp_path / "run")
