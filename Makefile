@@ -20,7 +20,7 @@ sysdeps:
 	@bash scripts/sysdeps.sh
 
 demo: $(STAMP) sysdeps
-	$(VENV)/bin/overlaysim sim scenarios/quickstart.yaml --out results/quickstart
+	$(VENV)/bin/overlaysim run scenarios/quickstart.yaml --out results/quickstart
 
 lint: $(STAMP)
 	$(PY) -m ruff check overlaysim tests bench

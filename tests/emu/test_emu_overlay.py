@@ -3,7 +3,7 @@
 A 3-host star, ``local`` timing, two networks: ``a1`` on h1 (web), ``a2`` on h2 (web
 and db), ``a3`` on h3 (db). Each test boots that testbed through the runner's
 :class:`EmuWorld` (h1 serves the manager) and checks, after teardown, that nothing with
-the run's prefix is left. As root; about 45 s for the module.
+the run's prefix is left. As root; about 30 s for the module.
 """
 
 from __future__ import annotations
