@@ -437,6 +437,7 @@ def clean(
             echo(line)
     else:
         _sweep_prefixed(prefix, dry_run, note)
+        _sweep_orphan_folders(state_dir, dry_run, note)
     if not dry_run:
         for line in release_bridge_nf(None):
             done.append(line)
@@ -509,6 +510,35 @@ def _clean_data_plane(run_dir: Path, dry_run: bool, note: Callable[[str], None])
             note(f"{obj.kind} {obj.name} [{path.name}]")
         if not load_outstanding(path):
             path.unlink()
+
+
+def _sweep_orphan_folders(state_dir: Path, dry_run: bool, note: Callable[[str], None]) -> None:
+    """Run folders whose underlay is gone (no record) but whose agents left files.
+
+    Their hosts' namespaces died with the underlay, and with them everything the agents
+    created inside; what remains are logs and records. Root-namespace objects a record
+    still lists are removed first (through the data-plane record), then the folder.
+    """
+    if not state_dir.is_dir():
+        return
+    for run_dir in sorted(p for p in state_dir.iterdir() if p.is_dir()):
+        if (run_dir / RECORD_FILE).exists():
+            continue  # a record: handled (or live) above
+        try:
+            if time.time() - run_dir.stat().st_mtime < 60:
+                continue  # may be a run starting right now, before its record exists
+        except OSError:
+            continue
+        _clean_data_plane(run_dir, dry_run, note)
+        if dry_run:
+            note(f"folder {run_dir}")
+            continue
+        for path in run_dir.iterdir():
+            if path.is_file() or path.is_socket():
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+            note(f"folder {run_dir}")
 
 
 def _sweep_prefixed(prefix: str, dry_run: bool, note: Callable[[str], None]) -> None:
