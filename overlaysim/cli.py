@@ -128,7 +128,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("results", type=Path)
     p.add_argument("--no-plots", action="store_true", help="do not redraw plots")
+    p.add_argument(
+        "--html",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="PATH",
+        help="also write one self-contained HTML page (default: RESULTS/report.html)",
+    )
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "compare",
+        help="compare two results folders (e.g. simulator vs emulation)",
+        description="Compare the distributions of two runs: endpoint convergence latency "
+        "(overall and per op), crash detection (first suspicion, all dead) and join "
+        "visibility, with n, median and p95 per side and a two-sample Kolmogorov-Smirnov "
+        "test ('agree' when p >= alpha; 'too few samples' below 5 values on a side); "
+        "overhead and false positives as ratios B/A. Writes compare.json and compare.png.",
+        epilog="examples:\n"
+        "  overlaysim compare results/quickstart-sim-s7 results/quickstart-emu-s7\n"
+        "  overlaysim compare results/a results/b --alpha 0.01 --out results/a-vs-b\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_a", type=Path, metavar="RUN_A", help="reference results folder")
+    p.add_argument("run_b", type=Path, metavar="RUN_B", help="results folder compared with A")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write compare.json and compare.png (default: RUN_B/compare-with-<A>)",
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.05, help="significance level of the KS tests (0.05)"
+    )
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser(
         "doctor",
@@ -196,21 +230,29 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_sim(args: argparse.Namespace) -> int:
+def _run_scenario(args: argparse.Namespace, path: Path, backend: str) -> int:
+    """Load, run on ``backend`` (sim or emu), print the summary; exit status 0 if complete."""
     from overlaysim.scenario.loader import load_scenario
-    from overlaysim.sim.runner import run_simulation
 
-    sc = load_scenario(args.scenario, args.overrides)
+    sc = load_scenario(path, args.overrides)
     seed = sc.seed if args.seed is None else args.seed
-    out = args.out or _default_out(sc.name, "sim", seed)
-    result = run_simulation(sc, out, seed=seed, progress=not args.quiet)
+    out = args.out or _default_out(sc.name, backend, seed)
+    if backend == "sim":
+        from overlaysim.sim.runner import run_simulation as run
+    else:
+        from overlaysim.emu.runner import run_emulation as run
+    status = run(sc, out, seed=seed, progress=not args.quiet)
     if not args.quiet:
         from overlaysim.metrics.results import load_run
         from overlaysim.report.summary import print_summary
 
         print_summary(load_run(out))
         print(f"results: {out}")
-    return 0 if result == "complete" else 1
+    return 0 if status == "complete" else 1
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    return _run_scenario(args, args.scenario, "sim")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -222,20 +264,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from overlaysim.errors import UserError
 
         raise UserError("--network/--ip belong to the container form: add --name NAME")
-    from overlaysim.emu.runner import run_emulation
-    from overlaysim.scenario.loader import load_scenario
-
-    sc = load_scenario(Path(args.target), args.overrides)
-    seed = sc.seed if args.seed is None else args.seed
-    out = args.out or _default_out(sc.name, "emu", seed)
-    status = run_emulation(sc, out, seed=seed, progress=not args.quiet)
-    if not args.quiet:
-        from overlaysim.metrics.results import load_run
-        from overlaysim.report.summary import print_summary
-
-        print_summary(load_run(out))
-        print(f"results: {out}")
-    return 0 if status == "complete" else 1
+    return _run_scenario(args, Path(args.target), "emu")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -249,6 +278,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
         paths = write_plots(run, args.results / "plots")
         for p in paths:
             print(f"plot: {p}")
+    if args.html is not None:
+        from overlaysim.report.html import write_html
+
+        dest = write_html(run, None if args.html is True else Path(args.html))
+        print(f"html: {dest}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from overlaysim.report.compare import (
+        compare_runs,
+        comparison_table,
+        default_out_dir,
+        load_comparable,
+        write_comparison,
+    )
+
+    a, b = load_comparable(args.run_a), load_comparable(args.run_b)
+    comparison = compare_runs(a, b, alpha=args.alpha)
+    console = Console()
+    console.print(comparison_table(comparison))
+    for w in comparison.warnings:
+        console.print(f"[yellow]warning: {w}[/]")
+    console.print(f"[bold]{comparison.overall_line()}[/]")
+    out = args.out or default_out_dir(args.run_a, args.run_b)
+    for p in write_comparison(comparison, out):
+        print(f"wrote: {p}")
     return 0
 
 
