@@ -87,6 +87,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sim)
 
     p = sub.add_parser(
+        "sweep",
+        help="run a scenario over a grid of overrides x seeds (resumable, parallel)",
+        description="Run every combination of the --grid values, once per seed, each in "
+        "OUT/<point>/seed-<s>/ (a results folder like 'sim' writes). Runs whose manifest "
+        "says complete are skipped, so re-running the same command resumes a sweep. "
+        "Every point is validated before anything runs. OUT/index.csv gets one row per "
+        "run: grid values, seed, status, path and the scalar metrics. See docs/sweeps.md.",
+        epilog="examples:\n"
+        "  overlaysim sweep scenarios/loss-sweep.yaml --grid events.0.percent=0,5,10 --seeds 5\n"
+        "  overlaysim sweep scenarios/quickstart.yaml --grid topology.hosts=20,50 \\\n"
+        "      --grid profile=lan,wan --seed-list 1,2,3 --out results/qs-sweep --jobs 4\n"
+        "  overlaysim sweep scenarios/scale-1000.yaml --grid topology.hosts=1000,2000 \\\n"
+        "      --seeds 3 --executor dask://scheduler:8786\n"
+        "  sudo overlaysim sweep scenarios/churn.yaml --backend emu --grid topology.hosts=5,10\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scenario", type=Path, help="scenario YAML file (see docs/scenarios.md)")
+    p.add_argument(
+        "--grid",
+        dest="grids",
+        action="append",
+        default=[],
+        metavar="PATH=V1,V2,...",
+        help="a scenario field and the values to sweep (YAML; commas inside [...] stay); "
+        "repeatable, the points are the cartesian product",
+    )
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None, metavar="K", help="seeds 0..K-1 (1)")
+    seeds.add_argument("--seed-list", default=None, metavar="S1,S2,...", help="explicit seeds")
+    p.add_argument("--backend", choices=("sim", "emu"), default="sim", help="default: sim")
+    p.add_argument(
+        "--out", type=Path, default=None, help="sweep folder (default: results/sweep-<scenario>)"
+    )
+    p.add_argument(
+        "--jobs", type=int, default=None, help="parallel runs (default: CPU count; 1 for emu)"
+    )
+    p.add_argument(
+        "--executor",
+        default="local",
+        metavar="local|dask-local|dask://HOST:PORT",
+        help="local process pool (default), a Dask LocalCluster, or a Dask scheduler",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a scenario field for every point (YAML value); repeatable",
+    )
+    p.add_argument("--plots", action="store_true", help="also draw each run's plots (slower)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
         "run",
         help="run a scenario on Mininet, or a container on the running testbed",
         description="Two forms, as the arguments say:\n\n"
@@ -123,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="summarise a results folder and redraw its plots",
         description="Print the summary table of a results folder and redraw plots/.",
-        epilog="example:\n  overlaysim report results/quickstart\n",
+        epilog="examples:\n  overlaysim report results/quickstart\n"
+        "  overlaysim report results/quickstart --html\n"
+        "  overlaysim report results/quickstart --no-plots --html /tmp/quickstart.html\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("results", type=Path)
@@ -141,11 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "compare",
         help="compare two results folders (e.g. simulator vs emulation)",
-        description="Compare the distributions of two runs: endpoint convergence latency "
-        "(overall and per op), crash detection (first suspicion, all dead) and join "
-        "visibility, with n, median and p95 per side and a two-sample Kolmogorov-Smirnov "
-        "test ('agree' when p >= alpha; 'too few samples' below 5 values on a side); "
-        "overhead and false positives as ratios B/A. Writes compare.json and compare.png.",
+        description="Compare the distributions of two runs (e.g. simulator vs emulation):\n"
+        "endpoint convergence latency (overall and per op), crash detection (first\n"
+        "suspicion, all dead) and join visibility, with n, median and p95 per side and a\n"
+        "two-sample Kolmogorov-Smirnov test: 'agree' when p >= alpha, 'differ' otherwise,\n"
+        "'too few samples' below 5 values on a side. Overhead and false positives are\n"
+        "shown as ratios B/A. Writes compare.json and compare.png (see docs/compare.md).",
         epilog="examples:\n"
         "  overlaysim compare results/quickstart-sim-s7 results/quickstart-emu-s7\n"
         "  overlaysim compare results/a results/b --alpha 0.01 --out results/a-vs-b\n",
@@ -253,6 +311,44 @@ def _run_scenario(args: argparse.Namespace, path: Path, backend: str) -> int:
 
 def _cmd_sim(args: argparse.Namespace) -> int:
     return _run_scenario(args, args.scenario, "sim")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from overlaysim.scenario.loader import load_scenario
+    from overlaysim.sweep import (
+        check_executor,
+        parse_grid,
+        parse_seed_list,
+        plan_sweep,
+        run_sweep,
+        seeds_from,
+    )
+
+    check_executor(args.executor, args.backend, args.jobs)
+    grids = [parse_grid(g) for g in args.grids]
+    listed = parse_seed_list(args.seed_list) if args.seed_list is not None else None
+    seeds = seeds_from(args.seeds, listed)
+    out = args.out or Path("results") / f"sweep-{load_scenario(args.scenario, args.overrides).name}"
+    plan = plan_sweep(
+        args.scenario,
+        grids,
+        seeds,
+        out,
+        base_overrides=args.overrides,
+        backend=args.backend,
+        plots=args.plots,
+    )
+    result = run_sweep(plan, jobs=args.jobs, executor=args.executor, progress=not args.quiet)
+    if not args.quiet:
+        print(
+            f"{len(plan.tasks)} runs: {result.done} done, {result.skipped} skipped, "
+            f"{result.failed} failed"
+        )
+        for o in result.ran:
+            if o.status != "complete":
+                print(f"  {o.point_id}/seed-{o.seed}: {o.status} {o.error or ''}".rstrip())
+        print(f"index: {result.index}")
+    return 0 if result.ok else 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -1,0 +1,538 @@
+"""Fidelity check: do two runs of a scenario (e.g. simulator vs emulation) agree?
+
+Each timing metric is a sample of per-event values (one latency per converged commit,
+one detection time per crash, one visibility time per join). Two runs are compared
+metric by metric with a two-sample Kolmogorov–Smirnov test: ``agree`` when the test
+cannot tell the samples apart at level ``alpha`` (p ≥ alpha), ``differ`` otherwise.
+Below :data:`MIN_SAMPLES` values on either side the test is not run. Scalar metrics
+(overhead, false positives) are shown side by side with their ratio B / A.
+
+Reference: ``docs/compare.md``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import matplotlib as mpl
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from rich.table import Table
+from scipy.stats import ks_2samp
+
+from overlaysim.errors import UserError
+from overlaysim.metrics.atomic import atomic_write_bytes, json_bytes
+from overlaysim.metrics.compute import compute_metrics
+from overlaysim.metrics.membership import failure_detections, join_visibilities
+from overlaysim.metrics.results import MANIFEST, Run, load_run
+from overlaysim.metrics.stats import pct
+from overlaysim.report.plots import DPI, STYLE
+
+#: Fewer values than this on either side: no KS test (its p-value means little).
+MIN_SAMPLES = 5
+#: Tables a run must hold to be compared (the timing samples come from them).
+REQUIRED_FILES = ("events.csv", "convergence.csv")
+COMPARE_JSON = "compare.json"
+COMPARE_PNG = "compare.png"
+FIGSIZE = (16.0, 7.0)  # inches: two panels side by side, 1600x700 px at DPI
+
+Verdict = Literal["agree", "differ", "too few samples"]
+
+
+class CompareError(UserError):
+    """A folder cannot be compared (missing, not a results folder, or incomplete)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DistributionComparison:
+    """One timing metric in both runs, with the KS test result."""
+
+    metric: str  # stable key, e.g. "convergence.add"
+    label: str  # human text, e.g. "endpoint convergence (add)"
+    a: tuple[float, ...]
+    b: tuple[float, ...]
+    statistic: float | None  # KS D, None when not tested
+    p_value: float | None
+    verdict: Verdict
+
+    @property
+    def tested(self) -> bool:
+        return self.verdict != "too few samples"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScalarComparison:
+    """One summary number in both runs; ``ratio`` is B / A (None when A is 0 and B is not)."""
+
+    metric: str
+    label: str
+    unit: str
+    a: float | None
+    b: float | None
+    ratio: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunInfo:
+    """What identifies a side of the comparison."""
+
+    path: str
+    folder: str
+    name: str
+    backend: str
+    seed: Any
+    status: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.folder} ({self.backend}, seed {self.seed})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Comparison:
+    """The result of :func:`compare_runs`."""
+
+    a: RunInfo
+    b: RunInfo
+    alpha: float
+    distributions: tuple[DistributionComparison, ...]
+    scalars: tuple[ScalarComparison, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def differing(self) -> list[str]:
+        return [d.label for d in self.distributions if d.verdict == "differ"]
+
+    @property
+    def overall(self) -> str:
+        """``agree``, ``differ``, or ``too few samples`` when nothing could be tested."""
+        tested = [d for d in self.distributions if d.tested]
+        if not tested:
+            return "too few samples"
+        return "differ" if self.differing else "agree"
+
+    def overall_line(self) -> str:
+        """One sentence with the overall verdict."""
+        tested = sum(d.tested for d in self.distributions)
+        untested = len(self.distributions) - tested
+        skipped = f"; {untested} not tested (fewer than {MIN_SAMPLES} samples)" if untested else ""
+        if self.overall == "too few samples":
+            return f"overall: too few samples — no metric has {MIN_SAMPLES}+ values on both sides"
+        if self.overall == "differ":
+            return (
+                f"overall: differ — {len(self.differing)} of {tested} tested metrics differ at "
+                f"alpha={self.alpha:g} ({'; '.join(self.differing)}){skipped}"
+            )
+        return (
+            f"overall: agree — all {tested} tested metrics agree at alpha={self.alpha:g}{skipped}"
+        )
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def load_comparable(path: Path | str) -> Run:
+    """Load a results folder, or raise :class:`CompareError` saying what is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise CompareError(f"{path}: no such folder")
+    if not path.is_dir():
+        raise CompareError(f"{path}: not a folder")
+    if not (path / MANIFEST).is_file():
+        raise CompareError(f"{path}: not a results folder (no {MANIFEST})")
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        try:
+            status = load_run(path).status
+        except ValueError:  # unreadable manifest: report the missing tables anyway
+            status = "unknown"
+        raise CompareError(
+            f"{path}: incomplete results folder (status {status}; missing {', '.join(missing)})"
+        )
+    try:
+        return load_run(path)
+    except ValueError as exc:  # malformed JSON or CSV
+        raise CompareError(f"{path}: unreadable results folder: {exc}") from exc
+
+
+def _duration(run: Run) -> float:
+    m = run.metrics or {}
+    if m.get("duration_s") is not None:
+        return float(m["duration_s"])
+    return float((run.manifest.get("scenario") or {}).get("duration") or 0.0)
+
+
+def _metrics(run: Run) -> Mapping[str, Any]:
+    """metrics.json, or the same numbers recomputed from the tables when it is absent."""
+    if run.metrics is not None:
+        return run.metrics
+    m = run.manifest
+    nodes = m.get("nodes") or len(set(run.events["subject"][run.events["kind"] == "node_start"]))
+    return compute_metrics(
+        run.events,
+        run.convergence,
+        run.traffic,
+        run.reachability,
+        run.throughput,
+        traffic_kinds=run.traffic_kinds,
+        backend=str(m.get("backend", "")),
+        scenario=run.name,
+        seed=int(m.get("seed") or 0),
+        duration_s=_duration(run),
+        nodes=int(nodes or 1),
+    )
+
+
+# --- samples ---------------------------------------------------------------------------
+
+
+def _finite(values: Any) -> np.ndarray:
+    a = np.asarray(values, dtype=float)
+    return a[np.isfinite(a)]
+
+
+def samples(run: Run, ops: list[str] | None = None) -> dict[str, tuple[str, np.ndarray]]:
+    """Per-event timing samples of a run, in seconds: ``{metric: (label, values)}``.
+
+    ``ops`` lists the commit ops to break convergence down by (default: those present).
+    """
+    conv = run.convergence
+    ok = conv[conv["status"] == "converged"]
+    ops = sorted(set(ok["op"])) if ops is None else ops
+    out: dict[str, tuple[str, np.ndarray]] = {
+        "convergence.all": ("convergence, all ops", _finite(ok["latency_s"]))
+    }
+    for op in ops:
+        out[f"convergence.{op}"] = (
+            f"convergence, {op}",
+            _finite(ok.loc[ok["op"] == op, "latency_s"]),
+        )
+    duration = _duration(run)
+    fd = failure_detections(run.events, duration)
+    out["detection.first_suspect"] = ("crash: first suspicion", _finite(fd["first_suspect_s"]))
+    out["detection.all_dead"] = ("crash: all dead", _finite(fd["all_dead_s"]))
+    jv = join_visibilities(run.events, duration)
+    out["join.visibility"] = ("join visibility", _finite(jv["visibility_s"]))
+    return out
+
+
+def ks_verdict(
+    a: np.ndarray, b: np.ndarray, alpha: float
+) -> tuple[float | None, float | None, Verdict]:
+    """KS statistic, p-value and verdict for two samples (no test below MIN_SAMPLES)."""
+    if len(a) < MIN_SAMPLES or len(b) < MIN_SAMPLES:
+        return None, None, "too few samples"
+    res = ks_2samp(a, b)
+    p = float(res.pvalue)
+    return float(res.statistic), p, "agree" if p >= alpha else "differ"
+
+
+# --- comparing -------------------------------------------------------------------------
+
+_SCALARS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("overhead.bytes_per_node_per_s", "bytes sent per node", "B/s",
+     ("overhead", "bytes_per_node_per_s")),
+    ("overhead.msgs_per_node_per_s", "messages sent per node", "msg/s",
+     ("overhead", "msgs_per_node_per_s")),
+    ("false_positives", "false positives", "", ("false_positives",)),
+    ("false_positives_partitioned", "false pos. partitioned", "",
+     ("false_positives_partitioned",)),
+    ("false_suspicions", "false suspicions", "", ("false_suspicions",)),
+)  # fmt: skip
+
+
+def _dig(m: Mapping[str, Any], keys: tuple[str, ...]) -> float | None:
+    cur: Any = m
+    for k in keys:
+        if not isinstance(cur, Mapping) or cur.get(k) is None:
+            return None
+        cur = cur[k]
+    return float(cur)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    if a == b:
+        return 1.0  # includes 0 vs 0: the runs agree
+    return b / a if a else None
+
+
+def _info(run: Run) -> RunInfo:
+    m = run.manifest
+    return RunInfo(
+        path=str(run.path),
+        folder=run.path.resolve().name,
+        name=run.name,
+        backend=str(m.get("backend", "?")),
+        seed=m.get("seed"),
+        status=run.status,
+    )
+
+
+def _warnings(a: Run, b: Run) -> list[str]:
+    out = []
+    for side, run in (("A", a), ("B", b)):
+        if run.status != "complete":
+            out.append(f"run {side} ({run.path}) has status {run.status}")
+    if a.name != b.name:
+        out.append(f"different scenarios: {a.name!r} vs {b.name!r}")
+    da, db = _duration(a), _duration(b)
+    if da != db:
+        out.append(f"different durations: {da:g} s vs {db:g} s")
+    return out
+
+
+def compare_runs(a: Run, b: Run, alpha: float = 0.05) -> Comparison:
+    """Compare run ``b`` with run ``a`` (the reference) metric by metric."""
+    if not 0.0 < alpha < 1.0:
+        raise CompareError(f"alpha must be between 0 and 1, got {alpha}")
+    conv_ops = set()
+    for run in (a, b):
+        c = run.convergence
+        conv_ops |= set(c.loc[c["status"] == "converged", "op"])
+    ops = sorted(conv_ops)
+    sa, sb = samples(a, ops), samples(b, ops)
+    dists = []
+    for key, (label, va) in sa.items():
+        vb = sb[key][1]
+        stat, p, verdict = ks_verdict(va, vb, alpha)
+        dists.append(
+            DistributionComparison(
+                metric=key,
+                label=label,
+                a=tuple(map(float, va)),
+                b=tuple(map(float, vb)),
+                statistic=stat,
+                p_value=p,
+                verdict=verdict,
+            )
+        )
+    ma, mb = _metrics(a), _metrics(b)
+    scalars = []
+    for key, label, unit, path in _SCALARS:
+        xa, xb = _dig(ma, path), _dig(mb, path)
+        scalars.append(
+            ScalarComparison(metric=key, label=label, unit=unit, a=xa, b=xb, ratio=_ratio(xa, xb))
+        )
+    return Comparison(
+        a=_info(a),
+        b=_info(b),
+        alpha=alpha,
+        distributions=tuple(dists),
+        scalars=tuple(scalars),
+        warnings=tuple(_warnings(a, b)),
+    )
+
+
+# --- output: table and JSON ------------------------------------------------------------
+
+
+def _s(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.3g} s" if x >= 1 else f"{x * 1000:.3g} ms"
+
+
+def _stat(values: tuple[float, ...]) -> tuple[float | None, float | None]:
+    return pct(values, 50), pct(values, 95)
+
+
+def _num(x: float | None, unit: str) -> str:
+    if x is None:
+        return "—"
+    text = f"{x:.3g}" if x != int(x) or abs(x) >= 1e4 else f"{int(x)}"
+    return f"{text} {unit}".strip()
+
+
+_VERDICT_STYLE = {"agree": "green", "differ": "bold red", "too few samples": "yellow"}
+
+
+def comparison_table(c: Comparison) -> Table:
+    """A rich table: one row per timing metric (n, median, p95, KS) and per scalar.
+
+    Each cell holds ``A / B`` so the table fits an 80-column terminal.
+    """
+    table = Table(title=f"A: {c.a.label}  vs  B: {c.b.label}", title_style="bold")
+    table.add_column("metric", no_wrap=True)
+    for col in ("n A / B", "median A / B", "p95 A / B", "KS p"):
+        table.add_column(col, justify="right")
+    table.add_column("verdict")
+    for d in c.distributions:
+        med_a, p95_a = _stat(d.a)
+        med_b, p95_b = _stat(d.b)
+        table.add_row(
+            d.label,
+            f"{len(d.a)} / {len(d.b)}",
+            f"{_s(med_a)} / {_s(med_b)}",
+            f"{_s(p95_a)} / {_s(p95_b)}",
+            "—" if d.p_value is None else f"{d.p_value:.2g}",
+            f"[{_VERDICT_STYLE[d.verdict]}]{d.verdict}[/]",
+        )
+    table.add_section()
+    for s in c.scalars:
+        ratio = "—" if s.ratio is None else f"B/A {s.ratio:.2f}"
+        table.add_row(s.label, "", f"{_num(s.a, s.unit)} / {_num(s.b, s.unit)}", "", "", ratio)
+    return table
+
+
+def comparison_dict(c: Comparison) -> dict[str, Any]:
+    """Everything in the comparison as plain JSON-able data (``compare.json``)."""
+
+    def side(values: tuple[float, ...]) -> dict[str, Any]:
+        med, p95 = _stat(values)
+        return {"n": len(values), "median": med, "p95": p95, "samples": list(values)}
+
+    def info(r: RunInfo) -> dict[str, Any]:
+        return {
+            "path": r.path,
+            "name": r.name,
+            "backend": r.backend,
+            "seed": r.seed,
+            "status": r.status,
+        }
+
+    return {
+        "a": info(c.a),
+        "b": info(c.b),
+        "alpha": c.alpha,
+        "min_samples": MIN_SAMPLES,
+        "distributions": [
+            {
+                "metric": d.metric,
+                "label": d.label,
+                "unit": "s",
+                "a": side(d.a),
+                "b": side(d.b),
+                "ks_statistic": d.statistic,
+                "p_value": d.p_value,
+                "verdict": d.verdict,
+            }
+            for d in c.distributions
+        ],
+        "scalars": [
+            {
+                "metric": s.metric,
+                "label": s.label,
+                "unit": s.unit,
+                "a": s.a,
+                "b": s.b,
+                "ratio_b_over_a": s.ratio,
+            }
+            for s in c.scalars
+        ],
+        "overall": {"verdict": c.overall, "differ": c.differing, "summary": c.overall_line()},
+        "warnings": list(c.warnings),
+    }
+
+
+# --- output: figure --------------------------------------------------------------------
+
+
+def _cdf(ax: Axes, values: tuple[float, ...], label: str, **kw: Any) -> None:
+    xs = np.sort(np.asarray(values, dtype=float))
+    ys = np.arange(1, len(xs) + 1) / len(xs)
+    # Start at 0 so the first step rises like the others; markers keep tiny samples visible.
+    ax.step(
+        np.concatenate([xs[:1], xs]), np.concatenate([[0.0], ys]), where="post", label=label, **kw
+    )
+    if len(xs) <= 30:
+        ax.plot(xs, ys, ls="none", marker="o", ms=7, color=kw.get("color"))
+
+
+def _legend_label(side: str, what: str, values: tuple[float, ...]) -> str:
+    head = f"{side} {what}".strip()
+    if not values:
+        return f"{head}: none"
+    return f"{head}: n={len(values)}, median={_s(float(np.median(values)))}"
+
+
+def _panel(
+    ax: Axes, c: Comparison, metrics: list[str], title: str, xlabel: str, empty: str
+) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction of events")
+    by_key = {d.metric: d for d in c.distributions}
+    colors = mpl.colormaps["tab10"].colors
+    drawn = []
+    for i, key in enumerate(metrics):
+        d = by_key[key]
+        what = d.label.split(": ")[-1] if len(metrics) > 1 else ""
+        for side, values, ls in (("A", d.a, "-"), ("B", d.b, "--")):
+            label = _legend_label(side, what, values)
+            if values:
+                _cdf(ax, values, label, color=colors[i], ls=ls)
+                drawn.extend(values)
+            else:  # keep the side in the legend so its absence is visible
+                ax.plot([], [], color=colors[i], ls=ls, label=label)
+    if not drawn:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, fontsize=20)
+        return
+    positive = [v for v in drawn if v > 0]
+    if positive and max(positive) / min(positive) > 100:
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel + ", log scale")
+    else:
+        ax.set_xlim(0, max(drawn) * 1.05 or 1.0)
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="best", fontsize=13)
+
+
+def draw_comparison(c: Comparison, fig: Figure) -> None:
+    """Two panels: CDF of endpoint convergence latency; CDF of crash detection times."""
+    left, right = fig.subplots(1, 2)
+    fig.suptitle(f"A (solid): {c.a.label}   vs   B (dashed): {c.b.label}", fontsize=18)
+    _panel(
+        left,
+        c,
+        ["convergence.all"],
+        f"Endpoint convergence — {_verdict_of(c, 'convergence.all')}",
+        "time until every target holds the entry (s)",
+        "no converged commits",
+    )
+    _panel(
+        right,
+        c,
+        ["detection.first_suspect", "detection.all_dead"],
+        "Crash detection",
+        "time from crash (s)",
+        "no crash detected",
+    )
+
+
+def _verdict_of(c: Comparison, key: str) -> str:
+    d = next(d for d in c.distributions if d.metric == key)
+    return d.verdict if d.p_value is None else f"{d.verdict} (KS p={d.p_value:.2g})"
+
+
+def comparison_png(c: Comparison) -> bytes:
+    """The comparison figure as PNG bytes (fixed size and dpi, no Software metadata)."""
+    with mpl.rc_context(STYLE):
+        fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+        FigureCanvasAgg(fig)
+        draw_comparison(c, fig)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def default_out_dir(run_a: Path | str, run_b: Path | str) -> Path:
+    """``RUN_B/compare-with-<folder name of RUN_A>``."""
+    return Path(run_b) / f"compare-with-{Path(run_a).resolve().name}"
+
+
+def write_comparison(c: Comparison, out_dir: Path | str) -> list[Path]:
+    """Write ``compare.json`` and ``compare.png`` into ``out_dir`` (created if needed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js, png = out / COMPARE_JSON, out / COMPARE_PNG
+    atomic_write_bytes(js, json_bytes(comparison_dict(c)))
+    atomic_write_bytes(png, comparison_png(c))
+    return [js, png]
