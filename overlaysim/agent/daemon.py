@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import random
@@ -47,7 +48,7 @@ from overlaysim.agent.manager import (
 from overlaysim.agent.programmer import ENDPOINTS, DataPlanePort, Programmer, remote_entries
 from overlaysim.agent.transport import DEFAULT_PORT, Counters, TrafficDelta, Transport
 from overlaysim.core.cluster import Cluster, derive_mtu
-from overlaysim.core.config import PROFILES, profile
+from overlaysim.core.config import PROFILES, configs
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.node import Node
 from overlaysim.core.tables import TablesError
@@ -74,6 +75,8 @@ class AgentConfig:
     control: Path | None = None
     log: Path | None = None
     profile: str = "lan"
+    #: Per-field overrides of the preset: {"membership": {...}, "tables": {...}}.
+    protocol: dict[str, dict[str, Any]] = field(default_factory=dict)
     vxlan_port: int = 4789
     underlay_mtu: int = 1500
     record: Path | None = None
@@ -125,7 +128,9 @@ class Agent:
         self.handle_signals = handle_signals
         self.events = EventLog(config.log, node=config.name)
         self.counters = Counters()
-        mcfg, tcfg = profile(config.profile)
+        mcfg, tcfg = configs(
+            config.profile, config.protocol.get("membership"), config.protocol.get("tables")
+        )
         self.node = Node(
             name=config.name,
             addr=config.addr,
@@ -670,6 +675,18 @@ class Agent:
 # --- command line --------------------------------------------------------------------------
 
 
+def _protocol_arg(text: str) -> dict[str, dict[str, Any]]:
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f"--protocol-json: not JSON: {exc}") from None
+    if not isinstance(data, dict) or not set(data) <= {"membership", "tables"}:
+        raise SystemExit('--protocol-json: expected {"membership": {...}, "tables": {...}}')
+    return data
+
+
 def parse_args(argv: list[str] | None = None) -> AgentConfig:
     """The command line as an :class:`AgentConfig`."""
     p = argparse.ArgumentParser(prog="overlayd", description="overlaysim live agent")
@@ -686,6 +703,11 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument("--control", type=Path, default=None, help="unix socket of the control API")
     p.add_argument("--log", type=Path, default=None, help="JSON-lines event log")
     p.add_argument("--profile", choices=PROFILES, default="lan", help="protocol timing preset")
+    p.add_argument(
+        "--protocol-json",
+        default="",
+        help='per-field overrides of the preset, e.g. {"membership": {"lifeguard": false}}',
+    )
     p.add_argument("--vxlan-port", type=int, default=4789)
     p.add_argument("--underlay-mtu", type=int, default=1500)
     p.add_argument("--record", type=Path, default=None, help="record of created kernel objects")
@@ -711,6 +733,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         control=a.control,
         log=a.log,
         profile=a.profile,
+        protocol=_protocol_arg(a.protocol_json),
         vxlan_port=a.vxlan_port,
         underlay_mtu=a.underlay_mtu,
         record=a.record,

@@ -41,6 +41,11 @@ class MembershipConfig:
     dead_node_reclaim_time: float = 0.0
     #: Largest datagram the sender fills with piggybacked updates.
     udp_buffer_size: int = 1400
+    #: Lifeguard's refinements: local-health awareness, a suspicion timeout that shrinks
+    #: with independent confirmations, nacks from indirect probers, and the buddy system.
+    #: False gives plain SWIM as memberlist had it before Lifeguard: a fixed suspicion
+    #: timeout (the minimum), no awareness, no nacks, no Suspect on pings of a suspect.
+    lifeguard: bool = True
 
     @classmethod
     def lan(cls) -> MembershipConfig:
@@ -116,6 +121,28 @@ def profile(name: str) -> tuple[MembershipConfig, TableConfig]:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
     return getattr(MembershipConfig, name)(), getattr(TableConfig, name)()
+
+
+def configs(
+    name: str, membership: dict | None = None, tables: dict | None = None
+) -> tuple[MembershipConfig, TableConfig]:
+    """A preset with per-field overrides (a scenario's ``protocol`` section)."""
+    m, t = profile(name)
+    return with_overrides(m, membership), with_overrides(t, tables)
+
+
+def with_overrides(cfg, overrides: dict | None):
+    """``cfg`` with some fields replaced; unknown names raise ValueError naming them."""
+    if not overrides:
+        return cfg
+    names = {f.name for f in dataclasses.fields(cfg)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise ValueError(
+            f"unknown {type(cfg).__name__} field(s) {', '.join(bad)}; "
+            f"expected one of {', '.join(sorted(names))}"
+        )
+    return dataclasses.replace(cfg, **overrides)
 
 
 def retransmit_limit(mult: int, n: int) -> int:

@@ -419,6 +419,8 @@ class Membership:
         return timeout * (self._score + 1)
 
     def _awareness(self, delta: int) -> None:
+        if not self.config.lifeguard:
+            return  # plain SWIM: no local-health awareness
         self._score = min(max(self._score + delta, 0), self.config.awareness_max_multiplier - 1)
 
     # -- probing -----------------------------------------------------------------------
@@ -481,7 +483,7 @@ class Membership:
         self._seq += 1
         self._probe = _Probe(self._seq, m.name, m.addr, m.epoch, m.incarnation)
         first: tuple[MemberUpdate, ...] = ()
-        if m.state is SUSPECT:
+        if m.state is SUSPECT and self.config.lifeguard:
             # Buddy system: tell the suspect directly so it can refute at once.
             first = (self._update(UpdateKind.SUSPECT, m, self.name),)
         ping = Ping(seq=self._seq, target=m.name, source=self.name, source_addr=self.addr)
@@ -502,10 +504,10 @@ class Membership:
                 target_addr=p.addr,
                 source=self.name,
                 source_addr=self.addr,
-                want_nack=True,
+                want_nack=self.config.lifeguard,
             )
             self._send(peer.addr, msg, _overhead(target, p.addr, self.name, self.addr))
-        p.expected_nacks = len(peers)
+        p.expected_nacks = len(peers) if self.config.lifeguard else 0
 
     def _finish_probe(self, now: float) -> None:
         p, self._probe = self._probe, None
@@ -714,7 +716,8 @@ class Membership:
         cfg = self.config
         n = self.num_members()
         lo = suspicion_min_timeout(cfg.suspicion_mult, n, cfg.probe_interval)
-        hi = cfg.suspicion_max_timeout_mult * lo
+        # Without Lifeguard the timeout is fixed: confirmations cannot shorten it.
+        hi = cfg.suspicion_max_timeout_mult * lo if cfg.lifeguard else lo
         k = expected_confirmations(cfg.suspicion_mult, n)
         s = Suspicion(accuser=u.src, k=k, min_timeout=lo, max_timeout=hi, start=now)
         self._suspicions[m.name] = s

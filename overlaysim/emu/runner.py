@@ -19,6 +19,7 @@ soon as possible after it; the ground truth carries the real times.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import signal
 import threading
@@ -35,7 +36,7 @@ from typing import Any
 from overlaysim.agent.control import ControlError
 from overlaysim.agent.manager import ManagerUnavailable
 from overlaysim.core.cluster import ClusterError
-from overlaysim.core.config import profile
+from overlaysim.core.config import configs
 from overlaysim.emu.collect import Collected, collect
 from overlaysim.emu.impair import UnsupportedImpairment
 from overlaysim.emu.net import Underlay, underlay_session
@@ -502,6 +503,14 @@ def _display(world: EmuWorld, name: str, duration: float, total: int, on: bool) 
 # --- the entry point --------------------------------------------------------------------
 
 
+def _protocol_args(scenario: Scenario) -> list[str]:
+    """The scenario's protocol overrides, passed to every agent."""
+    data = scenario.protocol.model_dump()
+    if not data["membership"] and not data["tables"]:
+        return []
+    return ["--protocol-json", json.dumps(data, sort_keys=True)]
+
+
 def run_emulation(
     scenario: Scenario,
     out: Path,
@@ -524,7 +533,7 @@ def run_emulation(
 
     seed = scenario.seed if seed is None else seed
     the_plan = plan(scenario, seed)
-    mconf, tconf = profile(scenario.profile)
+    mconf, tconf = configs(scenario.profile, **scenario.protocol.model_dump())
     topology = scenario.resolved_topology
     manifest = base_manifest(
         name=scenario.name,
@@ -552,7 +561,7 @@ def run_emulation(
                 managers=list(scenario.managers or topology.hosts[:1]),
                 profile=scenario.profile,
                 seed=seed,
-                agent_args=agent_args,
+                agent_args=[*agent_args, *_protocol_args(scenario)],
             )
             world = EmuWorld(scenario, seed, testbed)
             extra["managers"] = {"serving": testbed.manager_host, "seeds": world.managers}

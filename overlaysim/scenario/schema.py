@@ -520,6 +520,43 @@ EVENT_TYPES: tuple[type[_Event], ...] = (
 # ---------------------------------------------------------------------------- scenario
 
 
+def _overrides_for(cls_name: str):
+    def check(value: dict[str, Any]) -> dict[str, Any]:
+        import dataclasses
+
+        from overlaysim.core import config
+
+        cls = getattr(config, cls_name)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, v in value.items():
+            f = fields.get(name)
+            if f is None:
+                raise ValueError(
+                    f"only {cls_name} fields ({', '.join(sorted(fields))}), not {name!r}"
+                )
+            want = {"bool": bool, "int": int, "float": (int, float)}[f.type]
+            if not isinstance(v, want) or (f.type != "bool" and isinstance(v, bool)):
+                raise ValueError(f"{name}: a {f.type}")
+        return value
+
+    return check
+
+
+class Protocol(StrictModel):
+    """Per-field overrides of the profile's protocol settings (see core/config.py)."""
+
+    membership: dict[str, bool | int | float] = Field(
+        default_factory=dict,
+        description="MembershipConfig fields, e.g. {lifeguard: false, suspicion_mult: 5}",
+    )
+    tables: dict[str, bool | int | float] = Field(
+        default_factory=dict, description="TableConfig fields, e.g. {bulk_sync_interval: 10}"
+    )
+
+    _check_membership = field_validator("membership")(_overrides_for("MembershipConfig"))
+    _check_tables = field_validator("tables")(_overrides_for("TableConfig"))
+
+
 class Measure(StrictModel):
     """What to measure besides the always-on protocol metrics."""
 
@@ -550,6 +587,10 @@ class Scenario(StrictModel):
     services: tuple[Service, ...] = Field((), description="a list of services")
     events: tuple[Event, ...] = Field((), description="a list of timed events")
     measure: Measure = Field(default_factory=Measure, description="what to measure")
+    protocol: Protocol = Field(
+        default_factory=Protocol,
+        description="overrides of the profile's settings, e.g. {membership: {lifeguard: false}}",
+    )
     boot: Literal["formed", "join"] = Field(
         "formed",
         description="'formed': time 0 is when the cluster has formed (the simulator starts "

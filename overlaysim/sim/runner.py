@@ -18,7 +18,7 @@ from typing import Any
 import simpy
 
 from overlaysim.core.cluster import Cluster, NetworkSpec
-from overlaysim.core.config import profile
+from overlaysim.core.config import configs
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.wire import Message
 from overlaysim.metrics.convergence import ConvergenceTracker
@@ -78,7 +78,7 @@ class SimWorld:
         self.env = simpy.Environment()
         self.topology = scenario.resolved_topology
         self.underlay = Underlay(self.topology)
-        mconf, tconf = profile(scenario.profile)
+        mconf, tconf = configs(scenario.profile, **scenario.protocol.model_dump())
         self.events = EventLog()
         self.tracker = ConvergenceTracker()
         self.traffic = TrafficCounter()
@@ -387,7 +387,7 @@ def run_simulation(
     seed = scenario.seed if seed is None else seed
     the_plan = plan(scenario, seed)
     world = SimWorld(scenario, seed)
-    mconf, tconf = profile(scenario.profile)
+    mconf, tconf = configs(scenario.profile, **scenario.protocol.model_dump())
     manifest = base_manifest(
         name=scenario.name,
         backend="sim",
