@@ -244,10 +244,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     p.set_defaults(func=_cmd_clean)
 
+    p = sub.add_parser(
+        "lab",
+        help="workshop mode: a testbed plus a Mininet CLI with overlay commands (docs/labs/)",
+        description="Bring up TOPOLOGY like 'overlaysim up' (underlay, one agent per host, "
+        "manager on the first host), then open a Mininet CLI that also has overlay commands: "
+        "network create/ls, run, rm, 'C1 ping C2', members, tables, fdb, capture, loss, "
+        "partition, heal, crash, restart. Leaving it (exit, Ctrl-D, Ctrl-C at the prompt) "
+        "removes everything. The guided labs are in docs/labs/. Needs root.",
+        epilog="example:\n  sudo overlaysim lab topologies/star.yaml\n"
+        "  overlay> network create web --attachable\n"
+        "  overlay> run c1 web h1\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("topology", help="a topology YAML file (see topologies/)")
+    p.add_argument("--profile", default="lan", choices=["lan", "wan", "local"])
+    p.set_defaults(func=_cmd_lab)
+
     from overlaysim.testbed_cli import register
 
     register(sub)
     return parser
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from overlaysim.lab.cli import main as lab_main
+
+    return lab_main(args)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
