@@ -21,8 +21,9 @@ from overlaysim.agent.manager import EncryptionUnsupported
 from overlaysim.emu.setup import emulation_problems
 from overlaysim.lab import commands as cmds
 from overlaysim.lab.commands import Lab, LabError
+from overlaysim.lab.vxlan import decode, read_pcap
 
-pytestmark = pytest.mark.emu
+emu = pytest.mark.emu
 
 STAR3 = """\
 name: star3
@@ -100,6 +101,7 @@ def _ready(lab: Lab) -> None:
             cmds.run(lab, c, "web", h)
 
 
+@emu
 def test_lab1_first_overlay(lab: Lab) -> None:
     out = cmds.network_create(lab, "web", subnet="10.40.0.0/24", attachable=True)
     assert "VNI 4096" in out and "10.40.0.0/24" in out
@@ -114,6 +116,7 @@ def test_lab1_first_overlay(lab: Lab) -> None:
         cmds.ping(lab, "c1", "nosuch")
 
 
+@emu
 def test_lab2_gossip_converges(lab: Lab) -> None:
     _ready(lab)
     c2 = lab.containers["c2"]
@@ -142,6 +145,7 @@ def test_lab2_gossip_converges(lab: Lab) -> None:
     assert _until(lambda: "tmp " not in cmds.tables(lab, "h1"))
 
 
+@emu
 def test_lab3_loss_and_crash(lab: Lab) -> None:
     _ready(lab)
     try:
@@ -176,6 +180,7 @@ def test_lab3_loss_and_crash(lab: Lab) -> None:
     assert _until(lambda: cmds.ping_received(cmds.ping(lab, "c1", "c2", 1)) == 1)
 
 
+@emu
 def test_lab4_partition_and_heal(lab: Lab) -> None:
     _ready(lab)
     assert _until(lambda: cmds.ping_received(cmds.ping(lab, "c1", "c3", 1)) == 1)
@@ -189,12 +194,14 @@ def test_lab4_partition_and_heal(lab: Lab) -> None:
     assert _until(lambda: cmds.ping_received(cmds.ping(lab, "c1", "c3", 1)) == 1, timeout=30)
 
 
+@emu
 def test_lab5_encryption_refused(lab: Lab) -> None:
     with pytest.raises(EncryptionUnsupported, match="not supported yet.*refusing"):
         cmds.network_create(lab, "secret", attachable=True, encrypted=True)
     assert "secret" not in cmds.network_ls(lab)
 
 
+@emu
 def test_cli_script_uses_the_same_commands(lab: Lab, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     """The Mininet CLI parses, calls the commands and prints; bad input does not raise."""
     from overlaysim.lab.cli import LabCLI
@@ -203,7 +210,7 @@ def test_cli_script_uses_the_same_commands(lab: Lab, tmp_path: Path, capsys) -> 
     script = tmp_path / "s.txt"
     script.write_text(
         "network ls\nmembers h1\nc1 ping c2 1\nfdb h9\nloss lots\n"
-        "network create x --opt encrypted --attachable\n"
+        "network create x --opt encrypted --attachable\npingall\n"
     )
     with open("/dev/null") as devnull:
         LabCLI(lab, stdin=devnull, script=str(script))
@@ -214,3 +221,40 @@ def test_cli_script_uses_the_same_commands(lab: Lab, tmp_path: Path, capsys) -> 
     assert "no host 'h9'" in out
     assert "PERCENT must be a number" in out
     assert "not supported yet" in out
+    assert "Results: 0% dropped (6/6 received)" in out  # Mininet's own pingall, underlay
+
+
+def _frame(vni: int, inner_proto: int = 1) -> bytes:
+    """An outer Ethernet/IPv4/UDP 4789/VXLAN frame around an inner IPv4 packet."""
+    inner_ip = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, inner_proto, 0, 0, 10, 9, 0, 2, 10, 9, 0, 3])
+    inner = bytes.fromhex("02420a09000302420a0900020800") + inner_ip + bytes(8)
+    vxlan = bytes([0x08, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\0"
+    udp = (54321).to_bytes(2, "big") + (4789).to_bytes(2, "big") + bytes(4) + vxlan + inner
+    ip = bytes([0x45, 0, 0, 20 + len(udp), 0, 0, 0, 0, 64, 17, 0, 0, 172, 30, 0, 1, 172, 30, 0, 2])
+    return bytes(6) + bytes(6) + b"\x08\x00" + ip + udp
+
+
+def test_vxlan_decoder_reads_vni_and_inner_addresses() -> None:
+    """The decoder behind ``capture`` (no root needed)."""
+    p = decode(_frame(0x012345))
+    assert p is not None
+    assert (p.outer_src, p.outer_dst, p.vni) == ("172.30.0.1", "172.30.0.2", 0x012345)
+    assert (p.inner_kind, p.inner_src, p.inner_dst) == ("ICMP", "10.9.0.2", "10.9.0.3")
+    assert p.inner_src_mac == "02:42:0a:09:00:02"
+    assert decode(_frame(7)[:-40]) is None  # inner frame cut short
+    # Not VXLAN: another UDP port, or the VNI flag unset.
+    other = bytearray(_frame(5))
+    other[36:38] = (53).to_bytes(2, "big")
+    assert decode(bytes(other)) is None
+    noflag = bytearray(_frame(5))
+    noflag[42] = 0
+    assert decode(bytes(noflag)) is None
+    # A pcap stream with two records, the second cut short (capture stopped mid-packet).
+    f = _frame(4096)
+    head = bytes.fromhex("d4c3b2a1") + (2).to_bytes(2, "little") + (4).to_bytes(2, "little")
+    head += bytes(8) + (65535).to_bytes(4, "little") + (1).to_bytes(4, "little")
+    rec = bytes(8) + len(f).to_bytes(4, "little") * 2 + f
+    frames = read_pcap(head + rec + rec[:30])
+    assert frames == [f]
+    with pytest.raises(ValueError, match="not a pcap"):
+        read_pcap(b"x" * 40)
