@@ -48,6 +48,7 @@ class _Net(dict[str, Any]):
 
     pingAll = Mininet.pingAll  # noqa: N815 - Mininet's names
     ping = Mininet.ping
+    _parsePing = staticmethod(Mininet._parsePing)  # noqa: N815
 
     def __init__(self, lab: Lab) -> None:
         super().__init__({h: lab.underlay.host(h) for h in lab.hosts})
@@ -92,6 +93,14 @@ class LabCLI(CLI):
     def postcmd(self, stop: bool, line: str) -> bool:
         self._busy = False
         return stop
+
+    def onecmd(self, line: str) -> bool:
+        """One command; an unexpected failure is printed instead of ending the lab."""
+        try:
+            return bool(super().onecmd(line))
+        except Exception as exc:  # noqa: BLE001 - the session must survive a bad command
+            print(f"*** {line.split()[0] if line.split() else line}: {type(exc).__name__}: {exc}")
+            return False
 
     def _do(self, fn: Callable[[], str]) -> None:
         try:
