@@ -452,6 +452,10 @@ def _percent(value: float) -> float:
 def _numgen_drop(percent: float) -> list[dict[str, Any]]:
     threshold = round(percent * 100)  # out of 10000: 0.01 % resolution
     numgen = {"numgen": {"mode": "random", "mod": 10000}}
+    # numgen yields 0..9999, so "< 10000" always holds; but nft refuses 10000 as a
+    # right-hand value of that width. "<= 9999" is the same rule, accepted.
+    if threshold >= 10000:
+        return [{"match": {"op": "<=", "left": numgen, "right": 9999}}, {"drop": None}]
     return [{"match": {"op": "<", "left": numgen, "right": threshold}}, {"drop": None}]
 
 
