@@ -8,7 +8,6 @@ manager, containers to the agent of their host.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import subprocess
 import sys
@@ -21,68 +20,34 @@ _FMT = argparse.RawDescriptionHelpFormatter
 
 def up(args: argparse.Namespace) -> int:
     """``overlaysim up TOPOLOGY``: a testbed that stays up until Ctrl-C."""
-    import os
     import time
 
-    from overlaysim.emu.live import LiveTestbed, remove_live, write_live
-    from overlaysim.emu.net import underlay_session
-    from overlaysim.emu.setup import require_emulation
-    from overlaysim.emu.testbed import Testbed
-    from overlaysim.scenario.loader import load_topology
+    from overlaysim.emu.live import NoTestbed, read_live
+    from overlaysim.lab.session import lab_session
 
-    require_emulation()
-    topo = load_topology(args.topology)
-    hosts = list(topo.hosts)
-    managers = args.manager or hosts[:1]
-    with underlay_session(topo) as u:
-        tb = Testbed(u, managers=managers, profile=args.profile)
-        run_id = u.record.path.parent.name
+    try:
+        other = read_live()
+    except NoTestbed:
+        other = None
+    if other is not None:
+        raise UserError(
+            f"testbed {other.run_id} (pid {other.owner_pid}) is already up; "
+            "stop it with Ctrl-C in its terminal first"
+        )
+    with lab_session(
+        args.topology, profile=args.profile, publish=True, managers=args.manager
+    ) as lab:
+        u, tb = lab.underlay, lab.testbed
+        for h in u.hosts:
+            print(f"  {h:<8} {u.underlay_ip(h):<16} {tb.sock(h)}")
+        print("try: overlaysim network create -d overlay --attachable web")
+        print("     overlaysim run --name c1 --network web h1")
+        print("Ctrl-C tears everything down.")
         try:
-            t0 = time.monotonic()
-            for h in hosts:
-                tb.start_agent(h, managers)
-            tb.wait_ready(hosts)
-            tb.wait_formed(hosts)
-            write_live(
-                LiveTestbed(
-                    run_id=run_id,
-                    owner_pid=os.getpid(),
-                    manager=tb.manager_host,
-                    hosts={
-                        h: {
-                            "control": str(tb.sock(h)),
-                            "underlay_ip": u.underlay_ip(h),
-                            "pid": str(u.pid(h)),
-                        }
-                        for h in hosts
-                    },
-                    topology=str(args.topology),
-                    prefix=tb.prefix,
-                )
-            )
-            print(
-                f"testbed {run_id} up: {len(hosts)} hosts with agents, manager on "
-                f"{tb.manager_host}, formed in {time.monotonic() - t0:.1f} s"
-            )
-            for h in hosts:
-                print(f"  {h:<8} {u.underlay_ip(h):<16} {tb.sock(h)}")
-            print("try: overlaysim network create -d overlay --attachable web")
-            print("     overlaysim run --name c1 --network web h1")
-            print("Ctrl-C tears everything down.")
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             print("tearing down")
-        finally:
-            remove_live(run_id)
-            for host in tb.stop():
-                print(f"teardown: the agent on {host} had to be killed", file=sys.stderr)
-            for problem in tb.errors:
-                print(f"teardown: {problem}", file=sys.stderr)
-            tb.remove_files()
-            with contextlib.suppress(OSError):
-                tb.run_dir.rmdir()  # kept only if a record lists leftovers for 'clean'
-
     return 0
 
 

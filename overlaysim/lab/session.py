@@ -26,12 +26,14 @@ def lab_session(
     profile: str = "lan",
     publish: bool = False,
     say: bool = True,
+    managers: list[str] | None = None,
 ) -> Iterator[Lab]:
     """A running testbed for the topology YAML file ``topology``.
 
     ``publish`` also writes the address book ``overlaysim up`` writes, so the
     Docker-style commands (``overlaysim inspect h2``...) work from another terminal;
     it is skipped when another testbed already owns it. ``say`` prints progress.
+    ``managers`` defaults to the first host.
     """
     from overlaysim.emu.live import LiveTestbed, NoTestbed, read_live, remove_live, write_live
     from overlaysim.emu.net import underlay_session
@@ -42,7 +44,7 @@ def lab_session(
     require_emulation()
     topo = load_topology(topology)
     hosts = list(topo.hosts)
-    managers = hosts[:1]
+    managers = list(managers or hosts[:1])
     with underlay_session(topo) as u:
         tb = Testbed(u, managers=managers, profile=profile)
         run_id = u.record.path.parent.name if u.record is not None else ""
@@ -77,7 +79,7 @@ def lab_session(
                     published = True
             if say:
                 print(
-                    f"lab {run_id} up: {len(hosts)} hosts with agents ({profile} timing), "
+                    f"testbed {run_id} up: {len(hosts)} hosts with agents ({profile} timing), "
                     f"manager on {tb.manager_host}, formed in {time.monotonic() - t0:.1f} s"
                 )
             yield Lab(testbed=tb, underlay=u)
