@@ -168,9 +168,7 @@ def open_(keyring: GossipKeyring, packet: bytes, aad: bytes = b"") -> bytes:
     if len(packet) < OVERHEAD:
         raise GossipAuthError(f"sealed packet of {len(packet)} bytes is shorter than {OVERHEAD}")
     if packet[0] != SEAL_VERSION:
-        raise GossipAuthError(
-            f"unsupported seal version {packet[0]} (expected {SEAL_VERSION})"
-        )
+        raise GossipAuthError(f"unsupported seal version {packet[0]} (expected {SEAL_VERSION})")
     nonce = packet[1 : 1 + NONCE_SIZE]
     body = packet[1 + NONCE_SIZE :]
     header_aad = _HEADER + aad
@@ -182,9 +180,7 @@ def open_(keyring: GossipKeyring, packet: bytes, aad: bytes = b"") -> bytes:
     raise GossipAuthError("no installed key authenticates the packet")
 
 
-def encode_sealed(
-    msg: Message, keyring: GossipKeyring, nonce: bytes, aad: bytes = b""
-) -> bytes:
+def encode_sealed(msg: Message, keyring: GossipKeyring, nonce: bytes, aad: bytes = b"") -> bytes:
     """``wire.encode`` then :func:`seal`; the result is ``OVERHEAD`` bytes longer.
 
     Like ``wire.encode`` it does not enforce a size: the caller compares the sealed
