@@ -259,6 +259,10 @@ def test_decode_sealed_enforces_limit_on_sealed_packet() -> None:
         decode_sealed(data, ring)
     assert not isinstance(info.value, GossipAuthError)
     assert decode_sealed(data, ring, max_size=MAX_DATAGRAM + 1) == over
+    # The limit is checked before any key is tried: oversized junk is a size error.
+    with pytest.raises(WireError, match="exceeds limit") as info:
+        decode_sealed(b"\x01" * (MAX_DATAGRAM + 1), ring)
+    assert not isinstance(info.value, GossipAuthError)
 
 
 def _fit_exactly(size: int) -> Gossip:
