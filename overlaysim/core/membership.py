@@ -286,15 +286,7 @@ class Membership:
         self._probe_gen += 1
         self._push_pull_gen += 1
         self._probe = None
-        update = MemberUpdate(
-            kind=UpdateKind.DEAD,
-            node=self.name,
-            incarnation=me.incarnation,
-            addr=self.addr,
-            src=self.name,
-            epoch=me.epoch,
-        )
-        self._broadcast(update, now)
+        self._broadcast(self._update(UpdateKind.DEAD, me, self.name), now)
         self._gossip_round(now)
 
     def bootstrap(self, members: Iterable[Member], now: float, *, emit: bool = True) -> None:

@@ -98,14 +98,3 @@ class TransmitLimitedQueue:
         for entry in keep:
             heapq.heappush(heap, entry)
         return out
-
-    def prune(self, max_items: int) -> None:
-        """Drop the most-transmitted items beyond ``max_items`` (bounds memory)."""
-        if len(self._by_key) <= max_items:
-            return
-        live = sorted(e for e in self._heap if e[2].live)
-        for _, _, item in live[max_items:]:
-            item.live = False
-            del self._by_key[item.key]
-        self._heap = live[:max_items]
-        heapq.heapify(self._heap)

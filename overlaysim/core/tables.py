@@ -725,10 +725,6 @@ class Tables:
             self._send_bulk(node, shared)
             return
 
-    def _hides(self, network: str, owner: str) -> bool:
-        st = self._nets[network]
-        return any(st.records[k].hidden for k in st.by_owner.get(owner, ()))
-
     def _bulk_round(self) -> None:
         """One random peer per network; one message covers all networks shared with it."""
         covered: set[str] = set()

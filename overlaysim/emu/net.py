@@ -390,7 +390,7 @@ class Underlay:
         with self._lock:
             if self.state in ("new", "stopped"):
                 return
-            with _signals_deferred():
+            with signals_deferred():
                 errors = self._teardown()
             self.state = "stopped"
             atexit.unregister(self.stop)
@@ -773,7 +773,7 @@ def _raise_fd_limit(need: int) -> None:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
+def signals_deferred() -> Iterator[None]:
     """Ignore SIGINT/SIGTERM for the block (main thread only; elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import signal
 import threading
 import time
 from collections import defaultdict
@@ -39,7 +38,7 @@ from overlaysim.core.cluster import ClusterError
 from overlaysim.core.config import configs
 from overlaysim.emu.collect import Collected, collect
 from overlaysim.emu.impair import UnsupportedImpairment
-from overlaysim.emu.net import Underlay, underlay_session
+from overlaysim.emu.net import Underlay, signals_deferred, underlay_session
 from overlaysim.emu.probes import MAX_PROBE_PAIRS, Endpoint, reachability, throughput
 from overlaysim.emu.setup import require_emulation
 from overlaysim.emu.testbed import Testbed, TestbedError
@@ -583,7 +582,7 @@ def run_emulation(
                     t_end = world.now()
                 extra["agent_rss_kib"] = testbed.rss_kib()
             finally:
-                with _no_interrupts():
+                with signals_deferred():  # agents stop, logs are read
                     extra["agents_killed_at_stop"] = testbed.stop()
                     extra["teardown_errors"] = testbed.errors
                     if world.t0 is not None:
@@ -679,17 +678,3 @@ def _lag_summary(lags: list[float]) -> dict[str, float | int | None]:
 
 def _wallclock() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@contextmanager
-def _no_interrupts() -> Iterator[None]:
-    """Ignore Ctrl-C/SIGTERM while agents stop and logs are read (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
