@@ -17,6 +17,12 @@ claimed twice (IP reuse). Endpoints given before a network's sandbox exists are
 programmed when it is created. :meth:`DataPlane.reconcile` compares the kernel with
 a desired set and repairs drift both ways.
 
+An *encrypted* network (``NetInfo.encrypted``) has no VXLAN device: its bridge gets
+a TAP port served by the user-space ESP data path
+(:class:`~overlaysim.agent.esp_tunnel.EspTunnel`), and its remote endpoints become
+that path's forwarding table instead of kernel FDB and neighbour entries. Reconcile
+and :meth:`DataPlane.kernel_state` work the same on both.
+
 Every namespace (and the VXLAN device while it sits in the host namespace) is
 recorded in a :class:`~overlaysim.agent.created.CreatedLog`; :meth:`DataPlane.close`
 removes exactly that.
@@ -45,12 +51,17 @@ from pyroute2 import IPRoute
 
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import LINK, NETNS, Created, CreatedLog, remove_all
+from overlaysim.agent.esp_tunnel import ESP_PORT, EspTunnel, TunnelError
+from overlaysim.core import esp
 
 log = logging.getLogger(__name__)
 
 #: Outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 bytes.
 VXLAN_OVERHEAD = 50
 DEFAULT_VXLAN_PORT = 4789
+#: GSO size limit on the container side of an encrypted network: a super-frame plus
+#: the ESP, UDP and IPv4 headers must fit one 64 KB datagram.
+ENCRYPTED_GSO_MAX = 65000
 #: Neighbour-table GC thresholds Docker sets so hundreds of endpoints fit.
 GC_THRESH = {1: 8192, 2: 49152, 3: 65536}
 BRIDGE = "br0"
@@ -73,7 +84,8 @@ class DataPlaneError(RuntimeError):
 class NetInfo:
     """What the data plane needs to know about one overlay network.
 
-    ``mtu`` 0 means "derive from the underlay" (underlay MTU - 50).
+    ``mtu`` 0 means "derive from the underlay" (underlay MTU - 50). ``encrypted``
+    networks use the user-space ESP path instead of a VXLAN device.
     """
 
     name: str
@@ -81,6 +93,7 @@ class NetInfo:
     subnet: str
     gateway: str
     mtu: int = 0
+    encrypted: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.vni <= 0xFFFFFF:
@@ -182,6 +195,7 @@ class DataPlane:
         host_netns: str | None = None,
         record_path: Path | None = None,
         prefix: str = "osim",
+        esp_port: int = ESP_PORT,
     ) -> None:
         self.host = host
         self.underlay_ip = str(ipaddress.IPv4Address(underlay_ip))
@@ -200,6 +214,9 @@ class DataPlane:
         self._containers: dict[str, _Container] = {}
         self._remotes: dict[str, dict[Remote, None]] = {}  # insertion order: later wins
         self._closed = False
+        #: The encrypted data path, built with the first key ring.
+        self.tunnel: EspTunnel | None = None
+        self.esp_port = esp_port
 
     # --- names ------------------------------------------------------------------
 
@@ -210,8 +227,48 @@ class DataPlane:
     def _container_ns_name(self, container: str) -> str:
         return f"{self.prefix}-{self._host_part}-{kns.name_part(container)}"
 
-    def _vxlan_name(self, vni: int) -> str:
-        return f"{self.prefix}-{vni}"  # at most 6 + 1 + 8 = 15 characters
+    def _vxlan_name(self, vni: int, encrypted: bool = False) -> str:
+        # at most 6 + 1 + 8 = 15 characters; "e" names the TAP of an encrypted network
+        return f"{self.prefix}{'e' if encrypted else '-'}{vni}"
+
+    # --- keys of encrypted networks --------------------------------------------------
+
+    @_kernel_call
+    def install_keys(self, keys: list[esp.Key], primary: int) -> None:
+        """Install the cluster's network key ring (oldest first; ``primary`` sends)."""
+        if self.tunnel is None:
+            self.tunnel = EspTunnel(
+                local=self.underlay_ip,
+                port=self.esp_port,
+                vxlan_port=self.vxlan_port,
+                netns=kns.ns_path(self.host_netns) if self.host_netns else None,
+            )
+        self.tunnel.install_keys(keys, primary)
+
+    @_kernel_call
+    def crypto_state(self) -> dict[str, Any]:
+        """Counters, key tags and SAs of the encrypted data path (empty when unused)."""
+        tun = self.tunnel
+        if tun is None:
+            return {}
+        nets = {}
+        for name, sb in self._sandboxes.items():
+            if sb.net.encrypted:
+                nets[name] = {
+                    "vni": sb.net.vni,
+                    "tap": sb.vxlan,
+                    "counters": tun.counters(sb.net.vni),
+                    "sas": tun.spis(sb.net.vni),
+                }
+        keys = tun._keys
+        return {
+            "port": tun.port,
+            "keys": [k.tag for k in keys[0]] if keys else [],
+            "primary": keys[1] if keys else None,
+            "counters": tun.counters(),
+            "clear_vxlan_dropped": {str(k): v for k, v in tun.guard.dropped().items()},
+            "networks": nets,
+        }
 
     # --- networks ---------------------------------------------------------------
 
@@ -231,7 +288,14 @@ class DataPlane:
         kns.create_netns(ns)
         record = Created(kind=NETNS, name=ns, owner=f"network:{net.name}")
         self.record.add(record)
-        sandbox = _Sandbox(net=net, ns=ns, vxlan=self._vxlan_name(net.vni), mtu=mtu, record=record)
+        if net.encrypted and (self.tunnel is None or not self.tunnel.has_keys):
+            raise DataPlaneError(
+                f"network {net.name!r} is encrypted and this host has no network keys; "
+                "refusing rather than running it in clear"
+            )
+        sandbox = _Sandbox(
+            net=net, ns=ns, vxlan=self._vxlan_name(net.vni, net.encrypted), mtu=mtu, record=record
+        )
         try:
             self._build_sandbox(sandbox)
         except Exception:
@@ -247,6 +311,9 @@ class DataPlane:
         inner.link("add", ifname=BRIDGE, kind="bridge", mtu=sb.mtu)
         bridge = self._index(inner, BRIDGE)
         inner.addr("add", index=bridge, address=sb.net.gateway, prefixlen=sb.net.prefixlen)
+        if sb.net.encrypted:
+            self._build_tap(sb, inner, bridge)
+            return
         host = self._ipr(self.host_netns)
         host.link(
             "add",
@@ -282,6 +349,24 @@ class DataPlane:
         inner.link("set", index=bridge, state="up")
         inner.link("set", index=self._index(inner, "lo"), state="up")
 
+    def _build_tap(self, sb: _Sandbox, inner: IPRoute, bridge: int) -> None:
+        assert self.tunnel is not None
+        try:
+            self.tunnel.add_network(sb.net.vni, sb.vxlan, sb.mtu, kns.ns_path(sb.ns))
+        except TunnelError as exc:
+            raise DataPlaneError(
+                f"network {sb.net.name!r}: encryption cannot be set up: {exc}"
+            ) from exc
+        try:
+            sb.vx_index = self._index(inner, sb.vxlan)
+            inner.link("set", index=sb.vx_index, mtu=sb.mtu)
+            inner.link("set", index=sb.vx_index, master=bridge, state="up")
+            inner.link("set", index=bridge, state="up")
+            inner.link("set", index=self._index(inner, "lo"), state="up")
+        except Exception:
+            self.tunnel.remove_network(sb.net.vni)
+            raise
+
     def _raise_gc_thresholds(self, ns: str) -> None:
         """Raise neighbour GC thresholds (kernel-wide), once per data plane."""
         if not self.gc_thresholds:
@@ -300,6 +385,8 @@ class DataPlane:
             return
         for container in list(sandbox.ports):
             self._detach_port(self._containers[container], sandbox)
+        if sandbox.net.encrypted and self.tunnel is not None:
+            self.tunnel.remove_network(sandbox.net.vni)
         self._drop_namespace(sandbox.record)
 
     def _drop_namespace(self, record: Created) -> None:
@@ -367,6 +454,8 @@ class DataPlane:
             inner.link("set", index=self._index(inner, veth), master=bridge, state="up")
             cipr = self._ipr(c.ns)
             index = self._index(cipr, ifname)
+            if sb.net.encrypted:  # sealed super-frames must fit one datagram
+                cipr.link("set", index=index, gso_max_size=ENCRYPTED_GSO_MAX)
             cipr.addr("add", index=index, address=ip, prefixlen=prefixlen)
             cipr.link("set", index=index, state="up")
             cipr.link("set", index=self._index(cipr, "lo"), state="up")
@@ -449,6 +538,9 @@ class DataPlane:
             return
         ip, mac, _ = remote
         fdb, neigh = self._desired(network)
+        if sandbox.net.encrypted:
+            self._push_tunnel(sandbox)
+            return
         inner, vx = self._vxlan(sandbox)
         if mac in fdb:
             kns.fdb_set(inner, vx, mac, fdb[mac])
@@ -468,7 +560,15 @@ class DataPlane:
             neigh[ip] = mac
         return fdb, neigh
 
+    def _push_tunnel(self, sb: _Sandbox) -> None:
+        assert self.tunnel is not None
+        fdb, neigh = self._desired(sb.net.name)
+        self.tunnel.set_remote(sb.net.vni, fdb, neigh)
+
     def _program(self, sb: _Sandbox, fdb: Any, neigh: Any) -> None:
+        if sb.net.encrypted:
+            self._push_tunnel(sb)
+            return
         inner, vx = self._vxlan(sb)
         for mac, vtep in fdb:
             kns.fdb_set(inner, vx, mac, vtep)
@@ -496,6 +596,17 @@ class DataPlane:
         fdb_map, neigh_map = self._desired(network)
         fdb_want, neigh_want = set(fdb_map.items()), set(neigh_map.items())
         fdb_have, neigh_have = self._read_kernel(sandbox)
+        if sandbox.net.encrypted:
+            self._push_tunnel(sandbox)
+            for mac, vtep in sorted(fdb_have - fdb_want):
+                result["removed"].append(("fdb", mac, vtep))
+            for ip, mac in sorted(neigh_have - neigh_want):
+                result["removed"].append(("neigh", ip, mac))
+            for mac, vtep in sorted(fdb_want - fdb_have):
+                result["added"].append(("fdb", mac, vtep))
+            for ip, mac in sorted(neigh_want - neigh_have):
+                result["added"].append(("neigh", ip, mac))
+            return result
         inner, vx = self._vxlan(sandbox)
         for mac, vtep in sorted(fdb_have - fdb_want):
             kns.fdb_del(inner, vx, mac, vtep)
@@ -523,6 +634,9 @@ class DataPlane:
         return self._read_kernel(sandbox)
 
     def _read_kernel(self, sb: _Sandbox) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        if sb.net.encrypted:
+            assert self.tunnel is not None
+            return self.tunnel.entries(sb.net.vni)
         inner, vx = self._vxlan(sb)
         return kns.vxlan_entries(inner, vx)
 
@@ -572,6 +686,11 @@ class DataPlane:
             try:
                 self.remove_network(name)
             except Exception as exc:  # keep tearing down the rest
+                errors.append(exc)
+        if self.tunnel is not None:
+            try:
+                self.tunnel.close()
+            except Exception as exc:
                 errors.append(exc)
         self._close_handles(None, everything=True)
         _removed, failed = remove_all(self.record)

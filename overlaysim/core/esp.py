@@ -86,17 +86,22 @@ def fnv1a_32(data: bytes) -> int:
     return h
 
 
-def derive_spi(src: str, dst: str, tag: int) -> int:
+def derive_spi(src: str, dst: str, tag: int, scope: int = 0) -> int:
     """SPI for traffic from VTEP ``src`` to VTEP ``dst`` under key ``tag``.
 
     FNV-1a over the packed IPv4 addresses and the big-endian 32-bit tag, as Docker does;
     values below 256 are reserved by RFC 4303, so those are moved up by 256.
+    A non-zero ``scope`` (the network's VNI) is hashed in as four more bytes, so each
+    network between the same two VTEPs has its own SAs and the receiver finds the
+    network from the SPI alone (Docker needs no scope: its ESP carries VXLAN, VNI inside).
     """
     data = (
         ipaddress.IPv4Address(src).packed
         + ipaddress.IPv4Address(dst).packed
         + struct.pack("!I", tag & 0xFFFFFFFF)
     )
+    if scope:
+        data += struct.pack("!I", scope & 0xFFFFFFFF)
     spi = fnv1a_32(data)
     return spi + MIN_SPI if spi < MIN_SPI else spi
 
@@ -265,9 +270,11 @@ class Keyring:
 
     MAX_KEYS = 3
 
-    def __init__(self, local: str, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(self, local: str, window: int = DEFAULT_WINDOW, scope: int = 0) -> None:
         self.local = str(ipaddress.IPv4Address(local))
         self.window = window
+        #: Hashed into every SPI (see :func:`derive_spi`): the network's VNI, or 0.
+        self.scope = scope
         self._keys: list[Key] = []
         self._primary: int | None = None
         self._peers: set[str] = set()
@@ -337,6 +344,15 @@ class Keyring:
         except KeyError:
             raise EspUsageError(f"unknown peer {peer}") from None
 
+    @property
+    def peers(self) -> frozenset[str]:
+        """VTEPs with SAs."""
+        return frozenset(self._peers)
+
+    def inbound_spis(self) -> frozenset[int]:
+        """SPIs this ring receives on (every key, every peer)."""
+        return frozenset(self._inbound)
+
     def inbound(self, spi: int) -> SecurityAssociation:
         """The SA that receives packets with ``spi``; :class:`UnknownSpi` otherwise."""
         try:
@@ -363,12 +379,12 @@ class Keyring:
         old_in = {(sa.spi, sa.key): sa for sa in self._inbound.values()}
         for peer in sorted(self._peers):
             for key in self._keys:
-                out_spi = derive_spi(self.local, peer, key.tag)
+                out_spi = derive_spi(self.local, peer, key.tag, self.scope)
                 old_out = self._outbound.get((peer, key.tag))
                 if old_out is None or old_out.key != key:
                     old_out = SecurityAssociation(out_spi, key, self.window)
                 outbound[(peer, key.tag)] = old_out
-                in_spi = derive_spi(peer, self.local, key.tag)
+                in_spi = derive_spi(peer, self.local, key.tag, self.scope)
                 if in_spi in inbound:
                     raise EspUsageError(f"SPI collision {in_spi:#010x}: choose another key tag")
                 inbound[in_spi] = old_in.get((in_spi, key)) or SecurityAssociation(

@@ -1,0 +1,257 @@
+"""Underlay, plain overlay and encrypted overlay TCP throughput, side by side in one run.
+
+Builds two underlay hosts (named namespaces ``osime-u1`` and ``osime-u2`` joined by a
+veth pair, 10.97.0.1/24 and 10.97.0.2/24). Each host's data plane runs in its own
+process, as each agent does: a plain network (kernel VXLAN, VNI 4096) and an encrypted
+network (user-space ESP over UDP 4500, VNI 4097) with one container per host on each.
+Then iperf3 TCP runs host -> host, container -> container on the plain network and on
+the encrypted one, interleaved, ``--repeat`` times. It prints Gbit/s for the three, the
+encrypted/plain ratio (median of per-round ratios), and the CPU the data-path processes
+used per Gbit/s carried (sender and receiver, from their rusage over the encrypted runs).
+
+``--profile`` samples the sending data-path process with py-spy during one more
+encrypted run and prints the top functions by own time.
+
+Run as root: ``.venv/bin/python bench/encryption.py [--seconds 10] [--repeat 3]``.
+Traffic stays between the namespaces built here. Do not run it at the same time as the
+Mininet emulation tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from overlaysim.agent import netns as kns
+from overlaysim.agent.created import clean_prefixed
+from overlaysim.agent.dataplane import DataPlane, NetInfo, docker_mac
+from overlaysim.core import esp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dataplane import iperf3_tcp  # noqa: E402  (sibling bench module)
+
+PREFIX = "osime"
+U1, U2 = f"{PREFIX}-u1", f"{PREFIX}-u2"
+L1, L2 = f"{PREFIX}-l1", f"{PREFIX}-l2"
+IP1, IP2 = "10.97.0.1", "10.97.0.2"
+PLAIN = NetInfo(name="plain", vni=4096, subnet="10.41.0.0/24", gateway="10.41.0.1")
+SEALED = NetInfo(
+    name="sealed", vni=4097, subnet="10.42.0.0/24", gateway="10.42.0.1", encrypted=True
+)
+KEYS = [esp.Key(tag, os.urandom(20)) for tag in (1, 2, 3)]
+#: (host name, underlay netns, own underlay IP, peer underlay IP, last octet of its containers)
+HOSTS = (("u1", U1, IP1, IP2, 2), ("u2", U2, IP2, IP1, 3))
+
+
+def _ip(net: NetInfo, octet: int) -> str:
+    return net.subnet.rsplit(".", 1)[0] + f".{octet}"
+
+
+def _host(name: str, ns: str, ip: str, peer: str, octet: int, conn) -> None:
+    """One host's data plane, in its own process: build, report, serve CPU readings."""
+    plane = DataPlane(host=name, underlay_ip=ip, host_netns=ns, prefix=PREFIX)
+    try:
+        plane.install_keys(KEYS, 2)
+        peer_octet = 5 - octet
+        for net in (PLAIN, SEALED):
+            mine, theirs = _ip(net, octet), _ip(net, peer_octet)
+            plane.attach(f"c{octet}{net.vni}", net, mine, 24, docker_mac(mine))
+            plane.add_remote(net.name, theirs, docker_mac(theirs), peer)
+        conn.send(
+            {n.name: plane.container_netns(f"c{octet}{n.vni}") for n in (PLAIN, SEALED)}
+            | {"pid": os.getpid()}
+        )
+        while True:
+            cmd = conn.recv()
+            if cmd == "cpu":
+                ru = resource.getrusage(resource.RUSAGE_SELF)
+                conn.send(ru.ru_utime + ru.ru_stime)
+            elif cmd == "counters":
+                conn.send(plane.crypto_state().get("counters", {}))
+            else:
+                break
+    finally:
+        plane.close()
+        conn.send("closed")
+
+
+@contextmanager
+def testbed() -> Iterator[list[tuple[mp.Process, object, dict]]]:
+    """Underlay, two host processes with both networks; everything removed on exit."""
+    ctx = mp.get_context("fork")
+    hosts: list[tuple[mp.Process, object, dict]] = []
+    try:
+        for name in (U1, U2):
+            kns.create_netns(name)
+        with IPRoute(netns=U1, flags=0) as h1:
+            h1.link("add", ifname=L1, kind="veth", peer={"ifname": L2, "net_ns_fd": U2})
+        for ns, ifname, ip in ((U1, L1, IP1), (U2, L2, IP2)):
+            with IPRoute(netns=ns, flags=0) as ipr:
+                index = ipr.link_lookup(ifname=ifname)[0]
+                ipr.addr("add", index=index, address=ip, prefixlen=24)
+                ipr.link("set", index=index, state="up")
+                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        for spec in HOSTS:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_host, args=(*spec, child), daemon=True)
+            proc.start()
+            if not parent.poll(60):
+                raise RuntimeError(f"data plane of {spec[0]} did not come up")
+            hosts.append((proc, parent, parent.recv()))
+        yield hosts
+    finally:
+        for proc, conn, _ in hosts:
+            try:
+                conn.send("stop")
+                conn.poll(20) and conn.recv()
+            except (OSError, EOFError):
+                pass
+            proc.join(timeout=20)
+            if proc.is_alive():
+                proc.kill()
+        for name in (U1, U2):
+            kns.remove_netns(name)
+
+
+def _cpu(hosts) -> list[float]:
+    out = []
+    for _, conn, _ in hosts:
+        conn.send("cpu")
+        out.append(conn.recv())
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    underlay: float
+    plain: float
+    encrypted: float
+    encrypted_retrans: int
+    sender_cpu_s: float
+    receiver_cpu_s: float
+    seconds: float
+
+    @property
+    def ratio(self) -> float:
+        return self.encrypted / self.plain if self.plain else 0.0
+
+
+def run_round(hosts, seconds: float) -> Round:
+    (_, _, h1), (_, _, h2) = hosts
+    under, _ = iperf3_tcp(U2, U1, IP2, seconds)
+    plain, _ = iperf3_tcp(h2["plain"], h1["plain"], _ip(PLAIN, 3), seconds)
+    before = _cpu(hosts)
+    t0 = time.monotonic()
+    enc, retrans = iperf3_tcp(h2["sealed"], h1["sealed"], _ip(SEALED, 3), seconds)
+    wall = time.monotonic() - t0
+    after = _cpu(hosts)
+    return Round(
+        underlay=under, plain=plain, encrypted=enc, encrypted_retrans=retrans,
+        sender_cpu_s=after[0] - before[0], receiver_cpu_s=after[1] - before[1], seconds=wall,
+    )  # fmt: skip
+
+
+def profile(hosts, seconds: float, top: int) -> list[tuple[str, float]]:
+    """py-spy samples of the sending data-path process during one encrypted run."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        print("profile skipped: py-spy not installed (pip install py-spy)", file=sys.stderr)
+        return []
+    (_, _, h1), (_, _, h2) = hosts
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "profile.txt"
+        spy_proc = subprocess.Popen(
+            [spy, "record", "--pid", str(h1["pid"]), "--duration", str(int(seconds)),
+             "--format", "raw", "--output", str(out), "--nonblocking", "--threads"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        iperf3_tcp(h2["sealed"], h1["sealed"], _ip(SEALED, 3), seconds)
+        spy_proc.wait(timeout=seconds + 30)
+        own: Counter[str] = Counter()
+        total = 0
+        for line in out.read_text().splitlines() if out.exists() else []:
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            frames = stack.split(";")
+            if not any("esp-tx" in f or "_tx_loop" in f for f in frames):
+                continue  # only the send loop's thread
+            own[frames[-1].strip()] += int(count)
+            total += int(count)
+    return [(name, n / total) for name, n in own.most_common(top)] if total else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="iperf3 duration (s)")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument("--profile", action="store_true", help="py-spy the send loop once more")
+    parser.add_argument("--top", type=int, default=12, help="profile entries to print")
+    parser.add_argument("--json", type=Path, help="also write results here")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces)")
+    clean_prefixed(PREFIX)  # leftovers of an interrupted earlier run
+    rounds: list[Round] = []
+    with testbed() as hosts:
+        for i in range(args.repeat):
+            r = run_round(hosts, args.seconds)
+            rounds.append(r)
+            print(
+                f"  round {i + 1}: underlay {r.underlay:.2f}, plain {r.plain:.2f}, "
+                f"encrypted {r.encrypted:.2f} Gbit/s (ratio {r.ratio:.2f}, "
+                f"{r.encrypted_retrans} retransmits)",
+                file=sys.stderr,
+                flush=True,
+            )
+        (_, conn, _) = hosts[1]
+        conn.send("counters")
+        counters = conn.recv()
+        top = profile(hosts, args.seconds, args.top) if args.profile else []
+    med = statistics.median
+    enc = med(r.encrypted for r in rounds)
+    send_cores = med(r.sender_cpu_s / r.seconds for r in rounds)
+    recv_cores = med(r.receiver_cpu_s / r.seconds for r in rounds)
+    print(f"{'underlay':<28} {med(r.underlay for r in rounds):8.2f} Gbit/s")
+    print(f"{'plain overlay (VXLAN)':<28} {med(r.plain for r in rounds):8.2f} Gbit/s")
+    print(f"{'encrypted overlay (ESP)':<28} {enc:8.2f} Gbit/s")
+    print(
+        f"{'encrypted / plain':<28} {med(r.ratio for r in rounds):8.2f} "
+        f"(rounds: {', '.join(f'{r.ratio:.2f}' for r in rounds)}; target >= 0.25)"
+    )
+    if enc:
+        print(
+            f"{'data-path CPU per Gbit/s':<28} sender {send_cores / enc:.2f}, "
+            f"receiver {recv_cores / enc:.2f} core-seconds per second per Gbit/s "
+            f"(busy: sender {send_cores:.2f}, receiver {recv_cores:.2f} cores)"
+        )
+    drops = {k: v for k, v in counters.items() if k.startswith("drop_") and v}
+    print(f"{'receiver drops':<28} {drops or 'none'}")
+    if top:
+        print("send loop profile (own time, py-spy):")
+        for name, share in top:
+            print(f"  {share:6.1%}  {name}")
+    if args.json:
+        out = {"rounds": [asdict(r) | {"ratio": r.ratio} for r in rounds], "profile": top}
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
