@@ -89,7 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "create",
         help="create an overlay network",
         description="Create an overlay network (VNI and subnet allocated by the manager "
-        "unless given). Encrypted networks are refused until the encrypted data path exists.",
+        "unless given). --opt encrypted seals the network's traffic between hosts as "
+        "ESP-in-UDP (AES-GCM-128) on UDP 4500 with keys the manager rotates.",
         epilog="example:\n  overlaysim network create -d overlay --attachable --subnet 10.30.0.0/24 "
         "--ip-range 10.30.0.128/25 --aux-address router=10.30.0.2 web\n",
         formatter_class=_FMT,

@@ -152,7 +152,12 @@ class ControlServer:
 
 
 def _encode(answer: dict[str, Any]) -> bytes:
-    return (json.dumps(answer, separators=(",", ":"), default=str) + "\n").encode()
+    return (json.dumps(answer, separators=(",", ":"), default=_plain) + "\n").encode()
+
+
+def _plain(value: object) -> str:
+    # bytes (e.g. key material for a packet analyser) travel as hex; anything else as text
+    return value.hex() if isinstance(value, bytes) else str(value)
 
 
 class ControlClient:
@@ -216,6 +221,8 @@ class AgentOps(Protocol):
     async def disconnect(self, name: str, network: str) -> dict[str, Any]: ...
     async def remove(self, name: str) -> dict[str, Any]: ...
     async def reconcile(self) -> dict[str, Any]: ...
+    async def refresh_keys(self) -> dict[str, Any]: ...
+    async def crypto(self) -> dict[str, Any]: ...
     async def manager_call(self, op: str, args: dict[str, Any]) -> Any: ...
     def request_stop(self, leave: bool = True) -> None: ...
 
@@ -261,6 +268,12 @@ def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
     async def reconcile(req: dict[str, Any]) -> Any:
         return await agent.reconcile()
 
+    async def keys(req: dict[str, Any]) -> Any:
+        return await agent.refresh_keys()
+
+    async def crypto(req: dict[str, Any]) -> Any:
+        return await agent.crypto()
+
     async def manager(req: dict[str, Any]) -> Any:
         args = req.get("args") or {}
         if not isinstance(args, dict):
@@ -278,7 +291,8 @@ def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
         agent.request_stop(leave=stay)
         return {"stopping": True, "leave": stay}
 
-    ops = (status, members, tables, kernel, run, task, connect, disconnect, rm, reconcile)
+    ops = (status, members, tables, kernel, run, task, connect, disconnect, rm, reconcile, keys)
+    ops += (crypto,)
     return {f.__name__: f for f in (*ops, manager, leave, shutdown)}
 
 

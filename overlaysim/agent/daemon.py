@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import dataclasses
 import json
 import logging
 import os
@@ -36,20 +38,29 @@ from typing import Any
 from overlaysim.agent.control import BadRequest, ControlError, ControlServer, operations
 from overlaysim.agent.created import clean_recorded
 from overlaysim.agent.dataplane import DataPlane, NetInfo
+from overlaysim.agent.esp_tunnel import ESP_PORT
 from overlaysim.agent.logging import EventLog, RateLimit
 from overlaysim.agent.manager import (
-    ENCRYPTION_REFUSED,
     MANAGER_PORT,
     EncryptionUnsupported,
     Manager,
     ManagerClient,
     ManagerServer,
+    ManagerUnavailable,
 )
+from overlaysim.agent.netkeys import keys_from_ring
 from overlaysim.agent.programmer import ENDPOINTS, DataPlanePort, Programmer, remote_entries
-from overlaysim.agent.transport import DEFAULT_PORT, Counters, TrafficDelta, Transport
-from overlaysim.core.cluster import Cluster, derive_mtu
+from overlaysim.agent.transport import (
+    DEFAULT_PORT,
+    Counters,
+    TrafficDelta,
+    Transport,
+    sealed_budget,
+)
+from overlaysim.core.cluster import Cluster, ClusterError, derive_mtu
 from overlaysim.core.config import PROFILES, configs
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
+from overlaysim.core.gossip_crypto import GossipKeyring
 from overlaysim.core.node import Node
 from overlaysim.core.tables import TablesError
 from overlaysim.core.wire import Message
@@ -91,6 +102,14 @@ class AgentConfig:
     join_retry: float = 1.0
     #: Period of ``traffic`` log lines.
     traffic_interval: float = 1.0
+    #: UDP port of the encrypted data path (ESP-in-UDP).
+    esp_port: int = ESP_PORT
+    #: How often a node holding network keys asks the manager for a newer ring.
+    key_poll: float = 5.0
+    #: Gossip (and manager channel) keys, primary first; empty: cleartext control plane.
+    gossip_keys: tuple[bytes, ...] = ()
+    #: Manager only: rotate the network keys this often (seconds; 0 = never).
+    key_rotation: float = 12 * 3600.0
 
     @property
     def addr(self) -> str:
@@ -128,9 +147,14 @@ class Agent:
         self.handle_signals = handle_signals
         self.events = EventLog(config.log, node=config.name)
         self.counters = Counters()
+        #: Seals gossip and the manager channel (None: cleartext control plane).
+        self.keyring = GossipKeyring(list(config.gossip_keys)) if config.gossip_keys else None
         mcfg, tcfg = configs(
             config.profile, config.protocol.get("membership"), config.protocol.get("tables")
         )
+        if self.keyring is not None:  # sealing adds bytes: leave room in every datagram
+            mcfg = dataclasses.replace(mcfg, udp_buffer_size=sealed_budget(mcfg.udp_buffer_size))
+            tcfg = dataclasses.replace(tcfg, udp_buffer_size=sealed_budget(tcfg.udp_buffer_size))
         self.node = Node(
             name=config.name,
             addr=config.addr,
@@ -147,9 +171,10 @@ class Agent:
             deliver=self._deliver,
             on_error=self._report,
             counters=self.counters,
+            keyring=self.keyring,
         )
         addr = config.manager_addr
-        self.manager = ManagerClient(addr) if addr else None
+        self.manager = ManagerClient(addr, keyring=self.keyring) if addr else None
         self.manager_server: ManagerServer | None = None
         self.control: ControlServer | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
@@ -164,6 +189,7 @@ class Agent:
         self._stopping = False
         self._torn_down = False
         self._done = asyncio.Event()
+        self._key_generation: int | None = None
         #: Set once the agent listens and has started its node.
         self.started = asyncio.Event()
 
@@ -191,13 +217,20 @@ class Agent:
             vxlan_port=cfg.vxlan_port,
             record_path=cfg.record,
             prefix=cfg.prefix,
+            esp_port=cfg.esp_port,
         )
         self.programmer = Programmer(dataplane, node=cfg.name, log=self.events)
         await self.transport.start()
         if cfg.serve_manager:
             port = int(cfg.manager_addr.rpartition(":")[2]) if cfg.manager_addr else MANAGER_PORT
-            manager = Manager(Cluster(), self._live_hosts)
-            self.manager_server = ManagerServer(manager, cfg.bind, port)
+            manager = Manager(Cluster(), self._live_hosts, secure=self.keyring is not None)
+            self.manager_server = ManagerServer(
+                manager,
+                cfg.bind,
+                port,
+                keyring=self.keyring,
+                key_rotation=cfg.key_rotation if self.keyring is not None else None,
+            )
             await self.manager_server.start()
         if cfg.control is not None:
             self.control = ControlServer(
@@ -224,6 +257,7 @@ class Agent:
             self._reconcile_loop(),
             self._join_loop(),
             self._release_loop(),
+            self._key_loop(),
         ):
             self._tasks.append(loop.create_task(coro))
         self.started.set()
@@ -277,13 +311,21 @@ class Agent:
         for server in (self.control, self.manager_server):
             if server is not None:
                 await server.close()
+        crypto: dict[str, Any] = {}
+        if self.programmer is not None and self._key_generation is not None:
+            try:
+                crypto = (await self._dp(self.programmer.dataplane.crypto_state)).get(
+                    "counters", {}
+                )
+            except Exception as exc:
+                self._error("teardown", exc)
         if self.programmer is not None:
             try:
                 await self._dp(self.programmer.close)
             except Exception as exc:
                 self._error("teardown", exc)
         self._executor.shutdown(wait=True)
-        self.events.write("stop", counters=self.counters.as_dict())
+        self.events.write("stop", counters=self.counters.as_dict(), esp=crypto)
         self.events.close()
         self._done.set()
 
@@ -356,7 +398,7 @@ class Agent:
         suppressed = limit.allow(time.monotonic())
         if suppressed is None:
             return
-        kind = "wire_error" if what in ("wire", "frame") else "agent_error"
+        kind = "wire_error" if what in ("wire", "frame", "auth") else "agent_error"
         self.events.write(kind, what=what, detail=detail, suppressed=suppressed)
 
     def _unexpected(self, op: str, exc: BaseException) -> None:
@@ -423,6 +465,36 @@ class Agent:
                 membership.join(seeds, time.monotonic())
                 self._flush()
 
+    async def _key_loop(self) -> None:
+        """Once this node holds network keys, pick up the manager's rotations."""
+        while True:
+            await asyncio.sleep(self.cfg.key_poll)
+            if self._key_generation is None:
+                continue
+            try:
+                await self.refresh_keys()
+            except Exception as exc:
+                self._error("keys", exc)
+
+    async def refresh_keys(self) -> dict[str, Any]:
+        """Fetch the network key ring from the manager; install it if it is newer."""
+        ring = await self._need_manager().call("keys")
+        keys, primary = keys_from_ring(ring)
+        generation = int(ring["generation"])
+        tags = [k.tag for k in keys]
+        if generation != self._key_generation:
+            assert self.programmer is not None
+            await self._dp(self.programmer.dataplane.install_keys, keys, primary)
+            self._key_generation = generation
+            self.events.write("keys_installed", generation=generation, primary=primary, tags=tags)
+        return {"generation": generation, "primary": primary, "tags": tags}
+
+    async def crypto(self) -> dict[str, Any]:
+        """The encrypted data path: key tags, SAs, counters, cleartext VXLAN drops."""
+        assert self.programmer is not None
+        state = await self._dp(self.programmer.dataplane.crypto_state)
+        return {"generation": self._key_generation, **state}
+
     async def _release_loop(self) -> None:
         """Release the addresses a previous boot of this host held (it is gone)."""
         while not self._released and self.manager is not None:
@@ -473,14 +545,21 @@ class Agent:
         name = net["name"]
         if name in c.nets:
             raise BadRequest(f"container {c.name} is already on network {name}")
-        if net["encrypted"]:
-            raise EncryptionUnsupported(f"network {name}: {ENCRYPTION_REFUSED}")
+        if net["encrypted"] and self._key_generation is None:
+            try:
+                await self.refresh_keys()
+            except (ClusterError, ManagerUnavailable, ValueError) as exc:
+                raise EncryptionUnsupported(
+                    f"network {name} is encrypted and {self.cfg.name} has no network keys "
+                    f"({type(exc).__name__}: {exc}); refusing rather than running it in clear"
+                ) from None
         info = NetInfo(
             name=name,
             vni=net["vni"],
             subnet=net["subnet"],
             gateway=net["gateway"],
             mtu=derive_mtu(self.cfg.underlay_mtu, net["encrypted"], net["mtu"]),
+            encrypted=bool(net["encrypted"]),
         )
         if not self._released:
             await self._release_host()
@@ -687,6 +766,34 @@ def _protocol_arg(text: str) -> dict[str, dict[str, Any]]:
     return data
 
 
+def read_keyfile(path: Path) -> tuple[bytes, ...]:
+    """Gossip keys from ``path``: one base64 key per line (16, 24 or 32 bytes), primary
+    first; blank lines and ``#`` comments are skipped. SystemExit with the line at fault."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise SystemExit(f"--gossip-keyfile {path}: {exc.strerror}") from None
+    keys = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keys.append(_gossip_key(line, f"--gossip-keyfile {path}:{n}"))
+    if not keys:
+        raise SystemExit(f"--gossip-keyfile {path}: no key in the file")
+    return tuple(keys)
+
+
+def _gossip_key(text: str, where: str) -> bytes:
+    try:
+        key = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise SystemExit(f"{where}: not base64") from None
+    if len(key) not in (16, 24, 32):
+        raise SystemExit(f"{where}: key is {len(key)} bytes; expected 16, 24 or 32 (base64)")
+    return key
+
+
 def parse_args(argv: list[str] | None = None) -> AgentConfig:
     """The command line as an :class:`AgentConfig`."""
     p = argparse.ArgumentParser(prog="overlayd", description="overlaysim live agent")
@@ -716,10 +823,39 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument("--seed", type=int, default=None, help="seed of the protocol's randomness")
     p.add_argument("--reconcile-interval", type=float, default=10.0)
     p.add_argument("--leave-grace", type=float, default=1.0)
+    p.add_argument(
+        "--gossip-key",
+        action="append",
+        default=[],
+        metavar="BASE64",
+        help="seal gossip and manager traffic with this AES key (16/24/32 bytes, base64; "
+        "repeat to install several, the first is primary). Visible in ps: prefer the keyfile",
+    )
+    p.add_argument(
+        "--gossip-keyfile",
+        type=Path,
+        default=None,
+        help="file with one base64 gossip key per line, primary first",
+    )
+    p.add_argument(
+        "--key-rotation",
+        type=float,
+        default=12 * 3600.0,
+        help="manager: seconds between network-key rotations (0: never; default 12 h)",
+    )
+    p.add_argument(
+        "--esp-port", type=int, default=ESP_PORT, help="UDP port of encrypted networks' ESP"
+    )
+    p.add_argument(
+        "--key-poll", type=float, default=5.0, help="seconds between network-key ring checks"
+    )
     a = p.parse_args(argv)
     seeds = []
     for item in filter(None, (s.strip() for s in a.seeds.split(","))):
         seeds.append(item if ":" in item else f"{item}:{a.port}")
+    gossip_keys = tuple(_gossip_key(k, "--gossip-key") for k in a.gossip_key)
+    if a.gossip_keyfile is not None:
+        gossip_keys += read_keyfile(a.gossip_keyfile)
     manager = a.manager
     if manager and ":" not in manager:
         manager = f"{manager}:{MANAGER_PORT}"
@@ -742,6 +878,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         seed=a.seed,
         reconcile_interval=a.reconcile_interval,
         leave_grace=a.leave_grace,
+        esp_port=a.esp_port,
+        key_poll=a.key_poll,
+        gossip_keys=gossip_keys,
+        key_rotation=a.key_rotation,
     )
 
 

@@ -44,6 +44,7 @@ KINDS = frozenset(
         "wire_error",
         "agent_error",
         "previous_boot",
+        "keys_installed",
         "traffic",
     }
 )

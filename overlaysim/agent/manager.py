@@ -11,14 +11,24 @@ msgpack map. Request ``{"op": name, "args": {...}}``; answer ``{"result": ...}``
 :class:`~overlaysim.core.cluster.ClusterError` subclasses; :class:`ManagerClient` raises
 the same subclass again on the calling side (:func:`error_from_wire`).
 
-Encrypted networks are refused (:data:`ENCRYPTION_REFUSED`) until the user-space ESP
-data path exists: never silently unencrypted.
+With a :class:`~overlaysim.core.gossip_crypto.GossipKeyring` (the agents'
+``--gossip-key``) both frames of a request are sealed, with different associated data
+for requests and answers so an answer can never be replayed as a request. A server with a
+keyring says nothing at all to a peer whose request does not open: it closes the
+connection and counts a bad request.
+
+Only such a *secure* manager accepts encrypted networks, because it also hands out their
+ESP keys (:class:`~overlaysim.agent.netkeys.NetworkKeys`, ops ``keys`` and
+``rotate_keys``): keys never travel in clear. An insecure manager refuses encrypted
+networks with :data:`ENCRYPTION_REFUSED` rather than run them unencrypted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -26,17 +36,37 @@ from typing import Any
 
 import msgpack
 
-from overlaysim.agent.transport import FrameError, frame, read_frame
+from overlaysim.agent.netkeys import NetworkKeys
+from overlaysim.agent.transport import ClosedBeforeFrame, FrameError, frame, read_frame
 from overlaysim.core import cluster as _cluster
 from overlaysim.core.cluster import Cluster, ClusterError, InvalidSpec, NetworkSpec
+from overlaysim.core.gossip_crypto import (
+    NONCE_SIZE,
+    OVERHEAD,
+    GossipAuthError,
+    GossipKeyring,
+    open_,
+    seal,
+)
 
 MANAGER_PORT = 2377
 #: Largest request or answer (a network_ls of a big cluster fits easily).
 MAX_MESSAGE = 16 * 1024 * 1024
+#: Largest frame: a sealed message is OVERHEAD bytes longer.
+MAX_FRAME = MAX_MESSAGE + OVERHEAD
+#: Associated data of sealed requests and answers (distinct: no answer replays as a request).
+REQUEST_AAD = b"osim-mgr-req"
+ANSWER_AAD = b"osim-mgr-ans"
+#: Default period of the network key rotation (Docker rotates every 12 hours).
+KEY_ROTATION = 12 * 3600.0
 
 ENCRYPTION_REFUSED = (
-    "encrypted overlay networks are not supported yet: the user-space ESP data path is not "
-    "built; refusing rather than running unencrypted"
+    "encrypted networks need an authenticated cluster: start the agents with --gossip-key, "
+    "the network keys travel over the sealed manager channel"
+)
+KEYS_REFUSED = (
+    "network keys are only handed out over the sealed manager channel: start the agents "
+    "with --gossip-key"
 )
 
 
@@ -44,7 +74,11 @@ ENCRYPTION_REFUSED = (
 
 
 class EncryptionUnsupported(ClusterError):
-    """An encrypted network was asked for; the encrypted data path does not exist yet."""
+    """An encrypted network was asked of a manager without a keyring (keys would leak)."""
+
+
+class KeysRefused(ClusterError):
+    """Network keys were asked of a manager without a keyring: keys never travel in clear."""
 
 
 class InvalidRequest(ClusterError):
@@ -162,12 +196,24 @@ class Manager:
     """Request handling for the manager API, without I/O.
 
     ``live_hosts`` returns the names of hosts currently alive (the serving agent's
-    membership view, itself included); services are placed over them.
+    membership view, itself included); services are placed over them. ``secure`` says
+    that the manager is only reachable over a sealed channel (its
+    :class:`ManagerServer` has a keyring): only then does it create encrypted networks
+    and hand out ``network_keys``.
     """
 
-    def __init__(self, cluster: Cluster, live_hosts: Callable[[], list[str]]) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        live_hosts: Callable[[], list[str]],
+        *,
+        secure: bool = False,
+        network_keys: NetworkKeys | None = None,
+    ) -> None:
         self.cluster = cluster
         self.live_hosts = live_hosts
+        self.secure = secure
+        self.network_keys = network_keys if network_keys is not None else NetworkKeys()
         self._holder: dict[tuple[str, str], str] = {}  # (network name, endpoint) -> host
         self._services: dict[str, _Service] = {}
         self._next_host = 0  # round-robin cursor, kept across services
@@ -193,10 +239,13 @@ class Manager:
     # --- operations ----------------------------------------------------------------------
 
     def network_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        spec = args.get("spec")
-        if isinstance(spec, dict) and spec.get("encrypted") is True:
-            raise EncryptionUnsupported(f"network {spec.get('name')}: {ENCRYPTION_REFUSED}")
-        return network_dict(self.cluster.create_network(spec_from_dict(spec)))
+        spec = spec_from_dict(args.get("spec"))
+        if spec.encrypted is True and not self.secure:
+            raise EncryptionUnsupported(f"network {spec.name}: {ENCRYPTION_REFUSED}")
+        net = self.cluster.create_network(spec)
+        if net.encrypted:
+            self.network_keys.ring()  # from now on there are keys (and timed rotation)
+        return network_dict(net)
 
     def network_rm(self, args: dict[str, Any]) -> dict[str, Any]:
         net = self.cluster.remove_network(_arg(args, "name", str))
@@ -220,9 +269,6 @@ class Manager:
         ip = _arg(args, "ip", str, None)
         standalone = _arg(args, "standalone", bool, True)
         host = _arg(args, "host", str, "")
-        net = self.cluster.network(network)
-        if net.encrypted:  # only reachable through a restored snapshot
-            raise EncryptionUnsupported(f"network {net.name}: {ENCRYPTION_REFUSED}")
         alloc = self.cluster.allocate(network, endpoint, ip=ip, standalone=standalone)
         self._holder[(alloc.network, alloc.endpoint)] = host
         return allocation_dict(alloc)
@@ -254,8 +300,6 @@ class Manager:
             raise ServiceExists(f"service {name} already exists")
         if replicas < 1:
             raise InvalidSpec(f"replicas={replicas}: expected at least 1")
-        if network.encrypted:
-            raise EncryptionUnsupported(f"network {network.name}: {ENCRYPTION_REFUSED}")
         hosts = sorted(set(self.live_hosts()))
         if not hosts:
             raise NoLiveHosts(f"service {name}: no live host to place {replicas} tasks on")
@@ -276,6 +320,20 @@ class Manager:
     def service_ls(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         return [s.as_dict() for s in self._services.values()]
 
+    def keys(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The ESP key ring of encrypted networks (created on first use)."""
+        self._need_secure()
+        return self.network_keys.ring()
+
+    def rotate_keys(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Rotate the ESP key ring one step; returns the new ring."""
+        self._need_secure()
+        return self.network_keys.rotate()
+
+    def _need_secure(self) -> None:
+        if not self.secure:
+            raise KeysRefused(KEYS_REFUSED)
+
     _OPS: dict[str, Callable[[Manager, dict[str, Any]], Any]] = {
         "network_create": network_create,
         "network_rm": network_rm,
@@ -287,6 +345,8 @@ class Manager:
         "service_create": service_create,
         "service_rm": service_rm,
         "service_ls": service_ls,
+        "keys": keys,
+        "rotate_keys": rotate_keys,
     }
 
 
@@ -301,40 +361,103 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+def _seal(keyring: GossipKeyring | None, payload: bytes, aad: bytes) -> bytes:
+    if keyring is None:
+        return payload
+    if len(payload) > MAX_MESSAGE:  # the frame limit alone would allow OVERHEAD more
+        raise FrameError(f"payload of {len(payload)} bytes exceeds limit of {MAX_MESSAGE}")
+    return seal(keyring, payload, nonce=os.urandom(NONCE_SIZE), aad=aad)
+
+
+def _frame_limit(keyring: GossipKeyring | None) -> int:
+    return MAX_FRAME if keyring is not None else MAX_MESSAGE
+
+
 class ManagerServer:
-    """Serves a :class:`Manager` on ``host:port``, one request per connection."""
+    """Serves a :class:`Manager` on ``host:port``, one request per connection.
+
+    With ``keyring`` (which requires ``manager.secure``, and the other way round) requests
+    must open under one of its keys and answers are sealed with its primary; a request
+    that does not open gets no answer at all. A secure server also rotates the network
+    keys every ``key_rotation`` seconds once they exist (``None`` or 0: never).
+    """
 
     def __init__(
-        self, manager: Manager, host: str, port: int = MANAGER_PORT, timeout: float = 10.0
+        self,
+        manager: Manager,
+        host: str,
+        port: int = MANAGER_PORT,
+        timeout: float = 10.0,
+        keyring: GossipKeyring | None = None,
+        key_rotation: float | None = KEY_ROTATION,
     ):
+        if manager.secure != (keyring is not None):
+            raise ValueError(
+                "manager.secure must be True exactly when the server has a keyring: "
+                "a secure manager hands out keys, which must never travel in clear"
+            )
+        if key_rotation is not None and key_rotation < 0:
+            raise ValueError(f"key_rotation={key_rotation}: expected seconds >= 0 or None")
         self.manager = manager
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.keyring = keyring
+        self.key_rotation = key_rotation
         self.bad_requests = 0
+        #: Rotations done by the timer (not those asked for with ``rotate_keys``).
+        self.timed_rotations = 0
         self._server: asyncio.Server | None = None
+        self._rotator: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
             self._serve, self.host, self.port, reuse_address=True
         )
+        if self.keyring is not None and self.key_rotation:
+            self._rotator = asyncio.get_running_loop().create_task(self._rotate_forever())
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._rotator is not None:
+            self._rotator.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rotator
+            self._rotator = None
+
+    async def _rotate_forever(self) -> None:
+        assert self.key_rotation
+        while True:
+            await asyncio.sleep(self.key_rotation)
+            if self.manager.network_keys.exists:  # no encrypted network yet: nothing to rotate
+                self.manager.rotate_keys({})
+                self.timed_rotations += 1
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        authentic = self.keyring is None
         try:
             try:
-                data = await asyncio.wait_for(read_frame(reader, MAX_MESSAGE), self.timeout)
+                data = await asyncio.wait_for(
+                    read_frame(reader, _frame_limit(self.keyring)), self.timeout
+                )
+                if self.keyring is not None:
+                    data = open_(self.keyring, data, REQUEST_AAD)
+                    authentic = True
                 request = _unpack(data)
+            except GossipAuthError:
+                self.bad_requests += 1
+                return  # not a word to a peer that does not hold the key
             except (FrameError, ValueError, msgpack.UnpackException) as exc:
                 self.bad_requests += 1
+                if not authentic:
+                    return
                 answer = {"error": error_to_wire(InvalidRequest(f"undecodable request: {exc}"))}
             else:
                 answer = self.manager.handle(request)
-            writer.write(frame(_pack(answer), MAX_MESSAGE))
+            payload = _seal(self.keyring, _pack(answer), ANSWER_AAD)
+            writer.write(frame(payload, _frame_limit(self.keyring)))
             await asyncio.wait_for(writer.drain(), self.timeout)
         except (OSError, TimeoutError, FrameError):
             self.bad_requests += 1  # the client went away; nothing to answer
@@ -352,36 +475,89 @@ def _result(answer: object) -> Any:
     return answer["result"]
 
 
+class _NoAnswer(Exception):
+    """The manager closed the connection without a byte of answer."""
+
+
+_NO_ANSWER = (
+    "did not answer (closed the connection): authentication may have failed; the manager "
+    "and this side must use the same --gossip-key"
+)
+
+
 class ManagerClient:
     """Client of the manager API at ``"ip:port"``: async methods, plus :meth:`call_sync`.
 
     Refusals raise the manager's :class:`ClusterError` subclass; an unreachable or
-    garbled manager raises :class:`ManagerUnavailable`.
+    garbled manager, or one that did not answer (as a manager with a gossip key does
+    when this client has no key or another one), raises :class:`ManagerUnavailable`.
+    With ``keyring`` requests are sealed and answers must open.
     """
 
-    def __init__(self, addr: str, timeout: float = 5.0, local_addr: str | None = None) -> None:
+    def __init__(
+        self,
+        addr: str,
+        timeout: float = 5.0,
+        local_addr: str | None = None,
+        keyring: GossipKeyring | None = None,
+    ) -> None:
         host, sep, port = addr.rpartition(":")
         self.host = host if sep else addr
         self.port = int(port) if sep else MANAGER_PORT
         self.timeout = timeout
         self.local_addr = local_addr
+        self.keyring = keyring
+
+    def _request(self, op: str, args: dict[str, Any]) -> bytes:
+        payload = _seal(self.keyring, _pack({"op": op, "args": args}), REQUEST_AAD)
+        return frame(payload, _frame_limit(self.keyring))
+
+    def _answer(self, data: bytes) -> Any:
+        if self.keyring is not None:
+            try:
+                data = open_(self.keyring, data, ANSWER_AAD)
+            except GossipAuthError as exc:
+                raise GossipAuthError(
+                    f"answer does not authenticate ({exc}): the manager runs without "
+                    "--gossip-key or with another key"
+                ) from None
+        return _unpack(data)
+
+    def _unavailable(self, op: str, exc: Exception) -> ManagerUnavailable:
+        where = f"manager {self.host}:{self.port} ({op})"
+        if isinstance(exc, _NoAnswer):
+            return ManagerUnavailable(f"{where}: {_NO_ANSWER}")
+        if isinstance(exc, GossipAuthError):
+            return ManagerUnavailable(f"{where}: {exc}")
+        return ManagerUnavailable(f"{where}: {exc.__class__.__name__}: {exc}")
 
     async def call(self, op: str, **args: Any) -> Any:
         """One request; returns the result or raises."""
         writer = None
         try:
+            request = self._request(op, args)
             local = (self.local_addr, 0) if self.local_addr else None
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port, local_addr=local), self.timeout
             )
-            writer.write(frame(_pack({"op": op, "args": args}), MAX_MESSAGE))
+            writer.write(request)
             await asyncio.wait_for(writer.drain(), self.timeout)
-            data = await asyncio.wait_for(read_frame(reader, MAX_MESSAGE), self.timeout)
-            answer = _unpack(data)
-        except (OSError, TimeoutError, FrameError, ValueError, msgpack.UnpackException) as exc:
-            raise ManagerUnavailable(
-                f"manager {self.host}:{self.port} ({op}): {exc.__class__.__name__}: {exc}"
-            ) from None
+            try:
+                data = await asyncio.wait_for(
+                    read_frame(reader, _frame_limit(self.keyring)), self.timeout
+                )
+            except (ClosedBeforeFrame, ConnectionResetError) as exc:
+                raise _NoAnswer() from exc
+            answer = self._answer(data)
+        except (
+            _NoAnswer,
+            OSError,
+            TimeoutError,
+            FrameError,
+            ValueError,
+            msgpack.UnpackException,
+        ) as exc:
+            raise self._unavailable(op, exc) from None
         finally:
             if writer is not None:
                 writer.close()
@@ -389,18 +565,21 @@ class ManagerClient:
 
     def call_sync(self, op: str, **args: Any) -> Any:
         """The same request from synchronous code (a runner, the CLI)."""
+        limit = _frame_limit(self.keyring)
         try:
+            request = self._request(op, args)
             with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
-                sock.sendall(frame(_pack({"op": op, "args": args}), MAX_MESSAGE))
-                head = _recv_exactly(sock, 4)
+                sock.sendall(request)
+                try:
+                    head = _recv_exactly(sock, 4, first=True)
+                except (ClosedBeforeFrame, ConnectionResetError) as exc:
+                    raise _NoAnswer() from exc
                 (size,) = struct.unpack("!I", head)
-                if not 0 < size <= MAX_MESSAGE:
+                if not 0 < size <= limit:
                     raise FrameError(f"answer of {size} bytes")
-                answer = _unpack(_recv_exactly(sock, size))
-        except (OSError, FrameError, ValueError, msgpack.UnpackException) as exc:
-            raise ManagerUnavailable(
-                f"manager {self.host}:{self.port} ({op}): {exc.__class__.__name__}: {exc}"
-            ) from None
+                answer = self._answer(_recv_exactly(sock, size))
+        except (_NoAnswer, OSError, FrameError, ValueError, msgpack.UnpackException) as exc:
+            raise self._unavailable(op, exc) from None
         return _result(answer)
 
     # --- typed helpers ----------------------------------------------------------------
@@ -441,13 +620,22 @@ class ManagerClient:
     async def service_rm(self, name: str) -> dict[str, Any]:
         return await self.call("service_rm", name=name)
 
+    async def keys(self) -> dict[str, Any]:
+        """The network key ring (:class:`KeysRefused` unless the channel is sealed)."""
+        return await self.call("keys")
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    async def rotate_keys(self) -> dict[str, Any]:
+        """Rotate the network key ring one step; returns the new ring."""
+        return await self.call("rotate_keys")
+
+
+def _recv_exactly(sock: socket.socket, n: int, first: bool = False) -> bytes:
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
         if not chunk:
-            raise FrameError(f"connection closed after {len(buf)} of {n} bytes")
+            error = ClosedBeforeFrame if first and not buf else FrameError
+            raise error(f"connection closed after {len(buf)} of {n} bytes")
         buf += chunk
     return bytes(buf)
 

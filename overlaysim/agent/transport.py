@@ -8,21 +8,39 @@
   at most :data:`~overlaysim.core.wire.MAX_STREAM` bytes. Every agent listens on the same
   port, so the sender's address is ``"peer_ip:<our port>"``.
 
-Nothing a peer sends can stop the agent: undecodable datagrams and frames, oversized
-lengths, slow or broken connections and failed sends are counted, reported through
-``on_error`` and dropped. Byte and message counters per message type feed the agent's
-``traffic`` log lines.
+With a :class:`~overlaysim.core.gossip_crypto.GossipKeyring` (``--gossip-key``) every
+datagram and every stream payload is sealed with the keyring's current primary key
+(AES-GCM, :data:`~overlaysim.core.gossip_crypto.OVERHEAD` = 29 bytes more) and every
+received one must open before it is decoded. A sealed message that would exceed
+:data:`~overlaysim.core.wire.MAX_DATAGRAM` goes over TCP; the core keeps its datagrams
+small enough through :func:`sealed_configs`.
+
+Nothing a peer sends can stop the agent: undecodable datagrams and frames, packets that
+do not authenticate, oversized lengths, slow or broken connections and failed sends are
+counted, reported through ``on_error`` and dropped. Byte and message counters per message
+type (bytes as on the wire, sealed) feed the agent's ``traffic`` log lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from overlaysim.core.config import MembershipConfig, TableConfig
 from overlaysim.core.events import Send
+from overlaysim.core.gossip_crypto import (
+    NONCE_SIZE,
+    OVERHEAD,
+    GossipAuthError,
+    GossipKeyring,
+    decode_sealed,
+    seal,
+)
 from overlaysim.core.wire import (
     MAX_DATAGRAM,
     MAX_STREAM,
@@ -34,11 +52,18 @@ from overlaysim.core.wire import (
 )
 
 DEFAULT_PORT = 7946
+#: Associated data of sealed cluster traffic: a sealed manager frame (other AAD) can
+#: never be replayed here, nor the other way round.
+GOSSIP_AAD = b"osim-gossip"
 _LEN = struct.Struct("!I")
 
 
 class FrameError(ValueError):
     """A stream frame is malformed (bad or oversized length, truncated payload)."""
+
+
+class ClosedBeforeFrame(FrameError):
+    """The connection closed before the first byte of a frame (the peer said nothing)."""
 
 
 # --- framing ------------------------------------------------------------------------
@@ -60,7 +85,8 @@ async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_STREAM) -
     try:
         head = await reader.readexactly(_LEN.size)
     except asyncio.IncompleteReadError as exc:
-        raise FrameError(f"connection closed after {len(exc.partial)} of 4 length bytes") from None
+        error = FrameError if exc.partial else ClosedBeforeFrame
+        raise error(f"connection closed after {len(exc.partial)} of 4 length bytes") from None
     (size,) = _LEN.unpack(head)
     if size == 0:
         raise FrameError("empty frame")
@@ -84,6 +110,29 @@ def split_addr(addr: str) -> tuple[str, int]:
     return ip, number
 
 
+def sealed_budget(udp_buffer_size: int) -> int:
+    """The ``udp_buffer_size`` to give the core when gossip is sealed.
+
+    The core fills datagrams up to ``udp_buffer_size`` plaintext bytes; sealing adds
+    :data:`~overlaysim.core.gossip_crypto.OVERHEAD`, so the budget shrinks by that much
+    and full datagrams still fit :data:`~overlaysim.core.wire.MAX_DATAGRAM` sealed.
+    """
+    budget = udp_buffer_size - OVERHEAD
+    if budget <= 0:
+        raise ValueError(f"udp_buffer_size={udp_buffer_size}: too small to seal ({OVERHEAD} B)")
+    return budget
+
+
+def sealed_configs(
+    membership: MembershipConfig, tables: TableConfig
+) -> tuple[MembershipConfig, TableConfig]:
+    """Both configs with :func:`sealed_budget` applied (for agents with a gossip key)."""
+    return (
+        dataclasses.replace(membership, udp_buffer_size=sealed_budget(membership.udp_buffer_size)),
+        dataclasses.replace(tables, udp_buffer_size=sealed_budget(tables.udp_buffer_size)),
+    )
+
+
 # --- counters -----------------------------------------------------------------------
 
 
@@ -96,10 +145,11 @@ class Counters:
     """
 
     by_type: dict[str, list[int]] = field(default_factory=dict)
-    wire_errors: int = 0  # undecodable datagrams and stream payloads
+    wire_errors: int = 0  # undecodable datagrams and stream payloads (after opening)
     frame_errors: int = 0  # malformed or oversized stream frames
     send_errors: int = 0  # UDP sends and TCP connects/writes that failed
     handler_errors: int = 0  # exceptions raised while the core handled a peer message
+    auth_errors: int = 0  # datagrams and stream payloads no installed gossip key opens
 
     def sent(self, mtype: MsgType, nbytes: int) -> None:
         c = self._row(mtype)
@@ -137,6 +187,7 @@ class Counters:
             "frame_errors": self.frame_errors,
             "send_errors": self.send_errors,
             "handler_errors": self.handler_errors,
+            "auth_errors": self.auth_errors,
             "by_type": {k: list(v) for k, v in sorted(self.by_type.items())},
         }
 
@@ -174,7 +225,7 @@ class TrafficDelta:
 
 #: ``deliver(src, msg)``: hand a decoded peer message to the core.
 Deliver = Callable[[str, Message], None]
-#: ``on_error(kind, detail)``: kind is ``wire``, ``frame`` or ``send``.
+#: ``on_error(kind, detail)``: kind is ``wire``, ``frame``, ``send`` or ``auth``.
 OnError = Callable[[str, str], None]
 
 
@@ -195,6 +246,10 @@ class Transport:
 
     Call :meth:`start` inside the event loop, :meth:`send` for every core
     :class:`~overlaysim.core.events.Send`, :meth:`close` at the end.
+
+    With ``keyring`` all traffic is sealed and only traffic that opens is delivered.
+    :attr:`keyring` is the object in use: rotate it in place with ``add``/``use``/
+    ``remove``; every send seals with its primary at that moment.
     """
 
     def __init__(
@@ -207,6 +262,7 @@ class Transport:
         counters: Counters | None = None,
         connect_timeout: float = 2.0,
         io_timeout: float = 10.0,
+        keyring: GossipKeyring | None = None,
     ) -> None:
         self.bind = bind
         self.port = port
@@ -215,6 +271,7 @@ class Transport:
         self.counters = counters if counters is not None else Counters()
         self.connect_timeout = connect_timeout
         self.io_timeout = io_timeout
+        self.keyring = keyring
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -256,6 +313,9 @@ class Transport:
         except (ValueError, TypeError) as exc:
             self._send_failed(item, f"cannot send to {item.dst!r}: {exc}")
             return
+        if self.keyring is not None:
+            # A fresh random nonce per packet: never repeated under one key.
+            data = seal(self.keyring, data, nonce=os.urandom(NONCE_SIZE), aad=GOSSIP_AAD)
         if item.reliable or len(data) > MAX_DATAGRAM:
             task = asyncio.get_running_loop().create_task(self._stream(item, host, port, data))
             self._tasks.add(task)
@@ -277,7 +337,7 @@ class Transport:
                 asyncio.open_connection(host, port, local_addr=(self.bind, 0)),
                 self.connect_timeout,
             )
-            writer.write(frame(data))
+            writer.write(frame(data, self._max_stream))
             await asyncio.wait_for(writer.drain(), self.io_timeout)
             self.counters.sent(item.msg.TYPE, len(data))
         except (OSError, TimeoutError, FrameError) as exc:
@@ -296,10 +356,28 @@ class Transport:
 
     # -- receiving -------------------------------------------------------------------
 
+    @property
+    def _max_stream(self) -> int:
+        # A sealed stream payload may carry a full MAX_STREAM message.
+        return MAX_STREAM + (OVERHEAD if self.keyring is not None else 0)
+
+    def _decode(self, data: bytes, max_size: int) -> Message:
+        """Open (with a keyring) and decode; GossipAuthError or WireError."""
+        if self.keyring is None:
+            return decode(data, max_size)
+        return decode_sealed(data, self.keyring, max_size, aad=GOSSIP_AAD)
+
+    def _auth_failed(self, how: str, src: str, exc: Exception) -> None:
+        self.counters.auth_errors += 1
+        self.on_error("auth", f"{how} from {src}: {exc}")
+
     def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         src = f"{addr[0]}:{addr[1]}"
         try:
-            msg = decode(data, MAX_DATAGRAM)
+            msg = self._decode(data, MAX_DATAGRAM)
+        except GossipAuthError as exc:
+            self._auth_failed("udp", src, exc)
+            return
         except WireError as exc:
             self.counters.wire_errors += 1
             self.on_error("wire", f"udp from {src}: {exc}")
@@ -313,8 +391,12 @@ class Transport:
         peer = writer.get_extra_info("peername")
         src = f"{peer[0]}:{self.port}" if peer else "?"
         try:
-            data = await asyncio.wait_for(read_frame(reader, MAX_STREAM), self.io_timeout)
-            msg = decode(data, MAX_STREAM)
+            limit = self._max_stream
+            data = await asyncio.wait_for(read_frame(reader, limit), self.io_timeout)
+            msg = self._decode(data, limit)
+        except GossipAuthError as exc:
+            self._auth_failed("tcp", src, exc)
+            return
         except FrameError as exc:
             self.counters.frame_errors += 1
             self.on_error("frame", f"tcp from {src}: {exc}")

@@ -20,6 +20,7 @@ any killed boot left in the kernel, from its record.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -87,6 +88,7 @@ class Testbed:
         profile: str = "lan",
         seed: int = 0,
         agent_args: Sequence[str] = (),
+        cluster_key: bytes | None = None,
     ) -> None:
         if underlay.record is None or underlay.plan is None:
             raise TestbedError("the underlay must be built before agents can start")
@@ -98,6 +100,14 @@ class Testbed:
         self.seed = seed
         self.agent_args = tuple(agent_args)
         self.run_dir: Path = underlay.record.path.parent
+        #: Gossip/manager key of this run (None: cleartext control plane). Agents read
+        #: it from a root-only file, so it never shows in ``ps``.
+        self.cluster_key = cluster_key
+        if cluster_key is not None:
+            path = self.keyfile
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(base64.b64encode(cluster_key).decode() + "\n")
         #: Namespace prefix the agents use (the underlay's ``osim<tag>``), so the
         #: container namespaces of concurrent runs never collide.
         self.prefix: str = underlay.plan.prefix
@@ -117,6 +127,11 @@ class Testbed:
 
     def record_path(self, host: str) -> Path:
         return self.run_dir / f"{host}-created.jsonl"
+
+    @property
+    def keyfile(self) -> Path:
+        """Where the run's gossip key is kept (when it has one)."""
+        return self.run_dir / "cluster.key"
 
     def err_path(self, host: str) -> Path:
         return self.run_dir / f"{host}.err"
@@ -144,8 +159,9 @@ class Testbed:
 
     # -- agent lifecycle ----------------------------------------------------------------
 
-    def argv(self, host: str, seeds: Iterable[str]) -> list[str]:
-        """The ``overlayd`` command line for ``host``."""
+    def argv(self, host: str, seeds: Iterable[str], *, keyed: bool = True) -> list[str]:
+        """The ``overlayd`` command line for ``host`` (``keyed=False``: without the
+        run's gossip key, e.g. to show that such a node cannot join)."""
         u = self.underlay
         ip = u.underlay_ip(host)
         boot = self._boots.get(host, 0)
@@ -178,21 +194,26 @@ class Testbed:
             "--seed",
             str(self.seed * 1_000_003 + hosts.index(host) * 1009 + boot),
         ]
+        if keyed and self.cluster_key is not None:
+            argv += ["--gossip-keyfile", str(self.keyfile)]
         if host == self.manager_host:
             argv.append("--serve-manager")
         else:
             argv += ["--manager", f"{u.underlay_ip(self.manager_host)}:{MANAGER_PORT}"]
         return argv + list(self.agent_args)
 
-    def start_agent(self, host: str, seeds: Iterable[str]) -> AgentProcess:
-        """Spawn ``host``'s agent (it must not be running); returns at once."""
+    def start_agent(
+        self, host: str, seeds: Iterable[str], *, keyed: bool = True
+    ) -> AgentProcess:
+        """Spawn ``host``'s agent (it must not be running); returns at once.
+        ``keyed=False`` leaves out the run's gossip key (see :meth:`argv`)."""
         old = self.agents.get(host)
         if old is not None:
             if old.running():
                 raise TestbedError(f"the agent on {host} is already running (pid {old.pid})")
             self._retired.append(old)
         boot = self._boots.get(host, 0) + 1
-        argv = self.argv(host, seeds)
+        argv = self.argv(host, seeds, keyed=keyed)
         self._boots[host] = boot
         with self.err_path(host).open("ab") as err:
             proc = self.underlay.popen(
@@ -361,6 +382,7 @@ class Testbed:
                 paths.append(record)
             for path in paths:
                 path.unlink(missing_ok=True)
+        self.keyfile.unlink(missing_ok=True)
 
     # -- logs and resources -----------------------------------------------------------
 

@@ -46,7 +46,9 @@ def lab_session(
     hosts = list(topo.hosts)
     managers = list(managers or hosts[:1])
     with underlay_session(topo) as u:
-        tb = Testbed(u, managers=managers, profile=profile)
+        # interactive testbeds may get encrypted networks at any time: their keys need
+        # the sealed manager channel, so the control plane is always keyed here
+        tb = Testbed(u, managers=managers, profile=profile, cluster_key=os.urandom(32))
         run_id = u.record.path.parent.name if u.record is not None else ""
         published = False
         try:

@@ -58,6 +58,7 @@ class EventKind(StrEnum):
     HEAL = "heal"
     CONTAINER_ATTACH = "container_attach"
     CONTAINER_DETACH = "container_detach"
+    ROTATE_KEYS = "rotate_keys"  # detail: generation, primary key tag, hosts, took_s
     # membership views, reported by agents (node = observer, subject = observed)
     MEMBER_JOIN = "member_join"
     MEMBER_SUSPECT = "member_suspect"

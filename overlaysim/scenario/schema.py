@@ -591,6 +591,12 @@ class Scenario(StrictModel):
         default_factory=Protocol,
         description="overrides of the profile's settings, e.g. {membership: {lifeguard: false}}",
     )
+    gossip_encryption: bool | None = Field(
+        None,
+        description="true to seal the control plane (gossip, manager channel) with a key "
+        "made for the run; default: on when any network is encrypted, whose keys travel "
+        "over that sealed channel (the simulator does not model it)",
+    )
     boot: Literal["formed", "join"] = Field(
         "formed",
         description="'formed': time 0 is when the cluster has formed (the simulator starts "

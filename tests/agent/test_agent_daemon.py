@@ -105,9 +105,9 @@ async def test_three_agents_program_each_others_endpoints(tmp_path: Path) -> Non
             "manager", call="network_create", args={"spec": {"name": "backend"}}
         )
         assert backend["attachable"] is False
-        with pytest.raises(EncryptionUnsupported, match="refusing rather than running unencrypted"):
+        with pytest.raises(EncryptionUnsupported, match="authenticated cluster.*--gossip-key"):
             await manager.network_create({"name": "secret", "encrypted": True})
-        with pytest.raises(EncryptionUnsupported, match="refusing rather than running unencrypted"):
+        with pytest.raises(EncryptionUnsupported, match="authenticated cluster.*--gossip-key"):
             await cl.ctl("b").acall(
                 "manager", call="network_create", args={"spec": {"name": "s", "encrypted": True}}
             )

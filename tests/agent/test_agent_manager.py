@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
 import socket
 import struct
 
@@ -10,9 +13,13 @@ import pytest
 from agent_fakes import A, aio, free_port
 
 from overlaysim.agent.manager import (
+    ANSWER_AAD,
     ENCRYPTION_REFUSED,
+    ERROR_TYPES,
+    REQUEST_AAD,
     EncryptionUnsupported,
     InvalidRequest,
+    KeysRefused,
     Manager,
     ManagerClient,
     ManagerServer,
@@ -23,6 +30,7 @@ from overlaysim.agent.manager import (
     ServiceNotFound,
     error_from_wire,
 )
+from overlaysim.agent.netkeys import NetworkKeys, keys_from_ring
 from overlaysim.core.cluster import (
     AddressInUse,
     Cluster,
@@ -32,6 +40,7 @@ from overlaysim.core.cluster import (
     NetworkNotFound,
     NotAttachable,
 )
+from overlaysim.core.gossip_crypto import NONCE_SIZE, GossipKeyring, open_, seal
 
 
 def ok(answer: dict):
@@ -81,12 +90,13 @@ def test_network_lifecycle_and_allocation(mgr: Manager) -> None:
     assert ok(call(mgr, "network_ls")) == []
 
 
-def test_encrypted_network_is_refused_with_the_reason(mgr: Manager) -> None:
+def test_encrypted_network_is_refused_by_an_insecure_manager(mgr: Manager) -> None:
     e = err(call(mgr, "network_create", spec={"name": "secret", "encrypted": True}))
     assert e["type"] == "EncryptionUnsupported"
-    assert ENCRYPTION_REFUSED in e["message"]
-    assert "refusing rather than running unencrypted" in e["message"]
+    assert e["message"] == f"network secret: {ENCRYPTION_REFUSED}"
+    assert "--gossip-key" in e["message"]
     assert ok(call(mgr, "network_ls")) == []  # nothing was created
+    assert not mgr.network_keys.exists  # and no keys either
 
 
 def test_standalone_needs_attachable_services_do_not(mgr: Manager) -> None:
@@ -167,6 +177,7 @@ def test_error_from_wire_maps_types() -> None:
         NotAttachable,
         NetworkNotFound,
         EncryptionUnsupported,
+        KeysRefused,
         AddressInUse,
         ServiceNotFound,
     ):
@@ -188,7 +199,7 @@ async def test_client_reraises_the_same_subclass_over_tcp() -> None:
         assert net["vni"] == 4096
         with pytest.raises(NotAttachable, match="not manually attachable"):
             await client.allocate("web", "c1", standalone=True)
-        with pytest.raises(EncryptionUnsupported, match="refusing rather than running unencrypted"):
+        with pytest.raises(EncryptionUnsupported, match="authenticated cluster.*--gossip-key"):
             await client.network_create({"name": "s", "encrypted": True})
         with pytest.raises(NetworkNotFound):
             await client.network_inspect("ghost")
@@ -227,6 +238,190 @@ async def test_unreachable_manager_is_not_a_refusal() -> None:
         client.call_sync("network_ls")
     assert not issubclass(ManagerUnavailable, ClusterError)
     assert issubclass(NoLiveHosts, ClusterError)
+
+
+# --- sealed channel and network keys -------------------------------------------------------
+
+K1, K2 = bytes(range(16)), bytes(range(16, 32))
+
+
+def secure_manager() -> Manager:
+    keys = NetworkKeys(random.Random(5).randbytes)
+    return Manager(Cluster(), lambda: ["h1", "h2"], secure=True, network_keys=keys)
+
+
+def test_keys_are_refused_by_an_insecure_manager(mgr: Manager) -> None:
+    for op in ("keys", "rotate_keys"):
+        e = err(call(mgr, op))
+        assert e["type"] == "KeysRefused"
+        assert "--gossip-key" in e["message"]
+    assert not mgr.network_keys.exists
+    assert ERROR_TYPES["KeysRefused"] is KeysRefused
+
+
+def test_secure_manager_creates_encrypted_networks_and_their_keys() -> None:
+    m = secure_manager()
+    assert not m.network_keys.exists
+    net = ok(call(m, "network_create", spec={"name": "sec", "encrypted": True, "attachable": True}))
+    assert net["encrypted"] is True
+    assert m.network_keys.exists  # created with the first encrypted network
+    # encrypted networks are no longer refused further down either
+    assert ok(call(m, "allocate", network="sec", endpoint="c1", host="h1"))["ip"] == "10.0.0.2"
+    assert len(ok(call(m, "service_create", name="api", replicas=2, network="sec"))["tasks"]) == 2
+    ring = ok(call(m, "keys"))
+    assert ring == m.network_keys.ring() and ring["generation"] == 1
+    assert ring["primary"] == ring["keys"][1]["tag"]
+
+
+def test_rotate_keys_moves_generation_and_primary() -> None:
+    m = secure_manager()
+    first = ok(call(m, "keys"))
+    second = ok(call(m, "rotate_keys"))
+    assert second["generation"] == first["generation"] + 1
+    assert second["primary"] == first["keys"][2]["tag"]  # the former next
+    assert [k["tag"] for k in second["keys"][:2]] == [k["tag"] for k in first["keys"][1:]]
+    assert ok(call(m, "keys")) == second
+
+
+def test_server_keyring_and_manager_secure_must_agree() -> None:
+    with pytest.raises(ValueError, match="secure"):
+        ManagerServer(secure_manager(), A, free_port())  # keys would travel in clear
+    with pytest.raises(ValueError, match="secure"):
+        ManagerServer(Manager(Cluster(), list), A, free_port(), keyring=GossipKeyring([K1]))
+
+
+@contextlib.asynccontextmanager
+async def secure_server(**kw):
+    port = free_port()
+    server = ManagerServer(secure_manager(), A, port, keyring=GossipKeyring([K1]), **kw)
+    await server.start()
+    try:
+        yield server, port
+    finally:
+        await server.close()
+
+
+@aio
+async def test_sealed_round_trip_with_keys_async_and_sync() -> None:
+    async with secure_server() as (server, port):
+        client = ManagerClient(f"{A}:{port}", keyring=GossipKeyring([K1]))
+        net = await client.network_create({"name": "sec", "encrypted": True, "attachable": True})
+        assert net["encrypted"] is True
+        ring = await client.keys()
+        keys, primary = keys_from_ring(ring)  # bytes survived the sealed msgpack channel
+        assert len(keys) == 3 and primary == keys[1].tag
+        rotated = await client.rotate_keys()
+        assert rotated["generation"] == 2 and rotated["primary"] == keys[2].tag
+        with pytest.raises(NetworkNotFound):
+            await client.network_inspect("ghost")  # refusals come back sealed and typed
+        got = await _in_thread(client.call_sync, "keys")
+        assert got == rotated
+        await client.allocate("sec", "c1", host="h1")
+        with pytest.raises(EndpointExists):
+            await _in_thread(client.call_sync, "allocate", network="sec", endpoint="c1")
+        assert server.bad_requests == 0
+
+
+@aio
+async def test_unauthenticated_clients_get_no_answer_at_all() -> None:
+    async with secure_server() as (server, port):
+        for keyring in (None, GossipKeyring([K2])):
+            client = ManagerClient(f"{A}:{port}", timeout=2.0, keyring=keyring)
+            with pytest.raises(ManagerUnavailable, match="did not answer.*authentication"):
+                await client.network_ls()
+            with pytest.raises(ManagerUnavailable, match="did not answer.*authentication"):
+                await _in_thread(client.call_sync, "keys")
+        assert server.bad_requests == 4
+        # byte for byte: not even an error message goes back
+        assert await _in_thread(_raw_exchange, port, _frame(_pack({"op": "keys"}))) == b""
+        # an answer sealed with the right key cannot be replayed as a request
+        replay = seal(
+            GossipKeyring([K1]), _pack({"op": "keys"}), nonce=bytes(NONCE_SIZE), aad=ANSWER_AAD
+        )
+        assert await _in_thread(_raw_exchange, port, _frame(replay)) == b""
+        assert await _in_thread(_raw_exchange, port, b"\x00\x00\x00\x05ab") == b""
+        assert server.bad_requests == 7
+        assert not server.manager.network_keys.exists  # nothing was done for them
+        # the same request sealed as a request is answered, sealed as an answer
+        request = seal(
+            GossipKeyring([K1]),
+            _pack({"op": "network_ls"}),
+            nonce=bytes(NONCE_SIZE),
+            aad=REQUEST_AAD,
+        )
+        raw = await _in_thread(_raw_exchange, port, _frame(request))
+        assert msgpack.unpackb(open_(GossipKeyring([K1]), raw[4:], ANSWER_AAD)) == {"result": []}
+
+
+@aio
+async def test_keyed_client_of_a_keyless_manager_says_so() -> None:
+    port = free_port()
+    server = ManagerServer(Manager(Cluster(), list), A, port)
+    await server.start()
+    try:
+        client = ManagerClient(f"{A}:{port}", keyring=GossipKeyring([K1]))
+        with pytest.raises(ManagerUnavailable, match="does not authenticate.*--gossip-key"):
+            await client.network_ls()
+        with pytest.raises(ManagerUnavailable, match="does not authenticate"):
+            await _in_thread(client.call_sync, "network_ls")
+        # keys never travel in clear, even to a keyless client of a keyless manager
+        with pytest.raises(KeysRefused):
+            await ManagerClient(f"{A}:{port}").keys()
+    finally:
+        await server.close()
+
+
+@aio
+async def test_timer_rotates_once_keys_exist_and_stops_on_close() -> None:
+    async with secure_server(key_rotation=0.05) as (server, port):
+        keys = server.manager.network_keys
+        await asyncio.sleep(0.2)
+        assert not keys.exists and server.timed_rotations == 0  # nothing to rotate yet
+        client = ManagerClient(f"{A}:{port}", keyring=GossipKeyring([K1]))
+        first = await client.keys()
+        await _until(lambda: keys.generation >= first["generation"] + 2)
+        assert server.timed_rotations >= 2
+        ring = await client.keys()
+        assert ring["generation"] == keys.generation
+        assert ring["primary"] != first["primary"]
+    stopped = keys.generation
+    await asyncio.sleep(0.2)
+    assert keys.generation == stopped  # the task went with the server
+
+
+@aio
+async def test_no_timer_without_a_period() -> None:
+    async with secure_server(key_rotation=None) as (server, port):
+        server.manager.network_keys.ring()
+        await asyncio.sleep(0.1)
+        assert server.manager.network_keys.generation == 1
+
+
+async def _until(cond, timeout: float = 5.0) -> None:
+    async def loop() -> None:
+        while not cond():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(loop(), timeout)
+
+
+def _pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _frame(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+def _raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` and return every byte that comes back until the server closes."""
+    with socket.create_connection((A, port), timeout=5) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)  # a cut frame ends here rather than at the server's timeout
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
 
 
 async def _in_thread(fn, *args, **kwargs):

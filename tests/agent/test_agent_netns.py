@@ -253,7 +253,7 @@ def test_containers_talk_over_the_overlay(agents: Agents) -> None:
     mgr = {"call": "network_create"}
     web = ctl["a2"].call("manager", **mgr, args={"spec": {"name": "web", "attachable": True}})
     ctl["a1"].call("manager", **mgr, args={"spec": {"name": "backend"}})
-    with pytest.raises(EncryptionUnsupported, match="refusing rather than running unencrypted"):
+    with pytest.raises(EncryptionUnsupported, match="authenticated cluster.*--gossip-key"):
         ctl["a3"].call("manager", **mgr, args={"spec": {"name": "sec", "encrypted": True}})
     with pytest.raises(NotAttachable, match="network backend is not manually attachable"):
         ctl["a1"].call("run", container="x1", network="backend")

@@ -11,16 +11,40 @@ import pytest
 from agent_fakes import A, B, aio, free_port
 
 from overlaysim.agent.transport import (
+    GOSSIP_AAD,
+    ClosedBeforeFrame,
     Counters,
     FrameError,
     TrafficDelta,
     Transport,
     frame,
     read_frame,
+    sealed_budget,
+    sealed_configs,
     split_addr,
 )
+from overlaysim.core.config import MembershipConfig, TableConfig
 from overlaysim.core.events import Send
-from overlaysim.core.wire import MAX_DATAGRAM, Gossip, MemberUpdate, MsgType, Ping, PushPull, encode
+from overlaysim.core.gossip_crypto import (
+    MAX_SEALED_PLAINTEXT,
+    NONCE_SIZE,
+    OVERHEAD,
+    GossipKeyring,
+    decode_sealed,
+    open_,
+    seal,
+)
+from overlaysim.core.wire import (
+    MAX_DATAGRAM,
+    MAX_STREAM,
+    Gossip,
+    MemberUpdate,
+    MsgType,
+    Ping,
+    PushPull,
+    decode,
+    encode,
+)
 
 
 def feed(data: bytes, eof: bool = True) -> asyncio.StreamReader:
@@ -62,6 +86,15 @@ async def test_oversized_length_is_refused_before_reading() -> None:
 async def test_malformed_frames(data: bytes, match: str) -> None:
     with pytest.raises(FrameError, match=match):
         await read_frame(feed(data))
+
+
+@aio
+async def test_a_peer_that_says_nothing_is_told_apart_from_a_cut_frame() -> None:
+    with pytest.raises(ClosedBeforeFrame):
+        await read_frame(feed(b""))
+    with pytest.raises(FrameError) as info:
+        await read_frame(feed(b"\x00"))
+    assert type(info.value) is FrameError
 
 
 def test_frame_refuses_too_large_payload() -> None:
@@ -129,9 +162,9 @@ class Peer:
 
 
 @contextlib.asynccontextmanager
-async def pair():
+async def pair(a_kw: dict | None = None, b_kw: dict | None = None):
     port = free_port()
-    a, b = Peer(A, port), Peer(B, port, connect_timeout=0.5)
+    a, b = Peer(A, port, **(a_kw or {})), Peer(B, port, connect_timeout=0.5, **(b_kw or {}))
     await a.t.start()
     await b.t.start()
     try:
@@ -202,3 +235,197 @@ async def test_failed_sends_are_counted_not_raised() -> None:
         await b.wait(n_errors=2)
         assert b.t.counters.send_errors == 2
         assert all(kind == "send" for kind, _ in b.errors)
+
+
+# --- sealed gossip ---------------------------------------------------------------------
+
+K1, K2 = bytes(range(16)), bytes(range(16, 32))
+
+
+def keyed(*keys: bytes) -> dict:
+    return {"keyring": GossipKeyring(list(keys))}
+
+
+def ping_from(node: str, ip: str, port: int, seq: int) -> Ping:
+    return Ping(seq=seq, target="x", source=node, source_addr=f"{ip}:{port}")
+
+
+def gossip_of_size(size: int, port: int) -> Gossip:
+    """A Gossip message whose plain encoding is exactly ``size`` bytes."""
+    updates = tuple(
+        MemberUpdate(kind=1, node=f"node-{i:04d}", incarnation=i, addr=f"{B}:{port}")
+        for i in range(size // 34)
+    )
+    for pad in range(1, 1000):
+        msg = Gossip(source="b" * pad, updates=updates)
+        if len(encode(msg)) == size:
+            return msg
+    raise AssertionError(f"no Gossip of {size} bytes")
+
+
+def test_sealed_budget_keeps_full_datagrams_within_the_limit() -> None:
+    assert sealed_budget(MAX_DATAGRAM) == MAX_SEALED_PLAINTEXT == MAX_DATAGRAM - OVERHEAD
+    lan, wan = MembershipConfig.lan(), TableConfig.wan()
+    m, t = sealed_configs(lan, wan)
+    assert m.udp_buffer_size == lan.udp_buffer_size - OVERHEAD
+    assert t.udp_buffer_size == wan.udp_buffer_size - OVERHEAD
+    assert (m.probe_interval, t.gossip_interval) == (lan.probe_interval, wan.gossip_interval)
+    with pytest.raises(ValueError, match="too small"):
+        sealed_budget(OVERHEAD)
+
+
+@aio
+async def test_same_key_delivers_and_counts_sealed_bytes() -> None:
+    async with pair(keyed(K1), keyed(K1)) as (a, b, port):
+        ping = ping_from("b", B, port, 1)
+        pp = PushPull(source="b", source_addr=f"{B}:{port}", join=True, reply=False)
+        big = gossip_of_size(5000, port)
+        b.t.send(Send(f"{A}:{port}", ping))
+        b.t.send(Send(f"{A}:{port}", pp, reliable=True))
+        b.t.send(Send(f"{A}:{port}", big))  # too big for a datagram: a sealed stream
+        await a.wait(n_msgs=3)
+        assert sorted(a.got, key=lambda g: type(g[1]).__name__) == [
+            (f"{B}:{port}", big),
+            (f"{B}:{port}", ping),
+            (f"{B}:{port}", pp),
+        ]
+        # bytes on the wire: sealed, OVERHEAD more than the plain encoding
+        assert a.t.counters.by_type["ping"][2:] == [len(encode(ping)) + OVERHEAD, 1]
+        assert a.t.counters.by_type["push_pull"][2:] == [len(encode(pp)) + OVERHEAD, 1]
+        assert a.t.counters.by_type["gossip"][2:] == [len(encode(big)) + OVERHEAD, 1]
+        assert b.t.counters.by_type["ping"][:2] == [len(encode(ping)) + OVERHEAD, 1]
+        assert a.errors == [] and a.t.counters.auth_errors == 0
+
+
+@pytest.mark.parametrize(
+    ("a_kw", "b_kw", "counter", "kind"),
+    [
+        (keyed(K1), keyed(K2), "auth_errors", "auth"),  # another key
+        (keyed(K1), {}, "auth_errors", "auth"),  # a keyless sender
+        ({}, keyed(K1), "wire_errors", "wire"),  # a keyed sender to a keyless node
+    ],
+    ids=["other-key", "keyless-sender", "keyless-receiver"],
+)
+@aio
+async def test_what_does_not_open_is_counted_and_never_delivered(
+    a_kw: dict, b_kw: dict, counter: str, kind: str
+) -> None:
+    async with pair(a_kw, b_kw) as (a, b, port):
+        pp = PushPull(source="b", source_addr=f"{B}:{port}", join=True, reply=False)
+        b.t.send(Send(f"{A}:{port}", ping_from("b", B, port, 1)))
+        b.t.send(Send(f"{A}:{port}", pp, reliable=True))
+        await a.wait(n_errors=2)
+        assert a.got == []
+        assert a.t.counters.as_dict()[counter] == 2
+        assert a.t.counters.wire_errors + a.t.counters.auth_errors == 2
+        assert sorted(d.split(" ")[0] for _, d in a.errors) == ["tcp", "udp"]
+        assert {k for k, _ in a.errors} == {kind}
+        assert a.t.counters.totals() == [0, 0, 0, 0]
+
+
+@aio
+async def test_forged_replayed_and_garbage_packets_are_dropped_by_a_keyed_node() -> None:
+    async with pair(keyed(K1), keyed(K1)) as (a, b, port):
+        ring = GossipKeyring([K1])
+        plain = encode(ping_from("b", B, port, 9))
+        good = seal(ring, plain, nonce=bytes(NONCE_SIZE), aad=GOSSIP_AAD)
+        tampered = good[:20] + bytes([good[20] ^ 1]) + good[21:]
+        other_aad = seal(ring, plain, nonce=bytes(NONCE_SIZE), aad=b"osim-mgr-req")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for data in (tampered, other_aad, b"\x01garbage", plain):
+                s.sendto(data, (A, port))
+            s.sendto(b"\x01" * (MAX_DATAGRAM + 1), (A, port))  # refused before any key is tried
+        with socket.create_connection((A, port)) as s:
+            s.sendall(frame(tampered))
+        await a.wait(n_errors=6)
+        assert a.got == []
+        assert a.t.counters.auth_errors == 5
+        assert a.t.counters.wire_errors == 1
+        # the genuine packet still gets through afterwards
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(good, (A, port))
+        await a.wait(n_msgs=1)
+        assert a.got[0][1] == decode(plain)
+
+
+@aio
+async def test_key_rotation_step_by_step_loses_nothing() -> None:
+    ring_a, ring_b = GossipKeyring([K1]), GossipKeyring([K1])
+    async with pair({"keyring": ring_a}, {"keyring": ring_b}) as (a, b, port):
+        assert a.t.keyring is ring_a and b.t.keyring is ring_b
+        seq = 0
+
+        async def traffic() -> None:
+            nonlocal seq
+            seq += 1
+            pp = PushPull(source="b", source_addr=f"{B}:{port}", join=False, reply=False)
+            b.t.send(Send(f"{A}:{port}", ping_from("b", B, port, seq)))
+            b.t.send(Send(f"{A}:{port}", pp, reliable=True))
+            a.t.send(Send(f"{B}:{port}", ping_from("a", A, port, seq)))
+            await a.wait(n_msgs=2 * seq)
+            await b.wait(n_msgs=seq)
+
+        await traffic()
+        steps = (
+            lambda r: r.add(K2),
+            lambda r: r.use(K2),
+            lambda r: r.remove(K1),
+        )
+        for step in steps:
+            # one node at a time: the two are one step apart in between
+            step(ring_a)
+            await traffic()
+            step(ring_b)
+            await traffic()
+        assert ring_a.keys == ring_b.keys == (K2,)
+        assert len(a.got) == 2 * seq and len(b.got) == seq
+        assert a.errors == b.errors == []
+        assert a.t.counters.auth_errors == b.t.counters.auth_errors == 0
+
+
+@aio
+async def test_sealed_size_decides_between_datagram_and_stream() -> None:
+    port = free_port()
+    ring = GossipKeyring([K1])
+    udp_got: list[bytes] = []
+    tcp_got: list[bytes] = []
+    arrived = asyncio.Event()
+
+    class Raw(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            udp_got.append(data)
+            arrived.set()
+
+    async def on_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tcp_got.append(await read_frame(reader, MAX_STREAM + OVERHEAD))
+        writer.close()
+        arrived.set()
+
+    loop = asyncio.get_running_loop()
+    udp, _ = await loop.create_datagram_endpoint(Raw, local_addr=(A, port))
+    server = await asyncio.start_server(on_stream, A, port)
+    sender = Transport(
+        bind=B, port=port, deliver=lambda s, m: None, on_error=lambda k, d: None, keyring=ring
+    )
+    await sender.start()
+    try:
+        fits = gossip_of_size(MAX_DATAGRAM - OVERHEAD, port)  # sealed: exactly MAX_DATAGRAM
+        spills = gossip_of_size(MAX_DATAGRAM - OVERHEAD + 1, port)  # a datagram in clear
+        sender.send(Send(f"{A}:{port}", fits))
+        sender.send(Send(f"{A}:{port}", spills))
+
+        async def both() -> None:
+            while not (udp_got and tcp_got):
+                arrived.clear()
+                await arrived.wait()
+
+        await asyncio.wait_for(both(), 5.0)
+        assert [len(d) for d in udp_got] == [MAX_DATAGRAM]
+        assert decode_sealed(udp_got[0], ring, MAX_DATAGRAM, aad=GOSSIP_AAD) == fits
+        assert [len(d) for d in tcp_got] == [MAX_DATAGRAM + 1]
+        assert encode(spills) not in tcp_got[0]  # sealed, not clear
+        assert decode(open_(ring, tcp_got[0], GOSSIP_AAD), MAX_STREAM) == spills
+    finally:
+        await sender.close()
+        udp.close()
+        server.close()

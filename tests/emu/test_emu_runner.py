@@ -257,7 +257,7 @@ def test_a_refused_network_fails_the_run_and_tears_down(emu: None, tmp_path: Pat
         emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
     run = load_run(tmp_path / "run")
     assert run.status == "failed"
-    assert "encrypted overlay networks are not supported" in run.manifest["error"]
+    assert "encrypted networks need an authenticated cluster" in run.manifest["error"]
     _assert_nothing_left(tmp_path / "run")
 
 

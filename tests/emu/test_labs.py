@@ -196,7 +196,7 @@ def test_lab4_partition_and_heal(lab: Lab) -> None:
 
 @emu
 def test_lab5_encryption_refused(lab: Lab) -> None:
-    with pytest.raises(EncryptionUnsupported, match="not supported yet.*refusing"):
+    with pytest.raises(EncryptionUnsupported, match="authenticated cluster.*--gossip-key"):
         cmds.network_create(lab, "secret", attachable=True, encrypted=True)
     assert "secret" not in cmds.network_ls(lab)
 
