@@ -293,7 +293,9 @@ class EmuWorld:
         hosts = sorted(h for h in self.up if h in tb.running())
         with ThreadPoolExecutor(max_workers=8) as pool:
             answers = list(pool.map(lambda h: tb.call(h, "keys"), hosts))
-        late = [h for h, a in zip(hosts, answers, strict=True) if a["generation"] != ring["generation"]]
+        late = [
+            h for h, a in zip(hosts, answers, strict=True) if a["generation"] != ring["generation"]
+        ]
         self._event(
             t,
             "rotate_keys",

@@ -202,9 +202,7 @@ class Testbed:
             argv += ["--manager", f"{u.underlay_ip(self.manager_host)}:{MANAGER_PORT}"]
         return argv + list(self.agent_args)
 
-    def start_agent(
-        self, host: str, seeds: Iterable[str], *, keyed: bool = True
-    ) -> AgentProcess:
+    def start_agent(self, host: str, seeds: Iterable[str], *, keyed: bool = True) -> AgentProcess:
         """Spawn ``host``'s agent (it must not be running); returns at once.
         ``keyed=False`` leaves out the run's gossip key (see :meth:`argv`)."""
         old = self.agents.get(host)
