@@ -283,16 +283,16 @@ class DataPlane:
         for other in self._sandboxes.values():
             if other.net.vni == net.vni:
                 raise DataPlaneError(f"VNI {net.vni} already used by {other.net.name!r}")
-        mtu = net.mtu or overlay_mtu(self._underlay_mtu())
-        ns = self.sandbox_netns(net)
-        kns.create_netns(ns)
-        record = Created(kind=NETNS, name=ns, owner=f"network:{net.name}")
-        self.record.add(record)
         if net.encrypted and (self.tunnel is None or not self.tunnel.has_keys):
             raise DataPlaneError(
                 f"network {net.name!r} is encrypted and this host has no network keys; "
                 "refusing rather than running it in clear"
             )
+        mtu = net.mtu or overlay_mtu(self._underlay_mtu())
+        ns = self.sandbox_netns(net)
+        kns.create_netns(ns)
+        record = Created(kind=NETNS, name=ns, owner=f"network:{net.name}")
+        self.record.add(record)
         sandbox = _Sandbox(
             net=net, ns=ns, vxlan=self._vxlan_name(net.vni, net.encrypted), mtu=mtu, record=record
         )

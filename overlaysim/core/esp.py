@@ -362,7 +362,10 @@ class Keyring:
 
     def seal(self, peer: str, frame: bytes) -> bytes:
         """Seal ``frame`` for ``peer`` with the primary key's next sequence number."""
-        return self.outbound(peer).seal_next(frame)
+        # fast path for the packet loop: peers are stored normalised, so a hit needs no
+        # address parsing; a miss goes through outbound() for the checks and the error
+        sa = self._outbound.get((peer, self._primary))  # type: ignore[arg-type]
+        return (sa or self.outbound(peer)).seal_next(frame)
 
     def open(self, packet: bytes) -> bytes:
         """Find the SA by the packet's SPI and open it (any :class:`EspError` = drop)."""

@@ -26,6 +26,7 @@ overlay commands (type 'help NAME' for details):
   network create NAME [--subnet S] [--attachable] [--opt encrypted]   network ls
   run C NET HOST     rm C     C1 ping C2 [COUNT]
   members HOST       tables HOST     fdb HOST [NET]     capture HOST [COUNT] [while C1 ping C2]
+  crypto HOST        rotate (or: keys rotate)
   loss PERCENT       partition h1,h2 h3,h4     heal     crash HOST     restart HOST
 plus Mininet's own: nodes, h1 ip addr, sh CMD, py EXPR, source FILE, exit (or Ctrl-D)"""
 
@@ -122,7 +123,9 @@ class LabCLI(CLI):
             if args[:1] == ["ls"] and len(args) == 1:
                 return lab_cmds.network_ls(self.lab)
             if args[:1] != ["create"]:
-                raise _Refused("usage: network create NAME [--subnet S] [--attachable] | ls")
+                raise _Refused(
+                    "usage: network create NAME [--subnet S] [--attachable] [--opt encrypted] | ls"
+                )
             p = _Parser(prog="network create", add_help=False)
             p.add_argument("name")
             p.add_argument("--subnet")
@@ -176,8 +179,9 @@ class LabCLI(CLI):
 
     def do_capture(self, line: str) -> None:
         """capture HOST [COUNT] [while C1 ping C2]
-        Capture COUNT (default 4) VXLAN packets on HOST's underlay eth0 (UDP 4789) and
-        decode VNI and inner addresses; 'while C1 ping C2' makes the traffic meanwhile."""
+        Capture COUNT (default 4) overlay packets on HOST's underlay eth0: VXLAN (UDP 4789)
+        with VNI and inner addresses, ESP of encrypted networks (UDP 4500) with SPI,
+        sequence and length; 'while C1 ping C2' makes the traffic meanwhile."""
         words = shlex.split(line)
         during = None
         if "while" in words:
@@ -197,6 +201,30 @@ class LabCLI(CLI):
             return
         count = int(a.count or 4)
         self._do(lambda: lab_cmds.capture(self.lab, a.host, count, during=during))
+
+    def do_crypto(self, line: str) -> None:
+        """crypto HOST
+        HOST's encrypted data path: key generation and primary key, and per encrypted
+        network its TAP, frames and bytes sealed and opened, every drop reason, and
+        cleartext VXLAN dropped."""
+        a = self._args(line, "crypto", ["host"])
+        if a is not None:
+            self._do(lambda: lab_cmds.crypto(self.lab, a.host))
+
+    def do_rotate(self, line: str) -> None:
+        """rotate
+        Rotate the network keys at the manager, then have every running agent install
+        the new ring (the next key becomes primary)."""
+        if self._args(line, "rotate", []) is not None:
+            self._do(lambda: lab_cmds.rotate(self.lab))
+
+    def do_keys(self, line: str) -> None:
+        """keys rotate
+        The same as 'rotate'."""
+        if shlex.split(line) != ["rotate"]:
+            print("*** keys: usage: keys rotate")
+            return
+        self._do(lambda: lab_cmds.rotate(self.lab))
 
     def do_loss(self, line: str) -> None:
         """loss PERCENT

@@ -16,11 +16,12 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from overlaysim.errors import UserError
-from overlaysim.lab.vxlan import VXLAN_PORT, decode, read_pcap
+from overlaysim.lab.vxlan import ESP_PORT, VXLAN_PORT, decode, decode_esp, read_pcap
 
 if TYPE_CHECKING:
     from overlaysim.emu.impair import Impairments
@@ -113,6 +114,7 @@ def network_create(
         f"network {net['name']} created: id {net['id'][:12]}, VNI {net['vni']}, subnet "
         f"{net['subnet']}, gateway {net['gateway']}"
         + (", attachable" if net["attachable"] else " (not attachable: 'run' is refused)")
+        + (f", encrypted (ESP over UDP {ESP_PORT})" if net.get("encrypted") else "")
     )
 
 
@@ -250,11 +252,13 @@ def capture(
     during: Callable[[], str] | None = None,
     seconds: float = CAPTURE_SECONDS,
 ) -> str:
-    """Capture ``count`` VXLAN packets (UDP 4789) on ``host``'s underlay ``eth0`` and
-    decode their VNI and inner addresses.
+    """Capture ``count`` overlay packets on ``host``'s underlay ``eth0`` and decode them:
+    VXLAN (UDP 4789) with its VNI and inner addresses, ESP (UDP 4500, encrypted
+    networks) with its SPI, sequence number and length.
 
     ``during`` (e.g. a ping) runs once the capture listens; its text comes first. The
-    capture ends after ``count`` packets or ``seconds``, whichever comes first.
+    capture ends after ``count`` packets or ``seconds``, whichever comes first. ESP
+    packets are matched to the network and key of ``host``'s SAs where it knows them.
     """
     lab.host(host)
     if count < 1:
@@ -263,7 +267,7 @@ def capture(
     argv = [
         "timeout", "-s", "INT", f"{seconds:g}",
         "tcpdump", "-i", ifname, "-n", "-U", "-s", "256", "-c", str(count),
-        "-w", "-", "udp", "port", str(VXLAN_PORT),
+        "-w", "-", "udp", "port", str(VXLAN_PORT), "or", "udp", "port", str(ESP_PORT),
     ]  # fmt: skip
     proc = lab.underlay.popen(
         host, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -283,12 +287,42 @@ def capture(
         frames = read_pcap(out)
     except ValueError as exc:
         raise LabError(f"capture on {host}: {exc}; tcpdump said: {err.decode().strip()}") from None
-    packets = [p for p in (decode(f) for f in frames) if p is not None]
-    lines = [*head, f"{len(packets)} VXLAN packet(s) on {host} {ifname} (UDP {VXLAN_PORT}):"]
-    lines += [f"  {p.line()}" for p in packets]
-    if not packets:
+    vxlan = [p for p in (decode(f) for f in frames) if p is not None]
+    esp = [p for p in (decode_esp(f) for f in frames) if p is not None]
+    where = f"on {host} {ifname}"
+    if esp and vxlan:
+        title = (
+            f"{len(vxlan) + len(esp)} packet(s) {where}: {len(vxlan)} VXLAN (UDP {VXLAN_PORT}), "
+            f"{len(esp)} ESP (UDP {ESP_PORT}):"
+        )
+    elif esp:
+        title = f"{len(esp)} ESP packet(s) {where} (UDP {ESP_PORT}):"
+    else:
+        title = f"{len(vxlan)} VXLAN packet(s) {where} (UDP {VXLAN_PORT}):"
+    lines = [*head, title]
+    lines += [f"  {p.line()}" for p in vxlan]
+    sas = _sa_names(lab, host) if esp else {}
+    lines += [f"  {p.line()}{sas.get(p.spi, '')}" for p in esp]
+    if esp:
+        lines.append("  (ESP: the frames inside are sealed; only SPI and sequence are in clear)")
+    if not vxlan and not esp:
         lines.append("  (none: is traffic crossing this host? try 'capture h2 4 while c1 ping c2')")
     return "\n".join(lines)
+
+
+def _sa_names(lab: Lab, host: str) -> dict[int, str]:
+    """SPI -> ", network N, key 0x..." for the SAs ``host``'s agent holds (both ways)."""
+    if host in lab.crashed:
+        return {}
+    try:
+        state = lab.testbed.call(host, "crypto")
+    except Exception:  # noqa: BLE001 - naming SAs is a courtesy; the capture stands alone
+        return {}
+    names = {}
+    for net, info in (state.get("networks") or {}).items():
+        for sa in info["sas"]["outbound"] + info["sas"]["inbound"]:
+            names[int(sa["spi"])] = f", network {net}, key {_tag(sa['tag'])}"
+    return names
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> bytes:
@@ -310,6 +344,102 @@ def _wait_listening(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> byte
             break
         seen += line
     return seen
+
+
+# -- encryption -------------------------------------------------------------------------
+
+#: Drop reasons of the encrypted data path, in the order ``crypto`` prints them: the
+#: sender's side first (nothing to send it to, too big, out of sequence space), then
+#: what the receiver refused.
+_DROPS = (
+    ("drop_no_route", "no route"), ("drop_flood", "flood"), ("drop_oversize", "oversize"),
+    ("drop_rekey", "rekey"), ("drop_send_error", "send error"),
+    ("drop_bad_packet", "malformed"), ("drop_auth_failed", "auth failed"),
+    ("drop_replay", "replay"), ("drop_unknown_spi", "unknown SPI"),
+)  # fmt: skip
+
+
+def _tag(tag: int | None) -> str:
+    return "-" if tag is None else f"{int(tag):#010x}"
+
+
+def crypto(lab: Lab, host: str) -> str:
+    """``host``'s encrypted data path: keys, and per encrypted network its TAP, frames and
+    bytes sealed and opened, every drop reason, and cleartext VXLAN dropped for its VNI."""
+    state = lab.testbed.call(lab.live_host(host), "crypto")
+    if not state.get("port"):
+        return (
+            f"{host} has no encrypted data path: it holds no network keys yet (it fetches "
+            f"them with its first container on an encrypted network)"
+        )
+    keys = [int(k) for k in state.get("keys") or []]
+    primary = state.get("primary")
+    ring = ", ".join(_tag(k) + (" (primary)" if k == primary else "") for k in keys)
+    lines = [
+        f"encrypted data path on {host} (ESP in UDP {state['port']}, AES-GCM-128):",
+        f"  keys: generation {state.get('generation')}, primary {_tag(primary)}; "
+        f"ring, oldest first: {ring or 'empty'}",
+    ]
+    clear = {int(k): int(v) for k, v in (state.get("clear_vxlan_dropped") or {}).items()}
+    nets = state.get("networks") or {}
+    if not nets:
+        lines.append("  (no container on an encrypted network here: no TAP, nothing sealed)")
+    attributed = dict.fromkeys(("drop_unknown_spi", "drop_bad_packet"), 0)
+    for name, net in sorted(nets.items()):
+        c = net["counters"]
+        peers = sorted({sa["peer"] for sa in net["sas"]["outbound"]})
+        lines += [
+            f"  network {name} (VNI {net['vni']}), TAP {net['tap']}, "
+            f"peers {', '.join(peers) or 'none yet'}:",
+            f"    sealed  {c['tx_frames']:>9} frames {c['tx_bytes']:>13,} bytes",
+            f"    opened  {c['rx_frames']:>9} frames {c['rx_bytes']:>13,} bytes",
+            f"    ARP answered locally {c['arp_proxied']}",
+            "    drops   " + ", ".join(f"{label} {c[k]}" for k, label in _DROPS[:5]),
+            "            " + ", ".join(f"{label} {c[k]}" for k, label in _DROPS[5:]),
+            f"    cleartext VXLAN with VNI {net['vni']} dropped: {clear.get(net['vni'], 0)}",
+        ]
+        for k in attributed:
+            attributed[k] += c[k]
+    total = state.get("counters") or {}
+    lines.append(
+        "  no network's SPI (dropped before any network): unknown SPI "
+        f"{total.get('drop_unknown_spi', 0) - attributed['drop_unknown_spi']}, malformed "
+        f"{total.get('drop_bad_packet', 0) - attributed['drop_bad_packet']}"
+    )
+    return "\n".join(lines)
+
+
+def rotate(lab: Lab) -> str:
+    """Rotate the network keys at the manager, then have every running agent fetch the
+    new ring at once, so this rotation is finished everywhere before the next one.
+
+    The former ``next`` key becomes primary (every agent has received with it since the
+    last rotation); a new key becomes ``next``; the oldest is retired.
+    """
+    tb = lab.testbed
+    if tb.manager_host in lab.crashed:
+        raise LabError(f"the manager's host {tb.manager_host} is crashed; restart it first")
+    old = tb.manager_call("keys")
+    new = tb.manager_call("rotate_keys")
+    retired = {k["tag"] for k in old["keys"]} - {k["tag"] for k in new["keys"]}
+    lines = [
+        f"keys rotated at the manager: generation {old['generation']} -> "
+        f"{new['generation']}, primary {_tag(old['primary'])} -> {_tag(new['primary'])} "
+        f"(new next key {_tag(new['keys'][-1]['tag'])}, retired "
+        f"{', '.join(_tag(t) for t in sorted(retired)) or 'none'})"
+    ]
+    hosts = [h for h in lab.hosts if h not in lab.crashed and h in tb.running()]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda h: tb.call(h, "keys"), hosts))
+    for h, a in zip(hosts, answers, strict=True):
+        late = "" if a["generation"] == new["generation"] else "  (not the new ring: retry)"
+        lines.append(
+            f"  {h}: installed generation {a['generation']}, primary {_tag(a['primary'])}{late}"
+        )
+    lines += [f"  {h}: crashed, fetches the ring when restarted" for h in sorted(lab.crashed)]
+    if not any(n.get("encrypted") for n in tb.manager_call("network_ls")):
+        lines.append("  (no encrypted network yet: nothing is sealed with these keys)")
+    return "\n".join(lines)
 
 
 # -- breaking things --------------------------------------------------------------------

@@ -3,6 +3,10 @@
 Only what the workshop shows: outer source and destination (the VTEPs), the VNI, and
 the inner frame's addresses (IPv4 with its protocol, or ARP). Anything that does not
 parse is reported as such rather than guessed at.
+
+Encrypted networks put ESP in UDP on the wire instead (RFC 3948, port 4500):
+:func:`decode_esp` reads only its cleartext header (SPI, sequence number) and length;
+the frame inside stays sealed.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import struct
 from dataclasses import dataclass
 
 VXLAN_PORT = 4789
+#: UDP port of encrypted networks' ESP (the agent's default, ``overlayd --esp-port``).
+ESP_PORT = 4500
 _PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">"}
 _PCAP_MAGIC_NS = {b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}
 _LINKTYPE_ETHERNET = 1
@@ -41,6 +47,28 @@ class VxlanPacket:
             f"{self.outer_src} > {self.outer_dst}  VNI {self.vni}  "
             f"inner {self.inner_kind} {inner} ({self.inner_src_mac} > {self.inner_dst_mac})"
         ).replace("  (", " (")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EspPacket:
+    """One captured ESP-in-UDP packet: the VTEPs and ESP's cleartext header."""
+
+    outer_src: str
+    outer_dst: str
+    spi: int
+    seq: int
+    #: Bytes of ESP (header, IV, ciphertext, ICV): the UDP payload's length.
+    length: int
+    #: The underlay fragmented the datagram (a GSO super-frame); this is its first part.
+    fragmented: bool = False
+
+    def line(self) -> str:
+        """One human-readable line."""
+        frag = ", IP-fragmented" if self.fragmented else ""
+        return (
+            f"{self.outer_src} > {self.outer_dst}  ESP SPI {self.spi:#010x} seq {self.seq} "
+            f"len {self.length}{frag}"
+        )
 
 
 def read_pcap(data: bytes) -> list[bytes]:
@@ -93,6 +121,37 @@ def decode(frame: bytes, port: int = VXLAN_PORT) -> VxlanPacket | None:
         inner_kind=kind,
         inner_src=src,
         inner_dst=dst,
+    )
+
+
+def decode_esp(frame: bytes, port: int = ESP_PORT) -> EspPacket | None:
+    """The ESP-in-UDP packet (to UDP ``port``) in an outer Ethernet frame, or None.
+
+    Only the first fragment of a fragmented datagram carries the UDP and ESP headers;
+    the length is taken from the UDP header, so it is the whole datagram's.
+    """
+    if len(frame) < 14 or struct.unpack("!H", frame[12:14])[0] != _ETH_IPV4:
+        return None
+    ip = frame[14:]
+    if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 17:
+        return None
+    flags_offset = struct.unpack("!H", ip[6:8])[0]
+    if flags_offset & 0x1FFF:
+        return None  # a later fragment: no UDP header
+    ihl = (ip[0] & 0x0F) * 4
+    udp = ip[ihl:]
+    if len(udp) < 16 or struct.unpack("!H", udp[2:4])[0] != port:
+        return None
+    spi, seq = struct.unpack("!II", udp[8:16])
+    if spi == 0:
+        return None  # RFC 3948's non-ESP marker (IKE), not ESP
+    return EspPacket(
+        outer_src=_ip(ip[12:16]),
+        outer_dst=_ip(ip[16:20]),
+        spi=spi,
+        seq=seq,
+        length=struct.unpack("!H", udp[4:6])[0] - 8,
+        fragmented=bool(flags_offset & 0x2000),
     )
 
 

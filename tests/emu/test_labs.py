@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from overlaysim.agent.manager import EncryptionUnsupported
 from overlaysim.emu.setup import emulation_problems
 from overlaysim.lab import commands as cmds
 from overlaysim.lab.commands import Lab, LabError
-from overlaysim.lab.vxlan import decode, read_pcap
+from overlaysim.lab.vxlan import decode, decode_esp, read_pcap
 
 emu = pytest.mark.emu
 
@@ -194,11 +194,71 @@ def test_lab4_partition_and_heal(lab: Lab) -> None:
     assert _until(lambda: cmds.ping_received(cmds.ping(lab, "c1", "c3", 1)) == 1, timeout=30)
 
 
+def _sealed_frames(crypto_text: str, way: str) -> int:
+    """Frames on the ``sealed`` or ``opened`` line of :func:`cmds.crypto` output."""
+    m = re.search(rf"^\s+{way}\s+(\d+) frames", crypto_text, re.M)
+    assert m, crypto_text
+    return int(m.group(1))
+
+
+def _esp_lines(capture_text: str) -> list[str]:
+    return [ln for ln in capture_text.splitlines() if " ESP SPI " in ln]
+
+
 @emu
-def test_lab5_encryption_refused(lab: Lab) -> None:
-    with pytest.raises(EncryptionUnsupported, match="authenticated cluster.*--gossip-key"):
-        cmds.network_create(lab, "secret", attachable=True, encrypted=True)
-    assert "secret" not in cmds.network_ls(lab)
+def test_lab5_price_of_encryption(lab: Lab) -> None:
+    _ready(lab)
+    out = cmds.network_create(lab, "secret", subnet="10.41.0.0/24", attachable=True, encrypted=True)
+    assert "encrypted (ESP over UDP 4500)" in out
+    secret_vni = int(re.search(r"VNI (\d+)", out).group(1))  # type: ignore[union-attr]
+    # 1500-byte underlay: VXLAN's 50 bytes and the ESP-in-UDP budget of 45 come off
+    assert "MTU 1405" in cmds.run(lab, "e1", "secret", "h1")
+    assert "MTU 1405" in cmds.run(lab, "e2", "secret", "h2")
+    assert _until(lambda: cmds.ping_received(cmds.ping(lab, "e1", "e2", 1)) == 1)
+    vtep1, vtep2 = lab.underlay.underlay_ip("h1"), lab.underlay.underlay_ip("h2")
+    ip1, ip2 = lab.containers["e1"].ips["secret"], lab.containers["e2"].ips["secret"]
+
+    # The wire carries ESP between the VTEPs, no VXLAN, and no container address.
+    out = cmds.capture(lab, "h2", 4, during=lambda: cmds.ping(lab, "e1", "e2", 3))
+    assert "3 received" in out
+    esp = _esp_lines(out)
+    assert len(esp) == 4 and "4 ESP packet(s) on h2 eth0 (UDP 4500)" in out, out
+    assert not [ln for ln in out.splitlines() if "VNI" in ln]
+    assert {ln.split()[0] for ln in esp} == {vtep1, vtep2}  # both directions
+    packets = "\n".join(esp)
+    assert ip1 not in packets and ip2 not in packets
+    before = cmds.crypto(lab, "h1")
+    old_primary = re.search(r"primary (0x[0-9a-f]{8})", before).group(1)  # type: ignore[union-attr]
+    assert all(f"network secret, key {old_primary}" in ln for ln in esp), out
+
+    # Both ends sealed and opened frames; nothing was dropped on the way.
+    for host in ("h1", "h2"):
+        text = cmds.crypto(lab, host)
+        assert f"network secret (VNI {secret_vni})" in text
+        assert _sealed_frames(text, "sealed") > 0 and _sealed_frames(text, "opened") > 0
+        assert "auth failed 0, replay 0, unknown SPI 0" in text
+        assert f"cleartext VXLAN with VNI {secret_vni} dropped: 0" in text
+    assert "h3 has no encrypted data path: it holds no network keys" in cmds.crypto(lab, "h3")
+
+    # Rotation: the former next key becomes primary on every agent, and traffic goes on
+    # under it (the capture names the key each packet was sealed with).
+    out = cmds.rotate(lab)
+    m = re.search(r"generation (\d+) -> (\d+), primary (0x\w+) -> (0x\w+)", out)
+    assert m, out
+    gen, new_primary = int(m.group(2)), m.group(4)
+    assert int(m.group(1)) + 1 == gen and m.group(3) == old_primary != new_primary
+    for host in lab.hosts:
+        assert f"{host}: installed generation {gen}, primary {new_primary}" in out, out
+    assert f"primary {new_primary}" in cmds.crypto(lab, "h2")
+    out = cmds.capture(lab, "h1", 4, during=lambda: cmds.ping(lab, "e2", "e1", 3))
+    assert "3 received" in out  # no ping lost across the rotation
+    esp = _esp_lines(out)
+    assert len(esp) == 4 and all(f"key {new_primary}" in ln for ln in esp), out
+
+    # The last container gone, the encrypted path of the network goes with it.
+    cmds.rm(lab, "e1")
+    cmds.rm(lab, "e2")
+    assert "no container on an encrypted network here" in cmds.crypto(lab, "h1")
 
 
 @emu
@@ -210,7 +270,8 @@ def test_cli_script_uses_the_same_commands(lab: Lab, tmp_path: Path, capfd) -> N
     script = tmp_path / "s.txt"
     script.write_text(
         "network ls\nmembers h1\nc1 ping c2 1\nfdb h9\nloss lots\n"
-        "network create x --opt encrypted --attachable\npingall\n"
+        "network create x --opt encrypted --attachable\nkeys rotate\ncrypto h3\nkeys now\n"
+        "pingall\n"
     )
     with open("/dev/null") as devnull:
         LabCLI(lab, stdin=devnull, script=str(script))
@@ -220,7 +281,10 @@ def test_cli_script_uses_the_same_commands(lab: Lab, tmp_path: Path, capfd) -> N
     assert "1 received" in out
     assert "no host 'h9'" in out
     assert "PERCENT must be a number" in out
-    assert "not supported yet" in out
+    assert re.search(r"network x created: .*, attachable, encrypted \(ESP over UDP 4500\)", out)
+    assert re.search(r"keys rotated at the manager: generation \d+ -> \d+", out)
+    assert "encrypted data path on h3 (ESP in UDP 4500" in out  # keys, no container
+    assert "keys: usage: keys rotate" in out
     # Mininet's own pingall runs on the adapter (its output goes through Mininet's
     # logger, which pytest may capture anywhere, so only check that it did not fail).
     assert "*** pingall:" not in out
@@ -260,3 +324,32 @@ def test_vxlan_decoder_reads_vni_and_inner_addresses() -> None:
     assert frames == [f]
     with pytest.raises(ValueError, match="not a pcap"):
         read_pcap(b"x" * 40)
+
+
+def _esp_frame(spi: int, seq: int, payload: int = 64, frag: int = 0) -> bytes:
+    """An outer Ethernet/IPv4/UDP 4500 frame around an ESP packet of ``payload`` bytes."""
+    esp = spi.to_bytes(4, "big") + seq.to_bytes(4, "big") + bytes(payload - 8)
+    udp = (4500).to_bytes(2, "big") * 2 + (8 + len(esp)).to_bytes(2, "big") + bytes(2) + esp
+    ip = bytes([0x45, 0, 0, 0, 0, 0]) + frag.to_bytes(2, "big")
+    ip += bytes([64, 17, 0, 0, 172, 30, 0, 1, 172, 30, 0, 2])
+    return bytes(12) + b"\x08\x00" + ip + udp
+
+
+def test_esp_decoder_reads_spi_sequence_and_length() -> None:
+    """``capture``'s ESP decoder reads only the cleartext header (no root needed)."""
+    p = decode_esp(_esp_frame(0x9AC3D10F, 17, payload=1453))
+    assert p is not None
+    assert (p.outer_src, p.outer_dst, p.spi, p.seq, p.length) == (
+        "172.30.0.1", "172.30.0.2", 0x9AC3D10F, 17, 1453,
+    )  # fmt: skip
+    assert not p.fragmented
+    assert p.line() == "172.30.0.1 > 172.30.0.2  ESP SPI 0x9ac3d10f seq 17 len 1453"
+    first = decode_esp(_esp_frame(0x1234, 2, frag=0x2000))  # more fragments follow
+    assert first is not None and first.fragmented and "IP-fragmented" in first.line()
+    assert decode_esp(_esp_frame(0x1234, 3, frag=0x2000 | 185)) is None  # a later fragment
+    assert decode_esp(_esp_frame(0, 1)) is None  # RFC 3948 non-ESP marker
+    assert decode_esp(_frame(4096)) is None  # VXLAN is not ESP ...
+    assert decode(_esp_frame(0x1234, 1)) is None  # ... nor ESP VXLAN
+    other = bytearray(_esp_frame(0x1234, 1))
+    other[36:38] = (4501).to_bytes(2, "big")
+    assert decode_esp(bytes(other)) is None
