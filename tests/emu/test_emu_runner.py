@@ -253,8 +253,13 @@ def test_a_refused_network_fails_the_run_and_tears_down(emu: None, tmp_path: Pat
         QUICKSTART,
         # an encrypted network on a cluster whose control plane is not sealed: its keys
         # would have to travel in clear, so the manager refuses it
-        ["duration=5", "events=[]", "measure.throughput=[]", "networks.1.encrypted=true",
-         "gossip_encryption=false"],
+        [
+            "duration=5",
+            "events=[]",
+            "measure.throughput=[]",
+            "networks.1.encrypted=true",
+            "gossip_encryption=false",
+        ],
     )
     with pytest.raises(RuntimeError, match="EncryptionUnsupported"):
         emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
