@@ -44,8 +44,9 @@ DISABLES: dict[str, str] = {
     "tbf": "bandwidth limits and rate impairments",
     "nft_numgen": "loss, partition and crash impairments",
     "nfqueue": "the user-space delay fallback",
-    "esp": "kernel IPsec for encrypted networks (the user-space AEAD path is used)",
-    "kernel_gcm": "kernel AES-GCM for IPsec (the user-space AEAD path is used)",
+    "tun": "encrypted networks (their frames leave the bridge through a TAP device)",
+    "esp": "nothing yet: encrypted networks use the user-space ESP path on every kernel",
+    "kernel_gcm": "nothing yet: the user-space ESP path does AES-GCM itself (AES-NI)",
     "iperf3": "throughput measurements",
     "tcpdump": "packet captures",
     "tshark": "decoding captures in reports",
@@ -61,7 +62,7 @@ def probe() -> dict[str, Capability]:
         "mininet": _probe_module("mininet"),
         "mnexec": _probe_tool("mnexec"),
     }
-    kernel = ("vxlan", "netem", "tbf", "nft_numgen", "nfqueue", "esp", "kernel_gcm")
+    kernel = ("vxlan", "netem", "tbf", "nft_numgen", "nfqueue", "tun", "esp", "kernel_gcm")
     if root:
         with probe_netns() as ns:
             caps["vxlan"] = _guard("vxlan", lambda: _probe_vxlan(ns))
@@ -69,6 +70,7 @@ def probe() -> dict[str, Capability]:
             caps["tbf"] = _guard("tbf", lambda: _probe_qdisc(ns, "tbf"))
             caps["nft_numgen"] = _guard("nft_numgen", lambda: _probe_nft(ns))
             caps["nfqueue"] = _guard("nfqueue", lambda: _probe_nfqueue(ns))
+            caps["tun"] = _guard("tun", lambda: _probe_tun(ns))
             caps["esp"] = _guard("esp", lambda: _probe_esp(ns))
             caps["kernel_gcm"] = _guard("kernel_gcm", lambda: _probe_gcm(ns))
     else:
@@ -240,6 +242,18 @@ def _probe_nfqueue(ns: str) -> Capability:
 
 _XFRM = ["xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp"]
 _XFRM_MODE = ["reqid", "1", "mode", "transport"]
+
+
+def _probe_tun(ns: str) -> Capability:
+    from overlaysim.agent.netns import ns_path
+    from overlaysim.agent.tap import open_tap
+
+    try:
+        fd = open_tap("osimprobetap", ns_path(ns))
+    except OSError as exc:
+        return _cap("tun", False, str(exc))
+    os.close(fd)  # the device goes with its descriptor
+    return _cap("tun", True, "TAP device with virtio-net headers and TSO offload")
 
 
 def _probe_esp(ns: str) -> Capability:

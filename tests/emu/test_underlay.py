@@ -357,12 +357,12 @@ def test_probe_reports_everything_and_leaves_nothing() -> None:
     links, spaces, tables = root_links(), netns_names(), nft_tables()
     caps = probe()
     expected = {"root", "mininet", "mnexec", "vxlan", "netem", "tbf", "nft_numgen", "nfqueue"}
-    expected |= {"esp", "kernel_gcm", "iperf3", "tcpdump", "tshark", "openvswitch"}
+    expected |= {"tun", "esp", "kernel_gcm", "iperf3", "tcpdump", "tshark", "openvswitch"}
     assert set(caps) == expected
     assert all(isinstance(c, Capability) and c.detail for c in caps.values())
     # Things the emulator relies on, present on every machine where these tests run.
     assert caps["root"].ok and caps["mnexec"].ok and caps["tbf"].ok and caps["vxlan"].ok
-    assert caps["nft_numgen"].ok
+    assert caps["nft_numgen"].ok and caps["tun"].ok
     assert all(c.disables for c in caps.values() if not c.ok)
     assert root_links() == links
     assert not [n for n in netns_names() - spaces if n.startswith("osim-probe")]
