@@ -190,6 +190,7 @@ class Agent:
         self._torn_down = False
         self._done = asyncio.Event()
         self._key_generation: int | None = None
+        self._epochs: dict[str, int] = {}  # boot epoch last seen per member
         #: Set once the agent listens and has started its node.
         self.started = asyncio.Event()
 
@@ -373,6 +374,7 @@ class Agent:
 
     def _on_event(self, ev: MemberEvent | EntryEvent) -> None:
         if isinstance(ev, MemberEvent):
+            self._note_epoch(ev)
             self.events.write(
                 f"member_{ev.kind.value}",
                 subject=ev.node,
@@ -391,6 +393,18 @@ class Agent:
         )
         if self.programmer is not None and not self._torn_down:
             self._submit(self.programmer.on_event, ev)
+
+    def _note_epoch(self, ev: MemberEvent) -> None:
+        """A member back with a new boot epoch restarted: its ESP sequence numbers
+        start again at 1, so the encrypted path must open fresh windows for it."""
+        if not ev.epoch or not ev.addr:
+            return
+        previous = self._epochs.get(ev.node)
+        self._epochs[ev.node] = ev.epoch
+        if previous is not None and previous != ev.epoch and self._key_generation is not None:
+            vtep = ev.addr.rpartition(":")[0]
+            if self.programmer is not None and not self._torn_down:
+                self._submit(self.programmer.dataplane.reset_peer, vtep)
 
     def _report(self, what: str, detail: str) -> None:
         """Log a peer or transport error, at most once per second per kind."""

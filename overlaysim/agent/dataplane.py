@@ -246,6 +246,12 @@ class DataPlane:
         self.tunnel.install_keys(keys, primary)
 
     @_kernel_call
+    def reset_peer(self, vtep: str) -> None:
+        """The agent at ``vtep`` restarted: let the encrypted path accept its new SAs."""
+        if self.tunnel is not None:
+            self.tunnel.reset_peer(str(ipaddress.IPv4Address(vtep)))
+
+    @_kernel_call
     def crypto_state(self) -> dict[str, Any]:
         """Counters, key tags and SAs of the encrypted data path (empty when unused)."""
         tun = self.tunnel

@@ -191,6 +191,9 @@ class EspTunnel:
         self._rx: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
         self._stopping = False
+        # High half of every IV this boot sends: sequence numbers restart at 1 after a
+        # crash, the prefix does not repeat (random), so no nonce is used twice.
+        self._iv_prefix = int.from_bytes(os.urandom(4), "big")
         self.unknown_spi = 0  # SPIs of no network here (counted apart from any network)
         self.bad_packets = 0
 
@@ -228,7 +231,7 @@ class EspTunnel:
             fd = open_tap(ifname, sandbox)
         except OSError as exc:
             raise TunnelError(f"TAP for VNI {vni}: {exc}") from exc
-        ring = esp.Keyring(self.local, window=WINDOW, scope=vni)
+        ring = esp.Keyring(self.local, window=WINDOW, scope=vni, iv_prefix=self._iv_prefix)
         ring.install(*self._keys)
         net = _Net(vni=vni, mtu=mtu, ifname=ifname, fd=fd, keyring=ring)
         with self._lock:
@@ -266,6 +269,15 @@ class EspTunnel:
                 net.keyring.add_peer(peer)
             self._reindex()
             net.fdb, net.neigh = new_fdb, new_neigh  # swapped whole: the loops never see a mix
+
+    def reset_peer(self, vtep: str) -> None:
+        """VTEP ``vtep`` restarted (its sequence numbers begin again): fresh replay
+        windows for it on every network; our own counters towards it continue."""
+        with self._lock:
+            for net in self._nets.values():
+                if vtep in net.keyring.peers:
+                    net.keyring.reset_peer(vtep)
+            self._reindex()
 
     def entries(self, vni: int) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         """Forwarding state of ``vni``: ``{(mac, vtep)}``, ``{(ip, mac)}``."""

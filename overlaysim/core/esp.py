@@ -174,9 +174,11 @@ class SecurityAssociation:
     Inbound use: :meth:`open`, which enforces the anti-replay window.
     """
 
-    __slots__ = ("spi", "key", "_aead", "_salt", "_last_sealed", "window")
+    __slots__ = ("spi", "key", "_aead", "_salt", "_last_sealed", "window", "_iv_prefix")
 
-    def __init__(self, spi: int, key: Key, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self, spi: int, key: Key, window: int = DEFAULT_WINDOW, iv_prefix: int = 0
+    ) -> None:
         if not MIN_SPI <= spi < 2**32:
             raise ValueError("SPI must be in [256, 2**32)")
         self.spi = spi
@@ -184,6 +186,9 @@ class SecurityAssociation:
         self._aead = AESGCM(key.material[:KEY_LEN])
         self._salt = key.material[KEY_LEN:]
         self._last_sealed = 0
+        # High 32 bits of the explicit IV. A sender picks a fresh random prefix per boot,
+        # so sequence numbers restarting at 1 after a crash never repeat a nonce.
+        self._iv_prefix = struct.pack("!I", iv_prefix & 0xFFFFFFFF)
         self.window = ReplayWindow(window)
 
     def __repr__(self) -> str:
@@ -211,7 +216,7 @@ class SecurityAssociation:
             raise EspUsageError(f"sequence {seq} not above {self._last_sealed}")
         self._last_sealed = seq
         header = struct.pack("!II", self.spi, seq)
-        iv = struct.pack("!Q", seq)
+        iv = self._iv_prefix + struct.pack("!I", seq)
         pad = _pad(len(frame))
         plain = frame + pad + bytes((len(pad), NEXT_HEADER_ETHERNET))
         return header + iv + self._aead.encrypt(self._salt + iv, plain, header)
@@ -270,11 +275,19 @@ class Keyring:
 
     MAX_KEYS = 3
 
-    def __init__(self, local: str, window: int = DEFAULT_WINDOW, scope: int = 0) -> None:
+    def __init__(
+        self, local: str, window: int = DEFAULT_WINDOW, scope: int = 0, iv_prefix: int = 0
+    ) -> None:
         self.local = str(ipaddress.IPv4Address(local))
         self.window = window
         #: Hashed into every SPI (see :func:`derive_spi`): the network's VNI, or 0.
         self.scope = scope
+        #: High half of every outbound IV: pass a fresh random value per boot.
+        self.iv_prefix = iv_prefix
+        # SAs of removed peers, kept so that a peer coming back continues its sequence
+        # numbers (a restart at 1 would reuse nonces) and its replay window.
+        self._parked: dict[tuple[str, str, str], SecurityAssociation] = {}
+        self._peer_by_spi_in: dict[int, str] = {}
         self._keys: list[Key] = []
         self._primary: int | None = None
         self._peers: set[str] = set()
@@ -332,9 +345,20 @@ class Keyring:
         self._rebuild()
 
     def remove_peer(self, peer: str) -> None:
-        """Forget ``peer`` and its SAs."""
+        """Stop exchanging traffic with ``peer``. Its SAs are parked, not forgotten: if it
+        comes back under the same keys, sequence numbers and replay windows continue."""
         self._peers.discard(str(ipaddress.IPv4Address(peer)))
         self._rebuild()
+
+    def reset_peer(self, peer: str) -> None:
+        """``peer`` restarted: its sequence numbers start again at 1, so open fresh
+        replay windows for it. Our outbound SAs to it keep counting (nonces stay unique)."""
+        peer = str(ipaddress.IPv4Address(peer))
+        self._parked = {k: v for k, v in self._parked.items() if k[:2] != ("in", peer)}
+        for key in self._keys:
+            spi = derive_spi(peer, self.local, key.tag, self.scope)
+            if spi in self._inbound:
+                self._inbound[spi] = SecurityAssociation(spi, key, self.window)
 
     def outbound(self, peer: str) -> SecurityAssociation:
         """The SA to seal traffic for ``peer`` with (primary key)."""
@@ -376,22 +400,41 @@ class Keyring:
         return next(k for k in self._keys if k.tag == tag)
 
     def _rebuild(self) -> None:
-        # Keep existing SAs (counters, windows) for pairs and keys that stay.
+        # Keep existing SAs (counters, windows) for pairs and keys that stay; park the
+        # SAs of pairs that go, and take them back if the pair returns.
+        parked = self._parked
+        for (peer, tag), sa in self._outbound.items():
+            parked[("out", peer, str(tag))] = sa
+        for sa in self._inbound.values():
+            parked[("in", self._peer_of(sa), str(sa.key.tag))] = sa
         outbound: dict[tuple[str, int], SecurityAssociation] = {}
         inbound: dict[int, SecurityAssociation] = {}
-        old_in = {(sa.spi, sa.key): sa for sa in self._inbound.values()}
         for peer in sorted(self._peers):
             for key in self._keys:
-                out_spi = derive_spi(self.local, peer, key.tag, self.scope)
-                old_out = self._outbound.get((peer, key.tag))
-                if old_out is None or old_out.key != key:
-                    old_out = SecurityAssociation(out_spi, key, self.window)
-                outbound[(peer, key.tag)] = old_out
+                out = parked.get(("out", peer, str(key.tag)))
+                if out is None or out.key != key:
+                    out = SecurityAssociation(
+                        derive_spi(self.local, peer, key.tag, self.scope),
+                        key,
+                        self.window,
+                        self.iv_prefix,
+                    )
+                outbound[(peer, key.tag)] = out
                 in_spi = derive_spi(peer, self.local, key.tag, self.scope)
                 if in_spi in inbound:
                     raise EspUsageError(f"SPI collision {in_spi:#010x}: choose another key tag")
-                inbound[in_spi] = old_in.get((in_spi, key)) or SecurityAssociation(
-                    in_spi, key, self.window
-                )
+                sa = parked.get(("in", peer, str(key.tag)))
+                if sa is None or sa.key != key:
+                    sa = SecurityAssociation(in_spi, key, self.window)
+                inbound[in_spi] = sa
+        # Parked SAs of keys no longer installed can never be used again: drop them.
+        tags = {str(k.tag) for k in self._keys}
+        self._parked = {k: v for k, v in parked.items() if k[2] in tags}
         self._outbound = outbound
         self._inbound = inbound
+        self._peer_by_spi_in = {
+            derive_spi(peer, self.local, tag, self.scope): peer for (peer, tag) in outbound
+        }
+
+    def _peer_of(self, sa: SecurityAssociation) -> str:
+        return self._peer_by_spi_in.get(sa.spi, "")

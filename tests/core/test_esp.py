@@ -359,3 +359,50 @@ def test_tshark_decrypts_known_answer(tmp_path):
     assert "Next header: Ethernet (0x8f)" in out
     assert "Ethernet II, Src: 02:00:00:00:00:01" in out
     assert f"Data: {MARKER.hex()}" in out
+
+
+# --- peers that leave, come back or restart ---------------------------------------------
+
+
+def _ring(local: str, prefix: int = 0) -> Keyring:
+    r = Keyring(local, iv_prefix=prefix)
+    r.install([key(1), key(2), key(3)], 2)
+    return r
+
+
+def test_a_peer_removed_and_added_again_continues_its_sequence_and_window():
+    a, b = _ring(A), _ring(B)
+    a.add_peer(B)
+    b.add_peer(A)
+    first = [a.seal(B, b"frame %d" % i) for i in range(3)]
+    for p in first:
+        b.open(p)
+    a.remove_peer(B)
+    b.remove_peer(A)
+    a.add_peer(B)
+    b.add_peer(A)
+    again = a.seal(B, b"after")
+    assert struct.unpack_from("!I", again, 4)[0] == 4  # not 1: that nonce was used
+    assert b.open(again) == b"after"
+    with pytest.raises(Replay):  # the window came back too
+        b.open(first[0])
+
+
+def test_reset_peer_opens_a_fresh_window_for_a_restarted_sender_only():
+    a, b = _ring(A, prefix=1), _ring(B)
+    a.add_peer(B)
+    b.add_peer(A)
+    for i in range(100):
+        b.open(a.seal(B, b"x%d" % i))
+    b_to_a = b.seal(A, b"b1")
+    reborn = _ring(A, prefix=2)  # A restarts: same keys, counters from 1, new IV prefix
+    reborn.add_peer(B)
+    p1 = reborn.seal(B, b"hello again")
+    assert struct.unpack_from("!I", p1, 4)[0] == 1
+    assert p1[8:16] == struct.pack("!II", 2, 1)  # IV = prefix || seq: not the old nonce
+    with pytest.raises(Replay):
+        b.open(p1)  # B's window for A is far past 1
+    b.reset_peer(A)
+    assert b.open(p1) == b"hello again"
+    assert struct.unpack_from("!I", b.seal(A, b"b2"), 4)[0] == 2  # B's own counter kept
+    assert reborn.open(b_to_a) == b"b1"

@@ -377,3 +377,44 @@ def test_node_without_the_gossip_key_cannot_join(world: EmuWorld) -> None:
     finally:
         tb.kill_agent("h3")
         tb.wait_exit("h3")
+
+
+@pytest.mark.emu
+def test_a_restarted_node_talks_again_without_a_rotation(world: EmuWorld, tmp_path: Path) -> None:
+    """A crashed agent comes back with fresh SAs (sequence numbers from 1) under the
+    same keys: its peers reset their replay windows for it, and its IVs differ from
+    the previous boot's, so no nonce repeats under a key."""
+    s1, s2 = ep(world, "s1"), ep(world, "s2")
+    h2 = world.underlay.underlay_ip("h2")
+    generation = world.testbed.manager_call("keys")["generation"]
+    before, after = tmp_path / "before.pcap", tmp_path / "after.pcap"
+    dump = capture(world, "h1", before, "udp", "dst", "port", str(ESP), "and", "src", "host", h2)
+    try:  # s2 sends enough that its sequence numbers run far past the replay window
+        sink = in_ns(world, s1, sys.executable, "-c", _SINK, s1.ips["secure"], "7105",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        assert sink.stdout is not None and sink.stdout.readline().strip() == b"ready"
+        src = world.underlay.cmd("h2", ["ip", "netns", "exec", s2.netns, sys.executable, "-c",
+                                        _SOURCE, s1.ips["secure"], "7105", str(32 << 20), "1"],
+                                 timeout=60)  # fmt: skip
+        assert src.returncode == 0, src.stderr
+        sink.communicate(timeout=30)
+    finally:
+        stop(dump)
+    world.crash("h2")
+    time.sleep(1)
+    world.start_host("h2", "node_restart")
+    s2 = until(lambda: next((e for e in world.endpoints() if e.name == "s2" and e.netns), None),
+               20, "s2 back on h2")  # fmt: skip
+    dump = capture(world, "h1", after, "udp", "dst", "port", str(ESP), "and", "src", "host", h2)
+    try:
+        t0 = time.monotonic()
+        until(lambda: echo(world, s2, s1, "secure", 7106) == "echoed", 30, "echo after restart")
+        took = time.monotonic() - t0
+    finally:
+        stop(dump)
+    assert took < 15  # generous: a blackholed peer would never recover without a rotation
+    assert world.testbed.manager_call("keys")["generation"] == generation  # no rotation used
+    old = {(p[3][:4], p[3][8:16]) for p in udp_payloads(before)}
+    new = {(p[3][:4], p[3][8:16]) for p in udp_payloads(after)}
+    assert len(old) > 600 and new
+    assert not old & new  # no (SPI, IV) pair, i.e. no nonce under a key, used twice
