@@ -10,8 +10,9 @@ Packet layout (the UDP payload)::
 
     SPI (4) | seq (4) | IV (8) | ciphertext(frame | pad | pad_len (1) | next_hdr (1)) | ICV (16)
 
-* key material = 16-byte AES key + 4-byte salt; nonce = salt || IV; IV = the 64-bit
-  sequence number (unique per key, so no nonce is ever reused under one key).
+* key material = 16-byte AES key + 4-byte salt; nonce = salt || IV; IV = a 32-bit
+  per-boot prefix || the 32-bit sequence number (sequence numbers never repeat within a
+  boot, prefixes differ between boots, so no nonce is reused under one key).
 * AAD = SPI || seq (32-bit sequence numbers, no ESN; rekey before 2**32).
 * next header = 143 (IANA "Ethernet"): the payload is a whole Ethernet frame.
 * padding = 1, 2, 3, ... up to 4-byte alignment of the encrypted part (RFC 4303 §2.4).
