@@ -266,11 +266,11 @@ class DataPlane:
                     "counters": tun.counters(sb.net.vni),
                     "sas": tun.spis(sb.net.vni),
                 }
-        keys = tun._keys
+        tags, primary = tun.ring
         return {
             "port": tun.port,
-            "keys": [k.tag for k in keys[0]] if keys else [],
-            "primary": keys[1] if keys else None,
+            "keys": tags,
+            "primary": primary,
             "counters": tun.counters(),
             "clear_vxlan_dropped": {str(k): v for k, v in tun.guard.dropped().items()},
             "networks": nets,

@@ -204,6 +204,13 @@ class EspTunnel:
         """True once a key ring was installed."""
         return self._keys is not None
 
+    @property
+    def ring(self) -> tuple[list[int], int | None]:
+        """Tags of the installed keys (oldest first) and the primary tag."""
+        if self._keys is None:
+            return [], None
+        return [k.tag for k in self._keys[0]], self._keys[1]
+
     def install_keys(self, keys: list[esp.Key], primary: int) -> None:
         """Install the cluster's ring (oldest first) on every network, now and later."""
         self._keys = (list(keys), primary)
