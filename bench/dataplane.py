@@ -97,22 +97,27 @@ class Result:
 # --- building ---------------------------------------------------------------------------
 
 
+def build_underlay(one: tuple[str, str, str], two: tuple[str, str, str], mtu: int = 1500) -> None:
+    """Two named namespaces ``(netns, veth name, IPv4)`` joined by a veth pair (/24)."""
+    for ns, _, _ in (one, two):
+        kns.create_netns(ns)
+    with IPRoute(netns=one[0], flags=0) as h1:
+        h1.link("add", ifname=one[1], kind="veth", peer={"ifname": two[1], "net_ns_fd": two[0]})
+    for ns, ifname, ip in (one, two):
+        with IPRoute(netns=ns, flags=0) as ipr:
+            index = ipr.link_lookup(ifname=ifname)[0]
+            ipr.link("set", index=index, mtu=mtu)
+            ipr.addr("add", index=index, address=ip, prefixlen=24)
+            ipr.link("set", index=index, state="up")
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+
 @contextmanager
 def testbed(variant: Variant) -> Iterator[tuple[DataPlane, DataPlane, int]]:
     """Underlay hosts, data planes and one container per host; torn down on exit."""
     planes: list[DataPlane] = []
     try:
-        for name in (U1, U2):
-            kns.create_netns(name)
-        with IPRoute(netns=U1, flags=0) as h1:
-            h1.link("add", ifname=L1, kind="veth", peer={"ifname": L2, "net_ns_fd": U2})
-        for ns, ifname, ip in ((U1, L1, IP1), (U2, L2, IP2)):
-            with IPRoute(netns=ns, flags=0) as ipr:
-                index = ipr.link_lookup(ifname=ifname)[0]
-                ipr.link("set", index=index, mtu=variant.underlay_mtu)
-                ipr.addr("add", index=index, address=ip, prefixlen=24)
-                ipr.link("set", index=index, state="up")
-                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        build_underlay((U1, L1, IP1), (U2, L2, IP2), variant.underlay_mtu)
         net = NetInfo(
             name="bench", vni=4096, subnet="10.40.0.0/24", gateway="10.40.0.1",
             mtu=variant.overlay_mtu,

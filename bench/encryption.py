@@ -36,15 +36,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import clean_prefixed
 from overlaysim.agent.dataplane import DataPlane, NetInfo, docker_mac
 from overlaysim.core import esp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dataplane import iperf3_tcp  # noqa: E402  (sibling bench module)
+from dataplane import build_underlay, iperf3_tcp  # noqa: E402  (sibling bench module)
 
 PREFIX = "osime"
 U1, U2 = f"{PREFIX}-u1", f"{PREFIX}-u2"
@@ -97,16 +95,7 @@ def testbed() -> Iterator[list[tuple[mp.Process, object, dict]]]:
     ctx = mp.get_context("fork")
     hosts: list[tuple[mp.Process, object, dict]] = []
     try:
-        for name in (U1, U2):
-            kns.create_netns(name)
-        with IPRoute(netns=U1, flags=0) as h1:
-            h1.link("add", ifname=L1, kind="veth", peer={"ifname": L2, "net_ns_fd": U2})
-        for ns, ifname, ip in ((U1, L1, IP1), (U2, L2, IP2)):
-            with IPRoute(netns=ns, flags=0) as ipr:
-                index = ipr.link_lookup(ifname=ifname)[0]
-                ipr.addr("add", index=index, address=ip, prefixlen=24)
-                ipr.link("set", index=index, state="up")
-                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        build_underlay((U1, L1, IP1), (U2, L2, IP2))
         for spec in HOSTS:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_host, args=(*spec, child), daemon=True)

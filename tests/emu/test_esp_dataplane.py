@@ -90,6 +90,9 @@ def planes(underlay: None, tmp_path: Path) -> Iterator[tuple[DataPlane, DataPlan
 
 
 def _connect(d1: DataPlane, d2: DataPlane) -> tuple[str, str]:
+    """Both planes get the ring; c1 on u1 and c2 on u2 on SECRET, each knowing the other."""
+    for d in (d1, d2):
+        d.install_keys(KEYS, 12)
     a, b = "10.37.0.2", "10.37.0.3"
     d1.attach("c1", SECRET, a, 24, docker_mac(a))
     d2.attach("c2", SECRET, b, 24, docker_mac(b))
@@ -116,8 +119,6 @@ def test_encrypted_ping_kernel_state_and_clean_close(
     planes: tuple[DataPlane, DataPlane],
 ) -> None:
     d1, d2 = planes
-    for d in planes:
-        d.install_keys(KEYS, 12)
     a, b = _connect(d1, d2)
     c1 = d1.container_netns("c1")
     assert pings(c1, b)
@@ -145,8 +146,6 @@ def test_encrypted_ping_kernel_state_and_clean_close(
 @pytest.mark.emu
 def test_rotation_in_place_keeps_traffic(planes: tuple[DataPlane, DataPlane]) -> None:
     d1, d2 = planes
-    for d in planes:
-        d.install_keys(KEYS, 12)
     _, b = _connect(d1, d2)
     c1 = d1.container_netns("c1")
     assert pings(c1, b)
