@@ -161,12 +161,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect",
         help="show a host's membership view, gossip tables and kernel FDB/neighbour entries",
-        epilog="examples:\n  overlaysim inspect h2\n  overlaysim inspect h2 --what kernel\n",
+        epilog="examples:\n  overlaysim inspect h2\n  overlaysim inspect h2 --what kernel\n"
+        "  overlaysim inspect h2 --what crypto\n",
         formatter_class=_FMT,
     )
     p.add_argument("host")
     p.add_argument(
-        "--what", choices=["all", "members", "tables", "kernel", "status"], default="all"
+        "--what",
+        choices=["all", "members", "tables", "kernel", "status", "crypto"],
+        default="all",
+        help="what to show; crypto: the encrypted data path's keys, SAs and counters",
     )
     p.set_defaults(func=_inspect)
 
