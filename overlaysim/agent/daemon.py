@@ -20,7 +20,6 @@ describes the control operations and log lines.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import random
@@ -50,7 +49,7 @@ from overlaysim.agent.transport import (
     Counters,
     TrafficDelta,
     Transport,
-    sealed_budget,
+    sealed_configs,
 )
 from overlaysim.core.cluster import Cluster, ClusterError, derive_mtu
 from overlaysim.core.config import configs
@@ -99,8 +98,7 @@ class Agent:
             config.profile, config.protocol.get("membership"), config.protocol.get("tables")
         )
         if self.keyring is not None:  # sealing adds bytes: leave room in every datagram
-            mcfg = dataclasses.replace(mcfg, udp_buffer_size=sealed_budget(mcfg.udp_buffer_size))
-            tcfg = dataclasses.replace(tcfg, udp_buffer_size=sealed_budget(tcfg.udp_buffer_size))
+            mcfg, tcfg = sealed_configs(mcfg, tcfg)
         self.node = Node(
             name=config.name,
             addr=config.addr,

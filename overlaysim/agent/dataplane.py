@@ -542,11 +542,11 @@ class DataPlane:
         sandbox = self._sandboxes.get(network)
         if sandbox is None:
             return
-        ip, mac, _ = remote
-        fdb, neigh = self._desired(network)
         if sandbox.net.encrypted:
             self._push_tunnel(sandbox)
             return
+        ip, mac, _ = remote
+        fdb, neigh = self._desired(network)
         inner, vx = self._vxlan(sandbox)
         if mac in fdb:
             kns.fdb_set(inner, vx, mac, fdb[mac])
@@ -602,30 +602,24 @@ class DataPlane:
         fdb_map, neigh_map = self._desired(network)
         fdb_want, neigh_want = set(fdb_map.items()), set(neigh_map.items())
         fdb_have, neigh_have = self._read_kernel(sandbox)
+        result["removed"] = [("fdb", *e) for e in sorted(fdb_have - fdb_want)]
+        result["removed"] += [("neigh", *e) for e in sorted(neigh_have - neigh_want)]
+        result["added"] = [("fdb", *e) for e in sorted(fdb_want - fdb_have)]
+        result["added"] += [("neigh", *e) for e in sorted(neigh_want - neigh_have)]
         if sandbox.net.encrypted:
-            self._push_tunnel(sandbox)
-            for mac, vtep in sorted(fdb_have - fdb_want):
-                result["removed"].append(("fdb", mac, vtep))
-            for ip, mac in sorted(neigh_have - neigh_want):
-                result["removed"].append(("neigh", ip, mac))
-            for mac, vtep in sorted(fdb_want - fdb_have):
-                result["added"].append(("fdb", mac, vtep))
-            for ip, mac in sorted(neigh_want - neigh_have):
-                result["added"].append(("neigh", ip, mac))
-            return result
-        inner, vx = self._vxlan(sandbox)
-        for mac, vtep in sorted(fdb_have - fdb_want):
-            kns.fdb_del(inner, vx, mac, vtep)
-            result["removed"].append(("fdb", mac, vtep))
-        for ip, mac in sorted(neigh_have - neigh_want):
-            kns.neigh_del(inner, vx, ip)
-            result["removed"].append(("neigh", ip, mac))
-        for mac, vtep in sorted(fdb_want - fdb_have):
-            kns.fdb_set(inner, vx, mac, vtep)
-            result["added"].append(("fdb", mac, vtep))
-        for ip, mac in sorted(neigh_want - neigh_have):
-            kns.neigh_set(inner, vx, ip, mac)
-            result["added"].append(("neigh", ip, mac))
+            self._push_tunnel(sandbox)  # the user-space table is replaced whole
+        else:
+            inner, vx = self._vxlan(sandbox)
+            for kind, key, value in result["removed"]:
+                if kind == "fdb":
+                    kns.fdb_del(inner, vx, key, value)
+                else:
+                    kns.neigh_del(inner, vx, key)
+            for kind, key, value in result["added"]:
+                if kind == "fdb":
+                    kns.fdb_set(inner, vx, key, value)
+                else:
+                    kns.neigh_set(inner, vx, key, value)
         if result["added"] or result["removed"]:
             log.info("reconciled %s on %s: %s", network, self.host, result)
         return result

@@ -88,6 +88,9 @@ class _Net:
     stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     thread: threading.Thread | None = None
     closed: bool = False
+    # Its own wake-up pipe: written once to stop this send loop. Shared with other
+    # loops, the unread byte would keep every poll() returning at once (a busy spin).
+    wake: tuple[int, int] = field(default_factory=lambda: os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
 
 
 class ClearVxlanGuard:
@@ -194,8 +197,9 @@ class EspTunnel:
         # High half of every IV this boot sends: sequence numbers restart at 1 after a
         # crash, the prefix does not repeat (random), so no nonce is used twice.
         self._iv_prefix = int.from_bytes(os.urandom(4), "big")
-        self.unknown_spi = 0  # SPIs of no network here (counted apart from any network)
-        self.bad_packets = 0
+        # Drops no network can be charged with, plus the counts of removed networks, so
+        # the host's totals never go down.
+        self._host_stats = dict.fromkeys(COUNTERS, 0)
 
     # --- keys --------------------------------------------------------------------------
 
@@ -256,10 +260,13 @@ class EspTunnel:
         if net is None:
             return
         net.closed = True
-        self._wake()
+        _wake(net.wake[1])
         if net.thread is not None:
             net.thread.join(timeout=5)
-        os.close(net.fd)
+        for fd in (net.fd, *net.wake):
+            os.close(fd)
+        for k, v in net.stats.items():
+            self._host_stats[k] += v
 
     def set_remote(self, vni: int, fdb: dict[str, str], neigh: dict[str, str]) -> None:
         """Replace the network's forwarding state: ``{mac: vtep}`` and ``{ip: mac}``."""
@@ -296,17 +303,14 @@ class EspTunnel:
         return fdb, neigh
 
     def counters(self, vni: int | None = None) -> dict[str, int]:
-        """Counters of one network, or summed over all (plus unattributed drops)."""
-        nets = [self._nets[vni]] if vni is not None and vni in self._nets else []
-        if vni is None:
-            nets = list(self._nets.values())
-        out = dict.fromkeys(COUNTERS, 0)
-        for net in nets:
+        """Counters of network ``vni``, or the host's totals since start (``None``)."""
+        if vni is not None:
+            net = self._nets.get(vni)
+            return dict(net.stats) if net else dict.fromkeys(COUNTERS, 0)
+        out = dict(self._host_stats)
+        for net in list(self._nets.values()):
             for k, v in net.stats.items():
                 out[k] += v
-        if vni is None:
-            out["drop_unknown_spi"] += self.unknown_spi
-            out["drop_bad_packet"] += self.bad_packets
         return out
 
     def spis(self, vni: int) -> dict[str, list[dict[str, object]]]:
@@ -345,19 +349,13 @@ class EspTunnel:
         self._rx = threading.Thread(target=self._rx_loop, name="esp-rx", daemon=True)
         self._rx.start()
 
-    def _wake(self) -> None:
-        if self._wake_w >= 0:
-            try:
-                os.write(self._wake_w, b"x")
-            except BlockingIOError:
-                pass
-
     def close(self) -> None:
         """Stop every loop, close every TAP and the socket, remove the nft table."""
         self._stopping = True
         for vni in list(self._nets):
             self.remove_network(vni)
-        self._wake()
+        if self._wake_w >= 0:
+            _wake(self._wake_w)
         if self._rx is not None:
             self._rx.join(timeout=5)
             self._rx = None
@@ -385,7 +383,7 @@ class EspTunnel:
     def _tx_loop(self, net: _Net) -> None:
         poller = select.poll()
         poller.register(net.fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        poller.register(net.wake[0], select.POLLIN)
         read, fd, stats = os.read, net.fd, net.stats
         sock, port, hdr_len = self._sock, self.port, frames.VNET_HDR_LEN
         assert sock is not None
@@ -453,6 +451,7 @@ class EspTunnel:
         recv = sock.recv
         parse = esp.parse_header
         rx_header = frames.rx_vnet_header
+        host_stats = self._host_stats
         while not self._stopping:
             poller.poll(1000)
             while True:
@@ -467,11 +466,11 @@ class EspTunnel:
                 try:
                     spi, _ = parse(data)
                 except esp.BadPacket:
-                    self.bad_packets += 1
+                    host_stats["drop_bad_packet"] += 1
                     continue
                 net = self._by_spi.get(spi)
                 if net is None:
-                    self.unknown_spi += 1
+                    host_stats["drop_unknown_spi"] += 1
                     continue
                 try:
                     frame = net.keyring.inbound(spi).open(data)
@@ -490,3 +489,11 @@ class EspTunnel:
                     continue
                 net.stats["rx_frames"] += 1
                 net.stats["rx_bytes"] += len(frame)
+
+
+def _wake(fd: int) -> None:
+    """Make a loop's ``poll`` return (the loop then sees its stop flag)."""
+    try:
+        os.write(fd, b"x")
+    except BlockingIOError:
+        pass  # a byte is already waiting: the loop will wake anyway

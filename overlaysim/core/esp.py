@@ -285,10 +285,10 @@ class Keyring:
         self.scope = scope
         #: High half of every outbound IV: pass a fresh random value per boot.
         self.iv_prefix = iv_prefix
-        # SAs of removed peers, kept so that a peer coming back continues its sequence
-        # numbers (a restart at 1 would reuse nonces) and its replay window.
-        self._parked: dict[tuple[str, str, str], SecurityAssociation] = {}
-        self._peer_by_spi_in: dict[int, str] = {}
+        # Every SA of an installed key by (direction, peer, tag), including those of
+        # removed peers: a peer coming back continues its sequence numbers (starting at
+        # 1 again would reuse nonces) and its replay window.
+        self._sas: dict[tuple[str, str, int], SecurityAssociation] = {}
         self._keys: list[Key] = []
         self._primary: int | None = None
         self._peers: set[str] = set()
@@ -355,11 +355,9 @@ class Keyring:
         """``peer`` restarted: its sequence numbers start again at 1, so open fresh
         replay windows for it. Our outbound SAs to it keep counting (nonces stay unique)."""
         peer = str(ipaddress.IPv4Address(peer))
-        self._parked = {k: v for k, v in self._parked.items() if k[:2] != ("in", peer)}
         for key in self._keys:
-            spi = derive_spi(peer, self.local, key.tag, self.scope)
-            if spi in self._inbound:
-                self._inbound[spi] = SecurityAssociation(spi, key, self.window)
+            self._sas.pop(("in", peer, key.tag), None)
+        self._rebuild()
 
     def outbound(self, peer: str) -> SecurityAssociation:
         """The SA to seal traffic for ``peer`` with (primary key)."""
@@ -401,41 +399,28 @@ class Keyring:
         return next(k for k in self._keys if k.tag == tag)
 
     def _rebuild(self) -> None:
-        # Keep existing SAs (counters, windows) for pairs and keys that stay; park the
-        # SAs of pairs that go, and take them back if the pair returns.
-        parked = self._parked
-        for (peer, tag), sa in self._outbound.items():
-            parked[("out", peer, str(tag))] = sa
-        for sa in self._inbound.values():
-            parked[("in", self._peer_of(sa), str(sa.key.tag))] = sa
+        # SAs are created once per (direction, peer, key) and kept while their key is
+        # installed, so counters and windows survive reinstalls and peers coming back.
+        tags = {k.tag for k in self._keys}
+        self._sas = {k: sa for k, sa in self._sas.items() if k[2] in tags}
         outbound: dict[tuple[str, int], SecurityAssociation] = {}
         inbound: dict[int, SecurityAssociation] = {}
         for peer in sorted(self._peers):
             for key in self._keys:
-                out = parked.get(("out", peer, str(key.tag)))
-                if out is None or out.key != key:
-                    out = SecurityAssociation(
-                        derive_spi(self.local, peer, key.tag, self.scope),
-                        key,
-                        self.window,
-                        self.iv_prefix,
-                    )
+                out = self._sa("out", peer, key, derive_spi(self.local, peer, key.tag, self.scope))
                 outbound[(peer, key.tag)] = out
                 in_spi = derive_spi(peer, self.local, key.tag, self.scope)
                 if in_spi in inbound:
                     raise EspUsageError(f"SPI collision {in_spi:#010x}: choose another key tag")
-                sa = parked.get(("in", peer, str(key.tag)))
-                if sa is None or sa.key != key:
-                    sa = SecurityAssociation(in_spi, key, self.window)
-                inbound[in_spi] = sa
-        # Parked SAs of keys no longer installed can never be used again: drop them.
-        tags = {str(k.tag) for k in self._keys}
-        self._parked = {k: v for k, v in parked.items() if k[2] in tags}
+                inbound[in_spi] = self._sa("in", peer, key, in_spi)
         self._outbound = outbound
         self._inbound = inbound
-        self._peer_by_spi_in = {
-            derive_spi(peer, self.local, tag, self.scope): peer for (peer, tag) in outbound
-        }
 
-    def _peer_of(self, sa: SecurityAssociation) -> str:
-        return self._peer_by_spi_in.get(sa.spi, "")
+    def _sa(self, direction: str, peer: str, key: Key, spi: int) -> SecurityAssociation:
+        sa = self._sas.get((direction, peer, key.tag))
+        if sa is None or sa.key != key:  # new, or the tag now names other material
+            prefix = self.iv_prefix if direction == "out" else 0
+            sa = self._sas[(direction, peer, key.tag)] = SecurityAssociation(
+                spi, key, self.window, prefix
+            )
+        return sa

@@ -289,20 +289,15 @@ class EmuWorld:
             return self._skip("rotate_keys", reason="no encrypted network")
         tb = self.testbed
         t = self.now()
-        ring = tb.manager_call("rotate_keys")
-        hosts = sorted(h for h in self.up if h in tb.running())
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            answers = list(pool.map(lambda h: tb.call(h, "keys"), hosts))
-        late = [
-            h for h, a in zip(hosts, answers, strict=True) if a["generation"] != ring["generation"]
-        ]
+        ring, answers = tb.rotate_keys(sorted(h for h in self.up if h in tb.running()))
+        late = [h for h, a in answers.items() if a["generation"] != ring["generation"]]
         self._event(
             t,
             "rotate_keys",
             detail={
                 "generation": ring["generation"],
                 "primary": ring["primary"],
-                "hosts": len(hosts),
+                "hosts": len(answers),
                 "took_s": round(self.now() - t, 3),
                 "late": late,
             },

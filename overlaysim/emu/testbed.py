@@ -153,6 +153,19 @@ class Testbed:
         """A manager request through the manager host's agent."""
         return self.call(self.manager_host, "manager", call=call, args=args)
 
+    def rotate_keys(self, hosts: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Rotate the network keys at the manager, then have the agents on ``hosts``
+        fetch the new ring at once, so the rotation finishes everywhere before the next.
+
+        Returns the manager's new ring and each host's answer to ``keys``
+        (``generation``, ``primary``, ``tags``).
+        """
+        ring = self.manager_call("rotate_keys")
+        hosts = list(hosts)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda h: self.call(h, "keys"), hosts))
+        return ring, dict(zip(hosts, answers, strict=True))
+
     def running(self) -> list[str]:
         """Hosts whose current agent process is alive."""
         return [h for h, a in self.agents.items() if a.running()]

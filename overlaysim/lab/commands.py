@@ -16,7 +16,6 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -420,7 +419,8 @@ def rotate(lab: Lab) -> str:
     if tb.manager_host in lab.crashed:
         raise LabError(f"the manager's host {tb.manager_host} is crashed; restart it first")
     old = tb.manager_call("keys")
-    new = tb.manager_call("rotate_keys")
+    hosts = [h for h in lab.hosts if h not in lab.crashed and h in tb.running()]
+    new, answers = tb.rotate_keys(hosts)
     retired = {k["tag"] for k in old["keys"]} - {k["tag"] for k in new["keys"]}
     lines = [
         f"keys rotated at the manager: generation {old['generation']} -> "
@@ -428,10 +428,7 @@ def rotate(lab: Lab) -> str:
         f"(new next key {_tag(new['keys'][-1]['tag'])}, retired "
         f"{', '.join(_tag(t) for t in sorted(retired)) or 'none'})"
     ]
-    hosts = [h for h in lab.hosts if h not in lab.crashed and h in tb.running()]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(lambda h: tb.call(h, "keys"), hosts))
-    for h, a in zip(hosts, answers, strict=True):
+    for h, a in answers.items():
         late = "" if a["generation"] == new["generation"] else "  (not the new ring: retry)"
         lines.append(
             f"  {h}: installed generation {a['generation']}, primary {_tag(a['primary'])}{late}"

@@ -1,8 +1,8 @@
 """Shared guards for emulation tests: they need root and a few system tools.
 
 Outside CI a missing requirement skips the test with the reason. Under CI
-(``CI=true``) the same condition fails it: a CI run that silently skips the
-emulation tier proves nothing.
+(``CI=true``, or ``OVERLAYSIM_REQUIRE_EMU=1``) the same condition fails it: a CI run
+that silently skips the emulation tier proves nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import pytest
 
 
 def _in_ci() -> bool:
+    if os.environ.get("OVERLAYSIM_REQUIRE_EMU") == "1":
+        return True
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
@@ -23,6 +25,21 @@ def skip_or_fail(reason: str) -> None:
     if _in_ci():
         pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
     pytest.skip(reason)
+
+
+def emulation_or_skip() -> None:
+    """Skip unless root, Mininet and the kernel features are here (fail under CI)."""
+    from overlaysim.emu.setup import emulation_problems
+
+    problems = emulation_problems()
+    if problems:
+        skip_or_fail("emulation unavailable: " + "; ".join(problems))
+
+
+@pytest.fixture
+def emu() -> None:
+    """:func:`emulation_or_skip` as a fixture."""
+    emulation_or_skip()
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,6 @@ the run's prefix is left. As root; about 30 s for the module.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -20,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import emulation_or_skip
 
 from overlaysim.emu.net import underlay_session
 from overlaysim.emu.probes import Endpoint, in_container, ping
 from overlaysim.emu.runner import EmuWorld
-from overlaysim.emu.setup import emulation_problems
 from overlaysim.emu.testbed import Testbed
 from overlaysim.scenario.loader import validate_scenario
 from overlaysim.scenario.timeline import Step, plan
@@ -81,18 +80,6 @@ print("echoed" if back == payload else f"mismatch {len(back)}/{len(payload)}")
 """
 
 
-def _emulation_or_skip() -> None:
-    problems = emulation_problems()
-    if not problems:
-        return
-    strict = os.environ.get("OVERLAYSIM_REQUIRE_EMU") == "1" or os.environ.get(
-        "CI", ""
-    ).lower() in ("1", "true", "yes")
-    if strict:
-        pytest.fail(f"emulation required here but unavailable: {problems}", pytrace=False)
-    pytest.skip("; ".join(problems))
-
-
 def _netns() -> set[str]:
     out = subprocess.run(["ip", "-j", "netns"], capture_output=True, text=True, check=True)
     return {ns["name"] for ns in json.loads(out.stdout or "[]")}
@@ -106,7 +93,7 @@ def _links() -> set[str]:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[EmuWorld]:
     """The booted 3-host testbed; afterwards, nothing with its prefix may remain."""
-    _emulation_or_skip()
+    emulation_or_skip()
     scenario = validate_scenario(SCENARIO)
     with underlay_session(scenario.resolved_topology) as u:
         assert u.plan is not None

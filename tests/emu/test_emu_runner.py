@@ -20,7 +20,6 @@ import pytest
 from overlaysim.emu import runner as emu_runner
 from overlaysim.emu.clean import list_nft_tables
 from overlaysim.emu.collect import collect
-from overlaysim.emu.setup import emulation_problems
 from overlaysim.metrics.records import EventLog
 from overlaysim.metrics.results import load_run
 from overlaysim.scenario.loader import load_scenario
@@ -140,20 +139,6 @@ def _assert_nothing_left(run: Path) -> None:
     assert not [n for _f, n in list_nft_tables() if n == f"osim_{prefix[-2:]}"]
     assert not _processes(f"/run/overlaysim/{run_id}/", "iperf3 -s")
     assert not Path("/run/overlaysim", run_id).exists()
-
-
-@pytest.fixture
-def emu() -> None:
-    """Skip without root/Mininet; under CI (or OVERLAYSIM_REQUIRE_EMU=1) fail instead."""
-    problems = emulation_problems()
-    if not problems:
-        return
-    strict = os.environ.get("OVERLAYSIM_REQUIRE_EMU") == "1" or os.environ.get(
-        "CI", ""
-    ).lower() in ("1", "true", "yes")
-    if strict:
-        pytest.fail(f"emulation required here but unavailable: {problems}", pytrace=False)
-    pytest.skip("; ".join(problems))
 
 
 @pytest.mark.emu

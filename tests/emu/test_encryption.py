@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_emu_overlay import _ECHO_CLIENT, _ECHO_SERVER, _emulation_or_skip, _links, _netns, until
+from conftest import emulation_or_skip
+from test_emu_overlay import _ECHO_CLIENT, _ECHO_SERVER, _links, _netns, until
 
 from overlaysim.emu.net import underlay_session
 from overlaysim.emu.probes import Endpoint
@@ -96,7 +97,7 @@ print(sent, h.hexdigest(), flush=True)
 @pytest.fixture(scope="module")
 def world() -> Iterator[EmuWorld]:
     """The booted testbed; afterwards nothing with its prefix may remain."""
-    _emulation_or_skip()
+    emulation_or_skip()
     scenario = validate_scenario(SCENARIO)
     with underlay_session(scenario.resolved_topology) as u:
         assert u.plan is not None

@@ -156,3 +156,33 @@ def test_rotation_in_place_keeps_traffic(planes: tuple[DataPlane, DataPlane]) ->
     assert pings(c1, b)
     counters = d2.crypto_state()["counters"]
     assert counters["drop_unknown_spi"] == 0 and counters["drop_auth_failed"] == 0
+
+
+def _thread_cpu_ticks(tid: int) -> int:
+    """User+system clock ticks of this process's thread ``tid`` (native id)."""
+    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@pytest.mark.emu
+def test_removing_one_network_leaves_the_others_idle(
+    planes: tuple[DataPlane, DataPlane],
+) -> None:
+    import time
+
+    d1, d2 = planes
+    _connect(d1, d2)
+    other = NetInfo(name="other", vni=4202, subnet="10.38.0.0/24", gateway="10.38.0.1",
+                    encrypted=True)  # fmt: skip
+    d1.attach("c3", other, "10.38.0.2", 24, docker_mac("10.38.0.2"))
+    d1.detach("c3", "other")  # its send loop stops; SECRET's must not start spinning
+    tunnel = d1.tunnel
+    assert tunnel is not None
+    threads = {"send loop": tunnel._nets[SECRET.vni].thread, "receive loop": tunnel._rx}
+    hz = os.sysconf("SC_CLK_TCK")
+    for what, thread in threads.items():
+        assert thread is not None and thread.native_id is not None
+        before, t0 = _thread_cpu_ticks(thread.native_id), time.monotonic()
+        time.sleep(1.0)
+        busy = (_thread_cpu_ticks(thread.native_id) - before) / hz / (time.monotonic() - t0)
+        assert busy < 0.5, f"{what} busy {busy:.0%} of a core with no traffic"

@@ -9,13 +9,13 @@ rendering tests at the top need neither root nor Mininet.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import emulation_or_skip
 
 from overlaysim.emu.clean import list_nft_tables
 from overlaysim.emu.impair import (
@@ -26,7 +26,6 @@ from overlaysim.emu.impair import (
     _Shape,
 )
 from overlaysim.emu.net import Underlay
-from overlaysim.emu.setup import emulation_problems
 from overlaysim.errors import UserError
 from overlaysim.scenario.topology import Link, Topology
 
@@ -62,22 +61,9 @@ for i in range(int(sys.argv[3])):
 """
 
 
-def _emulation_or_skip() -> None:
-    problems = emulation_problems()
-    if not problems:
-        return
-    reason = "; ".join(problems)
-    strict = os.environ.get("OVERLAYSIM_REQUIRE_EMU") == "1" or os.environ.get(
-        "CI", ""
-    ).lower() in ("1", "true", "yes")
-    if strict:
-        pytest.fail(f"emulation required here but unavailable: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def underlay() -> Iterator[Underlay]:
-    _emulation_or_skip()
+    emulation_or_skip()
     shared = Underlay(STAR)
     shared.build()
     shared.start()
@@ -288,7 +274,7 @@ def test_bad_arguments_are_user_errors(u: Underlay) -> None:
 
 @pytest.mark.emu
 def test_switch_link_loss_uses_the_root_table_and_goes_at_stop() -> None:
-    _emulation_or_skip()
+    emulation_or_skip()
     line = Topology(
         name="line",
         hosts=("h1", "h2", "h3"),
@@ -320,7 +306,7 @@ def test_switch_link_loss_uses_the_root_table_and_goes_at_stop() -> None:
 
 @pytest.mark.emu
 def test_switch_loops_run_stp_and_still_forward() -> None:
-    _emulation_or_skip()
+    emulation_or_skip()
     ring = Topology(
         name="ring",
         hosts=("h1", "h2", "h3"),

@@ -9,7 +9,6 @@ commands and checks their effect. Afterwards nothing with the run's prefix may r
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -17,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import emulation_or_skip
 
-from overlaysim.emu.setup import emulation_problems
 from overlaysim.lab import commands as cmds
 from overlaysim.lab.commands import Lab, LabError
 from overlaysim.lab.vxlan import decode, decode_esp, read_pcap
@@ -35,13 +34,6 @@ links:
   - {a: h2, b: s1}
   - {a: h3, b: s1}
 """
-
-
-def _skip_or_fail(reason: str) -> None:
-    """Skip, or fail under CI (a CI run that skips the emulation tier proves nothing)."""
-    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
-    pytest.skip(reason)
 
 
 def _state(members_text: str, node: str) -> str:
@@ -74,11 +66,7 @@ def _until(check, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """The running 3-host lab with network ``web`` and containers c1@h1, c2@h2, c3@h3."""
-    if os.geteuid() != 0:
-        _skip_or_fail("emulation test needs root (network namespaces, veth, vxlan)")
-    problems = emulation_problems()
-    if problems:
-        _skip_or_fail("; ".join(problems))
+    emulation_or_skip()
     from overlaysim.lab.session import lab_session
 
     topo = tmp_path_factory.mktemp("lab") / "star3.yaml"

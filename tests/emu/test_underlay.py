@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import emulation_or_skip
 
 from overlaysim.emu import clean as rec
 from overlaysim.emu.capabilities import Capability, format_report, probe
@@ -26,7 +27,7 @@ from overlaysim.emu.net import (
     plan_underlay,
     underlay_session,
 )
-from overlaysim.emu.setup import EmulationUnavailable, emulation_problems, require_emulation
+from overlaysim.emu.setup import EmulationUnavailable, require_emulation
 from overlaysim.scenario.topology import Link, Topology
 
 _IGNORES_SIGTERM = (
@@ -39,20 +40,6 @@ def star(n: int, name: str = "star") -> Topology:
     return Topology(
         name=name, hosts=hosts, switches=("s1",), links=tuple(Link(a=h, b="s1") for h in hosts)
     )
-
-
-def emulation_or_skip() -> None:
-    """Skip without root/Mininet; under CI (or OVERLAYSIM_REQUIRE_EMU=1) fail instead."""
-    problems = emulation_problems()
-    if not problems:
-        return
-    reason = "; ".join(problems)
-    strict = os.environ.get("OVERLAYSIM_REQUIRE_EMU") == "1" or os.environ.get(
-        "CI", ""
-    ).lower() in ("1", "true", "yes")
-    if strict:
-        pytest.fail(f"emulation required here but unavailable: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def root_links() -> set[str]:
