@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="workshop mode: a testbed plus a Mininet CLI with overlay commands (docs/labs/)",
         description="Bring up TOPOLOGY like 'overlaysim up' (underlay, one agent per host, "
         "manager on the first host), then open a Mininet CLI that also has overlay commands: "
-        "network create/ls, run, rm, 'C1 ping C2', members, tables, fdb, capture, loss, "
+        "network create/ls, run, rm, 'C1 ping C2', members, tables, fdb, capture, crypto, rotate, loss, "
         "partition, heal, crash, restart. Leaving it (exit, Ctrl-D, Ctrl-C at the prompt) "
         "removes everything. The guided labs are in docs/labs/. Needs root.",
         epilog="example:\n  sudo overlaysim lab topologies/star.yaml\n"

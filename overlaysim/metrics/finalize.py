@@ -41,7 +41,7 @@ def metrics_for(run: Run, *, duration_s: float, nodes: int) -> dict[str, Any]:
         run.throughput,
         traffic_kinds=run.traffic_kinds,
         backend=str(m.get("backend", "")),
-        scenario=str(m.get("name", "")),
+        scenario=run.name,
         seed=m.get("seed"),  # type: ignore[arg-type]
         duration_s=duration_s,
         nodes=nodes,

@@ -28,7 +28,7 @@ from scipy.stats import ks_2samp
 
 from overlaysim.errors import UserError
 from overlaysim.metrics.atomic import atomic_write_bytes, json_bytes
-from overlaysim.metrics.compute import compute_metrics
+from overlaysim.metrics.finalize import metrics_for
 from overlaysim.metrics.membership import failure_detections, join_visibilities
 from overlaysim.metrics.results import MANIFEST, Run, load_run
 from overlaysim.metrics.stats import pct
@@ -174,19 +174,7 @@ def _metrics(run: Run) -> Mapping[str, Any]:
         return run.metrics
     m = run.manifest
     nodes = m.get("nodes") or len(set(run.events["subject"][run.events["kind"] == "node_start"]))
-    return compute_metrics(
-        run.events,
-        run.convergence,
-        run.traffic,
-        run.reachability,
-        run.throughput,
-        traffic_kinds=run.traffic_kinds,
-        backend=str(m.get("backend", "")),
-        scenario=run.name,
-        seed=int(m.get("seed") or 0),
-        duration_s=_duration(run),
-        nodes=int(nodes or 1),
-    )
+    return metrics_for(run, duration_s=_duration(run), nodes=int(nodes or 1))
 
 
 # --- samples ---------------------------------------------------------------------------
