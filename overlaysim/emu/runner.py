@@ -205,7 +205,13 @@ class EmuWorld:
 
     def _announce_new(self, c: _Container, networks: list[str]) -> None:
         """Create ``c`` in its host's agent on ``networks`` (a service task)."""
-        t = self.now()
+        self._start_task(c, networks, self.now(), announce=True)
+
+    def _reannounce(self, c: _Container, t: float) -> None:
+        """A restarted host's container comes back on all of its networks."""
+        self._start_task(c, list(c.networks), t, announce=False)
+
+    def _start_task(self, c: _Container, networks: list[str], t: float, *, announce: bool) -> None:
         answer = self.testbed.call(c.host, "task", container=c.name, networks=networks)
         with self._lock:
             c.live = True
@@ -214,19 +220,8 @@ class EmuWorld:
                 c.networks[att["network"]] = att["ip"]
             for net in networks:
                 self._attached(c.host, net, t)
-                self._event(t, "container_attach", node=c.host, subject=c.name, network=net)
-
-    def _reannounce(self, c: _Container, t: float) -> None:
-        """A restarted host's container comes back on all of its networks."""
-        nets = list(c.networks)
-        answer = self.testbed.call(c.host, "task", container=c.name, networks=nets)
-        with self._lock:
-            c.live = True
-            c.netns = answer.get("netns", "")
-            for att in answer.get("networks", []):
-                c.networks[att["network"]] = att["ip"]
-            for net in nets:
-                self._attached(c.host, net, t)
+                if announce:
+                    self._event(t, "container_attach", node=c.host, subject=c.name, network=net)
 
     def _attached(self, host: str, network: str, t: float) -> None:
         per_host = self.attached.setdefault(host, {})
