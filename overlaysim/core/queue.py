@@ -7,52 +7,41 @@ go first (newest first among equals), so fresh news spreads fastest. A new item 
 same ``key`` replaces the old one: a newer fact about a node or entry invalidates the
 older.
 
-Items live in one bucket per transmit count (a dict keyed by a sequence number that
-grows with every queued item), so a packet costs a walk over the items it takes rather
-than a heap pop and push per item, and a replaced item leaves its bucket at once instead
-of lingering as a dead heap entry.
+Items live in one list per transmit count, oldest first, so "newest first" is a walk
+from the end. A packet takes the longest run of newest items that fits (found with a
+running sum and a bisection, C-level work), and only the last few items, where the
+budget runs out, are looked at one by one. So a packet costs a few list operations
+rather than a heap pop and push per item, and a replaced item leaves its list at once
+instead of lingering as a dead heap entry.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Hashable
 from dataclasses import dataclass
+from itertools import accumulate, islice
+from operator import attrgetter
 from typing import Any
 
-import msgpack
-
 from overlaysim.core.config import retransmit_limit
-from overlaysim.core.wire import _to_list
+from overlaysim.core.wire import record_size
 
-#: Bound on the record-size memo; past it the memo starts over (it is only a cache).
-_SIZE_MEMO_MAX = 1 << 17
-_size_memo: dict[int, tuple[Any, int]] = {}
+__all__ = ["TransmitLimitedQueue", "record_size"]
 
 
-def record_size(record: Any) -> int:
-    """Encoded size of a wire record (what it adds to a packet).
-
-    Records are immutable, and in the simulator one record object travels to every
-    node, so its size is computed once and remembered by identity (the record is kept
-    alongside its size, so its ``id`` cannot be reused while remembered).
-    """
-    hit = _size_memo.get(id(record))
-    if hit is not None and hit[0] is record:
-        return hit[1]
-    size = len(msgpack.packb(_to_list(record), use_bin_type=True))
-    if len(_size_memo) >= _SIZE_MEMO_MAX:
-        _size_memo.clear()
-    _size_memo[id(record)] = (record, size)
-    return size
-
-
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # eq=False: list.remove finds an item by identity
 class _Item:
-    transmits: int
     seq: int  # queue order: larger is newer
     key: Hashable
     record: Any
     size: int
+
+
+_size = attrgetter("size")
+_record = attrgetter("record")
+_key = attrgetter("key")
+_seqof = attrgetter("seq")
 
 
 class TransmitLimitedQueue:
@@ -60,11 +49,11 @@ class TransmitLimitedQueue:
 
     def __init__(self, retransmit_mult: int) -> None:
         self.retransmit_mult = retransmit_mult
-        # _buckets[t]: items sent t times, keyed by seq (insertion order is not seq
-        # order past bucket 0, so a bucket is sorted when read).
-        self._buckets: list[dict[int, _Item]] = [{}]
+        # _buckets[t]: items sent t times, in queue order (oldest first).
+        self._buckets: list[list[_Item]] = [[]]
         self._by_key: dict[Hashable, _Item] = {}
         self._seq = 0
+        self._min_size = 1 << 30  # smallest record queued: bounds how many can fit
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -76,59 +65,91 @@ class TransmitLimitedQueue:
         """
         old = self._by_key.get(key)
         if old is not None:
-            del self._buckets[old.transmits][old.seq]
+            for bucket in self._buckets:
+                if old in bucket:
+                    bucket.remove(old)
+                    break
+        if size is None:
+            size = record_size(record)
+        if size < self._min_size:
+            self._min_size = max(size, 1)
         self._seq += 1
-        item = _Item(0, self._seq, key, record, record_size(record) if size is None else size)
+        item = _Item(self._seq, key, record, size)
         self._by_key[key] = item
-        self._buckets[0][self._seq] = item
+        self._buckets[0].append(item)
 
     def get(self, n: int, overhead: int, limit: int) -> list[Any]:
         """Take records fitting in ``limit - overhead`` bytes; count one transmit each.
 
         ``n`` is the current group size, which sets the retransmit budget. Items are
-        considered fewest transmits first, newest first among equals.
+        considered fewest transmits first, newest first among equals; an item too big
+        for what is left is skipped, and the search stops after 8 such misses (or when
+        less than 32 bytes are left): scanning the whole queue per packet is linear work.
         """
         budget = limit - overhead
         out: list[Any] = []
         if budget <= 0 or not self._by_key:
             return out
-        taken: list[_Item] = []
+        moved: list[tuple[int, list[_Item]]] = []  # (bucket, items taken, newest first)
         misses = 0
-        stop = False
+        careful = False  # once an item did not fit, go item by item
         for t, bucket in enumerate(self._buckets):
             if not bucket:
                 continue
-            # Bucket 0 is filled in seq order; the others get items from several rounds.
-            order = reversed(bucket) if t == 0 else sorted(bucket, reverse=True)
-            for seq in order:
-                item = bucket[seq]
+            if not careful:
+                cap = budget // self._min_size + 1  # more than this many cannot fit
+                acc = list(accumulate(islice(map(_size, reversed(bucket)), cap)))
+                k = bisect_right(acc, budget)
+                if k:
+                    taken = bucket[-k:]
+                    del bucket[-k:]
+                    taken.reverse()
+                    budget -= acc[k - 1]
+                    out.extend(map(_record, taken))
+                    moved.append((t, taken))
+                if budget <= 0:
+                    break
+                if not bucket:
+                    continue
+                careful = True
+            taken = []
+            stop = False
+            for item in reversed(bucket):
                 if item.size > budget:
-                    # Smaller items further down may still fit, but scanning the whole
-                    # queue on every packet is linear work: give up after a few misses.
                     misses += 1
                     if budget < 32 or misses >= 8:
                         stop = True
                         break
                     continue
                 budget -= item.size
-                out.append(item.record)
                 taken.append(item)
                 if budget <= 0:
                     stop = True
                     break
+            if taken:
+                for item in taken:
+                    bucket.remove(item)
+                out.extend(map(_record, taken))
+                moved.append((t, taken))
             if stop:
                 break
-        if taken:
-            max_tx = retransmit_limit(self.retransmit_mult, n)
-            buckets = self._buckets
-            by_key = self._by_key
-            for item in taken:
-                del buckets[item.transmits][item.seq]
-                item.transmits += 1
-                if item.transmits >= max_tx:
-                    del by_key[item.key]
-                else:
-                    if item.transmits == len(buckets):
-                        buckets.append({})
-                    buckets[item.transmits][item.seq] = item
+        if moved:
+            self._advance(moved, retransmit_limit(self.retransmit_mult, n))
         return out
+
+    def _advance(self, moved: list[tuple[int, list[_Item]]], max_tx: int) -> None:
+        """Count one transmit for each taken item: next bucket, or gone at ``max_tx``."""
+        buckets = self._buckets
+        for t, items in moved:
+            if t + 1 >= max_tx:
+                pop = self._by_key.pop
+                for k in map(_key, items):
+                    pop(k)
+                continue
+            if t + 1 == len(buckets):
+                buckets.append([])
+            nxt = buckets[t + 1]
+            unsorted = nxt and nxt[-1].seq > items[-1].seq  # would break seq order
+            nxt.extend(reversed(items))
+            if unsorted:
+                nxt.sort(key=_seqof)

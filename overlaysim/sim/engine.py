@@ -65,7 +65,6 @@ class SimCluster:
         self.messages_sent = 0
         self.messages_lost = 0
         self.timers_fired = 0
-        self._record_sizes: dict[int, tuple[object, int]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -153,7 +152,7 @@ class SimCluster:
                 # A gossip round sends one message object to several peers: size it once.
                 if s.msg is not last_msg:
                     last_msg = s.msg
-                    size = encoded_size(last_msg, self._record_sizes)
+                    size = encoded_size(last_msg)
                 self.messages_sent += 1
                 obs.sent(now, host, s.msg, size)
                 delay = transit(host, s.dst, size, net_rng, s.reliable)
