@@ -149,7 +149,13 @@ class TransmitLimitedQueue:
             if t + 1 == len(buckets):
                 buckets.append([])
             nxt = buckets[t + 1]
-            unsorted = nxt and nxt[-1].seq > items[-1].seq  # would break seq order
-            nxt.extend(reversed(items))
-            if unsorted:
-                nxt.sort(key=_seqof)
+            if nxt and nxt[-1].seq > items[-1].seq:
+                # Interleaves with what is there: re-sort only the tail it lands in.
+                p = bisect_right(nxt, items[-1].seq, key=_seqof)
+                tail = nxt[p:]
+                del nxt[p:]
+                tail.extend(reversed(items))
+                tail.sort(key=_seqof)
+                nxt.extend(tail)
+            else:
+                nxt.extend(reversed(items))

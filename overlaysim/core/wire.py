@@ -348,7 +348,10 @@ def encode(msg: Message) -> bytes:
 
 #: Bound on the record-size memo; past it the memo starts over (it is only a cache).
 _SIZE_MEMO_MAX = 1 << 17
-_size_memo: dict[int, tuple[Any, int]] = {}
+# id -> size, and id -> the record itself: holding the record keeps its id from being
+# reused while remembered, so a hit by id is a hit for that very object.
+_size_memo: dict[int, int] = {}
+_size_keep: dict[int, Any] = {}
 
 
 def record_size(record: Any) -> int:
@@ -358,13 +361,15 @@ def record_size(record: Any) -> int:
     node, so its size is computed once and remembered by identity (the record is kept
     alongside its size, so its ``id`` cannot be reused while remembered).
     """
-    hit = _size_memo.get(id(record))
-    if hit is not None and hit[0] is record:
-        return hit[1]
+    size = _size_memo.get(id(record))
+    if size is not None:
+        return size
     size = len(_packb(_to_list(record)))
     if len(_size_memo) >= _SIZE_MEMO_MAX:
         _size_memo.clear()
-    _size_memo[id(record)] = (record, size)
+        _size_keep.clear()
+    _size_memo[id(record)] = size
+    _size_keep[id(record)] = record
     return size
 
 
@@ -411,7 +416,11 @@ def encoded_size(msg: Message) -> int:
     size = len(_packb(shell))
     for recs in groups:
         if recs:
-            size += _array_header(len(recs)) - 1 + sum(map(record_size, recs))
+            try:  # all remembered: a C-level sum
+                size += sum(map(_size_memo.__getitem__, map(id, recs)))
+            except KeyError:
+                size += sum(map(record_size, recs))
+            size += _array_header(len(recs)) - 1
     return size
 
 
