@@ -44,7 +44,7 @@ from overlaysim.agent.manager import (
 )
 from overlaysim.agent.netkeys import keys_from_ring
 from overlaysim.agent.options import AgentConfig, parse_args
-from overlaysim.agent.programmer import ENDPOINTS, DataPlanePort, Programmer, remote_entries
+from overlaysim.agent.programmer import DataPlanePort, Programmer, remote_entries
 from overlaysim.agent.transport import (
     Counters,
     TrafficDelta,
@@ -53,6 +53,7 @@ from overlaysim.agent.transport import (
 )
 from overlaysim.core.cluster import Cluster, ClusterError, derive_mtu
 from overlaysim.core.config import configs
+from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.gossip_crypto import GossipKeyring
 from overlaysim.core.node import Node
@@ -537,7 +538,9 @@ class Agent:
         now = time.monotonic()
         if plug["first"]:
             self.node.join_network(name, now)
-        value = {"name": c.name, "ip": alloc["ip"], "mac": alloc["mac"], "vtep": self.cfg.bind}
+        value = Endpoint(
+            name=c.name, ip=alloc["ip"], mac=alloc["mac"], vtep=self.cfg.bind
+        ).to_value()
         try:
             self.node.create_entry(name, ENDPOINTS, c.name, value, now)
         except TablesError as exc:
