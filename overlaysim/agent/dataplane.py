@@ -49,6 +49,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pyroute2 import IPRoute
 
+from overlaysim.agent import names
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import LINK, NETNS, Created, CreatedLog, remove_all
 from overlaysim.agent.esp_tunnel import ESP_PORT, EspTunnel, TunnelError
@@ -194,7 +195,7 @@ class DataPlane:
         vxlan_port: int = DEFAULT_VXLAN_PORT,
         host_netns: str | None = None,
         record_path: Path | None = None,
-        prefix: str = "osim",
+        prefix: str = names.PREFIX,
         esp_port: int = ESP_PORT,
     ) -> None:
         self.host = host
@@ -203,11 +204,10 @@ class DataPlane:
             raise ValueError(f"vxlan_port {vxlan_port} not in 1..65535")
         self.vxlan_port = vxlan_port
         self.host_netns = host_netns
-        self.prefix = kns.check_prefix(prefix)
+        self.prefix = names.check_prefix(prefix)
         self.record = CreatedLog(record_path)
         #: Where the neighbour GC thresholds were raised and the values before/after.
         self.gc_thresholds: dict[str, Any] = {}
-        self._host_part = kns.name_part(host)
         self._lock = threading.RLock()
         self._handles: dict[tuple[int, str | None], IPRoute] = {}
         self._sandboxes: dict[str, _Sandbox] = {}
@@ -222,14 +222,13 @@ class DataPlane:
 
     def sandbox_netns(self, net: NetInfo) -> str:
         """Name of the network sandbox namespace for ``net`` on this host."""
-        return f"{self.prefix}-{self._host_part}-{net.vni}"
+        return names.sandbox_netns(self.prefix, self.host, net.vni)
 
     def _container_ns_name(self, container: str) -> str:
-        return f"{self.prefix}-{self._host_part}-{kns.name_part(container)}"
+        return names.container_netns(self.prefix, self.host, container)
 
     def _vxlan_name(self, vni: int, encrypted: bool = False) -> str:
-        # at most 6 + 1 + 8 = 15 characters; "e" names the TAP of an encrypted network
-        return f"{self.prefix}{'e' if encrypted else '-'}{vni}"
+        return names.network_device(self.prefix, vni, encrypted)
 
     # --- keys of encrypted networks --------------------------------------------------
 
@@ -296,9 +295,8 @@ class DataPlane:
             )
         mtu = net.mtu or overlay_mtu(self._underlay_mtu())
         ns = self.sandbox_netns(net)
-        kns.create_netns(ns)
         record = Created(kind=NETNS, name=ns, owner=f"network:{net.name}")
-        self.record.add(record)
+        self._create_namespace(record)
         sandbox = _Sandbox(
             net=net, ns=ns, vxlan=self._vxlan_name(net.vni, net.encrypted), mtu=mtu, record=record
         )
@@ -321,20 +319,10 @@ class DataPlane:
             self._build_tap(sb, inner, bridge)
             return
         host = self._ipr(self.host_netns)
-        host.link(
-            "add",
-            ifname=sb.vxlan,
-            kind="vxlan",
-            vxlan_id=sb.net.vni,
-            vxlan_port=self.vxlan_port,
-            vxlan_local=self.underlay_ip,
-            vxlan_learning=0,
-            vxlan_proxy=1,
-            vxlan_l2miss=0,
-            vxlan_l3miss=0,
-            mtu=sb.mtu,
-        )
-        # recorded while it sits in the host namespace: a crash here must not leak it
+        if kns.link_index(host, sb.vxlan) is not None:  # never adopt (nor journal) it
+            raise DataPlaneError(f"interface {sb.vxlan!r} already exists in the host namespace")
+        # journalled before it is created and while it sits in the host namespace:
+        # a crash between here and the move must not leak it
         in_host = Created(
             kind=LINK,
             name=sb.vxlan,
@@ -344,6 +332,19 @@ class DataPlane:
         )
         self.record.add(in_host)
         try:
+            host.link(
+                "add",
+                ifname=sb.vxlan,
+                kind="vxlan",
+                vxlan_id=sb.net.vni,
+                vxlan_port=self.vxlan_port,
+                vxlan_local=self.underlay_ip,
+                vxlan_learning=0,
+                vxlan_proxy=1,
+                vxlan_l2miss=0,
+                vxlan_l3miss=0,
+                mtu=sb.mtu,
+            )
             host.link("set", index=self._index(host, sb.vxlan), net_ns_fd=sb.ns)
         except Exception:
             kns.delete_link(host, sb.vxlan)
@@ -395,6 +396,18 @@ class DataPlane:
             self.tunnel.remove_network(sandbox.net.vni)
         self._drop_namespace(sandbox.record)
 
+    def _create_namespace(self, record: Created) -> None:
+        if kns.netns_exists(record.name):  # never adopt (nor journal) what is not ours
+            raise kns.KernelError(
+                f"network namespace {record.name!r} already exists (leftover? run clean)"
+            )
+        self.record.add(record)  # journalled first: a crash mid-create still gets cleaned
+        try:
+            kns.create_netns(record.name)
+        except BaseException:
+            self._drop_namespace(record)
+            raise
+
     def _drop_namespace(self, record: Created) -> None:
         self._close_handles(record.name)
         kns.remove_netns(record.name)
@@ -436,9 +449,8 @@ class DataPlane:
 
     def _new_container(self, container: str) -> _Container:
         ns = self._container_ns_name(container)
-        kns.create_netns(ns)
         record = Created(kind=NETNS, name=ns, owner=f"container:{container}")
-        self.record.add(record)
+        self._create_namespace(record)
         entry = _Container(name=container, ns=ns, record=record)
         self._containers[container] = entry
         return entry
@@ -474,7 +486,7 @@ class DataPlane:
     def _port_name(self, container: str, sb: _Sandbox) -> str:
         taken = set(sb.ports.values())
         for salt in range(100):
-            name = "veth" + kns.short_hash(f"{container}/{salt}", 7)
+            name = names.port_name(container, salt)
             if name not in taken:
                 return name
         raise DataPlaneError(f"no free port name in {sb.ns}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
+from overlaysim.agent import names
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import clean_prefixed, clean_recorded, load_outstanding
 from overlaysim.agent.dataplane import (
@@ -158,11 +159,11 @@ def test_netinfo_validates() -> None:
 
 
 def test_name_parts_are_safe_and_distinct() -> None:
-    assert kns.name_part("c1") == "c1"
+    assert names.name_part("c1") == "c1"
     # dashes would make <prefix>-<host>-<container> ambiguous; digits collide with VNIs
-    assert kns.name_part("a-b") != "a-b" and kns.name_part("a-b").startswith("x")
-    assert kns.name_part("4096") != "4096"
-    assert kns.name_part("a" * 60) != kns.name_part("a" * 61)
+    assert names.name_part("a-b") != "a-b" and names.name_part("a-b").startswith("x")
+    assert names.name_part("4096") != "4096"
+    assert names.name_part("a" * 60) != names.name_part("a" * 61)
     with pytest.raises(ValueError):
         DataPlane(host="h", underlay_ip=IP1, prefix="toolongprefix")
 
@@ -427,7 +428,7 @@ def test_crashed_run_is_cleaned_from_its_record(underlay: None, tmp_path: Path) 
     assert left == {
         f"{PREFIX}-u1-5001",
         f"{PREFIX}-u1-c1",
-        f"{PREFIX}-u1-{kns.name_part('c-2/odd')}",
+        f"{PREFIX}-u1-{names.name_part('c-2/odd')}",
     }
     assert {obj.owner for obj in load_outstanding(record)} >= {"container:c-2/odd"}
     # the process "dies" without close(); another process cleans from the record
