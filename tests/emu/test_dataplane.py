@@ -27,7 +27,7 @@ from overlaysim.agent.dataplane import (
     DataPlaneError,
     NetInfo,
     docker_mac,
-    overlay_mtu,
+    sandbox_mtu,
 )
 from overlaysim.agent.netns import AF_BRIDGE, NTF_SELF, NUD_PERMANENT
 
@@ -144,10 +144,17 @@ def connect(d1: DataPlane, d2: DataPlane, net: NetInfo, ip1: str, ip2: str) -> N
 
 def test_docker_mac_and_mtu() -> None:
     assert docker_mac("10.20.0.3") == "02:42:0a:14:00:03"
-    assert overlay_mtu(1500) == 1450
-    assert overlay_mtu(9000) == 8950
-    with pytest.raises(ValueError):
-        overlay_mtu(100)
+    # the core's derivation, encryption overhead included (it used to be ignored here)
+    plain = NetInfo(name="p", vni=4096, subnet="10.0.0.0/24", gateway="10.0.0.1")
+    sealed = NetInfo(name="s", vni=4097, subnet="10.0.1.0/24", gateway="10.0.1.1", encrypted=True)
+    assert sandbox_mtu(plain, 1500) == 1450
+    assert sandbox_mtu(plain, 9000) == 8950
+    assert sandbox_mtu(sealed, 1500) == 1405
+    assert sandbox_mtu(sealed, 9000) == 8905
+    fixed = NetInfo(name="f", vni=4098, subnet="10.0.2.0/24", gateway="10.0.2.1", mtu=1300)
+    assert sandbox_mtu(fixed, 1500) == 1300
+    with pytest.raises(ValueError, match="too small"):
+        sandbox_mtu(plain, 100)
 
 
 def test_netinfo_validates() -> None:
