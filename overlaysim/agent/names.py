@@ -15,8 +15,9 @@ Agent (per host, ``prefix`` from ``overlayd --prefix``, default :data:`PREFIX`):
 
 Emulator (per run, ``tag`` two characters chosen free):
 
-* underlay objects start ``<PREFIX><tag>`` (:func:`underlay_prefix`): bridges,
-  switch ports, Mininet host names; its nftables table is :func:`underlay_table`.
+* underlay objects start ``<PREFIX><tag>`` (:func:`underlay_prefix`): bridges
+  (:func:`switch_bridge`), switch ports (:func:`switch_port`, :func:`link_port`),
+  Mininet host names (:func:`host_node`); its nftables table is :func:`underlay_table`.
 """
 
 from __future__ import annotations
@@ -103,6 +104,26 @@ def underlay_prefix(tag: str) -> str:
     return f"{PREFIX}{tag}"
 
 
+def switch_bridge(prefix: str, number: int) -> str:
+    """The Linux bridge of the run's ``number``-th switch (from 1)."""
+    return f"{prefix}s{number}"
+
+
+def switch_port(bridge: str, number: int) -> str:
+    """The root-namespace veth end of a switch's ``number``-th port (from 1)."""
+    return f"{bridge}-{number}"
+
+
+def link_port(prefix: str, link: int, side: str) -> str:
+    """Per-link fallback name of a switch port (huge switches overflow IFNAMSIZ)."""
+    return f"{prefix}p{_base36(link)}{side}"
+
+
+def host_node(prefix: str, host: str) -> str:
+    """The Mininet node name of topology host ``host``."""
+    return f"{prefix}-{host}"
+
+
 def underlay_table(tag: str) -> str:
     """The nftables table (inet, root namespace) of the run tagged ``tag``."""
     return f"{PREFIX}_{tag}"
@@ -111,3 +132,13 @@ def underlay_table(tag: str) -> str:
 def is_underlay_table(name: str, prefix: str = PREFIX) -> bool:
     """Whether an nftables table name is one an underlay run gave."""
     return name.startswith(f"{prefix}_")
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out

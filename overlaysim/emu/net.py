@@ -147,7 +147,7 @@ def plan_underlay(topology: Topology, tag: str, subnet: str = DEFAULT_SUBNET) ->
             f"{len(topology.hosts)} hosts do not fit in {net} ({net.num_addresses - 2} addresses)"
         )
     hosts = set(topology.hosts)
-    bridge = {s: f"{prefix}s{j}" for j, s in enumerate(topology.switches, 1)}
+    bridge = {s: names.switch_bridge(prefix, j) for j, s in enumerate(topology.switches, 1)}
     if any(len(b) > IFNAMSIZ for b in bridge.values()):
         raise UnderlayError(f"{len(bridge)} switches: bridge names would exceed {IFNAMSIZ} chars")
     next_port: dict[str, int] = {n: 0 for n in nodes}
@@ -162,9 +162,9 @@ def plan_underlay(topology: Topology, tag: str, subnet: str = DEFAULT_SUBNET) ->
             host_ports[node].append(name)
             return Port(node=node, ifname=name, host=node)
         next_port[node] += 1
-        name = f"{bridge[node]}-{next_port[node]}"
+        name = names.switch_port(bridge[node], next_port[node])
         if len(name) > IFNAMSIZ:  # huge switches: fall back to a per-link name
-            name = f"{prefix}p{_base36(index)}{side}"
+            name = names.link_port(prefix, index, side)
         return Port(node=node, ifname=name, host=None)
 
     links = []
@@ -178,7 +178,7 @@ def plan_underlay(topology: Topology, tag: str, subnet: str = DEFAULT_SUBNET) ->
     planned_hosts = tuple(
         PlannedHost(
             name=h,
-            node=f"{prefix}-{h}",
+            node=names.host_node(prefix, h),
             ip=str(ipaddress.IPv4Address(first + k)),
             ports=tuple(host_ports[h]),
         )
@@ -193,15 +193,6 @@ def plan_underlay(topology: Topology, tag: str, subnet: str = DEFAULT_SUBNET) ->
         links=tuple(links),
         stp=_switch_loop(topology),
     )
-
-
-def _base36(n: int) -> str:
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = _B36[r] + out
-        if n == 0:
-            return out
 
 
 def _switch_loop(topology: Topology) -> bool:
