@@ -5,7 +5,7 @@ and a TCP listener inside that container's namespace (a short-lived thread enter
 namespace to create them; the sockets stay there), and answers from the host's
 :class:`~overlaysim.core.services.Directory` as that container sees it: names on the
 networks it shares, ``tasks.<service>``, a service's VIP or its task IPs in ``dnsrr``
-mode. Names that are not the cluster's are forwarded to the host's resolvers, from the
+mode, and reverse (PTR) lookups of those addresses. Names that are not the cluster's are forwarded to the host's resolvers, from the
 agent's own namespace (where they are reachable), one after another with a timeout
 each; when none answers the client gets SERVFAIL.
 
@@ -34,10 +34,12 @@ import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
+import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.reversename
 import dns.rrset
 
 from overlaysim.agent.tap import in_netns
@@ -64,6 +66,7 @@ MAX_TCP = 65535
 #: Forwards pending at once per host before new ones are dropped (memory bound).
 MAX_PENDING = 256
 TCP_IDLE_S = 10.0
+_V4_REVERSE = dns.name.from_text("in-addr.arpa.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,8 @@ class Responder:
         question = q.question[0]
         if question.rdclass != dns.rdataclass.IN:
             return self._rcode(q, dns.rcode.NOTIMP, tcp, "notimp")
+        if question.rdtype == dns.rdatatype.PTR and question.name.is_subdomain(_V4_REVERSE):
+            return self._ptr(asker, q, tcp)
         ans = self.directory.resolve(asker, question.name.to_text(omit_final_dot=True), self.rng)
         if ans.kind is AnswerKind.FORWARD:
             self.counts["forwarded"] += 1
@@ -142,6 +147,24 @@ class Responder:
             self.counts["answered"] += 1
         else:  # the name exists but has no record of this type (AAAA, MX...)
             self.counts["nodata"] += 1
+        return Reply(self._wire(q, r, tcp))
+
+    def _ptr(self, asker: str, q: dns.message.Message, tcp: bool) -> Decision:
+        question = q.question[0]
+        try:
+            ip = dns.reversename.to_address(question.name)
+        except Exception:  # not a full IPv4 reverse name: not ours to answer
+            ip = ""
+        ans = self.directory.resolve_ptr(asker, ip)
+        if ans.kind is AnswerKind.FORWARD:
+            self.counts["forwarded"] += 1
+            return Forward(q)
+        if ans.kind is AnswerKind.NXDOMAIN:
+            return self._rcode(q, dns.rcode.NXDOMAIN, tcp, "nxdomain")
+        r = self._response(q)
+        names = [f"{n}." for n in ans.ips]
+        r.answer.append(dns.rrset.from_text_list(question.name, self.ttl, "IN", "PTR", names))
+        self.counts["answered"] += 1
         return Reply(self._wire(q, r, tcp))
 
     def servfail(self, q: dns.message.Message, *, tcp: bool = False) -> bytes:

@@ -34,6 +34,7 @@ for one asking container:
 * ``tasks.<service>``: every live task IP of the service;
 * ``<service>``: its VIP, or in ``dnsrr`` mode every task IP (shuffled when asked);
 * a container name or alias: the IPs of the containers holding it;
+* an address (reverse lookup): the containers holding it, or the service whose VIP it is;
 
 looked up only on the networks the asker is attached to (sorted by name; the first
 network holding the name answers). A name known only on other networks is NXDOMAIN,
@@ -352,6 +353,32 @@ class Directory:
         if self.known_anywhere(name) or "." not in _strip_tasks(name):
             return Answer(AnswerKind.NXDOMAIN)
         return Answer(AnswerKind.FORWARD)
+
+    def resolve_ptr(self, asker: str, ip: str) -> Answer:
+        """Names of ``ip`` for ``asker`` (reverse lookup): containers, or a service's VIP.
+
+        The answer's ``ips`` field holds the names here. An address known only on
+        networks the asker is not on is NXDOMAIN; an unknown one is forwarded.
+        """
+        try:
+            addr = str(ipaddress.IPv4Address(ip))
+        except ValueError:
+            return Answer(AnswerKind.FORWARD)
+        for network in self.networks_of(asker):
+            names = self._names_of(network, addr)
+            if names:
+                return Answer(AnswerKind.ANSWER, names, network)
+        if any(self._names_of(n, addr) for n in self._nets):
+            return Answer(AnswerKind.NXDOMAIN)
+        return Answer(AnswerKind.FORWARD)
+
+    def _names_of(self, network: str, addr: str) -> tuple[str, ...]:
+        net = self._nets.get(network)
+        if net is None:
+            return ()
+        names = {r.key for r in net.records.values() if r.ip == addr}
+        names |= {r.task.service for r in net.records.values() if r.task and r.task.vip == addr}
+        return tuple(sorted(names))
 
     def vip_backends(self, asker: str) -> dict[str, tuple[str, ...]]:
         """VIP -> live task IPs of every ``vip``-mode service on the asker's networks."""

@@ -16,6 +16,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.reversename
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -72,6 +73,27 @@ def test_answers_vip_tasks_names_nodata_and_nxdomain():
         assert _ask(r, name).rcode() == dns.rcode.NXDOMAIN, name
     assert r.counts["answered"] == 3 and r.counts["nodata"] == 1 and r.counts["nxdomain"] == 3
     assert _ask(r, "web").answer[0].ttl == 0
+
+
+def test_reverse_lookups_name_containers_and_vips_on_shared_networks_only():
+    r = Responder(_directory(), rng=random.Random(1))
+
+    def ptr(ip: str):
+        q = dns.message.make_query(dns.reversename.from_address(ip), "PTR")
+        return r.handle("client", q.to_wire())
+
+    def names(d) -> list[str]:
+        m = dns.message.from_wire(d.wire)
+        return sorted(rd.target.to_text() for rrset in m.answer for rd in rrset)
+
+    assert names(ptr("10.0.0.20")) == ["db."]
+    assert names(ptr("10.0.0.2")) == ["web."]  # the VIP names its service
+    assert names(ptr("10.0.0.12")) == ["web.2."]
+    secret = dns.message.from_wire(ptr("10.1.0.5").wire)  # on a network client is not on
+    assert secret.rcode() == dns.rcode.NXDOMAIN
+    assert isinstance(ptr("192.0.2.7"), Forward)  # not the cluster's: the host's resolvers
+    partial = dns.message.make_query("10.in-addr.arpa.", "PTR")
+    assert isinstance(r.handle("client", partial.to_wire()), Forward)
 
 
 def test_dnsrr_is_shuffled_and_a_big_answer_truncates_over_udp_but_not_tcp():

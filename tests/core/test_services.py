@@ -71,6 +71,9 @@ def test_service_vip_tasks_and_container_names_resolve_on_shared_networks():
     assert d.resolve("client", "web.2").ips == ("10.0.0.12",)
     assert d.resolve("client", "PG.").ips == ("10.0.0.20",)  # case and trailing dot
     assert d.resolve("client", "tasks.db").kind is AnswerKind.NXDOMAIN
+    assert d.resolve_ptr("client", "10.0.0.2").ips == ("web",)
+    assert d.resolve_ptr("client", "10.0.0.20").ips == ("db",)
+    assert d.resolve_ptr("client", "192.0.2.1").kind is AnswerKind.FORWARD
     assert d.vip_backends("client") == {"10.0.0.2": ("10.0.0.11", "10.0.0.12", "10.0.0.13")}
 
 
