@@ -330,3 +330,62 @@ def test_round_robin_mode_and_atomic_replacement_under_load(lab):
     assert remove_rules(client) and not remove_rules(client)
     assert current_backends(client) == {}
     assert Path(ns_path(client)).exists()
+
+
+def test_service_host_starts_and_stops_everything_for_a_container(emu):
+    """ServiceHost on a real namespace: hostname, resolv.conf, DNS, VIP table; then none."""
+    from overlaysim.agent.service_host import ServiceHost
+
+    netns, name = ns("solo"), f"{PFX}.1"
+    sh("ip", "netns", "add", netns)
+    loop = asyncio.new_event_loop()
+    try:
+        sh("ip", "-n", netns, "link", "set", "lo", "up")
+        # getaddrinfo (AI_ADDRCONFIG) asks nothing without a non-loopback address (no
+        # dummy driver here, so a veth pair inside the namespace).
+        sh("ip", "-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+        sh("ip", "-n", netns, "addr", "add", "10.77.0.9/24", "dev", "eth0")
+        sh("ip", "-n", netns, "link", "set", "eth0", "up")
+        host = ServiceHost(EmbeddedDns(Directory(), upstreams=[], timeout=0.5))
+
+        async def start():
+            await host.start_container(name, netns, hostname="solo.1")
+            host.on_event(_event(name, "10.77.0.9"))
+            host.on_event(_event("api.1", "10.77.0.31", TaskSpec("api", 1, vip="10.77.0.3")))
+
+        loop.run_until_complete(start())
+        assert host.sync_vips() == 1
+        assert current_backends(netns) == {"10.77.0.3": ("10.77.0.31",)}
+        assert sh(*exec_argv(netns, name, ["hostname"])).stdout.strip() == "solo.1"
+
+        async def ask() -> str:
+            proc = await asyncio.create_subprocess_exec(
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                "getent",
+                "ahostsv4",
+                "api",
+                stdout=subprocess.PIPE,
+            )
+            out, _ = await proc.communicate()
+            return out.decode()
+
+        assert loop.run_until_complete(ask()).split()[0] == "10.77.0.3"
+        assert loop.run_until_complete(host.stop_container(name))
+        assert not (NETNS_ETC / netns).exists() and not (UTS_DIR / name).exists()
+        assert host.dns.containers() == []
+        loop.run_until_complete(host.dns.close())
+    finally:
+        loop.close()
+        remove_resolv_conf(netns)
+        remove_uts(name)
+        sh("ip", "netns", "del", netns, check=False)
+    assert netns not in sh("ip", "netns", "list").stdout
+
+
+def _event(key: str, ip: str, task: TaskSpec | None = None) -> EntryEvent:
+    value = {"name": key, "ip": ip, "mac": "02:00:00:00:00:01", "vtep": "10.9.0.1"}
+    value.update(name_fields((), task))
+    return EntryEvent(EntryEventKind.CREATE, "front", ENDPOINTS_TABLE, key, "h1", value)
