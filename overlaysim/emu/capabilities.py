@@ -51,6 +51,8 @@ DISABLES: dict[str, str] = {
     "tcpdump": "packet captures",
     "tshark": "decoding captures in reports",
     "openvswitch": "nothing: the underlay uses Linux bridges",
+    "ipvs": "nothing: service VIPs are balanced with nftables DNAT (nft_nat) on every kernel",
+    "nft_nat": "service VIP load balancing (nftables DNAT with numgen, per connection)",
 }
 
 
@@ -63,6 +65,7 @@ def probe() -> dict[str, Capability]:
         "mnexec": _probe_tool("mnexec"),
     }
     kernel = ("vxlan", "netem", "tbf", "nft_numgen", "nfqueue", "tun", "esp", "kernel_gcm")
+    kernel += ("nft_nat",)
     if root:
         with probe_netns() as ns:
             caps["vxlan"] = _guard("vxlan", lambda: _probe_vxlan(ns))
@@ -73,12 +76,14 @@ def probe() -> dict[str, Capability]:
             caps["tun"] = _guard("tun", lambda: _probe_tun(ns))
             caps["esp"] = _guard("esp", lambda: _probe_esp(ns))
             caps["kernel_gcm"] = _guard("kernel_gcm", lambda: _probe_gcm(ns))
+            caps["nft_nat"] = _guard("nft_nat", lambda: _probe_nft_nat(ns))
     else:
         for name in kernel:
             caps[name] = _cap(name, False, "not probed: needs root")
     for tool in ("iperf3", "tcpdump", "tshark"):
         caps[tool] = _probe_tool(tool)
     caps["openvswitch"] = _probe_ovs()
+    caps["ipvs"] = _guard("ipvs", _probe_ipvs)
     return caps
 
 
@@ -225,6 +230,44 @@ def _probe_nft(ns: str) -> Capability:
     if out.returncode != 0:
         return _cap("nft_numgen", False, out.stderr.strip() or "nft failed")
     return _cap("nft_numgen", True, "netdev ingress/egress chains with numgen random drop")
+
+
+def _probe_nft_nat(ns: str) -> Capability:
+    """The VIP mechanism: an ip nat table, output hook, DNAT to a numgen-chosen address."""
+    if shutil.which("nft") is None:
+        return _cap("nft_nat", False, "nft not found: apt-get install nftables")
+    ruleset = (
+        "table ip osim_probe_nat {\n\tchain out {\n"
+        "\t\ttype nat hook output priority -100; policy accept;\n"
+        "\t\tip daddr 192.0.2.1 dnat ip to numgen random mod 2 map "
+        "{ 0 : 192.0.2.2, 1 : 192.0.2.3 }\n\t}\n}\ndelete table ip osim_probe_nat\n"
+    )
+    out = _in_ns(ns, ["nft", "-f", "-"], ruleset)
+    if out.returncode != 0:
+        return _cap("nft_nat", False, out.stderr.strip() or "nft failed")
+    return _cap("nft_nat", True, "ip nat output chain with DNAT to numgen random map")
+
+
+def _probe_ipvs() -> Capability:
+    """IPVS (what Docker balances VIPs with); recorded, not used: nftables NAT is."""
+    proc = Path("/proc/net/ip_vs").exists()
+    try:
+        from pyroute2.netlink import genlmsg
+        from pyroute2.netlink.generic import GenericNetlinkSocket
+
+        sock = GenericNetlinkSocket()
+        try:
+            sock.bind("IPVS", genlmsg)
+            family = True
+        finally:
+            sock.close()
+    except Exception:
+        family = False
+    if proc or family:
+        return _cap("ipvs", True, "IPVS present (not used: VIPs use nftables DNAT)")
+    return _cap(
+        "ipvs", False, "no IPVS in this kernel (no /proc/net/ip_vs, no IPVS netlink family)"
+    )
 
 
 def _probe_nfqueue(ns: str) -> Capability:

@@ -351,11 +351,12 @@ def test_probe_reports_everything_and_leaves_nothing() -> None:
     caps = probe()
     expected = {"root", "mininet", "mnexec", "vxlan", "netem", "tbf", "nft_numgen", "nfqueue"}
     expected |= {"tun", "esp", "kernel_gcm", "iperf3", "tcpdump", "tshark", "openvswitch"}
+    expected |= {"ipvs", "nft_nat"}
     assert set(caps) == expected
     assert all(isinstance(c, Capability) and c.detail for c in caps.values())
     # Things the emulator relies on, present on every machine where these tests run.
     assert caps["root"].ok and caps["mnexec"].ok and caps["tbf"].ok and caps["vxlan"].ok
-    assert caps["nft_numgen"].ok and caps["tun"].ok
+    assert caps["nft_numgen"].ok and caps["tun"].ok and caps["nft_nat"].ok
     assert all(c.disables for c in caps.values() if not c.ok)
     assert root_links() == links
     assert not [n for n in netns_names() - spaces if n.startswith("osim-probe")]
