@@ -31,6 +31,8 @@ PREFIX = "osim"
 IFNAME_MAX = 15
 #: nftables table (inet family, per agent namespace) dropping cleartext VXLAN of encrypted VNIs.
 ESP_TABLE = f"{PREFIX}_esp"
+#: nftables table (ip family, per container namespace) holding the service VIPs' DNAT.
+VIP_TABLE = f"{PREFIX}_vip"
 #: Name of the bridge inside every network sandbox.
 SANDBOX_BRIDGE = "br0"
 #: Scratch namespaces of ``overlaysim doctor``'s probes: ``<this><pid><suffix>``.
