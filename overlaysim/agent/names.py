@@ -31,8 +31,6 @@ PREFIX = "osim"
 IFNAME_MAX = 15
 #: nftables table (inet family, per agent namespace) dropping cleartext VXLAN of encrypted VNIs.
 ESP_TABLE = f"{PREFIX}_esp"
-#: nftables table (ip family, per container namespace) holding the service VIPs' DNAT.
-VIP_TABLE = f"{PREFIX}_vip"
 #: Name of the bridge inside every network sandbox.
 SANDBOX_BRIDGE = "br0"
 #: Scratch namespaces of ``overlaysim doctor``'s probes: ``<this><pid><suffix>``.
@@ -41,6 +39,8 @@ PROBE_NS_PREFIX = f"{PREFIX}-probe-"
 PROBE_VXLAN = f"{PREFIX}pvx0"
 PROBE_TABLE = f"{PREFIX}_probe"
 PROBE_TAP = f"{PREFIX}probetap"
+# nft table holding one container namespace's VIP DNAT rules (agent/vip.py)
+VIP_TABLE = f"{PREFIX}_vip"
 
 #: Names we may take as they are; everything else is hashed.
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,31}$")

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from overlaysim.agent import names
+from overlaysim.agent.names import VIP_TABLE
 from overlaysim.agent.netns import ns_path
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
     "replace_rules",
 ]
 
-TABLE = names.VIP_TABLE
+TABLE = VIP_TABLE
 Mode = Literal["random", "inc"]
 Backends = Mapping[str, Sequence[str]]
 
