@@ -88,10 +88,7 @@ class Node:
         """
         self.membership.bootstrap(members, now, emit=False)
         if tables:
-            alive = self.tables.member_alive
-            for m in members:
-                if m.name != self.name:
-                    alive(m.name, m.addr, m.epoch, now)
+            self.tables.bootstrap([(m.name, m.addr, m.epoch) for m in members], now)
             self.tables.take_events()
 
     def leave(self, now: float) -> None:

@@ -146,6 +146,12 @@ class _NodeSet:
         self._items.append(node)
         return True
 
+    def extend(self, nodes: list[str]) -> None:
+        """Add ``nodes``, none of which is in the set yet."""
+        start = len(self._items)
+        self._items.extend(nodes)
+        self._pos.update(zip(nodes, range(start, start + len(nodes)), strict=True))
+
     def discard(self, node: str) -> None:
         i = self._pos.pop(node, None)
         if i is None:
@@ -320,6 +326,25 @@ class Tables:
         if first and self._pending:
             for network in list(self._pending):
                 self._discover(network)
+
+    def bootstrap(self, members: Iterable[tuple[str, str, int]], now: float) -> None:
+        """``member_alive`` for each ``(node, addr, epoch)`` of a formed cluster at boot.
+
+        For drivers that start from a converged cluster; not part of the protocol. On a
+        fresh node (no networks, no member facts yet) each call would only record the
+        member, so they are recorded in bulk; otherwise each goes through
+        ``member_alive``.
+        """
+        members = [m for m in members if m[0] != self.name and type(m[0]) is str]
+        names = [m[0] for m in members]
+        fresh = not (self._epochs or self._nets or self._node_nets or self._pending)
+        if not fresh or len(set(names)) != len(names):
+            for node, addr, epoch in members:
+                self.member_alive(node, addr, epoch, now)
+            return
+        self._epochs.update((node, epoch) for node, _, epoch in members)
+        self._addr.update((node, addr) for node, addr, _ in members)
+        self._alive.extend(names)
 
     def member_down(self, node: str, now: float) -> None:
         """``node`` is dead or left: hide all its entries, drop it from peer sets."""

@@ -118,3 +118,20 @@ def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
                 limit = rng.choice((60, 200, 1400))
                 assert q.get(n, 10, limit) == ref.get(n, 10, limit)
                 assert len(q) == len(ref.by_key)
+
+
+def test_bulk_bootstrap_equals_one_member_alive_per_member() -> None:
+    from overlaysim.core.config import TableConfig
+    from overlaysim.core.tables import Tables
+
+    members = [(f"h{i}", f"addr-{i}", i % 3) for i in range(50)]
+    a = Tables(name="h7", addr="addr-7", config=TableConfig(), rng=random.Random(1))
+    b = Tables(name="h7", addr="addr-7", config=TableConfig(), rng=random.Random(1))
+    a.bootstrap(members, 0.0)
+    for node, addr, epoch in members:
+        b.member_alive(node, addr, epoch, 0.0)
+    for t in (a, b):
+        t.join_network("n", 1.0)
+    assert a._epochs == b._epochs and a._addr == b._addr
+    assert a._alive._items == b._alive._items and a._alive._pos == b._alive._pos
+    assert a.take_sends() == b.take_sends()  # same random choices follow
