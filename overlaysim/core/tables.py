@@ -183,7 +183,7 @@ def _strmap_ok(v: object) -> bool:
 #: reused while remembered). Records are immutable and, in the simulator, shared by
 #: every node, so each is checked once rather than once per receiving node. Bounded;
 #: past the bound the memo starts over (it is only a cache).
-_VALID_MAX = 1 << 17
+_VALID_MAX = 1 << 16
 _valid: dict[int, object] = {}
 
 

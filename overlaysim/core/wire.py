@@ -347,7 +347,7 @@ def encode(msg: Message) -> bytes:
 
 
 #: Bound on the record-size memo; past it the memo starts over (it is only a cache).
-_SIZE_MEMO_MAX = 1 << 17
+_SIZE_MEMO_MAX = 1 << 16
 # id -> size, and id -> the record itself: holding the record keeps its id from being
 # reused while remembered, so a hit by id is a hit for that very object.
 _size_memo: dict[int, int] = {}
