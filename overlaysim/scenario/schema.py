@@ -393,10 +393,13 @@ class RateEvent(_Event):
 
 
 class ClearEvent(_Event):
-    """Remove loss, delay and rate impairments from one link, or from every link."""
+    """Remove loss, delay and rate impairments (or only ``kind``) from one link or all."""
 
     action: Literal["clear"]
     link: HostPair | None = Field(None, description="a topology link [a, b] (default: all)")
+    kind: Literal["loss", "delay", "rate"] | None = Field(
+        None, description="one impairment kind to remove: loss, delay or rate (default: all)"
+    )
 
 
 class PartitionEvent(_Event):

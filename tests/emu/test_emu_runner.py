@@ -23,7 +23,7 @@ from overlaysim.emu.collect import collect
 from overlaysim.metrics.records import EventLog
 from overlaysim.metrics.results import load_run
 from overlaysim.scenario.loader import load_scenario
-from overlaysim.scenario.timeline import Step
+from overlaysim.scenario.steps import Step
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yaml"
 
