@@ -7,6 +7,7 @@ done inside the handlers so ``overlaysim --help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "(e.g. topology.hosts=5000, events.0.percent=10, events=[]); repeatable",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    p.add_argument("--no-plots", action="store_true", help="do not draw plots after the run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -323,6 +325,11 @@ def _run_scenario(args: argparse.Namespace, path: Path, backend: str) -> int:
     else:
         from overlaysim.emu.runner import run_emulation as run
     status = run(sc, out, seed=seed, progress=not args.quiet)
+    if not args.no_plots:
+        from overlaysim.metrics.results import load_run
+        from overlaysim.report.plots import write_plots
+
+        write_plots(load_run(out), out / "plots")
     if not args.quiet:
         from overlaysim.metrics.results import load_run
         from overlaysim.report.summary import print_summary
@@ -435,16 +442,34 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from overlaysim.errors import user_error_types
+    from overlaysim.errors import RunFailed, user_error_types
 
     try:
         return args.func(args)
     except user_error_types() as exc:
         print(f"overlaysim: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"overlaysim: error: {one_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("overlaysim: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A bug, not the user's doing: one line, and the traceback only when asked for.
+        if os.environ.get("OVERLAYSIM_DEBUG"):
+            raise
+        print(
+            f"overlaysim: error: {type(exc).__name__}: {one_line(exc)} "
+            "(an internal error; OVERLAYSIM_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

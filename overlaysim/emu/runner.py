@@ -36,8 +36,10 @@ from overlaysim.emu.net import Underlay, signals_deferred, underlay_session
 from overlaysim.emu.probes import MAX_PROBE_PAIRS, Endpoint, reachability, throughput
 from overlaysim.emu.setup import require_emulation
 from overlaysim.emu.testbed import Testbed
+from overlaysim.errors import RunFailed
+from overlaysim.metrics.finalize import Outcome, finalize
 from overlaysim.metrics.manifest import base_manifest
-from overlaysim.metrics.results import ResultsWriter
+from overlaysim.metrics.results import FinalStatus, ResultsWriter
 from overlaysim.scenario.schema import Scenario
 from overlaysim.scenario.steps import Step
 from overlaysim.scenario.timeline import plan
@@ -170,14 +172,13 @@ def run_emulation(
     seed: int | None = None,
     progress: bool = True,
     overwrite: bool = True,
-    plots: bool = True,
     throughput_seconds: float = THROUGHPUT_SECONDS,
     agent_args: tuple[str, ...] = (),
 ) -> str:
     """Emulate ``scenario`` on Mininet with real agents; write its results folder.
 
     Returns the final status (``complete`` or ``interrupted``); a failure writes the
-    folder with status ``failed`` and raises ``RuntimeError``. Everything started is
+    folder with status ``failed`` and raises :class:`~overlaysim.errors.RunFailed`. No plots. Everything started is
     torn down in every case.
     """
     require_emulation()
@@ -263,10 +264,9 @@ def run_emulation(
         step_lag_s=_lag_summary(world.lags if world else []),
         mechanisms=extra.get("underlay", {}).get("mechanisms", {}),
     )
-    _write(writer, scenario, seed, world, result, reach_rows, tp_rows, t_end, status, error, extra,
-           plots)  # fmt: skip
+    finalize(writer, _outcome(world, result, reach_rows, tp_rows, t_end, status, error, extra))
     if status == "failed":
-        raise RuntimeError(f"emulation failed: {error} (partial results in {out})")
+        raise RunFailed(f"emulation failed: {error} (partial results in {out})")
     return status
 
 
@@ -291,45 +291,37 @@ def _measure(
     return reach, tp
 
 
-def _write(
-    writer: ResultsWriter,
-    scenario: Scenario,
-    seed: int,
+def _outcome(
     world: EmuWorld | None,
     result: Collected | None,
     reach_rows: list[dict[str, Any]],
     tp_rows: list[dict[str, Any]],
     t_end: float,
-    status: str,
+    status: FinalStatus,
     error: str | None,
     extra: dict[str, Any],
-    plots: bool,
-) -> None:
-    """Tables, metrics.json (the simulator's keys), plots, then the final manifest."""
-    from overlaysim.metrics.finalize import metrics_for
-    from overlaysim.metrics.results import load_run
-
-    events = result.events if result else (world.events.rows if world else [])
-    writer.write_table("events", events)
-    writer.write_table("convergence", result.convergence if result else [])
-    writer.write_table("traffic", result.traffic if result else [])
-    writer.write_table("traffic_kinds", result.traffic_kinds if result else [])
-    writer.write_table("reachability", reach_rows)
-    writer.write_table("throughput", tp_rows)
-    nodes = len(scenario.resolved_topology.hosts)
-    metrics = metrics_for(load_run(writer.path), duration_s=t_end, nodes=nodes)
+) -> Outcome:
+    """The run's tables (from the collected logs), counters and skipped steps."""
     sent = result.msgs_sent if result else 0
     recv = result.msgs_recv if result else 0
-    # Over the agents' logs in the window: "lost" includes messages still in flight
-    # at either end of it and messages sent to hosts that were down.
-    metrics["messages"] = {"sent": sent, "delivered": recv, "lost": max(0, sent - recv)}
-    metrics["skipped_steps"] = world.skipped if world else []
-    writer.write_metrics(metrics)
-    if plots and status != "failed":
-        from overlaysim.report.plots import write_plots
-
-        write_plots(load_run(writer.path), writer.plots_dir)
-    writer.finish(status, error, extra)  # type: ignore[arg-type]
+    return Outcome(
+        status=status,
+        error=error,
+        duration_s=t_end,
+        tables={
+            "events": result.events if result else (world.events.rows if world else []),
+            "convergence": result.convergence if result else [],
+            "traffic": result.traffic if result else [],
+            "traffic_kinds": result.traffic_kinds if result else [],
+            "reachability": reach_rows,
+            "throughput": tp_rows,
+        },
+        # Over the agents' logs in the window: "lost" includes messages still in flight
+        # at either end of it and messages sent to hosts that were down.
+        counters={"messages": {"sent": sent, "delivered": recv, "lost": max(0, sent - recv)}},
+        skipped_steps=world.skipped if world else [],
+        extra=extra,
+    )
 
 
 def _lag_summary(lags: list[float]) -> dict[str, float | int | None]:

@@ -21,7 +21,9 @@ from overlaysim.core.cluster import Allocation, Cluster, NetworkSpec
 from overlaysim.core.config import configs
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.wire import Message
+from overlaysim.errors import RunFailed
 from overlaysim.metrics.convergence import ConvergenceTracker
+from overlaysim.metrics.finalize import Outcome, finalize
 from overlaysim.metrics.manifest import base_manifest
 from overlaysim.metrics.records import NOT_MEASURED_BY_SIM, EventLog
 from overlaysim.metrics.results import ResultsWriter
@@ -295,12 +297,10 @@ def run_simulation(
     seed: int | None = None,
     progress: bool = True,
     overwrite: bool = True,
-    plots: bool = True,
 ) -> str:
-    """Simulate ``scenario`` and write its results folder; return the final status."""
-    from overlaysim.metrics.compute import compute_metrics
-    from overlaysim.metrics.tables import frame
-
+    """Simulate ``scenario`` and write its results folder (no plots); return the final
+    status. A failure writes the folder with status ``failed`` and raises
+    :class:`~overlaysim.errors.RunFailed` naming the cause and the folder."""
     seed = scenario.seed if seed is None else seed
     the_plan = plan(scenario, seed)
     world = SimWorld(scenario, seed)
@@ -360,42 +360,32 @@ def run_simulation(
         }
         for a, b in scenario.measure.throughput
     ]
-    traffic_rows = world.traffic.rows()
-    kind_rows = world.traffic.kind_rows()
-    writer.write_table("events", world.events.rows)
-    writer.write_table("convergence", conv_rows)
-    writer.write_table("traffic", traffic_rows)
-    writer.write_table("traffic_kinds", kind_rows)
-    writer.write_table("reachability", reach_rows)
-    writer.write_table("throughput", tp_rows)
-    metrics = compute_metrics(
-        frame("events", world.events.rows),
-        frame("convergence", conv_rows),
-        frame("traffic", traffic_rows),
-        frame("reachability", reach_rows),
-        frame("throughput", tp_rows),
-        traffic_kinds=frame("traffic_kinds", kind_rows),
-        backend="sim",
-        scenario=scenario.name,
-        seed=seed,
-        duration_s=t_end,
-        nodes=len(scenario.resolved_topology.hosts),
+    finalize(
+        writer,
+        Outcome(
+            status=status,
+            error=error,
+            duration_s=t_end,
+            tables={
+                "events": world.events.rows,
+                "convergence": conv_rows,
+                "traffic": world.traffic.rows(),
+                "traffic_kinds": world.traffic.kind_rows(),
+                "reachability": reach_rows,
+                "throughput": tp_rows,
+            },
+            counters={
+                "messages": {
+                    "sent": world.cluster.messages_sent,
+                    "delivered": world.cluster.messages_delivered,
+                    "lost": world.cluster.messages_lost,
+                }
+            },
+            skipped_steps=world.skipped,
+        ),
     )
-    metrics["messages"] = {
-        "sent": world.cluster.messages_sent,
-        "delivered": world.cluster.messages_delivered,
-        "lost": world.cluster.messages_lost,
-    }
-    metrics["skipped_steps"] = world.skipped
-    writer.write_metrics(metrics)
-    if plots and status != "failed":
-        from overlaysim.metrics.results import load_run
-        from overlaysim.report.plots import write_plots
-
-        write_plots(load_run(out), writer.plots_dir)
-    writer.finish(status, error)
     if status == "failed":
-        raise RuntimeError(f"simulation failed: {error} (partial results in {out})")
+        raise RunFailed(f"simulation failed: {error} (partial results in {out})")
     return status
 
 

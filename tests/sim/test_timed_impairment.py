@@ -45,10 +45,8 @@ def _suspicions_of_h2_after(folder: Path, t: float) -> int:
 
 def test_loss_survives_the_end_of_a_timed_rate_on_the_same_link(tmp_path: Path) -> None:
     plain, rated = tmp_path / "loss-only", tmp_path / "loss-then-rate"
-    run_simulation(
-        validate_scenario(_scenario(with_rate=False)), plain, progress=False, plots=False
-    )
-    run_simulation(validate_scenario(_scenario(with_rate=True)), rated, progress=False, plots=False)
+    run_simulation(validate_scenario(_scenario(with_rate=False)), plain, progress=False)
+    run_simulation(validate_scenario(_scenario(with_rate=True)), rated, progress=False)
     baseline = _suspicions_of_h2_after(plain, RATE_END)
     after = _suspicions_of_h2_after(rated, RATE_END)
     assert baseline > 5, "the 40% loss should make peers suspect h2 often"
