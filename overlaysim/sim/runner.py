@@ -19,6 +19,7 @@ import simpy
 
 from overlaysim.core.cluster import Allocation, Cluster, NetworkSpec
 from overlaysim.core.config import configs
+from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.wire import Message
 from overlaysim.errors import RunFailed
@@ -35,8 +36,6 @@ from overlaysim.sim.engine import Observer, SimCluster
 from overlaysim.sim.underlay import Underlay
 from overlaysim.world.world import Container, StepSkipped, World
 
-#: Table that holds endpoints (NetworkDB's "endpoint_table").
-ENDPOINTS = "endpoints"
 #: A graceful leave keeps the node running this long so its leave message spreads.
 LEAVE_GRACE_S = 1.0
 #: At most this many container pairs are probed for the reachability matrix.
@@ -153,7 +152,7 @@ class SimBackend:
             alloc = self._alloc(c.name, net)
             if net in first:
                 self.cluster.call(c.host, lambda n, t, net=net: n.join_network(net, t))
-            value = {"name": c.name, "ip": alloc.ip, "mac": alloc.mac, "vtep": c.host}
+            value = Endpoint(name=c.name, ip=alloc.ip, mac=alloc.mac, vtep=c.host).to_value()
             self.cluster.call(
                 c.host, lambda n, t, net=net, v=value: n.create_entry(net, ENDPOINTS, c.name, v, t)
             )

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from overlaysim.emu import runner as emu_runner
-from overlaysim.emu.clean import list_nft_tables
 from overlaysim.emu.collect import collect
+from overlaysim.emu.rootns import list_nft_tables
 from overlaysim.metrics.atomic import json_bytes
 from overlaysim.metrics.finalize import metrics_for
 from overlaysim.metrics.records import EventLog
