@@ -304,22 +304,34 @@ def _default_out(name: str, backend: str, seed: int) -> Path:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from overlaysim.scenario.loader import load_scenario
+    from overlaysim.world.dryrun import dry_run
 
     sc = load_scenario(args.scenario, args.overrides)
+    world = dry_run(sc, source=str(args.scenario))  # raises naming every refusal
     if args.show:
         import yaml
 
         print(yaml.safe_dump(sc.resolved(), sort_keys=False))
-    print(f"{args.scenario}: valid scenario {sc.name!r}")
+    for s in world.skipped:
+        subject = s.get("host") or s.get("container") or ""
+        subject = f" {subject}" if subject else ""
+        print(f"{args.scenario}: note: at {s['t']:g} s {s['action']}{subject} would be skipped: "
+              f"{s['reason']}")  # fmt: skip
+    print(
+        f"{args.scenario}: valid scenario {sc.name!r} "
+        f"(dry run: {world.done} steps, {len(world.containers)} containers at the end)"
+    )
     return 0
 
 
 def _run_scenario(args: argparse.Namespace, path: Path, backend: str) -> int:
     """Load, run on ``backend`` (sim or emu), print the summary; exit status 0 if complete."""
     from overlaysim.scenario.loader import load_scenario
+    from overlaysim.world.dryrun import dry_run
 
     sc = load_scenario(path, args.overrides)
     seed = sc.seed if args.seed is None else args.seed
+    dry_run(sc, source=str(path), seed=seed)  # refuse before anything is created
     out = args.out or _default_out(sc.name, backend, seed)
     if backend == "sim":
         from overlaysim.sim.runner import run_simulation as run

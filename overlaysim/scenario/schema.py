@@ -587,6 +587,13 @@ class Scenario(StrictModel):
     )
     networks: tuple[Network, ...] = Field((), description="a list of networks")
     containers: tuple[ContainerItem, ...] = Field((), description="containers and generators")
+
+    @field_validator("containers", mode="before")
+    @classmethod
+    def _one_item(cls, value: Any) -> Any:
+        """A bare container or generator mapping means the one-item list it stands for."""
+        return [value] if isinstance(value, dict) else value
+
     services: tuple[Service, ...] = Field((), description="a list of services")
     events: tuple[Event, ...] = Field((), description="a list of timed events")
     measure: Measure = Field(default_factory=Measure, description="what to measure")

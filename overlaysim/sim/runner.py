@@ -17,7 +17,7 @@ from typing import Any
 
 import simpy
 
-from overlaysim.core.cluster import Allocation, Cluster, NetworkSpec
+from overlaysim.core.cluster import Allocation, Cluster
 from overlaysim.core.config import configs
 from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
@@ -34,6 +34,7 @@ from overlaysim.scenario.steps import Step
 from overlaysim.scenario.timeline import Plan, plan
 from overlaysim.sim.engine import Observer, SimCluster
 from overlaysim.sim.underlay import Underlay
+from overlaysim.world.dryrun import network_spec
 from overlaysim.world.world import Container, StepSkipped, World
 
 #: A graceful leave keeps the node running this long so its leave message spreads.
@@ -83,19 +84,9 @@ class SimBackend:
             observer=observer,
         )
         self.ipam = Cluster()
-        self.networks = {}
-        for net in scenario.networks:
-            spec = NetworkSpec(
-                name=net.name,
-                subnet=net.subnet,
-                gateway=net.gateway,
-                ip_range=net.ip_range,
-                aux_addresses=dict(net.aux_addresses or {}),
-                attachable=net.attachable,
-                encrypted=net.encrypted,
-                mtu=net.mtu,
-            )
-            self.networks[net.name] = self.ipam.create_network(spec)
+        self.networks = {
+            net.name: self.ipam.create_network(network_spec(net)) for net in scenario.networks
+        }
         self._allocs: dict[tuple[str, str], Allocation] = {}
         self.up: Collection[str] = ()  # the world's hosts up, bound by SimWorld
 
