@@ -46,6 +46,17 @@ class MembershipConfig:
     #: False gives plain SWIM as memberlist had it before Lifeguard: a fixed suspicion
     #: timeout (the minimum), no awareness, no nacks, no Suspect on pings of a suspect.
     lifeguard: bool = True
+    #: Boot epochs: a restarted node announces a new epoch that replaces everything known
+    #: about its previous boot. False: every boot is epoch 0 (memberlist, NetworkDB).
+    epochs: bool = True
+    #: Dead notice: answer a ping from a member we hold DEAD with that Dead, so it
+    #: refutes within one probe round after a heal (memberlist has no such notice).
+    dead_notice: bool = True
+    #: Heal rule: a Dead relayed by another member about a member we heard from directly
+    #: within the last ``heal_window_mult`` minimum suspicion timeouts is taken as a
+    #: Suspect the accused can refute, not as a verdict; and a member we suspect that
+    #: talks to us is told so, so it refutes. 0: off (memberlist's behaviour).
+    heal_window_mult: float = 2.0
 
     @classmethod
     def lan(cls) -> MembershipConfig:
