@@ -114,7 +114,7 @@ _MAX_COUNTER = 2**63 - 2
 _NACK_FRACTION = 0.8
 
 # Timer kinds (entries in one heap, cancelled lazily).
-_T_PROBE, _T_INDIRECT, _T_RELAY, _T_SUSPECT, _T_GOSSIP, _T_PUSH_PULL = range(6)
+_T_PROBE, _T_INDIRECT, _T_RELAY, _T_SUSPECT, _T_GOSSIP, _T_PUSH_PULL, _T_RECONNECT = range(7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +272,9 @@ class Membership:
         pp_interval = push_pull_scale(cfg.push_pull_interval, self.num_members())
         pp_at = now + self._rng.random() * pp_interval
         self._arm(pp_at, _T_PUSH_PULL, self._push_pull_gen)
+        if cfg.reconnect_interval > 0:
+            at = now + self._rng.random() * cfg.reconnect_interval
+            self._arm(at, _T_RECONNECT, self._probe_gen)
         # Like memberlist, a starting node gossips its own Alive (a restart announces
         # its new epoch this way).
         self._announce(now)
@@ -384,6 +387,8 @@ class Membership:
                 self._gossip_tick(now)
             elif kind == _T_PUSH_PULL:
                 self._push_pull_tick(now)
+            elif kind == _T_RECONNECT:
+                self._reconnect_tick(now)
 
     def next_timer(self) -> float | None:
         """Earliest pending deadline, or None."""
@@ -419,6 +424,8 @@ class Membership:
             return self._suspicions.get(name) is s and s.deadline == when
         if kind == _T_PUSH_PULL:
             return arg == self._push_pull_gen
+        if kind == _T_RECONNECT:
+            return arg == self._probe_gen  # stops when we leave
         return True  # gossip: re-armed only when idle, never cancelled
 
     def _scale(self, timeout: float) -> float:
@@ -601,6 +608,32 @@ class Membership:
             self._sends.append(Send(peers[0].addr, msg, True))
         interval = push_pull_scale(self.config.push_pull_interval, self.num_members())
         self._arm(now + interval, _T_PUSH_PULL, self._push_pull_gen)
+
+    def _reconnect_tick(self, now: float) -> None:
+        """NetworkDB's reconnect loop: join through one random member we hold DEAD.
+
+        Its reply carries itself alive, and our state tells it we hold it dead, so it
+        refutes; the refutation brings it back in our view and everyone's.
+        """
+        grave = self._graveyard
+        dead = [
+            m
+            for died, name in grave
+            if (m := self._members.get(name)) is not None
+            and m.state is DEAD
+            and m.state_change == died
+        ]
+        if dead:
+            peer = dead[self._rng.randrange(len(dead))]
+            msg = PushPull(
+                source=self.name,
+                source_addr=self.addr,
+                join=True,
+                reply=False,
+                members=self._state(),
+            )
+            self._sends.append(Send(peer.addr, msg, True))
+        self._arm(now + self.config.reconnect_interval, _T_RECONNECT, self._probe_gen)
 
     def _state(self) -> tuple[wire.MemberState, ...]:
         """Every record as sent in push-pull (cached until something changes)."""
