@@ -10,7 +10,8 @@ simulator uses, with the same rules:
 * an agent's ``entry_commit`` opens a commit whose targets are the hosts attached to
   that network and up at that moment, according to the ground truth replayed so far;
 * ``entry_programmed`` (the remote endpoint's FDB and neighbour entries written to or
-  removed from the kernel) is a target holding the entry in that state;
+  removed from the kernel) is a target holding the entry in that state; in runs of at
+  most ``HOLD_EVENTS_MAX_HOSTS`` hosts it is also kept as an ``entry_held`` event;
 * a crash or leave (``node_gone``), or the host's last container leaving the network,
   stops the wait for that host.
 
@@ -28,7 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlaysim.metrics.convergence import ConvergenceTracker
-from overlaysim.metrics.records import DOWN_KINDS, MEMBER_KINDS, UP_KINDS, EventKind, EventLog
+from overlaysim.metrics.records import (
+    DOWN_KINDS,
+    HOLD_EVENTS_MAX_HOSTS,
+    MEMBER_KINDS,
+    UP_KINDS,
+    EventKind,
+    EventLog,
+)
 
 _UP = frozenset(str(k) for k in UP_KINDS)
 _DOWN = frozenset(str(k) for k in DOWN_KINDS)
@@ -81,6 +89,7 @@ def collect(
     events.rows.extend(truth.rows)
     tracker = ConvergenceTracker()
     traffic = _Traffic()
+    holds = len(logs) <= HOLD_EVENTS_MAX_HOSTS  # entry_held rows: small runs only
     up: set[str] = set()
     net_hosts: dict[str, set[str]] = {}
     for t, source, _, item in items:
@@ -97,7 +106,10 @@ def collect(
             targets = sorted(h for h in net_hosts.get(network, ()) if h in up)
             tracker.commit(t, node, network, key, op, targets)
         elif kind == "entry_programmed":
-            tracker.seen(t, node, str(item["network"]), str(item["key"]), str(item["op"]))
+            network, key, op = str(item["network"]), str(item["key"]), str(item["op"])
+            tracker.seen(t, node, network, key, op)
+            if holds:
+                events.add(t, "entry_held", node=node, network=network, key=key, op=op)
         else:
             traffic.add(t, node, item)
     return Collected(
