@@ -279,11 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
         "removes everything. The guided labs are in docs/labs/. Needs root.",
         epilog="example:\n  sudo overlaysim lab topologies/star.yaml\n"
         "  overlay> network create web --attachable\n"
-        "  overlay> run c1 web h1\n",
+        "  overlay> run c1 web h1\n"
+        "  overlay> check 1\n\n"
+        "check a running lab from another terminal (each step of guided lab 1-5, with hints):\n"
+        "  sudo overlaysim lab check 2 [--json | --csv]\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("topology", help="a topology YAML file (see topologies/)")
+    p.add_argument("topology", help="a topology YAML file (see topologies/), or 'check'")
+    p.add_argument("lab_number", nargs="?", metavar="LAB", help="with 'check': a lab, 1-5")
     p.add_argument("--profile", default="lan", choices=["lan", "wan", "local"])
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="with check")
+    fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv", help="with check")
     p.set_defaults(func=_cmd_lab)
 
     from overlaysim.testbed_cli import register
@@ -293,6 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
+    if args.topology == "check":
+        from overlaysim.errors import UserError
+        from overlaysim.lab.check import LiveProbe, check_lab, parse_lab, render
+
+        if args.lab_number is None:
+            raise UserError("lab check: which lab? e.g. overlaysim lab check 2")
+        number = parse_lab(args.lab_number)
+        results = check_lab(LiveProbe(), number)
+        print(render(results, args.fmt or "text"))
+        return 0 if all(r.passed for r in results) else 1
+    if args.lab_number is not None or args.fmt is not None:
+        from overlaysim.errors import UserError
+
+        raise UserError("lab: LAB, --json and --csv go with 'overlaysim lab check LAB'")
     from overlaysim.lab.cli import main as lab_main
 
     return lab_main(args)
