@@ -130,7 +130,7 @@ class LiveProbe:
         return out
 
     def ping(self, src: str, dst: str, count: int) -> int:
-        from overlaysim.agent import netns as kns
+        from overlaysim.agent import names
         from overlaysim.lab.commands import ping_received
 
         cs = self.containers()
@@ -140,7 +140,7 @@ class LiveProbe:
         shared = sorted(set(ips) & set(dst_ips))
         if not shared:
             return 0
-        ns = f"{self.live.prefix}-{kns.name_part(host)}-{kns.name_part(src)}"
+        ns = names.container_netns(self.live.prefix, host, src)
         pid = self.live.hosts[host].get("pid")
         argv = ["ip", "netns", "exec", ns, "ping", "-n", "-c", str(count), "-i", "0.2", "-W", "1"]
         argv = (["mnexec", "-a", str(pid)] if pid else []) + [*argv, dst_ips[shared[0]]]
