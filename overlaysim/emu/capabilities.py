@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-PROBE_NS_PREFIX = "osim-probe-"
+from overlaysim.agent import names
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,7 +114,7 @@ def probe_netns(suffix: str = "") -> Iterator[str]:
     """A named network namespace that exists only for the ``with`` block."""
     from pyroute2 import netns
 
-    name = f"{PROBE_NS_PREFIX}{os.getpid()}{suffix}"
+    name = f"{names.PROBE_NS_PREFIX}{os.getpid()}{suffix}"
     if name in netns.listnetns():
         netns.remove(name)  # our own name (prefix + our PID): a leftover of ours
     netns.create(name)
@@ -188,10 +188,10 @@ def _probe_vxlan(ns: str) -> Capability:
 
     with _ipr(ns) as ipr:
         try:
-            ipr.link("add", ifname="osimpvx0", kind="vxlan", vxlan_id=4242, vxlan_port=4789)
+            ipr.link("add", ifname=names.PROBE_VXLAN, kind="vxlan", vxlan_id=4242, vxlan_port=4789)
         except NetlinkError as exc:
             return _cap("vxlan", False, f"cannot create a vxlan device: {_netlink_error(exc)}")
-        ipr.link("del", index=ipr.link_lookup(ifname="osimpvx0")[0])
+        ipr.link("del", index=ipr.link_lookup(ifname=names.PROBE_VXLAN)[0])
     return _cap("vxlan", True, "vxlan device created and removed")
 
 
@@ -216,8 +216,8 @@ def _probe_qdisc(ns: str, kind: str) -> Capability:
 def _probe_nft(ns: str) -> Capability:
     if shutil.which("nft") is None:
         return _cap("nft_numgen", False, "nft not found: apt-get install nftables")
-    table = {"family": "netdev", "name": "osim_probe"}
-    base = {"family": "netdev", "table": "osim_probe"}
+    table = {"family": "netdev", "name": names.PROBE_TABLE}
+    base = {"family": "netdev", "table": names.PROBE_TABLE}
     numgen = {"numgen": {"mode": "random", "mod": 10000}}
     rules: list[dict[str, object]] = [{"add": {"table": table}}]
     for hook in ("ingress", "egress"):
@@ -292,7 +292,7 @@ def _probe_tun(ns: str) -> Capability:
     from overlaysim.agent.tap import open_tap
 
     try:
-        fd = open_tap("osimprobetap", ns_path(ns))
+        fd = open_tap(names.PROBE_TAP, ns_path(ns))
     except OSError as exc:
         return _cap("tun", False, str(exc))
     os.close(fd)  # the device goes with its descriptor
