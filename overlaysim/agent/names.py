@@ -39,6 +39,9 @@ PROBE_NS_PREFIX = f"{PREFIX}-probe-"
 PROBE_VXLAN = f"{PREFIX}pvx0"
 PROBE_TABLE = f"{PREFIX}_probe"
 PROBE_TAP = f"{PREFIX}probetap"
+PROBE_NAT_TABLE = f"{PREFIX}_probe_nat"
+#: nftables table (ip family, per container namespace) balancing service VIPs.
+VIP_TABLE = f"{PREFIX}_vip"
 
 #: Names we may take as they are; everything else is hashed.
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,31}$")

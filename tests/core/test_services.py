@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tablenet import TableNet
 
-from overlaysim.agent.programmer import ENDPOINTS, remote_of
 from overlaysim.core.config import TableConfig
+from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind
 from overlaysim.core.services import (
     ENDPOINTS_TABLE,
@@ -58,7 +58,12 @@ def directory(*events: EntryEvent) -> Directory:
 def test_names_ride_in_the_endpoint_table_the_data_plane_reads():
     assert ENDPOINTS_TABLE == ENDPOINTS
     v = ep("web.1", "10.0.0.5", aliases=["api"], task=web(1))
-    assert remote_of(v) == ("10.0.0.5", "02:42:0a:00:00:05", "10.9.0.1")  # unchanged for it
+    # The data plane's reading of the value is unchanged by the extra fields.
+    assert Endpoint.from_value(v, vtep_ip=True).remote == (
+        "10.0.0.5",
+        "02:42:0a:00:00:05",
+        "10.9.0.1",
+    )
     rec = NameRecord.from_value("web.1", v)
     assert rec.aliases == ("api",) and rec.task == web(1)
 
