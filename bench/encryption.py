@@ -14,7 +14,7 @@ shapes a topology link (4 ms burst, 50 ms queue). ``--modes gso,whole`` measures
 encrypted path once per send mode in every round (:data:`overlaysim.agent.esp_tunnel.
 SEND_MODES`: ``gso`` = per-segment ESP with UDP GSO/GRO, the default; ``segments`` = per
 segment, one ``sendto`` each; ``whole`` = one fragmented datagram per super-frame, the
-first design), alternating them in the same test bed; ``nogro`` is ``gso`` with the
+first design), alternating them in the same test bed; ``gso-nomerge`` is ``gso`` with the
 receiver's merging of segments into super-frames turned off. The load average is
 printed next to every round: the machine may be shared.
 
@@ -93,8 +93,8 @@ def _host(name: str, ns: str, ip: str, peer: str, octet: int, conn) -> None:
             cmd = conn.recv()
             if isinstance(cmd, tuple) and cmd[0] == "mode":
                 assert plane.tunnel is not None
-                plane.tunnel.send_mode = SEND_GSO if cmd[1] == "nogro" else cmd[1]
-                plane.tunnel.coalesce = cmd[1] != "nogro"
+                plane.tunnel.send_mode = SEND_GSO if cmd[1] == "gso-nomerge" else cmd[1]
+                plane.tunnel.coalesce = cmd[1] != "gso-nomerge"
                 conn.send("ok")
             elif cmd == "cpu":
                 ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -108,7 +108,7 @@ def _host(name: str, ns: str, ip: str, peer: str, octet: int, conn) -> None:
         conn.send("closed")
 
 
-MODES = (*SEND_MODES, "nogro")
+MODES = (*SEND_MODES, "gso-nomerge")
 
 
 def shape(link_mbps: float) -> None:
