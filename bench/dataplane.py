@@ -37,7 +37,8 @@ from pyroute2 import IPRoute
 
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import clean_prefixed
-from overlaysim.agent.dataplane import VXLAN_OVERHEAD, DataPlane, NetInfo, docker_mac
+from overlaysim.agent.dataplane import DataPlane, NetInfo, docker_mac, sandbox_mtu
+from overlaysim.core.cluster import VXLAN_OVERHEAD
 
 PREFIX = "osimb"
 U1, U2 = f"{PREFIX}-u1", f"{PREFIX}-u2"
@@ -170,7 +171,7 @@ def testbed(variant: Variant) -> Iterator[tuple[DataPlane, DataPlane, int]]:
             for plane in (d1, d2):
                 sandbox = plane.sandbox_netns(net)
                 _ip(sandbox, "link", "set", "br0", "type", "bridge", *opts)
-        yield d1, d2, net.mtu or variant.underlay_mtu - VXLAN_OVERHEAD
+        yield d1, d2, sandbox_mtu(net, variant.underlay_mtu)
     finally:
         for plane in planes:
             plane.close()
