@@ -500,8 +500,12 @@ class EspTunnel:
             err = _retry(sock, lambda r=run: sock.sendmsg(r, cmsg, 0, addr))
             if err:
                 if i == 0 and self.send_mode == SEND_GSO and err in _NO_GSO:
-                    # The kernel has no UDP GSO: one packet per system call from now on.
-                    self._on_error("UDP GSO refused by the kernel: sending packet by packet")
+                    # No UDP GSO in this kernel or on this path, or packets larger than
+                    # the underlay MTU (EINVAL): one packet per system call from now on.
+                    self._on_error(
+                        f"UDP GSO send refused ({errno.errorcode.get(err, err)}: no UDP GSO, "
+                        f"or {size}-byte packets above the underlay MTU): sending one by one"
+                    )
                     self.send_mode = SEND_SEGMENTS
                     return self._send(packets, vtep, False)
                 return i, calls
