@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         _set_mode(hosts, modes[0])
         top = profile(hosts, args.seconds, args.top) if args.profile else []
     med = statistics.median
+    # issue 15: half of plain on fast links, keeping up with plain on 1 Gbit/s links
+    target = 0.95 if 0 < args.link_mbps <= 1000 else 0.5
     link = f"{args.link_mbps / 1000:g} Gbit/s tbf" if args.link_mbps else "unshaped veth"
     print(f"underlay: {link}; load average {', '.join(f'{r.load:.1f}' for r in rounds)}")
     print(f"{'underlay':<28} {med(r.underlay for r in rounds):8.2f} Gbit/s")
@@ -300,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'encrypted (' + m + ')':<28} {enc:8.2f} Gbit/s")
         print(
             f"{'  encrypted / plain':<28} {med(r.ratio(m) for r in rounds):8.2f} "
-            f"(rounds: {', '.join(f'{r.ratio(m):.2f}' for r in rounds)}; target >= 0.5)"
+            f"(rounds: {', '.join(f'{r.ratio(m):.2f}' for r in rounds)}; target >= {target})"
         )
         send = med(r.sender_cpu_s[m] / r.seconds[m] for r in rounds)
         recv = med(r.receiver_cpu_s[m] / r.seconds[m] for r in rounds)
