@@ -50,6 +50,8 @@ class Node:
         rng: random.Random,
         epoch: int = 0,
     ) -> None:
+        if not membership.epochs:
+            epoch = 0  # boot epochs off (memberlist, NetworkDB): every boot looks alike
         self.name = name
         self.addr = addr
         self.epoch = epoch

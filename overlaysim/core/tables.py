@@ -320,7 +320,7 @@ class Tables:
             self._replace_older_boot(node, epoch, now)
         for network in list(self._node_nets.get(node, ())):
             self._refresh_peer(network, node)
-        if false_alarm:
+        if false_alarm and self.config.recovery_sync:
             self._recovered.add(node)
             self._roll_gossip(now)
         if first and self._pending:
