@@ -210,7 +210,7 @@ def run_endpoints(n: int, seconds: float, preset: str, seed: int, churn: float) 
         inner(t, host, msg, size)
 
     obs.received = received
-    world.boot(plan(scenario, seed))
+    world.start(plan(scenario, seed))  # boot, then the timeline (churn) as a process
     boot_wall = time.perf_counter() - t0
     with frozen_heap():
         t1 = time.perf_counter()
