@@ -226,6 +226,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser(
+        "animate",
+        help="animate a run on its topology: an entry spreading, a crash detected, a join",
+        description="Draw the run's topology and animate, from its own events.csv, who holds "
+        "an endpoint entry (--entry), who suspects and declares dead a crashed host "
+        "(--crash) or who knows a joining or restarted host (--join), with a clock, the "
+        "scenario's impairments on the links and the convergence time once reached. "
+        "Simulator and emulation folders alike (entries: runs of at most 64 hosts). "
+        "Writes a GIF or one self-contained HTML page.",
+        epilog="examples:\n"
+        "  overlaysim animate results/qs --entry c2 --network web --out c2.gif\n"
+        "  overlaysim animate results/qs --crash h4 --out h4-crash.html\n"
+        "  overlaysim animate results/qs --join h4 --out h4-join.gif --fps 2\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("results", type=Path, metavar="RUN", help="a results folder")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--entry", metavar="KEY", help="an endpoint entry (container name)")
+    what.add_argument("--crash", metavar="HOST", help="a host that crashed in the run")
+    what.add_argument("--join", metavar="HOST", help="a host that joined or restarted")
+    p.add_argument("--network", metavar="N", help="the entry's network (default: first by name)")
+    p.add_argument("--out", type=Path, required=True, help="FILE.gif or FILE.html")
+    p.add_argument("--fps", type=int, default=4, help="frames per second (4)")
+    p.set_defaults(func=_cmd_animate)
+
+    p = sub.add_parser(
         "doctor",
         help="show what this machine can do (root, Mininet, vxlan, netem, ESP, ...)",
         description="Probe the kernel and tools non-destructively (in a throwaway namespace) "
@@ -257,11 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
         "removes everything. The guided labs are in docs/labs/. Needs root.",
         epilog="example:\n  sudo overlaysim lab topologies/star.yaml\n"
         "  overlay> network create web --attachable\n"
-        "  overlay> run c1 web h1\n",
+        "  overlay> run c1 web h1\n"
+        "  overlay> check 1\n\n"
+        "check a running lab from another terminal (each step of guided lab 1-5, with hints):\n"
+        "  sudo overlaysim lab check 2 [--json | --csv]\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("topology", help="a topology YAML file (see topologies/)")
+    p.add_argument("topology", help="a topology YAML file (see topologies/), or 'check'")
+    p.add_argument("lab_number", nargs="?", metavar="LAB", help="with 'check': a lab, 1-5")
     p.add_argument("--profile", default="lan", choices=["lan", "wan", "local"])
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="with check")
+    fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv", help="with check")
     p.set_defaults(func=_cmd_lab)
 
     from overlaysim.testbed_cli import register
@@ -271,6 +303,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
+    if args.topology == "check":
+        from overlaysim.errors import UserError
+        from overlaysim.lab.check import LiveProbe, check_lab, parse_lab, render
+
+        if args.lab_number is None:
+            raise UserError("lab check: which lab? e.g. overlaysim lab check 2")
+        number = parse_lab(args.lab_number)
+        results = check_lab(LiveProbe(), number)
+        print(render(results, args.fmt or "text"))
+        return 0 if all(r.passed for r in results) else 1
+    if args.lab_number is not None or args.fmt is not None:
+        from overlaysim.errors import UserError
+
+        raise UserError("lab: LAB, --json and --csv go with 'overlaysim lab check LAB'")
     from overlaysim.lab.cli import main as lab_main
 
     return lab_main(args)
@@ -422,6 +468,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         dest = write_html(run, None if args.html is True else Path(args.html))
         print(f"html: {dest}")
+    return 0
+
+
+def _cmd_animate(args: argparse.Namespace) -> int:
+    from overlaysim.metrics.results import load_run
+    from overlaysim.report.animate import write_animation
+    from overlaysim.report.story import build_story
+
+    try:
+        run = load_run(args.results)
+    except FileNotFoundError as exc:
+        from overlaysim.errors import UserError
+
+        raise UserError(str(exc)) from None
+    story = build_story(
+        run, entry=args.entry, crash=args.crash, join=args.join, network=args.network
+    )
+    out = write_animation(story, args.out, fps=args.fps)
+    print(f"{story.title}: {len(story.frames)} frames, {story.t_start:.2f}-{story.t_end:.2f} s")
+    print(f"wrote: {out}")
     return 0
 
 

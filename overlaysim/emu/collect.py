@@ -11,7 +11,8 @@ simulator uses, with the same rules:
   that network and up at that moment, according to the ground truth replayed so far
   through the one fold of the truth (:class:`~overlaysim.metrics.truth.Truth`);
 * ``entry_programmed`` (the remote endpoint's FDB and neighbour entries written to or
-  removed from the kernel) is a target holding the entry in that state;
+  removed from the kernel) is a target holding the entry in that state; in runs of at
+  most ``HOLD_EVENTS_MAX_HOSTS`` hosts it is also kept as an ``entry_held`` event;
 * a crash or leave (``node_gone``), or the host's last container leaving the network,
   stops the wait for that host.
 
@@ -29,7 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlaysim.metrics.convergence import ConvergenceTracker
-from overlaysim.metrics.records import DOWN_KINDS, MEMBER_KINDS, UP_KINDS, EventKind, EventLog
+from overlaysim.metrics.records import (
+    DOWN_KINDS,
+    HOLD_EVENTS_MAX_HOSTS,
+    MEMBER_KINDS,
+    UP_KINDS,
+    EventKind,
+    EventLog,
+)
 from overlaysim.metrics.truth import Truth
 
 _UP = frozenset(str(k) for k in UP_KINDS)
@@ -84,6 +92,7 @@ def collect(
     tracker = ConvergenceTracker()
     fold = Truth(tracker)
     traffic = _Traffic()
+    holds = len(logs) <= HOLD_EVENTS_MAX_HOSTS  # entry_held rows: small runs only
     for t, source, _, item in items:
         if source == 0:
             _, node, kind, subject, network = item[:5]
@@ -98,7 +107,10 @@ def collect(
             events.add(t, kind, node=node, network=network, key=key, op=op)
             fold.commit(t, node, network, key, op)
         elif kind == "entry_programmed":
-            tracker.seen(t, node, str(item["network"]), str(item["key"]), str(item["op"]))
+            network, key, op = str(item["network"]), str(item["key"]), str(item["op"])
+            tracker.seen(t, node, network, key, op)
+            if holds:
+                events.add(t, "entry_held", node=node, network=network, key=key, op=op)
         else:
             traffic.add(t, node, item)
     return Collected(

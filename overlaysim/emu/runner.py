@@ -160,8 +160,9 @@ def sealed_control_plane(scenario: Scenario) -> bool:
 def _protocol_args(scenario: Scenario) -> list[str]:
     """The scenario's protocol overrides, passed to every agent."""
     data = scenario.protocol.model_dump()
-    if not data["membership"] and not data["tables"]:
-        return []
+    if not data["membership"] and not data["tables"] and not data["extensions"]:
+        if data["variant"] == "overlaysim":
+            return []
     return ["--protocol-json", json.dumps(data, sort_keys=True)]
 
 

@@ -28,7 +28,12 @@ from overlaysim.metrics.tables import Rows, frame, read_csv, schema_for, write_c
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 PLOTS_DIR = "plots"
-PLOT_FILES = ("convergence_cdf.png", "membership_timeline.png", "overhead.png")
+PLOT_FILES = (
+    "convergence_cdf.png",
+    "membership_timeline.png",
+    "overhead.png",
+    "membership_agreement.png",
+)
 
 FinalStatus = Literal["complete", "interrupted", "failed"]
 STATUSES = ("running", "complete", "interrupted", "failed")

@@ -545,8 +545,29 @@ def _overrides_for(cls_name: str):
     return check
 
 
+def _check_extensions(value: dict[str, bool]) -> dict[str, bool]:
+    from overlaysim.core.config import EXTENSIONS
+
+    bad = sorted(set(value) - set(EXTENSIONS))
+    if bad:
+        raise ValueError(f"only extensions ({', '.join(EXTENSIONS)}), not {bad[0]!r}")
+    return value
+
+
 class Protocol(StrictModel):
-    """Per-field overrides of the profile's protocol settings (see core/config.py)."""
+    """The protocol variant, extension switches, and per-field overrides of the profile's
+    settings (see core/config.py and docs/variants.md)."""
+
+    variant: Literal["overlaysim", "docker"] = Field(
+        "overlaysim",
+        description="'overlaysim' (ours, every extension on) or 'docker' (NetworkDB on "
+        "memberlist as Docker ships it)",
+    )
+    extensions: dict[str, bool] = Field(
+        default_factory=dict,
+        description="switches over the variant: epochs, dead_notice, heal_rule, lifeguard, "
+        "recovery_sync, reconcile, e.g. {heal_rule: false}",
+    )
 
     membership: dict[str, bool | int | float] = Field(
         default_factory=dict,
@@ -558,6 +579,7 @@ class Protocol(StrictModel):
 
     _check_membership = field_validator("membership")(_overrides_for("MembershipConfig"))
     _check_tables = field_validator("tables")(_overrides_for("TableConfig"))
+    _check_ext = field_validator("extensions")(_check_extensions)
 
 
 class Measure(StrictModel):

@@ -26,7 +26,7 @@ from overlaysim.errors import RunFailed
 from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.metrics.finalize import Outcome, finalize
 from overlaysim.metrics.manifest import base_manifest
-from overlaysim.metrics.records import NOT_MEASURED_BY_SIM, EventLog
+from overlaysim.metrics.records import HOLD_EVENTS_MAX_HOSTS, NOT_MEASURED_BY_SIM, EventLog
 from overlaysim.metrics.results import ResultsWriter
 from overlaysim.metrics.traffic import TrafficCounter
 from overlaysim.scenario.schema import Scenario
@@ -47,10 +47,17 @@ _ADDS = (EntryEventKind.CREATE, EntryEventKind.UPDATE)
 
 
 class _Recorder(Observer):
-    def __init__(self, events: EventLog, tracker: ConvergenceTracker, traffic: TrafficCounter):
+    def __init__(
+        self,
+        events: EventLog,
+        tracker: ConvergenceTracker,
+        traffic: TrafficCounter,
+        holds: bool = False,
+    ):
         self.events = events
         self.tracker = tracker
         self.traffic = traffic
+        self.holds = holds  # record entry_held rows (small runs only)
 
     def member_event(self, t: float, host: str, ev: MemberEvent) -> None:
         self.events.member(t, host, ev)
@@ -58,6 +65,8 @@ class _Recorder(Observer):
     def entry_event(self, t: float, host: str, ev: EntryEvent) -> None:
         op = "add" if ev.kind in _ADDS else "delete"
         self.tracker.seen(t, host, ev.network, ev.key, op)
+        if self.holds:
+            self.events.add(t, "entry_held", node=host, network=ev.network, key=ev.key, op=op)
 
     def sent(self, t: float, host: str, msg: Message, size: int) -> None:
         self.traffic.sent(t, host, size, msg.TYPE.name.lower())
@@ -193,7 +202,8 @@ class SimWorld(World):
         events = EventLog()
         tracker = ConvergenceTracker()
         self.traffic = TrafficCounter()
-        backend = SimBackend(scenario, seed, _Recorder(events, tracker, self.traffic))
+        holds = len(scenario.resolved_topology.hosts) <= HOLD_EVENTS_MAX_HOSTS  # entry_held rows
+        backend = SimBackend(scenario, seed, _Recorder(events, tracker, self.traffic, holds=holds))
         super().__init__(scenario, backend, tracker=tracker, events=events)
         backend.up = self.up
         self.sim = backend
