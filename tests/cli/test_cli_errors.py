@@ -39,6 +39,9 @@ def _argv(path: list[str], sub: argparse.ArgumentParser) -> list[str]:
         if isinstance(action, argparse._SubParsersAction):
             continue
         args += ["true"] if action.nargs == argparse.REMAINDER else ["x"]
+    for group in sub._mutually_exclusive_groups:  # e.g. animate's --entry | --crash | --join
+        if group.required:
+            args += [group._group_actions[0].option_strings[0], "1"]
     return args
 
 
