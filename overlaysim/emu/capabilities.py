@@ -88,6 +88,12 @@ def qdisc_available(kind: str) -> bool:
         return _probe_qdisc(ns, kind).ok
 
 
+def nfqueue_available() -> bool:
+    """Whether the iptables NFQUEUE target works here (probed in a throwaway namespace)."""
+    with probe_netns(suffix="-nfq") as ns:
+        return _probe_nfqueue(ns).ok
+
+
 def format_report(caps: dict[str, Capability]) -> Table:
     """A rich table for ``overlaysim doctor``: one row per capability."""
     table = Table(title="overlaysim doctor: emulation capabilities")
