@@ -7,8 +7,8 @@ path, plus any end-to-end delay):
 * ``netem``: where the kernel has ``sch_netem``, a netem qdisc on both ends' egress of
   each link (requests built by :mod:`overlaysim.emu.netem`).
 * ``nfqueue``: otherwise, the user-space delay line (:mod:`overlaysim.emu.delayline`).
-  Each source host holds its packets for the whole path's delay, looked up by
-  destination address, so switch-to-switch links (a WAN link between two bridges, where
+  Each receiving host holds arriving packets for the whole path's delay, looked up by
+  source address, so switch-to-switch links (a WAN link between two bridges, where
   no netfilter hook runs) are delayed too.
 
 :func:`choose` picks one at run time; the manifest's ``mechanisms`` and ``overlaysim
@@ -86,7 +86,7 @@ def path_holds(
     link_delay: Mapping[frozenset[str], tuple[float, float]],
     end_to_end: tuple[float, float] = (0.0, 0.0),
 ) -> dict[str, dict[str, Hold]]:
-    """For each source host, the hold for each destination address (paths with delay only).
+    """For each receiving host, the hold for each source address (paths with delay only).
 
     ``link_delay`` maps a topology link (its two node names) to (one-way ms, jitter ms);
     ``end_to_end`` is added once per packet. Paths are the simulator's (lowest latency).
@@ -95,10 +95,10 @@ def path_holds(
 
     model = Model(topology)
     holds: dict[str, dict[str, Hold]] = {}
-    for src in topology.hosts:
+    for dst in topology.hosts:
         mine: dict[str, Hold] = {}
-        for dst in topology.hosts:
-            if dst == src:
+        for src in topology.hosts:
+            if src == dst:
                 continue
             path = model.path(src, dst)
             if path is None:
@@ -109,8 +109,8 @@ def path_holds(
                 ms += d
                 jit += j
             if ms > 0 or jit > 0:
-                mine[addresses[dst]] = Hold(ms, jit)
-        holds[src] = mine
+                mine[addresses[src]] = Hold(ms, jit)
+        holds[dst] = mine
     return holds
 
 
@@ -294,7 +294,7 @@ def measure_ceiling(seconds: float = 2.0, packet_bytes: int = 1400) -> Ceiling:
             _ns(ns, ["ip", "link", "set", dev, "up"])
             _ns(ns, ["ip", "link", "set", "lo", "up"])
         line = subprocess.Popen(
-            ["ip", "netns", "exec", a, sys.executable, "-m", "overlaysim.emu.delayline"],
+            ["ip", "netns", "exec", b, sys.executable, "-m", "overlaysim.emu.delayline"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -302,10 +302,10 @@ def measure_ceiling(seconds: float = 2.0, packet_bytes: int = 1400) -> Ceiling:
         server = None
         try:
             _expect(line, "ready")
-            _tell(line, {"op": "attach", "host": "a", "netns": f"/run/netns/{a}"})
-            _tell(line, {"op": "set", "host": "a", "delays": {"192.0.2.2": [hold, 0.0]}})
-            argv, script = rules_argv({"192.0.2.2": Hold(hold)}, first=True)
-            _ns(a, argv, script)
+            _tell(line, {"op": "attach", "host": "b", "netns": f"/run/netns/{b}"})
+            _tell(line, {"op": "set", "host": "b", "delays": {"192.0.2.1": [hold, 0.0]}})
+            argv, script = rules_argv({"192.0.2.1": Hold(hold)}, first=True)
+            _ns(b, argv, script)
             server = subprocess.Popen(
                 ["ip", "netns", "exec", b, "iperf3", "-s", "-1", "-B", "192.0.2.2"],
                 stdout=subprocess.DEVNULL,
@@ -317,7 +317,7 @@ def measure_ceiling(seconds: float = 2.0, packet_bytes: int = 1400) -> Ceiling:
                 "-t", f"{seconds:g}", "-J",
             ]  # fmt: skip
             out = _ns(a, client, timeout=seconds + 20)
-            stats = json.loads(_tell(line, {"op": "stats"}))["a"]
+            stats = json.loads(_tell(line, {"op": "stats"}))["b"]
         finally:
             for proc in (server, line):
                 if proc is not None and proc.poll() is None:

@@ -2,22 +2,30 @@
 
 Kernels without ``sch_netem`` still have NFQUEUE (the iptables ``NFQUEUE`` target, via
 nft_compat here) and ``CONFIG_NETFILTER_NETLINK_QUEUE``. In each host's network namespace
-an iptables chain ``OSIM_DELAY``, jumped to from ``OUTPUT``, sends the packets whose
-destination is behind a delayed path to queue ``QUEUE_NUM``; every other packet never
-leaves the kernel. One process per underlay (``python -m overlaysim.emu.delayline``)
+an iptables chain ``OSIM_DELAY``, jumped to from ``INPUT``, sends the packets whose
+source is behind a delayed path to queue ``QUEUE_NUM``; every other packet never leaves
+the kernel. Packets are held where they arrive, not where they leave: a packet held
+below the sender's TCP socket still counts against TCP Small Queues, which would cap a
+connection at a few packets per round trip (netem orphans its packets for the same
+reason; a queue verdict cannot). One process per underlay (``python -m overlaysim.emu.delayline``)
 binds that queue in every host's namespace and serves them all from one event loop.
-Each queued packet is held for its destination's one-way delay plus a jitter drawn from
-a seeded ``random.Random`` per host (uniform in ±jitter, like netem without a
-distribution table), then accepted. Releases to one destination never overtake each
+Each queued packet is held for its path's one-way delay plus a jitter drawn from a
+seeded ``random.Random`` per host (uniform in ±jitter, like netem without a
+distribution table), then accepted. Releases from one source never overtake each
 other (netem with jitter reorders; TCP over a reordering line would measure reordering).
 
 The rules are written by the parent (``restore_script``), the queues are served here.
 Control is line-oriented JSON on stdin, one answer line on stdout:
 
 * ``{"op": "attach", "host": "h1", "netns": "/proc/PID/ns/net"}`` binds h1's queue;
-* ``{"op": "set", "host": "h1", "delays": {"10.0.0.2": [ms, jitter_ms]}}`` replaces its table;
+* ``{"op": "set", "host": "h1", "delays": {"10.0.0.2": [ms, jitter_ms]}}`` replaces its
+  table (keyed by source address);
 * ``{"op": "stats"}`` answers each host's counters as JSON;
 * end of stdin, SIGTERM or SIGINT: held packets are released and the queues unbound.
+
+The kernel stamps a packet's receive time (``SO_TIMESTAMP``) before INPUT, so tools
+that read it (``ping`` by default) see only the sender-side half of the hold: time with
+user-space clocks (``ping -U``), as applications do.
 
 The rules use ``--queue-bypass``: while no process serves the queue (before the first
 attach, after this process ends), packets pass undelayed instead of being dropped.
@@ -26,6 +34,7 @@ attach, after this process ends), packets pass undelayed instead of being droppe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import ipaddress
 import json
@@ -44,13 +53,13 @@ CHAIN = "OSIM_DELAY"
 QUEUE_NUM = 4242
 #: Packets the kernel may hold for us before it drops: 100 ms at about 80 kpps.
 QUEUE_MAXLEN = 8192
-#: The IPv4 header is all we read (the destination address decides the hold).
+#: The IPv4 header is all we read (the source address decides the hold).
 COPY_RANGE = 20
 
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """How long packets to one destination wait: ``ms`` ± uniform ``jitter_ms``."""
+    """How long packets from one source wait: ``ms`` ± uniform ``jitter_ms``."""
 
     ms: float
     jitter_ms: float = 0.0
@@ -59,14 +68,14 @@ class Hold:
 def restore_script(delays: Mapping[str, Hold], *, first: bool, queue: int = QUEUE_NUM) -> str:
     """``iptables-restore --noflush`` input replacing the chain's rules atomically.
 
-    ``first``: also hook the chain into ``OUTPUT`` (once per namespace).
+    ``first``: also hook the chain into ``INPUT`` (once per namespace).
     """
     lines = ["*filter", f":{CHAIN} - [0:0]"]  # declaring the chain flushes it
     if first:
-        lines.append(f"-I OUTPUT 1 -j {CHAIN}")
+        lines.append(f"-I INPUT 1 -j {CHAIN}")
     for ip in sorted(delays, key=lambda a: ipaddress.IPv4Address(a)):
         if delays[ip].ms > 0 or delays[ip].jitter_ms > 0:
-            lines.append(f"-A {CHAIN} -d {ip}/32 -j NFQUEUE --queue-num {queue} --queue-bypass")
+            lines.append(f"-A {CHAIN} -s {ip}/32 -j NFQUEUE --queue-num {queue} --queue-bypass")
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -94,20 +103,20 @@ class DelayLine:
     _seq: int = 0
 
     def set_table(self, delays: Mapping[str, Hold]) -> None:
-        """Replace the per-destination holds (packets already held keep their time)."""
+        """Replace the per-source holds (packets already held keep their time)."""
         self.table = {ipaddress.IPv4Address(ip).packed: h for ip, h in delays.items()}
 
-    def admit(self, dst: bytes, now: float, packet: Any) -> float | None:
-        """Schedule ``packet`` for ``dst``; returns its release time, None if not held."""
-        hold = self.table.get(dst)
+    def admit(self, src: bytes, now: float, packet: Any) -> float | None:
+        """Schedule ``packet`` from ``src``; returns its release time, None if not held."""
+        hold = self.table.get(src)
         if hold is None:
             self.stats.passed += 1
             return None
         ms = hold.ms
         if hold.jitter_ms:
             ms += self.rng.uniform(-hold.jitter_ms, hold.jitter_ms)
-        due = max(now + max(ms, 0.0) / 1000.0, self._last.get(dst, 0.0))
-        self._last[dst] = due
+        due = max(now + max(ms, 0.0) / 1000.0, self._last.get(src, 0.0))
+        self._last[src] = due
         self._seq += 1
         heapq.heappush(self._heap, (due, self._seq, packet))
         self.stats.held += 1
@@ -199,11 +208,11 @@ class Server:
 
         def on_packet(pkt: Any) -> None:
             try:
-                dst = pkt.get_payload()[16:20]
+                src = pkt.get_payload()[12:16]
             except Exception:  # a packet we cannot read is passed, never lost
                 pkt.accept()
                 return
-            if line.admit(dst, time.monotonic(), pkt) is None:
+            if line.admit(src, time.monotonic(), pkt) is None:
                 pkt.accept()
 
         q = _Queue(nfq=_bind_in(netns, on_packet), line=line)
@@ -266,6 +275,11 @@ def serve(seed: int) -> int:
     """Run until stdin closes or SIGTERM/SIGINT arrives."""
     server = Server(seed)
     stopping = False
+    # Release times are only as good as our wake-ups: on a busy machine a normal process
+    # wakes milliseconds late. A low real-time priority fixes that; the loop always
+    # blocks in select(), and the kernel's RT throttling bounds it anyway.
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
 
     def stop(_signum: int, _frame: Any) -> None:
         nonlocal stopping

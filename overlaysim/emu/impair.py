@@ -16,7 +16,7 @@ Semantics match the simulator (``overlaysim.sim.underlay``):
 * ``delay(ms, jitter, link)`` and the topology's ``latency_ms``: one-way delay per link
   (both directions) or end to end, carried by the mechanism :mod:`overlaysim.emu.delay`
   chooses: netem on both ends' egress, or the NFQUEUE delay line holding each packet at
-  its source host for its whole path's delay. With neither, :class:`UnsupportedImpairment`.
+  its destination host for its whole path's delay. With neither, :class:`UnsupportedImpairment`.
 * ``partition(groups)``: hosts in different groups cannot exchange IPv4 on the underlay;
   hosts in no group are cut off from everyone. ``heal()`` undoes it.
 * ``crash_links(host)``: everything into or out of the host's interfaces is dropped.
@@ -167,6 +167,14 @@ class Impairments:
             self._global_delay = (0.0, 0.0)
         self._apply()
 
+    def clear_delay(self, link: LinkRef = None) -> None:
+        """Remove delay impairments only, from ``link`` (None: everywhere)."""
+        for i in (pl.index for pl in self._targets(link)):
+            self._extra_delay.pop(i, None)
+        if link is None:
+            self._global_delay = (0.0, 0.0)
+        self._apply()
+
     @property
     def mechanisms(self) -> dict[str, str]:
         """Which mechanism carries each impairment and link property (for the manifest)."""
@@ -179,8 +187,8 @@ class Impairments:
             c = dl.ceiling(measure=False)
             cap = c.describe() if c is not None else "ceiling not measured"
             line = (
-                "NFQUEUE delay line (user space): each source host holds packets for its "
-                f"path's one-way delay, jitter uniform ±j from the seed; ceiling {cap}"
+                "NFQUEUE delay line (user space): each receiving host holds arriving packets "
+                f"for their path's one-way delay, jitter uniform ±j from the seed; ceiling {cap}"
             )
             latency = f"{line}; {lat_links} link(s) with latency_ms > 0"
             delay = line
@@ -386,7 +394,7 @@ class Impairments:
         self._run(jobs)
 
     def _wanted_holds(self) -> dict[str, dict[str, dl.Hold]]:
-        """Per source host: how long its packets to each destination are held."""
+        """Per receiving host: how long packets from each source are held."""
         plan = self._u.plan
         assert plan is not None
         link_delay: dict[frozenset[str], tuple[float, float]] = {}

@@ -41,6 +41,7 @@ from overlaysim.emu.collect import Collected, collect
 from overlaysim.emu.impair import UnsupportedImpairment
 from overlaysim.emu.net import Underlay, signals_deferred, underlay_session
 from overlaysim.emu.probes import MAX_PROBE_PAIRS, Endpoint, reachability, throughput
+from overlaysim.emu.sampler import ProbeSampler
 from overlaysim.emu.setup import require_emulation
 from overlaysim.emu.testbed import Testbed, TestbedError
 from overlaysim.metrics.manifest import base_manifest
@@ -429,7 +430,7 @@ class EmuWorld:
             imp.loss(0.0, link)
             self._impaired_loss.pop(link, None)
         elif only == "delay":
-            pass  # delay is never applied here (no netem): nothing to remove
+            imp.clear_delay(link)
         else:
             imp.clear(link)
             kept = {k: v for k, v in self._impaired_loss.items() if link is not None and k != link}
@@ -579,7 +580,7 @@ def run_emulation(
     t_end = 0.0
     extra: dict[str, Any] = {}
     try:
-        with underlay_session(topology) as underlay:
+        with underlay_session(topology, seed=seed) as underlay:
             testbed = Testbed(
                 underlay,
                 managers=list(scenario.managers or topology.hosts[:1]),
@@ -604,10 +605,17 @@ def run_emulation(
                     world.boot(the_plan)
                     extra["boot_s"] = time.monotonic() - t_boot
                     total = len(the_plan.steps)
-                    with _display(world, scenario.name, scenario.duration, total, progress) as tick:
-                        play(world, the_plan.steps, float(scenario.duration), tick)
+                    sampler = _sampler(world, scenario, seed)
+                    try:
+                        with _display(
+                            world, scenario.name, scenario.duration, total, progress
+                        ) as tick:
+                            play(world, the_plan.steps, float(scenario.duration), tick)
+                    finally:
+                        sampled = sampler.stop() if sampler is not None else []
                     t_end = world.now()
                     reach_rows, tp_rows = _measure(world, scenario, seed, throughput_seconds)
+                    reach_rows = sampled + reach_rows
                 except KeyboardInterrupt:
                     status = "interrupted"
                 except Exception as exc:
@@ -640,6 +648,17 @@ def run_emulation(
     if status == "failed":
         raise RuntimeError(f"emulation failed: {error} (partial results in {out})")
     return status
+
+
+def _sampler(world: EmuWorld, scenario: Scenario, seed: int) -> ProbeSampler | None:
+    """Reachability and RTT every ``measure.probe_interval`` while the timeline plays."""
+    if not scenario.measure.probes:
+        return None
+    sampler = ProbeSampler(
+        world.underlay, world.endpoints, world.now, scenario.measure.probe_interval, seed
+    )
+    sampler.start()
+    return sampler
 
 
 def _measure(

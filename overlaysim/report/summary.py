@@ -62,6 +62,11 @@ def summary_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
          f"{re.get('reachable_pairs', 0)} / {re.get('expected_pairs', 0)}"),
         ("data plane", "unexpectedly reachable", str(re.get("unexpected_reachable", 0))),
     ]  # fmt: skip
+    for sites, r in sorted((metrics.get("rtt_ms") or {}).items()):
+        rows.append(
+            ("round trips", f"RTT {sites} median (p10–p90)",
+             f"{r['median']:.3g} ms ({r['p10']:.3g}–{r['p90']:.3g}), {r['samples']} samples")
+        )  # fmt: skip
     for tp in metrics.get("throughput") or []:
         what = f"{tp.get('proto')} {tp.get('src')}→{tp.get('dst')}"
         if tp.get("overlay_bps") is None:

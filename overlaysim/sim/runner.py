@@ -25,6 +25,7 @@ from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.metrics.manifest import base_manifest
 from overlaysim.metrics.records import NOT_MEASURED_BY_SIM, EventLog
 from overlaysim.metrics.results import ResultsWriter
+from overlaysim.metrics.rtt import site_pair, sites_of
 from overlaysim.metrics.traffic import TrafficCounter
 from overlaysim.scenario.schema import Scenario
 from overlaysim.scenario.timeline import Plan, Step, plan
@@ -78,6 +79,9 @@ class SimWorld:
         self.env = simpy.Environment()
         self.topology = scenario.resolved_topology
         self.underlay = Underlay(self.topology)
+        self._sites = sites_of(self.topology)
+        #: Reachability rows sampled during the run (``measure.probe_interval``).
+        self.probe_rows: list[dict[str, Any]] = []
         mconf, tconf = configs(scenario.profile, **scenario.protocol.model_dump())
         self.events = EventLog()
         self.tracker = ConvergenceTracker()
@@ -304,6 +308,9 @@ class SimWorld:
                     c = self.containers[spec.name]
                     c.networks[net] = self.ipam.allocate(net, spec.name, standalone=False)
         self.env.process(self._timeline(the_plan.steps))
+        if self.scenario.measure.probes:
+            interval = self.scenario.measure.probe_interval
+            self.env.process(self._probe_rounds(interval, float(self.scenario.duration)))
 
     # -- measurement -----------------------------------------------------------------
 
@@ -316,6 +323,7 @@ class SimWorld:
         model has no path between networks, which the emulator checks for real.
         """
         now = self.env.now
+        site = self._sites
         names = sorted(self.containers)
         pairs = [(a, b) for a in names for b in names if a != b]
         if len(pairs) > MAX_PROBE_PAIRS:
@@ -334,11 +342,14 @@ class SimWorld:
                         "network": "",
                         "expected": False,
                         "reachable": False,
+                        "sites": site_pair(site, ca.host, cb.host),
+                        "rtt_ms": None,
                     }
                 )
                 continue
             for net in shared:
                 expected = ca.host in self.up and cb.host in self.up
+                reachable = self._reachable(ca, cb, net)
                 rows.append(
                     {
                         "t": now,
@@ -346,10 +357,27 @@ class SimWorld:
                         "dst": b,
                         "network": net,
                         "expected": expected,
-                        "reachable": self._reachable(ca, cb, net),
+                        "reachable": reachable,
+                        "sites": site_pair(site, ca.host, cb.host),
+                        "rtt_ms": self._rtt_ms(ca.host, cb.host) if reachable else None,
                     }
                 )
         return rows
+
+    def _rtt_ms(self, a: str, b: str) -> float:
+        """The underlay model's round trip (path latency both ways, no serialisation)."""
+        if a == b:
+            return 0.0
+        there, back = self.underlay._path_cost(a, b), self.underlay._path_cost(b, a)
+        assert there is not None and back is not None  # reachable: a path exists
+        return round((there[0] + back[0]) * 1000.0, 6)
+
+    def _probe_rounds(self, interval: float, until: float) -> Any:
+        """Sample reachability and RTT every ``interval`` during the run (the last
+        sample is taken at the end, as before)."""
+        while self.env.now + interval < until:
+            yield self.env.timeout(interval)
+            self.probe_rows.extend(self.reachability_rows())
 
     def _reachable(self, a: _Container, b: _Container, net: str) -> bool:
         if a.host not in self.up or b.host not in self.up:
@@ -430,7 +458,7 @@ def run_simulation(
         error = f"{type(exc).__name__}: {exc}"
     t_end = float(world.env.now)
     conv_rows = world.tracker.finish(t_end)
-    reach_rows = world.reachability_rows() if scenario.measure.probes else []
+    reach_rows = world.probe_rows + world.reachability_rows() if scenario.measure.probes else []
     tp_rows = [
         {
             "src": a,

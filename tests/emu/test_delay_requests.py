@@ -106,7 +106,7 @@ def test_without_netem_no_netem_is_requested_and_the_line_gets_the_delay() -> No
     u, imp = _with_netem(False, nfqueue=True)
     holds = imp._wanted_holds()
     ip = {h.name: h.ip for h in u.plan.hosts}
-    # h1 -> h2 (same site): two access links; h1 -> h3: access + WAN + access.
+    # h1 from h2 (same site): two access links; h1 from h3: access + WAN + access.
     assert holds["h1"][ip["h2"]] == Hold(1.0, 0.0)
     assert holds["h1"][ip["h3"]] == Hold(16.0, 0.0)
     imp._extra_delay[2 * 2] = (10.0, 3.0)  # the WAN link is the fifth link
@@ -134,12 +134,12 @@ def test_restore_script_queues_only_delayed_destinations() -> None:
     assert script.splitlines() == [
         "*filter",
         ":OSIM_DELAY - [0:0]",
-        "-I OUTPUT 1 -j OSIM_DELAY",
-        "-A OSIM_DELAY -d 10.0.0.9/32 -j NFQUEUE --queue-num 4242 --queue-bypass",
-        "-A OSIM_DELAY -d 10.0.0.10/32 -j NFQUEUE --queue-num 4242 --queue-bypass",
+        "-I INPUT 1 -j OSIM_DELAY",
+        "-A OSIM_DELAY -s 10.0.0.9/32 -j NFQUEUE --queue-num 4242 --queue-bypass",
+        "-A OSIM_DELAY -s 10.0.0.10/32 -j NFQUEUE --queue-num 4242 --queue-bypass",
         "COMMIT",
     ]
-    assert "-I OUTPUT" not in restore_script({}, first=False)
+    assert "-I INPUT" not in restore_script({}, first=False)
 
 
 def test_delay_line_holds_releases_in_order_and_draws_jitter_from_its_seed() -> None:
