@@ -29,7 +29,7 @@ from pyroute2 import IPRoute
 
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import clean_prefixed
-from overlaysim.agent.dataplane import VXLAN_OVERHEAD, DataPlane, NetInfo, docker_mac
+from overlaysim.agent.dataplane import DataPlane, NetInfo, docker_mac, sandbox_mtu
 
 PREFIX = "osimb"
 U1, U2 = f"{PREFIX}-u1", f"{PREFIX}-u2"
@@ -131,7 +131,7 @@ def testbed(variant: Variant) -> Iterator[tuple[DataPlane, DataPlane, int]]:
         d1.add_remote("bench", C2_IP, docker_mac(C2_IP), IP2)
         d2.add_remote("bench", C1_IP, docker_mac(C1_IP), IP1)
         apply_offloads(variant, (d1, d2), net)
-        yield d1, d2, net.mtu or variant.underlay_mtu - VXLAN_OVERHEAD
+        yield d1, d2, sandbox_mtu(net, variant.underlay_mtu)
     finally:
         for plane in planes:
             plane.close()

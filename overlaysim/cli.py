@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from overlaysim import __version__
+from overlaysim.agent import names
 
 _EPILOG = """\
 quick start:
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove leftovers of crashed runs (like mn -c, but only what overlaysim created)",
         description="Remove processes, namespaces, links and nft tables left by runs that "
         "died: only objects recorded under /run/overlaysim or named with the project's "
-        "'osim' prefix. Live runs are left alone.",
+        f"'{names.PREFIX}' prefix. Live runs are left alone.",
         epilog="examples:\n  sudo overlaysim clean --dry-run\n  sudo overlaysim clean\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -344,11 +344,10 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _container_netns(host: str, container: str) -> str:
-    # The data plane's naming rule (overlaysim.agent.dataplane.DataPlane._container_ns_name).
-    from overlaysim.agent import netns as kns
+    from overlaysim.agent import names
     from overlaysim.emu.live import read_live
 
-    return f"{read_live().prefix}-{kns.name_part(host)}-{kns.name_part(container)}"
+    return names.container_netns(read_live().prefix, host, container)
 
 
 # -- services ----------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""A record of every kernel object the project creates, for exact teardown.
+"""The agent's kernel objects, journalled for exact teardown.
 
-Each creation is appended to an in-memory list and, when a path is given, to a
-JSON-lines file (``{"op": "add", ...}``); each removal appends ``{"op": "del", ...}``.
-Replaying the file gives the objects still outstanding, in creation order, so a
-crashed run can be cleaned up later (:func:`clean_recorded`) by removing exactly
-what it made. :func:`clean_prefixed` is the blunter tool behind ``overlaysim clean``:
+The data plane records each object in a :class:`CreatedLog` (a
+:class:`~overlaysim.agent.journal.Journal`: the line is written *before* the object
+is created, the delete line after it is gone). Replaying the file gives the objects
+that may still exist, in creation order, so a crashed agent can be cleaned up later
+(:func:`clean_recorded`) by removing exactly what it made; removal tolerates objects
+that were journalled but never created. :func:`clean_prefixed` is the blunter tool behind ``overlaysim clean``:
 it removes named namespaces carrying the project's own prefix and nothing else.
 
 Only two kinds of object need records: named namespaces (everything inside them
@@ -14,12 +15,13 @@ between its creation in the host namespace and its move into the sandbox).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from overlaysim.agent import names
 from overlaysim.agent import netns as kns
+from overlaysim.agent.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -47,70 +49,27 @@ class Created:
         if self.kind not in (NETNS, LINK):
             raise ValueError(f"unknown kind {self.kind!r}")
 
+    def key(self) -> tuple[object, ...]:
+        return (self.kind, self.name, self.netns, self.ns_ino, self.owner)
 
-class CreatedLog:
-    """Append-only record of created objects; :meth:`outstanding` is what is left."""
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
-        self._live: list[Created] = []
 
-    def add(self, obj: Created) -> None:
-        """Record that ``obj`` now exists (call right after creating it)."""
-        self._live.append(obj)
-        self._write("add", obj)
-
-    def drop(self, obj: Created) -> None:
-        """Record that ``obj`` is gone (call right after removing it)."""
-        if obj in self._live:
-            self._live.remove(obj)
-        self._write("del", obj)
+class CreatedLog(Journal[Created]):
+    """The data plane's journal (see :mod:`overlaysim.agent.journal` for the rule)."""
 
     @classmethod
     def replay(cls, path: Path) -> CreatedLog:
-        """A log continuing the record at ``path``, holding what is still outstanding."""
+        """A journal continuing the record at ``path``, holding what is still outstanding."""
         record = cls(path)
-        record._live = load_outstanding(path)
+        record.replay_lines(path, lambda data: Created(**data))
         return record
-
-    def outstanding(self) -> list[Created]:
-        """Objects created and not yet removed, oldest first."""
-        return list(self._live)
-
-    def _write(self, op: str, obj: Created) -> None:
-        if self.path is None:
-            return
-        line = json.dumps({"op": op, **asdict(obj)}, sort_keys=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # one short append per line: a crash loses at most the line in flight
-        with self.path.open("a") as f:
-            f.write(line + "\n")
-            f.flush()
 
 
 def load_outstanding(path: Path) -> list[Created]:
-    """Replay a record file: objects added and not deleted, oldest first.
-
-    Unreadable lines (a crash mid-write) are skipped with a warning.
-    """
-    live: list[Created] = []
-    if not path.exists():
-        return live
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-            op = data.pop("op")
-            obj = Created(**data)
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("%s:%d: skipping unreadable record (%s)", path, lineno, exc)
-            continue
-        if op == "add":
-            live.append(obj)
-        elif op == "del" and obj in live:
-            live.remove(obj)
-    return live
+    """Replay a record file: objects added and not deleted, oldest first."""
+    return CreatedLog.replay(path).outstanding()
 
 
 def remove_created(obj: Created) -> bool:
@@ -161,20 +120,20 @@ def clean_recorded(path: Path) -> list[Created]:
     return removed
 
 
-def clean_prefixed(prefix: str = "osim") -> list[str]:
+def clean_prefixed(prefix: str = names.PREFIX) -> list[str]:
     """Remove named namespaces called ``<prefix>-*`` and links ``<prefix>-*`` here.
 
     Only the project's own prefix is touched; the calling namespace is searched for
     links because a crash can leave a VXLAN device there before it was moved.
     """
-    kns.check_prefix(prefix)
+    names.check_prefix(prefix)
     start = f"{prefix}-"
     removed = [name for name in kns.list_netns() if name.startswith(start)]
     removed = [name for name in removed if kns.remove_netns(name)]
     ipr = kns.open_ipr(None)
     try:
-        names = [msg.get("ifname") or "" for msg in ipr.link("dump")]
-        removed += [n for n in names if n.startswith(start) and kns.delete_link(ipr, n)]
+        links = [msg.get("ifname") or "" for msg in ipr.link("dump")]
+        removed += [n for n in links if n.startswith(start) and kns.delete_link(ipr, n)]
     finally:
         kns.close_ipr(ipr)
     return removed

@@ -8,7 +8,10 @@ feeds the node datagrams and streams from :class:`~overlaysim.agent.transport.Tr
 fires its single timer, and after every input flushes the node's sends (to the
 transport) and events (to the JSON-lines log and to the
 :class:`~overlaysim.agent.programmer.Programmer`, which programs the kernel on a worker
-thread). It makes no protocol decisions.
+thread). It makes no protocol decisions. Its containers (attach, detach and their
+rollbacks) are :class:`~overlaysim.agent.containers.Containers`, its network keys
+:class:`~overlaysim.agent.keys.Keys`, and the kernel side the
+:mod:`overlaysim.agent.dataplane` package.
 
 All state is in memory: SIGKILL is a node crash. A restart cleans the kernel objects
 its previous boot recorded (``--record``), asks the manager to release the previous
@@ -27,36 +30,29 @@ import signal
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
-from overlaysim.agent.control import BadRequest, ControlError, ControlServer, operations
+from overlaysim.agent.containers import Containers
+from overlaysim.agent.control import ControlError, ControlServer, operations
 from overlaysim.agent.created import clean_recorded
-from overlaysim.agent.dataplane import DataPlane, NetInfo
+from overlaysim.agent.dataplane import DataPlane
+from overlaysim.agent.keys import Keys
 from overlaysim.agent.logging import EventLog, RateLimit
-from overlaysim.agent.manager import (
-    MANAGER_PORT,
-    EncryptionUnsupported,
-    Manager,
-    ManagerClient,
-    ManagerServer,
-    ManagerUnavailable,
-)
-from overlaysim.agent.netkeys import keys_from_ring
+from overlaysim.agent.manager import MANAGER_PORT, Manager, ManagerClient, ManagerServer
 from overlaysim.agent.options import AgentConfig, parse_args
-from overlaysim.agent.programmer import ENDPOINTS, DataPlanePort, Programmer, remote_entries
+from overlaysim.agent.programmer import DataPlanePort, Programmer, remote_entries
 from overlaysim.agent.transport import (
     Counters,
     TrafficDelta,
     Transport,
     sealed_configs,
 )
-from overlaysim.core.cluster import Cluster, ClusterError, derive_mtu
+from overlaysim.core.cluster import Cluster
 from overlaysim.core.config import configs
+from overlaysim.core.endpoint import ENDPOINTS
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.gossip_crypto import GossipKeyring
 from overlaysim.core.node import Node
-from overlaysim.core.tables import TablesError
 from overlaysim.core.wire import Message
 
 _OPS = {
@@ -65,13 +61,6 @@ _OPS = {
     EntryEventKind.DELETE: "delete",
     EntryEventKind.TOMBSTONE: "delete",
 }
-
-
-@dataclass(slots=True)
-class _Container:
-    name: str
-    standalone: bool
-    nets: dict[str, dict[str, Any]] = field(default_factory=dict)  # network -> attachment
 
 
 class Agent:
@@ -122,9 +111,29 @@ class Agent:
         self.manager_server: ManagerServer | None = None
         self.control: ControlServer | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
-        self._containers: dict[str, _Container] = {}
-        self._netinfo: dict[str, dict[str, Any]] = {}
-        self._ops = asyncio.Lock()
+        self.keys = Keys(
+            host=config.name,
+            manager=self._need_manager,
+            dataplane=lambda: self.programmer.dataplane if self.programmer else None,
+            run=self._dp,
+            submit=self._submit,
+            events=self.events,
+            on_error=self._error,
+        )
+        self.containers = Containers(
+            host=config.name,
+            vtep=config.bind,
+            underlay_mtu=config.underlay_mtu,
+            node=self.node,
+            programmer=self._programmer,
+            manager=self._need_manager,
+            keys=self.keys,
+            run=self._dp,
+            flush=self._flush,
+            before_allocate=self._release_host,
+            events=self.events,
+            on_error=self._error,
+        )
         self._limits: dict[str, RateLimit] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -133,8 +142,6 @@ class Agent:
         self._stopping = False
         self._torn_down = False
         self._done = asyncio.Event()
-        self._key_generation: int | None = None
-        self._epochs: dict[str, int] = {}  # boot epoch last seen per member
         #: Set once the agent listens and has started its node.
         self.started = asyncio.Event()
 
@@ -202,7 +209,7 @@ class Agent:
             self._reconcile_loop(),
             self._join_loop(),
             self._release_loop(),
-            self._key_loop(),
+            self.keys.loop(self.cfg.key_poll),
         ):
             self._tasks.append(loop.create_task(coro))
         self.started.set()
@@ -238,7 +245,7 @@ class Agent:
                 self.node.leave(time.monotonic())
                 self._flush()
                 await asyncio.sleep(self.cfg.leave_grace)  # timers keep gossiping the leave
-            async with self._ops:
+            async with self.containers.ops:
                 await self._release_all()
         finally:
             await self._teardown()
@@ -257,13 +264,10 @@ class Agent:
             if server is not None:
                 await server.close()
         crypto: dict[str, Any] = {}
-        if self.programmer is not None and self._key_generation is not None:
-            try:
-                crypto = (await self._dp(self.programmer.dataplane.crypto_state)).get(
-                    "counters", {}
-                )
-            except Exception as exc:
-                self._error("teardown", exc)
+        try:
+            crypto = await self.keys.final_counters()
+        except Exception as exc:
+            self._error("teardown", exc)
         if self.programmer is not None:
             try:
                 await self._dp(self.programmer.close)
@@ -318,7 +322,7 @@ class Agent:
 
     def _on_event(self, ev: MemberEvent | EntryEvent) -> None:
         if isinstance(ev, MemberEvent):
-            self._note_epoch(ev)
+            self.keys.note_epoch(ev)
             self.events.write(
                 f"member_{ev.kind.value}",
                 subject=ev.node,
@@ -338,18 +342,6 @@ class Agent:
         if self.programmer is not None and not self._torn_down:
             self._submit(self.programmer.on_event, ev)
 
-    def _note_epoch(self, ev: MemberEvent) -> None:
-        """A member back with a new boot epoch restarted: its ESP sequence numbers
-        start again at 1, so the encrypted path must open fresh windows for it."""
-        if not ev.epoch or not ev.addr:
-            return
-        previous = self._epochs.get(ev.node)
-        self._epochs[ev.node] = ev.epoch
-        if previous is not None and previous != ev.epoch and self._key_generation is not None:
-            vtep = ev.addr.rpartition(":")[0]
-            if self.programmer is not None and not self._torn_down:
-                self._submit(self.programmer.dataplane.reset_peer, vtep)
-
     def _report(self, what: str, detail: str) -> None:
         """Log a peer or transport error, at most once per second per kind."""
         limit = self._limits.setdefault(what, RateLimit(1.0))
@@ -358,6 +350,10 @@ class Agent:
             return
         kind = "wire_error" if what in ("wire", "frame", "auth") else "agent_error"
         self.events.write(kind, what=what, detail=detail, suppressed=suppressed)
+
+    def _programmer(self) -> Programmer:
+        assert self.programmer is not None, "the agent has not started"
+        return self.programmer
 
     def _unexpected(self, op: str, exc: BaseException) -> None:
         self._error(f"control:{op}", exc)
@@ -376,6 +372,8 @@ class Agent:
 
     def _submit(self, fn: Any, *args: Any) -> None:
         """Queue a data-plane job without waiting; jobs run one at a time, in order."""
+        if self._torn_down:
+            return
         fut = self._executor.submit(fn, *args)
         fut.add_done_callback(self._job_done)
 
@@ -423,35 +421,13 @@ class Agent:
                 membership.join(seeds, time.monotonic())
                 self._flush()
 
-    async def _key_loop(self) -> None:
-        """Once this node holds network keys, pick up the manager's rotations."""
-        while True:
-            await asyncio.sleep(self.cfg.key_poll)
-            if self._key_generation is None:
-                continue
-            try:
-                await self.refresh_keys()
-            except Exception as exc:
-                self._error("keys", exc)
-
     async def refresh_keys(self) -> dict[str, Any]:
         """Fetch the network key ring from the manager; install it if it is newer."""
-        ring = await self._need_manager().call("keys")
-        keys, primary = keys_from_ring(ring)
-        generation = int(ring["generation"])
-        tags = [k.tag for k in keys]
-        if generation != self._key_generation:
-            assert self.programmer is not None
-            await self._dp(self.programmer.dataplane.install_keys, keys, primary)
-            self._key_generation = generation
-            self.events.write("keys_installed", generation=generation, primary=primary, tags=tags)
-        return {"generation": generation, "primary": primary, "tags": tags}
+        return await self.keys.refresh()
 
     async def crypto(self) -> dict[str, Any]:
         """The encrypted data path: key tags, SAs, counters, cleartext VXLAN drops."""
-        assert self.programmer is not None
-        state = await self._dp(self.programmer.dataplane.crypto_state)
-        return {"generation": self._key_generation, **state}
+        return await self.keys.crypto()
 
     async def _release_loop(self) -> None:
         """Release the addresses a previous boot of this host held (it is gone)."""
@@ -462,6 +438,7 @@ class Agent:
                 await asyncio.sleep(0.5)
 
     async def _release_host(self) -> None:
+        """Release the previous boot's addresses once (before this boot allocates any)."""
         if self._released or self.manager is None:
             return
         released = await self.manager.release_host(self.cfg.name)
@@ -471,137 +448,15 @@ class Agent:
 
     async def _release_all(self) -> None:
         """Give back every local container's addresses (best effort, on a clean stop)."""
-        if self.manager is None:
-            return
-        calls = [
-            self.manager.release(network, c.name)
-            for c in self._containers.values()
-            for network in c.nets
-        ]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                self._error("release", r)
+        if self.manager is not None:
+            await self.containers.release_all(self.manager)
 
     # --- containers ---------------------------------------------------------------------------
-
-    async def _network(self, name: str) -> dict[str, Any]:
-        info = self._netinfo.get(name)
-        if info is None:
-            info = await self._need_manager().network_inspect(name)
-            self._netinfo[name] = self._netinfo[info["name"]] = info
-        return info
 
     def _need_manager(self) -> ManagerClient:
         if self.manager is None:
             raise ControlError("NoManager", "this agent was started without --manager")
         return self.manager
-
-    async def _attach(self, c: _Container, network: str, ip: str | None) -> dict[str, Any]:
-        manager = self._need_manager()
-        net = await self._network(network)
-        name = net["name"]
-        if name in c.nets:
-            raise BadRequest(f"container {c.name} is already on network {name}")
-        if net["encrypted"] and self._key_generation is None:
-            try:
-                await self.refresh_keys()
-            except (ClusterError, ManagerUnavailable, ValueError) as exc:
-                raise EncryptionUnsupported(
-                    f"network {name} is encrypted and {self.cfg.name} has no network keys "
-                    f"({type(exc).__name__}: {exc}); refusing rather than running it in clear"
-                ) from None
-        info = NetInfo(
-            name=name,
-            vni=net["vni"],
-            subnet=net["subnet"],
-            gateway=net["gateway"],
-            mtu=derive_mtu(self.cfg.underlay_mtu, net["encrypted"], net["mtu"]),
-            encrypted=bool(net["encrypted"]),
-        )
-        if not self._released:
-            await self._release_host()
-        alloc = await manager.allocate(name, c.name, ip, c.standalone, host=self.cfg.name)
-        assert self.programmer is not None
-        try:
-            plug = await self._dp(
-                self.programmer.attach, c.name, info, alloc["ip"], alloc["prefixlen"], alloc["mac"]
-            )
-        except BaseException:
-            await self._release_quietly(name, c.name)
-            raise
-        self.events.write(
-            "attach", container=c.name, network=name, ip=alloc["ip"], mac=alloc["mac"],
-            vni=info.vni, mtu=info.mtu, ifname=plug["ifname"], netns=plug["netns"],
-        )  # fmt: skip
-        now = time.monotonic()
-        if plug["first"]:
-            self.node.join_network(name, now)
-        value = {"name": c.name, "ip": alloc["ip"], "mac": alloc["mac"], "vtep": self.cfg.bind}
-        try:
-            self.node.create_entry(name, ENDPOINTS, c.name, value, now)
-        except TablesError as exc:
-            self._flush()
-            await self._unplug(c.name, name)
-            await self._release_quietly(name, c.name)
-            raise ControlError(type(exc).__name__, str(exc)) from None
-        self.events.write(
-            "entry_commit", network=name, key=c.name, op="add", ip=alloc["ip"], vtep=self.cfg.bind
-        )
-        self._flush()
-        c.nets[name] = {
-            "ip": alloc["ip"],
-            "mac": alloc["mac"],
-            "prefixlen": alloc["prefixlen"],
-            "gateway": alloc["gateway"],
-            "mtu": info.mtu,
-            "vni": info.vni,
-            "ifname": plug["ifname"],
-            "netns": plug["netns"],
-        }
-        return {"network": name, **c.nets[name]}
-
-    async def _detach(self, c: _Container, network: str) -> dict[str, Any]:
-        if network not in c.nets:
-            raise BadRequest(f"container {c.name} is not on network {network}")
-        attachment = c.nets.pop(network)
-        try:
-            self.node.delete_entry(network, ENDPOINTS, c.name, time.monotonic())
-        except TablesError as exc:  # already gone from the table (e.g. after a leave)
-            self._error("delete_entry", exc)
-        else:
-            self.events.write(
-                "entry_commit",
-                network=network,
-                key=c.name,
-                op="delete",
-                ip=attachment["ip"],
-                vtep=self.cfg.bind,
-            )
-        self._flush()
-        await self._unplug(c.name, network)
-        self.events.write("detach", container=c.name, network=network)
-        released = await self._release_quietly(network, c.name)
-        if not c.nets:
-            self._containers.pop(c.name, None)
-        return {"network": network, "ip": attachment["ip"], "released": released}
-
-    async def _unplug(self, container: str, network: str) -> None:
-        assert self.programmer is not None
-        result = await self._dp(self.programmer.detach, container, network)
-        if result["last"]:
-            if network in self.node.tables.networks():
-                self.node.leave_network(network, time.monotonic())
-                self._flush()
-            self._netinfo = {k: v for k, v in self._netinfo.items() if v["name"] != network}
-
-    async def _release_quietly(self, network: str, container: str) -> bool:
-        try:
-            await self._need_manager().release(network, container)
-        except Exception as exc:
-            self._error("release", exc)
-            return False
-        return True
 
     # --- operations (the control API's, see overlaysim.agent.control) ------------------
 
@@ -620,7 +475,7 @@ class Agent:
             "members": self.members(),
             "counters": counters,
             "networks": sorted(self.node.tables.networks()),
-            "containers": {n: sorted(c.nets) for n, c in self._containers.items()},
+            "containers": self.containers.networks_of(),
         }
 
     def members(self) -> dict[str, Any]:
@@ -660,53 +515,23 @@ class Agent:
         self, name: str, networks: list[str], *, standalone: bool, ip: str | None = None
     ) -> dict[str, Any]:
         """Start a container on ``networks``: ``docker run`` (standalone) or a service task."""
-        async with self._ops:
-            if name in self._containers:
-                raise BadRequest(f"container {name} already exists on {self.cfg.name}")
-            c = self._containers[name] = _Container(name, standalone)
-            attached = []
-            try:
-                for network in networks:
-                    attached.append(await self._attach(c, network, ip))
-            except BaseException:
-                for network in list(c.nets):
-                    try:
-                        await self._detach(c, network)
-                    except Exception as exc:  # report the first failure, not this one
-                        self._unexpected("run:rollback", exc)
-                self._containers.pop(name, None)
-                raise
-            netns = attached[0]["netns"]
-            return {"container": name, "host": self.cfg.name, "netns": netns, "networks": attached}
+        return await self.containers.run(name, networks, standalone=standalone, ip=ip)
 
     async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]:
         """Attach a running container to one more network."""
-        async with self._ops:
-            return await self._attach(self._container(name), network, ip)
+        return await self.containers.connect(name, network, ip)
 
     async def disconnect(self, name: str, network: str) -> dict[str, Any]:
         """Detach a container from one network (it goes when its last network does)."""
-        async with self._ops:
-            info = self._netinfo.get(network)
-            return await self._detach(self._container(name), info["name"] if info else network)
+        return await self.containers.disconnect(name, network)
 
     async def remove(self, name: str) -> dict[str, Any]:
         """Remove a container: its entries, interfaces and addresses."""
-        async with self._ops:
-            c = self._container(name)
-            out = [await self._detach(c, network) for network in list(c.nets)]
-            self._containers.pop(c.name, None)
-            return {"container": c.name, "networks": out}
+        return await self.containers.remove(name)
 
     async def manager_call(self, op: str, args: dict[str, Any]) -> Any:
         """Forward one manager request; the manager's errors come back unchanged."""
         return await self._need_manager().call(op, **args)
-
-    def _container(self, name: str) -> _Container:
-        c = self._containers.get(name)
-        if c is None:
-            raise BadRequest(f"no container {name} on {self.cfg.name}")
-        return c
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from overlaysim.agent import frames
+from overlaysim.agent import frames, names
 from overlaysim.agent.tap import open_tap, udp_socket
 from overlaysim.core import esp
 
@@ -94,14 +94,14 @@ class _Net:
 
 
 class ClearVxlanGuard:
-    """nftables table ``osim_esp`` that drops and counts cleartext VXLAN per VNI.
+    """nftables table :data:`~overlaysim.agent.names.ESP_TABLE` that drops and counts cleartext VXLAN per VNI.
 
     An encrypted network has no VXLAN device, so the kernel would drop such packets
     anyway, silently; this makes the drop explicit and countable. ``netns`` is a
     namespace path (``None``: the caller's).
     """
 
-    TABLE = "osim_esp"
+    TABLE = names.ESP_TABLE
 
     def __init__(self, vxlan_port: int, netns: str | None = None) -> None:
         self.vxlan_port = vxlan_port

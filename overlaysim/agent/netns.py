@@ -8,11 +8,9 @@ specs are either a name under ``/var/run/netns`` or a path such as
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import pickle
-import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -26,12 +24,6 @@ from pyroute2.netlink.rtnl import ndmsg
 log = logging.getLogger(__name__)
 
 NETNS_DIR = Path("/var/run/netns")
-#: Linux interface names hold at most 15 characters (IFNAMSIZ - 1).
-IFNAME_MAX = 15
-
-#: Names we may take as they are; everything else is hashed.
-_SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,31}$")
-_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,5}$")
 
 
 AF_INET = 2
@@ -42,31 +34,6 @@ NTF_SELF = ndmsg.flags["self"]
 
 class KernelError(RuntimeError):
     """A kernel operation failed for a reason other than "already gone"."""
-
-
-def check_prefix(prefix: str) -> str:
-    """Validate a project prefix: short lowercase, so derived names fit IFNAMSIZ."""
-    if not _PREFIX.match(prefix):
-        raise ValueError(f"prefix {prefix!r} must match {_PREFIX.pattern}")
-    return prefix
-
-
-def short_hash(text: str, n: int = 10) -> str:
-    """Stable hex digest prefix of ``text`` (names, not security)."""
-    return hashlib.sha1(text.encode()).hexdigest()[:n]
-
-
-def name_part(raw: str) -> str:
-    """A namespace-name component for ``raw``.
-
-    Kept verbatim when short and made of ``[A-Za-z0-9_.]``; otherwise (dashes,
-    odd characters, too long, or all digits, which would collide with a VNI)
-    replaced by ``x`` plus a hash. Dashes are excluded so that
-    ``<prefix>-<host>-<thing>`` splits unambiguously.
-    """
-    if _SAFE_PART.match(raw) and not raw.isdigit():
-        return raw
-    return "x" + short_hash(raw)
 
 
 def netns_exists(name: str) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from overlaysim.agent import names
 from overlaysim.agent.esp_tunnel import ESP_PORT
 from overlaysim.agent.manager import MANAGER_PORT
 from overlaysim.agent.transport import DEFAULT_PORT
@@ -39,7 +40,7 @@ class AgentConfig:
     underlay_mtu: int = 1500
     record: Path | None = None
     epoch: int = 0
-    prefix: str = "osim"
+    prefix: str = names.PREFIX
     seed: int | None = None
     #: Period of the kernel-versus-tables reconcile.
     reconcile_interval: float = 10.0
@@ -134,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument("--underlay-mtu", type=int, default=1500)
     p.add_argument("--record", type=Path, default=None, help="record of created kernel objects")
     p.add_argument("--epoch", type=int, default=None, help="boot epoch (default: ms since 1970)")
-    p.add_argument("--prefix", default="osim", help="name prefix of created namespaces")
+    p.add_argument("--prefix", default=names.PREFIX, help="name prefix of created namespaces")
     p.add_argument("--seed", type=int, default=None, help="seed of the protocol's randomness")
     p.add_argument("--reconcile-interval", type=float, default=10.0)
     p.add_argument("--leave-grace", type=float, default=1.0)

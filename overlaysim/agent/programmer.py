@@ -22,23 +22,17 @@ class itself is plain synchronous code (tests drive it with a fake data plane).
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from overlaysim.agent.dataplane import NetInfo
 from overlaysim.agent.logging import EventLog
+from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind
 from overlaysim.core.wire import Entry
 
-#: The table holding one entry per container endpoint (key = container name).
-ENDPOINTS = "endpoints"
-
 #: A remote endpoint as the data plane wants it: (ip, mac, vtep).
 Remote = tuple[str, str, str]
-
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 class DataPlanePort(Protocol):
@@ -59,15 +53,7 @@ class DataPlanePort(Protocol):
 
 def remote_of(value: Mapping[str, str]) -> Remote:
     """``(ip, mac, vtep)`` of an endpoint entry value; ValueError if a peer sent junk."""
-    try:
-        ip = str(ipaddress.IPv4Address(value["ip"]))
-        vtep = str(ipaddress.IPv4Address(value["vtep"]))
-        mac = str(value["mac"]).lower()
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ValueError(f"endpoint value {dict(value)!r}: {exc}") from None
-    if not _MAC.match(mac):
-        raise ValueError(f"endpoint value {dict(value)!r}: bad MAC {mac!r}")
-    return ip, mac, vtep
+    return Endpoint.from_value(value, vtep_ip=True).remote
 
 
 def remote_entries(entries: Iterable[Entry], me: str) -> dict[str, Remote]:

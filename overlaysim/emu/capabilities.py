@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-PROBE_NS_PREFIX = "osim-probe-"
+from overlaysim.agent import names
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,6 +51,8 @@ DISABLES: dict[str, str] = {
     "tcpdump": "packet captures",
     "tshark": "decoding captures in reports",
     "openvswitch": "nothing: the underlay uses Linux bridges",
+    "ipvs": "nothing: service VIPs are balanced with nftables DNAT (nft_nat) on every kernel",
+    "nft_nat": "service VIP load balancing (nftables DNAT with numgen, per connection)",
 }
 
 
@@ -63,6 +65,7 @@ def probe() -> dict[str, Capability]:
         "mnexec": _probe_tool("mnexec"),
     }
     kernel = ("vxlan", "netem", "tbf", "nft_numgen", "nfqueue", "tun", "esp", "kernel_gcm")
+    kernel += ("nft_nat",)
     if root:
         with probe_netns() as ns:
             caps["vxlan"] = _guard("vxlan", lambda: _probe_vxlan(ns))
@@ -73,12 +76,14 @@ def probe() -> dict[str, Capability]:
             caps["tun"] = _guard("tun", lambda: _probe_tun(ns))
             caps["esp"] = _guard("esp", lambda: _probe_esp(ns))
             caps["kernel_gcm"] = _guard("kernel_gcm", lambda: _probe_gcm(ns))
+            caps["nft_nat"] = _guard("nft_nat", lambda: _probe_nft_nat(ns))
     else:
         for name in kernel:
             caps[name] = _cap(name, False, "not probed: needs root")
     for tool in ("iperf3", "tcpdump", "tshark"):
         caps[tool] = _probe_tool(tool)
     caps["openvswitch"] = _probe_ovs()
+    caps["ipvs"] = _guard("ipvs", _probe_ipvs)
     return caps
 
 
@@ -115,7 +120,7 @@ def probe_netns(suffix: str = "") -> Iterator[str]:
     """A named network namespace that exists only for the ``with`` block."""
     from pyroute2 import netns
 
-    name = f"{PROBE_NS_PREFIX}{os.getpid()}{suffix}"
+    name = f"{names.PROBE_NS_PREFIX}{os.getpid()}{suffix}"
     if name in netns.listnetns():
         netns.remove(name)  # our own name (prefix + our PID): a leftover of ours
     netns.create(name)
@@ -189,10 +194,10 @@ def _probe_vxlan(ns: str) -> Capability:
 
     with _ipr(ns) as ipr:
         try:
-            ipr.link("add", ifname="osimpvx0", kind="vxlan", vxlan_id=4242, vxlan_port=4789)
+            ipr.link("add", ifname=names.PROBE_VXLAN, kind="vxlan", vxlan_id=4242, vxlan_port=4789)
         except NetlinkError as exc:
             return _cap("vxlan", False, f"cannot create a vxlan device: {_netlink_error(exc)}")
-        ipr.link("del", index=ipr.link_lookup(ifname="osimpvx0")[0])
+        ipr.link("del", index=ipr.link_lookup(ifname=names.PROBE_VXLAN)[0])
     return _cap("vxlan", True, "vxlan device created and removed")
 
 
@@ -217,8 +222,8 @@ def _probe_qdisc(ns: str, kind: str) -> Capability:
 def _probe_nft(ns: str) -> Capability:
     if shutil.which("nft") is None:
         return _cap("nft_numgen", False, "nft not found: apt-get install nftables")
-    table = {"family": "netdev", "name": "osim_probe"}
-    base = {"family": "netdev", "table": "osim_probe"}
+    table = {"family": "netdev", "name": names.PROBE_TABLE}
+    base = {"family": "netdev", "table": names.PROBE_TABLE}
     numgen = {"numgen": {"mode": "random", "mod": 10000}}
     rules: list[dict[str, object]] = [{"add": {"table": table}}]
     for hook in ("ingress", "egress"):
@@ -231,6 +236,44 @@ def _probe_nft(ns: str) -> Capability:
     if out.returncode != 0:
         return _cap("nft_numgen", False, out.stderr.strip() or "nft failed")
     return _cap("nft_numgen", True, "netdev ingress/egress chains with numgen random drop")
+
+
+def _probe_nft_nat(ns: str) -> Capability:
+    """The VIP mechanism: an ip nat table, output hook, DNAT to a numgen-chosen address."""
+    if shutil.which("nft") is None:
+        return _cap("nft_nat", False, "nft not found: apt-get install nftables")
+    ruleset = (
+        "table ip osim_probe_nat {\n\tchain out {\n"
+        "\t\ttype nat hook output priority -100; policy accept;\n"
+        "\t\tip daddr 192.0.2.1 dnat ip to numgen random mod 2 map "
+        "{ 0 : 192.0.2.2, 1 : 192.0.2.3 }\n\t}\n}\ndelete table ip osim_probe_nat\n"
+    )
+    out = _in_ns(ns, ["nft", "-f", "-"], ruleset)
+    if out.returncode != 0:
+        return _cap("nft_nat", False, out.stderr.strip() or "nft failed")
+    return _cap("nft_nat", True, "ip nat output chain with DNAT to numgen random map")
+
+
+def _probe_ipvs() -> Capability:
+    """IPVS (what Docker balances VIPs with); recorded, not used: nftables NAT is."""
+    proc = Path("/proc/net/ip_vs").exists()
+    try:
+        from pyroute2.netlink import genlmsg
+        from pyroute2.netlink.generic import GenericNetlinkSocket
+
+        sock = GenericNetlinkSocket()
+        try:
+            sock.bind("IPVS", genlmsg)
+            family = True
+        finally:
+            sock.close()
+    except Exception:
+        family = False
+    if proc or family:
+        return _cap("ipvs", True, "IPVS present (not used: VIPs use nftables DNAT)")
+    return _cap(
+        "ipvs", False, "no IPVS in this kernel (no /proc/net/ip_vs, no IPVS netlink family)"
+    )
 
 
 def _probe_nfqueue(ns: str) -> Capability:
@@ -255,7 +298,7 @@ def _probe_tun(ns: str) -> Capability:
     from overlaysim.agent.tap import open_tap
 
     try:
-        fd = open_tap("osimprobetap", ns_path(ns))
+        fd = open_tap(names.PROBE_TAP, ns_path(ns))
     except OSError as exc:
         return _cap("tun", False, str(exc))
     os.close(fd)  # the device goes with its descriptor

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from overlaysim.emu import clean as rec
+from overlaysim.emu import record as runrec
 from overlaysim.emu.delayline import Hold, restore_script
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ NETEM = "netem"
 DELAY_LINE = "nfqueue"
 NONE = "none"
 
-CEILING_CACHE = rec.STATE_DIR / "delayline-ceiling.json"
+CEILING_CACHE = runrec.STATE_DIR / "delayline-ceiling.json"
 _REPLY_TIMEOUT_S = 10.0
 
 

@@ -37,8 +37,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from overlaysim.emu import clean as rec
+from overlaysim.agent import names
 from overlaysim.emu import delay as dl
+from overlaysim.emu import record as runrec
+from overlaysim.emu import rootns
 from overlaysim.emu.netem import EgressShape as _Shape
 from overlaysim.emu.netem import qdisc_argv as _qdisc_argv
 from overlaysim.errors import UserError
@@ -258,9 +260,9 @@ class Impairments:
         if not self._root_table:
             return
         table = self._table_name()
-        rec.delete_nft_table("netdev", table)
+        rootns.delete_nft_table("netdev", table)
         if self._u.record is not None:
-            self._u.record.drop(rec.Item(kind=rec.NFT, name=table, family="netdev"))
+            self._u.record.drop(runrec.Item(kind=runrec.NFT, name=table, family="netdev"))
         self._root_table = False
         self._nft_applied.pop(None, None)
 
@@ -282,7 +284,7 @@ class Impairments:
 
     def _table_name(self) -> str:
         assert self._u.plan is not None
-        return f"{rec.PREFIX}_{self._u.plan.tag}"
+        return names.underlay_table(self._u.plan.tag)
 
     def _link_loss(self, pl: PlannedLink) -> list[float]:
         return [p for p in (pl.spec.loss_pct, self._extra_loss.get(pl.index, 0.0)) if p > 0]
@@ -465,7 +467,7 @@ class Impairments:
                 continue
             if ns is None and not self._root_table:
                 assert self._u.record is not None
-                self._u.record.add(rec.Item(kind=rec.NFT, name=table, family="netdev"))
+                self._u.record.add(runrec.Item(kind=runrec.NFT, name=table, family="netdev"))
                 self._root_table = True
 
             def done(_out: str, ns: _NS = ns, payload: str = payload) -> None:

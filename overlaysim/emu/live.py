@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from overlaysim.agent import names
 from overlaysim.errors import UserError
 
 LIVE_FILE = Path("/run/overlaysim/live.json")
@@ -32,7 +33,7 @@ class LiveTestbed:
     hosts: dict[str, dict[str, str]]
     topology: str = ""
     #: Namespace prefix of this run's agents (container netns: <prefix>-<host>-<name>).
-    prefix: str = "osim"
+    prefix: str = names.PREFIX
 
     def control(self, host: str) -> str:
         try:
@@ -95,5 +96,5 @@ def read_live(path: Path = LIVE_FILE) -> LiveTestbed:
         manager=str(data["manager"]),
         hosts={str(k): dict(v) for k, v in data["hosts"].items()},
         topology=str(data.get("topology", "")),
-        prefix=str(data.get("prefix", "osim")),
+        prefix=str(data.get("prefix", names.PREFIX)),
     )

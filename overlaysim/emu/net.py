@@ -39,7 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from overlaysim.emu import clean as rec
+from overlaysim.agent import names
+from overlaysim.emu import bridgenf, procs, rootns
+from overlaysim.emu import record as runrec
 from overlaysim.emu.impair import Impairments
 from overlaysim.emu.setup import require_emulation
 from overlaysim.errors import UserError
@@ -127,15 +129,15 @@ def plan_underlay(topology: Topology, tag: str, subnet: str = DEFAULT_SUBNET) ->
     """
     if not _TAG.match(tag):
         raise UnderlayError(f"run tag {tag!r} must be a lowercase letter and a letter or digit")
-    prefix = f"{rec.PREFIX}{tag}"
+    prefix = names.underlay_prefix(tag)
     net = ipaddress.ip_network(subnet, strict=True)
     if not isinstance(net, ipaddress.IPv4Network):
         raise UnderlayError(f"underlay subnet {subnet!r} must be IPv4")
-    names = list(topology.hosts) + list(topology.switches)
-    dup = sorted(n for n, k in Counter(names).items() if k > 1)
+    nodes = list(topology.hosts) + list(topology.switches)
+    dup = sorted(n for n, k in Counter(nodes).items() if k > 1)
     if dup:
         raise UnderlayError(f"topology {topology.name!r}: duplicate node names {dup}")
-    for n in names:
+    for n in nodes:
         if not _NODE_NAME.match(n):
             raise UnderlayError(
                 f"topology {topology.name!r}: node name {n!r} must match {_NODE_NAME.pattern}"
@@ -145,10 +147,10 @@ def plan_underlay(topology: Topology, tag: str, subnet: str = DEFAULT_SUBNET) ->
             f"{len(topology.hosts)} hosts do not fit in {net} ({net.num_addresses - 2} addresses)"
         )
     hosts = set(topology.hosts)
-    bridge = {s: f"{prefix}s{j}" for j, s in enumerate(topology.switches, 1)}
+    bridge = {s: names.switch_bridge(prefix, j) for j, s in enumerate(topology.switches, 1)}
     if any(len(b) > IFNAMSIZ for b in bridge.values()):
         raise UnderlayError(f"{len(bridge)} switches: bridge names would exceed {IFNAMSIZ} chars")
-    next_port: dict[str, int] = {n: 0 for n in names}
+    next_port: dict[str, int] = {n: 0 for n in nodes}
     host_ports: dict[str, list[str]] = {h: [] for h in topology.hosts}
 
     def port(node: str, index: int, side: str) -> Port:
@@ -160,9 +162,9 @@ def plan_underlay(topology: Topology, tag: str, subnet: str = DEFAULT_SUBNET) ->
             host_ports[node].append(name)
             return Port(node=node, ifname=name, host=node)
         next_port[node] += 1
-        name = f"{bridge[node]}-{next_port[node]}"
+        name = names.switch_port(bridge[node], next_port[node])
         if len(name) > IFNAMSIZ:  # huge switches: fall back to a per-link name
-            name = f"{prefix}p{_base36(index)}{side}"
+            name = names.link_port(prefix, index, side)
         return Port(node=node, ifname=name, host=None)
 
     links = []
@@ -176,7 +178,7 @@ def plan_underlay(topology: Topology, tag: str, subnet: str = DEFAULT_SUBNET) ->
     planned_hosts = tuple(
         PlannedHost(
             name=h,
-            node=f"{prefix}-{h}",
+            node=names.host_node(prefix, h),
             ip=str(ipaddress.IPv4Address(first + k)),
             ports=tuple(host_ports[h]),
         )
@@ -191,15 +193,6 @@ def plan_underlay(topology: Topology, tag: str, subnet: str = DEFAULT_SUBNET) ->
         links=tuple(links),
         stp=_switch_loop(topology),
     )
-
-
-def _base36(n: int) -> str:
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = _B36[r] + out
-        if n == 0:
-            return out
 
 
 def _switch_loop(topology: Topology) -> bool:
@@ -310,7 +303,7 @@ class Underlay:
         tag: str | None = None,
         mtu: int = 1500,
         shape: bool = True,
-        state_dir: Path = rec.STATE_DIR,
+        state_dir: Path = runrec.STATE_DIR,
         seed: int = 0,
     ) -> None:
         """Store settings only. ``shape=False`` skips the topology's bandwidth limits;
@@ -324,17 +317,17 @@ class Underlay:
         self._want_tag = tag
         self.run_id: str | None = None
         self.plan: Plan | None = None
-        self.record: rec.RunRecord | None = None
+        self.record: runrec.RunRecord | None = None
         self.impairments = Impairments(self)
         self.impairments.seed = seed
         self.timings: dict[str, float] = {}
         self.state = "new"
         self._hosts: dict[str, Any] = {}  # scenario host -> Mininet Host
         self._switches: dict[str, Any] = {}  # scenario switch -> Mininet Switch
-        self._shell_items: dict[str, rec.Item] = {}  # Mininet node name -> its record
+        self._shell_items: dict[str, runrec.Item] = {}  # Mininet node name -> its record
         self._host_plan: dict[str, PlannedHost] = {}
         self._root_ipr: IPRoute | None = None
-        self._procs: list[tuple[subprocess.Popen[Any], rec.Item]] = []
+        self._procs: list[tuple[subprocess.Popen[Any], runrec.Item]] = []
         self._bridge_nf = False
         self._lock = threading.Lock()
 
@@ -363,7 +356,7 @@ class Underlay:
         assert self.plan is not None and self.record is not None
         t0 = time.perf_counter()
         try:
-            self._bridge_nf = rec.hold_bridge_nf(self.record.path)
+            self._bridge_nf = bridgenf.hold_bridge_nf(self.record.path)
             ipr = self.netlink()
             for switch, bridge in self.plan.bridges:
                 ports = [
@@ -502,10 +495,10 @@ class Underlay:
             raise UnderlayError(f"popen() on an underlay that is {self.state}")
         args = _argv(argv)
         proc = subprocess.Popen(["mnexec", "-da", str(self.pid(name)), *args], **kwargs)
-        item = rec.Item(
-            kind=rec.PROCESS,
+        item = runrec.Item(
+            kind=runrec.PROCESS,
             pid=proc.pid,
-            start=rec.proc_start(proc.pid),
+            start=procs.proc_start(proc.pid),
             host=name,
             argv=tuple(args),
         )
@@ -551,19 +544,19 @@ class Underlay:
 
     def _build(self) -> None:
         host_cls, switch_cls, link_cls = _mininet_classes()
-        with rec.state_lock(self.state_dir):
+        with runrec.state_lock(self.state_dir):
             tag = self._want_tag or _free_tag(self.state_dir)
             self.plan = plan_underlay(self.topology, tag, self.subnet)
             self.run_id = self._want_run_id or f"emu-{time.strftime('%Y%m%d-%H%M%S')}-{tag}"
-            self.record = rec.RunRecord.create(self.state_dir, self.run_id, tag)
+            self.record = runrec.RunRecord.create(self.state_dir, self.run_id, tag)
         plan, record = self.plan, self.record
         self._host_plan = {h.name: h for h in plan.hosts}
         _clashes(plan)
         # Plan first: every root-namespace name is on record before it exists.
         for _switch, bridge in plan.bridges:
-            record.add(rec.Item(kind=rec.BRIDGE, name=bridge))
+            record.add(runrec.Item(kind=runrec.BRIDGE, name=bridge))
         for ifname in plan.root_ports():
-            record.add(rec.Item(kind=rec.LINK, name=ifname))
+            record.add(runrec.Item(kind=runrec.LINK, name=ifname))
         _raise_fd_limit(4 * len(plan.hosts) + 256)  # a pty pair per node, plus pipes
 
         t = time.perf_counter()
@@ -574,7 +567,7 @@ class Underlay:
             node = host_cls(h.node, ip=f"{h.ip}/{prefixlen}", inNamespace=True)
             with build_lock:  # the record and the map are shared between workers
                 self._hosts[h.name] = node
-                self._shell_items[node.name] = item = _shell_item(rec.HOST, h.name, node)
+                self._shell_items[node.name] = item = _shell_item(runrec.HOST, h.name, node)
                 record.add(item)
 
         # Each host shell waits on its own bash to start: overlap those waits.
@@ -583,7 +576,9 @@ class Underlay:
         for j, (switch, bridge) in enumerate(plan.bridges, 1):
             node = switch_cls(bridge, dpid=f"{j:x}", inNamespace=False)
             self._switches[switch] = node
-            self._shell_items[node.name] = item = _shell_item(rec.PROCESS, f"switch {switch}", node)
+            self._shell_items[node.name] = item = _shell_item(
+                runrec.PROCESS, f"switch {switch}", node
+            )
             record.add(item)
         self.timings["nodes_s"] = time.perf_counter() - t
 
@@ -622,9 +617,9 @@ class Underlay:
         """Everything running in the hosts: started by :meth:`popen` or not."""
         targets = [(proc.pid, item.start) for proc, item in self._procs]
         shells = {int(h.pid) for h in self._hosts.values() if h.pid}
-        inodes = {i for i in (rec.netns_inode(p) for p in shells) if i is not None}
-        others = [p for p in (rec.pids_in_netns(inodes) if inodes else []) if p not in shells]
-        rec.terminate_all(targets + [(p, rec.proc_start(p)) for p in others])
+        inodes = {i for i in (procs.netns_inode(p) for p in shells) if i is not None}
+        others = [p for p in (procs.pids_in_netns(inodes) if inodes else []) if p not in shells]
+        procs.terminate_all(targets + [(p, procs.proc_start(p)) for p in others])
         for proc, item in self._procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)  # reap
@@ -652,7 +647,7 @@ class Underlay:
             items = [i for i in (self._shell_items.get(n.name) for n in nodes) if i]
             for node in nodes:  # an interactive bash ignores SIGTERM but not SIGHUP
                 step(f"node {node.name}", _hang_up, node)
-            step("node shells", rec.terminate_all, [(i.pid or 0, i.start) for i in items])
+            step("node shells", procs.terminate_all, [(i.pid or 0, i.start) for i in items])
             for node in nodes:
                 step(f"node {node.name}", node.terminate)  # reaps the shell, closes its pty
             if record is not None:
@@ -662,14 +657,14 @@ class Underlay:
             ipr = self.netlink()
             # A host's namespace dies with its shell and the kernel deletes its veth pairs
             # in one batch; deleting them one by one costs an RCU grace period each.
-            recorded = {item.name for item in record.outstanding(rec.LINK)}
+            recorded = {item.name for item in record.outstanding(runrec.LINK)}
             to_hosts = _ports_to_hosts(self.plan) & recorded
             step("veth teardown", _wait_gone, ipr, sorted(to_hosts), 10.0)
-            for kind in (rec.LINK, rec.BRIDGE):  # what is left (switch-to-switch), bridges
+            for kind in (runrec.LINK, runrec.BRIDGE):  # what is left (switch-to-switch), bridges
                 for item in record.outstanding(kind):
                     step(f"{kind} {item.name}", _delete_recorded, item, record, ipr)
         if self._bridge_nf and record is not None:
-            step("bridge-nf sysctls", rec.release_bridge_nf, record.path)
+            step("bridge-nf sysctls", bridgenf.release_bridge_nf, record.path)
             self._bridge_nf = False
         if self._root_ipr is not None:
             step("netlink handle", self._root_ipr.close)
@@ -697,10 +692,10 @@ def _mininet_up(port: Port, primary: dict[str, str]) -> bool | None:
     return True
 
 
-def _shell_item(kind: str, name: str, node: Any) -> rec.Item:
+def _shell_item(kind: str, name: str, node: Any) -> runrec.Item:
     pid = int(node.pid)
-    return rec.Item(
-        kind=kind, name=name, pid=pid, start=rec.proc_start(pid), argv=(f"mininet:{node.name}",)
+    return runrec.Item(
+        kind=kind, name=name, pid=pid, start=procs.proc_start(pid), argv=(f"mininet:{node.name}",)
     )
 
 
@@ -722,9 +717,9 @@ def _ports_to_hosts(plan: Plan | None) -> set[str]:
     }
 
 
-def _wait_gone(ipr: IPRoute, names: Sequence[str], timeout_s: float) -> None:
-    """Wait until none of ``names`` exists in the root namespace (or the timeout)."""
-    pending = set(names)
+def _wait_gone(ipr: IPRoute, ifnames: Sequence[str], timeout_s: float) -> None:
+    """Wait until none of ``ifnames`` exists in the root namespace (or the timeout)."""
+    pending = set(ifnames)
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
         pending &= {m.get_attr("IFLA_IFNAME") for m in ipr.get_links()}
@@ -732,8 +727,8 @@ def _wait_gone(ipr: IPRoute, names: Sequence[str], timeout_s: float) -> None:
             time.sleep(0.05)
 
 
-def _delete_recorded(item: rec.Item, record: rec.RunRecord, ipr: IPRoute) -> None:
-    rec.delete_link(item.name, ipr)
+def _delete_recorded(item: runrec.Item, record: runrec.RunRecord, ipr: IPRoute) -> None:
+    rootns.delete_link(item.name, ipr)
     record.drop(item)
 
 
@@ -741,17 +736,17 @@ def _free_tag(state_dir: Path) -> str:
     """A run tag no record and no root-namespace link or nft table is using."""
     from pyroute2 import IPRoute
 
-    used = {r.tag for r in rec.load_records(state_dir)}
+    used = {r.tag for r in runrec.load_records(state_dir)}
     with IPRoute() as ipr:
-        names = [m.get_attr("IFLA_IFNAME") or "" for m in ipr.get_links()]
-    tables = [name for _family, name in rec.list_nft_tables()]
+        links = [m.get_attr("IFLA_IFNAME") or "" for m in ipr.get_links()]
+    tables = [name for _family, name in rootns.list_nft_tables()]
     rng = random.SystemRandom()
     for _ in range(200):
         tag = rng.choice(_B36[10:]) + rng.choice(_B36)
-        prefix = f"{rec.PREFIX}{tag}"
-        if tag in used or any(n.startswith(prefix) for n in names):
+        prefix = names.underlay_prefix(tag)
+        if tag in used or any(n.startswith(prefix) for n in links):
             continue
-        if f"{rec.PREFIX}_{tag}" in tables:
+        if names.underlay_table(tag) in tables:
             continue
         return tag
     raise UnderlayError("no free run tag: too many leftover runs? run `overlaysim clean`")

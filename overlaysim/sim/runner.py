@@ -19,6 +19,7 @@ import simpy
 
 from overlaysim.core.cluster import Cluster, NetworkSpec
 from overlaysim.core.config import configs
+from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.wire import Message
 from overlaysim.metrics.convergence import ConvergenceTracker
@@ -32,8 +33,6 @@ from overlaysim.scenario.timeline import Plan, Step, plan
 from overlaysim.sim.engine import Observer, SimCluster
 from overlaysim.sim.underlay import Underlay
 
-#: Table that holds endpoints (NetworkDB's "endpoint_table").
-ENDPOINTS = "endpoints"
 #: A graceful leave keeps the node running this long so its leave message spreads.
 LEAVE_GRACE_S = 1.0
 #: At most this many container pairs are probed for the reachability matrix.
@@ -186,7 +185,7 @@ class SimWorld:
         if per_host.get(network, 0) == 0:
             self.cluster.call(host, lambda n, t: n.join_network(network, t))
         per_host[network] = per_host.get(network, 0) + 1
-        value = {"name": c.name, "ip": alloc.ip, "mac": alloc.mac, "vtep": host}
+        value = Endpoint(name=c.name, ip=alloc.ip, mac=alloc.mac, vtep=host).to_value()
         self.cluster.call(host, lambda n, t: n.create_entry(network, ENDPOINTS, c.name, value, t))
         self._commit(host, network, c.name, "add")
 

@@ -7,7 +7,8 @@ from agent_fakes import FakeDataPlane
 
 from overlaysim.agent.dataplane import NetInfo
 from overlaysim.agent.logging import EventLog
-from overlaysim.agent.programmer import ENDPOINTS, Programmer, remote_entries, remote_of
+from overlaysim.agent.programmer import Programmer, remote_entries, remote_of
+from overlaysim.core.endpoint import ENDPOINTS
 from overlaysim.core.events import EntryEvent, EntryEventKind
 from overlaysim.core.wire import Entry
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
+from overlaysim.agent import names
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import clean_prefixed, clean_recorded, load_outstanding
 from overlaysim.agent.dataplane import (
@@ -26,7 +27,7 @@ from overlaysim.agent.dataplane import (
     DataPlaneError,
     NetInfo,
     docker_mac,
-    overlay_mtu,
+    sandbox_mtu,
 )
 from overlaysim.agent.netns import AF_BRIDGE, NTF_SELF, NUD_PERMANENT
 
@@ -143,10 +144,17 @@ def connect(d1: DataPlane, d2: DataPlane, net: NetInfo, ip1: str, ip2: str) -> N
 
 def test_docker_mac_and_mtu() -> None:
     assert docker_mac("10.20.0.3") == "02:42:0a:14:00:03"
-    assert overlay_mtu(1500) == 1450
-    assert overlay_mtu(9000) == 8950
-    with pytest.raises(ValueError):
-        overlay_mtu(100)
+    # the core's derivation, encryption overhead included (it used to be ignored here)
+    plain = NetInfo(name="p", vni=4096, subnet="10.0.0.0/24", gateway="10.0.0.1")
+    sealed = NetInfo(name="s", vni=4097, subnet="10.0.1.0/24", gateway="10.0.1.1", encrypted=True)
+    assert sandbox_mtu(plain, 1500) == 1450
+    assert sandbox_mtu(plain, 9000) == 8950
+    assert sandbox_mtu(sealed, 1500) == 1405
+    assert sandbox_mtu(sealed, 9000) == 8905
+    fixed = NetInfo(name="f", vni=4098, subnet="10.0.2.0/24", gateway="10.0.2.1", mtu=1300)
+    assert sandbox_mtu(fixed, 1500) == 1300
+    with pytest.raises(ValueError, match="too small"):
+        sandbox_mtu(plain, 100)
 
 
 def test_netinfo_validates() -> None:
@@ -158,11 +166,11 @@ def test_netinfo_validates() -> None:
 
 
 def test_name_parts_are_safe_and_distinct() -> None:
-    assert kns.name_part("c1") == "c1"
+    assert names.name_part("c1") == "c1"
     # dashes would make <prefix>-<host>-<container> ambiguous; digits collide with VNIs
-    assert kns.name_part("a-b") != "a-b" and kns.name_part("a-b").startswith("x")
-    assert kns.name_part("4096") != "4096"
-    assert kns.name_part("a" * 60) != kns.name_part("a" * 61)
+    assert names.name_part("a-b") != "a-b" and names.name_part("a-b").startswith("x")
+    assert names.name_part("4096") != "4096"
+    assert names.name_part("a" * 60) != names.name_part("a" * 61)
     with pytest.raises(ValueError):
         DataPlane(host="h", underlay_ip=IP1, prefix="toolongprefix")
 
@@ -427,7 +435,7 @@ def test_crashed_run_is_cleaned_from_its_record(underlay: None, tmp_path: Path) 
     assert left == {
         f"{PREFIX}-u1-5001",
         f"{PREFIX}-u1-c1",
-        f"{PREFIX}-u1-{kns.name_part('c-2/odd')}",
+        f"{PREFIX}-u1-{names.name_part('c-2/odd')}",
     }
     assert {obj.owner for obj in load_outstanding(record)} >= {"container:c-2/odd"}
     # the process "dies" without close(); another process cleans from the record

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from overlaysim.emu import runner as emu_runner
-from overlaysim.emu.clean import list_nft_tables
 from overlaysim.emu.collect import collect
+from overlaysim.emu.rootns import list_nft_tables
 from overlaysim.metrics.records import EventLog
 from overlaysim.metrics.results import load_run
 from overlaysim.scenario.loader import load_scenario

@@ -21,6 +21,7 @@ from test_dataplane import IP1, IP2, PREFIX, U1, U2, pings, run_in, underlay  # 
 from overlaysim.agent import frames
 from overlaysim.agent.dataplane import DataPlane, DataPlaneError, NetInfo, docker_mac
 from overlaysim.core import esp
+from overlaysim.core.cluster import derive_mtu
 
 SECRET = NetInfo(
     name="secret", vni=4201, subnet="10.37.0.0/24", gateway="10.37.0.1", encrypted=True
@@ -134,6 +135,10 @@ def test_encrypted_ping_kernel_state_and_clean_close(
     # container MTU leaves room for ESP, and its GSO size fits one sealed datagram
     link = json.loads(run_in(c1, "ip", "-j", "-d", "link", "show", "eth0").stdout)[0]
     assert link["gso_max_size"] <= 65000
+    # the core's rule (VXLAN 50 + ESP 45); the data plane used to give 1450 here
+    assert link["mtu"] == derive_mtu(d1.underlay_mtu(), True) == 1405
+    full = str(link["mtu"] - 28)  # a full-size packet, don't fragment: it must get through
+    assert run_in(c1, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", full, b).returncode == 0
     assert "osim_esp" in _nft_tables(U1)
     sandbox = d1.sandbox_netns(SECRET)
     d1.close()

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import pytest
 from conftest import emulation_or_skip
 
-from overlaysim.emu.clean import list_nft_tables
 from overlaysim.emu.impair import (
     UnsupportedImpairment,
     _numgen_drop,
@@ -26,6 +25,7 @@ from overlaysim.emu.impair import (
     _Shape,
 )
 from overlaysim.emu.net import Underlay
+from overlaysim.emu.rootns import list_nft_tables
 from overlaysim.errors import UserError
 from overlaysim.scenario.topology import Link, Topology
 

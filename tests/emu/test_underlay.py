@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from conftest import emulation_or_skip
 
-from overlaysim.emu import clean as rec
+from overlaysim.agent import names
+from overlaysim.emu import bridgenf, clean, procs, rootns
+from overlaysim.emu import record as runrec
 from overlaysim.emu.capabilities import Capability, format_report, probe
 from overlaysim.emu.net import (
     IFNAMSIZ,
@@ -53,7 +55,7 @@ def netns_names() -> set[str]:
 
 
 def nft_tables() -> set[str]:
-    return {name for _family, name in rec.list_nft_tables()}
+    return {name for _family, name in rootns.list_nft_tables()}
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -72,7 +74,7 @@ def processes_mentioning(text: str) -> list[str]:
 def assert_nothing_left(prefix: str, tag: str) -> None:
     assert not [n for n in root_links() if n.startswith(prefix)]
     assert not [n for n in netns_names() if n.startswith(prefix)]
-    assert f"{rec.PREFIX}_{tag}" not in nft_tables()
+    assert f"{names.PREFIX}_{tag}" not in nft_tables()
     assert not processes_mentioning(f"mininet:{prefix}-")
 
 
@@ -164,19 +166,19 @@ def test_bridge_netfilter_is_restored_by_the_last_holder(
     sysctls = tuple(tmp_path / f"nf-{t}" for t in ("arp", "ip", "ip6"))
     for p in sysctls:
         p.write_text("1\n")
-    monkeypatch.setattr(rec, "BRIDGE_NF_SYSCTLS", sysctls)
-    monkeypatch.setattr(rec, "BRIDGE_NF_STATE", tmp_path / "state" / "bridge-nf.json")
+    monkeypatch.setattr(bridgenf, "BRIDGE_NF_SYSCTLS", sysctls)
+    monkeypatch.setattr(bridgenf, "BRIDGE_NF_STATE", tmp_path / "state" / "bridge-nf.json")
     # Two live runs recording into different folders still share the global setting.
-    a = rec.RunRecord.create(tmp_path / "runs-a", "run-a", "aa")
-    b = rec.RunRecord.create(tmp_path / "runs-b", "run-b", "bb")
-    assert rec.hold_bridge_nf(a.path) and rec.hold_bridge_nf(b.path)
+    a = runrec.RunRecord.create(tmp_path / "runs-a", "run-a", "aa")
+    b = runrec.RunRecord.create(tmp_path / "runs-b", "run-b", "bb")
+    assert bridgenf.hold_bridge_nf(a.path) and bridgenf.hold_bridge_nf(b.path)
     assert [p.read_text() for p in sysctls] == ["0", "0", "0"]
-    assert rec.release_bridge_nf(a.path) == []
+    assert bridgenf.release_bridge_nf(a.path) == []
     assert sysctls[1].read_text() == "0"  # b still runs
     b.discard()  # b died without releasing: the next clean prunes it
-    assert len(rec.release_bridge_nf(None)) == 3
+    assert len(bridgenf.release_bridge_nf(None)) == 3
     assert [p.read_text() for p in sysctls] == ["1", "1", "1"]
-    assert not rec.BRIDGE_NF_STATE.exists()
+    assert not bridgenf.BRIDGE_NF_STATE.exists()
 
 
 # --- build, start, stop ------------------------------------------------------------------
@@ -185,7 +187,11 @@ def test_bridge_netfilter_is_restored_by_the_last_holder(
 @pytest.mark.emu
 def test_star_hosts_ping_and_stop_leaves_nothing() -> None:
     emulation_or_skip()
-    before = rec.BRIDGE_NF_SYSCTLS[1].read_text() if rec.BRIDGE_NF_SYSCTLS[1].exists() else None
+    before = (
+        bridgenf.BRIDGE_NF_SYSCTLS[1].read_text()
+        if bridgenf.BRIDGE_NF_SYSCTLS[1].exists()
+        else None
+    )
     u = Underlay(star(3))
     assert u.state == "new" and u.plan is None  # the constructor does nothing
     u.build()
@@ -201,7 +207,7 @@ def test_star_hosts_ping_and_stop_leaves_nothing() -> None:
         assert {f"{plan.prefix}s1", f"{plan.prefix}s1-1"} <= root_links()
         assert os.readlink(f"/proc/{u.pid('h1')}/ns/net") != os.readlink("/proc/self/ns/net")
         if before is not None:
-            assert rec.BRIDGE_NF_SYSCTLS[1].read_text().strip() == "0"
+            assert bridgenf.BRIDGE_NF_SYSCTLS[1].read_text().strip() == "0"
         qdisc = u.cmd("h1", ["tc", "qdisc", "show", "dev", "eth0"]).stdout
         assert "tbf" in qdisc and "1Gbit" in qdisc  # the topology's 1000 Mbit/s links
         assert (
@@ -231,7 +237,7 @@ def test_star_hosts_ping_and_stop_leaves_nothing() -> None:
     assert not record.path.exists()
     assert_nothing_left(plan.prefix, plan.tag)
     if before is not None:
-        assert rec.BRIDGE_NF_SYSCTLS[1].read_text() == before
+        assert bridgenf.BRIDGE_NF_SYSCTLS[1].read_text() == before
     u.stop()  # idempotent
     assert u.state == "stopped"
 
@@ -303,7 +309,7 @@ def test_failed_build_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_existing_names_are_never_adopted() -> None:
     emulation_or_skip()
     tag = "q9"
-    squatter = f"{rec.PREFIX}{tag}s1-1"
+    squatter = f"{names.PREFIX}{tag}s1-1"
     subprocess.run(["ip", "link", "add", squatter, "type", "bridge"], check=True)
     try:
         with pytest.raises(UnderlayError, match="already exist"):
@@ -345,11 +351,12 @@ def test_probe_reports_everything_and_leaves_nothing() -> None:
     caps = probe()
     expected = {"root", "mininet", "mnexec", "vxlan", "netem", "tbf", "nft_numgen", "nfqueue"}
     expected |= {"tun", "esp", "kernel_gcm", "iperf3", "tcpdump", "tshark", "openvswitch"}
+    expected |= {"ipvs", "nft_nat"}
     assert set(caps) == expected
     assert all(isinstance(c, Capability) and c.detail for c in caps.values())
     # Things the emulator relies on, present on every machine where these tests run.
     assert caps["root"].ok and caps["mnexec"].ok and caps["tbf"].ok and caps["vxlan"].ok
-    assert caps["nft_numgen"].ok and caps["tun"].ok
+    assert caps["nft_numgen"].ok and caps["tun"].ok and caps["nft_nat"].ok
     assert all(c.disables for c in caps.values() if not c.ok)
     assert root_links() == links
     assert not [n for n in netns_names() - spaces if n.startswith("osim-probe")]
@@ -375,10 +382,10 @@ def test_clean_sweeps_prefixed_leftovers_and_nothing_else(tmp_path: Path) -> Non
     subprocess.run(["ip", "netns", "add", f"{prefix}-leak"], check=True)
     subprocess.run(["nft", "add", "table", "netdev", f"{prefix}_t1"], check=True)
     try:
-        would = rec.clean(dry_run=True, state_dir=tmp_path, prefix=prefix, echo=None)
+        would = clean.clean(dry_run=True, state_dir=tmp_path, prefix=prefix, echo=None)
         assert f"{prefix}v0" in root_links()  # dry run changed nothing
         assert any(f"link {prefix}v0" in line for line in would)
-        done = rec.clean(state_dir=tmp_path, prefix=prefix, echo=None)
+        done = clean.clean(state_dir=tmp_path, prefix=prefix, echo=None)
         assert [line.replace("removed ", "") for line in done] == [
             line.replace("would remove ", "") for line in would
         ]
@@ -397,7 +404,7 @@ def test_clean_sweeps_prefixed_leftovers_and_nothing_else(tmp_path: Path) -> Non
 
 
 def _write_record(
-    path: Path, owner_pid: int, owner_start: int | None, items: list[rec.Item]
+    path: Path, owner_pid: int, owner_start: int | None, items: list[runrec.Item]
 ) -> None:
     path.parent.mkdir(parents=True)
     lines = [
@@ -409,7 +416,7 @@ def _write_record(
             "owner_start": owner_start,
         }
     ]
-    lines += [{"op": "add", **rec._item_dict(i)} for i in items]
+    lines += [{"op": "add", **i.to_dict()} for i in items]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
@@ -423,24 +430,27 @@ def test_clean_follows_records_of_dead_runs_only(tmp_path: Path) -> None:
     _veth("osimzrl0", "osimzrl1")
     _veth("osimzrk0", "osimzrk1")
     dead = [
-        rec.Item(
-            kind=rec.PROCESS, pid=sleeper.pid, start=rec.proc_start(sleeper.pid), argv=("sleep",)
+        runrec.Item(
+            kind=runrec.PROCESS,
+            pid=sleeper.pid,
+            start=procs.proc_start(sleeper.pid),
+            argv=("sleep",),
         ),
         # Same PID, wrong start time: a reused PID is never killed.
-        rec.Item(kind=rec.PROCESS, pid=bystander.pid, start=1, argv=("sleep",)),
-        rec.Item(kind=rec.LINK, name="osimzrl0"),
+        runrec.Item(kind=runrec.PROCESS, pid=bystander.pid, start=1, argv=("sleep",)),
+        runrec.Item(kind=runrec.LINK, name="osimzrl0"),
     ]
-    _write_record(tmp_path / "dead-run" / rec.RECORD_FILE, gone.pid, 12345, dead)
+    _write_record(tmp_path / "dead-run" / runrec.RECORD_FILE, gone.pid, 12345, dead)
     # The agents' data-plane record in the same run folder is followed too.
     subprocess.run(["ip", "netns", "add", "osimzr-dp"], check=True)
     created = {"op": "add", "kind": "netns", "name": "osimzr-dp", "netns": None, "ns_ino": None}
     (tmp_path / "dead-run" / "h1.created.jsonl").write_text(json.dumps(created) + "\n")
-    live = [rec.Item(kind=rec.LINK, name="osimzrk0")]
+    live = [runrec.Item(kind=runrec.LINK, name="osimzrk0")]
     _write_record(
-        tmp_path / "live-run" / rec.RECORD_FILE, os.getpid(), rec.proc_start(os.getpid()), live
+        tmp_path / "live-run" / runrec.RECORD_FILE, os.getpid(), procs.proc_start(os.getpid()), live
     )
     try:
-        done = rec.clean(state_dir=tmp_path, prefix="osimzr", echo=None)
+        done = clean.clean(state_dir=tmp_path, prefix="osimzr", echo=None)
         assert sleeper.wait(timeout=5) is not None
         assert bystander.poll() is None
         links = root_links()
@@ -448,7 +458,7 @@ def test_clean_follows_records_of_dead_runs_only(tmp_path: Path) -> None:
         assert "osimzr-dp" not in netns_names()
         assert any("skipped the prefix sweep" in line for line in done)
         assert not (tmp_path / "dead-run").exists()
-        assert (tmp_path / "live-run" / rec.RECORD_FILE).exists()
+        assert (tmp_path / "live-run" / runrec.RECORD_FILE).exists()
     finally:
         for p in (sleeper, bystander):
             p.kill()
@@ -485,11 +495,11 @@ def test_clean_finishes_a_killed_run(tmp_path: Path) -> None:
     assert run.stdout is not None
     tag = run.stdout.readline().strip()
     assert tag, "the run did not start"
-    prefix = f"{rec.PREFIX}{tag}"
+    prefix = f"{names.PREFIX}{tag}"
     run.kill()  # SIGKILL: no teardown at all
     run.wait()
     assert f"{prefix}s1" in root_links() and processes_mentioning("sleep 62")
-    done = rec.clean(state_dir=tmp_path, prefix=prefix, echo=None)
+    done = clean.clean(state_dir=tmp_path, prefix=prefix, echo=None)
     assert any("sleep 62" in line for line in done)
     assert_nothing_left(prefix, tag)
     assert not processes_mentioning("sleep 62")

@@ -1,0 +1,126 @@
+"""Forwarding state: the remote endpoints of each network and their kernel entries.
+
+A remote endpoint ``(ip, mac, vtep)`` becomes a static FDB entry ``mac -> vtep`` and
+a permanent neighbour ``ip -> mac`` on the network's VXLAN device (proxy ARP answers
+from it); on an encrypted network the same two maps are the ESP path's table
+(:mod:`.encrypted`). :class:`Remotes` remembers the endpoints given per network, in
+order: the most recently added wins an IP or MAC claimed twice (IP reuse), and
+endpoints given before a sandbox exists are programmed when it is built.
+:func:`diff` compares wanted and held entries for a reconcile, which repairs drift
+both ways.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from pyroute2 import IPRoute
+
+from overlaysim.agent import netns as kns
+from overlaysim.agent.dataplane.ports import norm_mac
+
+#: A remote endpoint: (ip, mac, vtep).
+Remote = tuple[str, str, str]
+#: Kernel entries: FDB ``{mac: vtep}`` and neighbours ``{ip: mac}``.
+Maps = tuple[dict[str, str], dict[str, str]]
+#: What a network holds: FDB ``{(mac, vtep)}`` and neighbours ``{(ip, mac)}``.
+Held = tuple[set[tuple[str, str]], set[tuple[str, str]]]
+
+
+def norm_remote(ip: str, mac: str, vtep: str) -> Remote:
+    """A remote endpoint in canonical form; ValueError for a bad field."""
+    return str(ipaddress.IPv4Address(ip)), norm_mac(mac), str(ipaddress.IPv4Address(vtep))
+
+
+class Remotes:
+    """Remote endpoints per network, as last given (local ones, at ``underlay_ip``, never)."""
+
+    def __init__(self, underlay_ip: str) -> None:
+        self.underlay_ip = underlay_ip
+        self._by_net: dict[str, dict[Remote, None]] = {}  # insertion order: later wins
+
+    def add(self, network: str, remote: Remote) -> bool:
+        """Remember ``remote`` as the newest claim on its IP and MAC; False if it is local."""
+        if remote[2] == self.underlay_ip:
+            return False
+        remotes = self._by_net.setdefault(network, {})
+        remotes.pop(remote, None)
+        remotes[remote] = None
+        return True
+
+    def remove(self, network: str, remote: Remote) -> None:
+        """Forget ``remote`` (an IP or MAC it claimed falls back to an older claim)."""
+        self._by_net.get(network, {}).pop(remote, None)
+
+    def replace(self, network: str, desired: Iterable[Remote]) -> None:
+        """Remember exactly ``desired`` (sorted: the entry that sorts last wins a clash)."""
+        wanted = sorted(norm_remote(*r) for r in desired)
+        self._by_net[network] = {r: None for r in wanted if r[2] != self.underlay_ip}
+
+    def maps(self, network: str) -> Maps:
+        """Kernel state wanted for ``network``: ``{mac: vtep}``, ``{ip: mac}``."""
+        fdb: dict[str, str] = {}
+        neigh: dict[str, str] = {}
+        for ip, mac, vtep in self._by_net.get(network, {}):  # later entries win
+            fdb[mac] = vtep
+            neigh[ip] = mac
+        return fdb, neigh
+
+
+def diff(want: Maps, have: Held) -> dict[str, list]:
+    """``{"added": [...], "removed": [...]}`` turning ``have`` into ``want``.
+
+    Items are ``("fdb", mac, vtep)`` and ``("neigh", ip, mac)``, sorted.
+    """
+    fdb_want, neigh_want = set(want[0].items()), set(want[1].items())
+    fdb_have, neigh_have = have
+    removed = [("fdb", *e) for e in sorted(fdb_have - fdb_want)]
+    removed += [("neigh", *e) for e in sorted(neigh_have - neigh_want)]
+    added = [("fdb", *e) for e in sorted(fdb_want - fdb_have)]
+    added += [("neigh", *e) for e in sorted(neigh_want - neigh_have)]
+    return {"added": added, "removed": removed}
+
+
+# --- a VXLAN device's entries ---------------------------------------------------------
+
+
+def vxlan_program(inner: IPRoute, vx: int, maps: Maps) -> None:
+    """Write every wanted entry (a new sandbox)."""
+    fdb, neigh = maps
+    for mac, vtep in fdb.items():
+        kns.fdb_set(inner, vx, mac, vtep)
+    for ip, mac in neigh.items():
+        kns.neigh_set(inner, vx, ip, mac)
+
+
+def vxlan_sync(inner: IPRoute, vx: int, maps: Maps, ip: str, mac: str) -> None:
+    """Bring the entries of one IP and one MAC in line with ``maps``."""
+    fdb, neigh = maps
+    if mac in fdb:
+        kns.fdb_set(inner, vx, mac, fdb[mac])
+    else:
+        kns.fdb_del(inner, vx, mac)  # no dst: the whole entry
+    if ip in neigh:
+        kns.neigh_set(inner, vx, ip, neigh[ip])
+    else:
+        kns.neigh_del(inner, vx, ip)
+
+
+def vxlan_apply(inner: IPRoute, vx: int, changes: dict[str, list]) -> None:
+    """Apply a :func:`diff`: removals first, then additions."""
+    for kind, key, value in changes["removed"]:
+        if kind == "fdb":
+            kns.fdb_del(inner, vx, key, value)
+        else:
+            kns.neigh_del(inner, vx, key)
+    for kind, key, value in changes["added"]:
+        if kind == "fdb":
+            kns.fdb_set(inner, vx, key, value)
+        else:
+            kns.neigh_set(inner, vx, key, value)
+
+
+def vxlan_held(inner: IPRoute, vx: int) -> Held:
+    """The VXLAN device's own FDB and neighbour entries."""
+    return kns.vxlan_entries(inner, vx)

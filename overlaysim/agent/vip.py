@@ -1,0 +1,218 @@
+"""VIP load balancing in the kernel: nftables DNAT with ``numgen``, per connection.
+
+This kernel has no IPVS (``overlaysim doctor`` says so), so a service VIP is balanced the
+way kube-proxy's nftables mode balances a ClusterIP: a NAT rule picks a backend with
+``numgen random mod N`` (or ``numgen inc mod N``, round robin) for the first packet of a
+connection, and conntrack sends the rest of that connection to the same backend. Like
+Docker's VIPs (and unlike a ClusterIP), the rule matches the address only: any port of
+the VIP reaches the same port of a task.
+
+One table, ``ip osim_vip``, lives in each container's network namespace with a NAT chain
+on the ``output`` hook (connections the container opens) and one on ``prerouting``
+(connections routed through the namespace, the routing mesh's case). Whenever the task
+set changes the whole table is replaced in one ``nft -f`` transaction (create if absent,
+delete, create anew), so a new connection sees either the old set or the new one, never
+a table half-written. After a replacement, conntrack entries that were sent to a backend
+no longer in the set are deleted (kube-proxy does the same for UDP), so UDP "flows" and
+half-open TCP to a removed task do not keep using it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from overlaysim.agent.names import VIP_TABLE
+from overlaysim.agent.netns import ns_path
+
+__all__ = [
+    "TABLE",
+    "VipBalancer",
+    "VipError",
+    "current_backends",
+    "flush_conntrack",
+    "remove_rules",
+    "render_rules",
+    "replace_rules",
+]
+
+TABLE = VIP_TABLE
+Mode = Literal["random", "inc"]
+Backends = Mapping[str, Sequence[str]]
+
+
+class VipError(RuntimeError):
+    """nft refused a ruleset or a namespace is gone."""
+
+
+def _v4(ip: str, what: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(ip))
+    except (ValueError, TypeError):
+        raise ValueError(f"{what} {ip!r}: expected an IPv4 address") from None
+
+
+def _normalise(backends: Backends) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for vip, ips in backends.items():
+        v = _v4(vip, "vip")
+        tasks = tuple(sorted({_v4(ip, f"task IP of {v}") for ip in ips}, key=ipaddress.IPv4Address))
+        if tasks:
+            out[v] = tasks
+    return dict(sorted(out.items(), key=lambda kv: ipaddress.IPv4Address(kv[0])))
+
+
+def render_rules(backends: Backends, *, mode: Mode = "random") -> str:
+    """The ``nft -f`` text replacing the table with ``vip -> task IPs`` (pure).
+
+    VIPs with no task get no rule: a service with no live task has no name either.
+    """
+    if mode not in ("random", "inc"):
+        raise ValueError(f"mode {mode!r}: expected random or inc")
+    rules = []
+    for vip, tasks in _normalise(backends).items():
+        pick = ", ".join(f"{i} : {ip}" for i, ip in enumerate(tasks))
+        rules.append(
+            f"\t\tip daddr {vip} dnat ip to numgen {mode} mod {len(tasks)} map {{ {pick} }}"
+        )
+    body = "\n".join(rules)
+    chains = "".join(
+        f"\tchain {name} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n"
+        f"{body + chr(10) if body else ''}\t}}\n"
+        for name, hook in (("out", "output"), ("pre", "prerouting"))
+    )
+    # "table X {}" first makes the delete valid when the table does not exist yet; the
+    # three commands are one transaction.
+    return f"table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n{chains}}}\n"
+
+
+def _nft(netns: str | None, args: Sequence[str], stdin: str | None = None) -> str:
+    argv = ["nft", *args]
+    if netns is not None:
+        argv = ["nsenter", f"--net={ns_path(netns)}", *argv]
+    try:
+        res = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise VipError(f"nft in {netns or 'this namespace'}: {exc}") from None
+    if res.returncode != 0:
+        raise VipError(f"nft {' '.join(args)} in {netns or 'this namespace'}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def replace_rules(netns: str | None, backends: Backends, *, mode: Mode = "random") -> None:
+    """Atomically replace the VIP table of ``netns`` (a name or path)."""
+    _nft(netns, ["-f", "-"], render_rules(backends, mode=mode))
+
+
+def remove_rules(netns: str | None) -> bool:
+    """Delete the VIP table; False if it was not there."""
+    try:
+        _nft(netns, ["delete", "table", "ip", TABLE])
+    except VipError as exc:
+        if "No such file" in str(exc):
+            return False
+        raise
+    return True
+
+
+def current_backends(netns: str | None) -> dict[str, tuple[str, ...]]:
+    """What the kernel holds: ``vip -> task IPs`` read back from the output chain."""
+    try:
+        out = _nft(netns, ["-j", "list", "chain", "ip", TABLE, "out"])
+    except VipError as exc:
+        if "No such file" in str(exc):
+            return {}
+        raise
+    found: dict[str, tuple[str, ...]] = {}
+    for item in json.loads(out).get("nftables", []):
+        rule = item.get("rule")
+        if not rule:
+            continue
+        vip, tasks = None, []
+        for stmt in rule.get("expr", []):
+            if "match" in stmt:
+                vip = stmt["match"].get("right")
+            elif "dnat" in stmt:
+                addr = stmt["dnat"].get("addr", {})
+                data = addr.get("map", {}).get("data", {}).get("set", [])
+                tasks = [pair[1] for pair in sorted(data, key=lambda p: p[0])]
+        if vip is not None:
+            found[vip] = tuple(tasks)
+    return found
+
+
+def flush_conntrack(netns: str | None, vips: Sequence[str], keep: Backends) -> int:
+    """Delete conntrack entries from a VIP to a task not in ``keep[vip]``; the count.
+
+    Runs pyroute2's conntrack netlink calls in a child that entered ``netns``.
+    """
+    from overlaysim.agent.netns import run_in_netns
+
+    keep_n = {v: set(ips) for v, ips in _normalise(keep).items()}
+    wanted = set(_normalise({v: ["0.0.0.0"] for v in vips}))
+    return int(run_in_netns(netns, _flush_here, wanted, keep_n))
+
+
+def _flush_here(vips: set[str], keep: dict[str, set[str]]) -> int:
+    from pyroute2 import Conntrack
+
+    n = 0
+    ct = Conntrack()
+    try:
+        for entry in list(ct.dump_entries()):
+            orig_dst, reply_src = entry.tuple_orig.daddr, entry.tuple_reply.saddr
+            if (
+                orig_dst in vips
+                and reply_src != orig_dst
+                and reply_src not in keep.get(orig_dst, ())
+            ):
+                try:
+                    ct.entry("del", tuple_orig=entry.tuple_orig)
+                    n += 1
+                except Exception:  # gone meanwhile
+                    pass
+    finally:
+        ct.close()
+    return n
+
+
+@dataclass
+class VipBalancer:
+    """Keeps the VIP tables of one host's containers equal to what the directory says."""
+
+    mode: Mode = "random"
+    #: container -> (netns, last applied vip -> tasks)
+    applied: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = field(default_factory=dict)
+    #: Rule replacements done, conntrack entries flushed, failures.
+    replaced: int = 0
+    flushed: int = 0
+    errors: int = 0
+
+    def sync(self, container: str, netns: str, backends: Backends) -> bool:
+        """Apply ``backends`` to ``container`` if they changed; True if rules were replaced."""
+        want = _normalise(backends)
+        _, have = self.applied.get(container, (netns, None))
+        if have == want:
+            return False
+        try:
+            replace_rules(netns, want, mode=self.mode)
+        except VipError:
+            self.errors += 1
+            raise
+        self.replaced += 1
+        self.applied[container] = (netns, want)
+        gone = [v for v, ips in (have or {}).items() if set(ips) - set(want.get(v, ()))]
+        if gone:
+            try:
+                self.flushed += flush_conntrack(netns, gone, want)
+            except Exception:  # the rules are right; stale flows just age out
+                self.errors += 1
+        return True
+
+    def forget(self, container: str) -> None:
+        """The container is gone (its namespace, and the table in it, went with it)."""
+        self.applied.pop(container, None)
