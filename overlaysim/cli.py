@@ -231,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  sudo overlaysim doctor\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure the delay line's ceiling again (it is cached until reboot)",
+    )
     p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser(
@@ -278,12 +283,15 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from overlaysim.emu.capabilities import format_report, probe
+    from overlaysim.emu.delay import doctor_lines
 
     caps = probe()
     Console().print(format_report(caps))
     missing = [name for name, cap in caps.items() if not cap.ok]
     if missing:
         print(f"missing: {', '.join(missing)} (see the 'disables' column)")
+    for line in doctor_lines(caps, remeasure=getattr(args, "remeasure", False)):
+        print(line)
     return 0
 
 

@@ -77,6 +77,27 @@ def why_none(netem: bool, nfqueue: bool) -> str:
     return "; ".join(parts)
 
 
+def doctor_lines(caps: Mapping[str, Any], *, remeasure: bool = False) -> list[str]:
+    """What ``overlaysim doctor`` says about delay: the mechanism, and the delay line's
+    measured ceiling when that is the one (measured now if not cached)."""
+    ok = {name: bool(getattr(cap, "ok", False)) for name, cap in caps.items()}
+    mech = choose(ok.get("netem", False), ok.get("nfqueue", False))
+    if mech == NETEM:
+        return ["delay mechanism: netem (tc qdisc on both ends of each delayed link)"]
+    if mech == NONE:
+        return [
+            f"delay mechanism: none: {why_none(ok.get('netem', False), ok.get('nfqueue', False))}"
+        ]
+    lines = ["delay mechanism: nfqueue (user-space NFQUEUE delay line; no sch_netem here)"]
+    try:
+        c = ceiling(refresh=remeasure)
+    except Exception as exc:  # a failed measurement is reported, doctor goes on
+        return [*lines, f"delay line ceiling: not measured ({exc})"]
+    if c is not None:
+        lines.append(f"delay line ceiling: {c.describe()}")
+    return lines
+
+
 # --- what each host holds ----------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ otherwise a 64 KB TSO super-packet would be dropped as one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -228,6 +229,16 @@ class Impairments:
             if self._delay_mech == dl.DELAY_LINE:
                 dl.ceiling()  # measured once per boot: the manifest records it
         return self._delay_mech
+
+    def delay_report(self) -> dict[str, Any]:
+        """For the manifest: the delay mechanism, the delay line's ceiling and counters."""
+        mech = self._delay_mech or "not needed"
+        out: dict[str, Any] = {"mechanism": mech}
+        if mech == dl.DELAY_LINE:
+            c = dl.ceiling(measure=False)
+            out["ceiling"] = None if c is None else dataclasses.asdict(c)
+            out["stats"] = self.delay_line_stats()
+        return out
 
     def delay_line_stats(self) -> dict[str, dict[str, float]]:
         """The delay line's counters per host (empty when it is not used)."""

@@ -630,6 +630,7 @@ def run_emulation(
                     if world.t0 is not None:
                         result = collect(world.events, testbed.logs(), t0=world.t0, t_end=t_end)
                     testbed.remove_files(keep_logs_in=writer.path / AGENT_LOGS)
+            extra["delay"] = underlay.impairments.delay_report()
             extra["underlay"] = underlay.describe()
     except KeyboardInterrupt:
         status = "interrupted" if status != "failed" else status

@@ -43,8 +43,11 @@ COMPARE_PNG = "compare.png"
 FIGSIZE = (16.0, 7.0)  # inches: two panels side by side, 1600x700 px at DPI
 
 Verdict = Literal["agree", "differ", "too few samples"]
-#: Round-trip times per site pair agree when B's median is within this of A's.
+#: Round-trip times per site pair agree when B's median is within this of A's ...
 RTT_TOLERANCE = 0.15
+#: ... or within this many ms: a user-space ping on a busy machine adds about half a
+#: millisecond of its own (wake-ups), which is more than 15 % of a LAN round trip.
+RTT_FLOOR_MS = 1.0
 
 
 class CompareError(UserError):
@@ -84,8 +87,8 @@ class ScalarComparison:
 class RttComparison:
     """Median round trip between two sites in both runs (``reachability.csv``'s ``rtt_ms``).
 
-    ``agree`` when B's median is within :data:`RTT_TOLERANCE` of A's; one side without
-    samples is ``too few samples``.
+    ``agree`` when B's median is within :data:`RTT_TOLERANCE` of A's (or within
+    :data:`RTT_FLOOR_MS`); one side without samples is ``too few samples``.
     """
 
     sites: str
@@ -102,9 +105,8 @@ class RttComparison:
     def verdict(self) -> Verdict:
         if self.a is None or self.b is None:
             return "too few samples"
-        if self.a == 0:
-            return "agree" if self.b == 0 else "differ"
-        return "agree" if abs(self.b / self.a - 1.0) <= RTT_TOLERANCE else "differ"
+        close = abs(self.b - self.a) <= max(RTT_TOLERANCE * self.a, RTT_FLOOR_MS)
+        return "agree" if close else "differ"
 
     @property
     def label(self) -> str:
@@ -311,6 +313,10 @@ def _warnings(a: Run, b: Run) -> list[str]:
     da, db = _duration(a), _duration(b)
     if da != db:
         out.append(f"different durations: {da:g} s vs {db:g} s")
+    from overlaysim.report.summary import delay_warnings
+
+    for side, run in (("A", a), ("B", b)):
+        out += [f"run {side}: {w}" for w in delay_warnings(run.manifest, run.metrics or {})]
     return out
 
 
@@ -490,6 +496,7 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
                 "samples_b": r.samples_b,
                 "ratio_b_over_a": r.ratio,
                 "tolerance": RTT_TOLERANCE,
+                "floor_ms": RTT_FLOOR_MS,
                 "verdict": r.verdict,
             }
             for r in c.rtts

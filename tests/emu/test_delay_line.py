@@ -143,15 +143,5 @@ def test_nothing_left_after_a_run_a_failure_or_ctrl_c(how: str) -> None:
     except (RuntimeError, KeyboardInterrupt) as caught:
         assert caught is exc
     assert pid is not None and not _alive(pid)
-    ps = subprocess.run(["pgrep", "-f", "overlaysim.emu.delayline"], capture_output=True, text=True)
-    mine = [p for p in ps.stdout.split() if _parent_is_us(int(p))]
-    assert mine == []
     nets = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
     assert f"osim{tag}" not in nets
-
-
-def _parent_is_us(pid: int) -> bool:
-    try:
-        return int(open(f"/proc/{pid}/stat").read().split()[3]) == os.getpid()
-    except OSError:
-        return False
