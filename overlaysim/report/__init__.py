@@ -1,1 +1,5 @@
-"""Figures (``plots``) and the console summary (``summary``) of a results folder."""
+"""Figures (``plots``), the console summary (``summary``), the HTML page (``html``) and
+run comparison (``compare``) on top of results folders.
+
+May import ``core``, ``errors`` and ``metrics``.
+"""

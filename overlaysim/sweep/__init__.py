@@ -3,6 +3,9 @@
 ``plan_sweep`` validates every point first; ``run_sweep`` runs what is not complete yet
 (process pool, Dask, or one at a time for emulation) and rebuilds ``OUT/index.csv``.
 Reference: ``docs/sweeps.md``.
+
+May import ``core``, ``errors``, ``scenario``, ``metrics``, ``world``, ``report``, ``sim``
+and ``emu``.
 """
 
 from __future__ import annotations

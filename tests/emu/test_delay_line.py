@@ -79,7 +79,7 @@ def test_delay_step_adds_what_it_says_and_clear_removes_it(u: Underlay) -> None:
     imp.delay(5)  # end to end, on top of the link's
     assert rtt_ms(u, "h1", "h3") == pytest.approx(CROSS_SITE_MS + 50, rel=0.15)
     assert rtt_ms(u, "h2", "h1") == pytest.approx(SAME_SITE_MS + 10, rel=0.15, abs=1.5)
-    imp.clear_delay(("s1", "s2"))
+    imp.clear(("s1", "s2"), kind="delay")
     assert rtt_ms(u, "h1", "h3") == pytest.approx(CROSS_SITE_MS + 10, rel=0.15)
     imp.clear()
     assert rtt_ms(u, "h1", "h3") == pytest.approx(CROSS_SITE_MS, rel=0.15)

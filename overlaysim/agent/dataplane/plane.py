@@ -165,7 +165,8 @@ class DataPlane:
                 f"network {net.name!r} is encrypted and this host has no network keys; "
                 "refusing rather than running it in clear"
             )
-        mtu = sandbox_mtu(net, 0 if net.mtu else self._underlay_mtu())
+        # the underlay is only read when the network does not fix its MTU
+        mtu = net.mtu or sandbox_mtu(net, self._underlay_mtu())
         ns = self.sandbox_netns(net)
         record = Created(kind=NETNS, name=ns, owner=f"network:{net.name}")
         self._create_namespace(record)
