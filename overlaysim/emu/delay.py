@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import platform
 import select
@@ -40,6 +41,8 @@ from overlaysim.emu.delayline import Hold, restore_script
 if TYPE_CHECKING:
     from overlaysim.emu.net import Underlay
     from overlaysim.scenario.topology import Topology
+
+log = logging.getLogger(__name__)
 
 NETEM = "netem"
 DELAY_LINE = "nfqueue"
@@ -188,7 +191,16 @@ class DelayLineProcess:
         if self._err is not None:
             self._err.close()
             self._err = None
+            path = self._err_path()
+            tail = self._tail()
+            if tail != "no error output":  # say it before the run folder goes
+                log.warning("delay line: %s", tail)
+            path.unlink(missing_ok=True)
         self._attached.clear()
+
+    def _err_path(self) -> Path:
+        record = self._u.record
+        return (record.path.parent if record else Path("/tmp")) / "delayline.err"
 
     def _start(self) -> None:
         if self._proc is not None:
@@ -198,9 +210,7 @@ class DelayLineProcess:
                 )
             return
         host = self._u.hosts[0]
-        record = self._u.record
-        err_path = (record.path.parent if record else Path("/tmp")) / "delayline.err"
-        self._err = open(err_path, "ab")  # noqa: SIM115 - closed in close()
+        self._err = open(self._err_path(), "ab")  # noqa: SIM115 - closed in close()
         argv = [sys.executable, "-m", "overlaysim.emu.delayline", "--seed", str(self.seed)]
         self._proc = self._u.popen(
             host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err
@@ -231,11 +241,8 @@ class DelayLineProcess:
         return proc.stdout.readline().decode().strip()
 
     def _tail(self) -> str:
-        record = self._u.record
-        if record is None:
-            return "no error output"
         with contextlib.suppress(OSError):
-            text = (record.path.parent / "delayline.err").read_text().strip()
+            text = self._err_path().read_text().strip()
             return text.splitlines()[-1] if text else "no error output"
         return "no error output"
 

@@ -129,7 +129,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("how", ["clean", "error", "interrupt"])
 def test_nothing_left_after_a_run_a_failure_or_ctrl_c(how: str) -> None:
     emulation_or_skip()
-    pid = tag = None
+    pid = tag = run_dir = None
     exc = {"clean": None, "error": RuntimeError("boom"), "interrupt": KeyboardInterrupt()}[how]
     try:
         with underlay_session(TOPO, seed=1) as u:
@@ -138,6 +138,7 @@ def test_nothing_left_after_a_run_a_failure_or_ctrl_c(how: str) -> None:
             assert line is not None and line.running
             pid = line._proc.pid  # type: ignore[union-attr]
             tag = u.plan.tag  # type: ignore[union-attr]
+            run_dir = u.record.path.parent  # type: ignore[union-attr]
             if exc is not None:
                 raise exc
     except (RuntimeError, KeyboardInterrupt) as caught:
@@ -145,3 +146,4 @@ def test_nothing_left_after_a_run_a_failure_or_ctrl_c(how: str) -> None:
     assert pid is not None and not _alive(pid)
     nets = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
     assert f"osim{tag}" not in nets
+    assert run_dir is not None and not run_dir.exists()  # its error file went with it
