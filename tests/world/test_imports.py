@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "scenario": {"core", "errors"},
     "metrics": {"core", "errors"},
     "world": {"core", "errors", "scenario", "metrics"},
-    "report": {"core", "errors", "metrics"},
+    "report": {"core", "errors", "scenario", "metrics"},
     "sim": {"core", "errors", "scenario", "metrics", "world"},
     "emu": {"core", "errors", "scenario", "metrics", "world", "agent"},
     "lab": {"core", "errors", "scenario", "metrics", "world", "agent", "emu"},
