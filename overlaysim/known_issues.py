@@ -42,7 +42,7 @@ def _unconverged(m: dict[str, Any]) -> float:
 CASES: tuple[Case, ...] = (
     Case(
         id="heal-flapping",
-        source="overlaysim issue 12 (memberlist deadNode; NetworkDB on memberlist)",
+        source="issue 12",
         backend="sim",
         scenario="heal-flapping.yaml",
         symptom="false positives outside partitions",
