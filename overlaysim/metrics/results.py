@@ -92,6 +92,13 @@ class ResultsWriter:
         """Write ``metrics.json`` (NaN and inf become null)."""
         return self._write_json(METRICS, metrics)
 
+    def note(self, **facts: Any) -> Path:
+        """Add ``facts`` to the manifest now (the run is still ``running``)."""
+        if self._finished:
+            raise RuntimeError("ResultsWriter.note() after finish()")
+        self.manifest.update(facts)
+        return self._write_json(MANIFEST, self.manifest)
+
     def finish(
         self,
         status: FinalStatus,

@@ -393,10 +393,13 @@ class RateEvent(_Event):
 
 
 class ClearEvent(_Event):
-    """Remove loss, delay and rate impairments from one link, or from every link."""
+    """Remove loss, delay and rate impairments (or only ``kind``) from one link or all."""
 
     action: Literal["clear"]
     link: HostPair | None = Field(None, description="a topology link [a, b] (default: all)")
+    kind: Literal["loss", "delay", "rate"] | None = Field(
+        None, description="one impairment kind to remove: loss, delay or rate (default: all)"
+    )
 
 
 class PartitionEvent(_Event):
@@ -606,6 +609,13 @@ class Scenario(StrictModel):
     )
     networks: tuple[Network, ...] = Field((), description="a list of networks")
     containers: tuple[ContainerItem, ...] = Field((), description="containers and generators")
+
+    @field_validator("containers", mode="before")
+    @classmethod
+    def _one_item(cls, value: Any) -> Any:
+        """A bare container or generator mapping means the one-item list it stands for."""
+        return [value] if isinstance(value, dict) else value
+
     services: tuple[Service, ...] = Field((), description="a list of services")
     events: tuple[Event, ...] = Field((), description="a list of timed events")
     measure: Measure = Field(default_factory=Measure, description="what to measure")

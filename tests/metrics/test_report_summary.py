@@ -148,6 +148,6 @@ def test_print_summary_flags_incomplete_runs():
 
 def test_summary_of_a_loaded_folder(tmp_path):
     w = ResultsWriter(tmp_path / "r", base_manifest(name="t", backend="sim", seed=1, scenario={}))
-    finalize_run(w, {"convergence": conv([0.5, 1.5], "add")}, duration_s=5, nodes=2, plots=False)
+    finalize_run(w, {"convergence": conv([0.5, 1.5], "add")}, duration_s=5, nodes=2)
     text = render(summary_table(load_run(tmp_path / "r")))
     assert "t — status complete" in text and "2 / 0" in text

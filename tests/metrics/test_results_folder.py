@@ -73,7 +73,10 @@ def manifest(seed: int = 1) -> dict:
 
 def write(out: Path, seed: int = 1, plots: bool = False):
     w = ResultsWriter(out, manifest(seed))
-    return finalize_run(w, fake_run(seed), duration_s=30.0, nodes=len(HOSTS), plots=plots)
+    run = finalize_run(w, fake_run(seed), duration_s=30.0, nodes=len(HOSTS))
+    if plots:  # figures are drawn on top of a finished folder, never by finalize
+        write_plots(run, out / "plots")
+    return run
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 from overlaysim.cli import main
 from overlaysim.metrics.results import PLOT_FILES, load_run
 from overlaysim.report.html import render_html, write_html
+from overlaysim.report.plots import write_plots
 from overlaysim.report.summary import summary_rows
 from overlaysim.scenario.loader import load_scenario
 from overlaysim.sim.runner import run_simulation
@@ -25,6 +26,7 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yam
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("html") / "qs"
     assert run_simulation(load_scenario(QUICKSTART), out, progress=False) == "complete"
+    write_plots(load_run(out), out / "plots")
     return out
 
 
