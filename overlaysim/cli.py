@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a scenario field (YAML value); repeatable",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display or summary")
+    p.add_argument("--no-plots", action="store_true", help="do not draw plots after the run")
     p.add_argument("--name", help="container form: the container's name")
     p.add_argument("--network", action="append", dest="networks", default=[], help="container form")
     p.add_argument("--ip", help="container form: a fixed address (one network only)")
