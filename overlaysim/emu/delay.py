@@ -113,23 +113,25 @@ def path_holds(
     """For each receiving host, the hold for each source address (paths with delay only).
 
     ``link_delay`` maps a topology link (its two node names) to (one-way ms, jitter ms);
-    ``end_to_end`` is added once per packet. Paths are the simulator's (lowest latency).
+    ``end_to_end`` is added once per packet. Paths are the simulator's: lowest topology
+    latency (``overlaysim.sim.underlay`` routes the same way; emu may not import sim).
     """
-    from overlaysim.sim.underlay import Underlay as Model  # one routing model for both
+    import networkx as nx
 
-    model = Model(topology)
+    graph = topology.graph()
     holds: dict[str, dict[str, Hold]] = {}
+    paths = {
+        h: nx.single_source_dijkstra_path(graph, h, weight="latency_ms") for h in topology.hosts
+    }
     for dst in topology.hosts:
         mine: dict[str, Hold] = {}
         for src in topology.hosts:
-            if src == dst:
-                continue
-            path = model.path(src, dst)
-            if path is None:
+            nodes = paths[src].get(dst)
+            if src == dst or nodes is None:
                 continue
             ms, jit = end_to_end
-            for lid in path:
-                d, j = link_delay.get(lid, (0.0, 0.0))
+            for x, y in zip(nodes, nodes[1:], strict=False):
+                d, j = link_delay.get(frozenset((x, y)), (0.0, 0.0))
                 ms += d
                 jit += j
             if ms > 0 or jit > 0:

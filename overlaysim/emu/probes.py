@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from overlaysim.emu.net import Underlay
-from overlaysim.metrics.rtt import site_pair, sites_of
+from overlaysim.scenario.sites import site_pair, sites_of
 
 #: At most this many ordered container pairs are pinged.
 MAX_PROBE_PAIRS = 400

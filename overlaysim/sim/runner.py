@@ -28,9 +28,9 @@ from overlaysim.metrics.finalize import Outcome, finalize
 from overlaysim.metrics.manifest import base_manifest
 from overlaysim.metrics.records import HOLD_EVENTS_MAX_HOSTS, NOT_MEASURED_BY_SIM, EventLog
 from overlaysim.metrics.results import ResultsWriter
-from overlaysim.metrics.rtt import site_pair, sites_of
 from overlaysim.metrics.traffic import TrafficCounter
 from overlaysim.scenario.schema import Scenario
+from overlaysim.scenario.sites import site_pair, sites_of
 from overlaysim.scenario.steps import Step
 from overlaysim.scenario.timeline import Plan, plan
 from overlaysim.sim.engine import Observer, SimCluster

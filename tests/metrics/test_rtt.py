@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from overlaysim.metrics.rtt import rtt_by_sites, site_pair, sites_of
+from overlaysim.metrics.rtt import rtt_by_sites
 from overlaysim.report.compare import RttComparison
 from overlaysim.report.summary import delay_warnings
 from overlaysim.scenario.generators import two_site
+from overlaysim.scenario.sites import site_pair, sites_of
 from overlaysim.scenario.topology import LinkSpec
 
 
