@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint sysdeps venv clean-results
+.PHONY: demo test test-fast lint sysdeps venv clean-results notebooks
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,19 @@ test: $(STAMP) sysdeps lint
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not emu and not slow"
+
+# JupyterLab into .venv (the `notebooks` extra), then open notebooks/ with it.
+# As root Jupyter refuses to start without --allow-root; JUPYTER_ARGS adds options
+# (e.g. JUPYTER_ARGS='--no-browser --ip=127.0.0.1').
+NB_STAMP := $(VENV)/.notebooks-stamp
+JUPYTER_ARGS ?=
+
+$(NB_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[test,notebooks]'
+	@touch $(NB_STAMP)
+
+notebooks: $(NB_STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $$(test "$$(id -u)" = 0 && echo --allow-root) $(JUPYTER_ARGS)
 
 clean-results:
 	rm -rf results

@@ -4,11 +4,18 @@ Builds two underlay hosts (named namespaces ``osimb-u1`` and ``osimb-u2`` joined
 a veth pair, 10.98.0.1/24 and 10.98.0.2/24), one overlay network with a container
 on each host (through :class:`overlaysim.agent.dataplane.DataPlane`, prefix
 ``osimb``), then runs iperf3 TCP host -> host over the underlay and container ->
-container over the overlay, back to back, for each variant of MTU and offload
-settings. Prints Gbit/s for both and their ratio. Everything is rebuilt per variant
-and removed at the end; traffic stays between the namespaces built here.
+container over the overlay for each variant of MTU, offload and bridge settings.
 
-Run as root: ``.venv/bin/python bench/dataplane.py [--seconds 10] [--repeat 1]``.
+It also builds, once for the whole run, a hand-made *reference*: two more namespaces
+(``osimb-r1``/``osimb-r2``, a veth underlay 10.98.1.0/24) with a VXLAN device in each
+carrying the overlay address itself, a static FDB entry and a permanent neighbour for
+the peer: the kernel's VXLAN with no bridge and no container hop, the ceiling our
+data plane can reach. Every round runs underlay, ours and the reference back to back
+(the order of ours and the reference alternates between rounds) and prints
+overlay/underlay and ours/reference; the table gives medians with their range.
+Everything is removed at the end; traffic stays between the namespaces built here.
+
+Run as root: ``.venv/bin/python bench/dataplane.py [--seconds 10] [--repeat 5]``.
 Do not run it at the same time as the Mininet emulation tests.
 """
 
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,6 +38,7 @@ from pyroute2 import IPRoute
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import clean_prefixed
 from overlaysim.agent.dataplane import DataPlane, NetInfo, docker_mac, sandbox_mtu
+from overlaysim.core.cluster import VXLAN_OVERHEAD
 
 PREFIX = "osimb"
 U1, U2 = f"{PREFIX}-u1", f"{PREFIX}-u2"
@@ -38,26 +47,40 @@ IP1, IP2 = "10.98.0.1", "10.98.0.2"
 C1_IP, C2_IP = "10.40.0.2", "10.40.0.3"
 
 
+R1, R2 = f"{PREFIX}-r1", f"{PREFIX}-r2"
+RL1, RL2 = f"{PREFIX}-rl1", f"{PREFIX}-rl2"
+RIP1, RIP2 = "10.98.1.1", "10.98.1.2"
+RC1, RC2 = "10.41.9.1", "10.41.9.2"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Variant:
-    """One configuration: underlay MTU, overlay MTU (0 = derived) and ethtool changes.
+    """One configuration: underlay MTU, overlay MTU (0 = derived), ethtool changes and
+    sandbox bridge options.
 
     ``offloads`` maps a device role (``underlay``, ``vxlan``, ``veth``) to feature
     settings, e.g. ``{"veth": {"rx-gro": True}}``; ``veth`` means both ends of each
-    container's veth pair.
+    container's veth pair. ``bridge`` holds ``ip link set br0 type bridge`` options.
     """
 
     name: str
     underlay_mtu: int = 1500
     overlay_mtu: int = 0
     offloads: dict[str, dict[str, bool]] = field(default_factory=dict)
+    bridge: dict[str, str] = field(default_factory=dict)
 
 
 GRO_ALL = {"underlay": {"rx-gro": True}, "veth": {"rx-gro": True}}
 NO_TSO_GSO = {"tx-tcp-segmentation": False, "tx-generic-segmentation": False}
 NO_TNL_GSO = {"tx-udp_tnl-segmentation": False, "tx-udp_tnl-csum-segmentation": False}
+#: br_netfilter is loaded here and sets bridge-nf-call-* to 1 in every new namespace, so
+#: each bridged frame also walks the IP netfilter hooks; the sandbox has no rules.
+NO_BR_NF = {"nf_call_iptables": "0", "nf_call_ip6tables": "0", "nf_call_arptables": "0"}
 VARIANTS = (
     Variant(name="default"),
+    Variant(name="gro-cveth", offloads={"veth": {"rx-gro": True}}),
+    Variant(name="bridge-no-nf", bridge=NO_BR_NF),
+    Variant(name="gro-cveth-no-nf", offloads={"veth": {"rx-gro": True}}, bridge=NO_BR_NF),
     Variant(name="mtu-1400", overlay_mtu=1400),
     Variant(name="mtu-1300", overlay_mtu=1300),
     Variant(name="gro-veth", offloads=GRO_ALL),
@@ -70,10 +93,11 @@ VARIANTS = (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
-    """Samples of one variant; each overlay run directly follows an underlay run.
+    """Samples of one variant, one per round: underlay, ours and the reference ran
+    back to back in each round.
 
-    The ratio is the median of per-pair ratios, so a busy moment on the machine
-    that slows one pair does not skew the comparison.
+    Ratios are medians of per-round ratios, so a busy moment on the machine that slows
+    one round does not skew the comparison.
     """
 
     variant: str
@@ -82,8 +106,10 @@ class Result:
     offloads: str
     underlay_gbps: tuple[float, ...]
     overlay_gbps: tuple[float, ...]
+    reference_gbps: tuple[float, ...]
     underlay_retrans: tuple[int, ...]  # TCP retransmissions per run (reordering, drops)
     overlay_retrans: tuple[int, ...]
+    load: tuple[float, ...]  # 1-minute load average at the start of each round
 
     @property
     def ratios(self) -> list[float]:
@@ -92,6 +118,15 @@ class Result:
     @property
     def ratio(self) -> float:
         return statistics.median(self.ratios) if self.ratios else 0.0
+
+    @property
+    def ref_ratios(self) -> list[float]:
+        pairs = zip(self.reference_gbps, self.overlay_gbps, strict=True)
+        return [o / r for r, o in pairs if r]
+
+    @property
+    def ref_ratio(self) -> float:
+        return statistics.median(self.ref_ratios) if self.ref_ratios else 0.0
 
 
 # --- building ---------------------------------------------------------------------------
@@ -131,11 +166,49 @@ def testbed(variant: Variant) -> Iterator[tuple[DataPlane, DataPlane, int]]:
         d1.add_remote("bench", C2_IP, docker_mac(C2_IP), IP2)
         d2.add_remote("bench", C1_IP, docker_mac(C1_IP), IP1)
         apply_offloads(variant, (d1, d2), net)
+        if variant.bridge:
+            opts = [x for kv in variant.bridge.items() for x in kv]
+            for plane in (d1, d2):
+                sandbox = plane.sandbox_netns(net)
+                _ip(sandbox, "link", "set", "br0", "type", "bridge", *opts)
         yield d1, d2, sandbox_mtu(net, variant.underlay_mtu)
     finally:
         for plane in planes:
             plane.close()
         for name in (U1, U2):
+            kns.remove_netns(name)
+
+
+def _ip(ns: str, *argv: str) -> None:
+    subprocess.run(["ip", "-n", ns, *argv], check=True, capture_output=True, timeout=10)
+
+
+@contextmanager
+def reference(underlay_mtu: int = 1500) -> Iterator[tuple[str, str, str]]:
+    """The hand-built ceiling: a VXLAN device per namespace carrying the overlay address,
+    static FDB and neighbour entries, no bridge, no container. Yields (server netns,
+    client netns, server overlay IP)."""
+    try:
+        build_underlay((R1, RL1, RIP1), (R2, RL2, RIP2), underlay_mtu)
+        macs = {R1: "02:42:0a:29:09:01", R2: "02:42:0a:29:09:02"}
+        for ns, local, peer, ip, peer_ip, peer_ns in (
+            (R1, RIP1, RIP2, RC1, RC2, R2),
+            (R2, RIP2, RIP1, RC2, RC1, R1),
+        ):
+            _ip(ns, "link", "add", "vx0", "address", macs[ns], "mtu",
+                str(underlay_mtu - VXLAN_OVERHEAD), "type", "vxlan", "id", "4096",
+                "dstport", "4789", "local", local, "nolearning")  # fmt: skip
+            _ip(ns, "addr", "add", f"{ip}/24", "dev", "vx0")
+            _ip(ns, "link", "set", "vx0", "up")
+            subprocess.run(
+                ["bridge", "-n", ns, "fdb", "add", macs[peer_ns], "dev", "vx0", "dst", peer,
+                 "self", "permanent"], check=True, capture_output=True, timeout=10,
+            )  # fmt: skip
+            _ip(ns, "neigh", "add", peer_ip, "lladdr", macs[peer_ns], "dev", "vx0", "nud",
+                "permanent")  # fmt: skip
+        yield R2, R1, RC2
+    finally:
+        for name in (R1, R2):
             kns.remove_netns(name)
 
 
@@ -210,51 +283,66 @@ def iperf3_tcp(server_ns: str, client_ns: str, server_ip: str, seconds: float) -
         server.wait(timeout=10)
 
 
-def measure(variant: Variant, seconds: float, repeat: int) -> Result:
+def measure(variant: Variant, seconds: float, repeat: int, ref: tuple[str, str, str]) -> Result:
     with testbed(variant) as (d1, d2, mtu):
         c1, c2 = d1.container_netns("c1"), d2.container_netns("c2")
-        under, over = [], []
-        for _ in range(repeat):  # interleaved, so drift in the machine hits both
+        under, over, refs, load = [], [], [], []
+        for i in range(repeat):  # interleaved, so drift in the machine hits every path
+            load.append(os.getloadavg()[0])
             under.append(iperf3_tcp(U2, U1, IP2, seconds))
-            over.append(iperf3_tcp(c2, c1, C2_IP, seconds))
-    offloads = "; ".join(
+            if i % 2:  # alternate which overlay runs first
+                refs.append(iperf3_tcp(*ref, seconds)[0])
+                over.append(iperf3_tcp(c2, c1, C2_IP, seconds))
+            else:
+                over.append(iperf3_tcp(c2, c1, C2_IP, seconds))
+                refs.append(iperf3_tcp(*ref, seconds)[0])
+    changes = [
         f"{role}: " + ",".join(f"{k}={'on' if v else 'off'}" for k, v in wanted.items())
         for role, wanted in variant.offloads.items()
-    )
+    ]
+    if variant.bridge:
+        changes.append("br0: " + ",".join(f"{k}={v}" for k, v in variant.bridge.items()))
     return Result(
         variant=variant.name,
         underlay_mtu=variant.underlay_mtu,
         overlay_mtu=mtu,
-        offloads=offloads or "kernel defaults",
+        offloads="; ".join(changes) or "kernel defaults",
         underlay_gbps=tuple(g for g, _ in under),
         overlay_gbps=tuple(g for g, _ in over),
+        reference_gbps=tuple(refs),
         underlay_retrans=tuple(r for _, r in under),
         overlay_retrans=tuple(r for _, r in over),
+        load=tuple(load),
     )
+
+
+def _spread(values: list[float]) -> str:
+    return f"({min(values):.2f}-{max(values):.2f})" if values else ""
 
 
 def print_table(results: list[Result]) -> None:
-    """Medians (Gbit/s, retransmissions); the ratio also shows its range over repeats."""
+    """Medians (Gbit/s, retransmissions); ratios also show their range over rounds."""
     head = (
-        f"{'variant':<20} {'u-MTU':>5} {'o-MTU':>5} {'underlay':>8} {'overlay':>8} "
-        f"{'ratio':>5} {'(min-max)':>11} {'u-retr':>7} {'o-retr':>7}  offloads"
+        f"{'variant':<16} {'u-MTU':>5} {'o-MTU':>5} {'underlay':>8} {'ours':>6} {'ref':>6} "
+        f"{'ours/under':>10} {'(range)':>11} {'ours/ref':>8} {'(range)':>11} {'load':>9}  settings"
     )
     print(head)
     print("-" * len(head))
+    med = statistics.median
     for r in results:
-        spread = f"({min(r.ratios):.2f}-{max(r.ratios):.2f})" if r.ratios else ""
         print(
-            f"{r.variant:<20} {r.underlay_mtu:>5} {r.overlay_mtu:>5} "
-            f"{statistics.median(r.underlay_gbps):>8.2f} {statistics.median(r.overlay_gbps):>8.2f} "
-            f"{r.ratio:>5.2f} {spread:>11} {statistics.median(r.underlay_retrans):>7.0f} "
-            f"{statistics.median(r.overlay_retrans):>7.0f}  {r.offloads}"
+            f"{r.variant:<16} {r.underlay_mtu:>5} {r.overlay_mtu:>5} "
+            f"{med(r.underlay_gbps):>8.2f} {med(r.overlay_gbps):>6.2f} "
+            f"{med(r.reference_gbps):>6.2f} {r.ratio:>10.2f} {_spread(r.ratios):>11} "
+            f"{r.ref_ratio:>8.2f} {_spread(r.ref_ratios):>11} "
+            f"{min(r.load):>4.1f}-{max(r.load):<4.1f}  {r.offloads}"
         )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="iperf3 duration (s)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per variant (median)")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds per variant (median)")
     parser.add_argument(
         "--variants",
         default="all",
@@ -267,22 +355,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no variant matches {args.variants!r}")
     clean_prefixed(PREFIX)  # leftovers of an interrupted earlier run
     results = []
-    for variant in chosen:
-        result = measure(variant, args.seconds, args.repeat)
-        pairs = ", ".join(
-            f"{u:.2f}/{o:.2f}"
-            for u, o in zip(result.underlay_gbps, result.overlay_gbps, strict=True)
-        )
-        print(
-            f"  {variant.name}: underlay/overlay Gbit/s {pairs}; ratio {result.ratio:.2f}",
-            file=sys.stderr,
-            flush=True,
-        )
-        results.append(result)
+    with reference() as ref:
+        for variant in chosen:
+            if variant.underlay_mtu != 1500:
+                print(f"  {variant.name}: the reference runs on a 1500 underlay", file=sys.stderr)
+            result = measure(variant, args.seconds, args.repeat, ref)
+            rounds = ", ".join(
+                f"{u:.2f}/{o:.2f}/{f:.2f}"
+                for u, o, f in zip(
+                    result.underlay_gbps, result.overlay_gbps, result.reference_gbps, strict=True
+                )
+            )
+            print(
+                f"  {variant.name}: underlay/ours/reference Gbit/s {rounds}; "
+                f"ours/underlay {result.ratio:.2f}, ours/reference {result.ref_ratio:.2f} "
+                f"(load {', '.join(f'{x:.1f}' for x in result.load)})",
+                file=sys.stderr,
+                flush=True,
+            )
+            results.append(result)
     print_table(results)
     if args.json:
         args.json.write_text(
-            json.dumps([asdict(r) | {"ratio": r.ratio} for r in results], indent=2)
+            json.dumps(
+                [asdict(r) | {"ratio": r.ratio, "ref_ratio": r.ref_ratio} for r in results],
+                indent=2,
+            )
         )
     return 0
 

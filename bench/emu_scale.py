@@ -79,14 +79,14 @@ def phases(conv: Any) -> tuple[list[float], list[float], int]:
 def one(n: int, loss: float, duration: float, out: Path) -> dict[str, Any]:
     sc = scenario(n, loss, duration)
     t = time.perf_counter()
-    status = run_emulation(sc, out / "emu", progress=False, plots=False)
+    status = run_emulation(sc, out / "emu", progress=False)
     wall = time.perf_counter() - t
     run = load_run(out / "emu")
     m = run.manifest
     timings = m["underlay"]["timings"]
     setup = timings.get("build_s", 0.0) + timings.get("start_s", 0.0) + m.get("boot_s", 0.0)
     boot, churn, unconverged = phases(run.convergence)
-    run_simulation(sc, out / "sim", progress=False, plots=False)
+    run_simulation(sc, out / "sim", progress=False)
     sim_boot, sim_churn, _ = phases(load_run(out / "sim").convergence)
     rss = list(m.get("agent_rss_kib", {}).values())
     return {

@@ -8,8 +8,20 @@ cluster settle, then simulates a measured window and prints:
 * the raw SimPy event rate measured in the same process just before,
 * their ratio: wall cost of one handled message / wall cost of one bare SimPy event.
 
+With ``--endpoints`` it measures what users run instead: the scenario runner
+(``SimWorld``, observers included) on a formed cluster with one endpoint per host on one
+network, committed at t=0 (a burst of N entries), optionally with endpoint churn
+(``--churn RATE``: containers attaching/detaching as a Poisson process from t=1 s on).
+For each N it prints wall s per simulated s, entry receptions per wall s (entries
+carried by delivered table messages), protocol messages per wall s (deliveries + timer
+firings), peak RSS and RSS per node, and the wall time of a bare SimPy workload (N
+processes x 1,000 timeouts) timed in the same run, with the ratio run wall / bare wall.
+
 Usage:
   python bench/sim_scale.py                       # N = 1000, 2000, 5000, 10000; 60 s each
+  python bench/sim_scale.py --endpoints --sizes 500 1000 --seconds 30
+  python bench/sim_scale.py --endpoints --churn 20 --sizes 1000 --seconds 30
+  python bench/sim_scale.py --endpoints --sizes 500 --seconds 10 --profile prof.out
   python bench/sim_scale.py --sizes 1000 --seconds 10
   python bench/sim_scale.py --sizes 100000 --seconds 5   # if memory allows
 """
@@ -127,6 +139,167 @@ def run_size(n: int, seconds: float, preset: str, settle: float, seed: int) -> d
     }
 
 
+def bare_simpy_processes(n: int, timeouts: int = 1000) -> float:
+    """Wall seconds of the reference workload: ``n`` SimPy processes, each waiting out
+    ``timeouts`` random timeouts (``yield env.timeout(d)``), run to completion."""
+    env = simpy.Environment()
+    rng = random.Random(1)
+
+    def proc(delays: list[float]):
+        for d in delays:
+            yield env.timeout(d)
+
+    for _ in range(n):
+        env.process(proc([rng.random() * 0.01 for _ in range(timeouts)]))
+    t0 = time.perf_counter()
+    env.run()
+    return time.perf_counter() - t0
+
+
+def endpoint_scenario(n: int, seconds: float, preset: str, seed: int, churn: float) -> dict:
+    """Scenario data: N hosts on a star, one endpoint per host on one network at t=0."""
+    events = []
+    if churn > 0:
+        events.append(
+            {
+                "at": 1,
+                "action": "churn",
+                "network": "app",
+                "rate_per_s": churn,
+                "duration": seconds - 1,
+            }
+        )
+    return {
+        "name": f"bench-{n}",
+        "seed": seed,
+        "duration": seconds,
+        "profile": preset,
+        "boot": "formed",
+        "topology": {
+            "generator": "star",
+            "hosts": n,
+            "link": {"latency_ms": 0.5, "bandwidth_mbps": 1000, "loss_pct": 0},
+        },
+        "networks": [{"name": "app", "subnet": "10.64.0.0/14", "attachable": True}],
+        "containers": [{"per_host": 1, "networks": ["app"]}],
+        "events": events,
+        "measure": {"probes": False},
+    }
+
+
+def run_endpoints(n: int, seconds: float, preset: str, seed: int, churn: float) -> dict:
+    """One user-shaped run through the scenario runner's world (observers included)."""
+    from overlaysim.core.wire import BulkSync, TableGossip
+    from overlaysim.scenario.loader import validate_scenario
+    from overlaysim.scenario.timeline import plan
+    from overlaysim.sim.runner import SimWorld
+
+    scenario = validate_scenario(endpoint_scenario(n, seconds, preset, seed, churn))
+    gc.collect()
+    bare = bare_simpy_processes(n)
+    t0 = time.perf_counter()
+    world = SimWorld(scenario, seed)
+    cluster = world.cluster
+    obs = cluster.observer
+    inner = obs.received
+    counts = {"entries": 0}
+
+    def received(t, host, msg, size):  # count entry receptions, then record as usual
+        if type(msg) is TableGossip or type(msg) is BulkSync:
+            counts["entries"] += len(msg.entries)
+        inner(t, host, msg, size)
+
+    obs.received = received
+    world.boot(plan(scenario, seed))
+    boot_wall = time.perf_counter() - t0
+    with frozen_heap():
+        t1 = time.perf_counter()
+        world.env.run(until=seconds)
+        run_wall = time.perf_counter() - t1
+    wall = boot_wall + run_wall
+    rows = world.tracker.finish(seconds)
+    lat = sorted(r["latency_s"] for r in rows if r["status"] == "converged")
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    handled = cluster.messages_delivered + cluster.timers_fired
+    return {
+        "n": n,
+        "churn": churn,
+        "seconds": seconds,
+        "bare_wall_s": bare,
+        "boot_wall_s": boot_wall,
+        "wall_s": wall,
+        "ratio": wall / bare,
+        "wall_per_sim_s": run_wall / seconds,
+        "entry_rx": counts["entries"],
+        "entry_rx_per_wall_s": counts["entries"] / run_wall,
+        "msgs": handled,
+        "msgs_per_wall_s": handled / run_wall,
+        "commits": len(rows),
+        "converged": len(lat),
+        "p50_s": lat[len(lat) // 2] if lat else None,
+        "max_s": lat[-1] if lat else None,
+        "rss_mb": rss_mb,
+        "rss_kb_per_node": rss_mb * 1024 / n,
+    }
+
+
+def _endpoint_line(r: dict) -> str:
+    p50 = "-" if r["p50_s"] is None else f"{r['p50_s']:.3f}"
+    mx = "-" if r["max_s"] is None else f"{r['max_s']:.3f}"
+    return (
+        f"N={r['n']:>6} churn={r['churn']:g}/s  wall {r['wall_s']:7.1f} s "
+        f"(boot {r['boot_wall_s']:.1f})  wall/sim-s {r['wall_per_sim_s']:7.3f}  "
+        f"entry rx/wall-s {r['entry_rx_per_wall_s']:9.0f}  msgs/wall-s {r['msgs_per_wall_s']:8.0f}  "
+        f"bare simpy {r['bare_wall_s']:6.2f} s  ratio x{r['ratio']:.1f}  "
+        f"converged {r['converged']}/{r['commits']} p50 {p50} s max {mx} s  "
+        f"rss {r['rss_mb']:.0f} MB ({r['rss_kb_per_node']:.0f} KB/node)"
+    )
+
+
+def _endpoints_main(args: argparse.Namespace) -> int:
+    """Each size in a fresh interpreter, so peak RSS belongs to that size alone."""
+    import json
+    import subprocess
+
+    print(
+        f"python {sys.version.split()[0]}, simpy {simpy.__version__}, preset {args.preset}, "
+        f"{args.seconds:g} simulated s, boot formed, 1 endpoint/host on 1 network at t=0",
+        flush=True,
+    )
+    for n in args.sizes:
+        cmd = [sys.executable, __file__, "--one", str(n), "--seconds", str(args.seconds)]
+        cmd += ["--preset", args.preset, "--seed", str(args.seed), "--churn", str(args.churn)]
+        if args.profile:
+            cmd += ["--profile", f"{args.profile}.{n}"]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(_endpoint_line(r), flush=True)
+        if args.json:
+            print(json.dumps(r), flush=True)
+    print(
+        "ratio = run wall (boot + simulated seconds) / wall of N SimPy processes x 1,000 "
+        "timeouts, timed in the same process just before"
+    )
+    return 0
+
+
+def _one(args: argparse.Namespace) -> int:
+    import json
+
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+        r = run_endpoints(args.one, args.seconds, args.preset, args.seed, args.churn)
+        prof.disable()
+        prof.dump_stats(args.profile)
+    else:
+        r = run_endpoints(args.one, args.seconds, args.preset, args.seed, args.churn)
+    print(json.dumps(r))
+    return 0
+
+
 def _timer_count(cluster: SimCluster) -> int:
     return getattr(cluster, "timers_fired", 0)
 
@@ -140,7 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=2.0, help="simulated seconds before measuring")
     ap.add_argument("--preset", default="lan", choices=["lan", "wan", "local"])
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--endpoints", action="store_true", help="user-shaped run with endpoints")
+    ap.add_argument("--churn", type=float, default=0.0, help="endpoint churn events/s")
+    ap.add_argument("--profile", help="cProfile stats file prefix (endpoint runs)")
+    ap.add_argument("--json", action="store_true", help="also print each row as JSON")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.one:
+        return _one(args)
+    if args.endpoints:
+        return _endpoints_main(args)
 
     print(f"python {sys.version.split()[0]}, simpy {simpy.__version__}, preset {args.preset}")
     rows = []

@@ -7,6 +7,7 @@ done inside the handlers so ``overlaysim --help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "(e.g. topology.hosts=5000, events.0.percent=10, events=[]); repeatable",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    p.add_argument("--no-plots", action="store_true", help="do not draw plots after the run")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,6 +226,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser(
+        "animate",
+        help="animate a run on its topology: an entry spreading, a crash detected, a join",
+        description="Draw the run's topology and animate, from its own events.csv, who holds "
+        "an endpoint entry (--entry), who suspects and declares dead a crashed host "
+        "(--crash) or who knows a joining or restarted host (--join), with a clock, the "
+        "scenario's impairments on the links and the convergence time once reached. "
+        "Simulator and emulation folders alike (entries: runs of at most 64 hosts). "
+        "Writes a GIF or one self-contained HTML page.",
+        epilog="examples:\n"
+        "  overlaysim animate results/qs --entry c2 --network web --out c2.gif\n"
+        "  overlaysim animate results/qs --crash h4 --out h4-crash.html\n"
+        "  overlaysim animate results/qs --join h4 --out h4-join.gif --fps 2\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("results", type=Path, metavar="RUN", help="a results folder")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--entry", metavar="KEY", help="an endpoint entry (container name)")
+    what.add_argument("--crash", metavar="HOST", help="a host that crashed in the run")
+    what.add_argument("--join", metavar="HOST", help="a host that joined or restarted")
+    p.add_argument("--network", metavar="N", help="the entry's network (default: first by name)")
+    p.add_argument("--out", type=Path, required=True, help="FILE.gif or FILE.html")
+    p.add_argument("--fps", type=int, default=4, help="frames per second (4)")
+    p.set_defaults(func=_cmd_animate)
+
+    p = sub.add_parser(
         "doctor",
         help="show what this machine can do (root, Mininet, vxlan, netem, ESP, ...)",
         description="Probe the kernel and tools non-destructively (in a throwaway namespace) "
@@ -255,11 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
         "removes everything. The guided labs are in docs/labs/. Needs root.",
         epilog="example:\n  sudo overlaysim lab topologies/star.yaml\n"
         "  overlay> network create web --attachable\n"
-        "  overlay> run c1 web h1\n",
+        "  overlay> run c1 web h1\n"
+        "  overlay> check 1\n\n"
+        "check a running lab from another terminal (each step of guided lab 1-5, with hints):\n"
+        "  sudo overlaysim lab check 2 [--json | --csv]\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("topology", help="a topology YAML file (see topologies/)")
+    p.add_argument("topology", help="a topology YAML file (see topologies/), or 'check'")
+    p.add_argument("lab_number", nargs="?", metavar="LAB", help="with 'check': a lab, 1-5")
     p.add_argument("--profile", default="lan", choices=["lan", "wan", "local"])
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="with check")
+    fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv", help="with check")
     p.set_defaults(func=_cmd_lab)
 
     from overlaysim.testbed_cli import register
@@ -269,6 +303,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
+    if args.topology == "check":
+        from overlaysim.errors import UserError
+        from overlaysim.lab.check import LiveProbe, check_lab, parse_lab, render
+
+        if args.lab_number is None:
+            raise UserError("lab check: which lab? e.g. overlaysim lab check 2")
+        number = parse_lab(args.lab_number)
+        results = check_lab(LiveProbe(), number)
+        print(render(results, args.fmt or "text"))
+        return 0 if all(r.passed for r in results) else 1
+    if args.lab_number is not None or args.fmt is not None:
+        from overlaysim.errors import UserError
+
+        raise UserError("lab: LAB, --json and --csv go with 'overlaysim lab check LAB'")
     from overlaysim.lab.cli import main as lab_main
 
     return lab_main(args)
@@ -302,28 +350,45 @@ def _default_out(name: str, backend: str, seed: int) -> Path:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from overlaysim.scenario.loader import load_scenario
+    from overlaysim.world.dryrun import dry_run
 
     sc = load_scenario(args.scenario, args.overrides)
+    world = dry_run(sc, source=str(args.scenario))  # raises naming every refusal
     if args.show:
         import yaml
 
         print(yaml.safe_dump(sc.resolved(), sort_keys=False))
-    print(f"{args.scenario}: valid scenario {sc.name!r}")
+    for s in world.skipped:
+        subject = s.get("host") or s.get("container") or ""
+        subject = f" {subject}" if subject else ""
+        print(f"{args.scenario}: note: at {s['t']:g} s {s['action']}{subject} would be skipped: "
+              f"{s['reason']}")  # fmt: skip
+    print(
+        f"{args.scenario}: valid scenario {sc.name!r} "
+        f"(dry run: {world.done} steps, {len(world.containers)} containers at the end)"
+    )
     return 0
 
 
 def _run_scenario(args: argparse.Namespace, path: Path, backend: str) -> int:
     """Load, run on ``backend`` (sim or emu), print the summary; exit status 0 if complete."""
     from overlaysim.scenario.loader import load_scenario
+    from overlaysim.world.dryrun import dry_run
 
     sc = load_scenario(path, args.overrides)
     seed = sc.seed if args.seed is None else args.seed
+    dry_run(sc, source=str(path), seed=seed)  # refuse before anything is created
     out = args.out or _default_out(sc.name, backend, seed)
     if backend == "sim":
         from overlaysim.sim.runner import run_simulation as run
     else:
         from overlaysim.emu.runner import run_emulation as run
     status = run(sc, out, seed=seed, progress=not args.quiet)
+    if not args.no_plots:
+        from overlaysim.metrics.results import load_run
+        from overlaysim.report.plots import write_plots
+
+        write_plots(load_run(out), out / "plots")
     if not args.quiet:
         from overlaysim.metrics.results import load_run
         from overlaysim.report.summary import print_summary
@@ -406,6 +471,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_animate(args: argparse.Namespace) -> int:
+    from overlaysim.metrics.results import load_run
+    from overlaysim.report.animate import write_animation
+    from overlaysim.report.story import build_story
+
+    try:
+        run = load_run(args.results)
+    except FileNotFoundError as exc:
+        from overlaysim.errors import UserError
+
+        raise UserError(str(exc)) from None
+    story = build_story(
+        run, entry=args.entry, crash=args.crash, join=args.join, network=args.network
+    )
+    out = write_animation(story, args.out, fps=args.fps)
+    print(f"{story.title}: {len(story.frames)} frames, {story.t_start:.2f}-{story.t_end:.2f} s")
+    print(f"wrote: {out}")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -436,16 +521,34 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from overlaysim.errors import user_error_types
+    from overlaysim.errors import RunFailed, user_error_types
 
     try:
         return args.func(args)
     except user_error_types() as exc:
         print(f"overlaysim: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"overlaysim: error: {one_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("overlaysim: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A bug, not the user's doing: one line, and the traceback only when asked for.
+        if os.environ.get("OVERLAYSIM_DEBUG"):
+            raise
+        print(
+            f"overlaysim: error: {type(exc).__name__}: {one_line(exc)} "
+            "(an internal error; OVERLAYSIM_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -83,8 +83,13 @@ class Agent:
         self.counters = Counters()
         #: Seals gossip and the manager channel (None: cleartext control plane).
         self.keyring = GossipKeyring(list(config.gossip_keys)) if config.gossip_keys else None
+        proto = config.protocol
         mcfg, tcfg = configs(
-            config.profile, config.protocol.get("membership"), config.protocol.get("tables")
+            config.profile,
+            proto.get("membership"),
+            proto.get("tables"),
+            proto.get("variant", "overlaysim"),
+            proto.get("extensions"),
         )
         if self.keyring is not None:  # sealing adds bytes: leave room in every datagram
             mcfg, tcfg = sealed_configs(mcfg, tcfg)
@@ -391,6 +396,8 @@ class Agent:
             self.events.write("traffic", **delta.take(self.counters))
 
     async def _reconcile_loop(self) -> None:
+        if not self.node.tables.config.reconcile:
+            return  # switched off (the docker variant): kernel drift stays until re-gossip
         while True:
             await asyncio.sleep(self.cfg.reconcile_interval)
             try:

@@ -251,10 +251,12 @@ class EmbeddedDns:
         timeout: float = 2.0,
         rng: random.Random | None = None,
         ttl: int = 0,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self.responder = Responder(directory, rng=rng or random.Random(), ttl=ttl)
         self.upstreams = list(host_resolvers() if upstreams is None else upstreams)
         self.timeout = timeout
+        self.max_pending = max_pending
         self._listeners: dict[str, _Listener] = {}
         self._tasks: set[asyncio.Task] = set()
 
@@ -329,7 +331,7 @@ class EmbeddedDns:
             self._spawn(self._forward_udp(proto, d.query, addr))
 
     def _spawn(self, coro) -> None:
-        if len(self._tasks) >= MAX_PENDING:
+        if len(self._tasks) >= self.max_pending:
             coro.close()
             self.responder.counts["drop_busy"] += 1
             return

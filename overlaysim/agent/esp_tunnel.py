@@ -8,12 +8,19 @@ peer VTEP's ESP port. The peer opens them and writes the frame into its own TAP.
 
 * One UDP socket per host (port :data:`ESP_PORT`), one receive thread; one send
   thread per network. Threads block in ``poll`` and then drain their descriptor
-  until it is empty, so a busy path makes one system call per frame.
+  until it is empty.
 * Every SPI is derived with the network's VNI as scope, so the SPI alone names the
   network on receive; no header beyond ESP is needed and analysers decode it as is.
-* GSO super-frames (up to ~64 KB) travel as one sealed datagram that the underlay
-  fragments; the receiver hands them to its TAP as GSO again (see
-  :func:`overlaysim.agent.frames.rx_vnet_header`).
+* GSO super-frames (up to ~64 KB) leave in one of two ways (:data:`SEND_MODES`):
+  sealed whole as one datagram that the underlay IP-fragments (``whole``, the
+  default), or cut into the TCP segments TSO would make (:mod:`overlaysim.agent.segment`),
+  each sealed as its own ESP packet that fits the underlay MTU and handed to the kernel
+  up to 64 at a time in one ``sendmsg`` with UDP GSO (``UDP_SEGMENT``; ``gso``). The
+  receiving socket has ``UDP_GRO`` on, so one ``recvmsg`` returns a run of packets;
+  their segments are merged back into one super-frame per flow and written to the TAP
+  as GSO. The receiver takes every mode. ``whole`` is the default because in CPython
+  the per-packet work of ``gso`` (~45 AEAD calls and header rewrites per 64 KB) costs
+  more than the kernel's fragmentation it saves (docs/encryption.md, Performance).
 * ARP requests for known remote endpoints are answered locally (proxy ARP, as the
   VXLAN device does for plain networks). Other broadcast and unknown unicast frames
   are dropped and counted: nothing is ever flooded in clear or sealed.
@@ -35,12 +42,13 @@ import os
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from overlaysim.agent import frames, names
+from overlaysim.agent import frames, names, segment
 from overlaysim.agent.tap import open_tap, udp_socket
 from overlaysim.core import esp
 
@@ -54,15 +62,36 @@ MAX_UDP_PAYLOAD = 65507
 MAX_FRAME = MAX_UDP_PAYLOAD - esp.OVERHEAD_MAX
 #: Read size: a GSO super-frame plus its virtio-net header.
 _READ = 65536 + frames.VNET_HDR_LEN + 64
-#: Replay window: wide enough for reordering among fragments of back-to-back frames.
+#: Replay window: wide enough for reordering among the packets of back-to-back frames.
 WINDOW = 256
+#: Linux UDP socket options (``linux/udp.h``): GSO size on send, GRO on receive.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+#: Most packets one ``UDP_SEGMENT`` send may carry (the kernel's ``UDP_MAX_SEGMENTS``
+#: is 64 on older kernels, 128 on newer ones).
+GSO_MAX_SEGMENTS = 64
+#: Receive size: a whole GRO run of packets (the kernel caps it at 64 KB).
+_RECV = 65536
+
+#: How super-frames leave (the benchmark switches modes to measure each step):
+#: ``whole`` seals the super-frame as one datagram that the underlay fragments (~45
+#: fragments to send and reassemble per 64 KB; the default, fastest here); ``gso`` cuts
+#: it into segments, seals each and sends up to 64 packets per system call
+#: (``UDP_SEGMENT``), so nothing is fragmented; ``segments`` does the same with one
+#: ``sendto`` per packet.
+SEND_GSO, SEND_SEGMENTS, SEND_WHOLE = "gso", "segments", "whole"
+SEND_MODES = (SEND_GSO, SEND_SEGMENTS, SEND_WHOLE)
 
 #: Counter names (per network, and summed in :meth:`EspTunnel.counters`).
 COUNTERS = (
     "tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "arp_proxied",
     "drop_no_route", "drop_flood", "drop_oversize", "drop_rekey", "drop_send_error",
     "drop_bad_packet", "drop_auth_failed", "drop_replay", "drop_unknown_spi",
+    "tx_calls", "rx_calls",
 )  # fmt: skip
+# tx_frames/rx_frames count ESP packets (one frame or TCP segment each); tx_calls and
+# rx_calls the send and receive system calls that carried them (rx_calls: host-wide).
 
 _RX_REASON = {
     esp.BadPacket: "drop_bad_packet",
@@ -200,6 +229,10 @@ class EspTunnel:
         # Drops no network can be charged with, plus the counts of removed networks, so
         # the host's totals never go down.
         self._host_stats = dict.fromkeys(COUNTERS, 0)
+        #: One of :data:`SEND_MODES`; read for every frame, so it may change at any time.
+        self.send_mode = SEND_WHOLE
+        #: Merge received segments back into super-frames before the TAP (user-space GRO).
+        self.coalesce = True
 
     # --- keys --------------------------------------------------------------------------
 
@@ -345,6 +378,10 @@ class EspTunnel:
             self._sock = udp_socket(self.local, self.port, self.netns)
         except OSError as exc:
             raise TunnelError(f"ESP socket {self.local}:{self.port}: {exc}") from exc
+        try:  # a run of packets per recvmsg; without it, one each (still correct)
+            self._sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        except OSError as exc:
+            log.info("UDP GRO not available (%s): receiving packet by packet", exc)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._rx = threading.Thread(target=self._rx_loop, name="esp-rx", daemon=True)
         self._rx.start()
@@ -385,8 +422,10 @@ class EspTunnel:
         poller.register(net.fd, select.POLLIN)
         poller.register(net.wake[0], select.POLLIN)
         read, fd, stats = os.read, net.fd, net.stats
-        sock, port, hdr_len = self._sock, self.port, frames.VNET_HDR_LEN
-        assert sock is not None
+        hdr_len = frames.VNET_HDR_LEN
+        cut = segment.tcp_segments
+        vnet_unpack = frames.VNET_HDR.unpack_from
+        tcp_gso = (frames.GSO_TCPV4, frames.GSO_TCPV6)
         while not (net.closed or self._stopping):
             poller.poll(1000)
             while True:
@@ -414,33 +453,63 @@ class EspTunnel:
                 if vtep is None:
                     stats["drop_no_route"] += 1
                     continue
-                if len(frame) > MAX_FRAME:
-                    stats["drop_oversize"] += 1
-                    continue
+                mode = self.send_mode
+                pieces = None
+                if mode != SEND_WHOLE and buf[1] & 0x7F in tcp_gso:
+                    pieces = cut(frame, vnet_unpack(buf)[3])  # gso_size: the segment size
+                if pieces is None:
+                    if len(frame) > MAX_FRAME:
+                        stats["drop_oversize"] += 1
+                        continue
+                    pieces = [frame]
                 try:
-                    packet = net.keyring.seal(vtep, frame)
+                    packets = net.keyring.seal_many(vtep, pieces)
                 except esp.RekeyRequired:
                     stats["drop_rekey"] += 1
                     continue
                 except esp.EspUsageError:  # peer removed between lookup and seal
                     stats["drop_no_route"] += 1
                     continue
-                try:
-                    sock.sendto(packet, (vtep, port))
-                except BlockingIOError:
-                    poller_out = select.poll()
-                    poller_out.register(sock, select.POLLOUT)
-                    poller_out.poll(100)
-                    try:
-                        sock.sendto(packet, (vtep, port))
-                    except OSError:
-                        stats["drop_send_error"] += 1
-                        continue
-                except OSError:
-                    stats["drop_send_error"] += 1
-                    continue
-                stats["tx_frames"] += 1
-                stats["tx_bytes"] += len(frame)
+                sent, calls = self._send(packets, vtep, mode == SEND_GSO)
+                stats["tx_calls"] += calls
+                stats["tx_frames"] += sent
+                stats["tx_bytes"] += sum(len(p) for p in pieces[:sent])
+                if sent < len(packets):
+                    stats["drop_send_error"] += len(packets) - sent
+
+    def _send(self, packets: list[bytes], vtep: str, gso: bool) -> tuple[int, int]:
+        """Send ``packets`` to ``vtep``: how many left (the rest failed), in how many
+        system calls."""
+        sock = self._sock
+        assert sock is not None
+        addr = (vtep, self.port)
+        if len(packets) == 1 or not gso:
+            for i, packet in enumerate(packets):
+                if _retry(sock, lambda p=packet: sock.sendto(p, addr)):
+                    return i, i + 1
+            return len(packets), len(packets)
+        # All packets but the last have the same length (full segments, same padding),
+        # which is what UDP_SEGMENT needs; the kernel splits the run into datagrams.
+        size = len(packets[0])
+        step = min(GSO_MAX_SEGMENTS, MAX_UDP_PAYLOAD // size)
+        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        calls = 0
+        for i in range(0, len(packets), step):
+            calls += 1
+            run = packets[i : i + step]
+            err = _retry(sock, lambda r=run: sock.sendmsg(r, cmsg, 0, addr))
+            if err:
+                if i == 0 and self.send_mode == SEND_GSO and err in _NO_GSO:
+                    # No UDP GSO in this kernel or on this path, or packets larger than
+                    # the underlay MTU (EINVAL): one packet per system call from now on.
+                    self._on_error(
+                        f"UDP GSO send refused ({errno.errorcode.get(err, err)}: no UDP GSO, "
+                        f"or {size}-byte packets above the underlay MTU): sending one by one"
+                    )
+                    self.send_mode = SEND_SEGMENTS
+                    return self._send(packets, vtep, False)
+                return i, calls
+        return len(packets), calls
 
     def _rx_loop(self) -> None:
         sock = self._sock
@@ -448,47 +517,89 @@ class EspTunnel:
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        recv = sock.recv
+        recvmsg = sock.recvmsg
+        cmsg_space = socket.CMSG_SPACE(4)
         parse = esp.parse_header
         rx_header = frames.rx_vnet_header
+        merge = segment.coalesce
         host_stats = self._host_stats
         while not self._stopping:
             poller.poll(1000)
             while True:
                 try:
-                    data = recv(MAX_UDP_PAYLOAD)
+                    data, anc, _, _ = recvmsg(_RECV, cmsg_space)
                 except BlockingIOError:
                     break
                 except OSError:
                     if self._stopping:
                         return
                     continue  # ICMP errors of earlier sends surface here
-                try:
-                    spi, _ = parse(data)
-                except esp.BadPacket:
-                    host_stats["drop_bad_packet"] += 1
-                    continue
-                net = self._by_spi.get(spi)
-                if net is None:
-                    host_stats["drop_unknown_spi"] += 1
-                    continue
-                try:
-                    frame = net.keyring.inbound(spi).open(data)
-                except esp.EspError as exc:
-                    net.stats[_RX_REASON.get(type(exc), "drop_bad_packet")] += 1
-                    continue
-                if len(frame) < frames.ETH_LEN:
-                    net.stats["drop_bad_packet"] += 1
-                    continue
-                try:
-                    os.writev(net.fd, [rx_header(frame, net.mtu), frame])
-                except OSError:
-                    if net.closed:
+                host_stats["rx_calls"] += 1
+                step = 0
+                for level, kind, value in anc:
+                    if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+                        step = struct.unpack("=i", value[:4])[0]
+                if 0 < step < len(data):
+                    view = memoryview(data)
+                    packets = [view[i : i + step] for i in range(0, len(data), step)]
+                else:
+                    packets = [data]
+                opened: dict[_Net, list[bytes]] = {}
+                for packet in packets:
+                    try:
+                        spi, _ = parse(packet)
+                    except esp.BadPacket:
+                        host_stats["drop_bad_packet"] += 1
                         continue
-                    net.stats["drop_send_error"] += 1
-                    continue
-                net.stats["rx_frames"] += 1
-                net.stats["rx_bytes"] += len(frame)
+                    net = self._by_spi.get(spi)
+                    if net is None:
+                        host_stats["drop_unknown_spi"] += 1
+                        continue
+                    try:
+                        frame = net.keyring.inbound(spi).open(packet)
+                    except esp.EspError as exc:
+                        net.stats[_RX_REASON.get(type(exc), "drop_bad_packet")] += 1
+                        continue
+                    if len(frame) < frames.ETH_LEN:
+                        net.stats["drop_bad_packet"] += 1
+                        continue
+                    opened.setdefault(net, []).append(frame)
+                for net, got in opened.items():
+                    merged = (
+                        merge(got) if self.coalesce and len(got) > 1 else [(b"", f) for f in got]
+                    )
+                    for vnet, frame in merged:
+                        try:
+                            os.writev(net.fd, [vnet or rx_header(frame, net.mtu), frame])
+                        except OSError:
+                            if not net.closed:
+                                net.stats["drop_send_error"] += 1
+                    net.stats["rx_frames"] += len(got)
+                    net.stats["rx_bytes"] += sum(len(f) for f in got)
+
+
+def _retry(sock: socket.socket, send: Callable[[], object]) -> int:
+    """``send()``, once more after waiting up to 100 ms if the socket buffer is full.
+    Returns 0, or the error number of the failure (the caller counts the loss)."""
+    try:
+        send()
+        return 0
+    except BlockingIOError:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        poller.poll(100)
+        try:
+            send()
+            return 0
+        except OSError as exc:
+            return exc.errno or errno.EIO
+    except OSError as exc:
+        return exc.errno or errno.EIO
+
+
+#: Errors of a ``UDP_SEGMENT`` send that mean the kernel or device has no UDP GSO (EIO:
+#: no checksum offload on the way out), as opposed to a full buffer or a lost route.
+_NO_GSO = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 
 
 def _wake(fd: int) -> None:

@@ -39,7 +39,8 @@ PROBE_NS_PREFIX = f"{PREFIX}-probe-"
 PROBE_VXLAN = f"{PREFIX}pvx0"
 PROBE_TABLE = f"{PREFIX}_probe"
 PROBE_TAP = f"{PREFIX}probetap"
-# nft table holding one container namespace's VIP DNAT rules (agent/vip.py)
+PROBE_NAT_TABLE = f"{PREFIX}_probe_nat"
+#: nftables table (ip family, per container namespace) balancing service VIPs.
 VIP_TABLE = f"{PREFIX}_vip"
 
 #: Names we may take as they are; everything else is hashed.

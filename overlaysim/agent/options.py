@@ -70,6 +70,9 @@ class AgentConfig:
         return f"{self.bind}:{MANAGER_PORT}" if self.serve_manager else None
 
 
+_PROTOCOL_KEYS = {"membership", "tables", "variant", "extensions"}
+
+
 def _protocol_arg(text: str) -> dict[str, dict[str, Any]]:
     if not text:
         return {}
@@ -77,8 +80,11 @@ def _protocol_arg(text: str) -> dict[str, dict[str, Any]]:
         data = json.loads(text)
     except ValueError as exc:
         raise SystemExit(f"--protocol-json: not JSON: {exc}") from None
-    if not isinstance(data, dict) or not set(data) <= {"membership", "tables"}:
-        raise SystemExit('--protocol-json: expected {"membership": {...}, "tables": {...}}')
+    if not isinstance(data, dict) or not set(data) <= _PROTOCOL_KEYS:
+        raise SystemExit(
+            '--protocol-json: expected {"membership": {...}, "tables": {...}, '
+            '"variant": "overlaysim"|"docker", "extensions": {...}}'
+        )
     return data
 
 

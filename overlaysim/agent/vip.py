@@ -7,7 +7,7 @@ connection, and conntrack sends the rest of that connection to the same backend.
 Docker's VIPs (and unlike a ClusterIP), the rule matches the address only: any port of
 the VIP reaches the same port of a task.
 
-One table, ``ip osim_vip``, lives in each container's network namespace with a NAT chain
+One table, ``ip <prefix>_vip`` (:data:`TABLE`, named in agent/names.py), lives in each container's network namespace with a NAT chain
 on the ``output`` hook (connections the container opens) and one on ``prerouting``
 (connections routed through the namespace, the routing mesh's case). Whenever the task
 set changes the whole table is replaced in one ``nft -f`` transaction (create if absent,

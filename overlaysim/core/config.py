@@ -46,6 +46,20 @@ class MembershipConfig:
     #: False gives plain SWIM as memberlist had it before Lifeguard: a fixed suspicion
     #: timeout (the minimum), no awareness, no nacks, no Suspect on pings of a suspect.
     lifeguard: bool = True
+    #: Boot epochs: a restarted node announces a new epoch that replaces everything known
+    #: about its previous boot. False: every boot is epoch 0 (memberlist, NetworkDB).
+    epochs: bool = True
+    #: Dead notice: answer a ping from a member we hold DEAD with that Dead, so it
+    #: refutes within one probe round after a heal (memberlist has no such notice).
+    dead_notice: bool = True
+    #: Heal rule: a Dead relayed by another member about a member we heard from directly
+    #: within the last ``heal_window_mult`` minimum suspicion timeouts is taken as a
+    #: Suspect the accused can refute, not as a verdict; and a member we suspect that
+    #: talks to us is told so, so it refutes. 0: off (memberlist's behaviour).
+    heal_window_mult: float = 2.0
+    #: NetworkDB's reconnect loop: this often, ask one random member we hold DEAD for a
+    #: full state exchange (a join), so a healed partition rejoins. 0: off.
+    reconnect_interval: float = 0.0
 
     @classmethod
     def lan(cls) -> MembershipConfig:
@@ -95,6 +109,12 @@ class TableConfig:
     reap_interval: float = 1800.0
     #: Largest datagram the sender fills with table events.
     udp_buffer_size: int = 1400
+    #: Recovery sync: bulk sync with a node back from a false alarm at once, instead of
+    #: waiting for the periodic bulk sync (NetworkDB has only the periodic one).
+    recovery_sync: bool = True
+    #: The agent's periodic reconcile of kernel FDB/neighbour entries against the tables
+    #: (a data-plane setting carried here; the simulator has no kernel to drift).
+    reconcile: bool = True
 
     @classmethod
     def lan(cls) -> TableConfig:
@@ -115,6 +135,40 @@ class TableConfig:
 
 PROFILES = ("lan", "wan", "local")
 
+#: Protocol variants: ``overlaysim`` (ours, every extension on) and ``docker`` (libnetwork's
+#: NetworkDB on memberlist; docs/variants.md maps each setting to its source).
+VARIANTS = ("overlaysim", "docker")
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """One switchable idea of ours: a config field and its value when on and off."""
+
+    name: str
+    section: str  # "membership" or "tables"
+    field: str
+    on: bool | float
+    off: bool | float
+
+
+#: ``protocol.extensions`` switches, in the order docs/variants.md lists them.
+EXTENSIONS: dict[str, Extension] = {
+    e.name: e
+    for e in (
+        Extension("epochs", "membership", "epochs", True, False),
+        Extension("dead_notice", "membership", "dead_notice", True, False),
+        Extension("heal_rule", "membership", "heal_window_mult", 2.0, 0.0),
+        Extension("lifeguard", "membership", "lifeguard", True, False),
+        Extension("recovery_sync", "tables", "recovery_sync", True, False),
+        Extension("reconcile", "tables", "reconcile", True, False),
+    )
+}
+
+#: What the ``docker`` variant changes besides switching our extensions off (Lifeguard
+#: stays: memberlist has it). Timers not listed are the same as ours.
+_DOCKER_MEMBERSHIP = {"reconnect_interval": 1.0, "dead_node_reclaim_time": 24 * 3600.0}
+_DOCKER_OFF = ("epochs", "dead_notice", "heal_rule", "recovery_sync", "reconcile")
+
 
 def profile(name: str) -> tuple[MembershipConfig, TableConfig]:
     """Return (membership, table) configs for a preset name."""
@@ -124,11 +178,41 @@ def profile(name: str) -> tuple[MembershipConfig, TableConfig]:
 
 
 def configs(
-    name: str, membership: dict | None = None, tables: dict | None = None
+    name: str,
+    membership: dict | None = None,
+    tables: dict | None = None,
+    variant: str = "overlaysim",
+    extensions: dict[str, bool] | None = None,
 ) -> tuple[MembershipConfig, TableConfig]:
-    """A preset with per-field overrides (a scenario's ``protocol`` section)."""
+    """A preset for a scenario's ``protocol`` section.
+
+    Layers, later ones winning: the timing profile, the variant, the extension switches,
+    then per-field overrides.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     m, t = profile(name)
+    switches = {n: n not in _DOCKER_OFF for n in EXTENSIONS} if variant == "docker" else {}
+    bad = sorted(set(extensions or {}) - set(EXTENSIONS))
+    if bad:
+        raise ValueError(
+            f"unknown extension(s) {', '.join(bad)}; expected one of {', '.join(EXTENSIONS)}"
+        )
+    switches.update(extensions or {})
+    layer: dict[str, dict] = {"membership": {}, "tables": {}}
+    if variant == "docker":
+        layer["membership"].update(_DOCKER_MEMBERSHIP)
+    for n, on in switches.items():
+        e = EXTENSIONS[n]
+        layer[e.section][e.field] = e.on if on else e.off
+    m, t = with_overrides(m, layer["membership"]), with_overrides(t, layer["tables"])
     return with_overrides(m, membership), with_overrides(t, tables)
+
+
+def extension_states(m: MembershipConfig, t: TableConfig) -> dict[str, bool]:
+    """Which extensions a pair of configs has on (for manifests and reports)."""
+    cfgs = {"membership": m, "tables": t}
+    return {n: bool(getattr(cfgs[e.section], e.field)) for n, e in EXTENSIONS.items()}
 
 
 def with_overrides(cfg, overrides: dict | None):

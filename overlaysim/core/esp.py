@@ -132,7 +132,7 @@ class ReplayWindow:
     verified, so forged packets cannot move the window.
     """
 
-    __slots__ = ("size", "top", "_bits")
+    __slots__ = ("size", "top", "_bits", "_mask")
 
     def __init__(self, size: int = DEFAULT_WINDOW) -> None:
         if size < 1:
@@ -140,6 +140,7 @@ class ReplayWindow:
         self.size = size
         self.top = 0  # highest accepted sequence number (0: none yet)
         self._bits = 0  # bit i set: sequence number top - i was accepted
+        self._mask = (1 << size) - 1
 
     def check(self, seq: int) -> None:
         """Raise :class:`Replay` if ``seq`` is a duplicate or too old."""
@@ -154,9 +155,8 @@ class ReplayWindow:
     def accept(self, seq: int) -> None:
         """Record ``seq`` as received (after :meth:`check` and authentication)."""
         self.check(seq)
-        mask = (1 << self.size) - 1
         if seq > self.top:
-            self._bits = (self._bits << (seq - self.top) | 1) & mask
+            self._bits = (self._bits << (seq - self.top) | 1) & self._mask
             self.top = seq
         else:
             self._bits |= 1 << (self.top - seq)
@@ -166,6 +166,11 @@ def _pad(length: int) -> bytes:
     # Encrypted part = frame + pad + 2 trailer bytes, aligned to 4 (RFC 4303 §2.4).
     n = -(length + 2) % 4
     return bytes(range(1, n + 1))
+
+
+#: Padding by length (0..3) and the two trailer bytes after it (pad length, next header).
+_PADS = tuple(bytes(range(1, n + 1)) for n in range(4))
+_TRAILERS = tuple(bytes((n, NEXT_HEADER_ETHERNET)) for n in range(4))
 
 
 class SecurityAssociation:
@@ -226,6 +231,30 @@ class SecurityAssociation:
         """:meth:`seal` with the next sequence number."""
         return self.seal(frame, self._last_sealed + 1)
 
+    def seal_many(self, frames: list[bytes]) -> list[bytes]:
+        """:meth:`seal_next` for each of ``frames``, in order: the same packets, with
+        the per-call work (limit check, key lookups) done once for the batch.
+
+        Raises :class:`RekeyRequired` before sealing any if the batch would reach the
+        rekey margin, so a batch is sealed whole or not at all.
+        """
+        first = self._last_sealed + 1
+        if first + len(frames) - 1 >= SEQ_LIMIT - REKEY_MARGIN:
+            raise RekeyRequired(f"SA {self.spi:#010x}: sequence {first} needs a new key")
+        encrypt, salt, prefix, spi = self._aead.encrypt, self._salt, self._iv_prefix, self.spi
+        pack, join, pads, trailers = struct.pack, b"".join, _PADS, _TRAILERS
+        out = []
+        seq = first
+        for frame in frames:
+            header = pack("!II", spi, seq)
+            iv = prefix + header[4:]
+            n = -(len(frame) + 2) % 4
+            plain = join((frame, pads[n], trailers[n]))
+            out.append(join((header, iv, encrypt(salt + iv, plain, header))))
+            seq += 1
+        self._last_sealed = seq - 1
+        return out
+
     def open(self, packet: bytes) -> bytes:
         """Verify and decrypt ``packet``; return the inner Ethernet frame.
 
@@ -237,17 +266,18 @@ class SecurityAssociation:
         if seq == 0:
             raise BadPacket("sequence number 0 is never sent")
         self.window.check(seq)
-        header = packet[:HEADER_LEN]
-        iv = packet[HEADER_LEN : HEADER_LEN + IV_LEN]
+        view = memoryview(packet)  # slices below share the packet's bytes, no copies
+        nonce = self._salt + view[HEADER_LEN : HEADER_LEN + IV_LEN]
         try:
-            plain = self._aead.decrypt(self._salt + iv, packet[HEADER_LEN + IV_LEN :], header)
+            plain = self._aead.decrypt(nonce, view[HEADER_LEN + IV_LEN :], view[:HEADER_LEN])
         except InvalidTag:
             raise AuthFailed(f"ICV mismatch on SPI {spi:#010x} seq {seq}") from None
         pad_len, next_header = plain[-2], plain[-1]
         if next_header != NEXT_HEADER_ETHERNET:
             raise BadPacket(f"next header {next_header}, expected {NEXT_HEADER_ETHERNET}")
         end = len(plain) - 2 - pad_len
-        if end < 0 or plain[end:-2] != bytes(range(1, pad_len + 1)):
+        pad = _PADS[pad_len] if pad_len < 4 else bytes(range(1, pad_len + 1))
+        if end < 0 or plain[end:-2] != pad:
             raise BadPacket("bad padding")
         # Authentic and well formed: only now may it move the window.
         self.window.accept(seq)
@@ -389,6 +419,12 @@ class Keyring:
         # address parsing; a miss goes through outbound() for the checks and the error
         sa = self._outbound.get((peer, self._primary))  # type: ignore[arg-type]
         return (sa or self.outbound(peer)).seal_next(frame)
+
+    def seal_many(self, peer: str, frames: list[bytes]) -> list[bytes]:
+        """:meth:`seal` each of ``frames`` for ``peer``, in order (see
+        :meth:`SecurityAssociation.seal_many`)."""
+        sa = self._outbound.get((peer, self._primary))  # type: ignore[arg-type]
+        return (sa or self.outbound(peer)).seal_many(frames)
 
     def open(self, packet: bytes) -> bytes:
         """Find the SA by the packet's SPI and open it (any :class:`EspError` = drop)."""

@@ -38,6 +38,13 @@ Suspect    same epoch, inc >= ours, SUSPECT   confirmation from ``src``; timer s
 Dead       same epoch, inc >= ours, not gone  DEAD (DEAD), or LEFT when src == node (LEAVE)
 =========  =================================  =========================================
 
+Heal rule (``heal_window_mult > 0``, not in memberlist): a Dead relayed by another member
+(src neither us nor the node) about a live member we received a message from within
+``heal_window_mult`` minimum suspicion timeouts is applied as a Suspect from that src,
+which the accused can refute; and a member we suspect that sends us anything is told of
+the suspicion (once per probe interval). After a partition heals, Deads made during it
+otherwise keep reaching nodes that talk to the accused every few seconds.
+
 Facts about ourselves: a Suspect/Dead (or a conflicting Alive) at our epoch and an
 incarnation >= ours is refuted by bumping our incarnation above it and gossiping Alive;
 anything about an older epoch makes us re-announce our current Alive.
@@ -107,7 +114,7 @@ _MAX_COUNTER = 2**63 - 2
 _NACK_FRACTION = 0.8
 
 # Timer kinds (entries in one heap, cancelled lazily).
-_T_PROBE, _T_INDIRECT, _T_RELAY, _T_SUSPECT, _T_GOSSIP, _T_PUSH_PULL = range(6)
+_T_PROBE, _T_INDIRECT, _T_RELAY, _T_SUSPECT, _T_GOSSIP, _T_PUSH_PULL, _T_RECONNECT = range(7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +217,9 @@ class Membership:
         self._gossip_phase = 0.0
         self._gossip_armed = False
         self._state_cache: tuple[wire.MemberState, ...] | None = None
+        # Heal rule: when we last received a message sent by each member itself.
+        self._heard: dict[str, float] = {}
+        self._told: dict[str, float] = {}  # when we last told a suspect it is suspected
 
     # -- public view -------------------------------------------------------------------
 
@@ -262,6 +272,9 @@ class Membership:
         pp_interval = push_pull_scale(cfg.push_pull_interval, self.num_members())
         pp_at = now + self._rng.random() * pp_interval
         self._arm(pp_at, _T_PUSH_PULL, self._push_pull_gen)
+        if cfg.reconnect_interval > 0:
+            at = now + self._rng.random() * cfg.reconnect_interval
+            self._arm(at, _T_RECONNECT, self._probe_gen)
         # Like memberlist, a starting node gossips its own Alive (a restart announces
         # its new epoch this way).
         self._announce(now)
@@ -320,11 +333,15 @@ class Membership:
     def receive(self, src: str, msg: Message, now: float) -> None:
         """Handle one message from address ``src``; other protocols' types are ignored."""
         t = type(msg)
+        source = getattr(msg, "source", "")
+        if self.config.heal_window_mult > 0 and source in self._members:
+            self._heard_from(source, now)
         if t is Ping:
             self._apply_all(msg.updates, now)
             if not msg.target or msg.target == self.name:
                 ack = Ack(seq=msg.seq, source=self.name)
-                self._send(src, ack, _overhead(self.name), self._dead_notice(msg.source))
+                notice = self._dead_notice(msg.source) if self.config.dead_notice else ()
+                self._send(src, ack, _overhead(self.name), notice)
         elif t is Ack:
             self._apply_all(msg.updates, now)
             self._on_ack(msg.seq, now)
@@ -370,6 +387,8 @@ class Membership:
                 self._gossip_tick(now)
             elif kind == _T_PUSH_PULL:
                 self._push_pull_tick(now)
+            elif kind == _T_RECONNECT:
+                self._reconnect_tick(now)
 
     def next_timer(self) -> float | None:
         """Earliest pending deadline, or None."""
@@ -405,6 +424,8 @@ class Membership:
             return self._suspicions.get(name) is s and s.deadline == when
         if kind == _T_PUSH_PULL:
             return arg == self._push_pull_gen
+        if kind == _T_RECONNECT:
+            return arg == self._probe_gen  # stops when we leave
         return True  # gossip: re-armed only when idle, never cancelled
 
     def _scale(self, timeout: float) -> float:
@@ -588,6 +609,32 @@ class Membership:
         interval = push_pull_scale(self.config.push_pull_interval, self.num_members())
         self._arm(now + interval, _T_PUSH_PULL, self._push_pull_gen)
 
+    def _reconnect_tick(self, now: float) -> None:
+        """NetworkDB's reconnect loop: join through one random member we hold DEAD.
+
+        Its reply carries itself alive, and our state tells it we hold it dead, so it
+        refutes; the refutation brings it back in our view and everyone's.
+        """
+        grave = self._graveyard
+        dead = [
+            m
+            for died, name in grave
+            if (m := self._members.get(name)) is not None
+            and m.state is DEAD
+            and m.state_change == died
+        ]
+        if dead:
+            peer = dead[self._rng.randrange(len(dead))]
+            msg = PushPull(
+                source=self.name,
+                source_addr=self.addr,
+                join=True,
+                reply=False,
+                members=self._state(),
+            )
+            self._sends.append(Send(peer.addr, msg, True))
+        self._arm(now + self.config.reconnect_interval, _T_RECONNECT, self._probe_gen)
+
     def _state(self) -> tuple[wire.MemberState, ...]:
         """Every record as sent in push-pull (cached until something changes)."""
         if self._state_cache is None:
@@ -727,6 +774,13 @@ class Membership:
         m = self._members.get(u.node)
         if m is None or u.epoch != m.epoch or u.incarnation < m.incarnation:
             return
+        if m.state in _LIVE and self._contested(u, now):
+            # Heal rule: we heard from the accused more recently than any real crash
+            # could be detected, so this verdict is second-hand news from before (a
+            # partition, a lossy spell). Demote it to a Suspect: the accused refutes
+            # it, or our own suspicion timer confirms the death.
+            self._suspect(replace(u, kind=UpdateKind.SUSPECT), now)
+            return
         self._cancel_suspicion(m.name)
         if m.state in _GONE:
             return
@@ -734,6 +788,34 @@ class Membership:
         left = u.src == u.node
         m = self._set(m, now, incarnation=u.incarnation, state=LEFT if left else DEAD)
         self._emit(MemberEventKind.LEAVE if left else MemberEventKind.DEAD, m)
+
+    def _heard_from(self, name: str, now: float) -> None:
+        """Direct evidence that ``name`` is up (heal rule).
+
+        An Ack relayed by an indirect prober names the relay, so it counts for the relay
+        only. If we suspect the sender, tell it now (at most once per probe interval) so
+        it refutes: after a heal nothing queued carries the accusation to it any more,
+        and our round-robin probe, which would, may be a whole round away.
+        """
+        self._heard[name] = now
+        m = self._members[name]
+        if m.state is SUSPECT and name != self.name:
+            told = self._told.get(name)
+            if told is None or now - told >= self.config.probe_interval:
+                self._told[name] = now
+                first = (self._update(UpdateKind.SUSPECT, m, self.name),)
+                self._send(m.addr, Gossip(source=self.name), _overhead(self.name), first)
+
+    def _contested(self, u: MemberUpdate, now: float) -> bool:
+        """True when a relayed Dead meets direct evidence (the heal rule)."""
+        cfg = self.config
+        if cfg.heal_window_mult <= 0 or u.src == self.name or u.src == u.node:
+            return False  # off; our own verdict; a graceful leave
+        heard = self._heard.get(u.node)
+        if heard is None:
+            return False
+        lo = suspicion_min_timeout(cfg.suspicion_mult, self.num_members(), cfg.probe_interval)
+        return now - heard <= cfg.heal_window_mult * lo
 
     def _accused(self, u: MemberUpdate, now: float) -> None:
         """A Suspect or Dead about ourselves."""

@@ -50,6 +50,8 @@ class Node:
         rng: random.Random,
         epoch: int = 0,
     ) -> None:
+        if not membership.epochs:
+            epoch = 0  # boot epochs off (memberlist, NetworkDB): every boot looks alike
         self.name = name
         self.addr = addr
         self.epoch = epoch
@@ -88,10 +90,7 @@ class Node:
         """
         self.membership.bootstrap(members, now, emit=False)
         if tables:
-            alive = self.tables.member_alive
-            for m in members:
-                if m.name != self.name:
-                    alive(m.name, m.addr, m.epoch, now)
+            self.tables.bootstrap([(m.name, m.addr, m.epoch) for m in members], now)
             self.tables.take_events()
 
     def leave(self, now: float) -> None:
@@ -101,13 +100,17 @@ class Node:
 
     # -- inputs ----------------------------------------------------------------------
 
-    def receive(self, src: str, msg: Message, now: float) -> None:
+    def receive(self, src: str, msg: Message, now: float) -> bool:
+        """Handle one message. False means it certainly changed nothing (no sends,
+        events or timer change to collect); True means it may have."""
         t = msg.TYPE
         if t in _MEMBERSHIP_TYPES:
             self.membership.receive(src, msg, now)
             self._pump(now)
-        elif t in _TABLE_TYPES:
-            self.tables.receive(src, msg, now)
+            return True
+        if t in _TABLE_TYPES:
+            return self.tables.receive(src, msg, now)
+        return False
 
     def handle_timer(self, now: float) -> None:
         m = self.membership.next_timer()

@@ -1,8 +1,8 @@
 """Service discovery state: names, aliases and service records, and the resolver over them.
 
 Sans-I/O and deterministic. The records ride in the endpoint table that already carries
-one entry per container and network (key = container name, value ``name``, ``ip``,
-``mac``, ``vtep``): a container's aliases and, for a service task, its service, slot,
+one entry per container and network (key = container name, value
+:meth:`~overlaysim.core.endpoint.Endpoint.to_value`: ``name``, ``ip``, ``mac``, ``vtep``): a container's aliases and, for a service task, its service, slot,
 the service's VIP, endpoint mode and spec generation are extra fields of that same
 value. So a name exists exactly as long as its endpoint entry is live on a host: it is
 created, gossiped, bulk-synced, tombstoned and hidden (owner declared dead, left, or
@@ -51,6 +51,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from overlaysim.core.endpoint import ENDPOINTS
 from overlaysim.core.events import EntryEvent, EntryEventKind
 
 __all__ = [
@@ -67,8 +68,8 @@ __all__ = [
     "task_name",
 ]
 
-#: The table whose entries carry names (the endpoint table of the data plane).
-ENDPOINTS_TABLE = "endpoints"
+#: The table whose entries carry names: the endpoint table (:mod:`overlaysim.core.endpoint`).
+ENDPOINTS_TABLE = ENDPOINTS
 
 #: The prefix Docker uses for "every task of this service".
 TASKS_PREFIX = "tasks."

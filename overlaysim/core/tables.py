@@ -117,6 +117,10 @@ class _Network:
 
     records: dict[_Key, _Record] = field(default_factory=dict)
     by_owner: dict[str, dict[_Key, None]] = field(default_factory=dict)
+    #: ``id`` of the entry of every record that is not hidden. In the simulator one
+    #: immutable entry object travels to every node, so "already hold this very
+    #: version" is one set test per entry, or one C-level superset test per message.
+    held: set[int] = field(default_factory=set)
     queue: TransmitLimitedQueue | None = None  # while attached, or draining after a leave
 
 
@@ -141,6 +145,12 @@ class _NodeSet:
         self._pos[node] = len(self._items)
         self._items.append(node)
         return True
+
+    def extend(self, nodes: list[str]) -> None:
+        """Add ``nodes``, none of which is in the set yet."""
+        start = len(self._items)
+        self._items.extend(nodes)
+        self._pos.update(zip(nodes, range(start, start + len(nodes)), strict=True))
 
     def discard(self, node: str) -> None:
         i = self._pos.pop(node, None)
@@ -169,7 +179,39 @@ def _strmap_ok(v: object) -> bool:
     return isinstance(v, dict) and all(type(a) is str and type(b) is str for a, b in v.items())
 
 
+#: Records that passed validation, by ``id`` (kept alive alongside, so an id is not
+#: reused while remembered). Records are immutable and, in the simulator, shared by
+#: every node, so each is checked once rather than once per receiving node. Bounded;
+#: past the bound the memo starts over (it is only a cache).
+_VALID_MAX = 1 << 17
+_valid: dict[int, object] = {}
+
+
+def _remember_valid(r: object) -> None:
+    if len(_valid) >= _VALID_MAX:
+        _valid.clear()
+    _valid[id(r)] = r
+
+
 def _entry_ok(e: object) -> bool:
+    if _valid.get(id(e), _valid) is e:
+        return True
+    ok = _entry_check(e)
+    if ok:
+        _remember_valid(e)
+    return ok
+
+
+def _attachment_ok(a: object) -> bool:
+    if _valid.get(id(a), _valid) is a:
+        return True
+    ok = _attachment_check(a)
+    if ok:
+        _remember_valid(a)
+    return ok
+
+
+def _entry_check(e: object) -> bool:
     return (
         isinstance(e, Entry)
         and type(e.network) is str
@@ -184,7 +226,7 @@ def _entry_ok(e: object) -> bool:
     )
 
 
-def _attachment_ok(a: object) -> bool:
+def _attachment_check(a: object) -> bool:
     return (
         isinstance(a, NetworkAttachment)
         and type(a.node) is str
@@ -228,6 +270,7 @@ class Tables:
         self._pending: dict[str, None] = {}  # joined, join sync not yet sent
         # Attachments, cluster-wide: network -> node -> latest record.
         self._attach: dict[str, dict[str, NetworkAttachment]] = {}
+        self._att_held: set[int] = set()  # id of every record in _attach (see _Network.held)
         self._node_nets: dict[str, dict[str, None]] = {}
         self._peers: dict[str, _NodeSet] = {}  # attached, alive, not us
         self._recovered = _NodeSet()  # back after we declared them down: fetch what we hid
@@ -277,12 +320,31 @@ class Tables:
             self._replace_older_boot(node, epoch, now)
         for network in list(self._node_nets.get(node, ())):
             self._refresh_peer(network, node)
-        if false_alarm:
+        if false_alarm and self.config.recovery_sync:
             self._recovered.add(node)
             self._roll_gossip(now)
         if first and self._pending:
             for network in list(self._pending):
                 self._discover(network)
+
+    def bootstrap(self, members: Iterable[tuple[str, str, int]], now: float) -> None:
+        """``member_alive`` for each ``(node, addr, epoch)`` of a formed cluster at boot.
+
+        For drivers that start from a converged cluster; not part of the protocol. On a
+        fresh node (no networks, no member facts yet) each call would only record the
+        member, so they are recorded in bulk; otherwise each goes through
+        ``member_alive``.
+        """
+        members = [m for m in members if m[0] != self.name and type(m[0]) is str]
+        names = [m[0] for m in members]
+        fresh = not (self._epochs or self._nets or self._node_nets or self._pending)
+        if not fresh or len(set(names)) != len(names):
+            for node, addr, epoch in members:
+                self.member_alive(node, addr, epoch, now)
+            return
+        self._epochs.update((node, epoch) for node, _, epoch in members)
+        self._addr.update((node, addr) for node, addr, _ in members)
+        self._alive.extend(names)
 
     def member_down(self, node: str, now: float) -> None:
         """``node`` is dead or left: hide all its entries, drop it from peer sets."""
@@ -372,22 +434,29 @@ class Tables:
 
     # -- wire ------------------------------------------------------------------------
 
-    def receive(self, src: str, msg: Message, now: float) -> None:
-        """Handle a table message from address ``src``; anything else is ignored."""
+    def receive(self, src: str, msg: Message, now: float) -> bool:
+        """Handle a table message from address ``src``; anything else is ignored.
+
+        Returns False when the message certainly changed nothing (every record in it is
+        the very one we hold), so a driver may skip collecting outputs; True otherwise.
+        """
         if isinstance(msg, TableGossip):
-            self._on_table_gossip(msg, now)
+            return self._on_table_gossip(msg, now)
         elif isinstance(msg, NetworkGossip):
-            attach = self._attach
-            for a in _seq(msg.attachments):
-                known = attach.get(getattr(a, "network", None))
-                if known is not None and known.get(getattr(a, "node", None)) is a:
-                    continue  # the very record we hold (shared objects in the simulator)
+            atts = _seq(msg.attachments)
+            held = self._att_held
+            if held.issuperset(map(id, atts)):
+                return False  # only the very records we hold (shared objects in the simulator)
+            for a in atts:
+                if id(a) in held:
+                    continue
                 if not _attachment_ok(a):
                     self.dropped += 1
                 elif self._merge_attachment(a, now):
                     self._queue_attachment(a, now)  # spread news epidemically
         elif isinstance(msg, BulkSync):
             self._on_bulk_sync(src, msg, now)
+        return True
 
     def handle_timer(self, now: float) -> None:
         """Run whatever is due: gossip round, bulk sync round, tombstone reaping."""
@@ -480,8 +549,13 @@ class Tables:
         if not rec.live:
             rec.reap_at = now + self.config.reap_interval
             heapq.heappush(self._reap, (rec.reap_at, next(self._reap_seq), network, k))
-        if old is not None and old.entry.owner != entry.owner:
-            self._unindex(st, old.entry.owner, k)
+        if old is not None:
+            if old.entry.owner != entry.owner:
+                self._unindex(st, old.entry.owner, k)
+            if not old.hidden:
+                st.held.discard(id(old.entry))
+        if not hidden:
+            st.held.add(id(entry))
         st.by_owner.setdefault(entry.owner, {})[k] = None
         st.records[k] = rec
         before = old.entry if old is not None and old.live else None
@@ -493,6 +567,8 @@ class Tables:
 
     def _forget(self, network: str, st: _Network, k: _Key) -> None:
         rec = st.records.pop(k)
+        if not rec.hidden:
+            st.held.discard(id(rec.entry))
         self._unindex(st, rec.entry.owner, k)
         if rec.live:
             self._emit(network, k, rec.entry, None)
@@ -604,6 +680,7 @@ class Tables:
             att = self._attach[network].get(node)
             if att is not None and att.epoch < epoch:
                 del self._attach[network][node]
+                self._att_held.discard(id(att))
                 del self._node_nets[node][network]
                 self._refresh_peer(network, node)
 
@@ -618,7 +695,12 @@ class Tables:
             leaving=leaving,
             epoch=self.epoch,
         )
-        self._attach.setdefault(network, {})[self.name] = att
+        recs = self._attach.setdefault(network, {})
+        old = recs.get(self.name)
+        if old is not None:
+            self._att_held.discard(id(old))
+        recs[self.name] = att
+        self._att_held.add(id(att))
         self._node_nets.setdefault(self.name, {})[network] = None
         self._queue_attachment(att, now)
 
@@ -631,7 +713,10 @@ class Tables:
         cur = recs.get(a.node)
         if cur is not None and (a.epoch, a.ltime) <= (cur.epoch, cur.ltime):
             return False
+        if cur is not None:
+            self._att_held.discard(id(cur))
         recs[a.node] = a
+        self._att_held.add(id(a))
         self._node_nets.setdefault(a.node, {})[a.network] = None
         self._refresh_peer(a.network, a.node)
         if a.leaving:
@@ -659,9 +744,10 @@ class Tables:
     def _enqueue(self, network: str, st: _Network, e: Entry, now: float) -> None:
         if st.queue is None:
             return
-        if record_size(e) + self._overhead(network) > self.config.udp_buffer_size:
+        size = record_size(e)
+        if size + self._overhead(network) > self.config.udp_buffer_size:
             return  # too big for gossip: bulk sync carries it
-        st.queue.queue((e.table, e.key), e)
+        st.queue.queue((e.table, e.key), e, size)
         self._dirty[network] = None
         self._roll_gossip(now)
 
@@ -766,28 +852,30 @@ class Tables:
             entries=tuple(entries),
         )
 
-    def _on_table_gossip(self, msg: TableGossip, now: float) -> None:
+    def _on_table_gossip(self, msg: TableGossip, now: float) -> bool:
         network = msg.network
         if type(network) is not str or network not in self._attached:
-            return  # not ours: never store another network's entries
+            return False  # not ours: never store another network's entries
         st = self._nets[network]
-        records = st.records
-        for e in _seq(msg.entries):
-            # Fast path: the very record we already hold (in the simulator, entries are
-            # shared immutable objects), so nothing to validate or merge.
-            cur = records.get((getattr(e, "table", None), getattr(e, "key", None)))
-            if cur is not None and cur.entry is e and not cur.hidden:
+        held = st.held
+        entries = _seq(msg.entries)
+        # Fast path: the very records we already hold (in the simulator, entries are
+        # shared immutable objects), so nothing to validate or merge.
+        if held.issuperset(map(id, entries)):
+            return False
+        for e in entries:
+            if id(e) in held:
                 continue
             if not _entry_ok(e) or e.network != network:
                 self.dropped += 1
             elif self._merge(network, st, e, now):
                 self._enqueue(network, st, e, now)
+        return True
 
     def _on_bulk_sync(self, src: str, msg: BulkSync, now: float) -> None:
-        attach = self._attach
+        held = self._att_held
         for a in _seq(msg.attachments):
-            known = attach.get(getattr(a, "network", None))
-            if known is not None and known.get(getattr(a, "node", None)) is a:
+            if id(a) in held:
                 continue  # the very record we hold: nothing to merge
             if _attachment_ok(a):
                 self._merge_attachment(a, now)  # anti-entropy repairs, it does not re-gossip
@@ -800,10 +888,8 @@ class Tables:
         nets = self._nets
         for e in _seq(msg.entries):
             st = nets.get(getattr(e, "network", None))
-            if st is not None:
-                cur = st.records.get((getattr(e, "table", None), getattr(e, "key", None)))
-                if cur is not None and cur.entry is e and not cur.hidden:
-                    continue
+            if st is not None and id(e) in st.held:
+                continue  # the very version we hold
             if not _entry_ok(e):
                 self.dropped += 1
             elif e.network in wanted:

@@ -346,40 +346,81 @@ def encode(msg: Message) -> bytes:
     return _packb([VERSION, int(msg.TYPE), *_to_list(msg)])
 
 
-_RECORD_FIELDS: dict[type, tuple[str, ...]] = {}
+#: Bound on the record-size memo; past it the memo starts over (it is only a cache).
+_SIZE_MEMO_MAX = 1 << 17
+# id -> size, and id -> the record itself: holding the record keeps its id from being
+# reused while remembered, so a hit by id is a hit for that very object.
+_size_memo: dict[int, int] = {}
+_size_keep: dict[int, Any] = {}
+
+
+def record_size(record: Any) -> int:
+    """Encoded size of one nested record (what it adds to a packet).
+
+    Records are immutable, and in the simulator one record object travels to every
+    node, so its size is computed once and remembered by identity (the record is kept
+    alongside its size, so its ``id`` cannot be reused while remembered).
+    """
+    size = _size_memo.get(id(record))
+    if size is not None:
+        return size
+    size = len(_packb(_to_list(record)))
+    if len(_size_memo) >= _SIZE_MEMO_MAX:
+        _size_memo.clear()
+        _size_keep.clear()
+    _size_memo[id(record)] = size
+    _size_keep[id(record)] = record
+    return size
+
+
+_SHELLS: dict[type, Any] = {}
+
+
+def _shell(cls: type) -> Any:
+    """A generated function: (message with every record field emptied as a list, the
+    names of its record fields). Sizing the shell plus each record gives the size."""
+    hit = _SHELLS.get(cls)
+    if hit is not None:
+        return hit
+    env: dict[str, Any] = {}
+    parts, recs = [], []
+    for name, kind, _ in _schema(cls):
+        if kind == "records":
+            parts.append("[]")
+            recs.append(f"o.{name}")
+        elif kind == "strs":
+            parts.append(f"list(o.{name})")
+        else:
+            parts.append(f"o.{name}")
+    src = (
+        f"def _shell(o):\n    return [{VERSION}, {int(cls.TYPE)}, {', '.join(parts)}], "
+        f"({', '.join(recs)}{',' if recs else ''})\n"
+    )
+    exec(src, env)  # noqa: S102 - code built only from our own dataclass field names
+    fn = _SHELLS[cls] = env["_shell"]
+    return fn
 
 
 def _array_header(n: int) -> int:
     return 1 if n < 16 else 3 if n < 65536 else 5
 
 
-def encoded_size(msg: Message, record_sizes: dict[int, tuple[Any, int]]) -> int:
+def encoded_size(msg: Message) -> int:
     """``len(encode(msg))`` without re-encoding shared records every time.
 
-    For the simulator: full-state messages (push-pull, bulk sync) carry thousands of
-    records that are shared immutable objects, so each record's size is computed once
-    and kept in ``record_sizes`` (keyed by ``id``; the record is kept alive alongside so
-    the id cannot be reused). Small messages are simply encoded.
+    For the simulator, which never encodes: the message minus its records is encoded,
+    and each nested record adds its memoised :func:`record_size` (plus the growth of
+    its array's header past 15 items).
     """
-    fields = _RECORD_FIELDS.get(type(msg))
-    if fields is None:
-        fields = _RECORD_FIELDS[type(msg)] = tuple(
-            name for name, kind, _ in _schema(type(msg)) if kind == "records"
-        )
-    big = [name for name in fields if len(getattr(msg, name)) > 16]
-    if not big:
-        return len(encode(msg))
-    empty = dataclasses.replace(msg, **{name: () for name in big})
-    size = len(encode(empty))
-    for name in big:
-        recs = getattr(msg, name)
-        size += _array_header(len(recs)) - 1
-        for r in recs:
-            hit = record_sizes.get(id(r))
-            if hit is None or hit[0] is not r:
-                hit = (r, len(_packb(_to_list(r))))
-                record_sizes[id(r)] = hit
-            size += hit[1]
+    shell, groups = _shell(type(msg))(msg)
+    size = len(_packb(shell))
+    for recs in groups:
+        if recs:
+            try:  # all remembered: a C-level sum
+                size += sum(map(_size_memo.__getitem__, map(id, recs)))
+            except KeyError:
+                size += sum(map(record_size, recs))
+            size += _array_header(len(recs)) - 1
     return size
 
 

@@ -236,11 +236,12 @@ def _probe_nft_nat(ns: str) -> Capability:
     """The VIP mechanism: an ip nat table, output hook, DNAT to a numgen-chosen address."""
     if shutil.which("nft") is None:
         return _cap("nft_nat", False, "nft not found: apt-get install nftables")
+    t = names.PROBE_NAT_TABLE
     ruleset = (
-        "table ip osim_probe_nat {\n\tchain out {\n"
+        f"table ip {t} {{\n\tchain out {{\n"
         "\t\ttype nat hook output priority -100; policy accept;\n"
         "\t\tip daddr 192.0.2.1 dnat ip to numgen random mod 2 map "
-        "{ 0 : 192.0.2.2, 1 : 192.0.2.3 }\n\t}\n}\ndelete table ip osim_probe_nat\n"
+        f"{{ 0 : 192.0.2.2, 1 : 192.0.2.3 }}\n\t}}\n}}\ndelete table ip {t}\n"
     )
     out = _in_ns(ns, ["nft", "-f", "-"], ruleset)
     if out.returncode != 0:

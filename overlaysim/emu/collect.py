@@ -8,9 +8,11 @@ feeds the same :class:`~overlaysim.metrics.convergence.ConvergenceTracker` the
 simulator uses, with the same rules:
 
 * an agent's ``entry_commit`` opens a commit whose targets are the hosts attached to
-  that network and up at that moment, according to the ground truth replayed so far;
+  that network and up at that moment, according to the ground truth replayed so far
+  through the one fold of the truth (:class:`~overlaysim.metrics.truth.Truth`);
 * ``entry_programmed`` (the remote endpoint's FDB and neighbour entries written to or
-  removed from the kernel) is a target holding the entry in that state;
+  removed from the kernel) is a target holding the entry in that state; in runs of at
+  most ``HOLD_EVENTS_MAX_HOSTS`` hosts it is also kept as an ``entry_held`` event;
 * a crash or leave (``node_gone``), or the host's last container leaving the network,
   stops the wait for that host.
 
@@ -28,7 +30,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlaysim.metrics.convergence import ConvergenceTracker
-from overlaysim.metrics.records import DOWN_KINDS, MEMBER_KINDS, UP_KINDS, EventKind, EventLog
+from overlaysim.metrics.records import (
+    DOWN_KINDS,
+    HOLD_EVENTS_MAX_HOSTS,
+    MEMBER_KINDS,
+    UP_KINDS,
+    EventKind,
+    EventLog,
+)
+from overlaysim.metrics.truth import Truth
 
 _UP = frozenset(str(k) for k in UP_KINDS)
 _DOWN = frozenset(str(k) for k in DOWN_KINDS)
@@ -80,12 +90,13 @@ def collect(
     events = EventLog()
     events.rows.extend(truth.rows)
     tracker = ConvergenceTracker()
+    fold = Truth(tracker)
     traffic = _Traffic()
-    up: set[str] = set()
-    net_hosts: dict[str, set[str]] = {}
+    holds = len(logs) <= HOLD_EVENTS_MAX_HOSTS  # entry_held rows: small runs only
     for t, source, _, item in items:
         if source == 0:
-            _truth(t, item, up, net_hosts, tracker)
+            _, node, kind, subject, network = item[:5]
+            fold.fold(t, kind, node=node, subject=subject, network=network)
             continue
         kind = item["kind"]
         node = str(item.get("node", ""))
@@ -94,10 +105,12 @@ def collect(
         elif kind == "entry_commit":
             network, key, op = str(item["network"]), str(item["key"]), str(item["op"])
             events.add(t, kind, node=node, network=network, key=key, op=op)
-            targets = sorted(h for h in net_hosts.get(network, ()) if h in up)
-            tracker.commit(t, node, network, key, op, targets)
+            fold.commit(t, node, network, key, op)
         elif kind == "entry_programmed":
-            tracker.seen(t, node, str(item["network"]), str(item["key"]), str(item["op"]))
+            network, key, op = str(item["network"]), str(item["key"]), str(item["op"])
+            tracker.seen(t, node, network, key, op)
+            if holds:
+                events.add(t, "entry_held", node=node, network=network, key=key, op=op)
         else:
             traffic.add(t, node, item)
     return Collected(
@@ -108,29 +121,6 @@ def collect(
         msgs_sent=traffic.msgs_sent,
         msgs_recv=traffic.msgs_recv,
     )
-
-
-def _truth(
-    t: float,
-    row: tuple[Any, ...],
-    up: set[str],
-    net_hosts: dict[str, set[str]],
-    tracker: ConvergenceTracker,
-) -> None:
-    """Replay one ground-truth row (the simulator's rules, ``SimWorld._host_gone``...)."""
-    _, node, kind, subject, network = row[:5]
-    if kind in _UP:
-        up.add(subject)
-    elif kind in _DOWN:
-        up.discard(subject)
-        for hosts in net_hosts.values():
-            hosts.discard(subject)
-        tracker.node_gone(t, subject)
-    elif kind == EventKind.NET_ATTACH:
-        net_hosts.setdefault(network, set()).add(node)
-    elif kind == EventKind.NET_DETACH:
-        net_hosts.setdefault(network, set()).discard(node)
-        tracker.node_gone(t, node, network=network)
 
 
 class _Traffic:

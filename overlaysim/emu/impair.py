@@ -17,8 +17,9 @@ Semantics match the simulator (``overlaysim.sim.underlay``):
 * ``partition(groups)``: hosts in different groups cannot exchange IPv4 on the underlay;
   hosts in no group are cut off from everyone. ``heal()`` undoes it.
 * ``crash_links(host)``: everything into or out of the host's interfaces is dropped.
-* ``clear(link=None)`` removes loss, rate and delay impairments (not partitions or
-  crashes, which have their own undo), returning to the topology's link properties.
+* ``clear(link=None, kind=None)`` removes loss, rate and delay impairments (or only
+  ``kind``, leaving the others; not partitions or crashes, which have their own undo),
+  returning to the topology's link properties.
 
 Loss is judged per packet on the wire, so while an ingress loss rule is active the
 sending end of that veth is limited to one segment per packet (``gso_max_segs 1``):
@@ -160,14 +161,27 @@ class Impairments:
         self._crashed.discard(host)
         self._apply()
 
-    def clear(self, link: LinkRef = None) -> None:
-        """Remove loss, rate and delay impairments from ``link`` (None: everywhere)."""
-        targets = [pl.index for pl in self._targets(link)]
-        for table in (self._extra_loss, self._extra_rate, self._extra_delay):
-            for i in targets:
-                table.pop(i, None)
-        if link is None:
+    def clear(self, link: LinkRef = None, kind: str | None = None) -> None:
+        """Remove ``kind`` (loss, rate or delay; None: all three) from ``link``.
+
+        Without a link: ``kind`` None clears everything everywhere; loss or delay clears
+        the end-to-end setting only (per-link ones stay); rate clears every link's.
+        The other kinds are left as they are.
+        """
+        if kind not in (None, "loss", "rate", "delay"):
+            raise UserError(f"clear: kind must be loss, rate or delay, not {kind!r}")
+        tables = {"loss": self._extra_loss, "rate": self._extra_rate, "delay": self._extra_delay}
+        if link is None and kind in ("loss", "delay"):
+            targets: list[int] = []
+        else:
+            targets = [pl.index for pl in self._targets(link)]
+        for name, table in tables.items():
+            if kind is None or kind == name:
+                for i in targets:
+                    table.pop(i, None)
+        if link is None and kind in (None, "loss"):
             self._global_loss = 0.0
+        if link is None and kind in (None, "delay"):
             self._global_delay = (0.0, 0.0)
         self._apply()
 

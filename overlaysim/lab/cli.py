@@ -28,6 +28,7 @@ overlay commands (type 'help NAME' for details):
   members HOST       tables HOST     fdb HOST [NET]     capture HOST [COUNT] [while C1 ping C2]
   crypto HOST        rotate (or: keys rotate)
   loss PERCENT       partition h1,h2 h3,h4     heal     crash HOST     restart HOST
+  check LAB [--json|--csv]   (did you do guided lab LAB, 1-5? each step, with a hint)
 plus Mininet's own: nodes, h1 ip addr, sh CMD, py EXPR, source FILE, exit (or Ctrl-D)"""
 
 
@@ -276,6 +277,23 @@ class LabCLI(CLI):
             self._do(lambda: lab_cmds.ping(self.lab, words[0], words[2], n))
             return
         super().default(line)
+
+    def do_check(self, line: str) -> None:
+        """check LAB [--json | --csv]
+        Check the testbed against guided lab LAB (1-5, docs/labs/): each step's goal,
+        passed or not, and a hint for what is missing."""
+        from overlaysim.lab.check import LabProbe, check_lab, parse_lab, render
+
+        def go() -> str:
+            p = _Parser(prog="check", add_help=False)
+            p.add_argument("lab")
+            fmt = p.add_mutually_exclusive_group()
+            fmt.add_argument("--json", dest="fmt", action="store_const", const="json")
+            fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv")
+            a = p.parse_args(shlex.split(line))
+            return render(check_lab(LabProbe(self.lab), parse_lab(a.lab)), a.fmt or "text")
+
+        self._do(go)
 
     # -- parsing --------------------------------------------------------------------------
 

@@ -19,8 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from overlaysim.emu.backend import crash_host, restart_host
 from overlaysim.errors import UserError
 from overlaysim.lab.vxlan import ESP_PORT, VXLAN_PORT, decode, decode_esp, read_pcap
+from overlaysim.world.world import seed_hosts
 
 if TYPE_CHECKING:
     from overlaysim.emu.impair import Impairments
@@ -484,8 +486,7 @@ def crash(lab: Lab, host: str) -> str:
     Its containers go with it; the others notice through failure detection.
     """
     lab.live_host(host)
-    lab.testbed.kill_agent(host)
-    lab.impairments.crash_links(host)
+    crash_host(lab.testbed, host)
     lab.crashed.add(host)
     gone = sorted(n for n, c in lab.containers.items() if c.host == host)
     for name in gone:
@@ -503,11 +504,8 @@ def restart(lab: Lab, host: str) -> str:
     if host not in lab.crashed:
         raise LabError(f"{host} is running; 'crash {host}' first")
     tb = lab.testbed
-    lab.impairments.restore_links(host)
-    seeds = [m for m in tb.managers if m != host and m not in lab.crashed]
-    seeds = seeds or [h for h in lab.hosts if h != host and h not in lab.crashed][:3]
-    tb.start_agent(host, seeds)
-    tb.wait_ready([host])
+    seeds = seed_hosts(host, tb.managers, [h for h in lab.hosts if h not in lab.crashed])
+    restart_host(tb, host, seeds)
     lab.crashed.discard(host)
     return f"{host} restarted (boot {tb.agents[host].boot}): it rejoins through {','.join(seeds)}"
 

@@ -23,6 +23,7 @@ from overlaysim.metrics.membership import (
 )
 from overlaysim.metrics.stats import pct, ratio, vmax
 from overlaysim.metrics.tables import frame
+from overlaysim.metrics.views import view_metrics
 
 
 def endpoint_convergence(convergence: pd.DataFrame) -> dict[str, Any]:
@@ -165,6 +166,7 @@ def compute_metrics(
         "false_positives_partitioned": fp["false_positives_partitioned"],
         "late_dead_after_restart": fp["late_dead_after_restart"],
         "false_suspicions": fp["false_suspicions"],
+        "membership_views": view_metrics(events, duration_s)[0],
         "overhead": overhead(traffic, traffic_kinds, nodes=nodes, duration_s=duration_s),
         "throughput": throughput_list(throughput),
         "reachability": reachability_summary(reachability),

@@ -17,6 +17,7 @@ import pandas as pd
 
 from overlaysim.metrics.records import DOWN_KINDS, MEMBER_KINDS, UP_KINDS, EventKind
 from overlaysim.metrics.tables import lists
+from overlaysim.metrics.truth import lifecycle
 
 _UP = frozenset(str(k) for k in UP_KINDS)
 _DOWN = frozenset(str(k) for k in DOWN_KINDS)
@@ -38,7 +39,7 @@ class Liveness:
         self._states: dict[str, list[bool]] = {}  # state from the matching time on
         self._initial: dict[str, bool] = {}
         for t, kind, host in zip(*lists(life, "t", "kind", "subject"), strict=True):
-            up = kind in _UP
+            up = lifecycle(kind) is True
             if host not in self._times:
                 self._times[host], self._states[host] = [], []
                 self._initial[host] = not up

@@ -68,6 +68,14 @@ class EventKind(StrEnum):
     MEMBER_UPDATE = "member_update"
     # table facts
     ENTRY_COMMIT = "entry_commit"
+    # node now holds (add) or no longer holds (delete) an endpoint entry: only in runs
+    # of at most HOLD_EVENTS_MAX_HOSTS hosts (what ``overlaysim animate`` draws)
+    ENTRY_HELD = "entry_held"
+
+
+#: ``entry_held`` rows grow with hosts x entries x changes (millions at 1,000 hosts),
+#: so only runs this small record them; an animation of more hosts is unreadable anyway.
+HOLD_EVENTS_MAX_HOSTS = 64
 
 
 #: Lifecycle kinds that bring a host up / take it down (subject = host).

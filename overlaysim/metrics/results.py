@@ -28,7 +28,12 @@ from overlaysim.metrics.tables import Rows, frame, read_csv, schema_for, write_c
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 PLOTS_DIR = "plots"
-PLOT_FILES = ("convergence_cdf.png", "membership_timeline.png", "overhead.png")
+PLOT_FILES = (
+    "convergence_cdf.png",
+    "membership_timeline.png",
+    "overhead.png",
+    "membership_agreement.png",
+)
 
 FinalStatus = Literal["complete", "interrupted", "failed"]
 STATUSES = ("running", "complete", "interrupted", "failed")
@@ -86,6 +91,13 @@ class ResultsWriter:
     def write_metrics(self, metrics: Mapping[str, Any]) -> Path:
         """Write ``metrics.json`` (NaN and inf become null)."""
         return self._write_json(METRICS, metrics)
+
+    def note(self, **facts: Any) -> Path:
+        """Add ``facts`` to the manifest now (the run is still ``running``)."""
+        if self._finished:
+            raise RuntimeError("ResultsWriter.note() after finish()")
+        self.manifest.update(facts)
+        return self._write_json(MANIFEST, self.manifest)
 
     def finish(
         self,

@@ -1,1 +1,6 @@
-"""Figures (``plots``) and the console summary (``summary``) of a results folder."""
+"""Figures (``plots``), animations (``animate``, ``story``), the console summary
+(``summary``), the HTML page (``html``) and run comparison (``compare``) on top of
+results folders.
+
+May import ``core``, ``errors``, ``scenario`` (topologies to draw) and ``metrics``.
+"""

@@ -23,6 +23,7 @@ from overlaysim.metrics.atomic import atomic_write_bytes
 from overlaysim.metrics.membership import view_counts
 from overlaysim.metrics.records import EventKind
 from overlaysim.metrics.results import PLOT_FILES, Run
+from overlaysim.metrics.views import view_metrics
 
 DPI = 100
 FIGSIZE = (13.0, 7.0)  # inches: 1300x700 px at DPI
@@ -253,8 +254,45 @@ def _t_end(run: Run) -> float:
     return max(finite + [1.0])
 
 
+def draw_view_agreement(run: Run, fig: Figure) -> None:
+    """Distinct membership views among up nodes over time (1: they all agree)."""
+    ax = fig.add_subplot()
+    t_end = _t_end(run)
+    stats, series = view_metrics(run.events, t_end)
+    ax.set_title(
+        _title(run, "Membership view agreement")
+        + f"\nall agree {100 * (stats['agreement_fraction'] or 0):.0f}% of the time, "
+        f"{stats['distinct_views']} distinct views, {stats['flaps']} flaps",
+        fontsize=10,
+    )
+    ax.set_xlabel("time since scenario start (s)")
+    ax.set_ylabel("distinct views among up nodes")
+    ax.set_xlim(0, t_end)
+    if not series.t:
+        _empty(ax, "no membership views recorded")
+        return
+    t = pd.Series(series.t)
+    _step(ax, t, pd.Series(series.distinct), t_end, color="tab:blue", label="distinct views")
+    wrong = [
+        (a, b)
+        for a, b, ok in zip(series.t, (*series.t[1:], t_end), series.correct, strict=True)
+        if not ok
+    ]
+    for a, b in wrong:
+        ax.axvspan(a, b, color="tab:red", alpha=0.08, lw=0)
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.plot([], [], color="tab:red", alpha=0.3, lw=6, label="views differ from the up hosts")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _draw_markers(ax, _markers(run))
+
+
 DRAWERS: dict[str, Callable[[Run, Figure], None]] = dict(
-    zip(PLOT_FILES, (draw_convergence_cdf, draw_membership_timeline, draw_overhead), strict=True)
+    zip(
+        PLOT_FILES,
+        (draw_convergence_cdf, draw_membership_timeline, draw_overhead, draw_view_agreement),
+        strict=True,
+    )
 )
 
 

@@ -393,10 +393,13 @@ class RateEvent(_Event):
 
 
 class ClearEvent(_Event):
-    """Remove loss, delay and rate impairments from one link, or from every link."""
+    """Remove loss, delay and rate impairments (or only ``kind``) from one link or all."""
 
     action: Literal["clear"]
     link: HostPair | None = Field(None, description="a topology link [a, b] (default: all)")
+    kind: Literal["loss", "delay", "rate"] | None = Field(
+        None, description="one impairment kind to remove: loss, delay or rate (default: all)"
+    )
 
 
 class PartitionEvent(_Event):
@@ -542,8 +545,29 @@ def _overrides_for(cls_name: str):
     return check
 
 
+def _check_extensions(value: dict[str, bool]) -> dict[str, bool]:
+    from overlaysim.core.config import EXTENSIONS
+
+    bad = sorted(set(value) - set(EXTENSIONS))
+    if bad:
+        raise ValueError(f"only extensions ({', '.join(EXTENSIONS)}), not {bad[0]!r}")
+    return value
+
+
 class Protocol(StrictModel):
-    """Per-field overrides of the profile's protocol settings (see core/config.py)."""
+    """The protocol variant, extension switches, and per-field overrides of the profile's
+    settings (see core/config.py and docs/variants.md)."""
+
+    variant: Literal["overlaysim", "docker"] = Field(
+        "overlaysim",
+        description="'overlaysim' (ours, every extension on) or 'docker' (NetworkDB on "
+        "memberlist as Docker ships it)",
+    )
+    extensions: dict[str, bool] = Field(
+        default_factory=dict,
+        description="switches over the variant: epochs, dead_notice, heal_rule, lifeguard, "
+        "recovery_sync, reconcile, e.g. {heal_rule: false}",
+    )
 
     membership: dict[str, bool | int | float] = Field(
         default_factory=dict,
@@ -555,6 +579,7 @@ class Protocol(StrictModel):
 
     _check_membership = field_validator("membership")(_overrides_for("MembershipConfig"))
     _check_tables = field_validator("tables")(_overrides_for("TableConfig"))
+    _check_ext = field_validator("extensions")(_check_extensions)
 
 
 class Measure(StrictModel):
@@ -584,6 +609,13 @@ class Scenario(StrictModel):
     )
     networks: tuple[Network, ...] = Field((), description="a list of networks")
     containers: tuple[ContainerItem, ...] = Field((), description="containers and generators")
+
+    @field_validator("containers", mode="before")
+    @classmethod
+    def _one_item(cls, value: Any) -> Any:
+        """A bare container or generator mapping means the one-item list it stands for."""
+        return [value] if isinstance(value, dict) else value
+
     services: tuple[Service, ...] = Field((), description="a list of services")
     events: tuple[Event, ...] = Field((), description="a list of timed events")
     measure: Measure = Field(default_factory=Measure, description="what to measure")

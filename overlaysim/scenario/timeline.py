@@ -1,36 +1,38 @@
-"""Plan a scenario's timeline into concrete, ordered steps that any backend applies.
+"""Plan a scenario's timeline into concrete, ordered, typed steps that any backend applies.
 
 Planning happens before anything runs: churn (a Poisson process) is expanded into
-explicit attach/detach steps with container names and hosts, and timed impairments get
-their matching ``clear`` step. The plan depends only on the scenario and its seed, so the
-simulator and the emulator play exactly the same timeline.
+explicit :class:`~overlaysim.scenario.steps.Attach`/:class:`~overlaysim.scenario.steps.Detach`
+steps with container names and hosts, and each timed impairment gets the matching
+:class:`~overlaysim.scenario.steps.Clear` of its own kind. The plan depends only on the
+scenario and its seed, so the simulator and the emulator play exactly the same timeline.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from overlaysim.scenario.expand import ContainerSpec, expand_containers
 from overlaysim.scenario.schema import Scenario
+from overlaysim.scenario.steps import (
+    DOWN_STEPS,
+    UP_STEPS,
+    Attach,
+    Clear,
+    Delay,
+    Detach,
+    Heal,
+    Join,
+    Loss,
+    Rate,
+    Restart,
+    Step,
+    step_from_event,
+)
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Step:
-    """One thing to do at time ``at``.
-
-    ``action`` is a scenario action name (loss, crash, attach, ...); ``params`` its fields
-    (without ``at``/``action``); ``origin`` the index in ``events`` it comes from.
-    """
-
-    at: float
-    action: str
-    params: dict[str, Any] = field(default_factory=dict)
-    origin: int = -1
-
-    def describe(self) -> dict[str, Any]:
-        return {"at": self.at, "action": self.action, **self.params}
+__all__ = ["Plan", "Step", "plan"]
 
 
 @dataclass(slots=True)
@@ -62,24 +64,20 @@ def plan(scenario: Scenario, seed: int | None = None) -> Plan:
 
     raw: list[Step] = []
     for i, ev in events:
-        params = ev.model_dump(mode="json", exclude={"at", "action"}, exclude_none=True)
         if ev.action == "churn":
             continue  # expanded below, once up/down times are known
-        raw.append(Step(at=float(ev.at), action=ev.action, params=params, origin=i))
-        dur = getattr(ev, "duration", None)
-        if ev.action in ("loss", "delay", "rate") and dur:
-            end = min(float(ev.at) + dur, float(scenario.duration))
-            clear = {"link": params["link"]} if "link" in params else {}
-            clear["only"] = ev.action
-            raw.append(Step(at=end, action="clear", params=clear, origin=i))
+        step = step_from_event(ev, i)
+        raw.append(step)
+        if isinstance(step, Loss | Delay | Rate) and step.duration:
+            end = min(step.at + step.duration, float(scenario.duration))
+            raw.append(Clear(at=end, origin=i, link=step.link, kind=step.action))  # type: ignore[arg-type]
 
     # Host liveness along the timeline, to place churn only on running hosts.
     up_changes: list[tuple[float, str, bool]] = []
     for s in raw:
-        if s.action in ("crash", "leave"):
-            up_changes.append((s.at, s.params["host"], False))
-        elif s.action in ("restart", "join"):
-            up_changes.append((s.at, s.params["host"], True))
+        if isinstance(s, (*DOWN_STEPS, *UP_STEPS)):
+            up_changes.append((s.at, s.host, isinstance(s, UP_STEPS)))
+    up_changes.sort(key=lambda x: x[0])
 
     def up_at(t: float) -> set[str]:
         up = set(initial_hosts)
@@ -89,21 +87,36 @@ def plan(scenario: Scenario, seed: int | None = None) -> Plan:
             (up.add if is_up else up.discard)(h)
         return up
 
-    up_changes.sort(key=lambda x: x[0])
     for i, ev in events:
         if ev.action != "churn":
             continue
         raw.extend(_churn_steps(ev, i, rng, up_at, topo.hosts, scenario.duration))
-    raw.sort(key=lambda s: (s.at, _ORDER.get(s.action, 5), s.origin))
+    raw.sort(key=lambda s: (s.at, _order(s), s.origin))
     return Plan(containers=containers, initial_hosts=initial_hosts, steps=raw)
 
 
-# Within one instant: repair before breaking, lifecycle before endpoints.
-_ORDER = {"clear": 0, "heal": 1, "restart": 2, "join": 2, "attach": 4, "detach": 4}
+def _order(step: Step) -> int:
+    """Within one instant: repair before breaking, lifecycle before endpoints."""
+    match step:
+        case Clear():
+            return 0
+        case Heal():
+            return 1
+        case Restart() | Join():
+            return 2
+        case Attach() | Detach():
+            return 4
+        case _:
+            return 5
 
 
 def _churn_steps(
-    ev: Any, origin: int, rng: random.Random, up_at, all_hosts, duration
+    ev: Any,
+    origin: int,
+    rng: random.Random,
+    up_at: Callable[[float], set[str]],
+    all_hosts: list[str],
+    duration: float,
 ) -> list[Step]:
     """A Poisson stream of attach/detach steps on one network.
 
@@ -125,14 +138,7 @@ def _churn_steps(
         if running and rng.random() < 0.5:
             name, host = running[rng.randrange(len(running))]
             live.remove((name, host))
-            out.append(
-                Step(
-                    at=t,
-                    action="detach",
-                    params={"container": name, "network": ev.network},
-                    origin=origin,
-                )
-            )
+            out.append(Detach(at=t, container=name, network=ev.network, origin=origin))
             continue
         candidates = [h for h in hosts if h in up]
         if not candidates:
@@ -141,12 +147,5 @@ def _churn_steps(
         n += 1
         name = f"churn{origin}-{n}"
         live.append((name, host))
-        out.append(
-            Step(
-                at=t,
-                action="attach",
-                params={"container": name, "host": host, "network": ev.network},
-                origin=origin,
-            )
-        )
+        out.append(Attach(at=t, container=name, host=host, network=ev.network, origin=origin))
     return out

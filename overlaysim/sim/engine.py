@@ -65,7 +65,6 @@ class SimCluster:
         self.messages_sent = 0
         self.messages_lost = 0
         self.timers_fired = 0
-        self._record_sizes: dict[int, tuple[object, int]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -147,8 +146,13 @@ class SimCluster:
             net_rng = self._net_rng
             transit = self.underlay.transit
             env = self.env
+            last_msg: Message | None = None
+            size = 0
             for s in sends:
-                size = encoded_size(s.msg, self._record_sizes)
+                # A gossip round sends one message object to several peers: size it once.
+                if s.msg is not last_msg:
+                    last_msg = s.msg
+                    size = encoded_size(last_msg)
                 self.messages_sent += 1
                 obs.sent(now, host, s.msg, size)
                 delay = transit(host, s.dst, size, net_rng, s.reliable)
@@ -179,8 +183,8 @@ class SimCluster:
         now = self.env.now
         self.messages_delivered += 1
         self.observer.received(now, dst, msg, size)
-        slot.node.receive(src, msg, now)
-        self._after(dst, slot)
+        if slot.node.receive(src, msg, now):
+            self._after(dst, slot)
 
     def _fire(self, host: str, slot: _Slot, deadline: float) -> None:
         if self.slots.get(host) is not slot or slot.timer_at != deadline:

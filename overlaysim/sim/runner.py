@@ -11,26 +11,31 @@ from __future__ import annotations
 import contextlib
 import gc
 import random
-from dataclasses import dataclass, field
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import simpy
 
-from overlaysim.core.cluster import Cluster, NetworkSpec
+from overlaysim.core.cluster import Allocation, Cluster
 from overlaysim.core.config import configs
 from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.wire import Message
+from overlaysim.errors import RunFailed
 from overlaysim.metrics.convergence import ConvergenceTracker
+from overlaysim.metrics.finalize import Outcome, finalize
 from overlaysim.metrics.manifest import base_manifest
-from overlaysim.metrics.records import NOT_MEASURED_BY_SIM, EventLog
+from overlaysim.metrics.records import HOLD_EVENTS_MAX_HOSTS, NOT_MEASURED_BY_SIM, EventLog
 from overlaysim.metrics.results import ResultsWriter
 from overlaysim.metrics.traffic import TrafficCounter
 from overlaysim.scenario.schema import Scenario
-from overlaysim.scenario.timeline import Plan, Step, plan
+from overlaysim.scenario.steps import Step
+from overlaysim.scenario.timeline import Plan, plan
 from overlaysim.sim.engine import Observer, SimCluster
 from overlaysim.sim.underlay import Underlay
+from overlaysim.world.dryrun import network_spec
+from overlaysim.world.world import Container, StepSkipped, World
 
 #: A graceful leave keeps the node running this long so its leave message spreads.
 LEAVE_GRACE_S = 1.0
@@ -42,10 +47,17 @@ _ADDS = (EntryEventKind.CREATE, EntryEventKind.UPDATE)
 
 
 class _Recorder(Observer):
-    def __init__(self, events: EventLog, tracker: ConvergenceTracker, traffic: TrafficCounter):
+    def __init__(
+        self,
+        events: EventLog,
+        tracker: ConvergenceTracker,
+        traffic: TrafficCounter,
+        holds: bool = False,
+    ):
         self.events = events
         self.tracker = tracker
         self.traffic = traffic
+        self.holds = holds  # record entry_held rows (small runs only)
 
     def member_event(self, t: float, host: str, ev: MemberEvent) -> None:
         self.events.member(t, host, ev)
@@ -53,6 +65,8 @@ class _Recorder(Observer):
     def entry_event(self, t: float, host: str, ev: EntryEvent) -> None:
         op = "add" if ev.kind in _ADDS else "delete"
         self.tracker.seen(t, host, ev.network, ev.key, op)
+        if self.holds:
+            self.events.add(t, "entry_held", node=host, network=ev.network, key=ev.key, op=op)
 
     def sent(self, t: float, host: str, msg: Message, size: int) -> None:
         self.traffic.sent(t, host, size, msg.TYPE.name.lower())
@@ -61,248 +75,154 @@ class _Recorder(Observer):
         self.traffic.recv(t, host, size, msg.TYPE.name.lower())
 
 
-@dataclass(slots=True)
-class _Container:
-    name: str
-    host: str
-    networks: dict[str, Any] = field(default_factory=dict)  # network -> Allocation
+class SimBackend:
+    """The simulator's side of the world's verbs: a SimPy cluster over the graph underlay."""
 
+    records_commits = True
 
-class SimWorld:
-    """Ground truth plus the simulated cluster; applies plan steps at their time."""
-
-    def __init__(self, scenario: Scenario, seed: int) -> None:
-        self.scenario = scenario
-        self.seed = seed
+    def __init__(self, scenario: Scenario, seed: int, observer: Observer) -> None:
         self.env = simpy.Environment()
-        self.topology = scenario.resolved_topology
-        self.underlay = Underlay(self.topology)
+        self.underlay = Underlay(scenario.resolved_topology)
         mconf, tconf = configs(scenario.profile, **scenario.protocol.model_dump())
-        self.events = EventLog()
-        self.tracker = ConvergenceTracker()
-        self.traffic = TrafficCounter()
         self.cluster = SimCluster(
             self.env,
             self.underlay,
             membership=mconf,
             tables=tconf,
             rng=random.Random(seed),
-            observer=_Recorder(self.events, self.tracker, self.traffic),
+            observer=observer,
         )
         self.ipam = Cluster()
-        self.networks = {}
-        for net in scenario.networks:
-            spec = NetworkSpec(
-                name=net.name,
-                subnet=net.subnet,
-                gateway=net.gateway,
-                ip_range=net.ip_range,
-                aux_addresses=dict(net.aux_addresses or {}),
-                attachable=net.attachable,
-                encrypted=net.encrypted,
-                mtu=net.mtu,
-            )
-            self.networks[net.name] = self.ipam.create_network(spec)
-        self.managers = list(scenario.managers or self.topology.hosts[:1])
-        self.up: set[str] = set()
-        self.containers: dict[str, _Container] = {}
-        self.attached: dict[str, dict[str, int]] = {}  # host -> network -> local containers
-        self.net_hosts: dict[str, set[str]] = {n: set() for n in self.networks}
-        self.skipped: list[dict[str, Any]] = []
+        self.networks = {
+            net.name: self.ipam.create_network(network_spec(net)) for net in scenario.networks
+        }
+        self._allocs: dict[tuple[str, str], Allocation] = {}
+        self.up: Collection[str] = ()  # the world's hosts up, bound by SimWorld
 
-    # -- host lifecycle --------------------------------------------------------------
+    def now(self) -> float:
+        return self.env.now
 
-    def _seeds(self, host: str) -> list[str]:
-        seeds = [m for m in self.managers if m in self.up and m != host]
-        if not seeds:
-            seeds = [h for h in sorted(self.up) if h != host][:3]
-        return seeds
+    def refused(self, exc: BaseException) -> str | None:
+        return None  # the model refuses nothing: any exception is a bug or bad input
 
-    def start_host(self, host: str, kind: str) -> None:
-        self.cluster.start(host, self._seeds(host))
-        self.up.add(host)
-        self.events.add(self.env.now, kind, subject=host)
-        # Containers that live on this host (re)announce their endpoints.
-        for c in self.containers.values():
-            if c.host == host:
-                for net, alloc in c.networks.items():
-                    self._announce(c, net, alloc)
+    # -- hosts ---------------------------------------------------------------------------
+
+    def boot(self, order, *, formed, seeds) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        if formed:
+            self.cluster.start_formed(order)
+        else:
+            started: list[str] = []
+            for h in order:
+                self.cluster.start(h, seeds(h, started))
+                started.append(h)
+        return dict.fromkeys(order, self.env.now)
+
+    def start(self, host: str, seeds: list[str]) -> float:
+        self.cluster.start(host, seeds)
+        return self.env.now
 
     def crash(self, host: str) -> None:
-        if host not in self.up:
-            return self._skip("crash", host=host, reason="host is not running")
         self.cluster.crash(host)
-        self._host_gone(host, "node_crash")
 
     def leave(self, host: str) -> None:
-        if host not in self.up:
-            return self._skip("leave", host=host, reason="host is not running")
         self.cluster.leave(host)
-        self._host_gone(host, "node_leave")
         self.env.process(self._stop_later(host))
 
-    def _stop_later(self, host: str):
+    def _stop_later(self, host: str):  # type: ignore[no-untyped-def]
         yield self.env.timeout(LEAVE_GRACE_S)
         if host not in self.up:
             self.cluster.stop(host)
 
-    def _host_gone(self, host: str, kind: str) -> None:
-        now = self.env.now
-        self.up.discard(host)
-        self.attached.pop(host, None)
-        for hosts in self.net_hosts.values():
-            hosts.discard(host)
-        self.events.add(now, kind, subject=host)
-        self.tracker.node_gone(now, host)
+    # -- containers ----------------------------------------------------------------------
 
-    # -- endpoints -------------------------------------------------------------------
-
-    def attach(self, name: str, host: str, network: str) -> None:
-        c = self.containers.get(name)
-        if c is None:
-            c = self.containers[name] = _Container(name, host)
-        if c.host != host:
-            return self._skip("attach", container=name, reason=f"container lives on {c.host}")
-        if network in c.networks:
-            return self._skip("attach", container=name, reason=f"already on {network}")
-        alloc = self.ipam.allocate(network, name, standalone=False)
-        c.networks[network] = alloc
-        self.events.add(self.env.now, "container_attach", node=host, subject=name, network=network)
-        if host in self.up:
-            self._announce(c, network, alloc)
-
-    def _announce(self, c: _Container, network: str, alloc: Any) -> None:
-        host = c.host
-        now = self.env.now
-        per_host = self.attached.setdefault(host, {})
-        if host not in self.net_hosts[network]:
-            self.net_hosts[network].add(host)
-            self.events.add(now, "net_attach", node=host, network=network)
-        if per_host.get(network, 0) == 0:
-            self.cluster.call(host, lambda n, t: n.join_network(network, t))
-        per_host[network] = per_host.get(network, 0) + 1
-        value = Endpoint(name=c.name, ip=alloc.ip, mac=alloc.mac, vtep=host).to_value()
-        self.cluster.call(host, lambda n, t: n.create_entry(network, ENDPOINTS, c.name, value, t))
-        self._commit(host, network, c.name, "add")
-
-    def _commit(self, host: str, network: str, key: str, op: str) -> None:
-        now = self.env.now
-        self.events.add(now, "entry_commit", node=host, network=network, key=key, op=op)
-        targets = [h for h in self.net_hosts[network] if h in self.up]
-        self.tracker.commit(now, host, network, key, op, sorted(targets))
-
-    def detach(self, name: str, network: str | None) -> None:
-        c = self.containers.get(name)
-        if c is None:
-            return self._skip("detach", container=name, reason="no such container")
-        nets = [network] if network else list(c.networks)
-        for net in nets:
-            if net not in c.networks:
-                self._skip("detach", container=name, reason=f"not on {net}")
-                continue
-            del c.networks[net]
-            self.ipam.release(net, name)
-            self.events.add(
-                self.env.now, "container_detach", node=c.host, subject=name, network=net
+    def _alloc(self, name: str, network: str) -> Allocation:
+        alloc = self._allocs.get((name, network))
+        if alloc is None:
+            alloc = self._allocs[(name, network)] = self.ipam.allocate(
+                network, name, standalone=False
             )
-            if c.host not in self.up:
-                continue  # nothing to tell; the host's entries die with it
-            self.cluster.call(c.host, lambda n, t, net=net: n.delete_entry(net, ENDPOINTS, name, t))
-            self._commit(c.host, net, name, "delete")
-            per_host = self.attached[c.host]
-            per_host[net] -= 1
-            if per_host[net] == 0:
-                self.cluster.call(c.host, lambda n, t, net=net: n.leave_network(net, t))
-                self.net_hosts[net].discard(c.host)
-                self.events.add(self.env.now, "net_detach", node=c.host, network=net)
-                self.tracker.node_gone(self.env.now, c.host, network=net)
-        if not c.networks:
-            del self.containers[name]
+        return alloc
 
-    def _skip(self, action: str, **info: Any) -> None:
-        self.skipped.append({"t": self.env.now, "action": action, **info})
+    def reserve(self, c: Container, network: str) -> str:
+        return self._alloc(c.name, network).ip
 
-    # -- the timeline ----------------------------------------------------------------
+    def attach(self, c: Container, networks, first) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        out = {}
+        for net in networks:
+            alloc = self._alloc(c.name, net)
+            if net in first:
+                self.cluster.call(c.host, lambda n, t, net=net: n.join_network(net, t))
+            value = Endpoint(name=c.name, ip=alloc.ip, mac=alloc.mac, vtep=c.host).to_value()
+            self.cluster.call(
+                c.host, lambda n, t, net=net, v=value: n.create_entry(net, ENDPOINTS, c.name, v, t)
+            )
+            out[net] = alloc.ip
+        return out
 
-    def apply(self, step: Step) -> None:
-        p = step.params
-        a = step.action
-        now = self.env.now
-        self.events.add(now, "scenario", op=a, detail=step.describe())
-        link = tuple(p["link"]) if p.get("link") else None
-        if a == "loss":
-            self.underlay.set_loss(p["percent"], link)
-        elif a == "delay":
-            self.underlay.set_delay(p["ms"], link)
-        elif a == "rate":
-            self.underlay.set_rate(p["mbps"], link)
-        elif a == "clear":
-            only = p.get("only")
-            if only == "loss":
-                self.underlay.set_loss(0.0, link)
-            elif only == "delay":
-                self.underlay.set_delay(0.0, link)
-            else:
-                self.underlay.clear(link)
-        elif a == "partition":
-            groups = [list(g) for g in p["groups"]]
-            if p.get("rest"):
-                listed = {h for g in groups for h in g}
-                groups.append([h for h in self.topology.hosts if h not in listed])
-            self.underlay.partition(groups)
-            self.events.add(now, "partition", detail={"groups": groups})
-        elif a == "heal":
-            self.underlay.heal()
-            self.events.add(now, "heal")
-        elif a == "crash":
-            self.crash(p["host"])
-        elif a == "restart":
-            if p["host"] in self.up:
-                self._skip("restart", host=p["host"], reason="host is running")
-            else:
-                self.start_host(p["host"], "node_restart")
-        elif a == "leave":
-            self.leave(p["host"])
-        elif a == "join":
-            if p["host"] in self.up:
-                self._skip("join", host=p["host"], reason="host is running")
-            else:
-                self.start_host(p["host"], "node_join")
-        elif a == "attach":
-            self.attach(p["container"], p["host"], p["network"])
-        elif a == "detach":
-            self.detach(p["container"], p.get("network"))
-        elif a == "rotate_keys":
-            self._skip("rotate_keys", reason="encryption keys are not modelled by the simulator")
-        else:  # pragma: no cover - the schema admits no other action
-            raise ValueError(f"unknown action {a!r}")
+    def detach(self, c: Container, network: str, *, live: bool, last: bool) -> None:
+        self.ipam.release(network, c.name)
+        self._allocs.pop((c.name, network), None)
+        if live:
+            self.cluster.call(c.host, lambda n, t: n.delete_entry(network, ENDPOINTS, c.name, t))
+        if last:
+            self.cluster.call(c.host, lambda n, t: n.leave_network(network, t))
 
-    def _timeline(self, steps: list[Step]):
+    def each_host(self, fn, items, host) -> None:  # type: ignore[no-untyped-def]
+        for item in items:  # in order: the IPAM hands out addresses in the plan's order
+            fn(item)
+
+    # -- the underlay ----------------------------------------------------------------------
+
+    def impair(self, kind: str, value: float, link, jitter_ms: float) -> None:  # type: ignore[no-untyped-def]
+        if kind == "loss":
+            self.underlay.loss(value, link)
+        elif kind == "delay":
+            self.underlay.delay(value, jitter_ms, link)
+        else:
+            self.underlay.rate(value, link)
+
+    def clear(self, kind, link) -> None:  # type: ignore[no-untyped-def]
+        self.underlay.clear(link, kind)
+
+    def partition(self, groups: list[list[str]]) -> None:
+        self.underlay.partition(groups)
+
+    def heal(self) -> None:
+        self.underlay.heal()
+
+    def rotate_keys(self, hosts: list[str]) -> dict[str, Any] | None:
+        raise StepSkipped("encryption keys are not modelled by the simulator")
+
+
+class SimWorld(World):
+    """The world on the simulator, plus the model-level measurements."""
+
+    def __init__(self, scenario: Scenario, seed: int) -> None:
+        self.seed = seed
+        events = EventLog()
+        tracker = ConvergenceTracker()
+        self.traffic = TrafficCounter()
+        holds = len(scenario.resolved_topology.hosts) <= HOLD_EVENTS_MAX_HOSTS  # entry_held rows
+        backend = SimBackend(scenario, seed, _Recorder(events, tracker, self.traffic, holds=holds))
+        super().__init__(scenario, backend, tracker=tracker, events=events)
+        backend.up = self.up
+        self.sim = backend
+        self.tracker = tracker
+        self.env = backend.env
+        self.cluster = backend.cluster
+        self.underlay = backend.underlay
+        self.networks = backend.networks
+
+    def start(self, the_plan: Plan) -> None:
+        """Boot, then schedule the timeline's steps as a SimPy process."""
+        self.boot(the_plan)
+        self.env.process(self._timeline(the_plan.steps))
+
+    def _timeline(self, steps: list[Step]):  # type: ignore[no-untyped-def]
         for step in steps:
             if step.at > self.env.now:
                 yield self.env.timeout(step.at - self.env.now)
             self.apply(step)
-
-    def boot(self, the_plan: Plan) -> None:
-        order = [m for m in self.managers if m in the_plan.initial_hosts]
-        order += [h for h in the_plan.initial_hosts if h not in order]
-        if self.scenario.boot == "formed":
-            self.cluster.start_formed(order)
-            for h in order:
-                self.up.add(h)
-                self.events.add(self.env.now, "node_start", subject=h)
-        else:
-            for h in order:
-                self.start_host(h, "node_start")
-        for spec in the_plan.containers:
-            for net in spec.networks:
-                if spec.host in self.up:
-                    self.attach(spec.name, spec.host, net)
-                else:
-                    self.containers.setdefault(spec.name, _Container(spec.name, spec.host))
-                    c = self.containers[spec.name]
-                    c.networks[net] = self.ipam.allocate(net, spec.name, standalone=False)
-        self.env.process(self._timeline(the_plan.steps))
 
     # -- measurement -----------------------------------------------------------------
 
@@ -350,7 +270,7 @@ class SimWorld:
                 )
         return rows
 
-    def _reachable(self, a: _Container, b: _Container, net: str) -> bool:
+    def _reachable(self, a: Container, b: Container, net: str) -> bool:
         if a.host not in self.up or b.host not in self.up:
             return False
         if a.host == b.host:
@@ -377,12 +297,10 @@ def run_simulation(
     seed: int | None = None,
     progress: bool = True,
     overwrite: bool = True,
-    plots: bool = True,
 ) -> str:
-    """Simulate ``scenario`` and write its results folder; return the final status."""
-    from overlaysim.metrics.compute import compute_metrics
-    from overlaysim.metrics.tables import frame
-
+    """Simulate ``scenario`` and write its results folder (no plots); return the final
+    status. A failure writes the folder with status ``failed`` and raises
+    :class:`~overlaysim.errors.RunFailed` naming the cause and the folder."""
     seed = scenario.seed if seed is None else seed
     the_plan = plan(scenario, seed)
     world = SimWorld(scenario, seed)
@@ -419,7 +337,7 @@ def run_simulation(
     status = "complete"
     error = None
     try:
-        world.boot(the_plan)
+        world.start(the_plan)
         with frozen_heap():
             _run_env(world.env, duration, progress, scenario.name)
     except KeyboardInterrupt:
@@ -442,42 +360,32 @@ def run_simulation(
         }
         for a, b in scenario.measure.throughput
     ]
-    traffic_rows = world.traffic.rows()
-    kind_rows = world.traffic.kind_rows()
-    writer.write_table("events", world.events.rows)
-    writer.write_table("convergence", conv_rows)
-    writer.write_table("traffic", traffic_rows)
-    writer.write_table("traffic_kinds", kind_rows)
-    writer.write_table("reachability", reach_rows)
-    writer.write_table("throughput", tp_rows)
-    metrics = compute_metrics(
-        frame("events", world.events.rows),
-        frame("convergence", conv_rows),
-        frame("traffic", traffic_rows),
-        frame("reachability", reach_rows),
-        frame("throughput", tp_rows),
-        traffic_kinds=frame("traffic_kinds", kind_rows),
-        backend="sim",
-        scenario=scenario.name,
-        seed=seed,
-        duration_s=t_end,
-        nodes=len(scenario.resolved_topology.hosts),
+    finalize(
+        writer,
+        Outcome(
+            status=status,
+            error=error,
+            duration_s=t_end,
+            tables={
+                "events": world.events.rows,
+                "convergence": conv_rows,
+                "traffic": world.traffic.rows(),
+                "traffic_kinds": world.traffic.kind_rows(),
+                "reachability": reach_rows,
+                "throughput": tp_rows,
+            },
+            counters={
+                "messages": {
+                    "sent": world.cluster.messages_sent,
+                    "delivered": world.cluster.messages_delivered,
+                    "lost": world.cluster.messages_lost,
+                }
+            },
+            skipped_steps=world.skipped,
+        ),
     )
-    metrics["messages"] = {
-        "sent": world.cluster.messages_sent,
-        "delivered": world.cluster.messages_delivered,
-        "lost": world.cluster.messages_lost,
-    }
-    metrics["skipped_steps"] = world.skipped
-    writer.write_metrics(metrics)
-    if plots and status != "failed":
-        from overlaysim.metrics.results import load_run
-        from overlaysim.report.plots import write_plots
-
-        write_plots(load_run(out), writer.plots_dir)
-    writer.finish(status, error)
     if status == "failed":
-        raise RuntimeError(f"simulation failed: {error} (partial results in {out})")
+        raise RunFailed(f"simulation failed: {error} (partial results in {out})")
     return status
 
 

@@ -185,36 +185,56 @@ class Underlay:
     def _changed(self) -> None:
         self._version += 1
 
-    def set_loss(self, percent: float, link: tuple[str, str] | None = None) -> None:
+    # The same verbs as the emulator's ``Impairments`` (``overlaysim.emu.impair``).
+
+    def loss(self, percent: float, link: tuple[str, str] | None = None) -> None:
+        """Drop ``percent`` % on ``link``, or end to end everywhere (None)."""
         if link is None:
             self.global_loss = percent / 100.0
         else:
             self._link(*link).extra_loss = percent / 100.0
         self._changed()
 
-    def set_delay(self, ms: float, link: tuple[str, str] | None = None) -> None:
+    def delay(self, ms: float, jitter_ms: float = 0.0, link: tuple[str, str] | None = None) -> None:
+        """Add ``ms`` one-way delay on ``link``, or end to end everywhere (None).
+
+        Jitter is not modelled: every message on the path gets the same extra delay.
+        """
         if link is None:
             self.global_delay_s = ms / 1000.0
         else:
             self._link(*link).extra_delay_s = ms / 1000.0
         self._changed()
 
-    def set_rate(self, mbps: float, link: tuple[str, str] | None = None) -> None:
+    def rate(self, mbps: float, link: tuple[str, str] | None = None) -> None:
+        """Limit ``link`` (None: every link) to ``mbps``."""
         targets = [self._link(*link)] if link is not None else list(self._links.values())
         for st in targets:
             st.rate_bytes_per_s = mbps * 1e6 / 8.0
         self._changed()
 
-    def clear(self, link: tuple[str, str] | None = None) -> None:
+    def clear(self, link: tuple[str, str] | None = None, kind: str | None = None) -> None:
+        """Remove impairment ``kind`` (None: loss, delay and rate) from ``link``.
+
+        Without a link: ``kind`` None clears everything everywhere; loss or delay clears
+        the end-to-end setting only (per-link ones stay); rate clears every link's.
+        Other kinds are left as they are.
+        """
+        if kind == "loss":
+            return self.loss(0.0, link)
+        if kind == "delay":
+            return self.delay(0.0, 0.0, link)
         targets = [self._link(*link)] if link is not None else list(self._links.values())
         for st in targets:
-            st.extra_loss = 0.0
-            st.extra_delay_s = 0.0
             st.rate_bytes_per_s = None
-        if link is None:
+            if kind is None:
+                st.extra_loss = 0.0
+                st.extra_delay_s = 0.0
+        if link is None and kind is None:
             self.global_loss = 0.0
             self.global_delay_s = 0.0
         self._changed()
+        return None
 
     def partition(self, groups: list[list[str]]) -> None:
         """Hosts in different groups cannot exchange anything; unlisted hosts are isolated."""
@@ -233,6 +253,9 @@ class Underlay:
 
     def host_up(self, host: str) -> None:
         self._down.discard(host)
+
+    crash_links = host_down  # the emulator's name for the same verb
+    restore_links = host_up
 
     def reachable(self, src: str, dst: str) -> bool:
         """Whether ``src`` can currently reach ``dst`` at all (ignoring random loss)."""

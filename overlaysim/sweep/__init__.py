@@ -1,8 +1,12 @@
 """Parameter sweeps: a grid of scenario overrides x seeds, resumable, with one index.
 
-``plan_sweep`` validates every point first; ``run_sweep`` runs what is not complete yet
-(process pool, Dask, or one at a time for emulation) and rebuilds ``OUT/index.csv``.
+``plan_sweep`` validates every point first (schema, checks and a dry run over IPAM);
+``run_sweep`` runs what is not complete yet (process pool, Dask, or one at a time for
+emulation) and rebuilds ``OUT/index.csv``.
 Reference: ``docs/sweeps.md``.
+
+May import ``core``, ``errors``, ``scenario``, ``metrics``, ``world``, ``report``, ``sim``
+and ``emu``.
 """
 
 from __future__ import annotations

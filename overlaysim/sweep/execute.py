@@ -67,15 +67,16 @@ def run_task(task: RunTask) -> RunOutcome:
         if task.backend == "emu":
             from overlaysim.emu.runner import run_emulation
 
-            status = run_emulation(
-                task.scenario, task.out, seed=task.seed, progress=False, plots=task.plots
-            )
+            status = run_emulation(task.scenario, task.out, seed=task.seed, progress=False)
         else:
             from overlaysim.sim.runner import run_simulation
 
-            status = run_simulation(
-                task.scenario, task.out, seed=task.seed, progress=False, plots=task.plots
-            )
+            status = run_simulation(task.scenario, task.out, seed=task.seed, progress=False)
+        if task.plots and status != "failed":
+            from overlaysim.metrics.results import load_run
+            from overlaysim.report.plots import write_plots
+
+            write_plots(load_run(task.out), Path(task.out) / "plots")
     except Exception as exc:
         return RunOutcome(task.point_id, task.seed, "failed", f"{type(exc).__name__}: {exc}")
     return RunOutcome(task.point_id, task.seed, status)

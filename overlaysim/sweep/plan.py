@@ -79,6 +79,7 @@ def plan_sweep(
     loader found, for the first rejected point; runs nothing and writes nothing.
     """
     from overlaysim.scenario.loader import load_scenario
+    from overlaysim.world.dryrun import dry_run
 
     if not seeds:
         raise SweepError("no seeds to run")
@@ -90,6 +91,7 @@ def plan_sweep(
     for point in points:
         try:
             sc = load_scenario(scenario, [*base_overrides, *point.overrides])
+            dry_run(sc, source=str(scenario))  # what the run would refuse (IPAM)
         except ScenarioError as exc:
             raise SweepError(
                 f"grid point {point.describe()} is rejected by {scenario}:\n{exc}"

@@ -249,6 +249,30 @@ def test_server_udp_tcp_forwarding_servfail_and_survives_garbage():
     asyncio.run(main())
 
 
+def test_a_flood_of_forwards_is_bounded_and_local_names_still_answer():
+    """Forwards wait for a silent resolver: past max_pending they are dropped, counted."""
+
+    async def main():
+        silent, silent_port = _silent_port()
+        srv = EmbeddedDns(
+            _directory(), upstreams=[("127.0.0.1", silent_port)], timeout=2.0, max_pending=20
+        )
+        try:
+            _, port = await srv.add("client", None, addr="127.0.0.1", port=0)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for i in range(100):
+                    q = dns.message.make_query(f"n{i}.example.org", "A")
+                    s.sendto(q.to_wire(), ("127.0.0.1", port))
+                await asyncio.sleep(0.3)  # let the loop read them all
+            assert srv.counts["forwarded"] == 100 and srv.counts["drop_busy"] == 80
+            assert _ips(await _udp_query("web", port, timeout=1.0)) == ["10.0.0.2"]
+        finally:
+            await srv.close()
+            silent.close()
+
+    asyncio.run(main())
+
+
 def test_host_resolvers_and_resolv_conf_rendering(tmp_path):
     host = tmp_path / "resolv.conf"
     host.write_text(

@@ -406,3 +406,38 @@ def test_reset_peer_opens_a_fresh_window_for_a_restarted_sender_only():
     assert b.open(p1) == b"hello again"
     assert struct.unpack_from("!I", b.seal(A, b"b2"), 4)[0] == 2  # B's own counter kept
     assert reborn.open(b_to_a) == b"b1"
+
+
+# --- batches (the per-segment send path) ----------------------------------------------
+
+
+def test_seal_many_gives_the_packets_seal_next_would():
+    frames = [os.urandom(n) for n in (14, 60, 61, 62, 63, 1419)]
+    batch, single = pair()
+    assert batch.seal_many(frames) == [single.seal_next(f) for f in frames]
+    assert batch.last_sealed == single.last_sealed == len(frames)
+    # the known answer holds for a batch too: same format, byte for byte
+    sa = SecurityAssociation(derive_spi(A, B, KAT_KEY.tag), KAT_KEY)
+    sa.seal(b"\x00" * 14, KAT_SEQ - 1)
+    assert sa.seal_many([KAT_FRAME]) == [KAT_PACKET]
+    rx = SecurityAssociation(derive_spi(A, B, 1), key(1), 256)
+    assert [rx.open(p) for p in batch.seal_many(frames)] == frames
+
+
+def test_seal_many_is_refused_whole_at_the_rekey_margin():
+    tx, _ = pair()
+    tx.seal(b"\x00" * 14, SEQ_LIMIT - REKEY_MARGIN - 3)
+    with pytest.raises(RekeyRequired):
+        tx.seal_many([b"\x00" * 14] * 5)  # the fifth would cross the margin
+    assert tx.last_sealed == SEQ_LIMIT - REKEY_MARGIN - 3  # nothing sealed
+    assert len(tx.seal_many([b"\x00" * 14] * 2)) == 2
+
+
+def test_open_accepts_a_slice_of_a_received_run():
+    tx, rx = pair(256)
+    run = b"".join(tx.seal_many([bytes(1400)] * 3))
+    size = len(run) // 3
+    view = memoryview(run)
+    assert [rx.open(view[i : i + size]) for i in range(0, len(run), size)] == [bytes(1400)] * 3
+    with pytest.raises(Replay):
+        rx.open(view[:size])

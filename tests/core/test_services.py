@@ -7,8 +7,10 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tablenet import TableNet
 
-from overlaysim.agent.programmer import ENDPOINTS, remote_of
+from overlaysim.core.config import TableConfig
+from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind
 from overlaysim.core.services import (
     ENDPOINTS_TABLE,
@@ -21,10 +23,15 @@ from overlaysim.core.services import (
     name_fields,
     task_name,
 )
-from tests.core.tablenet import TableNet
-from tests.core.test_tables import FAST
 
 C, D = EntryEventKind.CREATE, EntryEventKind.DELETE
+FAST = TableConfig(
+    gossip_interval=0.1,
+    gossip_nodes=2,
+    retransmit_mult=2,
+    bulk_sync_interval=1.0,
+    reap_interval=1000.0,
+)
 
 
 def ep(name: str, ip: str, *, aliases=(), task: TaskSpec | None = None, host="10.9.0.1"):
@@ -51,7 +58,12 @@ def directory(*events: EntryEvent) -> Directory:
 def test_names_ride_in_the_endpoint_table_the_data_plane_reads():
     assert ENDPOINTS_TABLE == ENDPOINTS
     v = ep("web.1", "10.0.0.5", aliases=["api"], task=web(1))
-    assert remote_of(v) == ("10.0.0.5", "02:42:0a:00:00:05", "10.9.0.1")  # unchanged for it
+    # The data plane's reading of the value is unchanged by the extra fields.
+    assert Endpoint.from_value(v, vtep_ip=True).remote == (
+        "10.0.0.5",
+        "02:42:0a:00:00:05",
+        "10.9.0.1",
+    )
     rec = NameRecord.from_value("web.1", v)
     assert rec.aliases == ("api",) and rec.task == web(1)
 
@@ -205,6 +217,53 @@ def test_directory_follows_converging_tables_and_a_dead_hosts_tasks_leave():
     d1 = directory(*(e for _, e in net.events["h1"]))
     assert d1.resolve("client", "tasks.web").ips == ("10.0.0.11", "10.0.0.12")
     assert d1.vip_backends("client") == {"10.0.0.2": ("10.0.0.11", "10.0.0.12")}
+
+
+def test_dns_metrics_over_real_tables_scale_down():
+    """Three hosts gossiping for real: a service of 3 tasks, then scaled to 1."""
+    from overlaysim.metrics.dns import DnsTracker
+
+    ips = {1: "10.0.0.11", 2: "10.0.0.12", 3: "10.0.0.13"}
+
+    def value(slot):
+        return ep(f"web.{slot}", ips[slot], task=web(slot))
+
+    net = TableNet(7)
+    hosts = net.cluster(["h1", "h2", "h3"], FAST)
+    for h in hosts:
+        h.join_network("n", net.now)
+    net.run(0.5)
+    tr = DnsTracker()
+    fed = {n: 0 for n in net.nodes}
+
+    def feed():
+        batch = []
+        for n, evs in net.events.items():
+            batch += [(t, n, e) for t, e in evs[fed[n] :]]
+            fed[n] = len(evs)
+        for t, n, e in sorted(batch, key=lambda x: x[0]):
+            tr.host_event(t, n, e)
+
+    names = ["h1", "h2", "h3"]
+    tr.change(net.now, "n", "web", ips.values(), names)
+    for slot, h in zip((1, 2, 3), hosts, strict=True):
+        h.create_entry("n", ENDPOINTS, f"web.{slot}", value(slot), net.now)
+    feed()
+    net.run(3.0)
+    feed()
+    tr.change(net.now, "n", "web", [ips[1]], names)
+    hosts[1].delete_entry("n", ENDPOINTS, "web.2", net.now)
+    hosts[2].delete_entry("n", ENDPOINTS, "web.3", net.now)
+    feed()
+    net.run(3.0)
+    feed()
+    rows = tr.finish()
+    conv = [r for r in rows if r["metric"] == "dns_convergence_s"]
+    stale = [r for r in rows if r["metric"] == "stale_dns_window_s"]
+    assert [r["status"] for r in conv] == ["converged", "converged"]
+    assert all(0 < r["value_s"] < 3.0 for r in conv)
+    assert sorted(r["ip"] for r in stale) == [ips[2], ips[3]]
+    assert all(r["status"] == "converged" and 0 < r["value_s"] < 3.0 for r in stale)
 
 
 # -- property: the event stream and a snapshot agree ------------------------------------

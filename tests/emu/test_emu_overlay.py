@@ -26,7 +26,8 @@ from overlaysim.emu.probes import Endpoint, in_container, ping
 from overlaysim.emu.runner import EmuWorld
 from overlaysim.emu.testbed import Testbed
 from overlaysim.scenario.loader import validate_scenario
-from overlaysim.scenario.timeline import Step, plan
+from overlaysim.scenario.steps import Heal, Partition
+from overlaysim.scenario.timeline import plan
 
 SCENARIO = {
     "name": "overlay-done",
@@ -329,7 +330,7 @@ def test_partition_then_heal_converges_with_nothing_lost(world: EmuWorld) -> Non
     world.attach("a4", "h3", "web")  # h3 joins web too, so web spans the partition
     a2_web, a4_web = ep(world, "a2").ips["web"], ep(world, "a4").ips["web"]
     until(lambda: kernel_ips(world, "h1", "web") == {a2_web, a4_web}, 10, "web on h1")
-    world.apply(Step(at=0.0, action="partition", params={"groups": [["h1"], ["h2", "h3"]]}))
+    world.apply(Partition(at=0.0, groups=(("h1",), ("h2", "h3"))))
     # a change on each side while they cannot talk: h1 adds b1, h2 drops a2 from web
     world.attach("b1", "h1", "web")
     world.detach("a2", "web")
@@ -337,7 +338,7 @@ def test_partition_then_heal_converges_with_nothing_lost(world: EmuWorld) -> Non
     time.sleep(3.0)
     assert a2_web in kernel_ips(world, "h1", "web")  # h1 cannot know yet
     assert b1_web not in kernel_ips(world, "h3", "web")
-    world.apply(Step(at=0.0, action="heal"))
+    world.apply(Heal(at=0.0))
     assert world.skipped == []
 
     def everyone_alive() -> bool:

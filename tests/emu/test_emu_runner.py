@@ -20,10 +20,12 @@ import pytest
 from overlaysim.emu import runner as emu_runner
 from overlaysim.emu.collect import collect
 from overlaysim.emu.rootns import list_nft_tables
+from overlaysim.metrics.atomic import json_bytes
+from overlaysim.metrics.finalize import metrics_for
 from overlaysim.metrics.records import EventLog
 from overlaysim.metrics.results import load_run
 from overlaysim.scenario.loader import load_scenario
-from overlaysim.scenario.timeline import Step
+from overlaysim.scenario.steps import Step
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yaml"
 
@@ -149,7 +151,7 @@ def test_quickstart_writes_the_simulators_results_folder(emu: None, tmp_path: Pa
     scenario = load_scenario(QUICKSTART)
     status = emu_runner.run_emulation(scenario, tmp_path / "emu", progress=False)
     assert status == "complete"
-    run_simulation(scenario, tmp_path / "sim", progress=False, plots=False)
+    run_simulation(scenario, tmp_path / "sim", progress=False)
     emu_run, sim_run = load_run(tmp_path / "emu"), load_run(tmp_path / "sim")
     em, sm = emu_run.metrics, sim_run.metrics
     assert em is not None and sm is not None
@@ -219,7 +221,7 @@ def test_interrupted_run_is_marked_and_leaves_nothing_behind(
         real_apply(self, step)
 
     monkeypatch.setattr(emu_runner.EmuWorld, "apply", apply)
-    status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False, plots=False)
+    status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
     assert status == "interrupted"
     run = load_run(tmp_path / "run")
     assert run.status == "interrupted"
@@ -259,7 +261,7 @@ def test_join_boot_starts_the_clock_before_the_agents(emu: None, tmp_path: Path)
     scenario = load_scenario(
         QUICKSTART, ["boot=join", "duration=6", "events=[]", "measure.throughput=[]"]
     )
-    status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False, plots=False)
+    status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
     assert status == "complete"
     run = load_run(tmp_path / "run")
     ev = run.events
@@ -276,4 +278,42 @@ def test_join_boot_starts_the_clock_before_the_agents(emu: None, tmp_path: Path)
     assert run.metrics is not None
     reach = run.metrics["reachability"]
     assert reach["expected_pairs"] > 0 and reach["reachable_pairs"] == reach["expected_pairs"]
+    _assert_nothing_left(tmp_path / "run")
+
+
+@pytest.mark.emu
+def test_timed_rate_ends_without_clearing_the_loss_and_metrics_regenerate(
+    emu: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (both backends play one world): an untimed loss, then a timed rate on
+    the same link; when the rate ends the loss stays. The folder's metrics.json is what
+    ``metrics_for(folder)`` computes from its files, byte for byte."""
+    scenario = load_scenario(
+        QUICKSTART,
+        [
+            "duration=6",
+            "measure.throughput=[]",
+            "events=[{at: 1, action: loss, percent: 30, link: [h2, s1]},"
+            " {at: 2, action: rate, mbps: 50, link: [h2, s1], duration: 2}]",
+        ],
+    )
+    seen: list[tuple[str, int, int]] = []
+    real_apply = emu_runner.EmuWorld.apply
+
+    def apply(self: emu_runner.EmuWorld, step: Step) -> None:
+        real_apply(self, step)
+        imp = self.underlay.impairments
+        seen.append((step.action, len(imp._extra_loss), len(imp._extra_rate)))
+
+    monkeypatch.setattr(emu_runner.EmuWorld, "apply", apply)
+    status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
+    assert status == "complete"
+    # the link's loss rule outlives the rate (one planned link, both of its ends)
+    assert seen == [("loss", 1, 0), ("rate", 1, 1), ("clear", 1, 0)]
+    run = load_run(tmp_path / "run")
+    assert run.metrics is not None and run.metrics["skipped_steps"] == []
+    assert (
+        json_bytes(metrics_for(tmp_path / "run"))
+        == (tmp_path / "run" / "metrics.json").read_bytes()
+    )
     _assert_nothing_left(tmp_path / "run")

@@ -199,6 +199,18 @@ def test_link_loss_only_hits_that_link(u: Underlay) -> None:
 
 
 @pytest.mark.emu
+def test_the_end_of_a_timed_rate_leaves_the_loss_on_that_link(u: Underlay) -> None:
+    """Regression: an untimed loss, then a timed rate on the same link; the rate's end
+    (``clear(kind="rate")``, as the planner emits it) used to remove the loss too."""
+    u.impairments.loss(40, link=("h1", "s1"))
+    u.impairments.rate(200, link=("h1", "s1"))
+    u.impairments.clear(("h1", "s1"), kind="rate")
+    assert 0.2 < udp_loss(u, "h1", "h2") < 0.6
+    u.impairments.clear(("h1", "s1"), kind="loss")
+    assert udp_loss(u, "h1", "h2") < 0.02
+
+
+@pytest.mark.emu
 def test_partition_blocks_across_groups_and_heal_restores(u: Underlay) -> None:
     imp = u.impairments
     imp.partition([["h1", "h2"], ["h3"]])

@@ -255,7 +255,7 @@ def _spread(n: int) -> collections.Counter:
 
 
 def test_vip_spreads_connections_and_a_removed_task_stops_receiving(lab):
-    from scipy.stats import chisquare
+    from overlaysim.metrics.lbspread import lb_spread
 
     client = ns("client")
     bal = VipBalancer()
@@ -263,10 +263,10 @@ def test_vip_spreads_connections_and_a_removed_task_stops_receiving(lab):
     assert bal.sync("client", client, d.vip_backends("client"))
     assert not bal.sync("client", client, d.vip_backends("client"))  # unchanged: no-op
     assert current_backends(client) == {VIP: tuple(BACKENDS.values())}
-    hits = _spread(90)
-    p = chisquare([hits[b] for b in BACKENDS]).pvalue
-    print(f"random: {dict(hits)} chi-square p={p:.3f}")
-    assert set(hits) == set(BACKENDS) and p > 1e-4
+    spread = lb_spread(_spread(90).elements(), BACKENDS)
+    print(f"random: {spread}")
+    assert spread["failed"] == 0 and spread["stray"] == {}
+    assert min(spread["per_task"].values()) > 0 and spread["p_uniform"] > 1e-4
 
     # UDP pins a flow to one task through conntrack; removing that task flushes it.
     def udp_sock() -> socket.socket:

@@ -28,7 +28,7 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yam
 
 def _sim(out: Path, *overrides: str) -> Path:
     sc = load_scenario(QUICKSTART, list(overrides))
-    assert run_simulation(sc, out, progress=False, plots=False) == "complete"
+    assert run_simulation(sc, out, progress=False) == "complete"
     return out
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from overlaysim.cli import main
-from overlaysim.metrics.results import load_run
+from overlaysim.metrics.results import PLOT_FILES, load_run
 from overlaysim.report.html import render_html, write_html
+from overlaysim.report.plots import write_plots
 from overlaysim.report.summary import summary_rows
 from overlaysim.scenario.loader import load_scenario
 from overlaysim.sim.runner import run_simulation
@@ -25,6 +26,7 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yam
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("html") / "qs"
     assert run_simulation(load_scenario(QUICKSTART), out, progress=False) == "complete"
+    write_plots(load_run(out), out / "plots")
     return out
 
 
@@ -44,7 +46,7 @@ def test_page_is_self_contained_with_summary_and_plots(run_copy):
         assert f"<td>{escape(measure)}</td>" in page
         assert f">{escape(value)}</td>" in page
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(imgs) == 3
+    assert len(imgs) == len(PLOT_FILES)
     assert base64.b64decode(imgs[0]) == (run_copy / "plots" / "convergence_cdf.png").read_bytes()
     assert "http://" not in page and "https://" not in page
     assert "href=" not in page
@@ -75,7 +77,7 @@ def test_missing_plots_are_noted_not_linked(run_copy):
     shutil.rmtree(run_copy / "plots")
     page = render_html(load_run(run_copy))
     assert "data:image/png" not in page
-    assert page.count("not drawn") == 3
+    assert page.count("not drawn") == len(PLOT_FILES)
     assert "<img" not in page
 
 

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from overlaysim.metrics.atomic import json_bytes
+from overlaysim.metrics.finalize import metrics_for
 from overlaysim.metrics.results import load_run
+from overlaysim.report.plots import write_plots
 from overlaysim.scenario.loader import load_scenario
 from overlaysim.sim import runner as sim_runner
 from overlaysim.sim.runner import run_simulation
@@ -42,6 +45,8 @@ def test_same_seed_gives_byte_identical_results(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     assert run_simulation(sc, a, progress=False) == "complete"
     assert run_simulation(load_scenario(QUICKSTART), b, progress=False) == "complete"
+    for folder in (a, b):
+        write_plots(load_run(folder), folder / "plots")
     fa, fb = _files(a), _files(b)
     assert set(fa) == set(fb)
     assert any(name.startswith("plots/") for name in fa), "plots were not written"
@@ -51,8 +56,8 @@ def test_same_seed_gives_byte_identical_results(tmp_path: Path) -> None:
 
 def test_other_seed_changes_the_run(tmp_path: Path) -> None:
     sc = load_scenario(QUICKSTART)
-    run_simulation(sc, tmp_path / "a", progress=False, plots=False)
-    run_simulation(sc, tmp_path / "b", seed=8, progress=False, plots=False)
+    run_simulation(sc, tmp_path / "a", progress=False)
+    run_simulation(sc, tmp_path / "b", seed=8, progress=False)
     ea = (tmp_path / "a" / "events.csv").read_bytes()
     eb = (tmp_path / "b" / "events.csv").read_bytes()
     assert ea != eb
@@ -60,7 +65,7 @@ def test_other_seed_changes_the_run(tmp_path: Path) -> None:
 
 def test_quickstart_metrics_are_measured(tmp_path: Path) -> None:
     out = tmp_path / "qs"
-    run_simulation(load_scenario(QUICKSTART), out, progress=False, plots=False)
+    run_simulation(load_scenario(QUICKSTART), out, progress=False)
     run = load_run(out)
     m = run.metrics
     assert METRIC_KEYS <= set(m)
@@ -93,10 +98,19 @@ def test_interrupted_run_is_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(sim_runner, "_run_env", boom)
     out = tmp_path / "int"
-    status = run_simulation(load_scenario(QUICKSTART), out, progress=False, plots=False)
+    status = run_simulation(load_scenario(QUICKSTART), out, progress=False)
     assert status == "interrupted"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "interrupted"
     m = json.loads((out / "metrics.json").read_text())
     assert m["duration_s"] == pytest.approx(30.0)
     assert not list(out.glob("*.tmp*")), "temporary files left behind"
+
+
+def test_metrics_for_the_folder_regenerates_metrics_json_byte_for_byte(tmp_path: Path) -> None:
+    out = tmp_path / "qs"
+    run_simulation(load_scenario(QUICKSTART), out, progress=False)
+    written = (out / "metrics.json").read_bytes()
+    again = metrics_for(out)
+    assert json_bytes(again) == written
+    assert again["messages"]["sent"] > 0 and "skipped_steps" in again  # from the manifest

@@ -1,0 +1,251 @@
+"""The emulator's side of the world's verbs: real agents in Mininet hosts.
+
+:class:`EmuBackend` implements :class:`~overlaysim.world.backend.Backend` on a
+:class:`~overlaysim.emu.testbed.Testbed`: hosts are ``overlayd`` processes, containers
+are tasks in them (namespaces), impairments go to the underlay's
+:class:`~overlaysim.emu.impair.Impairments`. :func:`crash_host` and :func:`restart_host`
+are the one way a host is crashed and restarted, for runs and for the lab.
+
+Time: ``t0 = time.monotonic()`` at scenario start. Agents log ``time.monotonic()``
+too; every namespace shares the kernel's clock, so ``t - t0`` is scenario time for
+everybody.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from overlaysim.agent.control import ControlError
+from overlaysim.agent.manager import ManagerUnavailable
+from overlaysim.core.cluster import ClusterError
+from overlaysim.emu.impair import UnsupportedImpairment
+from overlaysim.emu.testbed import Testbed, TestbedError
+from overlaysim.scenario.schema import Scenario
+from overlaysim.scenario.steps import ImpairKind, Link
+from overlaysim.world.world import Container, StepSkipped
+
+if TYPE_CHECKING:
+    from overlaysim.world.world import World
+
+T = TypeVar("T")
+
+#: How long ``boot: formed`` waits for every agent to see every other alive.
+FORM_TIMEOUT_S = 60.0
+
+#: Errors of one step that skip the step (recorded with the reason) instead of
+#: failing the run: the cluster refused, an agent or the manager was unreachable.
+STEP_ERRORS = (ClusterError, ControlError, ManagerUnavailable, OSError, TestbedError)
+
+
+def why(exc: BaseException) -> str:
+    """``Type: message``, the reason recorded for a skipped step."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def crash_host(testbed: Testbed, host: str) -> None:
+    """Kill ``host``'s agent (SIGKILL, no goodbye) and silence its links."""
+    testbed.kill_agent(host)
+    testbed.underlay.impairments.crash_links(host)
+
+
+def restart_host(testbed: Testbed, host: str, seeds: Iterable[str]) -> float:
+    """Give ``host`` its links back and start a fresh agent joining through ``seeds``;
+    return the monotonic time it was ready."""
+    testbed.underlay.impairments.restore_links(host)
+    if host in testbed.agents:
+        testbed.wait_exit(host, timeout=5.0)  # a leaving agent may still be finishing
+    testbed.start_agent(host, list(seeds))
+    return testbed.wait_ready([host])[host]
+
+
+class EmuBackend:
+    """Backend verbs on a live testbed (bind the world with :meth:`bind` before use)."""
+
+    records_commits = False  # the agents log their commits
+
+    def __init__(self, scenario: Scenario, testbed: Testbed) -> None:
+        self.scenario = scenario
+        self.testbed = testbed
+        self.underlay = testbed.underlay
+        self.t0: float | None = None
+        #: The networks as the manager made them (for the manifest).
+        self.networks: list[dict[str, Any]] = []
+        self.world: World | None = None
+
+    def bind(self, world: World) -> None:
+        """The world whose containers a restarted manager must re-register."""
+        self.world = world
+
+    def now(self) -> float:
+        """Seconds since scenario start (0 before it)."""
+        return 0.0 if self.t0 is None else time.monotonic() - self.t0
+
+    def refused(self, exc: BaseException) -> str | None:
+        if isinstance(exc, UnsupportedImpairment):
+            return str(exc)
+        if isinstance(exc, STEP_ERRORS):
+            return why(exc)
+        return None
+
+    # -- hosts ---------------------------------------------------------------------------
+
+    def boot(
+        self,
+        order: Sequence[str],
+        *,
+        formed: bool,
+        seeds: Callable[[str, Collection[str]], list[str]],
+    ) -> dict[str, float]:
+        tb = self.testbed
+        if formed:
+            for h in order:
+                tb.start_agent(h, seeds(h, order))
+            tb.wait_ready(order)
+            tb.wait_formed(order, timeout=FORM_TIMEOUT_S + 0.5 * len(order))
+            self.create_networks()
+            self.t0 = time.monotonic()
+            return dict.fromkeys(order, 0.0)
+        self.t0 = time.monotonic()
+        started: list[str] = []
+        for h in order:
+            tb.start_agent(h, seeds(h, started))
+            started.append(h)  # as in the simulator: later hosts join through it
+        starts = tb.wait_ready(order)
+        self.create_networks()
+        return {h: max(0.0, starts[h] - self.t0) for h in order}
+
+    def create_networks(self) -> None:
+        """Create the scenario's networks through the manager; keep what it made."""
+        for net in self.scenario.networks:
+            spec = {
+                "name": net.name,
+                "subnet": net.subnet,
+                "gateway": net.gateway,
+                "ip_range": net.ip_range,
+                "aux_addresses": dict(net.aux_addresses or {}),
+                "attachable": net.attachable,
+                "encrypted": net.encrypted,
+                "mtu": net.mtu,
+            }
+            made = self.testbed.manager_call("network_create", spec=spec)
+            if any(n["name"] == made["name"] for n in self.networks):
+                continue  # re-created after a manager restart: keep the first facts
+            self.networks.append(
+                {
+                    "name": made["name"],
+                    "vni": made["vni"],
+                    "subnet": made["subnet"],
+                    "gateway": made["gateway"],
+                    "mtu": made.get("mtu"),
+                    "encrypted": made.get("encrypted", False),
+                }
+            )
+
+    def start(self, host: str, seeds: list[str]) -> float:
+        assert self.t0 is not None
+        started = restart_host(self.testbed, host, seeds)
+        if host == self.testbed.manager_host:
+            self._restore_manager()
+        return max(0.0, started - self.t0)
+
+    def _restore_manager(self) -> None:
+        """A restarted manager starts empty: re-create the networks and re-register the
+        addresses that containers on running hosts still hold, so none is handed out
+        twice. (Managers are not replicated yet; see docs/agent.md, Limits.)"""
+        self.create_networks()
+        world = self.world
+        if world is None:
+            return
+        for c in world.containers.values():
+            if not c.live or c.host not in world.up:
+                continue
+            for net, ip in c.networks.items():
+                if ip:
+                    self.testbed.manager_call(
+                        "allocate", network=net, endpoint=c.name, ip=ip, standalone=False,
+                        host=c.host,
+                    )  # fmt: skip
+
+    def crash(self, host: str) -> None:
+        crash_host(self.testbed, host)
+
+    def leave(self, host: str) -> None:
+        self.testbed.call(host, "leave")
+
+    # -- containers ----------------------------------------------------------------------
+
+    def reserve(self, c: Container, network: str) -> str:
+        return ""  # the manager hands out the address when the host runs it
+
+    def attach(
+        self, c: Container, networks: Sequence[str], first: Collection[str]
+    ) -> dict[str, str]:
+        if c.live:  # a running container joins one more network
+            out = {}
+            for net in networks:
+                out[net] = self.testbed.call(c.host, "connect", container=c.name, network=net)["ip"]
+            return out
+        answer = self.testbed.call(c.host, "task", container=c.name, networks=list(networks))
+        c.sandbox = answer.get("netns", "")
+        return {att["network"]: att["ip"] for att in answer.get("networks", [])}
+
+    def detach(self, c: Container, network: str, *, live: bool, last: bool) -> None:
+        if live:
+            self.testbed.call(c.host, "disconnect", container=c.name, network=network)
+
+    def each_host(
+        self, fn: Callable[[T], None], items: Iterable[T], host: Callable[[T], str]
+    ) -> None:
+        by_host: dict[str, list[T]] = defaultdict(list)
+        for item in items:
+            by_host[host(item)].append(item)
+
+        def run(h: str) -> None:
+            for item in by_host[h]:
+                fn(item)
+
+        if by_host:
+            with ThreadPoolExecutor(max_workers=min(16, len(by_host))) as pool:
+                list(pool.map(run, list(by_host)))
+
+    # -- the underlay ----------------------------------------------------------------------
+
+    def impair(self, kind: ImpairKind, value: float, link: Link | None, jitter_ms: float) -> None:
+        imp = self.underlay.impairments
+        if kind == "loss":
+            imp.loss(value, link)
+        elif kind == "delay":
+            imp.delay(value, jitter_ms, link)
+        else:
+            imp.rate(value, link)
+
+    def clear(self, kind: ImpairKind | None, link: Link | None) -> None:
+        self.underlay.impairments.clear(link, kind=kind)
+
+    def partition(self, groups: list[list[str]]) -> None:
+        self.underlay.impairments.partition(groups)
+
+    def heal(self) -> None:
+        self.underlay.impairments.heal()
+
+    def rotate_keys(self, hosts: list[str]) -> dict[str, Any] | None:
+        """Rotate the network keys at the manager, then have every running agent fetch
+        the new ring at once, so each rotation finishes everywhere before the next."""
+        if not any(n["encrypted"] for n in self.networks):
+            raise StepSkipped("no encrypted network")
+        tb = self.testbed
+        t = self.now()
+        running = set(tb.running())
+        ring, answers = tb.rotate_keys([h for h in hosts if h in running])
+        late = [h for h, a in answers.items() if a["generation"] != ring["generation"]]
+        return {
+            "generation": ring["generation"],
+            "primary": ring["primary"],
+            "hosts": len(answers),
+            "took_s": round(self.now() - t, 3),
+            "late": late,
+        }

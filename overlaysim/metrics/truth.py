@@ -1,0 +1,75 @@
+"""The one fold of a run's ground truth: which hosts are up, which are on each network.
+
+The world (while it plays the timeline), ``emu.collect`` (replaying the recorded truth
+between agents' log lines) and the liveness model of the metrics all fold the same
+lifecycle and attachment events through this module, so the rule "the targets of a
+commit are the hosts attached to its network and up at commit time" lives in one
+function: :meth:`Truth.targets`.
+"""
+
+from __future__ import annotations
+
+from overlaysim.metrics.convergence import ConvergenceTracker
+from overlaysim.metrics.records import DOWN_KINDS, UP_KINDS, EventKind
+
+_UP = frozenset(str(k) for k in UP_KINDS)
+_DOWN = frozenset(str(k) for k in DOWN_KINDS)
+
+
+def lifecycle(kind: str) -> bool | None:
+    """True if event ``kind`` brings its subject host up, False if it takes it down,
+    None if it is no lifecycle event."""
+    if kind in _UP:
+        return True
+    if kind in _DOWN:
+        return False
+    return None
+
+
+class Truth:
+    """Hosts up and hosts per network, folded event by event.
+
+    With a ``tracker``, hosts going down (or leaving a network) stop being waited for
+    and :meth:`commit` registers commits with their targets.
+    """
+
+    __slots__ = ("net_hosts", "tracker", "up")
+
+    def __init__(self, tracker: ConvergenceTracker | None = None) -> None:
+        self.up: set[str] = set()
+        self.net_hosts: dict[str, set[str]] = {}
+        self.tracker = tracker
+
+    def fold(
+        self, t: float, kind: str, *, node: str = "", subject: str = "", network: str = ""
+    ) -> None:
+        """Apply one ground-truth event (other kinds are ignored)."""
+        life = lifecycle(kind)
+        if life is True:
+            self.up.add(subject)
+        elif life is False:
+            self.up.discard(subject)
+            for hosts in self.net_hosts.values():
+                hosts.discard(subject)
+            if self.tracker is not None:
+                self.tracker.node_gone(t, subject)
+        elif kind == EventKind.NET_ATTACH:
+            self.net_hosts.setdefault(network, set()).add(node)
+        elif kind == EventKind.NET_DETACH:
+            self.net_hosts.setdefault(network, set()).discard(node)
+            if self.tracker is not None:
+                self.tracker.node_gone(t, node, network=network)
+
+    def on_network(self, host: str, network: str) -> bool:
+        """Whether ``host`` is attached to ``network`` now."""
+        return host in self.net_hosts.get(network, ())
+
+    def targets(self, network: str) -> list[str]:
+        """The hosts a commit on ``network`` must reach: attached to it and up, sorted."""
+        up = self.up
+        return sorted(h for h in self.net_hosts.get(network, ()) if h in up)
+
+    def commit(self, t: float, owner: str, network: str, key: str, op: str) -> None:
+        """Register ``owner``'s commit with the tracker, targets as of now."""
+        if self.tracker is not None:
+            self.tracker.commit(t, owner, network, key, op, self.targets(network))

@@ -1,0 +1,105 @@
+"""The verbs a backend (simulator or emulator) offers the world.
+
+The world decides *what* happens and keeps the truth; a backend only makes it so on
+its substrate (a SimPy cluster over a graph, or agents in Mininet hosts) and answers
+with the facts only it knows (the time an agent started, the address it was given).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from overlaysim.scenario.steps import ImpairKind, Link
+
+if TYPE_CHECKING:
+    from overlaysim.world.world import Container
+
+T = TypeVar("T")
+
+
+class Backend(Protocol):
+    """One run's substrate. Times are seconds since scenario start."""
+
+    #: Whether the world records entry commits itself (the simulator) or the agents
+    #: log them (the emulator).
+    records_commits: bool
+
+    def now(self) -> float:
+        """Scenario time now."""
+        ...
+
+    def refused(self, exc: BaseException) -> str | None:
+        """The reason to record if ``exc`` means "skip this step", else None (a bug)."""
+        ...
+
+    # -- hosts ---------------------------------------------------------------------------
+
+    def boot(
+        self,
+        order: Sequence[str],
+        *,
+        formed: bool,
+        seeds: Callable[[str, Collection[str]], list[str]],
+    ) -> dict[str, float]:
+        """Start the initial hosts in ``order``; ``seeds(host, started)`` names whom each
+        joins through. Returns each host's start time (0 when the cluster is formed)."""
+        ...
+
+    def start(self, host: str, seeds: list[str]) -> float:
+        """(Re)start ``host`` (a restart or a join); return the time it came up."""
+        ...
+
+    def crash(self, host: str) -> None:
+        """Stop ``host`` without a goodbye; its links fall silent."""
+        ...
+
+    def leave(self, host: str) -> None:
+        """``host`` leaves gracefully."""
+        ...
+
+    # -- containers ----------------------------------------------------------------------
+
+    def reserve(self, c: Container, network: str) -> str:
+        """An address for ``c`` on ``network`` while its host is down ("" if unknown)."""
+        ...
+
+    def attach(
+        self, c: Container, networks: Sequence[str], first: Collection[str]
+    ) -> dict[str, str]:
+        """Make ``c`` live on ``networks`` (``first``: networks new to its host);
+        return the address on each."""
+        ...
+
+    def detach(self, c: Container, network: str, *, live: bool, last: bool) -> None:
+        """Take ``c`` off ``network`` (``live``: it exists on a running host; ``last``:
+        no other container of its host is on that network)."""
+        ...
+
+    def each_host(
+        self, fn: Callable[[T], None], items: Iterable[T], host: Callable[[T], str]
+    ) -> None:
+        """Call ``fn`` on every item; items of one host in order (hosts may run in parallel)."""
+        ...
+
+    # -- the underlay ----------------------------------------------------------------------
+
+    def impair(self, kind: ImpairKind, value: float, link: Link | None, jitter_ms: float) -> None:
+        """Set impairment ``kind`` to ``value`` on ``link`` (None: everywhere)."""
+        ...
+
+    def clear(self, kind: ImpairKind | None, link: Link | None) -> None:
+        """Remove impairment ``kind`` (None: all) from ``link``; other kinds stay."""
+        ...
+
+    def partition(self, groups: list[list[str]]) -> None:
+        """Hosts in different groups cannot reach each other."""
+        ...
+
+    def heal(self) -> None:
+        """End the partition."""
+        ...
+
+    def rotate_keys(self, hosts: list[str]) -> dict[str, Any] | None:
+        """Rotate the network keys; the detail to record, or None when not modelled."""
+        ...

@@ -1,0 +1,380 @@
+"""The world of one run: the ground truth, and the one place a planned step is applied.
+
+:class:`World` keeps which hosts run, which containers exist and where, which networks
+each host is attached to (through the shared fold, :class:`~overlaysim.metrics.truth.Truth`),
+the active partition and impairments as wanted state, and the steps it had to skip.
+:meth:`World.apply` turns each typed step into :class:`~overlaysim.world.backend.Backend`
+verbs with one ``match``; every fact is recorded in an
+:class:`~overlaysim.metrics.records.EventLog` as it becomes true.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from overlaysim.metrics.convergence import ConvergenceTracker
+from overlaysim.metrics.records import EventLog
+from overlaysim.metrics.truth import Truth
+from overlaysim.scenario.expand import ContainerSpec
+from overlaysim.scenario.schema import Scenario
+from overlaysim.scenario.steps import (
+    IMPAIR_KINDS,
+    Attach,
+    Clear,
+    Crash,
+    Delay,
+    Detach,
+    Heal,
+    ImpairKind,
+    Join,
+    Leave,
+    Link,
+    Loss,
+    Partition,
+    Rate,
+    Restart,
+    RotateKeys,
+    Step,
+)
+from overlaysim.scenario.timeline import Plan
+from overlaysim.world.backend import Backend
+
+
+class StepSkipped(Exception):
+    """A backend declines a step it cannot play; the world records it with the reason."""
+
+
+@dataclass(slots=True)
+class Container:
+    """A container as the world knows it."""
+
+    name: str
+    host: str
+    #: network -> address ("" until the backend knows it).
+    networks: dict[str, str] = field(default_factory=dict)
+    #: Whether it exists on its (running) host now.
+    live: bool = False
+    #: Where the backend runs it (the emulator's namespace), "" when not live.
+    sandbox: str = ""
+
+
+def seed_hosts(host: str, managers: Collection[str], up: Collection[str]) -> list[str]:
+    """Whom ``host`` joins through: the running managers, else up to three running hosts."""
+    seeds = [m for m in managers if m in up and m != host]
+    return seeds or [h for h in sorted(up) if h != host][:3]
+
+
+class World:
+    """The truth of a run plus the backend that makes it so."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        backend: Backend,
+        *,
+        tracker: ConvergenceTracker | None = None,
+        events: EventLog | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.backend = backend
+        self.topology = scenario.resolved_topology
+        self.managers = list(scenario.managers or self.topology.hosts[:1])
+        self.events = events if events is not None else EventLog()
+        self.truth = Truth(tracker)
+        self.containers: dict[str, Container] = {}
+        #: host -> network -> live containers of that host on it.
+        self.attached: dict[str, dict[str, int]] = {}
+        #: Wanted impairments: (kind, link or None for everywhere) -> value.
+        self.impairments: dict[tuple[ImpairKind, Link | None], float] = {}
+        self.partition_groups: list[list[str]] | None = None
+        self.skipped: list[dict[str, Any]] = []
+        self.done = 0
+        self.last = ""
+        #: How late each step started (s): an earlier slow step delays the next ones.
+        self.lags: list[float] = []
+        self._lock = threading.RLock()  # the emulator starts containers in parallel
+
+    @property
+    def up(self) -> set[str]:
+        """Hosts running now."""
+        return self.truth.up
+
+    def now(self) -> float:
+        return self.backend.now()
+
+    # -- recording -------------------------------------------------------------------------
+
+    def record(self, t: float, kind: str, **fields: Any) -> None:
+        """Log one fact and fold it into the truth."""
+        with self._lock:
+            self.events.add(t, kind, **fields)
+            self.truth.fold(
+                t,
+                kind,
+                node=fields.get("node", ""),
+                subject=fields.get("subject", ""),
+                network=fields.get("network", ""),
+            )
+
+    def skip(self, action: str, **info: Any) -> None:
+        with self._lock:
+            self.skipped.append({"t": self.backend.now(), "action": action, **info})
+
+    def commit(self, t: float, host: str, network: str, key: str, op: str) -> None:
+        with self._lock:
+            self.events.add(t, "entry_commit", node=host, network=network, key=key, op=op)
+            self.truth.commit(t, host, network, key, op)
+
+    # -- the timeline ----------------------------------------------------------------------
+
+    def boot(self, the_plan: Plan) -> None:
+        """Start the initial hosts (managers first), then the initial containers."""
+        order = [m for m in self.managers if m in the_plan.initial_hosts]
+        order += [h for h in the_plan.initial_hosts if h not in order]
+        times = self.backend.boot(
+            order,
+            formed=self.scenario.boot == "formed",
+            seeds=lambda h, started: seed_hosts(h, self.managers, started),
+        )
+        for h in order:
+            self.record(times[h], "node_start", subject=h)
+        self.start_containers(the_plan.containers)
+
+    def apply(self, step: Step) -> None:
+        """Apply one step; refusals the backend names skip it, with the reason."""
+        now = self.backend.now()
+        self.last = f"{step.at:.1f}s {step.action}"
+        self.lags.append(max(0.0, now - step.at))
+        self.record(now, "scenario", op=step.action, detail=step.describe())
+        try:
+            self._apply(step)
+        except StepSkipped as exc:
+            self.skip(step.action, **_subject(step), reason=str(exc))
+        except Exception as exc:
+            why = self.backend.refused(exc)
+            if why is None:
+                raise
+            self.skip(step.action, **_subject(step), reason=why)
+        self.done += 1
+
+    def _apply(self, step: Step) -> None:
+        match step:
+            case Loss(percent=percent, link=link):
+                self.impair("loss", percent, link)
+            case Delay(ms=ms, jitter_ms=jitter, link=link):
+                self.impair("delay", ms, link, jitter or 0.0)
+            case Rate(mbps=mbps, link=link):
+                self.impair("rate", mbps, link)
+            case Clear(kind=kind, link=link):
+                self.clear(kind, link)
+            case Partition(groups=groups, rest=rest):
+                self.partition(groups, rest=rest)
+            case Heal():
+                self.heal()
+            case Crash(host=host):
+                self.crash(host)
+            case Restart(host=host) | Join(host=host):
+                self.start_host(host, f"node_{step.action}")
+            case Leave(host=host):
+                self.leave(host)
+            case Attach(container=name, host=host, network=network):
+                self.attach(name, host, network)
+            case Detach(container=name, network=network):
+                self.detach(name, network)
+            case RotateKeys():
+                self.rotate_keys()
+            case _:  # pragma: no cover - the planner makes no other step
+                raise TypeError(f"unknown step {step!r}")
+
+    # -- the underlay ------------------------------------------------------------------------
+
+    def impair(
+        self, kind: ImpairKind, value: float, link: Link | None, jitter_ms: float = 0.0
+    ) -> None:
+        self.backend.impair(kind, value, link, jitter_ms)
+        self.impairments[(kind, link)] = value
+
+    def clear(self, kind: ImpairKind | None, link: Link | None) -> None:
+        """Remove ``kind`` (None: every kind) from ``link`` (None: everywhere).
+
+        With a kind and no link only the everywhere setting of that kind goes (for rate,
+        which has no everywhere layer, every link's); per-link loss and delay stay.
+        """
+        self.backend.clear(kind, link)
+        kinds = IMPAIR_KINDS if kind is None else (kind,)
+        for k, where in list(self.impairments):
+            if k not in kinds:
+                continue
+            if where == link or (link is None and (kind is None or k == "rate")):
+                del self.impairments[(k, where)]
+
+    def partition(self, groups: Collection[Collection[str]], *, rest: bool = False) -> None:
+        parts = [list(g) for g in groups]
+        if rest:
+            listed = {h for g in parts for h in g}
+            parts.append([h for h in self.topology.hosts if h not in listed])
+        t = self.backend.now()
+        self.backend.partition(parts)
+        self.partition_groups = parts
+        self.record(t, "partition", detail={"groups": parts})
+
+    def heal(self) -> None:
+        t = self.backend.now()
+        self.backend.heal()
+        self.partition_groups = None
+        self.record(t, "heal")
+
+    # -- hosts -------------------------------------------------------------------------------
+
+    def seeds(self, host: str) -> list[str]:
+        return seed_hosts(host, self.managers, self.up)
+
+    def start_host(self, host: str, kind: str) -> None:
+        """Start (join) or restart ``host``, then bring its containers back."""
+        if host in self.up:
+            return self.skip(kind.removeprefix("node_"), host=host, reason="host is running")
+        t = self.backend.start(host, self.seeds(host))
+        self.record(t, kind, subject=host)
+        for c in list(self.containers.values()):
+            if c.host == host and c.networks:
+                try:
+                    self._bring_up(c, list(c.networks), self.backend.now(), announce=False)
+                except Exception as exc:
+                    why = self.backend.refused(exc)
+                    if why is None:
+                        raise
+                    self.skip(kind, container=c.name, reason=why)
+        return None
+
+    def crash(self, host: str) -> None:
+        if host not in self.up:
+            return self.skip("crash", host=host, reason="host is not running")
+        t = self.backend.now()
+        self.backend.crash(host)
+        self._host_gone(host, "node_crash", t)
+        return None
+
+    def leave(self, host: str) -> None:
+        if host not in self.up:
+            return self.skip("leave", host=host, reason="host is not running")
+        t = self.backend.now()
+        self.backend.leave(host)
+        self._host_gone(host, "node_leave", t)
+        return None
+
+    def _host_gone(self, host: str, kind: str, t: float) -> None:
+        with self._lock:
+            self.attached.pop(host, None)
+            for c in self.containers.values():
+                if c.host == host:
+                    c.live, c.sandbox = False, ""
+            self.record(t, kind, subject=host)
+
+    # -- containers --------------------------------------------------------------------------
+
+    def start_containers(self, specs: list[ContainerSpec]) -> None:
+        """The initial containers: each host's in order (hosts may start in parallel)."""
+        for spec in specs:
+            self.containers.setdefault(spec.name, Container(spec.name, spec.host))
+
+        def start(spec: ContainerSpec) -> None:
+            c = self.containers[spec.name]
+            try:
+                if spec.host in self.up:
+                    self._bring_up(c, list(spec.networks), self.backend.now(), announce=True)
+                    return
+                for net in spec.networks:  # the host starts later and announces it then
+                    c.networks[net] = self.backend.reserve(c, net)
+                    self.record(
+                        self.backend.now(),
+                        "container_attach",
+                        node=spec.host,
+                        subject=spec.name,
+                        network=net,
+                    )
+            except Exception as exc:
+                why = self.backend.refused(exc)
+                if why is None:
+                    raise
+                self.skip("start", container=spec.name, reason=why)
+
+        self.backend.each_host(start, specs, lambda s: s.host)
+
+    def attach(self, name: str, host: str, network: str) -> None:
+        """Attach container ``name`` (new, or living on ``host``) to ``network``."""
+        c = self.containers.get(name)
+        if c is not None and c.host != host:
+            return self.skip("attach", container=name, reason=f"container lives on {c.host}")
+        if c is not None and network in c.networks:
+            return self.skip("attach", container=name, reason=f"already on {network}")
+        c = c or Container(name, host)
+        t = self.backend.now()
+        if host not in self.up:
+            c.networks[network] = self.backend.reserve(c, network)
+            self.containers[name] = c
+            self.record(t, "container_attach", node=host, subject=name, network=network)
+            return None
+        self._bring_up(c, [network], t, announce=True)
+        self.containers[name] = c
+        return None
+
+    def _bring_up(self, c: Container, networks: list[str], t: float, *, announce: bool) -> None:
+        """Make ``c`` live on ``networks`` and record what became true."""
+        per_host = self.attached.get(c.host, {})
+        first = [n for n in networks if per_host.get(n, 0) == 0]
+        addresses = self.backend.attach(c, networks, first)
+        with self._lock:
+            c.live = True
+            c.networks.update(addresses)
+            for net in networks:
+                c.networks.setdefault(net, "")
+                if announce:
+                    self.record(t, "container_attach", node=c.host, subject=c.name, network=net)
+                self._joined(c.host, net, t)
+                if self.backend.records_commits:
+                    self.commit(t, c.host, net, c.name, "add")
+
+    def _joined(self, host: str, network: str, t: float) -> None:
+        if not self.truth.on_network(host, network):
+            self.record(t, "net_attach", node=host, network=network)
+        per_host = self.attached.setdefault(host, {})
+        per_host[network] = per_host.get(network, 0) + 1
+
+    def detach(self, name: str, network: str | None) -> None:
+        """Detach ``name`` from ``network`` (None: from all, removing it)."""
+        c = self.containers.get(name)
+        if c is None:
+            return self.skip("detach", container=name, reason="no such container")
+        for net in [network] if network else list(c.networks):
+            if net not in c.networks:
+                self.skip("detach", container=name, reason=f"not on {net}")
+                continue
+            live = c.host in self.up and c.live
+            last = live and self.attached[c.host][net] == 1
+            self.backend.detach(c, net, live=live, last=last)
+            del c.networks[net]
+            t = self.backend.now()
+            self.record(t, "container_detach", node=c.host, subject=name, network=net)
+            if not live:
+                continue  # nothing to tell; the host's entries died with it
+            if self.backend.records_commits:
+                self.commit(t, c.host, net, name, "delete")
+            per_host = self.attached[c.host]
+            per_host[net] -= 1
+            if per_host[net] == 0:
+                self.record(t, "net_detach", node=c.host, network=net)
+        if not c.networks:
+            del self.containers[name]
+        return None
+
+    def rotate_keys(self) -> None:
+        t = self.backend.now()
+        detail = self.backend.rotate_keys(sorted(self.up))
+        self.record(t, "rotate_keys", detail=detail)
+
+
+def _subject(step: Step) -> dict[str, Any]:
+    return {k: getattr(step, k) for k in ("host", "container") if hasattr(step, k)}

@@ -1,0 +1,137 @@
+"""Hot-path mechanics of the core: sizes, the broadcast queue's order, fast paths.
+
+These pin down that the cheaper mechanics compute exactly what the plain definitions do.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+
+from overlaysim.core import wire
+from overlaysim.core.config import retransmit_limit
+from overlaysim.core.queue import TransmitLimitedQueue
+from overlaysim.core.wire import (
+    Ack,
+    BulkSync,
+    Entry,
+    NetworkAttachment,
+    NetworkGossip,
+    Ping,
+    TableGossip,
+)
+
+
+def _entry(i: int) -> Entry:
+    return Entry(
+        network="n",
+        table="t",
+        key=f"k{i}" * (i % 5 + 1),
+        owner="h1",
+        owner_epoch=i,
+        ltime=i * 1000,
+        deleted=bool(i % 2),
+        value={"ip": "x" * (i % 50)},
+    )
+
+
+def _att(i: int) -> NetworkAttachment:
+    return NetworkAttachment(node=f"h{i}", network="n", ltime=i, leaving=False, epoch=i)
+
+
+def test_encoded_size_is_the_length_of_the_encoding() -> None:
+    msgs: list[wire.Message] = [
+        Ping(seq=123456, target="a", source="b", source_addr="c"),
+        Ack(seq=1, source="a"),
+    ]
+    for n in (0, 1, 15, 16, 17, 300, 70_000):  # array headers: 1, 3 and 5 bytes
+        es = tuple(_entry(i) for i in range(n))
+        ats = tuple(_att(i) for i in range(n))
+        msgs += [
+            TableGossip(source="x", network="n", entries=es),
+            BulkSync(source="y", reply=True, networks=("a", "b"), attachments=ats, entries=es),
+            NetworkGossip(source="z", attachments=ats),
+        ]
+    for m in msgs:
+        assert wire.encoded_size(m) == len(wire.encode(m)), type(m).__name__
+        assert wire.encoded_size(m) == len(wire.encode(m)), "second (memoised) call"
+
+
+class _HeapQueue:
+    """The plain definition: a heap on (transmits, newest first)."""
+
+    def __init__(self, mult: int) -> None:
+        self.mult = mult
+        self.heap: list = []
+        self.by_key: dict = {}
+        self.ids = itertools.count()
+
+    def queue(self, key, record) -> None:
+        old = self.by_key.get(key)
+        if old is not None:
+            old[4] = False
+        item = [0, key, record, wire.record_size(record), True]
+        self.by_key[key] = item
+        heapq.heappush(self.heap, (0, -next(self.ids), item))
+
+    def get(self, n: int, overhead: int, limit: int) -> list:
+        budget, out, keep, misses = limit - overhead, [], [], 0
+        max_tx = retransmit_limit(self.mult, n)
+        while self.heap and budget > 0:
+            entry = heapq.heappop(self.heap)
+            item = entry[2]
+            if not item[4]:
+                continue
+            if item[3] > budget:
+                keep.append(entry)
+                misses += 1
+                if budget < 32 or misses >= 8:
+                    break
+                continue
+            budget -= item[3]
+            out.append(item[2])
+            item[0] += 1
+            if item[0] >= max_tx:
+                item[4] = False
+                del self.by_key[item[1]]
+            else:
+                keep.append((item[0], entry[1], item))
+        for entry in keep:
+            heapq.heappush(self.heap, entry)
+        return out
+
+
+def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
+    rng = random.Random(5)
+    for mult in (1, 2, 4):
+        ref, q = _HeapQueue(mult), TransmitLimitedQueue(mult)
+        records = [_entry(i) for i in range(60)]
+        for _ in range(3000):
+            if rng.random() < 0.4:
+                r = rng.choice(records)
+                key = r.key if rng.random() < 0.7 else f"other{rng.randrange(30)}"
+                ref.queue(key, r)
+                q.queue(key, r)
+            else:
+                n = rng.choice((3, 50, 2000))
+                limit = rng.choice((60, 200, 1400))
+                assert q.get(n, 10, limit) == ref.get(n, 10, limit)
+                assert len(q) == len(ref.by_key)
+
+
+def test_bulk_bootstrap_equals_one_member_alive_per_member() -> None:
+    from overlaysim.core.config import TableConfig
+    from overlaysim.core.tables import Tables
+
+    members = [(f"h{i}", f"addr-{i}", i % 3) for i in range(50)]
+    a = Tables(name="h7", addr="addr-7", config=TableConfig(), rng=random.Random(1))
+    b = Tables(name="h7", addr="addr-7", config=TableConfig(), rng=random.Random(1))
+    a.bootstrap(members, 0.0)
+    for node, addr, epoch in members:
+        b.member_alive(node, addr, epoch, 0.0)
+    for t in (a, b):
+        t.join_network("n", 1.0)
+    assert a._epochs == b._epochs and a._addr == b._addr
+    assert a._alive._items == b._alive._items and a._alive._pos == b._alive._pos
+    assert a.take_sends() == b.take_sends()  # same random choices follow

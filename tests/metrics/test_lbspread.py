@@ -1,0 +1,30 @@
+"""lb_spread: counts per task, chi-square against uniform, failures and strays apart."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from overlaysim.metrics.lbspread import lb_spread
+
+
+def test_uniform_random_choices_pass_and_a_skew_fails():
+    rng = random.Random(4)
+    tasks = ["web.1", "web.2", "web.3"]
+    even = lb_spread([rng.choice(tasks) for _ in range(300)], tasks)
+    assert sum(even["per_task"].values()) == 300 and even["p_uniform"] > 0.01
+    skew = lb_spread(["web.1"] * 80 + ["web.2"] * 10 + ["web.3"] * 10, tasks)
+    assert skew["p_uniform"] < 1e-6
+
+
+def test_missing_tasks_count_zero_failures_and_strays_apart():
+    out = lb_spread(["a", "a", "", "old", "b"], ["a", "b", "c"])
+    assert out["per_task"] == {"a": 2, "b": 1, "c": 0}
+    assert out["failed"] == 1 and out["stray"] == {"old": 1} and out["connections"] == 5
+    assert out["chi2"] == pytest.approx(2.0)  # expected 1 each: (1 + 0 + 1) / 1
+
+
+def test_one_task_or_no_answers_has_no_test():
+    assert lb_spread(["a"] * 5, ["a"])["p_uniform"] is None
+    assert lb_spread([], ["a", "b"])["p_uniform"] is None

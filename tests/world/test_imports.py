@@ -1,0 +1,141 @@
+"""The layering of the packages, checked by walking every import in the source.
+
+Each package's ``__init__`` docstring says what it may import; :data:`ALLOWED` is the same
+list. The package graph must be a DAG (lazy imports inside functions count too) and the
+module graph of import-time imports must have no cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2] / "overlaysim"
+
+#: package (or top-level module) -> what it may import from the project.
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),
+    "errors": {"core"},
+    "agent": {"core"},
+    "scenario": {"core", "errors"},
+    "metrics": {"core", "errors"},
+    "world": {"core", "errors", "scenario", "metrics"},
+    "report": {"core", "errors", "scenario", "metrics"},
+    "sim": {"core", "errors", "scenario", "metrics", "world"},
+    "emu": {"core", "errors", "scenario", "metrics", "world", "agent"},
+    "lab": {"core", "errors", "scenario", "metrics", "world", "agent", "emu"},
+    "sweep": {"core", "errors", "scenario", "metrics", "world", "report", "sim", "emu"},
+    "testbed_cli": {"core", "errors", "agent", "emu", "lab", "scenario", "metrics"},
+    "cli": {"*"},  # the command line sits on top of everything
+    "": set(),  # overlaysim/__init__.py: the version only
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for f in ROOT.rglob("*.py"):
+        parts = f.relative_to(ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = f
+    return out
+
+
+def _imports(path: Path, *, import_time_only: bool) -> set[str]:
+    """Project modules imported by ``path`` (``import_time_only``: at module level, outside
+    ``if TYPE_CHECKING``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.If):
+                test = ast.unparse(node.test)
+                if not (import_time_only and "TYPE_CHECKING" in test):
+                    visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+                for h in node.handlers:
+                    visit(h.body)
+            elif not import_time_only:
+                visit([n for n in ast.iter_child_nodes(node) if isinstance(n, ast.stmt)])
+
+    visit(tree.body)
+    return {m for m in found if m == "overlaysim" or m.startswith("overlaysim.")}
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` (as a path), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return [*stack[stack.index(m) :], m]
+            if m not in state and (found := dfs(m)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := dfs(n)):
+            return found
+    return None
+
+
+def test_packages_import_only_what_their_docstring_allows() -> None:
+    modules = _modules()
+    wrong = []
+    for name, path in sorted(modules.items()):
+        src = _package(name)
+        allowed = ALLOWED.get(src)
+        assert allowed is not None, f"{name}: package {src!r} is missing from ALLOWED"
+        if "*" in allowed:
+            continue
+        for imp in sorted(_imports(path, import_time_only=False)):
+            dst = _package(imp)
+            if dst and dst != src and dst not in allowed:
+                wrong.append(f"{name} imports {imp}")
+    assert wrong == []
+
+
+def test_no_import_cycles() -> None:
+    modules = _modules()
+    packages: dict[str, set[str]] = defaultdict(set)
+    module_graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        for imp in _imports(path, import_time_only=False):
+            if _package(imp) != _package(name):
+                packages[_package(name)].add(_package(imp))
+        deps = set()
+        for imp in _imports(path, import_time_only=True):
+            # ``from pkg import name`` may name a submodule or an attribute
+            target = imp if imp in modules else imp.rsplit(".", 1)[0]
+            if target in modules and target != name:
+                deps.add(target)
+        module_graph[name] = deps
+    assert _cycle(packages) is None, f"package cycle: {' -> '.join(_cycle(packages) or [])}"
+    # a package __init__ importing its own submodules is not a cycle worth reporting
+    for name in module_graph:
+        module_graph[name] = {d for d in module_graph[name] if not name.startswith(d + ".")}
+    assert _cycle(module_graph) is None, f"import cycle: {' -> '.join(_cycle(module_graph) or [])}"
+
+
+def test_the_walker_sees_a_cycle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None

@@ -1,0 +1,159 @@
+"""The world over a recording backend: one match per step, the truth, the verbs called."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
+
+from overlaysim.metrics.convergence import ConvergenceTracker
+from overlaysim.scenario.loader import validate_scenario
+from overlaysim.scenario.steps import Attach, Clear, Crash, Detach, Loss, Partition, Rate, Restart
+from overlaysim.scenario.timeline import plan
+from overlaysim.world.world import Container, World, seed_hosts
+
+
+class Recording:
+    """A backend that does nothing but write down the verbs it was asked for."""
+
+    records_commits = True
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def refused(self, exc: BaseException) -> str | None:
+        return None
+
+    def boot(self, order: Sequence[str], *, formed: bool, seeds: Callable[..., list[str]]):
+        self.calls.append(("boot", tuple(order), formed))
+        return dict.fromkeys(order, 0.0)
+
+    def start(self, host: str, seeds: list[str]) -> float:
+        self.calls.append(("start", host, tuple(seeds)))
+        return self.t
+
+    def crash(self, host: str) -> None:
+        self.calls.append(("crash", host))
+
+    def leave(self, host: str) -> None:
+        self.calls.append(("leave", host))
+
+    def reserve(self, c: Container, network: str) -> str:
+        return ""
+
+    def attach(self, c: Container, networks: Sequence[str], first: Collection[str]):
+        self.calls.append(("attach", c.name, tuple(networks), tuple(first)))
+        return {n: f"10.0.0.{len(self.calls)}" for n in networks}
+
+    def detach(self, c: Container, network: str, *, live: bool, last: bool) -> None:
+        self.calls.append(("detach", c.name, network, live, last))
+
+    def each_host(self, fn: Callable[[Any], None], items: Iterable[Any], host: Any) -> None:
+        for item in items:
+            fn(item)
+
+    def impair(self, kind: str, value: float, link: Any, jitter_ms: float) -> None:
+        self.calls.append(("impair", kind, value, link))
+
+    def clear(self, kind: Any, link: Any) -> None:
+        self.calls.append(("clear", kind, link))
+
+    def partition(self, groups: list[list[str]]) -> None:
+        self.calls.append(("partition", groups))
+
+    def heal(self) -> None:
+        self.calls.append(("heal",))
+
+    def rotate_keys(self, hosts: list[str]) -> dict[str, Any] | None:
+        return None
+
+
+SCENARIO = {
+    "name": "world",
+    "duration": 60,
+    "topology": {"generator": "star", "hosts": 3},
+    "networks": [{"name": "web", "subnet": "10.10.0.0/24"}],
+    "containers": [{"name": "c1", "host": "h1", "networks": ["web"]}],
+    "events": [
+        {"at": 1, "action": "loss", "percent": 30, "link": ["h2", "s1"]},
+        {"at": 10, "action": "rate", "mbps": 5, "link": ["h2", "s1"], "duration": 10},
+    ],
+}
+
+
+def _world() -> tuple[World, Recording, Any]:
+    sc = validate_scenario(SCENARIO)
+    backend = Recording()
+    world = World(sc, backend, tracker=ConvergenceTracker())
+    the_plan = plan(sc)
+    world.boot(the_plan)
+    return world, backend, the_plan
+
+
+def test_the_planned_end_of_a_timed_rate_clears_only_the_rate() -> None:
+    world, backend, the_plan = _world()
+    assert [type(s) for s in the_plan.steps] == [Loss, Rate, Clear]
+    end = the_plan.steps[2]
+    assert end == Clear(at=20.0, origin=1, link=("h2", "s1"), kind="rate")
+    assert end.describe() == {"at": 20.0, "action": "clear", "link": ["h2", "s1"], "kind": "rate"}
+    for step in the_plan.steps:
+        world.apply(step)
+    assert backend.calls[-1] == ("clear", "rate", ("h2", "s1"))
+    assert world.impairments == {("loss", ("h2", "s1")): 30.0}
+
+
+def test_a_full_clear_removes_every_kind_on_the_link() -> None:
+    world, backend, _ = _world()
+    world.apply(Loss(at=1, percent=5, link=("h2", "s1")))
+    world.apply(Rate(at=1, mbps=5, link=("h2", "s1")))
+    world.apply(Loss(at=1, percent=2))
+    world.apply(Clear(at=2, link=("h2", "s1")))
+    assert backend.calls[-1] == ("clear", None, ("h2", "s1"))
+    assert world.impairments == {("loss", None): 2.0}
+
+
+def test_commit_targets_are_the_hosts_attached_and_up() -> None:
+    world, _, _ = _world()
+    world.apply(Attach(at=1, container="c2", host="h2", network="web"))
+    world.apply(Crash(at=2, host="h1"))
+    world.apply(Attach(at=3, container="c3", host="h3", network="web"))
+    assert world.truth.targets("web") == ["h2", "h3"]
+    # h1 back: its container is re-announced on web, h1 is a target again
+    world.apply(Restart(at=4, host="h1"))
+    assert world.truth.targets("web") == ["h1", "h2", "h3"]
+    rows = world.truth.tracker.finish(10.0)  # type: ignore[union-attr]
+    got = [(r["key"], r["targets"]) for r in rows]
+    assert got == [("c1", 1), ("c2", 2), ("c3", 2), ("c1", 3)]
+
+
+def test_detach_of_the_last_container_leaves_the_network() -> None:
+    world, backend, _ = _world()
+    world.apply(Attach(at=1, container="c2", host="h1", network="web"))
+    world.apply(Detach(at=2, container="c1"))
+    assert backend.calls[-1] == ("detach", "c1", "web", True, False)
+    world.apply(Detach(at=3, container="c2", network="web"))
+    assert backend.calls[-1] == ("detach", "c2", "web", True, True)
+    assert world.truth.targets("web") == []
+    assert "c1" not in world.containers and "c2" not in world.containers
+
+
+def test_skips_are_recorded_with_their_reason() -> None:
+    world, _, _ = _world()
+    world.apply(Crash(at=1, host="h2"))
+    world.apply(Crash(at=2, host="h2"))
+    world.apply(Detach(at=3, container="nope"))
+    world.apply(Partition(at=4, groups=(("h1",),), rest=True))
+    assert [(s["action"], s["reason"]) for s in world.skipped] == [
+        ("crash", "host is not running"),
+        ("detach", "no such container"),
+    ]
+    assert world.partition_groups == [["h1"], ["h2", "h3"]]
+
+
+def test_seed_hosts_prefers_running_managers() -> None:
+    assert seed_hosts("h3", ["h1"], {"h1", "h2"}) == ["h1"]
+    assert seed_hosts("h3", ["h1"], {"h2", "h4", "h5", "h6"}) == ["h2", "h4", "h5"]
+    assert seed_hosts("h1", ["h1"], {"h1"}) == []
