@@ -241,7 +241,13 @@ def _child(req: dict[str, Any], keep: Sequence[int]) -> None:
 
 def serve() -> None:
     """Run the fork server until stdin closes (see the module docstring)."""
+    import gc
+
     import overlaysim.agent.daemon  # noqa: F401 - the point: pay for the imports once
+
+    # Move what the imports made out of the collector's sight: children would otherwise
+    # touch (and so copy) every shared page on their first collections.
+    gc.freeze()
 
     sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     out = sys.stdout.buffer

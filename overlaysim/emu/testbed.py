@@ -299,16 +299,25 @@ class Testbed:
         t0 = time.monotonic()
         want = set(hosts)
         missing: dict[str, list[str]] = {}
+        # Ask only the agents that still miss someone (a hundred `members` calls every
+        # round would load the very agents we wait for); when none does, one full round
+        # confirms, since an agent that saw everyone may since have suspected someone.
+        pending = list(hosts)
+        confirming = False
         while True:
             missing = {}
-            for host in hosts:
+            for host in pending:
                 members = self.client(host, timeout=5.0).call("members")
                 alive = {m for m, info in members.items() if info.get("state") == "alive"}
                 lacking = sorted(want - alive - {host})
                 if lacking:
                     missing[host] = lacking
             if not missing:
-                return time.monotonic() - t0
+                if confirming:
+                    return time.monotonic() - t0
+                pending, confirming = list(hosts), True
+                continue
+            pending, confirming = [h for h in hosts if h in missing], False
             if time.monotonic() - t0 > timeout:
                 detail = "; ".join(
                     f"{h} misses {', '.join(m[:5])}{' ...' if len(m) > 5 else ''}"
