@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: demo test test-fast lint sysdeps venv clean-results notebooks
 
 $(STAMP): pyproject.toml
+	@bash scripts/sysdeps.sh  # NetfilterQueue (emu, test extras) builds against libnetfilter-queue-dev
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null
 	$(PY) -m pip install -q -e '.[test]'

@@ -18,8 +18,9 @@ first design), alternating them in the same test bed; ``gso-nomerge`` is ``gso``
 receiver's merging of segments into super-frames turned off. The load average is
 printed next to every round: the machine may be shared.
 
-``--profile`` samples the sending data-path process with py-spy during one more
-encrypted run and prints the top functions by own time.
+``--profile send|receive`` samples the sending or receiving data-path process's loop
+thread with py-spy during one more encrypted run (first of ``--modes``) and prints the
+top lines by own time.
 
 Run as root: ``.venv/bin/python bench/encryption.py [--seconds 10] [--repeat 3]``.
 Traffic stays between the namespaces built here. Do not run it at the same time as the
@@ -222,8 +223,9 @@ def run_round(hosts, seconds: float, modes: list[str], flip: bool) -> Round:
     )  # fmt: skip
 
 
-def profile(hosts, seconds: float, top: int) -> list[tuple[str, float]]:
-    """py-spy samples of the sending data-path process during one encrypted run."""
+def profile(hosts, seconds: float, top: int, side: str = "send") -> list[tuple[str, float]]:
+    """py-spy samples of the sending (or receiving) data-path process's loop thread
+    during one encrypted run."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         print("profile skipped: py-spy not installed (pip install py-spy)", file=sys.stderr)
@@ -232,7 +234,7 @@ def profile(hosts, seconds: float, top: int) -> list[tuple[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "profile.txt"
         spy_proc = subprocess.Popen(
-            [spy, "record", "--pid", str(h1["pid"]), "--duration", str(int(seconds)),
+            [spy, "record", "--pid", str((h1 if side == "send" else h2)["pid"]), "--duration", str(int(seconds)),
              "--format", "raw", "--output", str(out), "--nonblocking", "--threads"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -245,8 +247,9 @@ def profile(hosts, seconds: float, top: int) -> list[tuple[str, float]]:
             if not count.isdigit():
                 continue
             frames = stack.split(";")
-            if not any("esp-tx" in f or "_tx_loop" in f for f in frames):
-                continue  # only the send loop's thread
+            loop = "_tx_loop" if side == "send" else "_rx_loop"
+            if not any(loop in f for f in frames):
+                continue  # only that loop's thread
             own[frames[-1].strip()] += int(count)
             total += int(count)
     return [(name, n / total) for name, n in own.most_common(top)] if total else []
@@ -260,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes", default="whole,gso", help=f"comma-separated send modes: {','.join(MODES)}"
     )
-    parser.add_argument("--profile", action="store_true", help="py-spy the send loop once more")
+    parser.add_argument(
+        "--profile",
+        choices=("send", "receive"),
+        help="py-spy the sending or receiving loop during one more run",
+    )
     parser.add_argument("--top", type=int, default=12, help="profile entries to print")
     parser.add_argument("--json", type=Path, help="also write results here")
     args = parser.parse_args(argv)
@@ -289,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         conn.send("counters")
         counters = conn.recv()
         _set_mode(hosts, modes[0])
-        top = profile(hosts, args.seconds, args.top) if args.profile else []
+        top = profile(hosts, args.seconds, args.top, args.profile) if args.profile else []
     med = statistics.median
     # issue 15: half of plain on fast links, keeping up with plain on 1 Gbit/s links
     target = 0.95 if 0 < args.link_mbps <= 1000 else 0.5
@@ -319,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     drops = {k: v for k, v in counters.items() if k.startswith("drop_") and v}
     print(f"{'receiver drops':<28} {drops or 'none'}")
     if top:
-        print(f"send loop profile ({modes[0]}, own time, py-spy):")
+        print(f"{args.profile} loop profile ({modes[0]}, own time, py-spy):")
         for name, share in top:
             print(f"  {share:6.1%}  {name}")
     if args.json:

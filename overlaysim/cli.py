@@ -74,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser(
+        "known-issues",
+        help="reproduce Docker's documented overlay failures under both protocol variants",
+        description="Run each case of scenarios/known-issues/ under protocol.variant=docker "
+        "and under the default, and print case, source, symptom, the value under docker "
+        "('reproduced' when the symptom shows) and by default ('absent' when it does not). "
+        "Exit status 0 only when every case behaves that way. See docs/known-issues.md.",
+        epilog="examples:\n  overlaysim known-issues\n"
+        "  overlaysim known-issues --only quick-restart --out results/ki\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--backend", choices=("sim", "emu"), default="sim")
+    p.add_argument("--only", metavar="ID", help="run one case")
+    p.add_argument("--out", type=Path, default=Path("results") / "known-issues")
+    p.set_defaults(func=_cmd_known_issues)
+
+    p = sub.add_parser(
         "sim",
         help="run a scenario on the SimPy simulator",
         description="Run a scenario in virtual time: the same protocol cores as the live "
@@ -172,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a scenario field (YAML value); repeatable",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display or summary")
+    p.add_argument("--no-plots", action="store_true", help="do not draw plots after the run")
     p.add_argument("--name", help="container form: the container's name")
     p.add_argument("--network", action="append", dest="networks", default=[], help="container form")
     p.add_argument("--ip", help="container form: a fixed address (one network only)")
@@ -258,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  sudo overlaysim doctor\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure the delay line's ceiling again (it is cached until reboot)",
+    )
     p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser(
@@ -326,12 +348,15 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from overlaysim.emu.capabilities import format_report, probe
+    from overlaysim.emu.delay import doctor_lines
 
     caps = probe()
     Console().print(format_report(caps))
     missing = [name for name, cap in caps.items() if not cap.ok]
     if missing:
         print(f"missing: {', '.join(missing)} (see the 'disables' column)")
+    for line in doctor_lines(caps, remeasure=getattr(args, "remeasure", False)):
+        print(line)
     return 0
 
 
@@ -396,6 +421,28 @@ def _run_scenario(args: argparse.Namespace, path: Path, backend: str) -> int:
         print_summary(load_run(out))
         print(f"results: {out}")
     return 0 if status == "complete" else 1
+
+
+def _cmd_known_issues(args: argparse.Namespace) -> int:
+    from overlaysim.known_issues import CASES, run_case, table
+
+    cases = [c for c in CASES if c.backend == args.backend]
+    if args.only:
+        cases = [c for c in cases if c.id == args.only]
+        if not cases:
+            known = ", ".join(c.id for c in CASES if c.backend == args.backend) or "none"
+            print(f"--only: no {args.backend} case {args.only!r}; expected one of {known}")
+            return 2
+    if not cases:
+        print(f"no {args.backend} cases yet (see docs/known-issues.md)")
+        return 1
+    outcomes = []
+    for case in cases:
+        print(f"running {case.id} ({case.source}) under docker and overlaysim ...", flush=True)
+        outcomes.append(run_case(case, args.out))
+    print(table(outcomes))
+    print(f"results: {args.out}")
+    return 0 if all(o.ok for o in outcomes) else 1
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:

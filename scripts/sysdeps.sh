@@ -15,6 +15,11 @@ command -v tcpdump  >/dev/null 2>&1 || need+=(tcpdump)
 command -v tshark   >/dev/null 2>&1 || need+=(tshark)
 command -v ping     >/dev/null 2>&1 || need+=(iputils-ping)
 command -v ethtool  >/dev/null 2>&1 || need+=(ethtool)
+# The NFQUEUE delay line's binding (pip NetfilterQueue) is compiled when the venv is made.
+[ -f /usr/include/libnetfilter_queue/libnetfilter_queue.h ] || need+=(libnetfilter-queue-dev)
+command -v gcc      >/dev/null 2>&1 || need+=(gcc)
+py_inc=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])' 2>/dev/null || true)
+[ -n "$py_inc" ] && [ -f "$py_inc/Python.h" ] || need+=(python3-dev)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

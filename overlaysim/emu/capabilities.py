@@ -40,10 +40,11 @@ DISABLES: dict[str, str] = {
     "mininet": "all emulation (the underlay is built with Mininet)",
     "mnexec": "all emulation (Mininet starts hosts with mnexec)",
     "vxlan": "the kernel overlay data plane",
-    "netem": "link latency and delay/jitter impairments (the emulator refuses delay)",
+    "netem": "kernel-side delay: latency and delay steps go through the NFQUEUE delay "
+    "line instead (user space, with a measured ceiling; see doctor's last lines)",
     "tbf": "bandwidth limits and rate impairments",
     "nft_numgen": "loss, partition and crash impairments",
-    "nfqueue": "the user-space delay fallback",
+    "nfqueue": "the user-space delay line (without netem too, delay steps are refused)",
     "tun": "encrypted networks (their frames leave the bridge through a TAP device)",
     "esp": "nothing yet: encrypted networks use the user-space ESP path on every kernel",
     "kernel_gcm": "nothing yet: the user-space ESP path does AES-GCM itself (AES-NI)",
@@ -91,6 +92,12 @@ def qdisc_available(kind: str) -> bool:
     """Whether the kernel can create a ``kind`` qdisc (probed in a throwaway namespace)."""
     with probe_netns(suffix=f"-{kind}") as ns:
         return _probe_qdisc(ns, kind).ok
+
+
+def nfqueue_available() -> bool:
+    """Whether the iptables NFQUEUE target works here (probed in a throwaway namespace)."""
+    with probe_netns(suffix="-nfq") as ns:
+        return _probe_nfqueue(ns).ok
 
 
 def format_report(caps: dict[str, Capability]) -> Table:

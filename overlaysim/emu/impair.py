@@ -13,7 +13,10 @@ Semantics match the simulator (``overlaysim.sim.underlay``):
   with probability p, on arrival at its destination host.
 * ``rate(mbps, link)`` limits both directions of a link (tbf on both ends' egress);
   ``rate(mbps)`` limits every link. The topology's ``bandwidth_mbps`` is the baseline.
-* ``delay`` needs ``sch_netem``; without it :class:`UnsupportedImpairment` is raised.
+* ``delay(ms, jitter, link)`` and the topology's ``latency_ms``: one-way delay per link
+  (both directions) or end to end, carried by the mechanism :mod:`overlaysim.emu.delay`
+  chooses: netem on both ends' egress, or the NFQUEUE delay line holding each packet at
+  its destination host for its whole path's delay. With neither, :class:`UnsupportedImpairment`.
 * ``partition(groups)``: hosts in different groups cannot exchange IPv4 on the underlay;
   hosts in no group are cut off from everyone. ``heal()`` undoes it.
 * ``crash_links(host)``: everything into or out of the host's interfaces is dropped.
@@ -28,6 +31,7 @@ otherwise a 64 KB TSO super-packet would be dropped as one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -36,8 +40,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from overlaysim.agent import names
+from overlaysim.emu import delay as dl
 from overlaysim.emu import record as runrec
 from overlaysim.emu import rootns
+from overlaysim.emu.netem import EgressShape as _Shape
+from overlaysim.emu.netem import qdisc_argv as _qdisc_argv
 from overlaysim.errors import UserError
 from overlaysim.scenario.topology import Link
 
@@ -46,7 +53,6 @@ if TYPE_CHECKING:
 
 LinkRef = tuple[str, str] | list[str] | Link | None
 _NS = str | None  # a host name, or None for the root namespace
-_TBF_QUEUE_S = 0.05  # tbf queue length in time: 50 ms at the configured rate
 _WORKERS = 8
 
 
@@ -56,18 +62,6 @@ class UnsupportedImpairment(UserError):
 
 class ImpairmentError(RuntimeError):
     """The kernel refused a change we expected it to accept."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    """Wanted egress queueing on one interface."""
-
-    rate_mbps: float | None = None
-    delay_ms: float = 0.0
-    jitter_ms: float = 0.0
-
-    def empty(self) -> bool:
-        return self.rate_mbps is None and self.delay_ms == 0 and self.jitter_ms == 0
 
 
 class Impairments:
@@ -89,6 +83,12 @@ class Impairments:
         self._groups: dict[str, int] | None = None
         self._crashed: set[str] = set()
         self._netem: bool | None = None
+        #: Seeds the delay line's jitter draws (the scenario's seed; set by the underlay).
+        self.seed = 0
+        self._delay_mech: str | None = None  # netem, nfqueue or none (chosen on first need)
+        self._delay_why = ""
+        self._line: dl.DelayLineProcess | None = None
+        self._holds_applied: dict[str, dict[str, dl.Hold]] = {}
         self._nft_applied: dict[_NS, str] = {}
         self._tc_applied: dict[tuple[_NS, str], _Shape] = {}
         self._gso_saved: dict[tuple[_NS, str], int] = {}  # original gso_max_segs
@@ -118,11 +118,10 @@ class Impairments:
         """Add one-way delay to ``link`` (both directions) or end to end everywhere."""
         if ms < 0 or jitter_ms < 0:
             raise UserError(f"delay and jitter must be >= 0, not {ms!r}/{jitter_ms!r}")
-        if (ms or jitter_ms) and not self.netem_available():
+        if (ms or jitter_ms) and self.delay_mechanism() == dl.NONE:
             raise UnsupportedImpairment(
-                "delay needs sch_netem, which this kernel lacks (CONFIG_NET_SCH_NETEM); "
-                "the NFQUEUE user-space fallback is not implemented yet. Remove the delay "
-                "events from the scenario, run it on the simulator, or use a kernel with netem."
+                f"delay needs sch_netem or the NFQUEUE delay line: {self._delay_why}. Remove "
+                "the delay events from the scenario, run it on the simulator, or fix the above."
             )
         if link is None:
             self._global_delay = (float(ms), float(jitter_ms))
@@ -188,13 +187,22 @@ class Impairments:
     @property
     def mechanisms(self) -> dict[str, str]:
         """Which mechanism carries each impairment and link property (for the manifest)."""
-        netem = self._netem
+        mech = self._delay_mech
         lat_links = sum(1 for pl in self._links() if pl.spec.latency_ms > 0)
-        if netem:
+        if mech == dl.NETEM:
             latency = "tc netem on both ends' egress"
             delay = "tc netem (one-way delay added at egress)"
+        elif mech == dl.DELAY_LINE:
+            c = dl.ceiling(measure=False)
+            cap = c.describe() if c is not None else "ceiling not measured"
+            line = (
+                "NFQUEUE delay line (user space): each receiving host holds arriving packets "
+                f"for their path's one-way delay, jitter uniform ±j from the seed; ceiling {cap}"
+            )
+            latency = f"{line}; {lat_links} link(s) with latency_ms > 0"
+            delay = line
         else:
-            why = "not probed yet" if netem is None else "sch_netem missing"
+            why = "not probed yet" if mech is None else self._delay_why
             latency = (
                 f"not emulated ({why}): {lat_links} link(s) specify latency_ms > 0; "
                 "veth adds only tens of microseconds"
@@ -213,6 +221,35 @@ class Impairments:
             "crash": "nftables netdev drop-all on the host's underlay interfaces",
         }
 
+    def delay_mechanism(self) -> str:
+        """Which mechanism carries delay here: ``netem``, ``nfqueue`` or ``none`` (probed once)."""
+        if self._delay_mech is None:
+            netem = self.netem_available()
+            nfq = False
+            if not netem:
+                from overlaysim.emu.capabilities import nfqueue_available
+
+                nfq = nfqueue_available()
+            self._delay_mech = dl.choose(netem, nfq)
+            self._delay_why = dl.why_none(netem, nfq) if self._delay_mech == dl.NONE else ""
+            if self._delay_mech == dl.DELAY_LINE:
+                dl.ceiling()  # measured once per boot: the manifest records it
+        return self._delay_mech
+
+    def delay_report(self) -> dict[str, Any]:
+        """For the manifest: the delay mechanism, the delay line's ceiling and counters."""
+        mech = self._delay_mech or "not needed"
+        out: dict[str, Any] = {"mechanism": mech}
+        if mech == dl.DELAY_LINE:
+            c = dl.ceiling(measure=False)
+            out["ceiling"] = None if c is None else dataclasses.asdict(c)
+            out["stats"] = self.delay_line_stats()
+        return out
+
+    def delay_line_stats(self) -> dict[str, dict[str, float]]:
+        """The delay line's counters per host (empty when it is not used)."""
+        return self._line.stats() if self._line is not None else {}
+
     def netem_available(self) -> bool:
         """Whether this kernel has ``sch_netem`` (probed once, in a throwaway namespace)."""
         if self._netem is None:
@@ -227,11 +264,16 @@ class Impairments:
         """Apply the topology's own link properties (called by ``Underlay.start``)."""
         self._shape_baseline = shape
         if any(pl.spec.latency_ms > 0 for pl in self._links()):
-            self.netem_available()  # decides whether latency is applied (mechanisms says)
+            self.delay_mechanism()  # decides how latency is applied (mechanisms says)
         self._apply()
 
     def remove_root_state(self) -> None:
-        """Delete the root-namespace table (host tables go with their namespaces)."""
+        """Delete the root-namespace table (host tables and delay rules go with their
+        namespaces; the delay-line process is stopped with the underlay's processes)."""
+        if self._line is not None:
+            self._line.close()
+            self._line = None
+            self._holds_applied.clear()
         if not self._root_table:
             return
         table = self._table_name()
@@ -316,7 +358,7 @@ class Impairments:
 
     def _wanted_shapes(self) -> dict[tuple[_NS, str], _Shape]:
         shapes: dict[tuple[_NS, str], _Shape] = {}
-        netem = bool(self._netem)
+        netem = self._delay_mech == dl.NETEM
         g_ms, g_jit = self._global_delay
         for pl in self._links():
             rates = [self._extra_rate.get(pl.index)]
@@ -325,6 +367,8 @@ class Impairments:
                 rates.append(bw)
             rate = min((r for r in rates if r is not None), default=None)
             d_ms, d_jit = self._extra_delay.get(pl.index, (0.0, 0.0))
+            if not netem:  # the delay line (or nothing) carries delay
+                d_ms = d_jit = g_ms = g_jit = 0.0
             base = pl.spec.latency_ms if netem else 0.0
             for port in pl.ends:
                 at_host = port.host is not None
@@ -363,7 +407,46 @@ class Impairments:
         jobs = self._nft_jobs(chains, blocked_by)
         for ns, cmds in self._tc_jobs(self._wanted_shapes()).items():
             jobs.setdefault(ns, []).extend(cmds)
+        if self._delay_mech == dl.DELAY_LINE:
+            for ns, cmds in self._delay_line_jobs().items():
+                jobs.setdefault(ns, []).extend(cmds)
         self._run(jobs)
+
+    def _wanted_holds(self) -> dict[str, dict[str, dl.Hold]]:
+        """Per receiving host: how long packets from each source are held."""
+        plan = self._u.plan
+        assert plan is not None
+        link_delay: dict[frozenset[str], tuple[float, float]] = {}
+        for pl in self._links():
+            d_ms, d_jit = self._extra_delay.get(pl.index, (0.0, 0.0))
+            link_delay[frozenset((pl.a.node, pl.b.node))] = (pl.spec.latency_ms + d_ms, d_jit)
+        ips = {h.name: h.ip for h in plan.hosts}
+        return dl.path_holds(self._u.topology, ips, link_delay, self._global_delay)
+
+    def _delay_line_jobs(self) -> dict[_NS, list[_Cmd]]:
+        """Give the delay line each changed table, then the hosts their iptables rules.
+
+        The queue is attached before its rules exist; until then (and if the process
+        dies) ``--queue-bypass`` lets packets through undelayed rather than dropping them.
+        """
+        if self._line is None:
+            self._line = dl.DelayLineProcess(self._u, seed=self.seed)
+        jobs: dict[_NS, list[_Cmd]] = {}
+        for host, want in self._wanted_holds().items():
+            old = self._holds_applied.get(host)
+            if old == want or (old is None and not want):
+                continue
+            try:
+                self._line.set(host, want)
+            except dl.DelayLineError as exc:
+                raise ImpairmentError(f"in {host}: {exc}") from exc
+            argv, script = dl.rules_argv(want, first=old is None)
+
+            def done(_out: str, host: str = host, want: dict[str, dl.Hold] = want) -> None:
+                self._holds_applied[host] = want
+
+            jobs[host] = [_Cmd(argv, input=script, done=done)]
+        return jobs
 
     def _run(self, jobs: dict[_NS, list[_Cmd]]) -> None:
         """Run each namespace's commands in order; namespaces in parallel."""
@@ -503,28 +586,3 @@ def _render_table(table: str, chains: list[dict[str, Any]], blocked: list[str]) 
         for expr in c["rules"]:
             cmds.append({"add": {"rule": {**base, "chain": name, "expr": expr}}})
     return json.dumps({"nftables": cmds}, sort_keys=True)
-
-
-def _qdisc_argv(ifname: str, shape: _Shape, mtu: int) -> list[list[str]]:
-    """tc commands giving ``ifname`` the root qdisc for ``shape`` (none if it is empty)."""
-    if shape.empty():
-        return []
-    dev = ["tc", "qdisc", "add", "dev", ifname]
-    tbf = _tbf_args(shape, mtu) if shape.rate_mbps is not None else []
-    if not (shape.delay_ms or shape.jitter_ms):
-        return [[*dev, "root", "handle", "1:", *tbf]]
-    netem = [*dev, "root", "handle", "1:", "netem", "delay", f"{shape.delay_ms * 1000:.0f}us"]
-    if shape.jitter_ms:
-        netem.append(f"{shape.jitter_ms * 1000:.0f}us")
-    # netem queues and delays; a tbf child under it does the rate limit.
-    return [netem] + ([[*dev, "parent", "1:1", "handle", "10:", *tbf]] if tbf else [])
-
-
-def _tbf_args(shape: _Shape, mtu: int) -> list[str]:
-    assert shape.rate_mbps is not None
-    bytes_per_s = shape.rate_mbps * 1e6 / 8
-    # A burst of 4 ms of traffic keeps the timer resolution from capping the rate, and at
-    # least two full frames so no packet is ever too big for the bucket.
-    burst = max(int(bytes_per_s * 0.004), 2 * (mtu + 14))
-    rate = f"{shape.rate_mbps * 1000:.0f}kbit"
-    return ["tbf", "rate", rate, "burst", str(burst), "latency", f"{_TBF_QUEUE_S * 1000:.0f}ms"]

@@ -305,8 +305,10 @@ class Underlay:
         mtu: int = 1500,
         shape: bool = True,
         state_dir: Path = runrec.STATE_DIR,
+        seed: int = 0,
     ) -> None:
-        """Store settings only. ``shape=False`` skips the topology's bandwidth limits."""
+        """Store settings only. ``shape=False`` skips the topology's bandwidth limits;
+        ``seed`` seeds the delay line's jitter (the scenario's seed)."""
         self.topology = topology
         self.subnet = subnet
         self.mtu = mtu
@@ -318,6 +320,7 @@ class Underlay:
         self.plan: Plan | None = None
         self.record: runrec.RunRecord | None = None
         self.impairments = Impairments(self)
+        self.impairments.seed = seed
         self.timings: dict[str, float] = {}
         self.state = "new"
         self._hosts: dict[str, Any] = {}  # scenario host -> Mininet Host

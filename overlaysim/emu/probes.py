@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from overlaysim.emu.net import Underlay
+from overlaysim.scenario.sites import site_pair, sites_of
 
 #: At most this many ordered container pairs are pinged.
 MAX_PROBE_PAIRS = 400
@@ -68,19 +69,41 @@ def in_container(
 
 def ping(underlay: Underlay, src: Endpoint, ip: str, attempts: int = 3, wait_s: int = 1) -> bool:
     """Whether ``ip`` answers one ICMP echo from container ``src`` (up to ``attempts`` tries)."""
+    return ping_rtt(underlay, src, ip, attempts, wait_s) is not None
+
+
+def ping_rtt(
+    underlay: Underlay, src: Endpoint, ip: str, attempts: int = 3, wait_s: int = 1
+) -> float | None:
+    """Round-trip time in ms from ``src`` to ``ip``: the lower of two echoes 0.2 s apart
+    (None: neither answered).
+
+    Timed in user space (``-U``): the kernel's receive timestamp is taken before the
+    NFQUEUE delay line holds a packet, so it would miss half of the delay. The lower of
+    two echoes, because a user-space clock also counts the pinger's own wake-up lag,
+    which on a busy machine is sometimes milliseconds.
+    """
     if not src.netns:
-        return False
-    argv = ["ping", "-n", "-q", "-c1", f"-W{wait_s}", ip]
+        return None
+    argv = ["ping", "-U", "-n", "-q", "-c2", "-i0.2", f"-W{wait_s}", ip]
     for _ in range(attempts):
         try:
             out = in_container(underlay, src, argv, timeout=wait_s + 10)
         except subprocess.TimeoutExpired:
             continue
         if out.returncode == 0:
-            return True
+            return _rtt(out.stdout)
         if out.returncode != 1:  # 2: no route or no such namespace; retrying cannot help
-            return False
-    return False
+            return None
+    return None
+
+
+def _rtt(stdout: str) -> float:
+    """The min of ``rtt min/avg/max/mdev = 0.1/0.2/0.3/0.0 ms``."""
+    for line in stdout.splitlines():
+        if "min/avg/max" in line:
+            return float(line.split("=")[1].split("/")[0])
+    return float("nan")
 
 
 def reachability(
@@ -96,25 +119,33 @@ def reachability(
     """Rows of ``reachability.csv`` measured now (``t`` is the scenario time to record).
 
     ``expected`` follows the simulator: a pair on a shared network is expected to
-    reach when both hosts run; a pair with no shared network never is.
+    reach when both hosts run; a pair with no shared network never is. ``rtt_ms`` is
+    the answering echo's round trip; ``sites`` names the two hosts' sites.
     """
     by_name = {e.name: e for e in endpoints}
+    site = sites_of(underlay.topology)
     jobs: list[tuple[dict[str, Any], Endpoint, list[str]]] = []
     for a, b in pairs(endpoints, max_pairs, seed):
         src, dst = by_name[a], by_name[b]
         shared = sorted(set(src.ips) & set(dst.ips))
+        sites = site_pair(site, src.host, dst.host)
         if not shared:
-            row = {"t": t, "src": a, "dst": b, "network": "", "expected": False}
+            row = {"t": t, "src": a, "dst": b, "network": "", "expected": False, "sites": sites}
             jobs.append((row, src, sorted(set(dst.ips.values()))))
             continue
         for net in shared:
-            row = {"t": t, "src": a, "dst": b, "network": net, "expected": src.up and dst.up}
+            up = src.up and dst.up
+            row = {"t": t, "src": a, "dst": b, "network": net, "expected": up, "sites": sites}
             jobs.append((row, src, [dst.ips[net]]))
 
     def run(job: tuple[dict[str, Any], Endpoint, list[str]]) -> dict[str, Any]:
         row, src, ips = job
         tries = attempts if row["expected"] else 1  # a stray answer needs no retry to count
-        return {**row, "reachable": any(ping(underlay, src, ip, tries) for ip in ips)}
+        for ip in ips:
+            rtt = ping_rtt(underlay, src, ip, tries)
+            if rtt is not None:
+                return {**row, "reachable": True, "rtt_ms": rtt}
+        return {**row, "reachable": False, "rtt_ms": None}
 
     if not jobs:
         return []

@@ -34,6 +34,7 @@ from overlaysim.emu.backend import EmuBackend, why
 from overlaysim.emu.collect import Collected, collect
 from overlaysim.emu.net import Underlay, signals_deferred, underlay_session
 from overlaysim.emu.probes import MAX_PROBE_PAIRS, Endpoint, reachability, throughput
+from overlaysim.emu.sampler import ProbeSampler
 from overlaysim.emu.setup import require_emulation
 from overlaysim.emu.testbed import Testbed
 from overlaysim.errors import RunFailed
@@ -209,7 +210,7 @@ def run_emulation(
     t_end = 0.0
     extra: dict[str, Any] = {}
     try:
-        with underlay_session(topology) as underlay:
+        with underlay_session(topology, seed=seed) as underlay:
             testbed = Testbed(
                 underlay,
                 managers=list(scenario.managers or topology.hosts[:1]),
@@ -234,10 +235,17 @@ def run_emulation(
                     world.boot(the_plan)
                     extra["boot_s"] = time.monotonic() - t_boot
                     total = len(the_plan.steps)
-                    with _display(world, scenario.name, scenario.duration, total, progress) as tick:
-                        play(world, the_plan.steps, float(scenario.duration), tick)
+                    sampler = _sampler(world, scenario, seed)
+                    try:
+                        with _display(
+                            world, scenario.name, scenario.duration, total, progress
+                        ) as tick:
+                            play(world, the_plan.steps, float(scenario.duration), tick)
+                    finally:
+                        sampled = sampler.stop() if sampler is not None else []
                     t_end = world.now()
                     reach_rows, tp_rows = _measure(world, scenario, seed, throughput_seconds)
+                    reach_rows = sampled + reach_rows
                 except KeyboardInterrupt:
                     status = "interrupted"
                 except Exception as exc:
@@ -252,6 +260,7 @@ def run_emulation(
                     if world.t0 is not None:
                         result = collect(world.events, testbed.logs(), t0=world.t0, t_end=t_end)
                     testbed.remove_files(keep_logs_in=writer.path / AGENT_LOGS)
+            extra["delay"] = underlay.impairments.delay_report()
             extra["underlay"] = underlay.describe()
     except KeyboardInterrupt:
         status = "interrupted" if status != "failed" else status
@@ -269,6 +278,17 @@ def run_emulation(
     if status == "failed":
         raise RunFailed(f"emulation failed: {error} (partial results in {out})")
     return status
+
+
+def _sampler(world: EmuWorld, scenario: Scenario, seed: int) -> ProbeSampler | None:
+    """Reachability and RTT every ``measure.probe_interval`` while the timeline plays."""
+    if not scenario.measure.probes:
+        return None
+    sampler = ProbeSampler(
+        world.underlay, world.endpoints, world.now, scenario.measure.probe_interval, seed
+    )
+    sampler.start()
+    return sampler
 
 
 def _measure(

@@ -21,6 +21,7 @@ from overlaysim.metrics.membership import (
     summarize_failure_detection,
     summarize_join_visibility,
 )
+from overlaysim.metrics.rtt import rtt_by_sites
 from overlaysim.metrics.stats import pct, ratio, vmax
 from overlaysim.metrics.tables import frame
 from overlaysim.metrics.views import view_metrics
@@ -170,5 +171,6 @@ def compute_metrics(
         "overhead": overhead(traffic, traffic_kinds, nodes=nodes, duration_s=duration_s),
         "throughput": throughput_list(throughput),
         "reachability": reachability_summary(reachability),
+        "rtt_ms": rtt_by_sites(reachability),
     }
     return jsonable(metrics)

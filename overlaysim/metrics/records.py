@@ -149,6 +149,8 @@ REACHABILITY = TableSchema(
         ("network", "str"),
         ("expected", "bool"),
         ("reachable", "bool"),
+        ("sites", "str"),
+        ("rtt_ms", "nfloat"),
     ),
     sort_by=("t", "src", "dst", "network"),
 )

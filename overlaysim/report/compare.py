@@ -43,6 +43,11 @@ COMPARE_PNG = "compare.png"
 FIGSIZE = (16.0, 7.0)  # inches: two panels side by side, 1600x700 px at DPI
 
 Verdict = Literal["agree", "differ", "too few samples"]
+#: Round-trip times per site pair agree when B's median is within this of A's ...
+RTT_TOLERANCE = 0.15
+#: ... or within this many ms: a user-space ping on a busy machine adds about half a
+#: millisecond of its own (wake-ups), which is more than 15 % of a LAN round trip.
+RTT_FLOOR_MS = 1.0
 
 
 class CompareError(UserError):
@@ -79,6 +84,36 @@ class ScalarComparison:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RttComparison:
+    """Median round trip between two sites in both runs (``reachability.csv``'s ``rtt_ms``).
+
+    ``agree`` when B's median is within :data:`RTT_TOLERANCE` of A's (or within
+    :data:`RTT_FLOOR_MS`); one side without samples is ``too few samples``.
+    """
+
+    sites: str
+    a: float | None
+    b: float | None
+    samples_a: int
+    samples_b: int
+
+    @property
+    def ratio(self) -> float | None:
+        return _ratio(self.a, self.b)
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.a is None or self.b is None:
+            return "too few samples"
+        close = abs(self.b - self.a) <= max(RTT_TOLERANCE * self.a, RTT_FLOOR_MS)
+        return "agree" if close else "differ"
+
+    @property
+    def label(self) -> str:
+        return f"RTT {self.sites}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunInfo:
     """What identifies a side of the comparison."""
 
@@ -104,23 +139,27 @@ class Comparison:
     distributions: tuple[DistributionComparison, ...]
     scalars: tuple[ScalarComparison, ...]
     warnings: tuple[str, ...] = field(default=())
+    rtts: tuple[RttComparison, ...] = field(default=())
 
     @property
     def differing(self) -> list[str]:
-        return [d.label for d in self.distributions if d.verdict == "differ"]
+        dists = [d.label for d in self.distributions if d.verdict == "differ"]
+        return dists + [r.label for r in self.rtts if r.verdict == "differ"]
 
     @property
     def overall(self) -> str:
         """``agree``, ``differ``, or ``too few samples`` when nothing could be tested."""
         tested = [d for d in self.distributions if d.tested]
+        tested += [r for r in self.rtts if r.verdict != "too few samples"]  # type: ignore[misc]
         if not tested:
             return "too few samples"
         return "differ" if self.differing else "agree"
 
     def overall_line(self) -> str:
         """One sentence with the overall verdict."""
-        tested = sum(d.tested for d in self.distributions)
-        untested = len(self.distributions) - tested
+        checks = [*self.distributions, *self.rtts]
+        tested = sum(d.verdict != "too few samples" for d in checks)
+        untested = len(checks) - tested
         skipped = f"; {untested} not tested (fewer than {MIN_SAMPLES} samples)" if untested else ""
         if self.overall == "too few samples":
             return f"overall: too few samples — no metric has {MIN_SAMPLES}+ values on both sides"
@@ -274,6 +313,10 @@ def _warnings(a: Run, b: Run) -> list[str]:
     da, db = _duration(a), _duration(b)
     if da != db:
         out.append(f"different durations: {da:g} s vs {db:g} s")
+    from overlaysim.report.summary import delay_warnings
+
+    for side, run in (("A", a), ("B", b)):
+        out += [f"run {side}: {w}" for w in delay_warnings(run.manifest, run.metrics or {})]
     return out
 
 
@@ -316,7 +359,25 @@ def compare_runs(a: Run, b: Run, alpha: float = 0.05) -> Comparison:
         distributions=tuple(dists),
         scalars=tuple(scalars),
         warnings=tuple(_warnings(a, b)),
+        rtts=_rtts(ma, mb),
     )
+
+
+def _rtts(ma: Mapping[str, Any], mb: Mapping[str, Any]) -> tuple[RttComparison, ...]:
+    ra, rb = ma.get("rtt_ms") or {}, mb.get("rtt_ms") or {}
+    out = []
+    for sites in sorted(set(ra) | set(rb)):
+        a, b = ra.get(sites) or {}, rb.get(sites) or {}
+        out.append(
+            RttComparison(
+                sites=sites,
+                a=a.get("median"),
+                b=b.get("median"),
+                samples_a=int(a.get("samples", 0)),
+                samples_b=int(b.get("samples", 0)),
+            )
+        )
+    return tuple(out)
 
 
 # --- output: table and JSON ------------------------------------------------------------
@@ -362,6 +423,17 @@ def comparison_table(c: Comparison) -> Table:
             f"{_s(p95_a)} / {_s(p95_b)}",
             "—" if d.p_value is None else f"{d.p_value:.2g}",
             f"[{_VERDICT_STYLE[d.verdict]}]{d.verdict}[/]",
+        )
+    if c.rtts:
+        table.add_section()
+    for r in c.rtts:
+        table.add_row(
+            r.label,
+            f"{r.samples_a} / {r.samples_b}",
+            f"{_num(r.a, 'ms')} / {_num(r.b, 'ms')}",
+            "",
+            "" if r.ratio is None else f"B/A {r.ratio:.2f}",
+            f"[{_VERDICT_STYLE[r.verdict]}]{r.verdict}[/]",
         )
     table.add_section()
     for s in c.scalars:
@@ -414,6 +486,20 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
                 "ratio_b_over_a": s.ratio,
             }
             for s in c.scalars
+        ],
+        "rtt_ms": [
+            {
+                "sites": r.sites,
+                "a_median": r.a,
+                "b_median": r.b,
+                "samples_a": r.samples_a,
+                "samples_b": r.samples_b,
+                "ratio_b_over_a": r.ratio,
+                "tolerance": RTT_TOLERANCE,
+                "floor_ms": RTT_FLOOR_MS,
+                "verdict": r.verdict,
+            }
+            for r in c.rtts
         ],
         "overall": {"verdict": c.overall, "differ": c.differing, "summary": c.overall_line()},
         "warnings": list(c.warnings),

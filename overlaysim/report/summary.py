@@ -62,6 +62,11 @@ def summary_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
          f"{re.get('reachable_pairs', 0)} / {re.get('expected_pairs', 0)}"),
         ("data plane", "unexpectedly reachable", str(re.get("unexpected_reachable", 0))),
     ]  # fmt: skip
+    for sites, r in sorted((metrics.get("rtt_ms") or {}).items()):
+        rows.append(
+            ("round trips", f"RTT {sites} median (p10–p90)",
+             f"{r['median']:.3g} ms ({r['p10']:.3g}–{r['p90']:.3g}), {r['samples']} samples")
+        )  # fmt: skip
     for tp in metrics.get("throughput") or []:
         what = f"{tp.get('proto')} {tp.get('src')}→{tp.get('dst')}"
         if tp.get("overlay_bps") is None:
@@ -104,3 +109,26 @@ def print_summary(run: Run, console: Console | None = None) -> None:
         console.print(f"[bold yellow]run status: {run.status}[/]" + (f" — {err}" if err else ""))
     if run.metrics is None:
         console.print("[yellow]no metrics.json in this folder[/]")
+    for warning in delay_warnings(run.manifest, run.metrics or {}):
+        console.print(f"[bold yellow]warning:[/] {warning}")
+
+
+def delay_warnings(manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[str]:
+    """Throughput probes that reached 80 % of the delay line's measured ceiling: the
+    user-space delay line, not the scenario's links, may have set those numbers."""
+    ceiling = (manifest.get("delay") or {}).get("ceiling")
+    if not ceiling:
+        return []
+    cap_bps = float(ceiling["mbps"]) * 1e6
+    out = []
+    for tp in metrics.get("throughput") or []:
+        for side in ("overlay_bps", "underlay_bps"):
+            bps = tp.get(side)
+            if bps is not None and bps >= 0.8 * cap_bps:
+                out.append(
+                    f"{tp.get('src')}→{tp.get('dst')} {side[:-4]} throughput "
+                    f"{bps / 1e6:.0f} Mbit/s is at or above 80 % of the NFQUEUE delay line's "
+                    f"ceiling ({ceiling['mbps']:.0f} Mbit/s, {ceiling['pps']:,.0f} packets/s): "
+                    "the delay line may be what limits it"
+                )
+    return out

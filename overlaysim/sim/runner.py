@@ -30,6 +30,7 @@ from overlaysim.metrics.records import HOLD_EVENTS_MAX_HOSTS, NOT_MEASURED_BY_SI
 from overlaysim.metrics.results import ResultsWriter
 from overlaysim.metrics.traffic import TrafficCounter
 from overlaysim.scenario.schema import Scenario
+from overlaysim.scenario.sites import site_pair, sites_of
 from overlaysim.scenario.steps import Step
 from overlaysim.scenario.timeline import Plan, plan
 from overlaysim.sim.engine import Observer, SimCluster
@@ -212,11 +213,18 @@ class SimWorld(World):
         self.cluster = backend.cluster
         self.underlay = backend.underlay
         self.networks = backend.networks
+        self._sites = sites_of(scenario.resolved_topology)
+        #: Reachability rows sampled during the run (``measure.probe_interval``).
+        self.probe_rows: list[dict[str, Any]] = []
 
     def start(self, the_plan: Plan) -> None:
         """Boot, then schedule the timeline's steps as a SimPy process."""
         self.boot(the_plan)
         self.env.process(self._timeline(the_plan.steps))
+        measure = self.scenario.measure
+        if measure.probes:
+            duration = float(self.scenario.duration)
+            self.env.process(self._probe_rounds(measure.probe_interval, duration))
 
     def _timeline(self, steps: list[Step]):  # type: ignore[no-untyped-def]
         for step in steps:
@@ -235,6 +243,7 @@ class SimWorld(World):
         model has no path between networks, which the emulator checks for real.
         """
         now = self.env.now
+        site = self._sites
         names = sorted(self.containers)
         pairs = [(a, b) for a in names for b in names if a != b]
         if len(pairs) > MAX_PROBE_PAIRS:
@@ -253,11 +262,14 @@ class SimWorld(World):
                         "network": "",
                         "expected": False,
                         "reachable": False,
+                        "sites": site_pair(site, ca.host, cb.host),
+                        "rtt_ms": None,
                     }
                 )
                 continue
             for net in shared:
                 expected = ca.host in self.up and cb.host in self.up
+                reachable = self._reachable(ca, cb, net)
                 rows.append(
                     {
                         "t": now,
@@ -265,10 +277,27 @@ class SimWorld(World):
                         "dst": b,
                         "network": net,
                         "expected": expected,
-                        "reachable": self._reachable(ca, cb, net),
+                        "reachable": reachable,
+                        "sites": site_pair(site, ca.host, cb.host),
+                        "rtt_ms": self._rtt_ms(ca.host, cb.host) if reachable else None,
                     }
                 )
         return rows
+
+    def _rtt_ms(self, a: str, b: str) -> float:
+        """The underlay model's round trip (path latency both ways, no serialisation)."""
+        if a == b:
+            return 0.0
+        there, back = self.underlay._path_cost(a, b), self.underlay._path_cost(b, a)
+        assert there is not None and back is not None  # reachable: a path exists
+        return round((there[0] + back[0]) * 1000.0, 6)
+
+    def _probe_rounds(self, interval: float, until: float):  # type: ignore[no-untyped-def]
+        """Sample reachability and RTT every ``interval`` during the run (the last
+        sample is taken at the end, as before)."""
+        while self.env.now + interval < until:
+            yield self.env.timeout(interval)
+            self.probe_rows.extend(self.reachability_rows())
 
     def _reachable(self, a: Container, b: Container, net: str) -> bool:
         if a.host not in self.up or b.host not in self.up:
@@ -347,7 +376,7 @@ def run_simulation(
         error = f"{type(exc).__name__}: {exc}"
     t_end = float(world.env.now)
     conv_rows = world.tracker.finish(t_end)
-    reach_rows = world.reachability_rows() if scenario.measure.probes else []
+    reach_rows = world.probe_rows + world.reachability_rows() if scenario.measure.probes else []
     tp_rows = [
         {
             "src": a,

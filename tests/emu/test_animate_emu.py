@@ -41,7 +41,7 @@ def test_emulation_folder_animates_an_entry_and_a_crash(tmp_path: Path) -> None:
     emulation_or_skip()
     (tmp_path / "s.yaml").write_text(SCENARIO)
     out = tmp_path / "run"
-    status = run_emulation(load_scenario(tmp_path / "s.yaml"), out, progress=False, plots=False)
+    status = run_emulation(load_scenario(tmp_path / "s.yaml"), out, progress=False)
     assert status == "complete"
     run = load_run(out)
     assert run.manifest["backend"] == "emu"

@@ -417,5 +417,6 @@ def test_a_restarted_node_talks_again_without_a_rotation(world: EmuWorld, tmp_pa
     assert world.testbed.manager_call("keys")["generation"] == generation  # no rotation used
     old = {(p[3][:4], p[3][8:16]) for p in udp_payloads(before)}
     new = {(p[3][:4], p[3][8:16]) for p in udp_payloads(after)}
-    assert len(old) > 600 and new
+    # well past the 256-packet replay window; the exact count follows TCP's super-frame sizes
+    assert len(old) > 300 and new
     assert not old & new  # no (SPI, IV) pair, i.e. no nonce under a key, used twice

@@ -259,16 +259,29 @@ def test_rate_limits_throughput(u: Underlay) -> None:
 
 
 @pytest.mark.emu
-def test_delay_without_netem_is_refused_not_skipped(u: Underlay) -> None:
+def test_delay_is_carried_by_netem_or_the_delay_line_never_skipped(u: Underlay) -> None:
     imp = u.impairments
-    if imp.netem_available():
-        imp.delay(5, link=("h1", "s1"))
-        assert "netem" in u.cmd("h1", ["tc", "qdisc", "show", "dev", "eth0"]).stdout
+    mech = imp.delay_mechanism()
+    if mech == "none":
+        with pytest.raises(UnsupportedImpairment, match="delay needs sch_netem"):
+            imp.delay(20)
+        assert "unsupported" in u.mechanisms["delay"]
         return
-    with pytest.raises(UnsupportedImpairment, match="delay needs sch_netem"):
-        imp.delay(20)
-    imp.delay(0)  # no delay is always possible
-    assert "unsupported" in u.mechanisms["delay"]
+    imp.delay(5, link=("h1", "s1"))
+    if mech == "netem":
+        assert "netem" in u.cmd("h1", ["tc", "qdisc", "show", "dev", "eth0"]).stdout
+    else:
+        assert "NFQUEUE delay line" in u.mechanisms["delay"]
+        rules = u.cmd("h1", ["iptables", "-w", "-S", "OSIM_DELAY"]).stdout
+        assert f"-s {u.underlay_ip('h2')}/32 -j NFQUEUE" in rules
+    # h1-h2 crosses h1-s1 once each way: 2 x (0.5 + 5) + 2 x 0.5 ms of the access links.
+    assert _rtt_ms(u, "h1", "h2") == pytest.approx(12.0, rel=0.15, abs=1.5)
+
+
+def _rtt_ms(u: Underlay, a: str, b: str, count: int = 5) -> float:
+    out = u.cmd(a, ["ping", "-U", "-q", "-c", str(count), "-i", "0.2", u.underlay_ip(b)]).stdout
+    summary = out.strip().splitlines()[-1]  # rtt min/avg/max/mdev = 1.0/2.0/3.0/0.1 ms
+    return float(summary.split("=")[1].split("/")[0])
 
 
 @pytest.mark.emu

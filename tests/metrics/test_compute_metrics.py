@@ -123,11 +123,11 @@ def test_overhead_zero_duration_is_null():
 
 def test_reachability_uses_latest_sample_per_pair():
     rows = [
-        (1.0, "c1", "c2", "n", True, False),  # superseded by the later sample
-        (5.0, "c1", "c2", "n", True, True),
-        (5.0, "c1", "c3", "n", True, False),
-        (5.0, "c1", "c4", "other", False, True),  # isolation broken
-        (5.0, "c1", "c5", "other", False, False),
+        (1.0, "c1", "c2", "n", True, False, "", None),  # superseded by the later sample
+        (5.0, "c1", "c2", "n", True, True, "", None),
+        (5.0, "c1", "c3", "n", True, False, "", None),
+        (5.0, "c1", "c4", "other", False, True, "", None),  # isolation broken
+        (5.0, "c1", "c5", "other", False, False, "", None),
     ]
     r = reachability_summary(frame("reachability", rows))
     assert r == {

@@ -55,9 +55,13 @@ def test_numeric_looking_keys_stay_strings():
 
 def test_bools_are_lowercase_words_and_read_as_bool():
     text = encode(
-        "reachability", [(1.0, "c1", "c2", "n", True, 0), (1.0, "c1", "c3", "n", "true", False)]
+        "reachability",
+        [
+            (1.0, "c1", "c2", "n", True, 0, "", None),
+            (1.0, "c1", "c3", "n", "true", False, "", None),
+        ],
     )
-    assert text.splitlines()[1:] == ["1.0,c1,c2,n,true,false", "1.0,c1,c3,n,true,false"]
+    assert text.splitlines()[1:] == ["1.0,c1,c2,n,true,false,,", "1.0,c1,c3,n,true,false,,"]
     df = read_csv(io.StringIO(text), TABLES["reachability"])
     assert df["expected"].dtype == bool and df["reachable"].tolist() == [False, False]
 

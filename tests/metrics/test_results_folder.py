@@ -62,7 +62,7 @@ def fake_run(seed: int = 1) -> dict[str, list]:
         "convergence": tr.finish(30.0),
         "traffic": tc.rows(),
         "traffic_kinds": tc.kind_rows(),
-        "reachability": [(30.0, "c1", "c2", "net1", True, True)],
+        "reachability": [(30.0, "c1", "c2", "net1", True, True, "", None)],
         "throughput": [("c1", "c2", "tcp", None, None, None, NOT_MEASURED_BY_SIM)],
     }
 
@@ -134,11 +134,11 @@ def test_interrupted_run_still_writes_the_tables_it_has(tmp_path):
 
 def test_failed_table_write_leaves_no_temp_file_and_old_file_intact(tmp_path):
     w = ResultsWriter(tmp_path / "r", manifest())
-    w.write_table("reachability", [(1.0, "c1", "c2", "n", True, True)])
+    w.write_table("reachability", [(1.0, "c1", "c2", "n", True, True, "", None)])
     before = (tmp_path / "r" / "reachability.csv").read_bytes()
 
     def rows():
-        yield (2.0, "c1", "c2", "n", True, False)
+        yield (2.0, "c1", "c2", "n", True, False, "", None)
         raise RuntimeError("collector died")
 
     with pytest.raises(RuntimeError):

@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "emu": {"core", "errors", "scenario", "metrics", "world", "agent"},
     "lab": {"core", "errors", "scenario", "metrics", "world", "agent", "emu"},
     "sweep": {"core", "errors", "scenario", "metrics", "world", "report", "sim", "emu"},
+    "known_issues": {"core", "errors", "scenario", "metrics", "sim", "emu"},
     "testbed_cli": {"core", "errors", "agent", "emu", "lab", "scenario", "metrics"},
     "cli": {"*"},  # the command line sits on top of everything
     "": set(),  # overlaysim/__init__.py: the version only

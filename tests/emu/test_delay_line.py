@@ -1,0 +1,149 @@
+"""Link latency and ``delay`` on a live two-site underlay (15 ms WAN, 0.5 ms access links).
+
+On a kernel with ``sch_netem`` these run through netem; here (no netem) through the
+NFQUEUE delay line. Round-trip times are read from ``ping``; expectations are the
+simulator's: twice the sum of the one-way delays on the path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from conftest import emulation_or_skip
+
+from overlaysim.emu.net import Underlay, underlay_session
+from overlaysim.scenario.generators import two_site
+from overlaysim.scenario.topology import LinkSpec
+
+pytestmark = pytest.mark.emu
+
+TOPO = two_site(2, LinkSpec(latency_ms=0.5), LinkSpec(latency_ms=15.0, bandwidth_mbps=100.0))
+SAME_SITE_MS = 2 * (0.5 + 0.5)
+CROSS_SITE_MS = 2 * (0.5 + 15.0 + 0.5)
+
+
+def rtt_ms(u: Underlay, a: str, b: str, count: int = 6) -> float | None:
+    """Lowest ping RTT from ``a`` to ``b`` (None: no reply at all), timed in user space."""
+    out = u.cmd(
+        a, ["ping", "-U", "-q", "-n", "-c", str(count), "-i", "0.2", "-W", "2", u.underlay_ip(b)]
+    )
+    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    if "=" not in last:
+        return None
+    return float(last.split("=")[1].split("/")[0])  # min: wake-up lag only adds
+
+
+def replies(u: Underlay, a: str, b: str, count: int) -> int:
+    out = u.cmd(
+        a, ["ping", "-U", "-q", "-n", "-c", str(count), "-i", "0.02", "-W", "1", u.underlay_ip(b)]
+    )
+    line = next(ln for ln in out.stdout.splitlines() if "received" in ln)
+    return int(line.split(",")[1].split()[0])
+
+
+@pytest.fixture(scope="module")
+def underlay() -> Iterator[Underlay]:
+    emulation_or_skip()
+    shared = Underlay(TOPO, seed=11)
+    shared.build()
+    shared.start()
+    try:
+        yield shared
+    finally:
+        shared.stop()
+
+
+@pytest.fixture
+def u(underlay: Underlay) -> Iterator[Underlay]:
+    yield underlay
+    underlay.impairments.clear()
+    underlay.impairments.heal()
+
+
+def test_wan_link_gives_twice_its_latency_plus_access(u: Underlay) -> None:
+    mech = u.impairments.delay_mechanism()
+    assert mech in ("netem", "nfqueue"), u.mechanisms["link_latency"]
+    assert rtt_ms(u, "h1", "h3") == pytest.approx(CROSS_SITE_MS, rel=0.15)
+    assert rtt_ms(u, "h4", "h2") == pytest.approx(CROSS_SITE_MS, rel=0.15)
+    assert rtt_ms(u, "h1", "h2") == pytest.approx(SAME_SITE_MS, abs=1.5)
+
+
+def test_delay_step_adds_what_it_says_and_clear_removes_it(u: Underlay) -> None:
+    imp = u.impairments
+    imp.delay(20, link=("s1", "s2"))
+    assert rtt_ms(u, "h1", "h3") == pytest.approx(CROSS_SITE_MS + 40, rel=0.15)
+    assert rtt_ms(u, "h1", "h2") == pytest.approx(SAME_SITE_MS, abs=1.5)  # not on its path
+    imp.delay(5)  # end to end, on top of the link's
+    assert rtt_ms(u, "h1", "h3") == pytest.approx(CROSS_SITE_MS + 50, rel=0.15)
+    assert rtt_ms(u, "h2", "h1") == pytest.approx(SAME_SITE_MS + 10, rel=0.15, abs=1.5)
+    imp.clear(("s1", "s2"), kind="delay")
+    assert rtt_ms(u, "h1", "h3") == pytest.approx(CROSS_SITE_MS + 10, rel=0.15)
+    imp.clear()
+    assert rtt_ms(u, "h1", "h3") == pytest.approx(CROSS_SITE_MS, rel=0.15)
+
+
+def test_loss_and_partition_compose_with_delay(u: Underlay) -> None:
+    imp = u.impairments
+    imp.delay(10, link=("s1", "s2"))
+    imp.loss(30, link=("s1", "s2"))  # each way: 0.7 x 0.7 of the pings come back
+    got = replies(u, "h1", "h3", 200)
+    assert 0.3 * 200 < got < 0.7 * 200, got
+    assert rtt_ms(u, "h1", "h2") == pytest.approx(SAME_SITE_MS, abs=1.5)
+    imp.loss(0, link=("s1", "s2"))
+    imp.partition([["h1", "h2"], ["h3", "h4"]])
+    assert rtt_ms(u, "h1", "h3", count=2) is None
+    assert rtt_ms(u, "h3", "h4") == pytest.approx(SAME_SITE_MS, abs=1.5)
+    imp.heal()
+    assert rtt_ms(u, "h1", "h3") == pytest.approx(CROSS_SITE_MS + 20, rel=0.15)
+
+
+def test_rate_composes_with_delay(u: Underlay, require_tools) -> None:  # type: ignore[no-untyped-def]
+    require_tools("iperf3")
+    u.impairments.rate(20, link=("s1", "s2"))
+    server = u.popen("h3", ["iperf3", "-s", "-1", "-B", u.underlay_ip("h3")])
+    try:
+        import time
+
+        time.sleep(0.5)
+        out = u.cmd("h1", ["iperf3", "-c", u.underlay_ip("h3"), "-t", "3", "-J"], timeout=30)
+    finally:
+        server.kill()
+    import json
+
+    mbps = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+    assert 4 < mbps <= 22, mbps  # limited by the rate, slowed by the 32 ms round trip
+    assert rtt_ms(u, "h1", "h3") == pytest.approx(CROSS_SITE_MS, rel=0.15)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+@pytest.mark.parametrize("how", ["clean", "error", "interrupt"])
+def test_nothing_left_after_a_run_a_failure_or_ctrl_c(how: str) -> None:
+    emulation_or_skip()
+    pid = tag = run_dir = None
+    exc = {"clean": None, "error": RuntimeError("boom"), "interrupt": KeyboardInterrupt()}[how]
+    try:
+        with underlay_session(TOPO, seed=1) as u:
+            u.impairments.delay(3, link=("s1", "s2"))
+            line = u.impairments._line
+            assert line is not None and line.running
+            pid = line._proc.pid  # type: ignore[union-attr]
+            tag = u.plan.tag  # type: ignore[union-attr]
+            run_dir = u.record.path.parent  # type: ignore[union-attr]
+            if exc is not None:
+                raise exc
+    except (RuntimeError, KeyboardInterrupt) as caught:
+        assert caught is exc
+    assert pid is not None and not _alive(pid)
+    nets = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    assert f"osim{tag}" not in nets
+    assert run_dir is not None and not run_dir.exists()  # its error file went with it

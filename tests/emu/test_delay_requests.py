@@ -1,0 +1,184 @@
+"""The delay mechanisms without a kernel: netem's exact ``tc`` requests, the delay line's
+schedule and iptables rules, and the per-host holds both derive from the topology.
+
+The netem path cannot run on a kernel without ``sch_netem``; these tests pin what it
+would ask the kernel for, through the same ``Impairments`` code the emulator runs.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from overlaysim.emu import delay as dl
+from overlaysim.emu.delayline import DelayLine, Hold, restore_script
+from overlaysim.emu.impair import Impairments, UnsupportedImpairment
+from overlaysim.emu.net import plan_underlay
+from overlaysim.scenario.generators import two_site
+from overlaysim.scenario.topology import LinkSpec
+
+TOPO = two_site(2, LinkSpec(latency_ms=0.5, bandwidth_mbps=1000), LinkSpec(latency_ms=15.0))
+
+
+@dataclass
+class FakeUnderlay:
+    """Just enough of ``Underlay`` for ``Impairments``: records every command it is given."""
+
+    topology: Any = TOPO
+    state: str = "running"
+    mtu: int = 1500
+    record: Any = None
+    calls: list[tuple[str | None, list[str], str | None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.plan = plan_underlay(self.topology, "a3")
+
+    @property
+    def links(self) -> Any:
+        return self.plan.links
+
+    def links_between(self, a: str, b: str) -> list[Any]:
+        return [pl for pl in self.plan.links if {pl.a.node, pl.b.node} == {a, b}]
+
+    def underlay_ip(self, name: str) -> str:
+        return next(h.ip for h in self.plan.hosts if h.name == name)
+
+    def run_in(self, ns: str | None, argv: list[str], *, input: str | None = None) -> Any:  # noqa: A002
+        self.calls.append((ns, list(argv), input))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+def _with_netem(netem: bool, nfqueue: bool = False) -> tuple[FakeUnderlay, Impairments]:
+    u = FakeUnderlay()
+    imp = Impairments(u)  # type: ignore[arg-type]
+    imp._netem = netem
+    imp._delay_mech = dl.choose(netem, nfqueue)
+    imp._delay_why = dl.why_none(netem, nfqueue)
+    return u, imp
+
+
+def _tc(u: FakeUnderlay) -> list[tuple[str | None, str]]:
+    return [(ns, " ".join(argv)) for ns, argv, _ in u.calls if argv[0] == "tc"]
+
+
+def test_netem_path_puts_each_links_latency_on_both_ends_egress() -> None:
+    u, imp = _with_netem(True)
+    imp.apply_baseline(shape=False)
+    tc = sorted(_tc(u), key=lambda c: (c[0] or "", c[1]))
+    # h1..h4 on their eth0; the switch ends of the access links and both WAN ends in the
+    # root namespace: 0.5 ms on access links, 15 ms on s1-s2.
+    assert ("h1", "tc qdisc add dev eth0 root handle 1: netem delay 500us") in tc
+    wan = [c for c in tc if "15000us" in c[1]]
+    assert [ns for ns, _ in wan] == [None, None]
+    assert {c.split()[4] for _, c in wan} == {"osima3s1-3", "osima3s2-3"}
+    assert len(tc) == 2 * len(TOPO.links)
+
+
+def test_netem_delay_step_replaces_the_qdisc_with_rate_as_a_tbf_child() -> None:
+    u, imp = _with_netem(True)
+    imp.apply_baseline(shape=True)
+    u.calls.clear()
+    imp.delay(20, jitter_ms=2, link=("s1", "s2"))
+    assert _tc(u) == [
+        (None, "tc qdisc del dev osima3s1-3 root"),
+        (None, "tc qdisc add dev osima3s1-3 root handle 1: netem delay 35000us 2000us"),
+        (None, "tc qdisc add dev osima3s1-3 parent 1:1 handle 10: tbf rate 1000000kbit "
+         "burst 500000 latency 50ms"),
+        (None, "tc qdisc del dev osima3s2-3 root"),
+        (None, "tc qdisc add dev osima3s2-3 root handle 1: netem delay 35000us 2000us"),
+        (None, "tc qdisc add dev osima3s2-3 parent 1:1 handle 10: tbf rate 1000000kbit "
+         "burst 500000 latency 50ms"),
+    ]  # fmt: skip
+    u.calls.clear()
+    imp.delay(5)  # end to end: once, at every host's egress
+    hosts = [c for c in _tc(u) if c[0] is not None and "netem" in c[1]]
+    assert len(hosts) == 4 and all("netem delay 5500us" in c for _, c in hosts)
+    u.calls.clear()
+    imp.clear()
+    assert (None, "tc qdisc add dev osima3s1-3 root handle 1: netem delay 15000us") in _tc(u)
+
+
+def test_without_netem_no_netem_is_requested_and_the_line_gets_the_delay() -> None:
+    u, imp = _with_netem(False, nfqueue=True)
+    holds = imp._wanted_holds()
+    ip = {h.name: h.ip for h in u.plan.hosts}
+    # h1 from h2 (same site): two access links; h1 from h3: access + WAN + access.
+    assert holds["h1"][ip["h2"]] == Hold(1.0, 0.0)
+    assert holds["h1"][ip["h3"]] == Hold(16.0, 0.0)
+    imp._extra_delay[2 * 2] = (10.0, 3.0)  # the WAN link is the fifth link
+    imp._global_delay = (1.0, 0.5)
+    assert imp._wanted_holds()["h3"][ip["h1"]] == Hold(27.0, 3.5)
+    assert all("netem" not in " ".join(s) for s in map(str, imp._wanted_shapes().values()))
+
+
+def test_no_mechanism_refuses_delay_with_the_reason() -> None:
+    _, imp = _with_netem(False, nfqueue=False)
+    with pytest.raises(UnsupportedImpairment, match="sch_netem missing.*NFQUEUE"):
+        imp.delay(10)
+
+
+def test_choose_prefers_netem_then_the_delay_line() -> None:
+    assert dl.choose(True, True) == dl.NETEM
+    assert dl.choose(False, True) == (dl.DELAY_LINE if dl.binding_available() else dl.NONE)
+    assert dl.choose(False, False) == dl.NONE
+
+
+def test_restore_script_queues_only_delayed_destinations() -> None:
+    script = restore_script(
+        {"10.0.0.10": Hold(5), "10.0.0.9": Hold(0, 1), "10.0.0.2": Hold(0)}, first=True
+    )
+    assert script.splitlines() == [
+        "*filter",
+        ":OSIM_DELAY - [0:0]",
+        "-I INPUT 1 -j OSIM_DELAY",
+        "-A OSIM_DELAY -s 10.0.0.9/32 -j NFQUEUE --queue-num 4242 --queue-bypass",
+        "-A OSIM_DELAY -s 10.0.0.10/32 -j NFQUEUE --queue-num 4242 --queue-bypass",
+        "COMMIT",
+    ]
+    assert "-I INPUT" not in restore_script({}, first=False)
+
+
+def test_delay_line_holds_releases_in_order_and_draws_jitter_from_its_seed() -> None:
+    a, b = bytes([10, 0, 0, 2]), bytes([10, 0, 0, 3])
+
+    def run(seed: int) -> list[tuple[str, float]]:
+        line = DelayLine(rng=random.Random(seed))
+        line.set_table({"10.0.0.2": Hold(10, 4), "10.0.0.3": Hold(1)})
+        times = []
+        for i in range(50):
+            due = line.admit(a if i % 2 else b, i * 0.001, f"p{i}")
+            assert due is not None
+            times.append((f"p{i}", round(due, 9)))
+        assert line.admit(bytes([10, 0, 0, 9]), 0.0, "x") is None  # no hold: passed
+        out = []
+        now = 0.0
+        while line.next_due() is not None:
+            now = line.next_due()  # type: ignore[assignment]
+            out += line.due(now)
+        assert line.stats.held == 50 and line.stats.released == 50
+        to_a = [p for p in out if int(p[1:]) % 2]
+        assert to_a == sorted(to_a, key=lambda p: int(p[1:]))  # never reordered
+        return times
+
+    first = run(7)
+    assert first == run(7)
+    assert first != run(8)
+    for name, due in first:
+        i = int(name[1:])
+        if i % 2:  # to a: 10 ms ± 4 ms after it arrived (or after the one before it)
+            assert 0.006 - 1e-9 <= due - i * 0.001 <= 0.014 + 0.004
+        else:
+            assert due == pytest.approx(i * 0.001 + 0.001)
+
+
+def test_ceiling_describes_itself_and_flags_throughput_near_it() -> None:
+    c = dl.Ceiling(
+        pps=30000, mbps=350, packet_bytes=1400, hold_ms=1, seconds=2, max_late_ms=1,
+        measured_at="2026-01-01T00:00:00Z", kernel="k", cpus=2,
+    )  # fmt: skip
+    assert "30,000 packets/s, 350 Mbit/s" in c.describe()
+    assert dl.exceeds([100, 290, 400], c) == [290, 400]
