@@ -108,6 +108,9 @@ def one(n: int, loss: float, duration: float, out: Path) -> dict[str, Any]:
         "sim_churn_p99_s": pct(sim_churn, 99),
         "step_lag_max_s": (m.get("step_lag_s") or {}).get("max"),
         "wall_s": wall,
+        # Where the set-up went: underlay phases (nodes, links, config, bridges,
+        # baseline) and the agents' boot until formed.
+        "setup_parts_s": {**timings, "boot_s": m.get("boot_s", 0.0)},
     }
 
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from overlaysim.agent import names
 from overlaysim.emu import bridgenf, procs, rootns
 from overlaysim.emu import record as runrec
+from overlaysim.emu.forkserver import Forked, ForkServer
 from overlaysim.emu.impair import Impairments
 from overlaysim.emu.setup import require_emulation
 from overlaysim.errors import UserError
@@ -327,7 +328,8 @@ class Underlay:
         self._shell_items: dict[str, runrec.Item] = {}  # Mininet node name -> its record
         self._host_plan: dict[str, PlannedHost] = {}
         self._root_ipr: IPRoute | None = None
-        self._procs: list[tuple[subprocess.Popen[Any], runrec.Item]] = []
+        self._procs: list[tuple[Any, runrec.Item]] = []  # Popen or Forked, and its record
+        self._forkserver: ForkServer | None = None
         self._bridge_nf = False
         self._lock = threading.Lock()
 
@@ -507,6 +509,37 @@ class Underlay:
         self._procs.append((proc, item))
         return proc
 
+    def spawn_agent(self, name: str, argv: Sequence[str], stderr: Path) -> Forked:
+        """Start an agent inside host ``name`` by forking the run's warm fork server
+        (see :mod:`overlaysim.emu.forkserver`); recorded and stopped like :meth:`popen`.
+
+        ``argv`` is the ``python -m overlaysim.agent.daemon ...`` command line; the
+        agent's stderr is appended to ``stderr``.
+        """
+        if self.state not in ("built", "running"):
+            raise UnderlayError(f"spawn_agent() on an underlay that is {self.state}")
+        assert self.record is not None
+        with self._lock:
+            if self._forkserver is None:
+                self._forkserver = ForkServer(env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                fs = self._forkserver.pid
+                self._forkserver_item = runrec.Item(
+                    kind=runrec.PROCESS, pid=fs, start=procs.proc_start(fs), argv=("forkserver",)
+                )
+                self.record.add(self._forkserver_item)
+        args = _argv(argv)
+        proc = self._forkserver.spawn(self.pid(name), args, stderr)
+        item = runrec.Item(
+            kind=runrec.PROCESS,
+            pid=proc.pid,
+            start=procs.proc_start(proc.pid),
+            host=name,
+            argv=tuple(args),
+        )
+        self.record.add(item)
+        self._procs.append((proc, item))
+        return proc
+
     def netlink(self) -> IPRoute:
         """The underlay's cached rtnetlink handle in the root namespace.
 
@@ -626,6 +659,11 @@ class Underlay:
             if self.record is not None:
                 self.record.drop(item)
         self._procs.clear()
+        if self._forkserver is not None:
+            self._forkserver.close()
+            self._forkserver = None
+            if self.record is not None:
+                self.record.drop(self._forkserver_item)
 
     def _node(self, name: str) -> Any:
         return self._hosts.get(name) or self._switches[name]

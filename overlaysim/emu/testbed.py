@@ -58,7 +58,8 @@ class AgentProcess:
     """One boot of the agent on one host."""
 
     host: str
-    proc: subprocess.Popen[bytes]
+    #: A :class:`subprocess.Popen` or a fork server's :class:`~overlaysim.emu.forkserver.Forked`.
+    proc: Any
     boot: int
     #: Time the process was spawned (``time.monotonic()``).
     spawned: float
@@ -75,6 +76,7 @@ class Testbed:
     """Agents on an underlay; see the module docstring.
 
     ``agent_args`` are extra ``overlayd`` options (e.g. ``["--reconcile-interval", "5"]``).
+    ``fork_agents`` chooses how agents start (see :attr:`fork_agents`).
     Nothing starts until :meth:`start_agent`.
     """
 
@@ -89,6 +91,7 @@ class Testbed:
         seed: int = 0,
         agent_args: Sequence[str] = (),
         cluster_key: bytes | None = None,
+        fork_agents: bool | None = None,
     ) -> None:
         if underlay.record is None or underlay.plan is None:
             raise TestbedError("the underlay must be built before agents can start")
@@ -99,6 +102,13 @@ class Testbed:
         self.profile = profile
         self.seed = seed
         self.agent_args = tuple(agent_args)
+        #: Fork agents from a warm interpreter (default) rather than exec a fresh
+        #: ``python -m`` per host; ``OVERLAYSIM_AGENT_EXEC=1`` turns it off.
+        self.fork_agents = (
+            os.environ.get("OVERLAYSIM_AGENT_EXEC", "") != "1"
+            if fork_agents is None
+            else fork_agents
+        )
         self.run_dir: Path = underlay.record.path.parent
         #: Gossip/manager key of this run (None: cleartext control plane). Agents read
         #: it from a root-only file, so it never shows in ``ps``.
@@ -226,15 +236,21 @@ class Testbed:
         boot = self._boots.get(host, 0) + 1
         argv = self.argv(host, seeds, keyed=keyed)
         self._boots[host] = boot
-        with self.err_path(host).open("ab") as err:
-            proc = self.underlay.popen(
-                host,
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+        proc: Any
+        if self.fork_agents:
+            # One warm interpreter forks every agent: no per-host interpreter start
+            # and import, which is most of a host's set-up on a small machine.
+            proc = self.underlay.spawn_agent(host, argv, self.err_path(host))
+        else:
+            with self.err_path(host).open("ab") as err:
+                proc = self.underlay.popen(
+                    host,
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
         agent = AgentProcess(host=host, proc=proc, boot=boot, spawned=time.monotonic())
         self.agents[host] = agent
         return agent
@@ -283,16 +299,25 @@ class Testbed:
         t0 = time.monotonic()
         want = set(hosts)
         missing: dict[str, list[str]] = {}
+        # Ask only the agents that still miss someone (a hundred `members` calls every
+        # round would load the very agents we wait for); when none does, one full round
+        # confirms, since an agent that saw everyone may since have suspected someone.
+        pending = list(hosts)
+        confirming = False
         while True:
             missing = {}
-            for host in hosts:
+            for host in pending:
                 members = self.client(host, timeout=5.0).call("members")
                 alive = {m for m, info in members.items() if info.get("state") == "alive"}
                 lacking = sorted(want - alive - {host})
                 if lacking:
                     missing[host] = lacking
             if not missing:
-                return time.monotonic() - t0
+                if confirming:
+                    return time.monotonic() - t0
+                pending, confirming = list(hosts), True
+                continue
+            pending, confirming = [h for h in hosts if h in missing], False
             if time.monotonic() - t0 > timeout:
                 detail = "; ".join(
                     f"{h} misses {', '.join(m[:5])}{' ...' if len(m) > 5 else ''}"
