@@ -42,6 +42,9 @@ PROBE_TAP = f"{PREFIX}probetap"
 PROBE_NAT_TABLE = f"{PREFIX}_probe_nat"
 #: nftables table (ip family, per container namespace) balancing service VIPs.
 VIP_TABLE = f"{PREFIX}_vip"
+# the veth pair inside two probe namespaces that measures the delay line's ceiling
+DELAY_PROBE_A = f"{PREFIX}dla"
+DELAY_PROBE_B = f"{PREFIX}dlb"
 
 #: Names we may take as they are; everything else is hashed.
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,31}$")

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from overlaysim.agent import names
 from overlaysim.emu import record as runrec
 from overlaysim.emu.delayline import Hold, restore_script
 
@@ -318,8 +319,9 @@ def measure_ceiling(seconds: float = 2.0, packet_bytes: int = 1400) -> Ceiling:
         raise DelayLineError("measuring the delay line needs iperf3 (apt-get install iperf3)")
     hold = 1.0
     with probe_netns("-dla") as a, probe_netns("-dlb") as b:
-        _ns(a, ["ip", "link", "add", "osimdla", "type", "veth", "peer", "osimdlb", "netns", b])
-        for ns, dev, ip in ((a, "osimdla", "192.0.2.1"), (b, "osimdlb", "192.0.2.2")):
+        da, db = names.DELAY_PROBE_A, names.DELAY_PROBE_B
+        _ns(a, ["ip", "link", "add", da, "type", "veth", "peer", db, "netns", b])
+        for ns, dev, ip in ((a, da, "192.0.2.1"), (b, db, "192.0.2.2")):
             _ns(ns, ["ip", "addr", "add", f"{ip}/24", "dev", dev])
             _ns(ns, ["ip", "link", "set", dev, "up"])
             _ns(ns, ["ip", "link", "set", "lo", "up"])
