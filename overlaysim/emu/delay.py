@@ -49,6 +49,12 @@ NETEM = "netem"
 DELAY_LINE = "nfqueue"
 NONE = "none"
 
+#: Without sch_netem, the topology's own latency goes through the user-space delay line
+#: only when some link has at least this much: below it the line's cost (every packet
+#: through user space, a throughput ceiling) buys less than its own timing noise
+#: (~0.4 ms under load), and veth's tens of microseconds are left as they are.
+LINE_MIN_LATENCY_MS = 1.0
+
 CEILING_CACHE = runrec.STATE_DIR / "delayline-ceiling.json"
 _REPLY_TIMEOUT_S = 10.0
 

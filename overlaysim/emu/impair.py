@@ -87,6 +87,7 @@ class Impairments:
         self.seed = 0
         self._delay_mech: str | None = None  # netem, nfqueue or none (chosen on first need)
         self._delay_why = ""
+        self._baseline_why = "not probed yet"  # why the topology's latency is not emulated
         self._line: dl.DelayLineProcess | None = None
         self._holds_applied: dict[str, dict[str, dl.Hold]] = {}
         self._nft_applied: dict[_NS, str] = {}
@@ -202,7 +203,7 @@ class Impairments:
             latency = f"{line}; {lat_links} link(s) with latency_ms > 0"
             delay = line
         else:
-            why = "not probed yet" if mech is None else self._delay_why
+            why = self._baseline_why if mech is None else self._delay_why
             latency = (
                 f"not emulated ({why}): {lat_links} link(s) specify latency_ms > 0; "
                 "veth adds only tens of microseconds"
@@ -263,8 +264,15 @@ class Impairments:
     def apply_baseline(self, shape: bool = True) -> None:
         """Apply the topology's own link properties (called by ``Underlay.start``)."""
         self._shape_baseline = shape
-        if any(pl.spec.latency_ms > 0 for pl in self._links()):
+        latency = max((pl.spec.latency_ms for pl in self._links()), default=0.0)
+        if latency >= dl.LINE_MIN_LATENCY_MS or (latency > 0 and self.netem_available()):
             self.delay_mechanism()  # decides how latency is applied (mechanisms says)
+        elif latency > 0:
+            self._baseline_why = (
+                f"every link is below {dl.LINE_MIN_LATENCY_MS:g} ms and this kernel has no "
+                "sch_netem; the user-space delay line is started only for links of "
+                f"{dl.LINE_MIN_LATENCY_MS:g} ms or more, or for delay steps"
+            )
         self._apply()
 
     def remove_root_state(self) -> None:

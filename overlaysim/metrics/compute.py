@@ -89,10 +89,14 @@ def overhead(
 
 
 def reachability_summary(reach: pd.DataFrame) -> dict[str, Any]:
-    """Pairs counted on the latest sample of each (src, dst, network)."""
-    last = reach.sort_values("t", kind="stable").drop_duplicates(
-        ["src", "dst", "network"], keep="last"
-    )
+    """Pairs counted on the final round, taken at the run's end.
+
+    Rounds sampled during the run (``measure.probe_interval``) stay in the table for RTT
+    and reachability over time; they are not the verdict: a pair whose container left
+    mid-run must not count as an expected pair of the end state.
+    """
+    final = reach[reach["t"] == reach["t"].max()] if len(reach) else reach
+    last = final.drop_duplicates(["src", "dst", "network"], keep="last")
     exp, ok = last["expected"], last["reachable"]
     return {
         "expected_pairs": int(exp.sum()),
