@@ -12,6 +12,7 @@ Hostnames follow Docker: the container name, ``<service>.<slot>`` for a service 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -65,6 +66,8 @@ def remove_uts(name: str, *, root: Path = UTS_DIR) -> bool:
         err = ctypes.get_errno()
         raise UtsError(f"umount {path}: {os.strerror(err)}")
     path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the last one out removes the folder it made
+        root.rmdir()
     return True
 
 
