@@ -256,21 +256,26 @@ def _probe_nft_nat(ns: str) -> Capability:
     return _cap("nft_nat", True, "ip nat output chain with DNAT to numgen random map")
 
 
-def _probe_ipvs() -> Capability:
-    """IPVS (what Docker balances VIPs with); recorded, not used: nftables NAT is."""
-    proc = Path("/proc/net/ip_vs").exists()
+def _genl_family(name: str) -> bool:
+    """Whether the kernel knows the generic-netlink family ``name`` (module loaded)."""
     try:
         from pyroute2.netlink import genlmsg
         from pyroute2.netlink.generic import GenericNetlinkSocket
 
         sock = GenericNetlinkSocket()
         try:
-            sock.bind("IPVS", genlmsg)
-            family = True
+            sock.bind(name, genlmsg)
+            return True
         finally:
             sock.close()
-    except Exception:
-        family = False
+    except Exception:  # pyroute2 raises several kinds for an unknown family
+        return False
+
+
+def _probe_ipvs() -> Capability:
+    """IPVS (what Docker balances VIPs with); recorded, not used: nftables NAT is."""
+    proc = Path("/proc/net/ip_vs").exists()
+    family = _genl_family("IPVS")
     if proc or family:
         return _cap("ipvs", True, "IPVS present (not used: VIPs use nftables DNAT)")
     return _cap(
@@ -354,18 +359,7 @@ def _probe_gcm(ns: str) -> Capability:
 
 def _probe_ovs() -> Capability:
     tool = shutil.which("ovs-vsctl")
-    try:
-        from pyroute2.netlink import genlmsg
-        from pyroute2.netlink.generic import GenericNetlinkSocket
-
-        sock = GenericNetlinkSocket()
-        try:
-            sock.bind("ovs_datapath", genlmsg)
-            kernel = True
-        finally:
-            sock.close()
-    except Exception:
-        kernel = False
+    kernel = _genl_family("ovs_datapath")
     if tool and kernel:
         return _cap("openvswitch", True, f"{tool}; kernel datapath present")
     parts = [
