@@ -32,10 +32,11 @@ from typing import Any
 from overlaysim.core.config import configs
 from overlaysim.emu.backend import EmuBackend, why
 from overlaysim.emu.collect import Collected, collect
-from overlaysim.emu.net import Underlay, signals_deferred, underlay_session
+from overlaysim.emu.net import Underlay, underlay_session
 from overlaysim.emu.probes import MAX_PROBE_PAIRS, Endpoint, reachability, throughput
 from overlaysim.emu.sampler import ProbeSampler
 from overlaysim.emu.setup import require_emulation
+from overlaysim.emu.signals import signals_deferred
 from overlaysim.emu.testbed import Testbed
 from overlaysim.errors import RunFailed
 from overlaysim.metrics.finalize import Outcome, finalize

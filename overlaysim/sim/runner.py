@@ -288,9 +288,9 @@ class SimWorld(World):
         """The underlay model's round trip (path latency both ways, no serialisation)."""
         if a == b:
             return 0.0
-        there, back = self.underlay._path_cost(a, b), self.underlay._path_cost(b, a)
+        there, back = self.underlay.path_latency(a, b), self.underlay.path_latency(b, a)
         assert there is not None and back is not None  # reachable: a path exists
-        return round((there[0] + back[0]) * 1000.0, 6)
+        return round((there + back) * 1000.0, 6)
 
     def _probe_rounds(self, interval: float, until: float):  # type: ignore[no-untyped-def]
         """Sample reachability and RTT every ``interval`` during the run (the last
