@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from overlaysim.agent.control import ControlError
 from overlaysim.agent.manager import ManagerUnavailable
-from overlaysim.core.cluster import ClusterError
+from overlaysim.core.cluster_errors import ClusterError
 from overlaysim.emu.impair import UnsupportedImpairment
 from overlaysim.emu.testbed import Testbed, TestbedError
 from overlaysim.scenario.schema import Scenario

@@ -17,10 +17,11 @@ from typing import Any
 
 import simpy
 
-from overlaysim.core.cluster import Allocation, Cluster
+from overlaysim.core.cluster import Cluster
 from overlaysim.core.config import configs
 from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
+from overlaysim.core.network import Allocation
 from overlaysim.core.wire import Message
 from overlaysim.errors import RunFailed
 from overlaysim.metrics.convergence import ConvergenceTracker

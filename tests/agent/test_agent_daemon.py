@@ -19,7 +19,7 @@ from overlaysim.agent.control import ControlClient, ControlError
 from overlaysim.agent.daemon import Agent, AgentConfig, parse_args
 from overlaysim.agent.logging import read_log
 from overlaysim.agent.manager import EncryptionUnsupported, ManagerClient
-from overlaysim.core.cluster import NotAttachable
+from overlaysim.core.cluster_errors import NotAttachable
 
 
 async def until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
