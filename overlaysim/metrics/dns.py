@@ -64,7 +64,7 @@ class _Stale:
     holders: set[str] = field(default_factory=set)
     done_t: float | None = None
     status: Status | None = None
-    held_by: int = 0
+    targets: int = 0
 
     def row(self) -> dict[str, object]:
         return {
@@ -74,7 +74,7 @@ class _Stale:
             "service": self.service,
             "ip": self.ip,
             "tasks": self.tasks,
-            "targets": self.held_by,
+            "targets": self.targets,
             "value_s": None if self.done_t is None else self.done_t - self.t,
             "status": str(self.status),
         }
@@ -146,7 +146,7 @@ class DnsTracker:
                 for h in self._dirs
                 if h not in self._gone and ip in self._view(h, network, key[1])
             }
-            st = _Stale(t, network, key[1], ip, len(truth), holders, held_by=len(holders))
+            st = _Stale(t, network, key[1], ip, len(truth), holders, targets=len(tg))
             self._stale.append(st)
             if holders:
                 self._open_stale.append(st)

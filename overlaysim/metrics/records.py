@@ -172,8 +172,8 @@ THROUGHPUT = TableSchema(
 
 #: Service DNS (``metrics/dns.py``): one row per change of a service's live task set
 #: (``dns_convergence_s``) and per task address a change removed (``stale_dns_window_s``).
-#: ``tasks``: live tasks after the change; ``targets``: hosts waited for (convergence) or
-#: hosts still returning the address at the change (stale).
+#: ``tasks``: live tasks after the change; ``targets``: the running hosts attached to the
+#: network at the change (those waited for).
 DNS = TableSchema(
     "dns",
     (

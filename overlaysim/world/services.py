@@ -10,8 +10,8 @@ backend verbs as any container. Its endpoint entries then hold the name fields, 
 is how every host's embedded DNS learns it.
 
 Placement (:func:`place`) is decided here once, for every backend: a new task goes to
-the running host holding the fewest tasks of that service, the first in topology order
-on a tie. Scaling down removes the highest slots first. A crashed host's tasks are not
+the running host holding the fewest tasks of that service, then the fewest containers,
+then the first in topology order. Scaling down removes the highest slots first. A crashed host's tasks are not
 moved elsewhere: they stop being live with their host (their entries go when the
 cluster declares it dead) and come back when it restarts.
 
@@ -65,15 +65,21 @@ class ServiceState:
         return TaskSpec(self.name, slot, self.mode, self.vip, self.gen)
 
 
-def place(hosts: Sequence[str], up: Iterable[str], load: Mapping[str, int]) -> str | None:
-    """The running host with the fewest tasks (``load``), first in ``hosts`` order on a tie;
+def place(
+    hosts: Sequence[str],
+    up: Iterable[str],
+    tasks: Mapping[str, int],
+    containers: Mapping[str, int] | None = None,
+) -> str | None:
+    """Where a new task goes: among running ``hosts``, the fewest ``tasks`` of its service,
+    then the fewest ``containers`` of any kind, then the first in ``hosts`` order.
     None when no host runs."""
     running = set(up)
-    best: str | None = None
-    for h in hosts:
-        if h in running and (best is None or load.get(h, 0) < load.get(best, 0)):
-            best = h
-    return best
+    others = containers or {}
+    ranked = [
+        (tasks.get(h, 0), others.get(h, 0), i, h) for i, h in enumerate(hosts) if h in running
+    ]
+    return min(ranked)[3] if ranked else None
 
 
 class ServiceError(Exception):
@@ -153,12 +159,15 @@ class Services:
         w = self.world
         for _ in range(n):
             slot = next(k for k in range(1, len(svc.slots) + 2) if k not in svc.slots)
-            load: dict[str, int] = {}
+            tasks: dict[str, int] = {}
             for cname in svc.slots.values():
                 c = w.containers.get(cname)
                 if c is not None:
-                    load[c.host] = load.get(c.host, 0) + 1
-            host = place(w.topology.hosts, w.up, load)
+                    tasks[c.host] = tasks.get(c.host, 0) + 1
+            containers: dict[str, int] = {}
+            for c in w.containers.values():
+                containers[c.host] = containers.get(c.host, 0) + 1
+            host = place(w.topology.hosts, w.up, tasks, containers)
             if host is None:
                 raise ServiceError(f"no running host for a task of {svc.name}")
             self._new_task(svc, slot, host)
