@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from overlaysim.core.cluster import Cluster
 from overlaysim.core.cluster_errors import ClusterError
 from overlaysim.core.network import Allocation, NetworkSpec
+from overlaysim.core.services import vip_endpoint
 from overlaysim.scenario.problems import Problem, ScenarioError
 from overlaysim.scenario.schema import Network, Scenario
 from overlaysim.scenario.steps import ImpairKind, Link
@@ -105,6 +106,15 @@ class DryBackend:
     def detach(self, c: Container, network: str, *, live: bool, last: bool) -> None:
         if self._allocs.pop((c.name, network), None) is not None:
             self.ipam.release(network, c.name)
+
+    def reserve_vip(self, service: str, network: str) -> str:
+        try:
+            return self.ipam.allocate(network, vip_endpoint(service), standalone=False).ip
+        except ClusterError as exc:
+            raise type(exc)(f"service {service} VIP: {_message(exc)}") from exc
+
+    def release_vip(self, service: str, network: str) -> None:
+        self.ipam.release(network, vip_endpoint(service))
 
     def each_host(
         self, fn: Callable[[T], None], items: Iterable[T], host: Callable[[T], str]
