@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from overlaysim.core.config import configs
 from overlaysim.emu.backend import EmuBackend, why
 from overlaysim.emu.collect import Collected, collect
 from overlaysim.emu.net import Underlay, underlay_session
@@ -40,11 +39,11 @@ from overlaysim.emu.signals import signals_deferred
 from overlaysim.emu.testbed import Testbed
 from overlaysim.errors import RunFailed
 from overlaysim.metrics.finalize import Outcome, finalize
-from overlaysim.metrics.manifest import base_manifest
 from overlaysim.metrics.results import FinalStatus, ResultsWriter
 from overlaysim.scenario.schema import Scenario
 from overlaysim.scenario.steps import Step
 from overlaysim.scenario.timeline import plan
+from overlaysim.world.manifest import run_manifest
 from overlaysim.world.world import World
 
 #: Seconds of iperf3 per direction of a throughput pair (overlay, then underlay).
@@ -189,16 +188,12 @@ def run_emulation(
 
     seed = scenario.seed if seed is None else seed
     the_plan = plan(scenario, seed)
-    mconf, tconf = configs(scenario.profile, **scenario.protocol.model_dump())
     topology = scenario.resolved_topology
-    manifest = base_manifest(
-        name=scenario.name,
+    manifest = run_manifest(
+        scenario,
+        seed,
         backend="emu",
-        seed=seed,
-        scenario=scenario.resolved(),
         capabilities={k: dataclasses.asdict(v) for k, v in probe().items()},
-        nodes=len(topology.hosts),
-        protocol={"membership": dataclasses.asdict(mconf), "tables": dataclasses.asdict(tconf)},
     )
     writer = ResultsWriter(out, manifest, overwrite=overwrite)
     shutil.rmtree(writer.path / AGENT_LOGS, ignore_errors=True)  # a previous run's

@@ -28,7 +28,6 @@ from overlaysim.errors import RunFailed
 from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.metrics.dns import DnsTracker
 from overlaysim.metrics.finalize import Outcome, finalize
-from overlaysim.metrics.manifest import base_manifest
 from overlaysim.metrics.records import HOLD_EVENTS_MAX_HOSTS, NOT_MEASURED_BY_SIM, EventLog
 from overlaysim.metrics.results import ResultsWriter
 from overlaysim.metrics.traffic import TrafficCounter
@@ -39,6 +38,7 @@ from overlaysim.scenario.timeline import Plan, plan
 from overlaysim.sim.engine import Observer, SimCluster
 from overlaysim.sim.underlay import Underlay
 from overlaysim.world.dryrun import network_spec
+from overlaysim.world.manifest import run_manifest
 from overlaysim.world.world import Container, StepSkipped, World
 
 #: A graceful leave keeps the node running this long so its leave message spreads.
@@ -350,15 +350,10 @@ def run_simulation(
     seed = scenario.seed if seed is None else seed
     the_plan = plan(scenario, seed)
     world = SimWorld(scenario, seed, services=the_plan.has_services)
-    mconf, tconf = configs(scenario.profile, **scenario.protocol.model_dump())
-    manifest = base_manifest(
-        name=scenario.name,
+    manifest = run_manifest(
+        scenario,
+        seed,
         backend="sim",
-        seed=seed,
-        scenario=scenario.resolved(),
-        capabilities={},
-        nodes=len(scenario.resolved_topology.hosts),
-        protocol={"membership": _asdict(mconf), "tables": _asdict(tconf)},
         mechanisms={
             "loss": "simulated per-link Bernoulli drop",
             "delay": "simulated link latency",
@@ -453,12 +448,6 @@ def frozen_heap():
         yield
     finally:
         gc.unfreeze()
-
-
-def _asdict(cfg: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
 
 
 def _run_env(env: simpy.Environment, duration: float, progress: bool, name: str) -> None:
