@@ -142,7 +142,7 @@ def collect(
         if kind == "entry_seen":
             ev = _seen_event(item)
             if ev is not None and dns is not None:
-                valued += 1
+                valued += "value" in item
                 dns.host_event(t, node, ev)
         elif kind == "start":
             if dns is not None:
@@ -173,9 +173,10 @@ def collect(
 
 
 def _seen_event(line: Mapping[str, Any]) -> EntryEvent | None:
-    """The endpoint-table event an ``entry_seen`` line describes, if it carries the value."""
-    value = line.get("value")
+    """The endpoint-table event an ``entry_seen`` line describes (a create or update
+    only with its value; a delete needs none)."""
     kind = _SEEN_KINDS.get(str(line.get("op", "")))
+    value = line.get("value", {} if kind is EntryEventKind.DELETE else None)
     if line.get("table") != ENDPOINTS or not isinstance(value, dict) or kind is None:
         return None
     return EntryEvent(
