@@ -5,7 +5,7 @@ every container (listed, generated, a service's replica, attached by a step or b
 churn) gets its address and gives it back, in the order a run would, through the same
 :class:`~overlaysim.world.world.World` and the core's :class:`~overlaysim.core.cluster.Cluster`.
 What a run would refuse (overlapping subnets, an exhausted pool, a duplicate network)
-becomes one :class:`~overlaysim.scenario.schema.Problem` line each, naming the field.
+becomes one :class:`~overlaysim.scenario.problems.Problem` line each, naming the field.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 from overlaysim.core.cluster import Allocation, Cluster, ClusterError, NetworkSpec
 from overlaysim.core.services import vip_endpoint
-from overlaysim.scenario.schema import Network, Problem, Scenario, ScenarioError
+from overlaysim.scenario.problems import Problem, ScenarioError
+from overlaysim.scenario.schema import Network, Scenario
 from overlaysim.scenario.steps import ImpairKind, Link
 from overlaysim.scenario.timeline import plan
 from overlaysim.world.world import Container, World
