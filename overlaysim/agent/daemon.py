@@ -336,6 +336,9 @@ class Agent:
                 epoch=ev.epoch,
             )
             return
+        # Endpoint entries carry their value: the names in it are what the service-DNS
+        # metrics replay (emu/collect.py), as the simulator feeds them from its tables.
+        value = dict(ev.value) if ev.table == ENDPOINTS and ev.value else None
         self.events.write(
             "entry_seen",
             network=ev.network,
@@ -343,6 +346,7 @@ class Agent:
             key=ev.key,
             op=_OPS[ev.kind],
             owner=ev.owner,
+            **({"value": value} if value is not None else {}),
         )
         if self.programmer is not None and not self._torn_down:
             self._submit(self.programmer.on_event, ev)

@@ -189,7 +189,21 @@ class EmuBackend:
             for net in networks:
                 out[net] = self.testbed.call(c.host, "connect", container=c.name, network=net)["ip"]
             return out
-        answer = self.testbed.call(c.host, "task", container=c.name, networks=list(networks))
+        names: dict[str, Any] = {}  # only when set: runs without services ask as before
+        if c.aliases:
+            names["aliases"] = list(c.aliases)
+        if c.task is not None:
+            t = c.task
+            names["task"] = {
+                "service": t.service,
+                "slot": t.slot,
+                "mode": t.mode.value,
+                "vip": t.vip,
+                "gen": t.gen,
+            }
+        answer = self.testbed.call(
+            c.host, "task", container=c.name, networks=list(networks), **names
+        )
         c.sandbox = answer.get("netns", "")
         return {att["network"]: att["ip"] for att in answer.get("networks", [])}
 

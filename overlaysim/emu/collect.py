@@ -22,8 +22,8 @@ no ``entry_commit``: it closes nothing.
 Runs with services (the truth holds ``service_tasks`` rows) also replay the service-DNS
 metrics through the simulator's :class:`~overlaysim.metrics.dns.DnsTracker`: each
 ``entry_seen`` line of the endpoints table that carries the entry's ``value`` is a table
-event of that host, ``service_tasks`` is a change of the truth (targets from the same
-fold), a crash or leave is ``host_gone`` and an agent's ``start`` line (a new boot,
+event of that host, ``service_tasks`` is a change of the truth (with the targets the world
+named), a crash or leave is ``host_gone`` and an agent's ``start`` line (a new boot,
 empty tables) is ``host_back``. Without values in the logs the DNS rows are not made. Times become seconds since scenario start
 (``t - t0``; every agent and the runner read the same monotonic clock), and only lines
 in ``[0, t_end]`` count.
@@ -132,8 +132,11 @@ def collect(
             fold.fold(t, kind, node=node, subject=subject, network=network)
             if dns is not None:
                 if kind == _SERVICE_TASKS:
-                    ips = json.loads(item[7] or "{}").get("ips", [])
-                    dns.change(t, network, subject, ips, fold.targets(network))
+                    # the world's targets (the hosts on the network once the step was
+                    # done), as the simulator's tracker got them
+                    detail = json.loads(item[7] or "{}")
+                    targets = detail.get("targets", fold.targets(network))
+                    dns.change(t, network, subject, detail.get("ips", []), targets)
                 elif kind in _DOWN:
                     dns.host_gone(t, subject)
             continue
@@ -142,7 +145,7 @@ def collect(
         if kind == "entry_seen":
             ev = _seen_event(item)
             if ev is not None and dns is not None:
-                valued += 1
+                valued += "value" in item
                 dns.host_event(t, node, ev)
         elif kind == "start":
             if dns is not None:
@@ -173,9 +176,10 @@ def collect(
 
 
 def _seen_event(line: Mapping[str, Any]) -> EntryEvent | None:
-    """The endpoint-table event an ``entry_seen`` line describes, if it carries the value."""
-    value = line.get("value")
+    """The endpoint-table event an ``entry_seen`` line describes (a create or update
+    only with its value; a delete needs none)."""
     kind = _SEEN_KINDS.get(str(line.get("op", "")))
+    value = line.get("value", {} if kind is EntryEventKind.DELETE else None)
     if line.get("table") != ENDPOINTS or not isinstance(value, dict) or kind is None:
         return None
     return EntryEvent(

@@ -62,6 +62,20 @@ def summary_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
          f"{re.get('reachable_pairs', 0)} / {re.get('expected_pairs', 0)}"),
         ("data plane", "unexpectedly reachable", str(re.get("unexpected_reachable", 0))),
     ]  # fmt: skip
+    for key, label in (("dns_convergence_s", "DNS convergence"),
+                       ("stale_dns_window_s", "stale DNS window")):  # fmt: skip
+        d = metrics.get(key)
+        if d is None:
+            continue  # a run without services
+        rows.append(
+            ("services", f"{label} p50 / p95 / max",
+             f"{_s(d.get('p50'))} / {_s(d.get('p95'))} / {_s(d.get('max'))}")
+        )  # fmt: skip
+        rows.append(
+            ("services", f"{label} measured / never",
+             f"{d.get('n', 0) - d.get('unconverged', 0) - d.get('superseded', 0)}"
+             f" / {d.get('unconverged', 0)}")
+        )  # fmt: skip
     for sites, r in sorted((metrics.get("rtt_ms") or {}).items()):
         rows.append(
             ("round trips", f"RTT {sites} median (p10–p90)",

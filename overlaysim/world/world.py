@@ -278,7 +278,7 @@ class World:
                     if why is None:
                         raise
                     self.skip(kind, container=c.name, reason=why)
-        self.services.host_changed(self.services.on_host(host))
+        self.services.host_changed(self.services.on_host(host), t)
         return None
 
     def crash(self, host: str) -> None:
@@ -306,7 +306,7 @@ class World:
             self.record(t, kind, subject=host)
             if self.dns is not None:
                 self.dns.host_gone(t, host)
-            self.services.host_changed(self.services.on_host(host))
+            self.services.host_changed(self.services.on_host(host), t)
 
     # -- containers --------------------------------------------------------------------------
 

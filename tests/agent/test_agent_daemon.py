@@ -168,6 +168,10 @@ async def test_three_agents_program_each_others_endpoints(tmp_path: Path) -> Non
         assert commits == [("web", "c2", "add"), ("web", "c2", "delete")]
         prog = [(r["key"], r["op"], r["vtep"]) for r in cl.log("a", "entry_programmed")]
         assert prog == [("c2", "add", B), ("c2", "delete", B)]
+        # entry_seen carries the endpoint value: what the emulator's DNS metrics replay
+        seen = [r for r in cl.log("a", "entry_seen") if r["key"] == "c2"]
+        assert [r["op"] for r in seen] == ["add", "delete"]
+        assert seen[0]["table"] == "endpoints" and seen[0]["value"]["ip"] == ip2
         assert {r["subject"] for r in cl.log("a", "member_join")} == {"b", "c"}
         assert [r["subject"] for r in cl.log("a", "member_leave")] == ["c"]
         assert cl.log("a", "wire_error")[0]["what"] == "wire"
