@@ -94,6 +94,34 @@ def stale_entries(folder: Path) -> int:
     )
 
 
+def resurrected_entries(folder: Path) -> int:
+    """(host, container) pairs where a host made a removed container's endpoint live
+    again after the container's delete had reached it (an ``entry_held`` delete, then an
+    add). Only containers removed for good count, so a legitimate re-attach under the
+    same name never does. From ``events.csv`` (runs of at most 64 hosts)."""
+    removed: dict[tuple[str, str], float] = {}  # (container, network) -> removed at
+    seen_delete: set[tuple[str, str, str]] = set()
+    back: set[tuple[str, str, str]] = set()
+    rows = []
+    with (folder / "events.csv").open(newline="") as f:
+        for r in csv.DictReader(f):
+            if r["kind"] == "container_attach":
+                removed.pop((r["subject"], r["network"]), None)
+            elif r["kind"] == "container_detach":
+                removed[(r["subject"], r["network"])] = float(r["t"])
+            elif r["kind"] == "entry_held":
+                rows.append(r)
+    for r in rows:  # in time order
+        key = (r["node"], r["network"], r["key"])
+        if (r["key"], r["network"]) not in removed:
+            continue
+        if r["op"] == "delete":
+            seen_delete.add(key)
+        elif key in seen_delete:
+            back.add(key)
+    return len(back)
+
+
 def missing_entries(folder: Path) -> int:
     """(host, container) pairs where a host running and on the network at the end does
     not hold the endpoint of a container attached there (on another running host) at
@@ -138,6 +166,16 @@ CASES: tuple[Case, ...] = (
         scenario="ip-reuse.yaml",
         symptom="container pairs unreachable at the end",
         value=_unreachable,
+        reproduced_above=0,
+        absent_at_most=0,
+    ),
+    Case(
+        id="add-after-delete",
+        source="moby#33789",
+        backend="sim",
+        scenario="add-after-delete.yaml",
+        symptom="removed containers made live again after their delete",
+        value=lambda m, folder: float(resurrected_entries(folder)),
         reproduced_above=0,
         absent_at_most=0,
     ),

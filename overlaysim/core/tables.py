@@ -883,7 +883,11 @@ class Tables:
             if not _entry_ok(e) or e.network != network:
                 self.dropped += 1
             elif drop_unknown_deletes and e.deleted and (e.table, e.key) not in st.records:
-                continue  # NetworkDB: an async delete of an entry it never held is ignored
+                # NetworkDB: an async delete of an entry it never held is ignored. Still
+                # reported (as when it is stored), so measurements see that it arrived.
+                self._events.append(
+                    EntryEvent(EntryEventKind.TOMBSTONE, network, e.table, e.key, e.owner, {})
+                )
             elif self._merge(network, st, e, now):
                 self._enqueue(network, st, e, now)
         return True

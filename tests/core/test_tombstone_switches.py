@@ -79,3 +79,11 @@ def test_a_late_leave_buries_the_rejoined_entry_only_without_local_tombstones() 
         t.receive("addr-x", NetworkGossip(source="x", attachments=(_att(3),)), 1.2)
         t.receive("addr-y", _gossip(dataclasses.replace(new)), 1.3)  # another copy
         assert (t.entry(NET, "ep", "c1") is not None) is live, config
+
+
+def test_a_dropped_delete_is_still_reported_so_measurements_see_it_arrive() -> None:
+    t = _node(DOCKERISH)
+    t.take_events()
+    t.receive("addr-o", _gossip(_entry(2, deleted=True)), 1.0)
+    assert [ev.kind.value for ev in t.take_events()] == ["tombstone"]
+    assert t.tombstones(NET) == {}  # reported, not stored

@@ -49,7 +49,12 @@ def test_heal_flapping_case_meets_the_issue_targets(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("case_id", "switch"), [("ip-reuse", "epochs"), ("leave-rejoin", "local_tombstones")]
+    ("case_id", "switch"),
+    [
+        ("ip-reuse", "epochs"),
+        ("add-after-delete", "unknown_tombstones"),
+        ("leave-rejoin", "local_tombstones"),
+    ],
 )
 def test_case_reproduces_under_docker_and_its_one_switch_removes_it(
     tmp_path, case_id, switch
