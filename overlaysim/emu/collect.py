@@ -16,6 +16,10 @@ simulator uses, with the same rules:
 * a crash or leave (``node_gone``), or the host's last container leaving the network,
   stops the wait for that host.
 
+``timer_lag`` lines (how late each agent's protocol timer fired) are kept apart, as
+:class:`~overlaysim.metrics.lag.TimerLate` records for the fidelity guard
+(:mod:`overlaysim.metrics.lag`).
+
 A deletion that comes from dead-node cleanup is logged as ``entry_programmed`` with
 no ``entry_commit``: it closes nothing. Times become seconds since scenario start
 (``t - t0``; every agent and the runner read the same monotonic clock), and only lines
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlaysim.metrics.convergence import ConvergenceTracker
+from overlaysim.metrics.lag import TimerLate
 from overlaysim.metrics.records import (
     DOWN_KINDS,
     HOLD_EVENTS_MAX_HOSTS,
@@ -59,6 +64,8 @@ class Collected:
     #: Messages sent and received in the window, over all agents.
     msgs_sent: int
     msgs_recv: int
+    #: Every agent's ``timer_lag`` lines in the window, in time order.
+    timer_late: list[TimerLate]
 
 
 def collect(
@@ -75,13 +82,18 @@ def collect(
         if row[2] in _TRUTH:
             items.append((row[0], 0, i, row))
     seq = 0
+    timer_late: list[TimerLate] = []
     for lines in logs.values():
         for line in lines:
             kind = line.get("kind")
-            if kind not in _AGENT:
+            if kind not in _AGENT and kind != "timer_lag":
                 continue
             t = float(line["t"]) - t0
             if t < 0 or t > t_end:
+                continue
+            if kind == "timer_lag":
+                late = tuple(float(ms) / 1e3 for ms in line.get("late_ms") or ())
+                timer_late.append(TimerLate(t, str(line.get("node", "")), late))
                 continue
             seq += 1
             items.append((t, 1, seq, line))
@@ -120,6 +132,7 @@ def collect(
         traffic_kinds=traffic.kind_rows(),
         msgs_sent=traffic.msgs_sent,
         msgs_recv=traffic.msgs_recv,
+        timer_late=sorted(timer_late, key=lambda x: (x.t, x.node)),
     )
 
 
