@@ -29,6 +29,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -36,11 +37,14 @@ from overlaysim.agent.containers import Containers
 from overlaysim.agent.control import ControlError, ControlServer, operations
 from overlaysim.agent.created import clean_recorded
 from overlaysim.agent.dataplane import DataPlane
+from overlaysim.agent.dns import EmbeddedDns
 from overlaysim.agent.keys import Keys
 from overlaysim.agent.logging import EventLog, RateLimit
 from overlaysim.agent.manager import MANAGER_PORT, Manager, ManagerClient, ManagerServer
 from overlaysim.agent.options import AgentConfig, parse_args
 from overlaysim.agent.programmer import DataPlanePort, Programmer, remote_entries
+from overlaysim.agent.service_host import ServiceHost
+from overlaysim.agent.taskprocs import TaskProcesses
 from overlaysim.agent.transport import (
     Counters,
     TrafficDelta,
@@ -53,6 +57,7 @@ from overlaysim.core.endpoint import ENDPOINTS
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.gossip_crypto import GossipKeyring
 from overlaysim.core.node import Node
+from overlaysim.core.services import Directory, TaskSpec
 from overlaysim.core.wire import Message
 
 _OPS = {
@@ -68,6 +73,8 @@ class Agent:
 
     ``dataplane`` may be injected (tests); otherwise the kernel one is built at start.
     ``handle_signals`` installs the SIGTERM/SIGINT handlers (one agent per process).
+    ``names_in_kernel`` gives containers their hostname, resolv.conf, embedded DNS and
+    VIP table (default: only with the kernel data plane).
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class Agent:
         *,
         dataplane: DataPlanePort | None = None,
         handle_signals: bool = True,
+        names_in_kernel: bool | None = None,
     ) -> None:
         self.cfg = config
         self.handle_signals = handle_signals
@@ -139,6 +147,14 @@ class Agent:
             events=self.events,
             on_error=self._error,
         )
+        #: Names, embedded DNS, resolv.conf, hostname and VIP tables of the containers.
+        self.services = ServiceHost(EmbeddedDns(Directory(), rng=random.Random(config.seed)))
+        self.task_procs = TaskProcesses()
+        # Hostname, resolv.conf and DNS need the container's real namespace: off with an
+        # injected (fake) data plane unless asked for; the directory is fed either way.
+        self.names_in_kernel = dataplane is None if names_in_kernel is None else names_in_kernel
+        #: Serialises starting and removing containers with their names and commands.
+        self._lifecycle = asyncio.Lock()
         self._limits: dict[str, RateLimit] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -168,6 +184,8 @@ class Agent:
         if cfg.record is not None and cfg.record.exists():
             # a previous boot of this host was killed: remove exactly what it recorded
             cleaned = [o.name for o in await self._dp(clean_recorded, cfg.record)]
+            for name in cleaned:  # and the files its containers' names had
+                await asyncio.to_thread(self.services.remove_files, name)
         dataplane = self._dataplane or DataPlane(
             host=cfg.name,
             underlay_ip=cfg.bind,
@@ -268,6 +286,13 @@ class Agent:
         for server in (self.control, self.manager_server):
             if server is not None:
                 await server.close()
+        try:  # before the namespaces go: commands, DNS sockets, files
+            await self.task_procs.stop_all()
+            for name in list(self.services.containers):
+                await self.services.stop_container(name)
+            await self.services.dns.close()
+        except Exception as exc:
+            self._error("teardown", exc)
         crypto: dict[str, Any] = {}
         try:
             crypto = await self.keys.final_counters()
@@ -346,6 +371,10 @@ class Agent:
         )
         if self.programmer is not None and not self._torn_down:
             self._submit(self.programmer.on_event, ev)
+        touched = self.services.on_event(ev)
+        if touched and not self._torn_down:
+            # the plan is read here, where the directory changes; nft runs on the worker
+            self._submit(self.services.apply_vips, self.services.plan_vips(touched))
 
     def _report(self, what: str, detail: str) -> None:
         """Log a peer or transport error, at most once per second per kind."""
@@ -483,6 +512,11 @@ class Agent:
             "counters": counters,
             "networks": sorted(self.node.tables.networks()),
             "containers": self.containers.networks_of(),
+            "services": {
+                "dns": dict(self.services.dns.counts),
+                "vip_errors": self.services.vip_errors,
+                "commands": self.task_procs.status(),
+            },
         }
 
     def members(self) -> dict[str, Any]:
@@ -519,10 +553,46 @@ class Agent:
         return await self._dp(self.programmer.kernel)
 
     async def run_container(
-        self, name: str, networks: list[str], *, standalone: bool, ip: str | None = None
+        self,
+        name: str,
+        networks: list[str],
+        *,
+        standalone: bool,
+        ip: str | None = None,
+        aliases: Sequence[str] = (),
+        task: TaskSpec | None = None,
+        command: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Start a container on ``networks``: ``docker run`` (standalone) or a service task."""
-        return await self.containers.run(name, networks, standalone=standalone, ip=ip)
+        """Start a container on ``networks``: ``docker run`` (standalone) or a service task.
+
+        Once its namespace exists it gets its hostname (its name), resolv.conf, embedded
+        DNS server and VIP table; then ``command``, if any, starts inside it. A failure
+        at any step removes everything made so far.
+        """
+        async with self._lifecycle:
+            out = await self.containers.run(
+                name, networks, standalone=standalone, ip=ip, aliases=aliases, task=task
+            )
+            netns = out["netns"]
+            if not self.names_in_kernel:
+                return out
+            try:
+                await self.services.start_container(name, netns)
+                self._submit(self.services.apply_vips, self.services.plan_vips([name]))
+                if command:
+                    out["pid"] = self.task_procs.start(name, netns, command).pid
+            except BaseException:
+                await self._stop_names(name)
+                try:
+                    await self.containers.remove(name)
+                except Exception as exc:  # report the first failure, not this one
+                    self._error("control:run:rollback", exc)
+                raise
+            self.events.write(
+                "names", container=name, netns=netns, aliases=list(aliases),
+                service=task.service if task else "", command=list(command),
+            )  # fmt: skip
+            return out
 
     async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]:
         """Attach a running container to one more network."""
@@ -530,11 +600,24 @@ class Agent:
 
     async def disconnect(self, name: str, network: str) -> dict[str, Any]:
         """Detach a container from one network (it goes when its last network does)."""
-        return await self.containers.disconnect(name, network)
+        async with self._lifecycle:
+            c = self.containers.get(name)
+            if c is not None and len(c.nets) == 1:
+                await self._stop_names(name)  # the last network: the namespace goes
+            return await self.containers.disconnect(name, network)
 
     async def remove(self, name: str) -> dict[str, Any]:
-        """Remove a container: its entries, interfaces and addresses."""
-        return await self.containers.remove(name)
+        """Remove a container: its command, names, entries, interfaces and addresses."""
+        async with self._lifecycle:
+            await self._stop_names(name)
+            return await self.containers.remove(name)
+
+    async def _stop_names(self, name: str) -> None:
+        """Stop a container's command, DNS server, hostname and resolv.conf."""
+        status = await self.task_procs.stop(name)
+        if status is not None:
+            self.events.write("command_stopped", container=name, status=status)
+        await self.services.stop_container(name)
 
     async def manager_call(self, op: str, args: dict[str, Any]) -> Any:
         """Forward one manager request; the manager's errors come back unchanged."""
