@@ -182,3 +182,32 @@ def test_ceiling_describes_itself_and_flags_throughput_near_it() -> None:
     )  # fmt: skip
     assert "30,000 packets/s, 350 Mbit/s" in c.describe()
     assert dl.exceeds([100, 290, 400], c) == [290, 400]
+
+
+def test_hold_counts_from_the_kernels_arrival_stamp_not_from_our_wake_up() -> None:
+    import time
+
+    from overlaysim.emu import delayline
+
+    class Pkt:
+        def __init__(self, stamp: float) -> None:
+            self.stamp = stamp
+
+        def get_timestamp(self) -> float:
+            return self.stamp
+
+    before = time.monotonic()
+    arrived, queued = delayline._arrival(Pkt(time.time() - 0.004))  # waited 4 ms for us
+    assert 0.004 <= queued < 0.5
+    assert arrived <= before - 0.003
+    line = DelayLine(rng=random.Random(1))
+    line.set_table({"10.0.0.2": Hold(10)})
+    due = line.admit(bytes([10, 0, 0, 2]), arrived, "p", queued)
+    assert due is not None and abs(due - (arrived + 0.010)) < 1e-9
+    assert line.stats.max_queued_ms >= 4.0
+    # no stamp (the kernel was not stamping): the packet arrived now
+    arrived, queued = delayline._arrival(Pkt(0.0))
+    assert queued == 0.0 and arrived >= before
+    # a stamp from before a wall-clock step is capped, never trusted blindly
+    _, queued = delayline._arrival(Pkt(time.time() - 3600))
+    assert queued == delayline._MAX_QUEUED_S
