@@ -581,6 +581,10 @@ class Agent:
                 self._submit(self.services.apply_vips, self.services.plan_vips([name]))
                 if command:
                     out["pid"] = self.task_procs.start(name, netns, command).pid
+                self.events.write(
+                    "names", container=name, netns=netns, aliases=list(aliases),
+                    service=task.service if task else "", command=list(command),
+                )  # fmt: skip
             except BaseException:
                 await self._stop_names(name)
                 try:
@@ -588,10 +592,6 @@ class Agent:
                 except Exception as exc:  # report the first failure, not this one
                     self._error("control:run:rollback", exc)
                 raise
-            self.events.write(
-                "names", container=name, netns=netns, aliases=list(aliases),
-                service=task.service if task else "", command=list(command),
-            )  # fmt: skip
             return out
 
     async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]:

@@ -46,6 +46,8 @@ KINDS = frozenset(
         "previous_boot",
         "keys_installed",
         "traffic",
+        "names",
+        "command_stopped",
     }
 )
 
