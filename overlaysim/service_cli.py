@@ -23,6 +23,8 @@ examples:
   overlaysim service create --name web --replicas 3 --network front \\
       -- python3 -m http.server 8080
   overlaysim service create --name db --replicas 2 --network front --endpoint-mode dnsrr
+  overlaysim service create --name api --replicas 2 --network front --publish 8080:80 \
+      -- python3 -m http.server 80
   overlaysim service ls
   overlaysim service ps web
   overlaysim service scale web=1
@@ -64,6 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replicas", type=int, default=1, metavar="K")
     p.add_argument("--network", required=True)
     p.add_argument("--endpoint-mode", dest="mode", default="vip", metavar="vip|dnsrr")
+    p.add_argument(
+        "--publish",
+        "-p",
+        action="append",
+        default=[],
+        metavar="P:T",
+        help="publish task port T as port P on every host's underlay address (routing mesh)",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS... run in each task")
     p.set_defaults(func=_create)
     p = ssub.add_parser(
@@ -120,7 +130,7 @@ def _start_task(svc: dict[str, Any], task: str, host: str) -> dict[str, Any]:
 
     req: dict[str, Any] = {
         "container": task,
-        "networks": [svc["network"]],
+        "networks": svc["networks"],
         "task": task_spec(svc, task),
     }
     if svc["command"]:
@@ -153,6 +163,7 @@ def _create(args: argparse.Namespace) -> int:
         network=args.network,
         mode=args.mode,
         command=command,
+        publish=args.publish,
     )
     started: list[tuple[str, str]] = []
     try:
@@ -160,14 +171,32 @@ def _create(args: argparse.Namespace) -> int:
             res = _start_task(svc, task, host)
             started.append((task, host))
             print(f"{task} on {host} {res['networks'][0]['ip']}")
+        if svc["publish"]:
+            _sync_mesh()
     except BaseException:
         for task, host in started:
             _stop_task(task, host)
         _manager("service_rm", name=svc["name"])
+        if svc["publish"]:
+            _sync_mesh()
         raise
     where = f"vip {svc['vip']}" if svc["vip"] else "dnsrr"
     print(f"{svc['name']}: {len(svc['tasks'])} tasks on {svc['network']}, {where}")
+    for p, t in svc["publish"]:
+        print(f"  port {p} on every host -> task port {t} (ingress vip {svc['ingress_vip']})")
     return 0
+
+
+def _sync_mesh() -> None:
+    """Tell every host's agent the routing mesh's full set of published ports."""
+    from overlaysim.emu.live import read_live
+
+    ports = _manager("ingress_ports")
+    for host in sorted(read_live().hosts):
+        try:
+            _call(host, "ingress", ports=ports)
+        except UserError as exc:  # a dead host gets the set when it is back
+            print(f"routing mesh on {host}: {exc}", file=sys.stderr)
 
 
 def _parse_pair(pair: str) -> tuple[str, int]:
@@ -241,6 +270,8 @@ def _ps(args: argparse.Namespace) -> int:
 def _rm(args: argparse.Namespace) -> int:
     for name in args.names:
         svc = _manager("service_rm", name=name)
+        if svc["publish"]:
+            _sync_mesh()
         for task, host in svc["tasks"]:
             _stop_task(task, host)
         print(svc["name"])

@@ -18,8 +18,9 @@ stop also takes before releasing every address.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,7 +32,7 @@ from overlaysim.agent.manager import ManagerClient
 from overlaysim.agent.programmer import Programmer
 from overlaysim.core.cluster import derive_mtu
 from overlaysim.core.endpoint import ENDPOINTS, Endpoint
-from overlaysim.core.services import TaskSpec, name_fields
+from overlaysim.core.services import EndpointMode, TaskSpec, name_fields
 from overlaysim.core.tables import TablesError
 
 
@@ -58,6 +59,8 @@ class Container:
     #: Extra DNS names on every network, and the service task this container is.
     aliases: tuple[str, ...] = ()
     task: TaskSpec | None = None
+    #: The service's VIP on networks where it is not ``task.vip`` (the ingress network).
+    task_vips: dict[str, str] = field(default_factory=dict)
 
 
 class Containers:
@@ -122,6 +125,7 @@ class Containers:
         ip: str | None = None,
         aliases: Sequence[str] = (),
         task: TaskSpec | None = None,
+        task_vips: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Start a container on ``networks``: ``docker run`` (standalone) or a service task.
 
@@ -131,7 +135,9 @@ class Containers:
         async with self.ops:
             if name in self._containers:
                 raise BadRequest(f"container {name} already exists on {self.host}")
-            c = Container(name, standalone, aliases=tuple(aliases), task=task)
+            c = Container(
+                name, standalone, aliases=tuple(aliases), task=task, task_vips=dict(task_vips or {})
+            )
             self._containers[name] = c
             attached = []
             try:
@@ -223,7 +229,10 @@ class Containers:
             self.node.join_network(name, now)
         endpoint = Endpoint(name=c.name, ip=alloc["ip"], mac=alloc["mac"], vtep=self.vtep)
         try:
-            value = {**endpoint.to_value(), **name_fields(c.aliases, c.task)}
+            task = c.task
+            if task is not None and name in c.task_vips:
+                task = dataclasses.replace(task, mode=EndpointMode.VIP, vip=c.task_vips[name])
+            value = {**endpoint.to_value(), **name_fields(c.aliases, task)}
             self.node.create_entry(name, ENDPOINTS, c.name, value, now)
         except TablesError as exc:  # rollback 3
             self._flush()

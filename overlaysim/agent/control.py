@@ -224,6 +224,7 @@ class AgentOps(Protocol):
         ip: str | None = None,
         aliases: Sequence[str] = (),
         task: TaskSpec | None = None,
+        task_vips: Mapping[str, str] | None = None,
         command: Sequence[str] = (),
     ) -> dict[str, Any]: ...
     async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]: ...
@@ -233,6 +234,7 @@ class AgentOps(Protocol):
     async def refresh_keys(self) -> dict[str, Any]: ...
     async def crypto(self) -> dict[str, Any]: ...
     async def manager_call(self, op: str, args: dict[str, Any]) -> Any: ...
+    async def ingress(self, ports: list[list[Any]]) -> dict[str, Any]: ...
     def request_stop(self, leave: bool = True) -> None: ...
 
 
@@ -262,6 +264,7 @@ def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
             ip=ip,
             aliases=_aliases(req),
             task=_task(req),
+            task_vips=_task_vips(req),
             command=_str_list(req, "command"),
         )
 
@@ -297,6 +300,15 @@ def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
             raise BadRequest("args: expected an object")
         return await agent.manager_call(_str(req, "call"), args)
 
+    async def ingress(req: dict[str, Any]) -> Any:
+        ports = req.get("ports")
+        if not isinstance(ports, list) or not all(
+            isinstance(p, list) and len(p) >= 3 and isinstance(p[0], int) and isinstance(p[2], int)
+            and isinstance(p[1], str) for p in ports
+        ):  # fmt: skip
+            raise BadRequest(f"ports {ports!r}: expected [[published, ingress VIP, target], ...]")
+        return await agent.ingress(ports)
+
     async def leave(req: dict[str, Any]) -> Any:
         agent.request_stop(leave=True)
         return {"leaving": True, "grace": leave_grace}
@@ -310,7 +322,7 @@ def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
 
     ops = (status, members, tables, kernel, run, task, connect, disconnect, rm, reconcile, keys)
     ops += (crypto,)
-    return {f.__name__: f for f in (*ops, manager, leave, shutdown)}
+    return {f.__name__: f for f in (*ops, manager, ingress, leave, shutdown)}
 
 
 def _str(req: dict[str, Any], key: str) -> str:
@@ -353,10 +365,10 @@ def _task(req: dict[str, Any]) -> TaskSpec | None:
         return None
     if not isinstance(spec, dict):
         raise BadRequest(f"task: expected an object with service and slot, got {spec!r}")
-    unknown = sorted(set(spec) - {"service", "slot", "mode", "vip", "gen"})
+    unknown = sorted(set(spec) - {"service", "slot", "mode", "vip", "gen", "vips"})
     if unknown:
         raise BadRequest(
-            f"task field {unknown[0]!r}: unknown; expected service, slot, mode, vip, gen"
+            f"task field {unknown[0]!r}: unknown; expected service, slot, mode, vip, gen, vips"
         )
     mode = spec.get("mode", "vip")
     try:
@@ -371,6 +383,19 @@ def _task(req: dict[str, Any]) -> TaskSpec | None:
         if isinstance(mode, str) and mode not in ("vip", "dnsrr"):
             raise BadRequest(f"task mode {mode!r}: expected vip or dnsrr") from None
         raise BadRequest(f"task: {exc}") from None
+
+
+def _task_vips(req: dict[str, Any]) -> dict[str, str]:
+    """``task.vips``: the service's VIP on networks where it differs (the ingress one)."""
+    spec = req.get("task")
+    vips = spec.get("vips") if isinstance(spec, dict) else None
+    if vips is None:
+        return {}
+    if not isinstance(vips, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in vips.items()
+    ):
+        raise BadRequest(f"task vips {vips!r}: expected an object of network -> VIP")
+    return dict(vips)
 
 
 def _networks(req: dict[str, Any]) -> list[str]:

@@ -29,10 +29,11 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from overlaysim.agent import ingress as mesh
 from overlaysim.agent.containers import Containers
 from overlaysim.agent.control import ControlError, ControlServer, operations
 from overlaysim.agent.created import clean_recorded
@@ -44,6 +45,7 @@ from overlaysim.agent.manager import MANAGER_PORT, Manager, ManagerClient, Manag
 from overlaysim.agent.options import AgentConfig, parse_args
 from overlaysim.agent.programmer import DataPlanePort, Programmer, remote_entries
 from overlaysim.agent.service_host import ServiceHost
+from overlaysim.agent.service_registry import INGRESS
 from overlaysim.agent.taskprocs import TaskProcesses
 from overlaysim.agent.transport import (
     Counters,
@@ -155,6 +157,7 @@ class Agent:
         self.names_in_kernel = dataplane is None if names_in_kernel is None else names_in_kernel
         #: Serialises starting and removing containers with their names and commands.
         self._lifecycle = asyncio.Lock()
+        self._ingress_netns: str | None = None  # the routing mesh's sandbox, once needed
         self._limits: dict[str, RateLimit] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -286,7 +289,9 @@ class Agent:
         for server in (self.control, self.manager_server):
             if server is not None:
                 await server.close()
-        try:  # before the namespaces go: commands, DNS sockets, files
+        try:  # before the namespaces go: routing mesh, commands, DNS sockets, files
+            if self._ingress_netns is not None:
+                await self._dp(mesh.remove_host_side, self.cfg.prefix)
             await self.task_procs.stop_all()
             for name in list(self.services.containers):
                 await self.services.stop_container(name)
@@ -561,6 +566,7 @@ class Agent:
         ip: str | None = None,
         aliases: Sequence[str] = (),
         task: TaskSpec | None = None,
+        task_vips: Mapping[str, str] | None = None,
         command: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Start a container on ``networks``: ``docker run`` (standalone) or a service task.
@@ -571,8 +577,9 @@ class Agent:
         """
         async with self._lifecycle:
             out = await self.containers.run(
-                name, networks, standalone=standalone, ip=ip, aliases=aliases, task=task
-            )
+                name, networks, standalone=standalone, ip=ip, aliases=aliases, task=task,
+                task_vips=task_vips,
+            )  # fmt: skip
             netns = out["netns"]
             if not self.names_in_kernel:
                 return out
@@ -611,6 +618,34 @@ class Agent:
         async with self._lifecycle:
             await self._stop_names(name)
             return await self.containers.remove(name)
+
+    async def ingress(self, ports: list[list[Any]]) -> dict[str, Any]:
+        """Hold exactly ``ports`` (``[[P, ingress VIP, T, ...], ...]``) in the routing mesh.
+
+        The first port starts the ingress sandbox (a container on the ``ingress``
+        network joined to this namespace, :mod:`overlaysim.agent.ingress`); with none
+        left it goes.
+        """
+        prefix, sbox = self.cfg.prefix, f"ingress.{self.cfg.name}"
+        if ports and self._ingress_netns is None:
+            out = await self.run_container(sbox, [INGRESS], standalone=False)
+            net = out["networks"][0]
+            subnet = f"{net['ip']}/{net['prefixlen']}"
+            try:
+                await self._dp(mesh.plumb, prefix, out["netns"], subnet)
+            except BaseException:
+                await self._dp(mesh.remove_host_side, prefix)
+                await self.remove(sbox)
+                raise
+            self._ingress_netns = out["netns"]
+        if ports:
+            rules = mesh.render_host_rules(prefix, self.cfg.bind, ports)
+            await self._dp(mesh.replace_host_rules, rules)
+        elif self._ingress_netns is not None:
+            await self._dp(mesh.remove_host_side, prefix)
+            await self.remove(sbox)
+            self._ingress_netns = None
+        return {"ports": [p[0] for p in ports], "sandbox": self._ingress_netns}
 
     async def _stop_names(self, name: str) -> None:
         """Stop a container's command, DNS server, hostname and resolv.conf."""

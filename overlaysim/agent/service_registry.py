@@ -10,6 +10,13 @@ containers is the caller's job (the CLI or the emulator asks each host's agent),
 the task spec :func:`task_spec` gives, which the agent writes into the task's
 endpoint entries (see :mod:`overlaysim.core.services`).
 
+Published ports (``--publish P:T``, the routing mesh): the service's tasks also join
+the ``ingress`` network (created on first use), where the service has a second VIP;
+every host DNATs its underlay address's port ``P`` to that VIP's port ``T`` and its
+ingress sandbox balances it over the tasks (:mod:`overlaysim.agent.ingress`).
+:meth:`ServiceRegistry.ingress_ports` is the set every host must hold. A port is
+refused when another service publishes it or the agents use it themselves.
+
 The VIP is an address of the network's IPAM held by the pseudo-endpoint
 ``vip:<service>`` (so no container gets it, ``network inspect`` shows it, and a network
 with a service on it cannot be removed). ``vip_reserve``/``vip_release`` expose the same
@@ -22,12 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from overlaysim.core.cluster import Cluster, ClusterError, InvalidSpec
+from overlaysim.core.cluster import Cluster, ClusterError, InvalidSpec, NetworkNotFound, NetworkSpec
 from overlaysim.core.services import TASKS_PREFIX, EndpointMode, check_dns_name
 
 __all__ = [
     "SERVICE_OPS",
+    "INGRESS",
     "NoLiveHosts",
+    "PortInUse",
     "ServiceExists",
     "ServiceNotFound",
     "ServiceRecord",
@@ -48,6 +57,38 @@ class ServiceNotFound(ClusterError):
 
 class NoLiveHosts(ClusterError):
     """Placement found no live host to run tasks on."""
+
+
+class PortInUse(ClusterError):
+    """A published port is already taken (another service, or the agents themselves)."""
+
+
+#: The routing mesh's network, which every published service's tasks join.
+INGRESS = "ingress"
+#: Ports the agents use on the underlay address: manager, gossip, VXLAN, ESP-in-UDP.
+RESERVED_PORTS = {2377: "the manager API", 7946: "gossip", 4789: "VXLAN", 4500: "ESP-in-UDP"}
+
+
+def parse_publish(items: object) -> tuple[tuple[int, int], ...]:
+    """``[[P, T], ...]`` or ``["P:T", ...]`` as port pairs (InvalidSpec with the value)."""
+    if not isinstance(items, list | tuple):
+        raise InvalidSpec(f"publish {items!r}: expected a list of PUBLISHED:TARGET")
+    out = []
+    for item in items:
+        pair = item.split(":") if isinstance(item, str) else item
+        try:
+            p, t = (int(x) for x in pair)  # type: ignore[union-attr]
+            if not (0 < p < 65536 and 0 < t < 65536):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise InvalidSpec(
+                f"publish {item!r}: expected PUBLISHED:TARGET, two ports 1-65535 (e.g. 8080:80)"
+            ) from None
+        out.append((p, t))
+    ports = [p for p, _ in out]
+    if len(set(ports)) != len(ports):
+        raise InvalidSpec(f"publish {items!r}: a published port is listed twice")
+    return tuple(out)
 
 
 def vip_endpoint(service: str) -> str:
@@ -92,6 +133,9 @@ class ServiceRecord:
     vip: str | None
     command: tuple[str, ...] = ()
     gen: int = 1
+    #: Published ports (P, T), and the service's VIP on the ingress network.
+    publish: tuple[tuple[int, int], ...] = ()
+    ingress_vip: str | None = None
     #: slot -> host, in slot order.
     slots: dict[int, str] = field(default_factory=dict)
 
@@ -109,6 +153,9 @@ class ServiceRecord:
             "gen": self.gen,
             "command": list(self.command),
             "tasks": [list(t) for t in self.tasks],
+            "publish": [list(p) for p in self.publish],
+            "ingress_vip": self.ingress_vip,
+            "networks": [self.network, INGRESS] if self.publish else [self.network],
         }
 
 
@@ -123,6 +170,9 @@ def task_spec(service: dict[str, Any], task: str) -> dict[str, Any]:
     }
     if service.get("vip"):
         spec["vip"] = service["vip"]
+    if service.get("ingress_vip"):
+        # the VIP differs per network: the ingress one is the routing mesh's
+        spec["vips"] = {INGRESS: service["ingress_vip"]}
     return spec
 
 
@@ -165,16 +215,24 @@ class ServiceRegistry:
         network: str,
         mode: object = "vip",
         command: Sequence[str] = (),
+        publish: object = (),
     ) -> ServiceRecord:
         n = check_service_name(name)
         k = check_replicas(replicas)
         m = parse_mode(mode)
+        ports = parse_publish(list(publish) if isinstance(publish, tuple) else publish)
         net = self.cluster.network(network)
         if n in self.services:
             raise ServiceExists(f"service {n} already exists")
+        if ports and net.name == INGRESS:
+            raise InvalidSpec(f"network {INGRESS!r}: the routing mesh's own; pick another")
+        self._check_ports(ports)
         hosts = self._hosts(n, k)
         vip = self.vip_reserve(net.name, n) if m is EndpointMode.VIP else None
-        svc = ServiceRecord(n, net.name, m, vip, tuple(command))
+        ingress_vip = self.vip_reserve(self._ingress(), n) if ports else None
+        svc = ServiceRecord(
+            n, net.name, m, vip, tuple(command), publish=ports, ingress_vip=ingress_vip
+        )
         for slot in range(1, k + 1):
             svc.slots[slot] = self._place(hosts)
         self.services[n] = svc
@@ -216,12 +274,37 @@ class ServiceRegistry:
     def remove(self, name: object) -> ServiceRecord:
         svc = self.get(name)
         del self.services[svc.name]
-        if svc.vip is not None:
-            try:
-                self.vip_release(svc.network, svc.name)
-            except ClusterError:
-                pass  # the network or the address is already gone
+        for network, vip in ((svc.network, svc.vip), (INGRESS, svc.ingress_vip)):
+            if vip is not None:
+                try:
+                    self.vip_release(network, svc.name)
+                except ClusterError:
+                    pass  # the network or the address is already gone
         return svc
+
+    def ingress_ports(self) -> list[list[Any]]:
+        """``[[P, ingress VIP, T, service], ...]``: what every host's mesh must forward."""
+        return sorted(
+            [p, s.ingress_vip, t, s.name]
+            for s in self.services.values()
+            for p, t in s.publish
+            if s.ingress_vip is not None
+        )
+
+    def _check_ports(self, ports: tuple[tuple[int, int], ...]) -> None:
+        held = {p: s.name for s in self.services.values() for p, _ in s.publish}
+        for p, _ in ports:
+            if p in held:
+                raise PortInUse(f"published port {p}: already used by service {held[p]}")
+            if p in RESERVED_PORTS:
+                raise PortInUse(f"published port {p}: used by the agents ({RESERVED_PORTS[p]})")
+
+    def _ingress(self) -> str:
+        """The ingress network's name, created on first use (not attachable)."""
+        try:
+            return self.cluster.network(INGRESS).name
+        except NetworkNotFound:
+            return self.cluster.create_network(NetworkSpec(name=INGRESS)).name
 
     def _hosts(self, name: str, k: int) -> list[str]:
         hosts = sorted(set(self.live_hosts()))
@@ -255,7 +338,9 @@ def _create(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:
         raise InvalidSpec(f"command={command!r}: expected a list of strings")
     name, replicas = _arg(args, "name", str), _arg(args, "replicas", int)
     mode = _arg(args, "mode", str, "vip")
-    return reg.create(name, replicas, _arg(args, "network", str), mode, command).as_dict()
+    publish = _arg(args, "publish", list, [])
+    network = _arg(args, "network", str)
+    return reg.create(name, replicas, network, mode, command, publish).as_dict()
 
 
 def _scale(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:
@@ -279,6 +364,10 @@ def _ls(reg: ServiceRegistry, args: dict[str, Any]) -> list[dict[str, Any]]:
     return [s.as_dict() for s in reg.services.values()]
 
 
+def _ingress_ports(reg: ServiceRegistry, args: dict[str, Any]) -> list[list[Any]]:
+    return reg.ingress_ports()
+
+
 def _vip_reserve(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:
     return {"ip": reg.vip_reserve(_arg(args, "network", str), _arg(args, "service", str))}
 
@@ -295,6 +384,7 @@ SERVICE_OPS: dict[str, Callable[[ServiceRegistry, dict[str, Any]], Any]] = {
     "service_inspect": _inspect,
     "service_rm": _rm,
     "service_ls": _ls,
+    "ingress_ports": _ingress_ports,
     "vip_reserve": _vip_reserve,
     "vip_release": _vip_release,
 }

@@ -107,6 +107,25 @@ def osim(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return res
 
 
+LAB: list = []  # the running Lab (for commands in a host's own namespace)
+
+# Run in a host's namespace: N new TCP connections to ip:port each; who answered.
+KNOCK = """\
+import json, socket, sys, time
+port, n, out = int(sys.argv[1]), int(sys.argv[2]), {}
+for ip in sys.argv[3:]:
+    seen = out[ip] = {}
+    for _ in range(n):
+        try:
+            with socket.create_connection((ip, port), timeout=2) as s:
+                who = s.recv(64).decode() or "empty"
+        except OSError as exc:
+            who = type(exc).__name__
+        seen[who] = seen.get(who, 0) + 1
+print(json.dumps(out))
+"""
+
+
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The testbed with networks ``front`` (client on h2) and ``back``; yields the probe."""
@@ -121,6 +140,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     prefix = ""
     with lab_session(d / "star3.yaml", profile="local", publish=True, say=False) as lb:
         prefix = lb.testbed.prefix
+        LAB.append(lb)
         if read_live().prefix != prefix:
             pytest.skip("another testbed owns the address book (overlaysim up is running)")
         osim("network", "create", "--attachable", "--subnet", "10.61.0.0/24", "front")
@@ -249,3 +269,51 @@ def test_bad_service_input_is_one_line(bed: Path) -> None:
         assert res.returncode == 2 and text in res.stderr, (argv, res.stderr)
         assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert "x" not in osim("service", "ls").stdout.split()
+
+
+def _knock(host: str, port: int, n: int, ips: list[str]) -> dict[str, dict[str, int]]:
+    lab = LAB[0]
+    argv = [sys.executable, "-c", KNOCK, str(port), str(n), *ips]
+    res = lab.underlay.cmd(host, argv, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_a_published_port_answers_on_every_host(bed: Path) -> None:
+    from overlaysim.emu.live import read_live
+
+    lab = LAB[0]
+    out = osim(
+        "service", "create", "--name", "pub", "--replicas", "2", "--network", "front",
+        "--publish", "8081:8080", "--", sys.executable, "-c", SERVER,
+    ).stdout  # fmt: skip
+    assert "port 8081 on every host -> task port 8080" in out, out
+    ips = [read_live().hosts[h]["underlay_ip"] for h in lab.hosts]
+    deadline = time.monotonic() + 15
+    while True:  # until every host's mesh and the tasks' servers are up
+        seen = _knock("h1", 8081, 1, ips)
+        if all(set(v) <= {"pub.1", "pub.2"} for v in seen.values()):
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.3)
+    # from h1 (to itself through the output chain, to h2 and h3 from outside) and from h3
+    for src in ("h1", "h3"):
+        seen = _knock(src, 8081, 8, ips)
+        answered = {who for per_host in seen.values() for who in per_host}
+        assert answered == {"pub.1", "pub.2"}, seen  # every answer a task; both used
+        assert all(sum(v.values()) == 8 for v in seen.values())
+        print(f"routing mesh from {src}: {seen}")
+    taken = osim(
+        "service", "create", "--name", "pub2", "--network", "front", "--publish", "8081:80",
+        check=False,
+    )  # fmt: skip
+    assert taken.returncode == 2 and taken.stderr.count("\n") == 1, taken.stderr
+    assert "published port 8081: already used by service pub" in taken.stderr
+    ours = osim("service", "create", "--name", "pub3", "--network", "front", "-p", "7946:80",
+                check=False)  # fmt: skip
+    assert "published port 7946: used by the agents (gossip)" in ours.stderr, ours.stderr
+    osim("service", "rm", "pub")
+    for h in lab.hosts:  # the mesh is gone from every host with the last published port
+        tables = lab.underlay.cmd(h, ["nft", "list", "tables"]).stdout
+        links = lab.underlay.cmd(h, ["ip", "-br", "link"]).stdout
+        assert "_ingress" not in tables and "-ig" not in links, (h, tables, links)
