@@ -541,11 +541,10 @@ def _cmd_animate(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from overlaysim.report.compare import (
-        compare_runs,
+    from overlaysim.report.compare import compare_runs, load_comparable
+    from overlaysim.report.compare_output import (
         comparison_table,
         default_out_dir,
-        load_comparable,
         write_comparison,
     )
 

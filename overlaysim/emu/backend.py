@@ -197,6 +197,13 @@ class EmuBackend:
         if live:
             self.testbed.call(c.host, "disconnect", container=c.name, network=network)
 
+    def reserve_vip(self, service: str, network: str) -> str:
+        """The manager allocates the VIP from the network's IPAM (control ``vip_reserve``)."""
+        return self.testbed.manager_call("vip_reserve", network=network, service=service)["ip"]
+
+    def release_vip(self, service: str, network: str) -> None:
+        self.testbed.manager_call("vip_release", network=network, service=service)
+
     def each_host(
         self, fn: Callable[[T], None], items: Iterable[T], host: Callable[[T], str]
     ) -> None:

@@ -17,19 +17,30 @@ simulator uses, with the same rules:
   stops the wait for that host.
 
 A deletion that comes from dead-node cleanup is logged as ``entry_programmed`` with
-no ``entry_commit``: it closes nothing. Times become seconds since scenario start
+no ``entry_commit``: it closes nothing.
+
+Runs with services (the truth holds ``service_tasks`` rows) also replay the service-DNS
+metrics through the simulator's :class:`~overlaysim.metrics.dns.DnsTracker`: each
+``entry_seen`` line of the endpoints table that carries the entry's ``value`` is a table
+event of that host, ``service_tasks`` is a change of the truth (targets from the same
+fold), a crash or leave is ``host_gone`` and an agent's ``start`` line (a new boot,
+empty tables) is ``host_back``. Without values in the logs the DNS rows are not made. Times become seconds since scenario start
 (``t - t0``; every agent and the runner read the same monotonic clock), and only lines
 in ``[0, t_end]`` count.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from overlaysim.core.endpoint import ENDPOINTS
+from overlaysim.core.events import EntryEvent, EntryEventKind
 from overlaysim.metrics.convergence import ConvergenceTracker
+from overlaysim.metrics.dns import DnsTracker
 from overlaysim.metrics.records import (
     DOWN_KINDS,
     HOLD_EVENTS_MAX_HOSTS,
@@ -46,6 +57,20 @@ _MEMBER = frozenset(str(k) for k in MEMBER_KINDS)
 _TRUTH = _UP | _DOWN | {str(EventKind.NET_ATTACH), str(EventKind.NET_DETACH)}
 #: Log kinds that matter here; others (entry_seen, attach, reconcile...) are skipped.
 _AGENT = _MEMBER | {"entry_commit", "entry_programmed", "traffic"}
+#: More kinds a run with services replays (the service-DNS metrics).
+_DNS_AGENT = frozenset({"entry_seen", "start"})
+_SERVICE_TASKS = str(EventKind.SERVICE_TASKS)
+_SEEN_KINDS = {
+    "add": EntryEventKind.CREATE,
+    "update": EntryEventKind.UPDATE,
+    "delete": EntryEventKind.DELETE,
+}
+
+#: Why a run with services has no ``dns`` rows when its agents logged no entry values.
+NO_DNS_VALUES = (
+    "not measured: the agents' entry_seen lines carry no entry value "
+    "(service DNS needs the endpoint entries' name fields)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +84,10 @@ class Collected:
     #: Messages sent and received in the window, over all agents.
     msgs_sent: int
     msgs_recv: int
+    #: Service-DNS rows (runs with services whose agents logged entry values), else None.
+    dns: list[dict[str, object]] | None = None
+    #: Why ``dns`` is None in a run with services ("" otherwise).
+    dns_note: str = ""
 
 
 def collect(
@@ -70,15 +99,18 @@ def collect(
 ) -> Collected:
     """Merge ``truth`` (scenario time) with the agents' ``logs`` (monotonic time)."""
     items: list[tuple[float, int, int, Any]] = []
+    dns = DnsTracker() if any(row[2] == _SERVICE_TASKS for row in truth.rows) else None
+    truth_kinds = _TRUTH | {_SERVICE_TASKS} if dns is not None else _TRUTH
+    agent_kinds = _AGENT | _DNS_AGENT if dns is not None else _AGENT
     # Ground truth before agent lines at equal times: an attach precedes its commit.
     for i, row in enumerate(truth.rows):
-        if row[2] in _TRUTH:
+        if row[2] in truth_kinds:
             items.append((row[0], 0, i, row))
     seq = 0
     for lines in logs.values():
         for line in lines:
             kind = line.get("kind")
-            if kind not in _AGENT:
+            if kind not in agent_kinds:
                 continue
             t = float(line["t"]) - t0
             if t < 0 or t > t_end:
@@ -93,14 +125,29 @@ def collect(
     fold = Truth(tracker)
     traffic = _Traffic()
     holds = len(logs) <= HOLD_EVENTS_MAX_HOSTS  # entry_held rows: small runs only
+    valued = 0  # entry_seen lines that carried a value
     for t, source, _, item in items:
         if source == 0:
             _, node, kind, subject, network = item[:5]
             fold.fold(t, kind, node=node, subject=subject, network=network)
+            if dns is not None:
+                if kind == _SERVICE_TASKS:
+                    ips = json.loads(item[7] or "{}").get("ips", [])
+                    dns.change(t, network, subject, ips, fold.targets(network))
+                elif kind in _DOWN:
+                    dns.host_gone(t, subject)
             continue
         kind = item["kind"]
         node = str(item.get("node", ""))
-        if kind in _MEMBER:
+        if kind == "entry_seen":
+            ev = _seen_event(item)
+            if ev is not None and dns is not None:
+                valued += 1
+                dns.host_event(t, node, ev)
+        elif kind == "start":
+            if dns is not None:
+                dns.host_back(node)
+        elif kind in _MEMBER:
             events.add(t, kind, node=node, subject=str(item.get("subject", "")))
         elif kind == "entry_commit":
             network, key, op = str(item["network"]), str(item["key"]), str(item["op"])
@@ -120,6 +167,24 @@ def collect(
         traffic_kinds=traffic.kind_rows(),
         msgs_sent=traffic.msgs_sent,
         msgs_recv=traffic.msgs_recv,
+        dns=dns.finish() if dns is not None and valued else None,
+        dns_note=NO_DNS_VALUES if dns is not None and not valued else "",
+    )
+
+
+def _seen_event(line: Mapping[str, Any]) -> EntryEvent | None:
+    """The endpoint-table event an ``entry_seen`` line describes, if it carries the value."""
+    value = line.get("value")
+    kind = _SEEN_KINDS.get(str(line.get("op", "")))
+    if line.get("table") != ENDPOINTS or not isinstance(value, dict) or kind is None:
+        return None
+    return EntryEvent(
+        kind,
+        str(line.get("network", "")),
+        ENDPOINTS,
+        str(line.get("key", "")),
+        str(line.get("owner", "")),
+        {str(k): str(v) for k, v in value.items()},
     )
 
 

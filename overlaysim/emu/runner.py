@@ -325,18 +325,23 @@ def _outcome(
     """The run's tables (from the collected logs), counters and skipped steps."""
     sent = result.msgs_sent if result else 0
     recv = result.msgs_recv if result else 0
+    tables: dict[str, Any] = {
+        "events": result.events if result else (world.events.rows if world else []),
+        "convergence": result.convergence if result else [],
+        "traffic": result.traffic if result else [],
+        "traffic_kinds": result.traffic_kinds if result else [],
+        "reachability": reach_rows,
+        "throughput": tp_rows,
+    }
+    if result is not None and result.dns is not None:
+        tables["dns"] = result.dns
+    if result is not None and result.dns_note:
+        extra = {**extra, "dns": result.dns_note}
     return Outcome(
         status=status,
         error=error,
         duration_s=t_end,
-        tables={
-            "events": result.events if result else (world.events.rows if world else []),
-            "convergence": result.convergence if result else [],
-            "traffic": result.traffic if result else [],
-            "traffic_kinds": result.traffic_kinds if result else [],
-            "reachability": reach_rows,
-            "throughput": tp_rows,
-        },
+        tables=tables,
         # Over the agents' logs in the window: "lost" includes messages still in flight
         # at either end of it and messages sent to hosts that were down.
         counters={"messages": {"sent": sent, "delivered": recv, "lost": max(0, sent - recv)}},

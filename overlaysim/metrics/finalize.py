@@ -76,6 +76,7 @@ def metrics_for(
         run.reachability,
         run.throughput,
         traffic_kinds=run.traffic_kinds,
+        dns=run.dns,
         backend=str(m.get("backend", "")),
         scenario=run.name,
         seed=m.get("seed"),  # type: ignore[arg-type]

@@ -21,9 +21,11 @@ from overlaysim.core.cluster import Allocation, Cluster
 from overlaysim.core.config import configs
 from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
+from overlaysim.core.services import name_fields, vip_endpoint
 from overlaysim.core.wire import Message
 from overlaysim.errors import RunFailed
 from overlaysim.metrics.convergence import ConvergenceTracker
+from overlaysim.metrics.dns import DnsTracker
 from overlaysim.metrics.finalize import Outcome, finalize
 from overlaysim.metrics.manifest import base_manifest
 from overlaysim.metrics.records import HOLD_EVENTS_MAX_HOSTS, NOT_MEASURED_BY_SIM, EventLog
@@ -54,11 +56,13 @@ class _Recorder(Observer):
         tracker: ConvergenceTracker,
         traffic: TrafficCounter,
         holds: bool = False,
+        dns: DnsTracker | None = None,
     ):
         self.events = events
         self.tracker = tracker
         self.traffic = traffic
         self.holds = holds  # record entry_held rows (small runs only)
+        self.dns = dns  # fed only in runs with services
 
     def member_event(self, t: float, host: str, ev: MemberEvent) -> None:
         self.events.member(t, host, ev)
@@ -68,6 +72,8 @@ class _Recorder(Observer):
         self.tracker.seen(t, host, ev.network, ev.key, op)
         if self.holds:
             self.events.add(t, "entry_held", node=host, network=ev.network, key=ev.key, op=op)
+        if self.dns is not None:
+            self.dns.host_event(t, host, ev)
 
     def sent(self, t: float, host: str, msg: Message, size: int) -> None:
         self.traffic.sent(t, host, size, msg.TYPE.name.lower())
@@ -153,7 +159,8 @@ class SimBackend:
             alloc = self._alloc(c.name, net)
             if net in first:
                 self.cluster.call(c.host, lambda n, t, net=net: n.join_network(net, t))
-            value = Endpoint(name=c.name, ip=alloc.ip, mac=alloc.mac, vtep=c.host).to_value()
+            endpoint = Endpoint(name=c.name, ip=alloc.ip, mac=alloc.mac, vtep=c.host)
+            value = {**endpoint.to_value(), **name_fields(c.aliases, c.task)}
             self.cluster.call(
                 c.host, lambda n, t, net=net, v=value: n.create_entry(net, ENDPOINTS, c.name, v, t)
             )
@@ -167,6 +174,12 @@ class SimBackend:
             self.cluster.call(c.host, lambda n, t: n.delete_entry(network, ENDPOINTS, c.name, t))
         if last:
             self.cluster.call(c.host, lambda n, t: n.leave_network(network, t))
+
+    def reserve_vip(self, service: str, network: str) -> str:
+        return self.ipam.allocate(network, vip_endpoint(service), standalone=False).ip
+
+    def release_vip(self, service: str, network: str) -> None:
+        self.ipam.release(network, vip_endpoint(service))
 
     def each_host(self, fn, items, host) -> None:  # type: ignore[no-untyped-def]
         for item in items:  # in order: the IPAM hands out addresses in the plan's order
@@ -198,14 +211,17 @@ class SimBackend:
 class SimWorld(World):
     """The world on the simulator, plus the model-level measurements."""
 
-    def __init__(self, scenario: Scenario, seed: int) -> None:
+    def __init__(self, scenario: Scenario, seed: int, *, services: bool = False) -> None:
         self.seed = seed
         events = EventLog()
         tracker = ConvergenceTracker()
         self.traffic = TrafficCounter()
+        #: The service-DNS metrics, kept only when the timeline has service steps.
+        self.dns_tracker = DnsTracker() if services else None
         holds = len(scenario.resolved_topology.hosts) <= HOLD_EVENTS_MAX_HOSTS  # entry_held rows
-        backend = SimBackend(scenario, seed, _Recorder(events, tracker, self.traffic, holds=holds))
-        super().__init__(scenario, backend, tracker=tracker, events=events)
+        recorder = _Recorder(events, tracker, self.traffic, holds=holds, dns=self.dns_tracker)
+        backend = SimBackend(scenario, seed, recorder)
+        super().__init__(scenario, backend, tracker=tracker, events=events, dns=self.dns_tracker)
         backend.up = self.up
         self.sim = backend
         self.tracker = tracker
@@ -332,7 +348,7 @@ def run_simulation(
     :class:`~overlaysim.errors.RunFailed` naming the cause and the folder."""
     seed = scenario.seed if seed is None else seed
     the_plan = plan(scenario, seed)
-    world = SimWorld(scenario, seed)
+    world = SimWorld(scenario, seed, services=the_plan.has_services)
     mconf, tconf = configs(scenario.profile, **scenario.protocol.model_dump())
     manifest = base_manifest(
         name=scenario.name,
@@ -389,20 +405,23 @@ def run_simulation(
         }
         for a, b in scenario.measure.throughput
     ]
+    tables = {
+        "events": world.events.rows,
+        "convergence": conv_rows,
+        "traffic": world.traffic.rows(),
+        "traffic_kinds": world.traffic.kind_rows(),
+        "reachability": reach_rows,
+        "throughput": tp_rows,
+    }
+    if world.dns_tracker is not None:
+        tables["dns"] = world.dns_tracker.finish()
     finalize(
         writer,
         Outcome(
             status=status,
             error=error,
             duration_s=t_end,
-            tables={
-                "events": world.events.rows,
-                "convergence": conv_rows,
-                "traffic": world.traffic.rows(),
-                "traffic_kinds": world.traffic.kind_rows(),
-                "reachability": reach_rows,
-                "throughput": tp_rows,
-            },
+            tables=tables,
             counters={
                 "messages": {
                     "sent": world.cluster.messages_sent,

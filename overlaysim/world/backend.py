@@ -76,6 +76,14 @@ class Backend(Protocol):
         no other container of its host is on that network)."""
         ...
 
+    def reserve_vip(self, service: str, network: str) -> str:
+        """A virtual IP for ``service`` on ``network`` from the network's IPAM."""
+        ...
+
+    def release_vip(self, service: str, network: str) -> None:
+        """Give ``service``'s virtual IP on ``network`` back to the IPAM."""
+        ...
+
     def each_host(
         self, fn: Callable[[T], None], items: Iterable[T], host: Callable[[T], str]
     ) -> None:
