@@ -51,10 +51,9 @@ def up(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``network``, ``rm``, ``ps``, ``exec``, ``service`` (:mod:`overlaysim.service_cli`)
-    and ``inspect``.
+    """Add ``network``, ``rm``, ``ps``, ``exec`` and ``inspect``.
 
-    ``run`` has two forms (a scenario, or a container) and lives in :mod:`overlaysim.cli`.
+    ``service`` is :mod:`overlaysim.service_cli`; ``run`` has two forms (a scenario, or a container) and lives in :mod:`overlaysim.cli`.
     """
     p = sub.add_parser(
         "up",
@@ -139,10 +138,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("container")
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p.set_defaults(func=_exec)
-
-    from overlaysim.service_cli import register as register_service
-
-    register_service(sub)
 
     p = sub.add_parser(
         "inspect",
