@@ -33,20 +33,16 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from overlaysim.agent import ingress as mesh
 from overlaysim.agent.containers import Containers
 from overlaysim.agent.control import ControlError, ControlServer, operations
 from overlaysim.agent.created import clean_recorded
 from overlaysim.agent.dataplane import DataPlane
-from overlaysim.agent.dns import EmbeddedDns
 from overlaysim.agent.keys import Keys
 from overlaysim.agent.logging import EventLog, RateLimit
 from overlaysim.agent.manager import MANAGER_PORT, Manager, ManagerClient, ManagerServer
 from overlaysim.agent.options import AgentConfig, parse_args
 from overlaysim.agent.programmer import DataPlanePort, Programmer, remote_entries
-from overlaysim.agent.service_host import ServiceHost
-from overlaysim.agent.service_registry import INGRESS
-from overlaysim.agent.taskprocs import TaskProcesses
+from overlaysim.agent.servicenet import ServiceNet
 from overlaysim.agent.transport import (
     Counters,
     TrafficDelta,
@@ -59,7 +55,7 @@ from overlaysim.core.endpoint import ENDPOINTS
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.gossip_crypto import GossipKeyring
 from overlaysim.core.node import Node
-from overlaysim.core.services import Directory, TaskSpec
+from overlaysim.core.services import TaskSpec
 from overlaysim.core.wire import Message
 
 _OPS = {
@@ -149,15 +145,16 @@ class Agent:
             events=self.events,
             on_error=self._error,
         )
-        #: Names, embedded DNS, resolv.conf, hostname and VIP tables of the containers.
-        self.services = ServiceHost(EmbeddedDns(Directory(), rng=random.Random(config.seed)))
-        self.task_procs = TaskProcesses()
+        #: Names, embedded DNS, VIP tables, task commands, routing mesh.
+        self.svcnet = ServiceNet(
+            host=config.name, prefix=config.prefix, underlay_ip=config.bind, seed=config.seed,
+            events=self.events, run=self._dp, submit=self._submit,
+        )  # fmt: skip
         # Hostname, resolv.conf and DNS need the container's real namespace: off with an
         # injected (fake) data plane unless asked for; the directory is fed either way.
         self.names_in_kernel = dataplane is None if names_in_kernel is None else names_in_kernel
         #: Serialises starting and removing containers with their names and commands.
         self._lifecycle = asyncio.Lock()
-        self._ingress_netns: str | None = None  # the routing mesh's sandbox, once needed
         self._limits: dict[str, RateLimit] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -187,8 +184,7 @@ class Agent:
         if cfg.record is not None and cfg.record.exists():
             # a previous boot of this host was killed: remove exactly what it recorded
             cleaned = [o.name for o in await self._dp(clean_recorded, cfg.record)]
-            for name in cleaned:  # and the files its containers' names had
-                await asyncio.to_thread(self.services.remove_files, name)
+            await self.svcnet.forget_leftovers(cleaned)  # its containers' name files
         dataplane = self._dataplane or DataPlane(
             host=cfg.name,
             underlay_ip=cfg.bind,
@@ -290,12 +286,7 @@ class Agent:
             if server is not None:
                 await server.close()
         try:  # before the namespaces go: routing mesh, commands, DNS sockets, files
-            if self._ingress_netns is not None:
-                await self._dp(mesh.remove_host_side, self.cfg.prefix)
-            await self.task_procs.stop_all()
-            for name in list(self.services.containers):
-                await self.services.stop_container(name)
-            await self.services.dns.close()
+            await self.svcnet.close()
         except Exception as exc:
             self._error("teardown", exc)
         crypto: dict[str, Any] = {}
@@ -376,10 +367,7 @@ class Agent:
         )
         if self.programmer is not None and not self._torn_down:
             self._submit(self.programmer.on_event, ev)
-        touched = self.services.on_event(ev)
-        if touched and not self._torn_down:
-            # the plan is read here, where the directory changes; nft runs on the worker
-            self._submit(self.services.apply_vips, self.services.plan_vips(touched))
+        self.svcnet.on_event(ev)
 
     def _report(self, what: str, detail: str) -> None:
         """Log a peer or transport error, at most once per second per kind."""
@@ -517,11 +505,7 @@ class Agent:
             "counters": counters,
             "networks": sorted(self.node.tables.networks()),
             "containers": self.containers.networks_of(),
-            "services": {
-                "dns": dict(self.services.dns.counts),
-                "vip_errors": self.services.vip_errors,
-                "commands": self.task_procs.status(),
-            },
+            "services": self.svcnet.status(),
         }
 
     def members(self) -> dict[str, Any]:
@@ -584,16 +568,13 @@ class Agent:
             if not self.names_in_kernel:
                 return out
             try:
-                await self.services.start_container(name, netns)
-                self._submit(self.services.apply_vips, self.services.plan_vips([name]))
-                if command:
-                    out["pid"] = self.task_procs.start(name, netns, command).pid
-                self.events.write(
-                    "names", container=name, netns=netns, aliases=list(aliases),
-                    service=task.service if task else "", command=list(command),
-                )  # fmt: skip
+                pid = await self.svcnet.start(
+                    name, netns, aliases=aliases, task=task, command=command
+                )
+                if pid is not None:
+                    out["pid"] = pid
             except BaseException:
-                await self._stop_names(name)
+                await self.svcnet.stop(name)
                 try:
                     await self.containers.remove(name)
                 except Exception as exc:  # report the first failure, not this one
@@ -610,49 +591,22 @@ class Agent:
         async with self._lifecycle:
             c = self.containers.get(name)
             if c is not None and len(c.nets) == 1:
-                await self._stop_names(name)  # the last network: the namespace goes
+                await self.svcnet.stop(name)  # the last network: the namespace goes
             return await self.containers.disconnect(name, network)
 
     async def remove(self, name: str) -> dict[str, Any]:
         """Remove a container: its command, names, entries, interfaces and addresses."""
         async with self._lifecycle:
-            await self._stop_names(name)
+            await self.svcnet.stop(name)
             return await self.containers.remove(name)
 
     async def ingress(self, ports: list[list[Any]]) -> dict[str, Any]:
-        """Hold exactly ``ports`` (``[[P, ingress VIP, T, ...], ...]``) in the routing mesh.
+        """Hold exactly ``ports`` in the routing mesh (see :meth:`ServiceNet.ingress`)."""
 
-        The first port starts the ingress sandbox (a container on the ``ingress``
-        network joined to this namespace, :mod:`overlaysim.agent.ingress`); with none
-        left it goes.
-        """
-        prefix, sbox = self.cfg.prefix, f"ingress.{self.cfg.name}"
-        if ports and self._ingress_netns is None:
-            out = await self.run_container(sbox, [INGRESS], standalone=False)
-            net = out["networks"][0]
-            subnet = f"{net['ip']}/{net['prefixlen']}"
-            try:
-                await self._dp(mesh.plumb, prefix, out["netns"], subnet)
-            except BaseException:
-                await self._dp(mesh.remove_host_side, prefix)
-                await self.remove(sbox)
-                raise
-            self._ingress_netns = out["netns"]
-        if ports:
-            rules = mesh.render_host_rules(prefix, self.cfg.bind, ports)
-            await self._dp(mesh.replace_host_rules, rules)
-        elif self._ingress_netns is not None:
-            await self._dp(mesh.remove_host_side, prefix)
-            await self.remove(sbox)
-            self._ingress_netns = None
-        return {"ports": [p[0] for p in ports], "sandbox": self._ingress_netns}
+        async def run(name: str, networks: list[str]) -> dict[str, Any]:
+            return await self.run_container(name, networks, standalone=False)
 
-    async def _stop_names(self, name: str) -> None:
-        """Stop a container's command, DNS server, hostname and resolv.conf."""
-        status = await self.task_procs.stop(name)
-        if status is not None:
-            self.events.write("command_stopped", container=name, status=status)
-        await self.services.stop_container(name)
+        return await self.svcnet.ingress(ports, run, self.remove)
 
     async def manager_call(self, op: str, args: dict[str, Any]) -> Any:
         """Forward one manager request; the manager's errors come back unchanged."""
