@@ -318,9 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv", help="with check")
     p.set_defaults(func=_cmd_lab)
 
+    from overlaysim.service_cli import register as register_service
     from overlaysim.testbed_cli import register
 
     register(sub)
+    register_service(sub)
     return parser
 
 

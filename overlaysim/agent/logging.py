@@ -47,6 +47,8 @@ KINDS = frozenset(
         "keys_installed",
         "traffic",
         "timer_lag",
+        "names",
+        "command_stopped",
     }
 )
 
