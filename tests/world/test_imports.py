@@ -176,6 +176,7 @@ PRIVATE_OK = {
     ("overlaysim.agent.netns", "os._exit"),
     ("overlaysim.emu.forkserver", "os._exit"),
     ("overlaysim.testbed_cli", "argparse._SubParsersAction"),
+    ("overlaysim.service_cli", "argparse._SubParsersAction"),
     # RunRecord.create writes the first line of a new record through its base Journal
     ("overlaysim.emu.record", "rec._append"),
 }
