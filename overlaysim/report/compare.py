@@ -285,6 +285,10 @@ _SCALARS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
      ("overhead", "bytes_per_node_per_s")),
     ("overhead.msgs_per_node_per_s", "messages sent per node", "msg/s",
      ("overhead", "msgs_per_node_per_s")),
+    # not in any timing sample (a commit that never converged has no latency): a backend
+    # that leaves commits unconverged shows here, not in the KS rows
+    ("endpoint_convergence_s.unconverged", "commits never converged", "",
+     ("endpoint_convergence_s", "unconverged")),
     ("false_positives", "false positives", "", ("false_positives",)),
     ("false_positives_partitioned", "false pos. partitioned", "",
      ("false_positives_partitioned",)),

@@ -232,7 +232,8 @@ def _panel(
 def draw_comparison(c: Comparison, fig: Figure) -> None:
     """Two panels: CDF of endpoint convergence latency; CDF of crash detection times."""
     left, right = fig.subplots(1, 2)
-    fig.suptitle(f"A (solid): {c.a.label}   vs   B (dashed): {c.b.label}", fontsize=18)
+    window = f"   (events from t = {c.since:g} s)" if c.since else ""
+    fig.suptitle(f"A (solid): {c.a.label}   vs   B (dashed): {c.b.label}{window}", fontsize=18)
     _panel(
         left,
         c,

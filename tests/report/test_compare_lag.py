@@ -115,3 +115,17 @@ def test_cli_since_and_lag_warning(folders, tmp_path, capsys):
     assert "the emulator was overloaded" in printed
     saved = json.loads((out / "compare.json").read_text())
     assert saved["since_s"] == 20.0 and saved["emulator_lag"]["b"]["overloaded"] is True
+
+
+def test_commits_that_never_converged_are_compared_as_a_scalar(tmp_path, folders):
+    # a commit without a latency is in no KS sample: the scalar row is what shows it
+    out = tmp_path / "lost"
+    rows = [
+        (20.0 + i, "h1", "app", f"s{i}", "add", 3, 20.5 + i, 0.5, "converged") for i in range(5)
+    ]
+    rows.append((30.0, "h1", "app", "x", "add", 3, None, None, "unconverged"))
+    writer = ResultsWriter(out, base_manifest(name="fid", backend="sim", seed=1, scenario={}))
+    finalize(writer, Outcome(status="complete", duration_s=40.0, tables={"convergence": rows}))
+    c = compare_runs(load_run(out), load_run(folders["emu"]))
+    scal = {s.metric: s for s in c.scalars}["endpoint_convergence_s.unconverged"]
+    assert (scal.a, scal.b, scal.ratio) == (1.0, 0.0, 0.0)
