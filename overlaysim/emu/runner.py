@@ -39,6 +39,7 @@ from overlaysim.emu.signals import signals_deferred
 from overlaysim.emu.testbed import Testbed
 from overlaysim.errors import RunFailed
 from overlaysim.metrics.finalize import Outcome, finalize
+from overlaysim.metrics.lag import StepLag, lag_report, step_summary
 from overlaysim.metrics.results import FinalStatus, ResultsWriter
 from overlaysim.scenario.schema import Scenario
 from overlaysim.scenario.steps import Step
@@ -343,13 +344,21 @@ def _outcome(
         counters={"messages": {"sent": sent, "delivered": recv, "lost": max(0, sent - recv)}},
         skipped_steps=world.skipped if world else [],
         extra=extra,
+        lag=_lag_report(world, result),
     )
 
 
-def _lag_summary(lags: list[float]) -> dict[str, float | int | None]:
-    if not lags:
-        return {"steps": 0, "mean": None, "max": None}
-    return {"steps": len(lags), "mean": sum(lags) / len(lags), "max": max(lags)}
+def _lag_summary(lags: list[StepLag]) -> dict[str, float | int | None]:
+    """The manifest's short ``step_lag_s`` (the full report is ``emulator_lag``)."""
+    s = step_summary(lags)
+    return {"steps": s["count"], "mean": s["mean_s"], "p99": s["p99_s"], "max": s["max_s"]}
+
+
+def _lag_report(world: EmuWorld | None, result: Collected | None) -> dict[str, Any] | None:
+    """Step lag and agents' timer lateness, or None when the timeline never started."""
+    if world is None or world.t0 is None:
+        return None
+    return lag_report(world.lags, result.timer_late if result else [])
 
 
 def _wallclock() -> str:

@@ -23,7 +23,7 @@ from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.network import Allocation
 from overlaysim.core.services import name_fields, vip_endpoint
-from overlaysim.core.wire import Message
+from overlaysim.core.wire import Entry, Message
 from overlaysim.errors import RunFailed
 from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.metrics.dns import DnsTracker
@@ -214,6 +214,7 @@ class SimWorld(World):
 
     def __init__(self, scenario: Scenario, seed: int, *, services: bool = False) -> None:
         self.seed = seed
+        self._ip_vteps: dict[tuple[str, str], dict[str | None, set[str | None]]] = {}
         events = EventLog()
         tracker = ConvergenceTracker()
         self.traffic = TrafficCounter()
@@ -261,6 +262,7 @@ class SimWorld(World):
         """
         now = self.env.now
         site = self._sites
+        self._ip_vteps.clear()  # (host, network) -> ip -> VTEPs of its live entries, this round
         names = sorted(self.containers)
         pairs = [(a, b) for a in names for b in names if a != b]
         if len(pairs) > MAX_PROBE_PAIRS:
@@ -331,9 +333,28 @@ class SimWorld(World):
             or eb is None
             or ea.value.get("vtep") != b.host
             or eb.value.get("vtep") != a.host
+            or self._conflicting(a.host, net, ea)
+            or self._conflicting(b.host, net, eb)
         ):
             return False
         return self.underlay.reachable(a.host, b.host) and self.underlay.reachable(b.host, a.host)
+
+    def _conflicting(self, host: str, net: str, e: Entry) -> bool:
+        """Whether ``host`` also holds a live entry giving ``e``'s IP another VTEP.
+
+        A data plane forwards by address (neighbour IP -> MAC, FDB MAC -> VTEP), one
+        VTEP per address: a stale entry for a reused IP leaves the forwarding ambiguous
+        (libnetwork keeps the entry it programmed first), so the model counts the pair
+        as unreachable.
+        """
+        index = self._ip_vteps.get((host, net))
+        if index is None:
+            index = {}
+            node = self.cluster.node(host)
+            for other in node.tables.entries(net, ENDPOINTS).values() if node else ():
+                index.setdefault(other.value.get("ip"), set()).add(other.value.get("vtep"))
+            self._ip_vteps[(host, net)] = index
+        return len(index.get(e.value.get("ip"), ())) > 1
 
 
 def run_simulation(

@@ -102,6 +102,8 @@ class Underlay:
                 return None
             mids = tuple(frozenset((sp[i], sp[i + 1])) for i in range(len(sp) - 1))
             p = (la, *mids, lb)
+            if not mids:
+                return p  # one switch: not worth a cached tuple per host pair (N^2)
         else:
             try:
                 nodes = nx.dijkstra_path(self.graph, src, dst, weight="latency_ms")
@@ -143,6 +145,10 @@ class Underlay:
         lat += self.global_delay_s
         survive *= 1.0 - self.global_loss
         c = (lat, spb, survive, self._version)
+        if self._fast and len(p) <= 2:
+            # Two links (hosts on one switch): cheaper to add up again than to keep a
+            # cached tuple per host pair, N^2 of them on a large star.
+            return c
         if len(self._cost) < 2_000_000:
             self._cost[key] = c
         return c

@@ -31,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "sweep": {"core", "errors", "scenario", "metrics", "world", "report", "sim", "emu"},
     "known_issues": {"core", "errors", "scenario", "metrics", "sim", "emu"},
     "testbed_cli": {"core", "errors", "agent", "emu", "lab", "scenario", "metrics"},
+    "service_cli": {"core", "errors", "agent", "emu"},
     "cli": {"*"},  # the command line sits on top of everything
     "": set(),  # overlaysim/__init__.py: the version only
 }
