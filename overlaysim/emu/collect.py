@@ -116,7 +116,9 @@ def collect(
             if t < 0 or t > t_end:
                 continue
             seq += 1
-            items.append((t, 1, seq, line))
+            # An agent's "start" is stamped with the time the runner records as its
+            # node_restart: the new boot (empty tables) comes first at equal times.
+            items.append((t, -1 if kind == "start" else 1, seq, line))
     items.sort(key=lambda it: (it[0], it[1], it[2]))
 
     events = EventLog()

@@ -67,8 +67,8 @@ def _sim_with_agent_lines() -> tuple[SimWorld, dict[str, list[dict[str, Any]]]]:
     world.start(the_plan)
     world.env.run(until=50)
     for row in world.events.rows:
-        if row[2] == "node_restart":  # a restarted agent logs "start" before it is ready
-            logs[row[3]].append({"t": row[0] - 1e-6, "node": row[3], "kind": "start"})
+        if row[2] == "node_restart":  # stamped as the runner's node_restart (emulation)
+            logs[row[3]].append({"t": row[0], "node": row[3], "kind": "start"})
     return world, logs
 
 
