@@ -16,6 +16,10 @@ simulator uses, with the same rules:
 * a crash or leave (``node_gone``), or the host's last container leaving the network,
   stops the wait for that host.
 
+``timer_lag`` lines (how late each agent's protocol timer fired) are kept apart, as
+:class:`~overlaysim.metrics.lag.TimerLate` records for the fidelity guard
+(:mod:`overlaysim.metrics.lag`).
+
 A deletion that comes from dead-node cleanup is logged as ``entry_programmed`` with
 no ``entry_commit``: it closes nothing.
 
@@ -41,6 +45,7 @@ from overlaysim.core.endpoint import ENDPOINTS
 from overlaysim.core.events import EntryEvent, EntryEventKind
 from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.metrics.dns import DnsTracker
+from overlaysim.metrics.lag import TimerLate
 from overlaysim.metrics.records import (
     DOWN_KINDS,
     HOLD_EVENTS_MAX_HOSTS,
@@ -84,6 +89,8 @@ class Collected:
     #: Messages sent and received in the window, over all agents.
     msgs_sent: int
     msgs_recv: int
+    #: Every agent's ``timer_lag`` lines in the window, in time order.
+    timer_late: list[TimerLate]
     #: Service-DNS rows (runs with services whose agents logged entry values), else None.
     dns: list[dict[str, object]] | None = None
     #: Why ``dns`` is None in a run with services ("" otherwise).
@@ -107,13 +114,18 @@ def collect(
         if row[2] in truth_kinds:
             items.append((row[0], 0, i, row))
     seq = 0
+    timer_late: list[TimerLate] = []
     for lines in logs.values():
         for line in lines:
             kind = line.get("kind")
-            if kind not in agent_kinds:
+            if kind not in agent_kinds and kind != "timer_lag":
                 continue
             t = float(line["t"]) - t0
             if t < 0 or t > t_end:
+                continue
+            if kind == "timer_lag":
+                late = tuple(float(ms) / 1e3 for ms in line.get("late_ms") or ())
+                timer_late.append(TimerLate(t, str(line.get("node", "")), late))
                 continue
             seq += 1
             # An agent's "start" is stamped with the time the runner records as its
@@ -172,6 +184,7 @@ def collect(
         traffic_kinds=traffic.kind_rows(),
         msgs_sent=traffic.msgs_sent,
         msgs_recv=traffic.msgs_recv,
+        timer_late=sorted(timer_late, key=lambda x: (x.t, x.node)),
         dns=dns.finish() if dns is not None and valued else None,
         dns_note=NO_DNS_VALUES if dns is not None and not valued else "",
     )
