@@ -27,7 +27,8 @@ peer VTEP's ESP port. The peer opens them and writes the frame into its own TAP.
 * Fail closed: anything that does not open (bad format, wrong or retired key,
   replay, tampering) is dropped and counted per reason, never delivered. An nftables
   rule in the host namespace drops and counts cleartext VXLAN carrying the VNI of an
-  encrypted network (:class:`ClearVxlanGuard`).
+  encrypted network (:class:`~overlaysim.agent.vxlan_guard.ClearVxlanGuard`). UDP GSO/GRO
+  and sends that survive a full buffer are :mod:`overlaysim.agent.udp_gso`.
 
 Key changes come from the agent (:meth:`EspTunnel.install_keys`); SAs of keys that
 stay keep their sequence numbers and replay windows.
@@ -36,41 +37,29 @@ stay keep their sequence numbers and replay windows.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import select
-import shutil
 import socket
-import struct
-import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from overlaysim.agent import frames, names, segment
+from overlaysim.agent import frames, segment, udp_gso
 from overlaysim.agent.tap import open_tap, udp_socket
+from overlaysim.agent.vxlan_guard import ClearVxlanGuard, GuardError
 from overlaysim.core import esp
 
 log = logging.getLogger(__name__)
 
 #: UDP port of ESP-in-UDP (RFC 3948's NAT-traversal port; analysers decode it as ESP).
 ESP_PORT = 4500
-#: Largest UDP payload over IPv4.
-MAX_UDP_PAYLOAD = 65507
 #: Largest frame that still fits one sealed datagram.
-MAX_FRAME = MAX_UDP_PAYLOAD - esp.OVERHEAD_MAX
+MAX_FRAME = udp_gso.MAX_UDP_PAYLOAD - esp.OVERHEAD_MAX
 #: Read size: a GSO super-frame plus its virtio-net header.
 _READ = 65536 + frames.VNET_HDR_LEN + 64
 #: Replay window: wide enough for reordering among the packets of back-to-back frames.
 WINDOW = 256
-#: Linux UDP socket options (``linux/udp.h``): GSO size on send, GRO on receive.
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
-#: Most packets one ``UDP_SEGMENT`` send may carry (the kernel's ``UDP_MAX_SEGMENTS``
-#: is 64 on older kernels, 128 on newer ones).
-GSO_MAX_SEGMENTS = 64
 #: Receive size: a whole GRO run of packets (the kernel caps it at 64 KB).
 _RECV = 65536
 
@@ -120,77 +109,6 @@ class _Net:
     # Its own wake-up pipe: written once to stop this send loop. Shared with other
     # loops, the unread byte would keep every poll() returning at once (a busy spin).
     wake: tuple[int, int] = field(default_factory=lambda: os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
-
-
-class ClearVxlanGuard:
-    """nftables table :data:`~overlaysim.agent.names.ESP_TABLE` that drops and counts cleartext VXLAN per VNI.
-
-    An encrypted network has no VXLAN device, so the kernel would drop such packets
-    anyway, silently; this makes the drop explicit and countable. ``netns`` is a
-    namespace path (``None``: the caller's).
-    """
-
-    TABLE = names.ESP_TABLE
-
-    def __init__(self, vxlan_port: int, netns: str | None = None) -> None:
-        self.vxlan_port = vxlan_port
-        self.netns = netns
-        self._vnis: set[int] = set()
-        self._made = False
-
-    def _nft(self, script: str, *args: str) -> str:
-        nft = shutil.which("nft")
-        if nft is None:
-            raise TunnelError("nft (nftables) is not installed: cannot guard encrypted VNIs")
-        cmd = [nft, *args] if args else [nft, "-f", "-"]
-        if self.netns is not None:
-            cmd = ["nsenter", f"--net={self.netns}", *cmd]
-        proc = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=10)
-        if proc.returncode != 0:
-            raise TunnelError(f"nft {' '.join(args) or '-f'}: {proc.stderr.strip()}")
-        return proc.stdout
-
-    def add(self, vni: int) -> None:
-        """Drop cleartext VXLAN with ``vni`` from now on."""
-        if vni in self._vnis:
-            return
-        lines = []
-        if not self._made:
-            lines += [
-                f"add table inet {self.TABLE}",
-                f"add chain inet {self.TABLE} input {{ type filter hook input priority -10; }}",
-            ]
-        # VNI = 24 bits at bit 96 of the transport header (UDP 8 bytes, VXLAN flags 4).
-        lines += [
-            f"add counter inet {self.TABLE} clear_vxlan_{vni}",
-            f"add rule inet {self.TABLE} input udp dport {self.vxlan_port} @th,96,24 {vni} "
-            f'counter name "clear_vxlan_{vni}" drop',
-        ]
-        self._nft("\n".join(lines) + "\n")
-        self._made = True
-        self._vnis.add(vni)
-
-    def dropped(self) -> dict[int, int]:
-        """Packets dropped per VNI so far."""
-        if not self._made:
-            return {}
-        out = json.loads(self._nft("", "-j", "list", "counters", "table", "inet", self.TABLE))
-        counts = {}
-        for item in out.get("nftables", []):
-            c = item.get("counter")
-            if c and c.get("name", "").startswith("clear_vxlan_"):
-                counts[int(c["name"].rpartition("_")[2])] = int(c.get("packets", 0))
-        return counts
-
-    def close(self) -> None:
-        """Delete the table (idempotent; a namespace already gone is fine)."""
-        if self._made:
-            try:
-                self._nft(f"delete table inet {self.TABLE}\n")
-            except (TunnelError, OSError) as exc:
-                log.debug("nft cleanup: %s", exc)
-            self._made = False
-            self._vnis.clear()
 
 
 class EspTunnel:
@@ -270,7 +188,10 @@ class EspTunnel:
         if vni in self._nets:
             raise TunnelError(f"VNI {vni} already has an encrypted path here")
         self._start()
-        self.guard.add(vni)
+        try:
+            self.guard.add(vni)
+        except GuardError as exc:
+            raise TunnelError(str(exc)) from exc
         try:
             fd = open_tap(ifname, sandbox)
         except OSError as exc:
@@ -379,7 +300,7 @@ class EspTunnel:
         except OSError as exc:
             raise TunnelError(f"ESP socket {self.local}:{self.port}: {exc}") from exc
         try:  # a run of packets per recvmsg; without it, one each (still correct)
-            self._sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+            udp_gso.enable_gro(self._sock)
         except OSError as exc:
             log.info("UDP GRO not available (%s): receiving packet by packet", exc)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -484,32 +405,18 @@ class EspTunnel:
         assert sock is not None
         addr = (vtep, self.port)
         if len(packets) == 1 or not gso:
-            for i, packet in enumerate(packets):
-                if _retry(sock, lambda p=packet: sock.sendto(p, addr)):
-                    return i, i + 1
-            return len(packets), len(packets)
-        # All packets but the last have the same length (full segments, same padding),
-        # which is what UDP_SEGMENT needs; the kernel splits the run into datagrams.
-        size = len(packets[0])
-        step = min(GSO_MAX_SEGMENTS, MAX_UDP_PAYLOAD // size)
-        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
-        calls = 0
-        for i in range(0, len(packets), step):
-            calls += 1
-            run = packets[i : i + step]
-            err = _retry(sock, lambda r=run: sock.sendmsg(r, cmsg, 0, addr))
-            if err:
-                if i == 0 and self.send_mode == SEND_GSO and err in _NO_GSO:
-                    # No UDP GSO in this kernel or on this path, or packets larger than
-                    # the underlay MTU (EINVAL): one packet per system call from now on.
-                    self._on_error(
-                        f"UDP GSO send refused ({errno.errorcode.get(err, err)}: no UDP GSO, "
-                        f"or {size}-byte packets above the underlay MTU): sending one by one"
-                    )
-                    self.send_mode = SEND_SEGMENTS
-                    return self._send(packets, vtep, False)
-                return i, calls
-        return len(packets), calls
+            return udp_gso.send_each(sock, packets, addr)
+        sent, calls, err = udp_gso.send_segmented(sock, packets, addr)
+        if err and sent == 0 and self.send_mode == SEND_GSO and err in udp_gso.NO_GSO:
+            # No UDP GSO in this kernel or on this path, or packets larger than the
+            # underlay MTU (EINVAL): one packet per system call from now on.
+            self._on_error(
+                f"UDP GSO send refused ({errno.errorcode.get(err, err)}: no UDP GSO, "
+                f"or {len(packets[0])}-byte packets above the underlay MTU): sending one by one"
+            )
+            self.send_mode = SEND_SEGMENTS
+            return self._send(packets, vtep, False)
+        return sent, calls
 
     def _rx_loop(self) -> None:
         sock = self._sock
@@ -520,6 +427,7 @@ class EspTunnel:
         recvmsg = sock.recvmsg
         cmsg_space = socket.CMSG_SPACE(4)
         parse = esp.parse_header
+        gro_packets = udp_gso.gro_packets
         rx_header = frames.rx_vnet_header
         merge = segment.coalesce
         host_stats = self._host_stats
@@ -535,15 +443,7 @@ class EspTunnel:
                         return
                     continue  # ICMP errors of earlier sends surface here
                 host_stats["rx_calls"] += 1
-                step = 0
-                for level, kind, value in anc:
-                    if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
-                        step = struct.unpack("=i", value[:4])[0]
-                if 0 < step < len(data):
-                    view = memoryview(data)
-                    packets = [view[i : i + step] for i in range(0, len(data), step)]
-                else:
-                    packets = [data]
+                packets = gro_packets(data, anc)
                 opened: dict[_Net, list[bytes]] = {}
                 for packet in packets:
                     try:
@@ -576,30 +476,6 @@ class EspTunnel:
                                 net.stats["drop_send_error"] += 1
                     net.stats["rx_frames"] += len(got)
                     net.stats["rx_bytes"] += sum(len(f) for f in got)
-
-
-def _retry(sock: socket.socket, send: Callable[[], object]) -> int:
-    """``send()``, once more after waiting up to 100 ms if the socket buffer is full.
-    Returns 0, or the error number of the failure (the caller counts the loss)."""
-    try:
-        send()
-        return 0
-    except BlockingIOError:
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        poller.poll(100)
-        try:
-            send()
-            return 0
-        except OSError as exc:
-            return exc.errno or errno.EIO
-    except OSError as exc:
-        return exc.errno or errno.EIO
-
-
-#: Errors of a ``UDP_SEGMENT`` send that mean the kernel or device has no UDP GSO (EIO:
-#: no checksum offload on the way out), as opposed to a full buffer or a lost route.
-_NO_GSO = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 
 
 def _wake(fd: int) -> None:

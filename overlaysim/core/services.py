@@ -66,6 +66,7 @@ __all__ = [
     "check_dns_name",
     "name_fields",
     "task_name",
+    "vip_endpoint",
 ]
 
 #: The table whose entries carry names: the endpoint table (:mod:`overlaysim.core.endpoint`).
@@ -105,6 +106,15 @@ def check_dns_name(name: str, what: str = "name") -> str:
 def task_name(service: str, slot: int) -> str:
     """The container name and hostname of a service task: ``<service>.<slot>``."""
     return f"{check_dns_name(service, 'service')}.{slot}"
+
+
+def vip_endpoint(service: str) -> str:
+    """The IPAM endpoint name holding ``service``'s VIP on a network.
+
+    ``vip:`` cannot start a container name (a DNS name has no ``:``), so a VIP never
+    collides with a container's address.
+    """
+    return f"vip:{check_dns_name(service, 'service')}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,13 @@ The rules, all applied in :meth:`Tables._merge` and :meth:`Tables._store`:
   =====================  ==========================================================
   stored record          the incoming version is accepted when
   =====================  ==========================================================
-  none                   always
+  none                   always (with ``unknown_tombstones`` off, NetworkDB's rule: a
+                         delete that came by gossip is dropped; bulk sync stores it)
   live or tombstone      its version is strictly higher
-  hidden, same owner     its version is higher or equal (equal: the owner is back)
+  hidden, same owner     its version is higher or equal (equal: the owner is back;
+                         with ``local_tombstones`` off, a record hidden by a network
+                         leave refuses the equal version, as NetworkDB's forged
+                         tombstones did before moby#50342)
   hidden, other owner    always (the hidden record exists only here)
   =====================  ==========================================================
 
@@ -105,6 +109,9 @@ class _Record:
     entry: Entry
     hidden: bool = False
     reap_at: float | None = None  # set while not live
+    #: Hidden because its owner left the network, with ``local_tombstones`` off: it then
+    #: refuses the owner's same version, like NetworkDB's forged tombstones.
+    forged: bool = False
 
     @property
     def live(self) -> bool:
@@ -687,7 +694,7 @@ class Tables:
         if cur is not None:
             ev, cv = entry_version(e), entry_version(cur.entry)
             if cur.hidden:
-                if cur.entry.owner == e.owner and ev < cv:
+                if cur.entry.owner == e.owner and (ev < cv or (ev == cv and cur.forged)):
                     return False
             elif ev <= cv:
                 return False
@@ -740,7 +747,9 @@ class Tables:
         self._store(network, st, k, e, now)
         self._enqueue(network, st, e, now)
 
-    def _hide_owner(self, network: str, owner: str, max_epoch: int, now: float) -> None:
+    def _hide_owner(
+        self, network: str, owner: str, max_epoch: int, now: float, forged: bool = False
+    ) -> None:
         st = self._nets.get(network)
         if st is None:
             return
@@ -748,6 +757,7 @@ class Tables:
             rec = st.records[k]
             if rec.live and rec.entry.owner_epoch <= max_epoch:
                 self._store(network, st, k, rec.entry, now, hidden=True)
+                st.records[k].forged = forged
 
     def _replace_older_boot(self, node: str, epoch: int, now: float) -> None:
         """A newer boot of ``node``: its older entries and attachments are void."""
@@ -798,7 +808,10 @@ class Tables:
         self._note_net(a.node, a.network)
         self._refresh_peer(a.network, a.node)
         if a.leaving:
-            self._hide_owner(a.network, a.node, a.epoch, now)
+            # Without local tombstones (NetworkDB before moby#50342) the hidden records
+            # stand for deletes at their own Lamport time.
+            forged = not self.config.local_tombstones
+            self._hide_owner(a.network, a.node, a.epoch, now, forged)
         return True
 
     def _note_net(self, node: str, network: str) -> None:
@@ -942,6 +955,7 @@ class Tables:
         st = self._nets[network]
         held = st.held
         entries = _seq(msg.entries)
+        drop_unknown_deletes = not self.config.unknown_tombstones
         # Fast path: the very records we already hold (in the simulator, entries are
         # shared immutable objects), so nothing to validate or merge.
         if held.issuperset(map(id, entries)):
@@ -951,6 +965,12 @@ class Tables:
                 continue
             if not _entry_ok(e) or e.network != network:
                 self.dropped += 1
+            elif drop_unknown_deletes and e.deleted and (e.table, e.key) not in st.records:
+                # NetworkDB: an async delete of an entry it never held is ignored. Still
+                # reported (as when it is stored), so measurements see that it arrived.
+                self._events.append(
+                    EntryEvent(EntryEventKind.TOMBSTONE, network, e.table, e.key, e.owner, {})
+                )
             elif self._merge(network, st, e, now):
                 self._enqueue(network, st, e, now)
         return True

@@ -16,20 +16,36 @@ simulator uses, with the same rules:
 * a crash or leave (``node_gone``), or the host's last container leaving the network,
   stops the wait for that host.
 
+``timer_lag`` lines (how late each agent's protocol timer fired) are kept apart, as
+:class:`~overlaysim.metrics.lag.TimerLate` records for the fidelity guard
+(:mod:`overlaysim.metrics.lag`).
+
 A deletion that comes from dead-node cleanup is logged as ``entry_programmed`` with
-no ``entry_commit``: it closes nothing. Times become seconds since scenario start
+no ``entry_commit``: it closes nothing.
+
+Runs with services (the truth holds ``service_tasks`` rows) also replay the service-DNS
+metrics through the simulator's :class:`~overlaysim.metrics.dns.DnsTracker`: each
+``entry_seen`` line of the endpoints table that carries the entry's ``value`` is a table
+event of that host, ``service_tasks`` is a change of the truth (with the targets the world
+named), a crash or leave is ``host_gone`` and an agent's ``start`` line (a new boot,
+empty tables) is ``host_back``. Without values in the logs the DNS rows are not made. Times become seconds since scenario start
 (``t - t0``; every agent and the runner read the same monotonic clock), and only lines
 in ``[0, t_end]`` count.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from overlaysim.core.endpoint import ENDPOINTS
+from overlaysim.core.events import EntryEvent, EntryEventKind
 from overlaysim.metrics.convergence import ConvergenceTracker
+from overlaysim.metrics.dns import DnsTracker
+from overlaysim.metrics.lag import TimerLate
 from overlaysim.metrics.records import (
     DOWN_KINDS,
     HOLD_EVENTS_MAX_HOSTS,
@@ -46,6 +62,20 @@ _MEMBER = frozenset(str(k) for k in MEMBER_KINDS)
 _TRUTH = _UP | _DOWN | {str(EventKind.NET_ATTACH), str(EventKind.NET_DETACH)}
 #: Log kinds that matter here; others (entry_seen, attach, reconcile...) are skipped.
 _AGENT = _MEMBER | {"entry_commit", "entry_programmed", "traffic"}
+#: More kinds a run with services replays (the service-DNS metrics).
+_DNS_AGENT = frozenset({"entry_seen", "start"})
+_SERVICE_TASKS = str(EventKind.SERVICE_TASKS)
+_SEEN_KINDS = {
+    "add": EntryEventKind.CREATE,
+    "update": EntryEventKind.UPDATE,
+    "delete": EntryEventKind.DELETE,
+}
+
+#: Why a run with services has no ``dns`` rows when its agents logged no entry values.
+NO_DNS_VALUES = (
+    "not measured: the agents' entry_seen lines carry no entry value "
+    "(service DNS needs the endpoint entries' name fields)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +89,12 @@ class Collected:
     #: Messages sent and received in the window, over all agents.
     msgs_sent: int
     msgs_recv: int
+    #: Every agent's ``timer_lag`` lines in the window, in time order.
+    timer_late: list[TimerLate]
+    #: Service-DNS rows (runs with services whose agents logged entry values), else None.
+    dns: list[dict[str, object]] | None = None
+    #: Why ``dns`` is None in a run with services ("" otherwise).
+    dns_note: str = ""
 
 
 def collect(
@@ -70,18 +106,26 @@ def collect(
 ) -> Collected:
     """Merge ``truth`` (scenario time) with the agents' ``logs`` (monotonic time)."""
     items: list[tuple[float, int, int, Any]] = []
+    dns = DnsTracker() if any(row[2] == _SERVICE_TASKS for row in truth.rows) else None
+    truth_kinds = _TRUTH | {_SERVICE_TASKS} if dns is not None else _TRUTH
+    agent_kinds = _AGENT | _DNS_AGENT if dns is not None else _AGENT
     # Ground truth before agent lines at equal times: an attach precedes its commit.
     for i, row in enumerate(truth.rows):
-        if row[2] in _TRUTH:
+        if row[2] in truth_kinds:
             items.append((row[0], 0, i, row))
     seq = 0
+    timer_late: list[TimerLate] = []
     for lines in logs.values():
         for line in lines:
             kind = line.get("kind")
-            if kind not in _AGENT:
+            if kind not in agent_kinds and kind != "timer_lag":
                 continue
             t = float(line["t"]) - t0
             if t < 0 or t > t_end:
+                continue
+            if kind == "timer_lag":
+                late = tuple(float(ms) / 1e3 for ms in line.get("late_ms") or ())
+                timer_late.append(TimerLate(t, str(line.get("node", "")), late))
                 continue
             seq += 1
             items.append((t, 1, seq, line))
@@ -93,14 +137,32 @@ def collect(
     fold = Truth(tracker)
     traffic = _Traffic()
     holds = len(logs) <= HOLD_EVENTS_MAX_HOSTS  # entry_held rows: small runs only
+    valued = 0  # entry_seen lines that carried a value
     for t, source, _, item in items:
         if source == 0:
             _, node, kind, subject, network = item[:5]
             fold.fold(t, kind, node=node, subject=subject, network=network)
+            if dns is not None:
+                if kind == _SERVICE_TASKS:
+                    # the world's targets (the hosts on the network once the step was
+                    # done), as the simulator's tracker got them
+                    detail = json.loads(item[7] or "{}")
+                    targets = detail.get("targets", fold.targets(network))
+                    dns.change(t, network, subject, detail.get("ips", []), targets)
+                elif kind in _DOWN:
+                    dns.host_gone(t, subject)
             continue
         kind = item["kind"]
         node = str(item.get("node", ""))
-        if kind in _MEMBER:
+        if kind == "entry_seen":
+            ev = _seen_event(item)
+            if ev is not None and dns is not None:
+                valued += "value" in item
+                dns.host_event(t, node, ev)
+        elif kind == "start":
+            if dns is not None:
+                dns.host_back(node)
+        elif kind in _MEMBER:
             events.add(t, kind, node=node, subject=str(item.get("subject", "")))
         elif kind == "entry_commit":
             network, key, op = str(item["network"]), str(item["key"]), str(item["op"])
@@ -120,6 +182,26 @@ def collect(
         traffic_kinds=traffic.kind_rows(),
         msgs_sent=traffic.msgs_sent,
         msgs_recv=traffic.msgs_recv,
+        timer_late=sorted(timer_late, key=lambda x: (x.t, x.node)),
+        dns=dns.finish() if dns is not None and valued else None,
+        dns_note=NO_DNS_VALUES if dns is not None and not valued else "",
+    )
+
+
+def _seen_event(line: Mapping[str, Any]) -> EntryEvent | None:
+    """The endpoint-table event an ``entry_seen`` line describes (a create or update
+    only with its value; a delete needs none)."""
+    kind = _SEEN_KINDS.get(str(line.get("op", "")))
+    value = line.get("value", {} if kind is EntryEventKind.DELETE else None)
+    if line.get("table") != ENDPOINTS or not isinstance(value, dict) or kind is None:
+        return None
+    return EntryEvent(
+        kind,
+        str(line.get("network", "")),
+        ENDPOINTS,
+        str(line.get("key", "")),
+        str(line.get("owner", "")),
+        {str(k): str(v) for k, v in value.items()},
     )
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from overlaysim.metrics.atomic import jsonable
 from overlaysim.metrics.convergence import Status
+from overlaysim.metrics.dns import summarise as dns_summary
 from overlaysim.metrics.groundtruth import Liveness
 from overlaysim.metrics.membership import (
     failure_detections,
@@ -146,10 +147,12 @@ def compute_metrics(
     duration_s: float,
     nodes: int,
     traffic_kinds: pd.DataFrame | None = None,
+    dns: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Summarise a run. Tables are typed frames (:func:`load_run` or ``tables.frame``);
     None stands for an empty table. ``duration_s`` is the simulated/emulated time the
-    run covered (shorter than planned if interrupted); ``nodes`` the number of hosts."""
+    run covered (shorter than planned if interrupted); ``nodes`` the number of hosts.
+    ``dns`` (runs with services only) adds ``dns_convergence_s`` and ``stale_dns_window_s``."""
     events = frame("events", events)
     convergence = frame("convergence", convergence)
     traffic = frame("traffic", traffic)
@@ -177,4 +180,6 @@ def compute_metrics(
         "reachability": reachability_summary(reachability),
         "rtt_ms": rtt_by_sites(reachability),
     }
+    if dns is not None:
+        metrics.update(dns_summary(frame("dns", dns).to_dict("records")))
     return jsonable(metrics)

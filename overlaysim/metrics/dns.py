@@ -60,9 +60,11 @@ class _Stale:
     network: str
     service: str
     ip: str
+    tasks: int
     holders: set[str] = field(default_factory=set)
     done_t: float | None = None
     status: Status | None = None
+    targets: int = 0
 
     def row(self) -> dict[str, object]:
         return {
@@ -71,8 +73,8 @@ class _Stale:
             "network": self.network,
             "service": self.service,
             "ip": self.ip,
-            "tasks": None,
-            "targets": None,
+            "tasks": self.tasks,
+            "targets": self.targets,
             "value_s": None if self.done_t is None else self.done_t - self.t,
             "status": str(self.status),
         }
@@ -144,7 +146,7 @@ class DnsTracker:
                 for h in self._dirs
                 if h not in self._gone and ip in self._view(h, network, key[1])
             }
-            st = _Stale(t, network, key[1], ip, holders)
+            st = _Stale(t, network, key[1], ip, len(truth), holders, targets=len(tg))
             self._stale.append(st)
             if holders:
                 self._open_stale.append(st)

@@ -59,6 +59,8 @@ class EventKind(StrEnum):
     CONTAINER_ATTACH = "container_attach"
     CONTAINER_DETACH = "container_detach"
     ROTATE_KEYS = "rotate_keys"  # detail: generation, primary key tag, hosts, took_s
+    # a service's live task set changed (subject = service; detail: ips)
+    SERVICE_TASKS = "service_tasks"
     # membership views, reported by agents (node = observer, subject = observed)
     MEMBER_JOIN = "member_join"
     MEMBER_SUSPECT = "member_suspect"
@@ -168,9 +170,34 @@ THROUGHPUT = TableSchema(
     sort_by=("src", "dst", "proto"),
 )
 
+#: Service DNS (``metrics/dns.py``): one row per change of a service's live task set
+#: (``dns_convergence_s``) and per task address a change removed (``stale_dns_window_s``).
+#: ``tasks``: live tasks after the change; ``targets``: the running hosts attached to the
+#: network at the change (those waited for).
+DNS = TableSchema(
+    "dns",
+    (
+        ("metric", "str"),
+        ("t", "float"),
+        ("network", "str"),
+        ("service", "str"),
+        ("ip", "str"),
+        ("tasks", "int"),
+        ("targets", "int"),
+        ("value_s", "nfloat"),
+        ("status", "str"),
+    ),
+    sort_by=("t", "metric", "service", "ip"),
+)
+
+#: The tables every results folder holds.
 TABLES: dict[str, TableSchema] = {
     s.name: s for s in (EVENTS, CONVERGENCE, TRAFFIC, TRAFFIC_KINDS, REACHABILITY, THROUGHPUT)
 }
+#: Tables a folder holds only when the run had what they measure (``dns``: services).
+OPTIONAL_TABLES: dict[str, TableSchema] = {DNS.name: DNS}
+#: Every table a folder may hold.
+ALL_TABLES: dict[str, TableSchema] = {**TABLES, **OPTIONAL_TABLES}
 
 #: Throughput reason the simulator writes (it has no data plane to measure).
 NOT_MEASURED_BY_SIM = "not measured by the simulator"

@@ -5,6 +5,7 @@ Layout (reference: ``docs/results.md``)::
     <out>/manifest.json      what ran; status running -> complete|interrupted|failed
     <out>/metrics.json       summary numbers
     <out>/<table>.csv        events, convergence, traffic, traffic_kinds, reachability, throughput
+    <out>/dns.csv            service DNS rows (only runs with services)
     <out>/plots/*.png        figures
 
 Every file is written atomically. The folder exists, with ``status: "running"``, from
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from overlaysim.metrics.atomic import atomic_open, json_bytes
-from overlaysim.metrics.records import TABLES
+from overlaysim.metrics.records import ALL_TABLES, OPTIONAL_TABLES, TABLES
 from overlaysim.metrics.tables import Rows, frame, read_csv, schema_for, write_csv
 
 MANIFEST = "manifest.json"
@@ -44,7 +45,7 @@ def _known_files() -> list[str]:
     return [
         MANIFEST,
         METRICS,
-        *(s.file_name for s in TABLES.values()),
+        *(s.file_name for s in ALL_TABLES.values()),
         *(f"{PLOTS_DIR}/{p}" for p in PLOT_FILES),
     ]
 
@@ -139,6 +140,8 @@ class Run:
     traffic_kinds: pd.DataFrame
     reachability: pd.DataFrame
     throughput: pd.DataFrame
+    #: Service DNS rows; None when the run had no services (no ``dns.csv``).
+    dns: pd.DataFrame | None = None
 
     @property
     def status(self) -> str:
@@ -165,4 +168,7 @@ def load_run(path: Path | str) -> Run:
     for name, schema in TABLES.items():
         f = path / schema.file_name
         tables[name] = read_csv(f, schema) if f.is_file() else frame(schema)
+    for name, schema in OPTIONAL_TABLES.items():
+        f = path / schema.file_name
+        tables[name] = read_csv(f, schema) if f.is_file() else None
     return Run(path=path, manifest=manifest, metrics=metrics, **tables)

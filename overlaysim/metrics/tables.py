@@ -20,7 +20,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from overlaysim.metrics.records import TABLES, ColumnType, TableSchema
+from overlaysim.metrics.records import ALL_TABLES, ColumnType, TableSchema
 
 Rows = pd.DataFrame | Iterable[Mapping[str, Any]] | Iterable[Sequence[Any]]
 
@@ -87,8 +87,8 @@ _FORMATTERS: dict[str, Callable[[Any], str]] = {
 
 def schema_for(name: str, columns: Sequence[str] | None = None) -> TableSchema:
     """The schema of a known table, or an untyped one for an extra table."""
-    if name in TABLES:
-        schema = TABLES[name]
+    if name in ALL_TABLES:
+        schema = ALL_TABLES[name]
         if columns is not None and tuple(columns) != schema.column_names:
             raise ValueError(f"table {name!r} has columns {schema.column_names}, got {columns}")
         return schema
@@ -207,7 +207,7 @@ def frame(schema: TableSchema | str, rows: Rows | None = None) -> pd.DataFrame:
     Lets a caller compute metrics from in-memory records without a CSV round trip.
     """
     if isinstance(schema, str):
-        schema = TABLES[schema]
+        schema = ALL_TABLES[schema]
     cols = schema.column_names
     if isinstance(rows, pd.DataFrame):
         df = rows[list(cols)].copy()

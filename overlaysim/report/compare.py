@@ -7,40 +7,30 @@ cannot tell the samples apart at level ``alpha`` (p ≥ alpha), ``differ`` other
 Below :data:`MIN_SAMPLES` values on either side the test is not run. Scalar metrics
 (overhead, false positives) are shown side by side with their ratio B / A.
 
-Reference: ``docs/compare.md``.
+Writing a comparison out (table, ``compare.json``, ``compare.png``) is
+:mod:`overlaysim.report.compare_output`. Reference: ``docs/compare.md``.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import matplotlib as mpl
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from rich.table import Table
 from scipy.stats import ks_2samp
 
 from overlaysim.errors import UserError
-from overlaysim.metrics.atomic import atomic_write_bytes, json_bytes
 from overlaysim.metrics.finalize import metrics_for
 from overlaysim.metrics.membership import failure_detections, join_visibilities
 from overlaysim.metrics.results import MANIFEST, Run, load_run
-from overlaysim.metrics.stats import pct
-from overlaysim.report.plots import DPI, STYLE
+from overlaysim.metrics.tables import frame
 
 #: Fewer values than this on either side: no KS test (its p-value means little).
 MIN_SAMPLES = 5
 #: Tables a run must hold to be compared (the timing samples come from them).
 REQUIRED_FILES = ("events.csv", "convergence.csv")
-COMPARE_JSON = "compare.json"
-COMPARE_PNG = "compare.png"
-FIGSIZE = (16.0, 7.0)  # inches: two panels side by side, 1600x700 px at DPI
 
 Verdict = Literal["agree", "differ", "too few samples"]
 #: Round-trip times per site pair agree when B's median is within this of A's ...
@@ -224,10 +214,13 @@ def _finite(values: Any) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def samples(run: Run, ops: list[str] | None = None) -> dict[str, tuple[str, np.ndarray]]:
+def samples(
+    run: Run, ops: list[str] | None = None, *, dns: bool | None = None
+) -> dict[str, tuple[str, np.ndarray]]:
     """Per-event timing samples of a run, in seconds: ``{metric: (label, values)}``.
 
     ``ops`` lists the commit ops to break convergence down by (default: those present).
+    ``dns`` adds the service-DNS samples (default: when the run has a ``dns`` table).
     """
     conv = run.convergence
     ok = conv[conv["status"] == "converged"]
@@ -246,6 +239,14 @@ def samples(run: Run, ops: list[str] | None = None) -> dict[str, tuple[str, np.n
     out["detection.all_dead"] = ("crash: all dead", _finite(fd["all_dead_s"]))
     jv = join_visibilities(run.events, duration)
     out["join.visibility"] = ("join visibility", _finite(jv["visibility_s"]))
+    if dns if dns is not None else run.dns is not None:
+        d = run.dns if run.dns is not None else frame("dns")
+        d = d[d["status"] == "converged"]
+        for metric, label in (
+            ("dns_convergence_s", "service DNS convergence"),
+            ("stale_dns_window_s", "stale DNS window"),
+        ):
+            out[f"dns.{metric}"] = (label, _finite(d.loc[d["metric"] == metric, "value_s"]))
     return out
 
 
@@ -329,7 +330,8 @@ def compare_runs(a: Run, b: Run, alpha: float = 0.05) -> Comparison:
         c = run.convergence
         conv_ops |= set(c.loc[c["status"] == "converged", "op"])
     ops = sorted(conv_ops)
-    sa, sb = samples(a, ops), samples(b, ops)
+    dns = a.dns is not None or b.dns is not None  # one side without services: no samples
+    sa, sb = samples(a, ops, dns=dns), samples(b, ops, dns=dns)
     dists = []
     for key, (label, va) in sa.items():
         vb = sb[key][1]
@@ -378,235 +380,3 @@ def _rtts(ma: Mapping[str, Any], mb: Mapping[str, Any]) -> tuple[RttComparison, 
             )
         )
     return tuple(out)
-
-
-# --- output: table and JSON ------------------------------------------------------------
-
-
-def _s(x: float | None) -> str:
-    if x is None:
-        return "—"
-    return f"{x:.3g} s" if x >= 1 else f"{x * 1000:.3g} ms"
-
-
-def _stat(values: tuple[float, ...]) -> tuple[float | None, float | None]:
-    return pct(values, 50), pct(values, 95)
-
-
-def _num(x: float | None, unit: str) -> str:
-    if x is None:
-        return "—"
-    text = f"{x:.3g}" if x != int(x) or abs(x) >= 1e4 else f"{int(x)}"
-    return f"{text} {unit}".strip()
-
-
-_VERDICT_STYLE = {"agree": "green", "differ": "bold red", "too few samples": "yellow"}
-
-
-def comparison_table(c: Comparison) -> Table:
-    """A rich table: one row per timing metric (n, median, p95, KS) and per scalar.
-
-    Each cell holds ``A / B`` so the table fits an 80-column terminal.
-    """
-    table = Table(title=f"A: {c.a.label}  vs  B: {c.b.label}", title_style="bold")
-    table.add_column("metric", no_wrap=True)
-    for col in ("n A / B", "median A / B", "p95 A / B", "KS p"):
-        table.add_column(col, justify="right")
-    table.add_column("verdict")
-    for d in c.distributions:
-        med_a, p95_a = _stat(d.a)
-        med_b, p95_b = _stat(d.b)
-        table.add_row(
-            d.label,
-            f"{len(d.a)} / {len(d.b)}",
-            f"{_s(med_a)} / {_s(med_b)}",
-            f"{_s(p95_a)} / {_s(p95_b)}",
-            "—" if d.p_value is None else f"{d.p_value:.2g}",
-            f"[{_VERDICT_STYLE[d.verdict]}]{d.verdict}[/]",
-        )
-    if c.rtts:
-        table.add_section()
-    for r in c.rtts:
-        table.add_row(
-            r.label,
-            f"{r.samples_a} / {r.samples_b}",
-            f"{_num(r.a, 'ms')} / {_num(r.b, 'ms')}",
-            "",
-            "" if r.ratio is None else f"B/A {r.ratio:.2f}",
-            f"[{_VERDICT_STYLE[r.verdict]}]{r.verdict}[/]",
-        )
-    table.add_section()
-    for s in c.scalars:
-        ratio = "—" if s.ratio is None else f"B/A {s.ratio:.2f}"
-        table.add_row(s.label, "", f"{_num(s.a, s.unit)} / {_num(s.b, s.unit)}", "", "", ratio)
-    return table
-
-
-def comparison_dict(c: Comparison) -> dict[str, Any]:
-    """Everything in the comparison as plain JSON-able data (``compare.json``)."""
-
-    def side(values: tuple[float, ...]) -> dict[str, Any]:
-        med, p95 = _stat(values)
-        return {"n": len(values), "median": med, "p95": p95, "samples": list(values)}
-
-    def info(r: RunInfo) -> dict[str, Any]:
-        return {
-            "path": r.path,
-            "name": r.name,
-            "backend": r.backend,
-            "seed": r.seed,
-            "status": r.status,
-        }
-
-    return {
-        "a": info(c.a),
-        "b": info(c.b),
-        "alpha": c.alpha,
-        "min_samples": MIN_SAMPLES,
-        "distributions": [
-            {
-                "metric": d.metric,
-                "label": d.label,
-                "unit": "s",
-                "a": side(d.a),
-                "b": side(d.b),
-                "ks_statistic": d.statistic,
-                "p_value": d.p_value,
-                "verdict": d.verdict,
-            }
-            for d in c.distributions
-        ],
-        "scalars": [
-            {
-                "metric": s.metric,
-                "label": s.label,
-                "unit": s.unit,
-                "a": s.a,
-                "b": s.b,
-                "ratio_b_over_a": s.ratio,
-            }
-            for s in c.scalars
-        ],
-        "rtt_ms": [
-            {
-                "sites": r.sites,
-                "a_median": r.a,
-                "b_median": r.b,
-                "samples_a": r.samples_a,
-                "samples_b": r.samples_b,
-                "ratio_b_over_a": r.ratio,
-                "tolerance": RTT_TOLERANCE,
-                "floor_ms": RTT_FLOOR_MS,
-                "verdict": r.verdict,
-            }
-            for r in c.rtts
-        ],
-        "overall": {"verdict": c.overall, "differ": c.differing, "summary": c.overall_line()},
-        "warnings": list(c.warnings),
-    }
-
-
-# --- output: figure --------------------------------------------------------------------
-
-
-def _cdf(ax: Axes, values: tuple[float, ...], label: str, **kw: Any) -> None:
-    xs = np.sort(np.asarray(values, dtype=float))
-    ys = np.arange(1, len(xs) + 1) / len(xs)
-    # Start at 0 so the first step rises like the others; markers keep tiny samples visible.
-    ax.step(
-        np.concatenate([xs[:1], xs]), np.concatenate([[0.0], ys]), where="post", label=label, **kw
-    )
-    if len(xs) <= 30:
-        ax.plot(xs, ys, ls="none", marker="o", ms=7, color=kw.get("color"))
-
-
-def _legend_label(side: str, what: str, values: tuple[float, ...]) -> str:
-    head = f"{side} {what}".strip()
-    if not values:
-        return f"{head}: none"
-    return f"{head}: n={len(values)}, median={_s(float(np.median(values)))}"
-
-
-def _panel(
-    ax: Axes, c: Comparison, metrics: list[str], title: str, xlabel: str, empty: str
-) -> None:
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("fraction of events")
-    by_key = {d.metric: d for d in c.distributions}
-    colors = mpl.colormaps["tab10"].colors
-    drawn = []
-    for i, key in enumerate(metrics):
-        d = by_key[key]
-        what = d.label.split(": ")[-1] if len(metrics) > 1 else ""
-        for side, values, ls in (("A", d.a, "-"), ("B", d.b, "--")):
-            label = _legend_label(side, what, values)
-            if values:
-                _cdf(ax, values, label, color=colors[i], ls=ls)
-                drawn.extend(values)
-            else:  # keep the side in the legend so its absence is visible
-                ax.plot([], [], color=colors[i], ls=ls, label=label)
-    if not drawn:
-        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, fontsize=20)
-        return
-    positive = [v for v in drawn if v > 0]
-    if positive and max(positive) / min(positive) > 100:
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel + ", log scale")
-    else:
-        ax.set_xlim(0, max(drawn) * 1.05 or 1.0)
-    ax.set_ylim(0, 1.05)
-    ax.legend(loc="best", fontsize=13)
-
-
-def draw_comparison(c: Comparison, fig: Figure) -> None:
-    """Two panels: CDF of endpoint convergence latency; CDF of crash detection times."""
-    left, right = fig.subplots(1, 2)
-    fig.suptitle(f"A (solid): {c.a.label}   vs   B (dashed): {c.b.label}", fontsize=18)
-    _panel(
-        left,
-        c,
-        ["convergence.all"],
-        f"Endpoint convergence — {_verdict_of(c, 'convergence.all')}",
-        "time until every target holds the entry (s)",
-        "no converged commits",
-    )
-    _panel(
-        right,
-        c,
-        ["detection.first_suspect", "detection.all_dead"],
-        "Crash detection",
-        "time from crash (s)",
-        "no crash detected",
-    )
-
-
-def _verdict_of(c: Comparison, key: str) -> str:
-    d = next(d for d in c.distributions if d.metric == key)
-    return d.verdict if d.p_value is None else f"{d.verdict} (KS p={d.p_value:.2g})"
-
-
-def comparison_png(c: Comparison) -> bytes:
-    """The comparison figure as PNG bytes (fixed size and dpi, no Software metadata)."""
-    with mpl.rc_context(STYLE):
-        fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-        FigureCanvasAgg(fig)
-        draw_comparison(c, fig)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    return buf.getvalue()
-
-
-def default_out_dir(run_a: Path | str, run_b: Path | str) -> Path:
-    """``RUN_B/compare-with-<folder name of RUN_A>``."""
-    return Path(run_b) / f"compare-with-{Path(run_a).resolve().name}"
-
-
-def write_comparison(c: Comparison, out_dir: Path | str) -> list[Path]:
-    """Write ``compare.json`` and ``compare.png`` into ``out_dir`` (created if needed)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    js, png = out / COMPARE_JSON, out / COMPARE_PNG
-    atomic_write_bytes(js, json_bytes(comparison_dict(c)))
-    atomic_write_bytes(png, comparison_png(c))
-    return [js, png]

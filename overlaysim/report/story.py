@@ -26,7 +26,7 @@ from overlaysim.metrics.groundtruth import Liveness
 from overlaysim.metrics.membership import failure_detections, join_visibilities
 from overlaysim.metrics.records import HOLD_EVENTS_MAX_HOSTS, EventKind
 from overlaysim.metrics.results import Run
-from overlaysim.scenario.schema import TopologyDoc
+from overlaysim.scenario.topologies import TopologyDoc
 from overlaysim.scenario.topology import Link, LinkSpec, Topology
 
 #: At most this many frames (change times are binned beyond it).

@@ -20,20 +20,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from overlaysim.scenario.expand import expand_items
-from overlaysim.scenario.schema import (
+from overlaysim.scenario.events import (
     AttachEvent,
     ChurnEvent,
-    Container,
     CrashEvent,
     DetachEvent,
     JoinEvent,
     LeaveEvent,
     PartitionEvent,
-    Problem,
     RestartEvent,
-    Scenario,
 )
+from overlaysim.scenario.expand import expand_items
+from overlaysim.scenario.problems import Problem
+from overlaysim.scenario.schema import Container, Scenario
 from overlaysim.scenario.topology import Topology
 
 _STOPS = (CrashEvent, LeaveEvent)

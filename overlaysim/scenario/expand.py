@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the schema imports this module at run time
+if TYPE_CHECKING:  # only for annotations: the schema models are what it expands
     from overlaysim.scenario.schema import Container, ContainerGenerator, Scenario, Service
 
 

@@ -14,9 +14,9 @@ import random
 
 import networkx as nx
 
-from overlaysim.scenario.schema import (
+from overlaysim.scenario.problems import Problem
+from overlaysim.scenario.topologies import (
     LeafSpineTopology,
-    Problem,
     RandomTopology,
     StarTopology,
     TopologyDoc,

@@ -24,16 +24,11 @@ from pydantic import BaseModel, Discriminator, Tag, ValidationError
 from pydantic.fields import FieldInfo
 
 from overlaysim.scenario.checks import check_scenario
+from overlaysim.scenario.fields import NAME_EXPECTED
 from overlaysim.scenario.generators import build_topology, topology_problems
-from overlaysim.scenario.schema import (
-    NAME_EXPECTED,
-    Problem,
-    Scenario,
-    ScenarioError,
-    TopologyDoc,
-    TopologyFile,
-    show,
-)
+from overlaysim.scenario.problems import Problem, ScenarioError, show
+from overlaysim.scenario.schema import Scenario
+from overlaysim.scenario.topologies import TopologyDoc, TopologyFile
 from overlaysim.scenario.topology import Topology
 
 __all__ = [
@@ -130,8 +125,7 @@ def _validate(
         raise ScenarioError(source, _locate(problems, lines, touched))
     if scenario.managers is None:
         scenario = scenario.model_copy(update={"managers": (topo.hosts[0],)})
-    scenario._topology = topo
-    return scenario
+    return scenario.with_topology(topo)
 
 
 def _find_topology(name: str, base_dir: Path, source: str) -> Path:

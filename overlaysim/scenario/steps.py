@@ -167,6 +167,49 @@ class RotateKeys(Step):
     ACTION: ClassVar[str] = "rotate_keys"
 
 
+EndpointModeName = Literal["vip", "dnsrr"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceCreate(Step):
+    """Create service ``name`` on ``network`` with ``replicas`` tasks (``<name>.<slot>``)."""
+
+    ACTION: ClassVar[str] = "service_create"
+    name: str
+    network: str
+    replicas: int
+    endpoint_mode: EndpointModeName = "vip"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceScale(Step):
+    """Set ``service`` to ``replicas`` tasks (new ones placed, the highest slots removed)."""
+
+    ACTION: ClassVar[str] = "service_scale"
+    service: str
+    replicas: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceUpdate(Step):
+    """Switch ``service`` to ``endpoint_mode`` (its tasks are replaced, generation + 1)."""
+
+    ACTION: ClassVar[str] = "service_update"
+    service: str
+    endpoint_mode: EndpointModeName
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceRm(Step):
+    """Remove ``service``: its tasks, and its VIP."""
+
+    ACTION: ClassVar[str] = "service_rm"
+    service: str
+
+
+#: Steps that change a service.
+SERVICE_STEPS = (ServiceCreate, ServiceScale, ServiceUpdate, ServiceRm)
+
 #: Lifecycle steps that take a host down / bring it up.
 DOWN_STEPS = (Crash, Leave)
 UP_STEPS = (Restart, Join)
@@ -187,6 +230,10 @@ STEP_TYPES: dict[str, type[Step]] = {
         Attach,
         Detach,
         RotateKeys,
+        ServiceCreate,
+        ServiceScale,
+        ServiceUpdate,
+        ServiceRm,
     )
 }
 

@@ -18,6 +18,7 @@ from overlaysim.scenario.expand import ContainerSpec, expand_containers
 from overlaysim.scenario.schema import Scenario
 from overlaysim.scenario.steps import (
     DOWN_STEPS,
+    SERVICE_STEPS,
     UP_STEPS,
     Attach,
     Clear,
@@ -28,6 +29,10 @@ from overlaysim.scenario.steps import (
     Loss,
     Rate,
     Restart,
+    ServiceCreate,
+    ServiceRm,
+    ServiceScale,
+    ServiceUpdate,
     Step,
     step_from_event,
 )
@@ -42,6 +47,11 @@ class Plan:
     containers: list[ContainerSpec]
     initial_hosts: list[str]
     steps: list[Step]
+
+    @property
+    def has_services(self) -> bool:
+        """Whether any step creates or changes a service (the DNS metrics then apply)."""
+        return any(isinstance(s, SERVICE_STEPS) for s in self.steps)
 
 
 def plan(scenario: Scenario, seed: int | None = None) -> Plan:
@@ -104,7 +114,7 @@ def _order(step: Step) -> int:
             return 1
         case Restart() | Join():
             return 2
-        case Attach() | Detach():
+        case Attach() | Detach() | ServiceCreate() | ServiceScale() | ServiceUpdate() | ServiceRm():
             return 4
         case _:
             return 5

@@ -114,6 +114,12 @@ class Underlay:
             self._paths[key] = p
         return p
 
+    def path_latency(self, src: str, dst: str) -> float | None:
+        """One-way latency in seconds from ``src`` to ``dst`` now (impairments included;
+        no serialisation), or None when no path exists."""
+        c = self._path_cost(src, dst)
+        return None if c is None else c[0]
+
     def _path_cost(self, src: str, dst: str) -> tuple[float, float, float, int] | None:
         """(latency s, seconds per byte, survival probability, version) for src->dst."""
         key = (src, dst)

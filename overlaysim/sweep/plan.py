@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 from overlaysim.metrics.atomic import atomic_write_bytes, json_bytes
-from overlaysim.scenario.schema import Scenario, ScenarioError
+from overlaysim.scenario.problems import ScenarioError
+from overlaysim.scenario.schema import Scenario
 from overlaysim.sweep.grid import Grid, Point, SweepError, expand_points
 
 Backend = Literal["sim", "emu"]

@@ -8,14 +8,23 @@ with the facts only it knows (the time an agent started, the address it was give
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from overlaysim.scenario.steps import ImpairKind, Link
 
-if TYPE_CHECKING:
-    from overlaysim.world.world import Container
-
 T = TypeVar("T")
+
+
+class Container(Protocol):
+    """A container as a backend sees it (the world's ``world.Container``): the backend
+    reads these and sets ``sandbox`` when it starts one; the world owns the rest."""
+
+    name: str
+    host: str
+    #: network -> address ("" until the backend knows it).
+    networks: dict[str, str]
+    live: bool
+    sandbox: str
 
 
 class Backend(Protocol):
@@ -74,6 +83,14 @@ class Backend(Protocol):
     def detach(self, c: Container, network: str, *, live: bool, last: bool) -> None:
         """Take ``c`` off ``network`` (``live``: it exists on a running host; ``last``:
         no other container of its host is on that network)."""
+        ...
+
+    def reserve_vip(self, service: str, network: str) -> str:
+        """A virtual IP for ``service`` on ``network`` from the network's IPAM."""
+        ...
+
+    def release_vip(self, service: str, network: str) -> None:
+        """Give ``service``'s virtual IP on ``network`` back to the IPAM."""
         ...
 
     def each_host(

@@ -5,7 +5,7 @@ every container (listed, generated, a service's replica, attached by a step or b
 churn) gets its address and gives it back, in the order a run would, through the same
 :class:`~overlaysim.world.world.World` and the core's :class:`~overlaysim.core.cluster.Cluster`.
 What a run would refuse (overlapping subnets, an exhausted pool, a duplicate network)
-becomes one :class:`~overlaysim.scenario.schema.Problem` line each, naming the field.
+becomes one :class:`~overlaysim.scenario.problems.Problem` line each, naming the field.
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
 
-from overlaysim.core.cluster import Allocation, Cluster, ClusterError, NetworkSpec
-from overlaysim.scenario.schema import Network, Problem, Scenario, ScenarioError
+from overlaysim.core.cluster import Cluster
+from overlaysim.core.cluster_errors import ClusterError
+from overlaysim.core.network import Allocation, NetworkSpec
+from overlaysim.core.services import vip_endpoint
+from overlaysim.scenario.problems import Problem, ScenarioError
+from overlaysim.scenario.schema import Network, Scenario
 from overlaysim.scenario.steps import ImpairKind, Link
 from overlaysim.scenario.timeline import plan
 from overlaysim.world.world import Container, World
@@ -102,6 +106,15 @@ class DryBackend:
     def detach(self, c: Container, network: str, *, live: bool, last: bool) -> None:
         if self._allocs.pop((c.name, network), None) is not None:
             self.ipam.release(network, c.name)
+
+    def reserve_vip(self, service: str, network: str) -> str:
+        try:
+            return self.ipam.allocate(network, vip_endpoint(service), standalone=False).ip
+        except ClusterError as exc:
+            raise type(exc)(f"service {service} VIP: {_message(exc)}") from exc
+
+    def release_vip(self, service: str, network: str) -> None:
+        self.ipam.release(network, vip_endpoint(service))
 
     def each_host(
         self, fn: Callable[[T], None], items: Iterable[T], host: Callable[[T], str]

@@ -15,7 +15,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from overlaysim.core.services import EndpointMode, TaskSpec
 from overlaysim.metrics.convergence import ConvergenceTracker
+from overlaysim.metrics.lag import StepLag
 from overlaysim.metrics.records import EventLog
 from overlaysim.metrics.truth import Truth
 from overlaysim.scenario.expand import ContainerSpec
@@ -37,10 +39,15 @@ from overlaysim.scenario.steps import (
     Rate,
     Restart,
     RotateKeys,
+    ServiceCreate,
+    ServiceRm,
+    ServiceScale,
+    ServiceUpdate,
     Step,
 )
 from overlaysim.scenario.timeline import Plan
 from overlaysim.world.backend import Backend
+from overlaysim.world.services import DnsSink, ServiceError, Services
 
 
 class StepSkipped(Exception):
@@ -59,6 +66,10 @@ class Container:
     live: bool = False
     #: Where the backend runs it (the emulator's namespace), "" when not live.
     sandbox: str = ""
+    #: Extra DNS names it answers to on its networks.
+    aliases: tuple[str, ...] = ()
+    #: What makes it a task of a service (its endpoint entries carry it), else None.
+    task: TaskSpec | None = None
 
 
 def seed_hosts(host: str, managers: Collection[str], up: Collection[str]) -> list[str]:
@@ -77,6 +88,7 @@ class World:
         *,
         tracker: ConvergenceTracker | None = None,
         events: EventLog | None = None,
+        dns: DnsSink | None = None,
     ) -> None:
         self.scenario = scenario
         self.backend = backend
@@ -93,9 +105,12 @@ class World:
         self.skipped: list[dict[str, Any]] = []
         self.done = 0
         self.last = ""
-        #: How late each step started (s): an earlier slow step delays the next ones.
-        self.lags: list[float] = []
+        #: How late each step started: an earlier slow step delays the next ones.
+        self.lags: list[StepLag] = []
         self._lock = threading.RLock()  # the emulator starts containers in parallel
+        #: Told every change of a service's live tasks, and hosts going and coming back.
+        self.dns = dns
+        self.services = Services(self)
 
     @property
     def up(self) -> set[str]:
@@ -147,7 +162,7 @@ class World:
         """Apply one step; refusals the backend names skip it, with the reason."""
         now = self.backend.now()
         self.last = f"{step.at:.1f}s {step.action}"
-        self.lags.append(max(0.0, now - step.at))
+        self.lags.append(StepLag(step.at, step.action, max(0.0, now - step.at)))
         self.record(now, "scenario", op=step.action, detail=step.describe())
         try:
             self._apply(step)
@@ -186,8 +201,23 @@ class World:
                 self.detach(name, network)
             case RotateKeys():
                 self.rotate_keys()
+            case ServiceCreate(name=name, network=network, replicas=n, endpoint_mode=mode):
+                self._service(self.services.create, name, network, n, EndpointMode(mode))
+            case ServiceScale(service=name, replicas=n):
+                self._service(self.services.scale, name, n)
+            case ServiceUpdate(service=name, endpoint_mode=mode):
+                self._service(self.services.update, name, EndpointMode(mode))
+            case ServiceRm(service=name):
+                self._service(self.services.rm, name)
             case _:  # pragma: no cover - the planner makes no other step
                 raise TypeError(f"unknown step {step!r}")
+
+    @staticmethod
+    def _service(verb: Any, *args: Any) -> None:
+        try:
+            verb(*args)
+        except ServiceError as exc:
+            raise StepSkipped(str(exc)) from None
 
     # -- the underlay ------------------------------------------------------------------------
 
@@ -236,6 +266,8 @@ class World:
         """Start (join) or restart ``host``, then bring its containers back."""
         if host in self.up:
             return self.skip(kind.removeprefix("node_"), host=host, reason="host is running")
+        if self.dns is not None:
+            self.dns.host_back(host)  # a new boot starts with empty tables
         t = self.backend.start(host, self.seeds(host))
         self.record(t, kind, subject=host)
         for c in list(self.containers.values()):
@@ -247,6 +279,7 @@ class World:
                     if why is None:
                         raise
                     self.skip(kind, container=c.name, reason=why)
+        self.services.host_changed(self.services.on_host(host), t)
         return None
 
     def crash(self, host: str) -> None:
@@ -272,6 +305,9 @@ class World:
                 if c.host == host:
                     c.live, c.sandbox = False, ""
             self.record(t, kind, subject=host)
+            if self.dns is not None:
+                self.dns.host_gone(t, host)
+            self.services.host_changed(self.services.on_host(host), t)
 
     # -- containers --------------------------------------------------------------------------
 
@@ -310,16 +346,20 @@ class World:
             return self.skip("attach", container=name, reason=f"container lives on {c.host}")
         if c is not None and network in c.networks:
             return self.skip("attach", container=name, reason=f"already on {network}")
-        c = c or Container(name, host)
-        t = self.backend.now()
-        if host not in self.up:
-            c.networks[network] = self.backend.reserve(c, network)
-            self.containers[name] = c
-            self.record(t, "container_attach", node=host, subject=name, network=network)
-            return None
-        self._bring_up(c, [network], t, announce=True)
-        self.containers[name] = c
+        self.add(c or Container(name, host), network)
         return None
+
+    def add(self, c: Container, network: str) -> None:
+        """Put ``c`` (new, or living on its host) on ``network``: live if its host runs,
+        else with an address reserved for when it starts."""
+        t = self.backend.now()
+        if c.host not in self.up:
+            c.networks[network] = self.backend.reserve(c, network)
+            self.containers[c.name] = c
+            self.record(t, "container_attach", node=c.host, subject=c.name, network=network)
+            return
+        self._bring_up(c, [network], t, announce=True)
+        self.containers[c.name] = c
 
     def _bring_up(self, c: Container, networks: list[str], t: float, *, announce: bool) -> None:
         """Make ``c`` live on ``networks`` and record what became true."""
@@ -377,4 +417,8 @@ class World:
 
 
 def _subject(step: Step) -> dict[str, Any]:
-    return {k: getattr(step, k) for k in ("host", "container") if hasattr(step, k)}
+    fields = ("host", "container", "service")
+    out = {k: getattr(step, k) for k in fields if hasattr(step, k)}
+    if isinstance(step, ServiceCreate):
+        out["service"] = step.name
+    return out

@@ -17,7 +17,7 @@ import pytest
 from overlaysim.emu import delay as dl
 from overlaysim.emu.delayline import DelayLine, Hold, restore_script
 from overlaysim.emu.impair import Impairments, UnsupportedImpairment
-from overlaysim.emu.net import plan_underlay
+from overlaysim.emu.plan import plan_underlay
 from overlaysim.scenario.generators import two_site
 from overlaysim.scenario.topology import LinkSpec
 
@@ -26,7 +26,7 @@ TOPO = two_site(2, LinkSpec(latency_ms=0.5, bandwidth_mbps=1000), LinkSpec(laten
 
 @dataclass
 class FakeUnderlay:
-    """Just enough of ``Underlay`` for ``Impairments``: records every command it is given."""
+    """An ``UnderlayView`` for ``Impairments``: records every command it is given."""
 
     topology: Any = TOPO
     state: str = "running"
@@ -36,16 +36,6 @@ class FakeUnderlay:
 
     def __post_init__(self) -> None:
         self.plan = plan_underlay(self.topology, "a3")
-
-    @property
-    def links(self) -> Any:
-        return self.plan.links
-
-    def links_between(self, a: str, b: str) -> list[Any]:
-        return [pl for pl in self.plan.links if {pl.a.node, pl.b.node} == {a, b}]
-
-    def underlay_ip(self, name: str) -> str:
-        return next(h.ip for h in self.plan.hosts if h.name == name)
 
     def run_in(self, ns: str | None, argv: list[str], *, input: str | None = None) -> Any:  # noqa: A002
         self.calls.append((ns, list(argv), input))
@@ -182,3 +172,32 @@ def test_ceiling_describes_itself_and_flags_throughput_near_it() -> None:
     )  # fmt: skip
     assert "30,000 packets/s, 350 Mbit/s" in c.describe()
     assert dl.exceeds([100, 290, 400], c) == [290, 400]
+
+
+def test_hold_counts_from_the_kernels_arrival_stamp_not_from_our_wake_up() -> None:
+    import time
+
+    from overlaysim.emu import delayline
+
+    class Pkt:
+        def __init__(self, stamp: float) -> None:
+            self.stamp = stamp
+
+        def get_timestamp(self) -> float:
+            return self.stamp
+
+    before = time.monotonic()
+    arrived, queued = delayline._arrival(Pkt(time.time() - 0.004))  # waited 4 ms for us
+    assert 0.004 <= queued < 0.5
+    assert arrived <= before - 0.003
+    line = DelayLine(rng=random.Random(1))
+    line.set_table({"10.0.0.2": Hold(10)})
+    due = line.admit(bytes([10, 0, 0, 2]), arrived, "p", queued)
+    assert due is not None and abs(due - (arrived + 0.010)) < 1e-9
+    assert line.stats.max_queued_ms >= 4.0
+    # no stamp (the kernel was not stamping): the packet arrived now
+    arrived, queued = delayline._arrival(Pkt(0.0))
+    assert queued == 0.0 and arrived >= before
+    # a stamp from before a wall-clock step is capped, never trusted blindly
+    _, queued = delayline._arrival(Pkt(time.time() - 3600))
+    assert queued == delayline._MAX_QUEUED_S

@@ -15,11 +15,10 @@ from overlaysim.report.compare import (
     MIN_SAMPLES,
     CompareError,
     compare_runs,
-    default_out_dir,
     ks_verdict,
     load_comparable,
-    write_comparison,
 )
+from overlaysim.report.compare_output import default_out_dir, write_comparison
 from overlaysim.scenario.loader import load_scenario
 from overlaysim.sim.runner import run_simulation
 

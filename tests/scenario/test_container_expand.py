@@ -8,7 +8,7 @@ import pytest
 
 from overlaysim.scenario.expand import ContainerSpec, expand_containers
 from overlaysim.scenario.loader import validate_scenario
-from overlaysim.scenario.schema import ScenarioError
+from overlaysim.scenario.problems import ScenarioError
 
 
 def scenario(**fields: Any) -> Any:

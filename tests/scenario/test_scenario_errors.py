@@ -10,7 +10,7 @@ import yaml
 
 from overlaysim.errors import UserError
 from overlaysim.scenario.loader import load_scenario
-from overlaysim.scenario.schema import ScenarioError
+from overlaysim.scenario.problems import ScenarioError
 
 
 def base() -> dict[str, Any]:

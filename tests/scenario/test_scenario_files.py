@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from overlaysim.scenario import schema
+from overlaysim.scenario import events, fields, schema, topologies
 from overlaysim.scenario.expand import expand_containers
 from overlaysim.scenario.generators import build_topology
 from overlaysim.scenario.loader import load_scenario, load_topology, validate_scenario
@@ -73,7 +73,7 @@ def test_quickstart_parses_to_what_the_file_says() -> None:
     ]
     actions = [e.action for e in sc.events]
     assert actions == ["loss", "churn", "crash", "restart", "partition", "heal", "attach"]
-    assert isinstance(sc.events[4], schema.PartitionEvent)
+    assert isinstance(sc.events[4], events.PartitionEvent)
     assert sc.events[4].groups == (("h1", "h2"), ("h3", "h4", "h5"))
     assert sc.measure.throughput == (("c1", "c2"),) and sc.measure.probe_interval == 1.0
 
@@ -96,12 +96,14 @@ def test_quickstart_round_trips_through_resolved_data() -> None:
 @pytest.mark.parametrize(
     ("file", "spec"),
     [
-        ("star.yaml", schema.StarTopology(generator="star", hosts=8)),
+        ("star.yaml", topologies.StarTopology(generator="star", hosts=8)),
         (
             "leaf-spine.yaml",
-            schema.LeafSpineTopology(generator="leaf-spine", spines=2, leaves=4, hosts_per_leaf=4),
+            topologies.LeafSpineTopology(
+                generator="leaf-spine", spines=2, leaves=4, hosts_per_leaf=4
+            ),
         ),
-        ("two-site-wan.yaml", schema.TwoSiteTopology(generator="two-site", hosts_per_site=4)),
+        ("two-site-wan.yaml", topologies.TwoSiteTopology(generator="two-site", hosts_per_site=4)),
     ],
 )
 def test_shipped_topology_files_match_their_generators(file: str, spec: object) -> None:
@@ -119,8 +121,16 @@ def test_two_site_file_has_the_slow_wan_link() -> None:
 
 
 def _models() -> list[type]:
-    found = [getattr(schema, n) for n in dir(schema) if isinstance(getattr(schema, n), type)]
-    return [m for m in found if issubclass(m, schema.StrictModel) and m is not schema.StrictModel]
+    found = {
+        getattr(mod, n)
+        for mod in (topologies, events, schema)
+        for n in dir(mod)
+        if isinstance(getattr(mod, n), type)
+    }
+    base = fields.StrictModel
+    return sorted(
+        (m for m in found if issubclass(m, base) and m is not base), key=lambda m: m.__name__
+    )
 
 
 def test_reference_documents_every_field_of_every_model() -> None:

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from overlaysim.scenario.events import LossEvent
 from overlaysim.scenario.loader import apply_overrides, load_scenario
-from overlaysim.scenario.schema import LossEvent, ScenarioError, StarTopology
+from overlaysim.scenario.problems import ScenarioError
+from overlaysim.scenario.topologies import StarTopology
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yaml"
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from overlaysim.scenario.loader import validate_scenario
-from overlaysim.scenario.schema import ScenarioError
+from overlaysim.scenario.problems import ScenarioError
 
 
 def run(events: list[dict[str, Any]], **fields: Any) -> Any:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from overlaysim.scenario.generators import build_topology
 from overlaysim.scenario.loader import validate_scenario
-from overlaysim.scenario.schema import (
+from overlaysim.scenario.topologies import (
     LeafSpineTopology,
     Link,
     RandomTopology,

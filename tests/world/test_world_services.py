@@ -1,0 +1,244 @@
+"""Services in the world, played on the simulator: placement, scale, update, rm, crashes,
+and the service-DNS truth the metrics compare against."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+
+from overlaysim.core.endpoint import ENDPOINTS
+from overlaysim.core.services import AnswerKind, Directory, EndpointMode, vip_endpoint
+from overlaysim.scenario.loader import validate_scenario
+from overlaysim.scenario.steps import (
+    Crash,
+    Restart,
+    ServiceCreate,
+    ServiceRm,
+    ServiceScale,
+    ServiceUpdate,
+    Step,
+)
+from overlaysim.scenario.timeline import plan
+from overlaysim.sim.runner import SimWorld
+from overlaysim.world.services import place
+
+SUBNET = "10.20.0.0/24"
+
+
+def scenario(hosts: int = 5):
+    return validate_scenario(
+        {
+            "name": "svc",
+            "duration": 60,
+            "topology": {"generator": "star", "hosts": hosts},
+            "networks": [{"name": "app", "subnet": SUBNET}],
+            "containers": [{"name": "client", "host": f"h{hosts}", "networks": ["app"]}],
+        }
+    )
+
+
+def run(steps: list[Step], until: float = 60.0, hosts: int = 5, seed: int = 1) -> SimWorld:
+    sc = scenario(hosts)
+    the_plan = plan(sc, seed)
+    the_plan.steps = sorted(steps, key=lambda s: s.at)
+    world = SimWorld(sc, seed, services=True)
+    world.start(the_plan)
+    world.env.run(until=until)
+    return world
+
+
+def hosts_of(world: SimWorld, service: str) -> dict[str, str]:
+    svc = world.services.by_name[service]
+    return {world.containers[n].name: world.containers[n].host for n in svc.slots.values()}
+
+
+def directory(world: SimWorld, host: str) -> Directory:
+    """What ``host``'s embedded DNS would answer from: its endpoint table now."""
+    d = Directory()
+    node = world.cluster.node(host)
+    values = {key: e.value for (_, key), e in node.tables.entries("app", ENDPOINTS).items()}
+    d.load("app", values)
+    return d
+
+
+def truth_rows(world: SimWorld, service: str) -> list[tuple[float, list[str]]]:
+    return [
+        (r[0], json.loads(r[7])["ips"])
+        for r in world.events.rows
+        if r[2] == "service_tasks" and r[3] == service
+    ]
+
+
+def test_place_prefers_fewest_tasks_then_fewest_containers_then_topology_order():
+    hosts = ["h1", "h2", "h3"]
+    assert place(hosts, {"h1", "h2", "h3"}, {}) == "h1"
+    assert place(hosts, {"h1", "h2", "h3"}, {"h1": 1}) == "h2"
+    assert place(hosts, {"h1", "h2", "h3"}, {"h1": 1}, {"h2": 2, "h3": 1}) == "h3"
+    assert place(hosts, {"h2"}, {"h2": 5}) == "h2"  # only running hosts count
+    assert place(hosts, set(), {}) is None
+
+
+def test_create_spreads_tasks_and_scale_fills_then_removes_the_highest_slots():
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=3),
+            ServiceScale(at=5, service="web", replicas=5),
+        ],
+        until=8,
+    )
+    # h5 holds the client: the 5th task goes there only once every host has one task
+    assert hosts_of(world, "web") == {
+        "web.1": "h1",
+        "web.2": "h2",
+        "web.3": "h3",
+        "web.4": "h4",
+        "web.5": "h5",
+    }
+    svc = world.services.by_name["web"]
+    assert svc.mode is EndpointMode.VIP and svc.gen == 1
+    net = ipaddress.ip_network(SUBNET)
+    task_ips = {world.containers[n].networks["app"] for n in svc.slots.values()}
+    assert ipaddress.ip_address(svc.vip) in net and svc.vip not in task_ips
+    assert world.sim.ipam.allocation("app", vip_endpoint("web")).ip == svc.vip
+    # a remote host's endpoint entry carries the name fields of the task
+    value = world.cluster.node("h4").tables.entries("app", ENDPOINTS)[(ENDPOINTS, "web.1")].value
+    assert value["service"] == "web" and value["slot"] == "1" and value["vip"] == svc.vip
+    assert value["mode"] == "vip" and value["svc_gen"] == "1"
+    # the client host answers the service name with the VIP, tasks.web with all five
+    d = directory(world, "h5")
+    assert d.resolve("client", "web").ips == (svc.vip,)
+    assert set(d.resolve("client", "tasks.web").ips) == task_ips
+
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=5),
+            ServiceScale(at=5, service="web", replicas=2),
+        ],
+        until=10,
+    )
+    assert hosts_of(world, "web") == {"web.1": "h1", "web.2": "h2"}
+    assert not {"web.3", "web.4", "web.5"} & set(world.containers)
+    (_, first), (_, second) = truth_rows(world, "web")
+    assert len(first) == 5 and len(second) == 2 and set(second) < set(first)
+
+
+def test_placement_and_addresses_do_not_depend_on_the_seed():
+    steps = [
+        ServiceCreate(at=1, name="web", network="app", replicas=3),
+        ServiceCreate(at=2, name="rr", network="app", replicas=2, endpoint_mode="dnsrr"),
+        ServiceScale(at=5, service="web", replicas=6),
+    ]
+    a, b = run(steps, until=6, seed=1), run(steps, until=6, seed=99)
+    for svc in ("web", "rr"):
+        assert hosts_of(a, svc) == hosts_of(b, svc)
+        assert truth_rows(a, svc) == truth_rows(b, svc)
+    # rr.1 goes to the one empty host; then every host holds one container
+    assert hosts_of(a, "rr") == {"rr.1": "h4", "rr.2": "h1"}
+    # web.4/web.5 to the hosts without a web task, web.6 to the least loaded one
+    assert hosts_of(a, "web") == {
+        "web.1": "h1",
+        "web.2": "h2",
+        "web.3": "h3",
+        "web.4": "h4",
+        "web.5": "h5",
+        "web.6": "h2",
+    }
+
+
+def test_update_replaces_tasks_with_the_new_mode_and_gives_the_vip_back():
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=3),
+            ServiceUpdate(at=5, service="web", endpoint_mode="dnsrr"),
+        ],
+        until=10,
+    )
+    svc = world.services.by_name["web"]
+    assert svc.mode is EndpointMode.DNSRR and svc.vip is None and svc.gen == 2
+    assert hosts_of(world, "web") == {"web.1": "h1", "web.2": "h2", "web.3": "h3"}
+    assert all(world.containers[n].task.gen == 2 for n in svc.slots.values())
+    assert not any(a.endpoint == vip_endpoint("web") for a in world.sim.ipam.allocations("app"))
+    (_, before), (_, after) = truth_rows(world, "web")
+    assert len(after) == 3 and not set(before) & set(after)  # replaced tasks, new addresses
+    ans = directory(world, "h5").resolve("client", "web")
+    assert ans.kind is AnswerKind.ANSWER and set(ans.ips) == set(after)
+
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=2, endpoint_mode="dnsrr"),
+            ServiceUpdate(at=5, service="web", endpoint_mode="vip"),
+        ],
+        until=10,
+    )
+    svc = world.services.by_name["web"]
+    assert svc.vip is not None and directory(world, "h5").resolve("client", "web").ips == (svc.vip,)
+
+
+def test_rm_removes_every_task_and_the_vip_and_the_name_stops_resolving():
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=3),
+            ServiceRm(at=5, service="web"),
+        ],
+        until=10,
+    )
+    assert "web" not in world.services.by_name
+    assert not [n for n in world.containers if n.startswith("web.")]
+    assert not any(a.endpoint == vip_endpoint("web") for a in world.sim.ipam.allocations("app"))
+    assert truth_rows(world, "web")[-1] == (5.0, [])
+    assert directory(world, "h5").resolve("client", "web").kind is AnswerKind.NXDOMAIN
+    rows = world.dns_tracker.finish()
+    stale = [r for r in rows if r["metric"] == "stale_dns_window_s"]
+    assert len(stale) == 3 and all(r["status"] == "converged" for r in stale)
+    assert all(0 < r["value_s"] < 2 for r in stale)  # a LAN deletes in well under 2 s
+
+
+def test_a_crashed_hosts_tasks_leave_the_dns_truth_and_come_back_with_it():
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=3),
+            Crash(at=10, host="h2"),
+            Restart(at=40, host="h2"),
+        ],
+        until=55,
+    )
+    rows = truth_rows(world, "web")
+    web2 = world.containers["web.2"].networks["app"]
+    assert [t for t, _ in rows] == [1.0, 10.0, 40.0]
+    assert web2 in rows[0][1] and web2 not in rows[1][1] and web2 in rows[2][1]
+    dns = world.dns_tracker.finish()
+    crash_conv = next(r for r in dns if r["metric"] == "dns_convergence_s" and r["t"] == 10.0)
+    crash_stale = next(r for r in dns if r["metric"] == "stale_dns_window_s" and r["t"] == 10.0)
+    assert crash_stale["ip"] == web2 and crash_stale["status"] == "converged"
+    # the other hosts drop the dead host's entries when failure detection declares it dead
+    detected = [r for r in world.events.rows if r[2] == "member_dead" and r[3] == "h2"]
+    assert detected and crash_stale["value_s"] == pytest.approx(
+        max(r[0] for r in detected) - 10.0, abs=1.0
+    )
+    # waited for: the running hosts on the network (h1, h3 and the client's h5)
+    assert crash_conv["status"] == "converged" and crash_conv["targets"] == 3
+    # after the restart every host answers all three tasks again
+    assert set(directory(world, "h5").resolve("client", "tasks.web").ips) == set(rows[2][1])
+    assert all(r["status"] == "converged" for r in dns)
+
+
+def test_steps_the_world_cannot_play_are_skipped_with_the_reason():
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=2),
+            ServiceCreate(at=2, name="web", network="app", replicas=1),
+            ServiceScale(at=3, service="nope", replicas=2),
+            ServiceUpdate(at=4, service="web", endpoint_mode="vip"),
+            ServiceRm(at=5, service="nope"),
+        ],
+        until=6,
+    )
+    assert [(s["action"], s["service"], s["reason"]) for s in world.skipped] == [
+        ("service_create", "web", "service web exists"),
+        ("service_scale", "nope", "no service nope"),
+        ("service_update", "web", "service web is already in vip mode"),
+        ("service_rm", "nope", "no service nope"),
+    ]
+    assert len(world.services.by_name["web"].slots) == 2
