@@ -422,6 +422,12 @@ def _run_scenario(args: argparse.Namespace, path: Path, backend: str) -> int:
 
         print_summary(load_run(out))
         print(f"results: {out}")
+    else:  # no summary, but a run whose numbers cannot be trusted still says so
+        from overlaysim.metrics.results import load_run
+        from overlaysim.report.summary import run_warnings
+
+        for warning in run_warnings(load_run(out)):
+            print(f"warning: {warning}", file=sys.stderr)
     return 0 if status == "complete" else 1
 
 

@@ -8,6 +8,7 @@ A case passes when its symptom shows under ``docker`` (value above ``reproduced_
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,13 +31,111 @@ class Case:
     backend: str  # "sim" (control-plane cause) or "emu" (data-plane cause)
     scenario: str  # file name under scenarios/known-issues/
     symptom: str  # what ``value`` measures
-    value: Callable[[dict[str, Any]], float]
+    value: Callable[[dict[str, Any], Path], float]  # (metrics.json, results folder)
     reproduced_above: float
     absent_at_most: float
 
 
-def _unconverged(m: dict[str, Any]) -> float:
+def _unconverged(m: dict[str, Any], folder: Path) -> float:
     return float(m["endpoint_convergence_s"]["unconverged"])
+
+
+def _unreachable(m: dict[str, Any], folder: Path) -> float:
+    return float(m["reachability"]["unreachable_expected"])
+
+
+#: A removed container still held this long after its removal counts as stale.
+STALE_AFTER_S = 5.0
+
+
+def _held_at_end(folder: Path) -> tuple[float, dict, dict, dict, dict, dict]:
+    """The end of the run and, from ``events.csv``, who is up, on which network, where
+    each container lives, when it was removed, and what each host holds at the end."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    end = float(manifest["scenario"]["duration"])
+    up: dict[str, bool] = {}
+    on_net: dict[tuple[str, str], bool] = {}
+    home: dict[tuple[str, str], str] = {}  # (container, network) -> host, while attached
+    gone: dict[tuple[str, str], float] = {}  # (container, network) -> removed at
+    held: dict[tuple[str, str, str], bool] = {}  # (host, network, container) -> live
+    with (folder / "events.csv").open(newline="") as f:
+        for r in csv.DictReader(f):
+            kind, t = r["kind"], float(r["t"])
+            if kind in ("node_start", "node_restart", "node_join"):
+                up[r["subject"]] = True
+            elif kind in ("node_crash", "node_leave"):
+                up[r["subject"]] = False
+            elif kind in ("net_attach", "net_detach"):
+                on_net[(r["node"], r["network"])] = kind == "net_attach"
+            elif kind == "container_attach":
+                home[(r["subject"], r["network"])] = r["node"]
+                gone.pop((r["subject"], r["network"]), None)
+            elif kind == "container_detach":
+                home.pop((r["subject"], r["network"]), None)
+                gone[(r["subject"], r["network"])] = t
+            elif kind == "entry_held":
+                held[(r["node"], r["network"], r["key"])] = r["op"] == "add"
+    return end, up, on_net, home, gone, held
+
+
+def stale_entries(folder: Path) -> int:
+    """(host, container) pairs where a host running and on the network at the end still
+    holds, live, the endpoint of a container removed from it at least ``STALE_AFTER_S``
+    before the end. From ``events.csv`` (its ``entry_held`` rows: runs of at most 64 hosts).
+    """
+    end, up, on_net, _, gone, held = _held_at_end(folder)
+    return sum(
+        1
+        for (host, net, key), live in held.items()
+        if live
+        and gone.get((key, net), end) <= end - STALE_AFTER_S
+        and up.get(host, False)
+        and on_net.get((host, net), False)
+    )
+
+
+def resurrected_entries(folder: Path) -> int:
+    """(host, container) pairs where a host made a removed container's endpoint live
+    again after the container's delete had reached it (an ``entry_held`` delete, then an
+    add). Only containers removed for good count, so a legitimate re-attach under the
+    same name never does. From ``events.csv`` (runs of at most 64 hosts)."""
+    removed: dict[tuple[str, str], float] = {}  # (container, network) -> removed at
+    seen_delete: set[tuple[str, str, str]] = set()
+    back: set[tuple[str, str, str]] = set()
+    rows = []
+    with (folder / "events.csv").open(newline="") as f:
+        for r in csv.DictReader(f):
+            if r["kind"] == "container_attach":
+                removed.pop((r["subject"], r["network"]), None)
+            elif r["kind"] == "container_detach":
+                removed[(r["subject"], r["network"])] = float(r["t"])
+            elif r["kind"] == "entry_held":
+                rows.append(r)
+    for r in rows:  # in time order
+        key = (r["node"], r["network"], r["key"])
+        if (r["key"], r["network"]) not in removed:
+            continue
+        if r["op"] == "delete":
+            seen_delete.add(key)
+        elif key in seen_delete:
+            back.add(key)
+    return len(back)
+
+
+def missing_entries(folder: Path) -> int:
+    """(host, container) pairs where a host running and on the network at the end does
+    not hold the endpoint of a container attached there (on another running host) at
+    the end. From ``events.csv`` (``entry_held`` rows: runs of at most 64 hosts)."""
+    end, up, on_net, home, _, held = _held_at_end(folder)
+    hosts = [h for h, is_up in up.items() if is_up]
+    missing = 0
+    for (key, net), owner in home.items():
+        if not up.get(owner, False):
+            continue
+        for host in hosts:
+            if host != owner and on_net.get((host, net), False):
+                missing += not held.get((host, net, key), False)
+    return missing
 
 
 CASES: tuple[Case, ...] = (
@@ -46,7 +145,7 @@ CASES: tuple[Case, ...] = (
         backend="sim",
         scenario="heal-flapping.yaml",
         symptom="false positives outside partitions",
-        value=lambda m: float(m["false_positives"]),
+        value=lambda m, folder: float(m["false_positives"]),
         reproduced_above=100,
         absent_at_most=25,
     ),
@@ -57,6 +156,36 @@ CASES: tuple[Case, ...] = (
         scenario="quick-restart.yaml",
         symptom="endpoint commits never seen by every peer",
         value=_unconverged,
+        reproduced_above=0,
+        absent_at_most=0,
+    ),
+    Case(
+        id="ip-reuse",
+        source="moby#35401",
+        backend="sim",
+        scenario="ip-reuse.yaml",
+        symptom="container pairs unreachable at the end",
+        value=_unreachable,
+        reproduced_above=0,
+        absent_at_most=0,
+    ),
+    Case(
+        id="add-after-delete",
+        source="moby#33789",
+        backend="sim",
+        scenario="add-after-delete.yaml",
+        symptom="removed containers made live again after their delete",
+        value=lambda m, folder: float(resurrected_entries(folder)),
+        reproduced_above=0,
+        absent_at_most=0,
+    ),
+    Case(
+        id="leave-rejoin",
+        source="moby#47728/#50342",
+        backend="sim",
+        scenario="leave-rejoin.yaml",
+        symptom="live containers missing from a peer at the end",
+        value=lambda m, folder: float(missing_entries(folder)),
         reproduced_above=0,
         absent_at_most=0,
     ),
@@ -109,7 +238,7 @@ def run_case(case: Case, out: Path) -> Outcome:
         if status != "complete":
             return Outcome(case, values.get("docker"), None, f"{variant} run {status}")
         metrics = json.loads((dest / "metrics.json").read_text())
-        values[variant] = case.value(metrics)
+        values[variant] = case.value(metrics, dest)
     return Outcome(case, values["docker"], values["overlaysim"])
 
 

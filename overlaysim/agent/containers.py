@@ -30,8 +30,8 @@ from overlaysim.agent.keys import Keys, RunOnWorker
 from overlaysim.agent.logging import EventLog
 from overlaysim.agent.manager import ManagerClient
 from overlaysim.agent.programmer import Programmer
-from overlaysim.core.cluster import derive_mtu
 from overlaysim.core.endpoint import ENDPOINTS, Endpoint
+from overlaysim.core.mtu import derive_mtu
 from overlaysim.core.services import EndpointMode, TaskSpec, name_fields
 from overlaysim.core.tables import TablesError
 

@@ -7,7 +7,7 @@ object ``{"op": "run", "container": "c1", "network": "web"}``; each answer is on
 Several requests may share a connection; they are answered in order.
 
 :class:`ControlClient` raises refusals again as the manager's
-:class:`~overlaysim.core.cluster.ClusterError` subclass when the type is one of those
+:class:`~overlaysim.core.cluster_errors.ClusterError` subclass when the type is one of those
 (``NotAttachable``, ``EncryptionUnsupported``...), otherwise as :class:`ControlError`.
 :func:`operations` checks each request and calls the agent; ``docs/agent.md`` lists
 the operations with their arguments and results.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from overlaysim.agent.manager import ERROR_TYPES
-from overlaysim.core.cluster import ClusterError
+from overlaysim.core.cluster_errors import ClusterError
 from overlaysim.core.services import EndpointMode, TaskSpec, check_dns_name
 
 #: Longest request or answer line.

@@ -158,6 +158,8 @@ class Agent:
         self._limits: dict[str, RateLimit] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        #: How late each timer fired since the last ``timer_lag`` line (s past its deadline).
+        self._timer_late: list[float] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._released = False
         self._stopping = False
@@ -319,8 +321,13 @@ class Agent:
     def _on_timer(self) -> None:
         when = self._timer_at
         self._timer = self._timer_at = None
+        fired = time.monotonic()
+        if when is not None:
+            # a busy loop (or a starved process) runs the callback late: the emulator's
+            # fidelity guard reads this from the log (docs/emulation.md, "Lag")
+            self._timer_late.append(max(0.0, fired - when))
         # asyncio may fire up to one clock tick early; the core must see the deadline reached
-        now = max(time.monotonic(), when or 0.0)
+        now = max(fired, when or 0.0)
         try:
             self.node.handle_timer(now)
         except Exception as exc:
@@ -357,6 +364,9 @@ class Agent:
                 epoch=ev.epoch,
             )
             return
+        # Endpoint entries carry their value: the names in it are what the service-DNS
+        # metrics replay (emu/collect.py), as the simulator feeds them from its tables.
+        value = dict(ev.value) if ev.table == ENDPOINTS and ev.value else None
         self.events.write(
             "entry_seen",
             network=ev.network,
@@ -364,6 +374,7 @@ class Agent:
             key=ev.key,
             op=_OPS[ev.kind],
             owner=ev.owner,
+            **({"value": value} if value is not None else {}),
         )
         if self.programmer is not None and not self._torn_down:
             self._submit(self.programmer.on_event, ev)
@@ -416,6 +427,16 @@ class Agent:
         while True:
             await asyncio.sleep(self.cfg.traffic_interval)
             self.events.write("traffic", **delta.take(self.counters))
+            self._write_timer_lag()
+
+    def _write_timer_lag(self) -> None:
+        """One ``timer_lag`` line: how late each timer fired since the previous one."""
+        late, self._timer_late = self._timer_late, []
+        if late:
+            # 0.1 ms resolution: far below the 0.5 s at which a run counts as overloaded
+            self.events.write(
+                "timer_lag", fires=len(late), late_ms=[round(x * 1e3, 1) for x in late]
+            )
 
     async def _reconcile_loop(self) -> None:
         if not self.node.tables.config.reconcile:

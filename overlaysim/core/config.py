@@ -115,6 +115,17 @@ class TableConfig:
     #: The agent's periodic reconcile of kernel FDB/neighbour entries against the tables
     #: (a data-plane setting carried here; the simulator has no kernel to drift).
     reconcile: bool = True
+    #: Tombstones for unknown entries: a gossiped delete of an entry we never held is
+    #: stored (and spread), so an add of that entry arriving later is refused as older.
+    #: False: NetworkDB's rule, an async delete of an unknown entry is dropped (only a
+    #: bulk sync stores it), so an add that arrives after its delete makes it live again.
+    unknown_tombstones: bool = True
+    #: Local tombstones: entries hidden because their owner left the network are our
+    #: conclusion, not a version, so the owner's same version brings them back (a leave
+    #: that arrives after the rejoin's entries cannot bury them). False: NetworkDB
+    #: before moby#50342 forged a tombstone at the entry's own Lamport time, so the
+    #: same version is refused until the owner writes a newer one.
+    local_tombstones: bool = True
 
     @classmethod
     def lan(cls) -> TableConfig:
@@ -161,13 +172,23 @@ EXTENSIONS: dict[str, Extension] = {
         Extension("lifeguard", "membership", "lifeguard", True, False),
         Extension("recovery_sync", "tables", "recovery_sync", True, False),
         Extension("reconcile", "tables", "reconcile", True, False),
+        Extension("unknown_tombstones", "tables", "unknown_tombstones", True, False),
+        Extension("local_tombstones", "tables", "local_tombstones", True, False),
     )
 }
 
 #: What the ``docker`` variant changes besides switching our extensions off (Lifeguard
 #: stays: memberlist has it). Timers not listed are the same as ours.
 _DOCKER_MEMBERSHIP = {"reconnect_interval": 1.0, "dead_node_reclaim_time": 24 * 3600.0}
-_DOCKER_OFF = ("epochs", "dead_notice", "heal_rule", "recovery_sync", "reconcile")
+_DOCKER_OFF = (
+    "epochs",
+    "dead_notice",
+    "heal_rule",
+    "recovery_sync",
+    "reconcile",
+    "unknown_tombstones",
+    "local_tombstones",
+)
 
 
 def profile(name: str) -> tuple[MembershipConfig, TableConfig]:

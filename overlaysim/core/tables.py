@@ -18,9 +18,13 @@ The rules, all applied in :meth:`Tables._merge` and :meth:`Tables._store`:
   =====================  ==========================================================
   stored record          the incoming version is accepted when
   =====================  ==========================================================
-  none                   always
+  none                   always (with ``unknown_tombstones`` off, NetworkDB's rule: a
+                         delete that came by gossip is dropped; bulk sync stores it)
   live or tombstone      its version is strictly higher
-  hidden, same owner     its version is higher or equal (equal: the owner is back)
+  hidden, same owner     its version is higher or equal (equal: the owner is back;
+                         with ``local_tombstones`` off, a record hidden by a network
+                         leave refuses the equal version, as NetworkDB's forged
+                         tombstones did before moby#50342)
   hidden, other owner    always (the hidden record exists only here)
   =====================  ==========================================================
 
@@ -105,10 +109,34 @@ class _Record:
     entry: Entry
     hidden: bool = False
     reap_at: float | None = None  # set while not live
+    #: Hidden because its owner left the network, with ``local_tombstones`` off: it then
+    #: refuses the owner's same version, like NetworkDB's forged tombstones.
+    forged: bool = False
 
     @property
     def live(self) -> bool:
         return not self.hidden and not self.entry.deleted
+
+
+#: Canonical copies of small immutable values that every node would otherwise hold its
+#: own copy of: entry keys ``(table, key)``, a peer's tuple of networks, the ints of
+#: ``held`` sets and of node-set positions. With N nodes each holding a value per peer or
+#: per entry, one 32-56 byte object per (node, peer) pair adds up to gigabytes at
+#: thousands of nodes; shared, it is one object per value. Equal values are
+#: interchangeable, so sharing changes no result. Bounded; past the bound the memo starts
+#: over (it is only a cache).
+_SHARED_MAX = 1 << 18
+_shared: dict[object, object] = {}
+
+
+def _share(v):  # type: ignore[no-untyped-def]
+    """The canonical object equal to ``v`` (an int or a tuple of str)."""
+    s = _shared.get(v)
+    if s is None:
+        if len(_shared) >= _SHARED_MAX:
+            _shared.clear()
+        _shared[v] = s = v
+    return s
 
 
 @dataclass(slots=True)
@@ -116,12 +144,69 @@ class _Network:
     """What this node stores about one network."""
 
     records: dict[_Key, _Record] = field(default_factory=dict)
-    by_owner: dict[str, dict[_Key, None]] = field(default_factory=dict)
+    #: Keys of each owner's records, in the order they were first stored: the key itself
+    #: while the owner has one (the usual case: a dict per (node, owner) pair would be
+    #: the largest per-pair cost), a dict used as an ordered set from two keys on.
+    by_owner: dict[str, _Key | dict[_Key, None]] = field(default_factory=dict)
     #: ``id`` of the entry of every record that is not hidden. In the simulator one
     #: immutable entry object travels to every node, so "already hold this very
     #: version" is one set test per entry, or one C-level superset test per message.
     held: set[int] = field(default_factory=set)
     queue: TransmitLimitedQueue | None = None  # while attached, or draining after a leave
+
+
+def _owner_keys(st: _Network, owner: str) -> list[_Key]:
+    """Keys of ``owner``'s records in ``st``, in index order (a copy)."""
+    keys = st.by_owner.get(owner)
+    if keys is None:
+        return []
+    return list(keys) if type(keys) is dict else [keys]
+
+
+def _index(st: _Network, owner: str, k: _Key) -> None:
+    by_owner = st.by_owner
+    keys = by_owner.get(owner)
+    if keys is None:
+        by_owner[owner] = k
+    elif type(keys) is dict:
+        keys[k] = None
+    elif keys != k:
+        by_owner[owner] = {keys: None, k: None}
+
+
+def _unindex(st: _Network, owner: str, k: _Key) -> None:
+    by_owner = st.by_owner
+    keys = by_owner.get(owner)
+    if keys is None:
+        return
+    if type(keys) is dict:
+        keys.pop(k, None)
+        if len(keys) == 1:
+            by_owner[owner] = next(iter(keys))
+        elif not keys:
+            del by_owner[owner]
+    elif keys == k:
+        del by_owner[owner]
+
+
+#: The record of a live entry, by ``id`` of the entry: such a record (not hidden, no
+#: reap time) is the same for every node holding that entry, and never changes, so in
+#: the simulator, where one entry object travels to every node, N nodes share one.
+#: The value also carries the canonical int of the entry's id for the ``held`` sets.
+#: Bounded like the other memos; the record keeps its entry alive, so an id is not
+#: reused while remembered.
+_LIVE_MAX = 1 << 16
+_live: dict[int, tuple[int, _Record]] = {}
+
+
+def _live_record(entry: Entry) -> tuple[int, _Record]:
+    i = id(entry)
+    got = _live.get(i)
+    if got is None or got[1].entry is not entry:
+        if len(_live) >= _LIVE_MAX:
+            _live.clear()
+        got = _live[i] = (_share(i), _Record(entry))
+    return got
 
 
 class _NodeSet:
@@ -142,7 +227,7 @@ class _NodeSet:
     def add(self, node: str) -> bool:
         if node in self._pos:
             return False
-        self._pos[node] = len(self._items)
+        self._pos[node] = _share(len(self._items))
         self._items.append(node)
         return True
 
@@ -150,7 +235,8 @@ class _NodeSet:
         """Add ``nodes``, none of which is in the set yet."""
         start = len(self._items)
         self._items.extend(nodes)
-        self._pos.update(zip(nodes, range(start, start + len(nodes)), strict=True))
+        positions = map(_share, range(start, start + len(nodes)))
+        self._pos.update(zip(nodes, positions, strict=True))
 
     def discard(self, node: str) -> None:
         i = self._pos.pop(node, None)
@@ -271,7 +357,9 @@ class Tables:
         # Attachments, cluster-wide: network -> node -> latest record.
         self._attach: dict[str, dict[str, NetworkAttachment]] = {}
         self._att_held: set[int] = set()  # id of every record in _attach (see _Network.held)
-        self._node_nets: dict[str, dict[str, None]] = {}
+        # node -> networks it is attached to, in the order learnt; tuples shared across
+        # nodes (see _share), as most peers are on the same few networks.
+        self._node_nets: dict[str, tuple[str, ...]] = {}
         self._peers: dict[str, _NodeSet] = {}  # attached, alive, not us
         self._recovered = _NodeSet()  # back after we declared them down: fetch what we hid
         # Membership facts.
@@ -352,8 +440,7 @@ class Tables:
             return
         dead_epoch = self._epochs.get(node, 0)
         for network, st in self._nets.items():
-            keys = st.by_owner.get(node)
-            for k in list(keys or ()):
+            for k in _owner_keys(st, node):
                 rec = st.records[k]
                 dead_epoch = max(dead_epoch, rec.entry.owner_epoch)
                 if rec.live:
@@ -545,18 +632,23 @@ class Tables:
     ) -> None:
         """Put a record in place and emit the event the live-view change implies."""
         old = st.records.get(k)
-        rec = _Record(entry, hidden)
-        if not rec.live:
+        if old is None:
+            k = _share(k)  # a new key of records and by_owner: one copy for all nodes
+        if hidden or entry.deleted:
+            rec = _Record(entry, hidden)
             rec.reap_at = now + self.config.reap_interval
             heapq.heappush(self._reap, (rec.reap_at, next(self._reap_seq), network, k))
+            ident = id(entry)
+        else:
+            ident, rec = _live_record(entry)  # shared by every node holding it
         if old is not None:
             if old.entry.owner != entry.owner:
-                self._unindex(st, old.entry.owner, k)
+                _unindex(st, old.entry.owner, k)
             if not old.hidden:
                 st.held.discard(id(old.entry))
         if not hidden:
-            st.held.add(id(entry))
-        st.by_owner.setdefault(entry.owner, {})[k] = None
+            st.held.add(ident)
+        _index(st, entry.owner, k)
         st.records[k] = rec
         before = old.entry if old is not None and old.live else None
         self._emit(network, k, before, entry if rec.live else None)
@@ -569,17 +661,9 @@ class Tables:
         rec = st.records.pop(k)
         if not rec.hidden:
             st.held.discard(id(rec.entry))
-        self._unindex(st, rec.entry.owner, k)
+        _unindex(st, rec.entry.owner, k)
         if rec.live:
             self._emit(network, k, rec.entry, None)
-
-    @staticmethod
-    def _unindex(st: _Network, owner: str, k: _Key) -> None:
-        keys = st.by_owner.get(owner)
-        if keys is not None:
-            keys.pop(k, None)
-            if not keys:
-                del st.by_owner[owner]
 
     def _emit(self, network: str, k: _Key, before: Entry | None, after: Entry | None) -> None:
         if after is None:
@@ -610,7 +694,7 @@ class Tables:
         if cur is not None:
             ev, cv = entry_version(e), entry_version(cur.entry)
             if cur.hidden:
-                if cur.entry.owner == e.owner and ev < cv:
+                if cur.entry.owner == e.owner and (ev < cv or (ev == cv and cur.forged)):
                     return False
             elif ev <= cv:
                 return False
@@ -663,14 +747,17 @@ class Tables:
         self._store(network, st, k, e, now)
         self._enqueue(network, st, e, now)
 
-    def _hide_owner(self, network: str, owner: str, max_epoch: int, now: float) -> None:
+    def _hide_owner(
+        self, network: str, owner: str, max_epoch: int, now: float, forged: bool = False
+    ) -> None:
         st = self._nets.get(network)
         if st is None:
             return
-        for k in list(st.by_owner.get(owner, ())):
+        for k in _owner_keys(st, owner):
             rec = st.records[k]
             if rec.live and rec.entry.owner_epoch <= max_epoch:
                 self._store(network, st, k, rec.entry, now, hidden=True)
+                st.records[k].forged = forged
 
     def _replace_older_boot(self, node: str, epoch: int, now: float) -> None:
         """A newer boot of ``node``: its older entries and attachments are void."""
@@ -681,7 +768,8 @@ class Tables:
             if att is not None and att.epoch < epoch:
                 del self._attach[network][node]
                 self._att_held.discard(id(att))
-                del self._node_nets[node][network]
+                nets = self._node_nets[node]
+                self._node_nets[node] = _share(tuple(n for n in nets if n != network))
                 self._refresh_peer(network, node)
 
     # -- attachments -----------------------------------------------------------------
@@ -700,8 +788,8 @@ class Tables:
         if old is not None:
             self._att_held.discard(id(old))
         recs[self.name] = att
-        self._att_held.add(id(att))
-        self._node_nets.setdefault(self.name, {})[network] = None
+        self._att_held.add(_share(id(att)))
+        self._note_net(self.name, network)
         self._queue_attachment(att, now)
 
     def _merge_attachment(self, a: NetworkAttachment, now: float) -> bool:
@@ -716,12 +804,20 @@ class Tables:
         if cur is not None:
             self._att_held.discard(id(cur))
         recs[a.node] = a
-        self._att_held.add(id(a))
-        self._node_nets.setdefault(a.node, {})[a.network] = None
+        self._att_held.add(_share(id(a)))
+        self._note_net(a.node, a.network)
         self._refresh_peer(a.network, a.node)
         if a.leaving:
-            self._hide_owner(a.network, a.node, a.epoch, now)
+            # Without local tombstones (NetworkDB before moby#50342) the hidden records
+            # stand for deletes at their own Lamport time.
+            forged = not self.config.local_tombstones
+            self._hide_owner(a.network, a.node, a.epoch, now, forged)
         return True
+
+    def _note_net(self, node: str, network: str) -> None:
+        nets = self._node_nets.get(node, ())
+        if network not in nets:
+            self._node_nets[node] = _share((*nets, network))
 
     def _refresh_peer(self, network: str, node: str) -> None:
         """Recompute whether ``node`` is a gossip peer on ``network``."""
@@ -747,7 +843,7 @@ class Tables:
         size = record_size(e)
         if size + self._overhead(network) > self.config.udp_buffer_size:
             return  # too big for gossip: bulk sync carries it
-        st.queue.queue((e.table, e.key), e, size)
+        st.queue.queue(_share((e.table, e.key)), e, size)
         self._dirty[network] = None
         self._roll_gossip(now)
 
@@ -859,6 +955,7 @@ class Tables:
         st = self._nets[network]
         held = st.held
         entries = _seq(msg.entries)
+        drop_unknown_deletes = not self.config.unknown_tombstones
         # Fast path: the very records we already hold (in the simulator, entries are
         # shared immutable objects), so nothing to validate or merge.
         if held.issuperset(map(id, entries)):
@@ -868,6 +965,12 @@ class Tables:
                 continue
             if not _entry_ok(e) or e.network != network:
                 self.dropped += 1
+            elif drop_unknown_deletes and e.deleted and (e.table, e.key) not in st.records:
+                # NetworkDB: an async delete of an entry it never held is ignored. Still
+                # reported (as when it is stored), so measurements see that it arrived.
+                self._events.append(
+                    EntryEvent(EntryEventKind.TOMBSTONE, network, e.table, e.key, e.owner, {})
+                )
             elif self._merge(network, st, e, now):
                 self._enqueue(network, st, e, now)
         return True

@@ -31,9 +31,9 @@ from overlaysim.agent.manager import (
     error_from_wire,
 )
 from overlaysim.agent.netkeys import NetworkKeys, keys_from_ring
-from overlaysim.core.cluster import (
+from overlaysim.core.cluster import Cluster
+from overlaysim.core.cluster_errors import (
     AddressInUse,
-    Cluster,
     ClusterError,
     EndpointExists,
     InvalidSpec,

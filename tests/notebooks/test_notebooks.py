@@ -65,8 +65,8 @@ def _params() -> list:
     ]
 
 
-def test_all_five_notebooks_are_present_and_stored_without_outputs():
-    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
+def test_all_six_notebooks_are_present_and_stored_without_outputs():
+    assert [p.stem[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)

@@ -46,3 +46,33 @@ def test_heal_flapping_case_meets_the_issue_targets(tmp_path) -> None:
     outcome = run_case(case, tmp_path)
     assert outcome.docker is not None and outcome.docker > 100
     assert outcome.default is not None and outcome.default <= 25
+
+
+@pytest.mark.parametrize(
+    ("case_id", "switch"),
+    [
+        ("ip-reuse", "epochs"),
+        ("add-after-delete", "unknown_tombstones"),
+        ("leave-rejoin", "local_tombstones"),
+    ],
+)
+def test_case_reproduces_under_docker_and_its_one_switch_removes_it(
+    tmp_path, case_id, switch
+) -> None:
+    """Each symptom comes from one protocol switch: docker shows it, docker with that
+    extension turned back on does not, and neither does the default."""
+    import json
+
+    from overlaysim.sim.runner import run_simulation
+
+    case = next(c for c in CASES if c.id == case_id)
+    outcome = run_case(case, tmp_path)
+    assert outcome.ok, outcome
+    sc = load_scenario(
+        scenario_path(case),
+        ["protocol.variant=docker", f"protocol.extensions.{switch}=true"],
+    )
+    dest = tmp_path / "docker-with-switch"
+    assert run_simulation(sc, dest, seed=sc.seed, progress=False) == "complete"
+    metrics = json.loads((dest / "metrics.json").read_text())
+    assert case.value(metrics, dest) <= case.absent_at_most
