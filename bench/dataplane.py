@@ -38,7 +38,7 @@ from pyroute2 import IPRoute
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import clean_prefixed
 from overlaysim.agent.dataplane import DataPlane, NetInfo, docker_mac, sandbox_mtu
-from overlaysim.core.cluster import VXLAN_OVERHEAD
+from overlaysim.core.mtu import VXLAN_OVERHEAD
 
 PREFIX = "osimb"
 U1, U2 = f"{PREFIX}-u1", f"{PREFIX}-u2"

@@ -51,7 +51,7 @@ from overlaysim.agent.created import clean_prefixed
 from overlaysim.agent.dataplane import DataPlane, NetInfo, docker_mac
 from overlaysim.agent.esp_tunnel import SEND_GSO, SEND_MODES
 from overlaysim.core import esp
-from overlaysim.core.cluster import derive_mtu
+from overlaysim.core.mtu import derive_mtu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dataplane import build_underlay, iperf3_tcp  # noqa: E402  (sibling bench module)

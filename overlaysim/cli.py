@@ -318,9 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", dest="fmt", action="store_const", const="csv", help="with check")
     p.set_defaults(func=_cmd_lab)
 
+    from overlaysim.service_cli import register as register_service
     from overlaysim.testbed_cli import register
 
     register(sub)
+    register_service(sub)
     return parser
 
 
@@ -420,6 +422,12 @@ def _run_scenario(args: argparse.Namespace, path: Path, backend: str) -> int:
 
         print_summary(load_run(out))
         print(f"results: {out}")
+    else:  # no summary, but a run whose numbers cannot be trusted still says so
+        from overlaysim.metrics.results import load_run
+        from overlaysim.report.summary import run_warnings
+
+        for warning in run_warnings(load_run(out)):
+            print(f"warning: {warning}", file=sys.stderr)
     return 0 if status == "complete" else 1
 
 

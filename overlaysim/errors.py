@@ -19,6 +19,6 @@ class RunFailed(RuntimeError):
 def user_error_types() -> tuple[type[BaseException], ...]:
     """All exception types the CLI reports as user errors (``ScenarioError`` is a
     :class:`UserError`)."""
-    from overlaysim.core.cluster import ClusterError
+    from overlaysim.core.cluster_errors import ClusterError
 
     return (UserError, ClusterError)

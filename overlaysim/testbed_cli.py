@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 from typing import Any
 
 from overlaysim.errors import UserError
@@ -52,9 +51,9 @@ def up(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``network``, ``rm``, ``ps``, ``exec``, ``service`` and ``inspect``.
+    """Add ``network``, ``rm``, ``ps``, ``exec`` and ``inspect``.
 
-    ``run`` has two forms (a scenario, or a container) and lives in :mod:`overlaysim.cli`.
+    ``service`` is :mod:`overlaysim.service_cli`; ``run`` has two forms (a scenario, or a container) and lives in :mod:`overlaysim.cli`.
     """
     p = sub.add_parser(
         "up",
@@ -139,24 +138,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("container")
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p.set_defaults(func=_exec)
-
-    svc = sub.add_parser(
-        "service",
-        help="create, list and remove replicated services",
-        epilog="example:\n  overlaysim service create --name api --replicas 4 --network web\n",
-        formatter_class=_FMT,
-    )
-    ssub = svc.add_subparsers(dest="svc_command", metavar="COMMAND", required=True)
-    p = ssub.add_parser("create", help="place K replicas on live hosts (round robin)")
-    p.add_argument("--name", required=True)
-    p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--network", required=True)
-    p.set_defaults(func=_service_create)
-    p = ssub.add_parser("ls", help="list services")
-    p.set_defaults(func=_service_ls)
-    p = ssub.add_parser("rm", help="remove a service and its tasks")
-    p.add_argument("name")
-    p.set_defaults(func=_service_rm)
 
     p = sub.add_parser(
         "inspect",
@@ -340,6 +321,12 @@ def _exec(args: argparse.Namespace) -> int:
     # Container namespaces are mounted inside the host's mount namespace: enter it first.
     pid = read_live().hosts[host].get("pid")
     prefix = ["mnexec", "-a", pid] if pid else []
+    # ip netns exec mounts the container's resolv.conf (its embedded DNS); nsenter enters
+    # its UTS namespace (its hostname), as a service task's command runs
+    from overlaysim.agent.uts import UTS_DIR, exec_argv
+
+    if (UTS_DIR / netns).exists():
+        return subprocess.call([*prefix, *exec_argv(netns, netns, argv)])
     return subprocess.call([*prefix, "ip", "netns", "exec", netns, *argv])
 
 
@@ -348,40 +335,6 @@ def _container_netns(host: str, container: str) -> str:
     from overlaysim.emu.live import read_live
 
     return names.container_netns(read_live().prefix, host, container)
-
-
-# -- services ----------------------------------------------------------------------------
-
-
-def _service_create(args: argparse.Namespace) -> int:
-    from overlaysim.emu.live import read_live
-
-    tb = read_live()
-    svc = _manager("service_create", name=args.name, replicas=args.replicas, network=args.network)
-    for task, host in svc["tasks"]:
-        _call(tb.control(host), "task", container=task, networks=[args.network])
-        print(f"{task} on {host}")
-    return 0
-
-
-def _service_ls(args: argparse.Namespace) -> int:
-    for s in _manager("service_ls"):
-        print(f"{s['name']:<16}{len(s['tasks'])} replicas  network {s['network']}")
-    return 0
-
-
-def _service_rm(args: argparse.Namespace) -> int:
-    from overlaysim.emu.live import read_live
-
-    tb = read_live()
-    svc = _manager("service_rm", name=args.name)
-    for task, host in svc["tasks"]:
-        try:
-            _call(tb.control(host), "rm", container=task)
-        except Exception as exc:  # a task on a dead host is already gone
-            print(f"{task}: {exc}", file=sys.stderr)
-    print(args.name)
-    return 0
 
 
 # -- looking inside ----------------------------------------------------------------------

@@ -18,8 +18,9 @@ stop also takes before releasing every address.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,8 +30,9 @@ from overlaysim.agent.keys import Keys, RunOnWorker
 from overlaysim.agent.logging import EventLog
 from overlaysim.agent.manager import ManagerClient
 from overlaysim.agent.programmer import Programmer
-from overlaysim.core.cluster import derive_mtu
 from overlaysim.core.endpoint import ENDPOINTS, Endpoint
+from overlaysim.core.mtu import derive_mtu
+from overlaysim.core.services import EndpointMode, TaskSpec, name_fields
 from overlaysim.core.tables import TablesError
 
 
@@ -54,6 +56,11 @@ class Container:
     name: str
     standalone: bool
     nets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Extra DNS names on every network, and the service task this container is.
+    aliases: tuple[str, ...] = ()
+    task: TaskSpec | None = None
+    #: The service's VIP on networks where it is not ``task.vip`` (the ingress network).
+    task_vips: dict[str, str] = field(default_factory=dict)
 
 
 class Containers:
@@ -103,16 +110,35 @@ class Containers:
         """Local containers and the networks each is on."""
         return {n: sorted(c.nets) for n, c in self._containers.items()}
 
+    def get(self, name: str) -> Container | None:
+        """The local container ``name``, if there is one."""
+        return self._containers.get(name)
+
     # --- operations -------------------------------------------------------------------
 
     async def run(
-        self, name: str, networks: list[str], *, standalone: bool, ip: str | None = None
+        self,
+        name: str,
+        networks: list[str],
+        *,
+        standalone: bool,
+        ip: str | None = None,
+        aliases: Sequence[str] = (),
+        task: TaskSpec | None = None,
+        task_vips: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Start a container on ``networks``: ``docker run`` (standalone) or a service task."""
+        """Start a container on ``networks``: ``docker run`` (standalone) or a service task.
+
+        ``aliases`` and ``task`` become name fields of its endpoint entries (the embedded
+        DNS of every host answers from them).
+        """
         async with self.ops:
             if name in self._containers:
                 raise BadRequest(f"container {name} already exists on {self.host}")
-            c = self._containers[name] = Container(name, standalone)
+            c = Container(
+                name, standalone, aliases=tuple(aliases), task=task, task_vips=dict(task_vips or {})
+            )
+            self._containers[name] = c
             attached = []
             try:
                 for network in networks:
@@ -203,7 +229,11 @@ class Containers:
             self.node.join_network(name, now)
         endpoint = Endpoint(name=c.name, ip=alloc["ip"], mac=alloc["mac"], vtep=self.vtep)
         try:
-            self.node.create_entry(name, ENDPOINTS, c.name, endpoint.to_value(), now)
+            task = c.task
+            if task is not None and name in c.task_vips:
+                task = dataclasses.replace(task, mode=EndpointMode.VIP, vip=c.task_vips[name])
+            value = {**endpoint.to_value(), **name_fields(c.aliases, task)}
+            self.node.create_entry(name, ENDPOINTS, c.name, value, now)
         except TablesError as exc:  # rollback 3
             self._flush()
             await self._unplug(c.name, name)

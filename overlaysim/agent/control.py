@@ -7,7 +7,7 @@ object ``{"op": "run", "container": "c1", "network": "web"}``; each answer is on
 Several requests may share a connection; they are answered in order.
 
 :class:`ControlClient` raises refusals again as the manager's
-:class:`~overlaysim.core.cluster.ClusterError` subclass when the type is one of those
+:class:`~overlaysim.core.cluster_errors.ClusterError` subclass when the type is one of those
 (``NotAttachable``, ``EncryptionUnsupported``...), otherwise as :class:`ControlError`.
 :func:`operations` checks each request and calls the agent; ``docs/agent.md`` lists
 the operations with their arguments and results.
@@ -19,12 +19,13 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from overlaysim.agent.manager import ERROR_TYPES
-from overlaysim.core.cluster import ClusterError
+from overlaysim.core.cluster_errors import ClusterError
+from overlaysim.core.services import EndpointMode, TaskSpec, check_dns_name
 
 #: Longest request or answer line.
 MAX_LINE = 16 * 1024 * 1024
@@ -215,7 +216,16 @@ class AgentOps(Protocol):
     def tables(self) -> dict[str, Any]: ...
     async def kernel(self) -> dict[str, Any]: ...
     async def run_container(
-        self, name: str, networks: list[str], *, standalone: bool, ip: str | None = None
+        self,
+        name: str,
+        networks: list[str],
+        *,
+        standalone: bool,
+        ip: str | None = None,
+        aliases: Sequence[str] = (),
+        task: TaskSpec | None = None,
+        task_vips: Mapping[str, str] | None = None,
+        command: Sequence[str] = (),
     ) -> dict[str, Any]: ...
     async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]: ...
     async def disconnect(self, name: str, network: str) -> dict[str, Any]: ...
@@ -224,6 +234,7 @@ class AgentOps(Protocol):
     async def refresh_keys(self) -> dict[str, Any]: ...
     async def crypto(self) -> dict[str, Any]: ...
     async def manager_call(self, op: str, args: dict[str, Any]) -> Any: ...
+    async def ingress(self, ports: list[list[Any]]) -> dict[str, Any]: ...
     def request_stop(self, leave: bool = True) -> None: ...
 
 
@@ -242,17 +253,26 @@ def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
     async def kernel(req: dict[str, Any]) -> Any:
         return await agent.kernel()
 
-    async def run(req: dict[str, Any]) -> Any:
+    async def start(req: dict[str, Any], standalone: bool) -> Any:
         networks, ip = _networks(req), _opt_str(req, "ip")
         if ip is not None and len(networks) != 1:
             raise BadRequest("ip: only with exactly one network")
-        return await agent.run_container(_str(req, "container"), networks, standalone=True, ip=ip)
+        return await agent.run_container(
+            _str(req, "container"),
+            networks,
+            standalone=standalone,
+            ip=ip,
+            aliases=_aliases(req),
+            task=_task(req),
+            task_vips=_task_vips(req),
+            command=_str_list(req, "command"),
+        )
+
+    async def run(req: dict[str, Any]) -> Any:
+        return await start(req, True)
 
     async def task(req: dict[str, Any]) -> Any:
-        networks, ip = _networks(req), _opt_str(req, "ip")
-        if ip is not None and len(networks) != 1:
-            raise BadRequest("ip: only with exactly one network")
-        return await agent.run_container(_str(req, "container"), networks, standalone=False, ip=ip)
+        return await start(req, False)
 
     async def connect(req: dict[str, Any]) -> Any:
         return await agent.connect(
@@ -280,6 +300,15 @@ def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
             raise BadRequest("args: expected an object")
         return await agent.manager_call(_str(req, "call"), args)
 
+    async def ingress(req: dict[str, Any]) -> Any:
+        ports = req.get("ports")
+        if not isinstance(ports, list) or not all(
+            isinstance(p, list) and len(p) >= 3 and isinstance(p[0], int) and isinstance(p[2], int)
+            and isinstance(p[1], str) for p in ports
+        ):  # fmt: skip
+            raise BadRequest(f"ports {ports!r}: expected [[published, ingress VIP, target], ...]")
+        return await agent.ingress(ports)
+
     async def leave(req: dict[str, Any]) -> Any:
         agent.request_stop(leave=True)
         return {"leaving": True, "grace": leave_grace}
@@ -293,7 +322,7 @@ def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
 
     ops = (status, members, tables, kernel, run, task, connect, disconnect, rm, reconcile, keys)
     ops += (crypto,)
-    return {f.__name__: f for f in (*ops, manager, leave, shutdown)}
+    return {f.__name__: f for f in (*ops, manager, ingress, leave, shutdown)}
 
 
 def _str(req: dict[str, Any], key: str) -> str:
@@ -308,6 +337,65 @@ def _opt_str(req: dict[str, Any], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise BadRequest(f"{key}: expected a string")
     return value
+
+
+def _str_list(req: dict[str, Any], key: str) -> list[str]:
+    value = req.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise BadRequest(f"{key}: expected a list of non-empty strings, got {value!r}")
+    return list(value)
+
+
+def _aliases(req: dict[str, Any]) -> list[str]:
+    out = []
+    for alias in _str_list(req, "aliases"):
+        try:
+            out.append(check_dns_name(alias, "alias"))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    return out
+
+
+def _task(req: dict[str, Any]) -> TaskSpec | None:
+    """The ``task`` object of a run/task request: ``{service, slot, mode, vip, gen}``."""
+    spec = req.get("task")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise BadRequest(f"task: expected an object with service and slot, got {spec!r}")
+    unknown = sorted(set(spec) - {"service", "slot", "mode", "vip", "gen", "vips"})
+    if unknown:
+        raise BadRequest(
+            f"task field {unknown[0]!r}: unknown; expected service, slot, mode, vip, gen, vips"
+        )
+    mode = spec.get("mode", "vip")
+    try:
+        return TaskSpec(
+            service=spec.get("service"),  # type: ignore[arg-type]
+            slot=spec.get("slot"),  # type: ignore[arg-type]
+            mode=EndpointMode(mode),
+            vip=spec.get("vip"),
+            gen=spec.get("gen", 1),
+        )
+    except ValueError as exc:
+        if isinstance(mode, str) and mode not in ("vip", "dnsrr"):
+            raise BadRequest(f"task mode {mode!r}: expected vip or dnsrr") from None
+        raise BadRequest(f"task: {exc}") from None
+
+
+def _task_vips(req: dict[str, Any]) -> dict[str, str]:
+    """``task.vips``: the service's VIP on networks where it differs (the ingress one)."""
+    spec = req.get("task")
+    vips = spec.get("vips") if isinstance(spec, dict) else None
+    if vips is None:
+        return {}
+    if not isinstance(vips, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in vips.items()
+    ):
+        raise BadRequest(f"task vips {vips!r}: expected an object of network -> VIP")
+    return dict(vips)
 
 
 def _networks(req: dict[str, Any]) -> list[str]:

@@ -75,6 +75,7 @@ def load_outstanding(path: Path) -> list[Created]:
 def remove_created(obj: Created) -> bool:
     """Remove one recorded object; False if it was already gone."""
     if obj.kind == NETNS:
+        kns.kill_inside(obj.name)  # a service task's command of the crashed boot
         return kns.remove_netns(obj.name)
     if obj.ns_ino is not None and kns.ns_inode(obj.netns) != obj.ns_ino:
         return False  # that namespace is gone (a reused PID path is someone else's)

@@ -29,6 +29,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -41,6 +42,7 @@ from overlaysim.agent.logging import EventLog, RateLimit
 from overlaysim.agent.manager import MANAGER_PORT, Manager, ManagerClient, ManagerServer
 from overlaysim.agent.options import AgentConfig, parse_args
 from overlaysim.agent.programmer import DataPlanePort, Programmer, remote_entries
+from overlaysim.agent.servicenet import ServiceNet
 from overlaysim.agent.transport import (
     Counters,
     TrafficDelta,
@@ -53,6 +55,7 @@ from overlaysim.core.endpoint import ENDPOINTS
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.gossip_crypto import GossipKeyring
 from overlaysim.core.node import Node
+from overlaysim.core.services import TaskSpec
 from overlaysim.core.wire import Message
 
 #: The underlay MTU libnetwork's overlay driver assumes whatever the real one is (its
@@ -72,6 +75,8 @@ class Agent:
 
     ``dataplane`` may be injected (tests); otherwise the kernel one is built at start.
     ``handle_signals`` installs the SIGTERM/SIGINT handlers (one agent per process).
+    ``names_in_kernel`` gives containers their hostname, resolv.conf, embedded DNS and
+    VIP table (default: only with the kernel data plane).
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class Agent:
         *,
         dataplane: DataPlanePort | None = None,
         handle_signals: bool = True,
+        names_in_kernel: bool | None = None,
     ) -> None:
         self.cfg = config
         self.handle_signals = handle_signals
@@ -146,9 +152,21 @@ class Agent:
             events=self.events,
             on_error=self._error,
         )
+        #: Names, embedded DNS, VIP tables, task commands, routing mesh.
+        self.svcnet = ServiceNet(
+            host=config.name, prefix=config.prefix, underlay_ip=config.bind, seed=config.seed,
+            events=self.events, run=self._dp, submit=self._submit,
+        )  # fmt: skip
+        # Hostname, resolv.conf and DNS need the container's real namespace: off with an
+        # injected (fake) data plane unless asked for; the directory is fed either way.
+        self.names_in_kernel = dataplane is None if names_in_kernel is None else names_in_kernel
+        #: Serialises starting and removing containers with their names and commands.
+        self._lifecycle = asyncio.Lock()
         self._limits: dict[str, RateLimit] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        #: How late each timer fired since the last ``timer_lag`` line (s past its deadline).
+        self._timer_late: list[float] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._released = False
         self._stopping = False
@@ -175,6 +193,7 @@ class Agent:
         if cfg.record is not None and cfg.record.exists():
             # a previous boot of this host was killed: remove exactly what it recorded
             cleaned = [o.name for o in await self._dp(clean_recorded, cfg.record)]
+            await self.svcnet.forget_leftovers(cleaned)  # its containers' name files
         dataplane = self._dataplane or DataPlane(
             host=cfg.name,
             underlay_ip=cfg.bind,
@@ -275,6 +294,10 @@ class Agent:
         for server in (self.control, self.manager_server):
             if server is not None:
                 await server.close()
+        try:  # before the namespaces go: routing mesh, commands, DNS sockets, files
+            await self.svcnet.close()
+        except Exception as exc:
+            self._error("teardown", exc)
         crypto: dict[str, Any] = {}
         try:
             crypto = await self.keys.final_counters()
@@ -305,8 +328,13 @@ class Agent:
     def _on_timer(self) -> None:
         when = self._timer_at
         self._timer = self._timer_at = None
+        fired = time.monotonic()
+        if when is not None:
+            # a busy loop (or a starved process) runs the callback late: the emulator's
+            # fidelity guard reads this from the log (docs/emulation.md, "Lag")
+            self._timer_late.append(max(0.0, fired - when))
         # asyncio may fire up to one clock tick early; the core must see the deadline reached
-        now = max(time.monotonic(), when or 0.0)
+        now = max(fired, when or 0.0)
         try:
             self.node.handle_timer(now)
         except Exception as exc:
@@ -343,6 +371,9 @@ class Agent:
                 epoch=ev.epoch,
             )
             return
+        # Endpoint entries carry their value: the names in it are what the service-DNS
+        # metrics replay (emu/collect.py), as the simulator feeds them from its tables.
+        value = dict(ev.value) if ev.table == ENDPOINTS and ev.value else None
         self.events.write(
             "entry_seen",
             network=ev.network,
@@ -350,9 +381,11 @@ class Agent:
             key=ev.key,
             op=_OPS[ev.kind],
             owner=ev.owner,
+            **({"value": value} if value is not None else {}),
         )
         if self.programmer is not None and not self._torn_down:
             self._submit(self.programmer.on_event, ev)
+        self.svcnet.on_event(ev)
 
     def _report(self, what: str, detail: str) -> None:
         """Log a peer or transport error, at most once per second per kind."""
@@ -401,6 +434,16 @@ class Agent:
         while True:
             await asyncio.sleep(self.cfg.traffic_interval)
             self.events.write("traffic", **delta.take(self.counters))
+            self._write_timer_lag()
+
+    def _write_timer_lag(self) -> None:
+        """One ``timer_lag`` line: how late each timer fired since the previous one."""
+        late, self._timer_late = self._timer_late, []
+        if late:
+            # 0.1 ms resolution: far below the 0.5 s at which a run counts as overloaded
+            self.events.write(
+                "timer_lag", fires=len(late), late_ms=[round(x * 1e3, 1) for x in late]
+            )
 
     async def _reconcile_loop(self) -> None:
         if not self.node.tables.config.reconcile:
@@ -490,6 +533,7 @@ class Agent:
             "counters": counters,
             "networks": sorted(self.node.tables.networks()),
             "containers": self.containers.networks_of(),
+            "services": self.svcnet.status(),
         }
 
     def members(self) -> dict[str, Any]:
@@ -526,10 +570,45 @@ class Agent:
         return await self._dp(self.programmer.kernel)
 
     async def run_container(
-        self, name: str, networks: list[str], *, standalone: bool, ip: str | None = None
+        self,
+        name: str,
+        networks: list[str],
+        *,
+        standalone: bool,
+        ip: str | None = None,
+        aliases: Sequence[str] = (),
+        task: TaskSpec | None = None,
+        task_vips: Mapping[str, str] | None = None,
+        command: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Start a container on ``networks``: ``docker run`` (standalone) or a service task."""
-        return await self.containers.run(name, networks, standalone=standalone, ip=ip)
+        """Start a container on ``networks``: ``docker run`` (standalone) or a service task.
+
+        Once its namespace exists it gets its hostname (its name), resolv.conf, embedded
+        DNS server and VIP table; then ``command``, if any, starts inside it. A failure
+        at any step removes everything made so far.
+        """
+        async with self._lifecycle:
+            out = await self.containers.run(
+                name, networks, standalone=standalone, ip=ip, aliases=aliases, task=task,
+                task_vips=task_vips,
+            )  # fmt: skip
+            netns = out["netns"]
+            if not self.names_in_kernel:
+                return out
+            try:
+                pid = await self.svcnet.start(
+                    name, netns, aliases=aliases, task=task, command=command
+                )
+                if pid is not None:
+                    out["pid"] = pid
+            except BaseException:
+                await self.svcnet.stop(name)
+                try:
+                    await self.containers.remove(name)
+                except Exception as exc:  # report the first failure, not this one
+                    self._error("control:run:rollback", exc)
+                raise
+            return out
 
     async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]:
         """Attach a running container to one more network."""
@@ -537,11 +616,25 @@ class Agent:
 
     async def disconnect(self, name: str, network: str) -> dict[str, Any]:
         """Detach a container from one network (it goes when its last network does)."""
-        return await self.containers.disconnect(name, network)
+        async with self._lifecycle:
+            c = self.containers.get(name)
+            if c is not None and len(c.nets) == 1:
+                await self.svcnet.stop(name)  # the last network: the namespace goes
+            return await self.containers.disconnect(name, network)
 
     async def remove(self, name: str) -> dict[str, Any]:
-        """Remove a container: its entries, interfaces and addresses."""
-        return await self.containers.remove(name)
+        """Remove a container: its command, names, entries, interfaces and addresses."""
+        async with self._lifecycle:
+            await self.svcnet.stop(name)
+            return await self.containers.remove(name)
+
+    async def ingress(self, ports: list[list[Any]]) -> dict[str, Any]:
+        """Hold exactly ``ports`` in the routing mesh (see :meth:`ServiceNet.ingress`)."""
+
+        async def run(name: str, networks: list[str]) -> dict[str, Any]:
+            return await self.run_container(name, networks, standalone=False)
+
+        return await self.svcnet.ingress(ports, run, self.remove)
 
     async def manager_call(self, op: str, args: dict[str, Any]) -> Any:
         """Forward one manager request; the manager's errors come back unchanged."""

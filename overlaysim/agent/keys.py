@@ -17,7 +17,7 @@ from overlaysim.agent.logging import EventLog
 from overlaysim.agent.manager import EncryptionUnsupported, ManagerClient, ManagerUnavailable
 from overlaysim.agent.netkeys import keys_from_ring
 from overlaysim.agent.programmer import DataPlanePort
-from overlaysim.core.cluster import ClusterError
+from overlaysim.core.cluster_errors import ClusterError
 from overlaysim.core.events import MemberEvent
 
 #: Runs a data-plane call on the agent's worker thread and waits for it.

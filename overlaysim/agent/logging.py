@@ -46,6 +46,9 @@ KINDS = frozenset(
         "previous_boot",
         "keys_installed",
         "traffic",
+        "timer_lag",
+        "names",
+        "command_stopped",
     }
 )
 

@@ -36,7 +36,12 @@ from typing import Any
 
 import msgpack
 
+from overlaysim.agent import service_registry as _registry
 from overlaysim.agent.netkeys import NetworkKeys
+from overlaysim.agent.service_registry import SERVICE_OPS, ServiceRegistry
+from overlaysim.agent.service_registry import NoLiveHosts as NoLiveHosts  # re-exported
+from overlaysim.agent.service_registry import ServiceExists as ServiceExists
+from overlaysim.agent.service_registry import ServiceNotFound as ServiceNotFound
 from overlaysim.agent.transport import ClosedBeforeFrame, FrameError, frame, read_frame
 from overlaysim.core import cluster as _cluster
 from overlaysim.core.cluster import Cluster, ClusterError, InvalidSpec, NetworkSpec
@@ -85,18 +90,6 @@ class InvalidRequest(ClusterError):
     """The request itself is malformed: unknown operation, missing or mistyped argument."""
 
 
-class ServiceExists(ClusterError):
-    """A service with that name already exists."""
-
-
-class ServiceNotFound(ClusterError):
-    """No service has that name."""
-
-
-class NoLiveHosts(ClusterError):
-    """Placement found no live host to run tasks on."""
-
-
 class RemoteError(ClusterError):
     """An error type this side does not know (a newer or broken peer)."""
 
@@ -107,7 +100,7 @@ class ManagerUnavailable(ConnectionError):
 
 def _error_types() -> dict[str, type[Exception]]:
     types: dict[str, type[Exception]] = {}
-    for value in (*vars(_cluster).values(), *globals().values()):
+    for value in (*vars(_cluster).values(), *vars(_registry).values(), *globals().values()):
         if isinstance(value, type) and issubclass(value, ClusterError):
             types[value.__name__] = value
     return types
@@ -182,16 +175,6 @@ def spec_from_dict(spec: object) -> NetworkSpec:
     return NetworkSpec(**values)
 
 
-@dataclasses.dataclass(slots=True)
-class _Service:
-    name: str
-    network: str
-    tasks: list[tuple[str, str]]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "network": self.network, "tasks": [list(t) for t in self.tasks]}
-
-
 class Manager:
     """Request handling for the manager API, without I/O.
 
@@ -215,8 +198,8 @@ class Manager:
         self.secure = secure
         self.network_keys = network_keys if network_keys is not None else NetworkKeys()
         self._holder: dict[tuple[str, str], str] = {}  # (network name, endpoint) -> host
-        self._services: dict[str, _Service] = {}
-        self._next_host = 0  # round-robin cursor, kept across services
+        #: Service records, VIPs and placement (:mod:`overlaysim.agent.service_registry`).
+        self.services = ServiceRegistry(cluster, live_hosts)
 
     def handle(self, request: object) -> dict[str, Any]:
         """Answer one request: ``{"result": ...}`` or ``{"error": {...}}``."""
@@ -225,12 +208,16 @@ class Manager:
                 raise InvalidRequest(f"request={request!r}: expected a map with 'op' and 'args'")
             op = request.get("op")
             args = request.get("args") or {}
-            handler = self._OPS.get(op) if isinstance(op, str) else None
-            if handler is None:
-                raise InvalidRequest(f"op={op!r}: unknown; expected one of {', '.join(self._OPS)}")
             if not isinstance(args, dict):
                 raise InvalidRequest(f"args={args!r}: expected a map")
-            return {"result": handler(self, args)}
+            handler = self._OPS.get(op) if isinstance(op, str) else None
+            if handler is not None:
+                return {"result": handler(self, args)}
+            service_op = SERVICE_OPS.get(op) if isinstance(op, str) else None
+            if service_op is None:
+                known = ", ".join([*self._OPS, *SERVICE_OPS])
+                raise InvalidRequest(f"op={op!r}: unknown; expected one of {known}")
+            return {"result": service_op(self.services, args)}
         except ClusterError as exc:
             return {"error": error_to_wire(exc)}
         except Exception as exc:  # a bug here must not take the manager down
@@ -290,36 +277,6 @@ class Manager:
                 del self._holder[(network, endpoint)]
         return out
 
-    def service_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = _arg(args, "name", str)
-        replicas = _arg(args, "replicas", int)
-        network = self.cluster.network(_arg(args, "network", str))
-        if not name or "/" in name:
-            raise InvalidSpec(f"name={name!r}: expected a non-empty name without '/'")
-        if name in self._services:
-            raise ServiceExists(f"service {name} already exists")
-        if replicas < 1:
-            raise InvalidSpec(f"replicas={replicas}: expected at least 1")
-        hosts = sorted(set(self.live_hosts()))
-        if not hosts:
-            raise NoLiveHosts(f"service {name}: no live host to place {replicas} tasks on")
-        tasks = []
-        for i in range(1, replicas + 1):
-            tasks.append((f"{name}.{i}", hosts[self._next_host % len(hosts)]))
-            self._next_host += 1
-        service = self._services[name] = _Service(name, network.name, tasks)
-        return service.as_dict()
-
-    def service_rm(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = _arg(args, "name", str)
-        service = self._services.pop(name, None)
-        if service is None:
-            raise ServiceNotFound(f"service {name} not found")
-        return service.as_dict()
-
-    def service_ls(self, args: dict[str, Any]) -> list[dict[str, Any]]:
-        return [s.as_dict() for s in self._services.values()]
-
     def keys(self, args: dict[str, Any]) -> dict[str, Any]:
         """The ESP key ring of encrypted networks (created on first use)."""
         self._need_secure()
@@ -342,9 +299,6 @@ class Manager:
         "allocate": allocate,
         "release": release,
         "release_host": release_host,
-        "service_create": service_create,
-        "service_rm": service_rm,
-        "service_ls": service_ls,
         "keys": keys,
         "rotate_keys": rotate_keys,
     }

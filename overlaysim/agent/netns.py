@@ -142,6 +142,30 @@ def remove_netns(name: str) -> bool:
     return True
 
 
+def kill_inside(name: str) -> list[int]:
+    """SIGKILL every process whose network namespace is the named namespace ``name``.
+
+    For a crashed agent's container namespaces before they are removed: a service task's
+    command would otherwise keep running in a namespace nobody can name any more. Only
+    ever called on the project's own namespaces, so whatever runs there is ours.
+    """
+    ino = ns_inode(name)
+    if ino is None:
+        return []
+    killed = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry.name}/ns/net").st_ino != ino:
+                continue
+            os.kill(int(entry.name), 9)
+        except OSError:
+            continue  # gone meanwhile, or not ours to see
+        killed.append(int(entry.name))
+    return killed
+
+
 def ns_inode(ns: str | None) -> int | None:
     """Inode of a namespace spec, to recognise it later (None if unavailable)."""
     path = ns_path(ns)

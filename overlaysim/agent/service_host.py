@@ -8,16 +8,20 @@ resolv.conf files and UTS namespaces, and their VIP tables:
   resolv.conf, DNS server, VIP table;
 * :meth:`ServiceHost.on_event` for every table event (on the event loop, cheap): updates
   the directory and returns the local containers whose VIP tables may have changed;
-* :meth:`ServiceHost.sync_vips` for those (blocking: ``nft`` is a subprocess, so the
-  agent calls it from its data-plane worker thread);
+* :meth:`ServiceHost.plan_vips` for those, on the event loop (it reads the directory,
+  which only the loop changes), then :meth:`ServiceHost.apply_vips` with the plan on the
+  agent's data-plane worker thread (``nft`` is a subprocess); :meth:`sync_vips` does both;
 * :meth:`ServiceHost.stop_container` before the namespace goes: removes all of it.
 
-Not wired into ``overlayd`` yet (see docs/services.md, "What remains").
+A container's UTS namespace file is named after its network namespace
+(``/run/overlaysim/uts/<netns>``), which carries the project prefix and the host, so two
+hosts of one machine never collide and ``overlaysim clean`` knows which files are ours.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +34,7 @@ from overlaysim.agent.vip import VipBalancer
 from overlaysim.core.events import EntryEvent
 from overlaysim.core.services import ENDPOINTS_TABLE, Directory
 
-__all__ = ["LocalContainer", "ServiceHost"]
+__all__ = ["LocalContainer", "ServiceHost", "VipPlan"]
 
 #: sync(container, netns, vip -> task IPs) -> True if the kernel was changed.
 VipSync = Callable[[str, str, Mapping[str, tuple[str, ...]]], bool]
@@ -41,6 +45,15 @@ class LocalContainer:
     name: str
     netns: str  # the ``ip netns`` name
     hostname: str
+
+
+@dataclass(frozen=True, slots=True)
+class VipPlan:
+    """One container's VIP table as it must be: VIP -> task IPs."""
+
+    name: str
+    netns: str
+    backends: Mapping[str, tuple[str, ...]]
 
 
 class ServiceHost:
@@ -69,7 +82,7 @@ class ServiceHost:
         c = LocalContainer(name, netns, hostname or name)
         if name in self.containers:
             raise ValueError(f"container {name!r}: service networking already started")
-        await asyncio.to_thread(create_uts, name, c.hostname, root=self._uts_root)
+        await asyncio.to_thread(create_uts, netns, c.hostname, root=self._uts_root)
         try:
             await asyncio.to_thread(
                 write_resolv_conf, netns, host=self._host_resolv, root=self._etc_root
@@ -91,8 +104,16 @@ class ServiceHost:
         return True
 
     def _remove_files(self, c: LocalContainer) -> None:
-        remove_resolv_conf(c.netns, root=self._etc_root)
-        remove_uts(c.name, root=self._uts_root)
+        self.remove_files(c.netns)
+
+    def remove_files(self, netns: str) -> None:
+        """Delete the resolv.conf and UTS file of namespace ``netns`` (blocking).
+
+        Also for the namespaces a killed previous boot left (the agent's restart).
+        """
+        remove_resolv_conf(netns, root=self._etc_root)
+        with contextlib.suppress(ValueError):  # not a name a container namespace has
+            remove_uts(netns, root=self._uts_root)
 
     def on_event(self, ev: EntryEvent) -> set[str]:
         """Apply a table event; the local containers whose VIP tables need a sync."""
@@ -104,19 +125,35 @@ class ServiceHost:
             if name == ev.key.lower() or ev.network in self.directory.networks_of(name)
         }
 
-    def sync_vips(self, names: Iterable[str] | None = None) -> int:
-        """Bring the VIP tables of ``names`` (default: all) in line; the number changed.
+    def plan_vips(self, names: Iterable[str] | None = None) -> list[VipPlan]:
+        """What the VIP tables of ``names`` (default: all) must hold, read now.
 
-        Blocking (runs ``nft``): call it from a worker thread, never the event loop.
+        Cheap; call it where the directory changes (the event loop).
         """
-        changed = 0
+        plan = []
         for name in sorted(self.containers if names is None else names):
             c = self.containers.get(name)
-            if c is None:
+            if c is not None:
+                plan.append(VipPlan(name, c.netns, self.directory.vip_backends(name)))
+        return plan
+
+    def apply_vips(self, plan: Iterable[VipPlan]) -> int:
+        """Bring the kernel in line with ``plan``; the number of tables changed.
+
+        Blocking (runs ``nft``): call it from a worker thread, never the event loop. A
+        container stopped since the plan was made is skipped (its namespace is going).
+        """
+        changed = 0
+        for p in plan:
+            if p.name not in self.containers:
                 continue
             try:
-                if self._vip_sync(name, c.netns, self.directory.vip_backends(name)):
+                if self._vip_sync(p.name, p.netns, p.backends):
                     changed += 1
             except Exception:  # counted; the next event or sync retries
                 self.vip_errors += 1
         return changed
+
+    def sync_vips(self, names: Iterable[str] | None = None) -> int:
+        """:meth:`plan_vips` then :meth:`apply_vips` (blocking; tests and one-shot use)."""
+        return self.apply_vips(self.plan_vips(names))

@@ -18,18 +18,35 @@ Rules (docs/networks.md explains them at length):
   A requested address may be anywhere in the subnet (as in Docker, the ip-range only
   bounds dynamic allocation), and must be free.
 
-Every error is a :class:`ClusterError` (a :class:`ValueError`) whose message names the
-field and value at fault and what was expected.
+Every error is a :class:`ClusterError` (a :class:`ValueError`, in
+:mod:`overlaysim.core.cluster_errors`) whose message names the field and value at fault
+and what was expected. The network records and a spec's own checks are
+:mod:`overlaysim.core.network`; the MTU rule is :mod:`overlaysim.core.mtu`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from overlaysim.core.cluster_errors import (
+    AddressExhausted,
+    AddressInUse,
+    ClusterError,
+    EndpointExists,
+    EndpointNotFound,
+    InvalidSpec,
+    NetworkExists,
+    NetworkInUse,
+    NetworkNotFound,
+    NotAttachable,
+    SubnetOverlap,
+    VniExhausted,
+    check_bool,
+    check_int,
+)
 from overlaysim.core.ipam import (
     MAX_PREFIX,
     AddressError,
@@ -38,231 +55,50 @@ from overlaysim.core.ipam import (
     carve_subnet,
     check_host,
     field_subnet,
-    mac_for_ip,  # re-exported: part of this module's API
+    mac_for_ip,
     parse_address,
     plan_addressing,
 )
+from overlaysim.core.network import (
+    Allocation,
+    Network,
+    NetworkSpec,
+    build_network,
+    network_id,
+    validate_spec,
+)
+
+#: The manager's API as this module offers it. The refusals are here too because the
+#: manager's wire protocol (``agent/manager.py``) finds error classes by name in this
+#: module's namespace; they are defined in :mod:`overlaysim.core.cluster_errors`.
+__all__ = [
+    "VNI_MAX",
+    "VNI_MIN",
+    "AddressExhausted",
+    "AddressInUse",
+    "Allocation",
+    "Cluster",
+    "ClusterError",
+    "EndpointExists",
+    "EndpointNotFound",
+    "InvalidSpec",
+    "Network",
+    "NetworkExists",
+    "NetworkInUse",
+    "NetworkNotFound",
+    "NetworkSpec",
+    "NotAttachable",
+    "SubnetOverlap",
+    "VniExhausted",
+]
 
 #: Lowest VNI handed out: 1..4095 would collide with 802.1Q VLAN ids on hosts that map
 #: VLANs to VNIs one to one.
 VNI_MIN = 4096
 #: VXLAN's VNI field is 24 bits.
 VNI_MAX = (1 << 24) - 1
-#: Bytes VXLAN over IPv4 adds around an inner IP packet: outer IPv4 20 + UDP 8 +
-#: VXLAN 8 + inner Ethernet 14.
-VXLAN_OVERHEAD = 50
-#: Worst-case extra bytes of an encrypted network, budgeted as UDP-encapsulated ESP with
-#: AES-GCM-128 around the VXLAN packet: UDP 8 + ESP header (SPI, sequence) 8 + IV 8 +
-#: ICV 16 + trailer (pad length, next header) 2 + padding to 4 bytes, at most 3.
-#: The user-space AEAD path (TAP frames sealed and sent over UDP) fits in the same budget.
-ENCRYPTION_OVERHEAD = 45
-#: Smallest IPv4 MTU (RFC 791).
-MIN_MTU = 68
-#: Largest MTU a spec may ask for before the underlay is known (IPv4 total length limit).
-_MAX_SPEC_MTU = 65535 - VXLAN_OVERHEAD
-#: Docker's rule for network names.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 #: Version of the plain-data form produced by :meth:`Cluster.snapshot`.
 SNAPSHOT_FORMAT = 1
-
-
-# --- errors ---------------------------------------------------------------------------
-
-
-class ClusterError(ValueError):
-    """A request the manager refuses. The message names the field, value and rule."""
-
-
-class InvalidSpec(ClusterError):
-    """A field has a malformed or out-of-range value."""
-
-
-class NetworkExists(ClusterError):
-    """A network with that name already exists."""
-
-
-class NetworkNotFound(ClusterError):
-    """No network has that name or id."""
-
-
-class NetworkInUse(ClusterError):
-    """The network still has allocated endpoints."""
-
-
-class SubnetOverlap(ClusterError):
-    """The subnet overlaps the subnet of an existing network."""
-
-
-class AddressExhausted(ClusterError):
-    """No free address (or no free subnet in the default pool) is left."""
-
-
-class VniExhausted(ClusterError):
-    """Every VNI in the configured range is held by a network."""
-
-
-class NotAttachable(ClusterError):
-    """A standalone container asked to join a network that is not attachable."""
-
-
-class AddressInUse(ClusterError):
-    """The requested address is allocated or reserved (gateway, aux address)."""
-
-
-class EndpointExists(ClusterError):
-    """The endpoint already holds an address on the network."""
-
-
-class EndpointNotFound(ClusterError):
-    """The endpoint holds no address on the network."""
-
-
-# --- records --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NetworkSpec:
-    """What a user asks for, like ``docker network create -d overlay``.
-
-    Plain data: :meth:`Cluster.create_network` validates it, with the existing networks
-    in view. ``subnet``, ``gateway``, ``ip_range`` are CIDR / address strings;
-    ``aux_addresses`` maps a name to an address kept out of allocation; ``mtu`` None
-    means "derive from the underlay" (:func:`derive_mtu`).
-    """
-
-    name: str
-    subnet: str | None = None
-    gateway: str | None = None
-    ip_range: str | None = None
-    aux_addresses: dict[str, str] = field(default_factory=dict)
-    attachable: bool = False
-    encrypted: bool = False
-    mtu: int | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Network:
-    """A network the manager created, with every default resolved.
-
-    ``id`` is 25 hex characters derived from the name and a creation counter, so a
-    network re-created under the same name gets a new id. ``ip_range`` is the dynamic
-    range (the subnet when none was asked for). ``mtu`` is the override or None.
-    """
-
-    name: str
-    id: str
-    vni: int
-    subnet: str
-    gateway: str
-    ip_range: str
-    aux_addresses: dict[str, str] = field(default_factory=dict)
-    attachable: bool = False
-    encrypted: bool = False
-    mtu: int | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Allocation:
-    """An address held by one endpoint on one network."""
-
-    network: str
-    endpoint: str
-    ip: str
-    mac: str
-    prefixlen: int
-    gateway: str
-
-
-# --- MTU ------------------------------------------------------------------------------
-
-
-def derive_mtu(underlay_mtu: int, encrypted: bool, override: int | None = None) -> int:
-    """MTU of a network's container interfaces on an underlay of ``underlay_mtu``.
-
-    ``underlay - 50`` (VXLAN over IPv4), minus :data:`ENCRYPTION_OVERHEAD` (45) when
-    encrypted: 1500 gives 1450 / 1405, 9000 gives 8950 / 8905. Docker fixes 1450 / 1424
-    whatever the underlay, which breaks on smaller underlays. ``override`` wins but must
-    lie in ``68 .. derived value``: anything larger would fragment or be dropped.
-    """
-    _check_int("underlay_mtu", underlay_mtu)
-    if not isinstance(encrypted, bool):
-        raise InvalidSpec(f"encrypted={encrypted!r}: expected true or false")
-    overhead = VXLAN_OVERHEAD + (ENCRYPTION_OVERHEAD if encrypted else 0)
-    ceiling = underlay_mtu - overhead
-    what = "VXLAN and encryption" if encrypted else "VXLAN"
-    if ceiling < MIN_MTU:
-        raise InvalidSpec(
-            f"underlay_mtu={underlay_mtu}: too small for an overlay; expected at least "
-            f"{MIN_MTU + overhead} ({MIN_MTU} plus {overhead} bytes of {what} overhead)"
-        )
-    if override is None:
-        return ceiling
-    _check_int("mtu", override)
-    if not MIN_MTU <= override <= ceiling:
-        raise InvalidSpec(
-            f"mtu={override}: expected {MIN_MTU}..{ceiling} (underlay MTU {underlay_mtu} "
-            f"minus {overhead} bytes of {what} overhead)"
-        )
-    return override
-
-
-# --- validation -------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidSpec(f"{name}={value!r}: expected an integer")
-    return value
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidSpec(f"{name}={value!r}: expected true or false")
-    return value
-
-
-def _check_str_map(name: str, value: object) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise InvalidSpec(f"{name}={value!r}: expected a mapping of strings to strings")
-    return dict(value)
-
-
-def _validate(spec: NetworkSpec) -> Addressing | None:
-    """Check everything about ``spec`` that does not depend on other networks.
-
-    Returns the resolved addressing, or None when the subnet is left to the pool.
-    """
-    if not isinstance(spec, NetworkSpec):
-        raise InvalidSpec(f"spec={spec!r}: expected a NetworkSpec")
-    if not isinstance(spec.name, str) or not _NAME_RE.fullmatch(spec.name):
-        raise InvalidSpec(
-            f"name={spec.name!r}: expected letters, digits, '_', '.', '-', starting with a "
-            "letter or digit"
-        )
-    _check_bool("attachable", spec.attachable)
-    _check_bool("encrypted", spec.encrypted)
-    if spec.mtu is not None:
-        _check_int("mtu", spec.mtu)
-        if not MIN_MTU <= spec.mtu <= _MAX_SPEC_MTU:
-            raise InvalidSpec(f"mtu={spec.mtu}: expected {MIN_MTU}..{_MAX_SPEC_MTU}")
-    _check_str_map("labels", spec.labels)
-    aux = _check_str_map("aux_addresses", spec.aux_addresses)
-    if spec.subnet is None:
-        for fname, value in (("gateway", spec.gateway), ("ip_range", spec.ip_range)):
-            if value is not None:
-                raise InvalidSpec(f"{fname}={value!r}: needs an explicit subnet; expected one")
-        if aux:
-            raise InvalidSpec(f"aux_addresses={aux!r}: needs an explicit subnet; expected one")
-        return None
-    try:
-        subnet = field_subnet("subnet", spec.subnet)
-        return plan_addressing(subnet, gateway=spec.gateway, ip_range=spec.ip_range, aux=aux)
-    except AddressError as err:
-        raise InvalidSpec(str(err)) from None
 
 
 # --- per-network state ------------------------------------------------------------------
@@ -293,26 +129,6 @@ class _NetState:
         return sorted(self.by_endpoint.items(), key=lambda kv: int(kv[1]))
 
 
-def _network_id(name: str, counter: int) -> str:
-    return hashlib.sha256(f"{name}\x00{counter}".encode()).hexdigest()[:25]
-
-
-def _network(spec: NetworkSpec, net_id: str, vni: int, addressing: Addressing) -> Network:
-    return Network(
-        name=spec.name,
-        id=net_id,
-        vni=vni,
-        subnet=str(addressing.subnet),
-        gateway=str(addressing.gateway),
-        ip_range=str(addressing.ip_range),
-        aux_addresses={k: str(v) for k, v in addressing.aux.items()},
-        attachable=spec.attachable,
-        encrypted=spec.encrypted,
-        mtu=spec.mtu,
-        labels=dict(spec.labels),
-    )
-
-
 # --- the manager's state ----------------------------------------------------------------
 
 
@@ -336,14 +152,14 @@ class Cluster:
             pool = field_subnet("default_pool", default_pool)
         except AddressError as err:
             raise InvalidSpec(str(err)) from None
-        _check_int("default_size", default_size)
+        check_int("default_size", default_size)
         if not pool.prefixlen <= default_size <= MAX_PREFIX:
             raise InvalidSpec(
                 f"default_size={default_size}: expected {pool.prefixlen}..{MAX_PREFIX} "
                 f"(a block inside default_pool {pool} with at least 2 host addresses)"
             )
-        _check_int("vni_start", vni_start)
-        _check_int("vni_end", vni_end)
+        check_int("vni_start", vni_start)
+        check_int("vni_end", vni_end)
         if not VNI_MIN <= vni_start <= VNI_MAX:
             raise InvalidSpec(
                 f"vni_start={vni_start}: expected {VNI_MIN}..{VNI_MAX} "
@@ -364,7 +180,7 @@ class Cluster:
 
     def create_network(self, spec: NetworkSpec) -> Network:
         """Validate ``spec``, pick subnet and VNI, and record the network."""
-        addressing = _validate(spec)
+        addressing = validate_spec(spec)
         if spec.name in self._nets:
             raise NetworkExists(f"network with name {spec.name} already exists")
         if addressing is None:
@@ -378,12 +194,12 @@ class Cluster:
         else:
             self._check_overlap(spec.name, addressing.subnet)
         vni = self._free_vni(spec.name)
-        net_id = _network_id(spec.name, self._created)
+        net_id = network_id(spec.name, self._created)
         while net_id in self._by_id:  # a 100-bit collision: skip the counter, don't fail
             self._created += 1
-            net_id = _network_id(spec.name, self._created)
+            net_id = network_id(spec.name, self._created)
         self._created += 1
-        network = _network(spec, net_id, vni, addressing)
+        network = build_network(spec, net_id, vni, addressing)
         self._install(network, addressing)
         return network
 
@@ -431,7 +247,7 @@ class Cluster:
         name = state.network.name
         if not isinstance(endpoint, str) or not endpoint:
             raise InvalidSpec(f"endpoint={endpoint!r}: expected a non-empty name")
-        if _check_bool("standalone", standalone) and not state.network.attachable:
+        if check_bool("standalone", standalone) and not state.network.attachable:
             raise NotAttachable(f"network {name} is not manually attachable")
         held = state.by_endpoint.get(endpoint)
         if held is not None:
@@ -532,7 +348,7 @@ class Cluster:
                 vni_start=data["vni_start"],
                 vni_end=data["vni_end"],
             )
-            created = _check_int("created", data["created"])
+            created = check_int("created", data["created"])
             networks = data["networks"]
         except KeyError as err:
             raise InvalidSpec(f"snapshot: missing field {err.args[0]!r}") from None
@@ -640,7 +456,7 @@ class Cluster:
             mtu=entry["mtu"],
             labels=entry["labels"],
         )
-        addressing = _validate(spec)
+        addressing = validate_spec(spec)
         if spec.name in self._nets:
             raise NetworkExists(f"network with name {spec.name} already exists")
         if addressing is None or entry["gateway"] is None or entry["ip_range"] is None:
@@ -654,7 +470,7 @@ class Cluster:
                 "expected canonical CIDR strings"
             )
         self._check_overlap(spec.name, addressing.subnet)
-        vni = _check_int("vni", entry["vni"])
+        vni = check_int("vni", entry["vni"])
         if not self._vni_start <= vni <= self._vni_end or vni in self._vnis:
             raise InvalidSpec(
                 f"vni={vni}: expected a VNI in {self._vni_start}..{self._vni_end} "
@@ -665,7 +481,7 @@ class Cluster:
             raise InvalidSpec(f"id={net_id!r}: expected 25 lowercase hex characters")
         if net_id in self._by_id:
             raise InvalidSpec(f"id={net_id!r}: already used by network {self._by_id[net_id]}")
-        state = self._install(_network(spec, net_id, vni, addressing), addressing)
+        state = self._install(build_network(spec, net_id, vni, addressing), addressing)
         endpoints = entry["endpoints"]
         if not isinstance(endpoints, list):
             raise InvalidSpec(f"endpoints={endpoints!r}: expected a list of [endpoint, ip]")
@@ -674,7 +490,7 @@ class Cluster:
                 raise InvalidSpec(f"endpoints entry {pair!r}: expected [endpoint, ip]")
             # Restored allocations were admitted once; the attachable rule is not re-run.
             self.allocate(spec.name, pair[0], ip=pair[1], standalone=False)
-        cursor = _check_int("cursor", entry["cursor"])
+        cursor = check_int("cursor", entry["cursor"])
         try:
             state.pool.cursor = cursor
         except ValueError as err:

@@ -145,6 +145,10 @@ class TransmitLimitedQueue:
                 pop = self._by_key.pop
                 for k in map(_key, items):
                     pop(k)
+                if not self._by_key:
+                    # A dict keeps the table of its largest size; a burst of N items
+                    # would otherwise leave every node an N-slot table for good.
+                    self._by_key = {}
                 continue
             if t + 1 == len(buckets):
                 buckets.append([])

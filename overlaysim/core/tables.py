@@ -118,17 +118,95 @@ class _Record:
         return not self.hidden and not self.entry.deleted
 
 
+#: Canonical copies of small immutable values that every node would otherwise hold its
+#: own copy of: entry keys ``(table, key)``, a peer's tuple of networks, the ints of
+#: ``held`` sets and of node-set positions. With N nodes each holding a value per peer or
+#: per entry, one 32-56 byte object per (node, peer) pair adds up to gigabytes at
+#: thousands of nodes; shared, it is one object per value. Equal values are
+#: interchangeable, so sharing changes no result. Bounded; past the bound the memo starts
+#: over (it is only a cache).
+_SHARED_MAX = 1 << 18
+_shared: dict[object, object] = {}
+
+
+def _share(v):  # type: ignore[no-untyped-def]
+    """The canonical object equal to ``v`` (an int or a tuple of str)."""
+    s = _shared.get(v)
+    if s is None:
+        if len(_shared) >= _SHARED_MAX:
+            _shared.clear()
+        _shared[v] = s = v
+    return s
+
+
 @dataclass(slots=True)
 class _Network:
     """What this node stores about one network."""
 
     records: dict[_Key, _Record] = field(default_factory=dict)
-    by_owner: dict[str, dict[_Key, None]] = field(default_factory=dict)
+    #: Keys of each owner's records, in the order they were first stored: the key itself
+    #: while the owner has one (the usual case: a dict per (node, owner) pair would be
+    #: the largest per-pair cost), a dict used as an ordered set from two keys on.
+    by_owner: dict[str, _Key | dict[_Key, None]] = field(default_factory=dict)
     #: ``id`` of the entry of every record that is not hidden. In the simulator one
     #: immutable entry object travels to every node, so "already hold this very
     #: version" is one set test per entry, or one C-level superset test per message.
     held: set[int] = field(default_factory=set)
     queue: TransmitLimitedQueue | None = None  # while attached, or draining after a leave
+
+
+def _owner_keys(st: _Network, owner: str) -> list[_Key]:
+    """Keys of ``owner``'s records in ``st``, in index order (a copy)."""
+    keys = st.by_owner.get(owner)
+    if keys is None:
+        return []
+    return list(keys) if type(keys) is dict else [keys]
+
+
+def _index(st: _Network, owner: str, k: _Key) -> None:
+    by_owner = st.by_owner
+    keys = by_owner.get(owner)
+    if keys is None:
+        by_owner[owner] = k
+    elif type(keys) is dict:
+        keys[k] = None
+    elif keys != k:
+        by_owner[owner] = {keys: None, k: None}
+
+
+def _unindex(st: _Network, owner: str, k: _Key) -> None:
+    by_owner = st.by_owner
+    keys = by_owner.get(owner)
+    if keys is None:
+        return
+    if type(keys) is dict:
+        keys.pop(k, None)
+        if len(keys) == 1:
+            by_owner[owner] = next(iter(keys))
+        elif not keys:
+            del by_owner[owner]
+    elif keys == k:
+        del by_owner[owner]
+
+
+#: The record of a live entry, by ``id`` of the entry: such a record (not hidden, no
+#: reap time) is the same for every node holding that entry, and never changes, so in
+#: the simulator, where one entry object travels to every node, N nodes share one.
+#: The value also carries the canonical int of the entry's id for the ``held`` sets.
+#: Bounded like the other memos; the record keeps its entry alive, so an id is not
+#: reused while remembered.
+_LIVE_MAX = 1 << 16
+_live: dict[int, tuple[int, _Record]] = {}
+
+
+def _live_record(entry: Entry) -> tuple[int, _Record]:
+    i = id(entry)
+    got = _live.get(i)
+    if got is None or got[1].entry is not entry:
+        if len(_live) >= _LIVE_MAX:
+            _live.clear()
+        got = _live[i] = (_share(i), _Record(entry))
+    return got
 
 
 class _NodeSet:
@@ -149,7 +227,7 @@ class _NodeSet:
     def add(self, node: str) -> bool:
         if node in self._pos:
             return False
-        self._pos[node] = len(self._items)
+        self._pos[node] = _share(len(self._items))
         self._items.append(node)
         return True
 
@@ -157,7 +235,8 @@ class _NodeSet:
         """Add ``nodes``, none of which is in the set yet."""
         start = len(self._items)
         self._items.extend(nodes)
-        self._pos.update(zip(nodes, range(start, start + len(nodes)), strict=True))
+        positions = map(_share, range(start, start + len(nodes)))
+        self._pos.update(zip(nodes, positions, strict=True))
 
     def discard(self, node: str) -> None:
         i = self._pos.pop(node, None)
@@ -278,7 +357,9 @@ class Tables:
         # Attachments, cluster-wide: network -> node -> latest record.
         self._attach: dict[str, dict[str, NetworkAttachment]] = {}
         self._att_held: set[int] = set()  # id of every record in _attach (see _Network.held)
-        self._node_nets: dict[str, dict[str, None]] = {}
+        # node -> networks it is attached to, in the order learnt; tuples shared across
+        # nodes (see _share), as most peers are on the same few networks.
+        self._node_nets: dict[str, tuple[str, ...]] = {}
         self._peers: dict[str, _NodeSet] = {}  # attached, alive, not us
         self._recovered = _NodeSet()  # back after we declared them down: fetch what we hid
         # Membership facts.
@@ -359,8 +440,7 @@ class Tables:
             return
         dead_epoch = self._epochs.get(node, 0)
         for network, st in self._nets.items():
-            keys = st.by_owner.get(node)
-            for k in list(keys or ()):
+            for k in _owner_keys(st, node):
                 rec = st.records[k]
                 dead_epoch = max(dead_epoch, rec.entry.owner_epoch)
                 if rec.live:
@@ -552,18 +632,23 @@ class Tables:
     ) -> None:
         """Put a record in place and emit the event the live-view change implies."""
         old = st.records.get(k)
-        rec = _Record(entry, hidden)
-        if not rec.live:
+        if old is None:
+            k = _share(k)  # a new key of records and by_owner: one copy for all nodes
+        if hidden or entry.deleted:
+            rec = _Record(entry, hidden)
             rec.reap_at = now + self.config.reap_interval
             heapq.heappush(self._reap, (rec.reap_at, next(self._reap_seq), network, k))
+            ident = id(entry)
+        else:
+            ident, rec = _live_record(entry)  # shared by every node holding it
         if old is not None:
             if old.entry.owner != entry.owner:
-                self._unindex(st, old.entry.owner, k)
+                _unindex(st, old.entry.owner, k)
             if not old.hidden:
                 st.held.discard(id(old.entry))
         if not hidden:
-            st.held.add(id(entry))
-        st.by_owner.setdefault(entry.owner, {})[k] = None
+            st.held.add(ident)
+        _index(st, entry.owner, k)
         st.records[k] = rec
         before = old.entry if old is not None and old.live else None
         self._emit(network, k, before, entry if rec.live else None)
@@ -576,17 +661,9 @@ class Tables:
         rec = st.records.pop(k)
         if not rec.hidden:
             st.held.discard(id(rec.entry))
-        self._unindex(st, rec.entry.owner, k)
+        _unindex(st, rec.entry.owner, k)
         if rec.live:
             self._emit(network, k, rec.entry, None)
-
-    @staticmethod
-    def _unindex(st: _Network, owner: str, k: _Key) -> None:
-        keys = st.by_owner.get(owner)
-        if keys is not None:
-            keys.pop(k, None)
-            if not keys:
-                del st.by_owner[owner]
 
     def _emit(self, network: str, k: _Key, before: Entry | None, after: Entry | None) -> None:
         if after is None:
@@ -676,7 +753,7 @@ class Tables:
         st = self._nets.get(network)
         if st is None:
             return
-        for k in list(st.by_owner.get(owner, ())):
+        for k in _owner_keys(st, owner):
             rec = st.records[k]
             if rec.live and rec.entry.owner_epoch <= max_epoch:
                 self._store(network, st, k, rec.entry, now, hidden=True)
@@ -691,7 +768,8 @@ class Tables:
             if att is not None and att.epoch < epoch:
                 del self._attach[network][node]
                 self._att_held.discard(id(att))
-                del self._node_nets[node][network]
+                nets = self._node_nets[node]
+                self._node_nets[node] = _share(tuple(n for n in nets if n != network))
                 self._refresh_peer(network, node)
 
     # -- attachments -----------------------------------------------------------------
@@ -710,8 +788,8 @@ class Tables:
         if old is not None:
             self._att_held.discard(id(old))
         recs[self.name] = att
-        self._att_held.add(id(att))
-        self._node_nets.setdefault(self.name, {})[network] = None
+        self._att_held.add(_share(id(att)))
+        self._note_net(self.name, network)
         self._queue_attachment(att, now)
 
     def _merge_attachment(self, a: NetworkAttachment, now: float) -> bool:
@@ -726,8 +804,8 @@ class Tables:
         if cur is not None:
             self._att_held.discard(id(cur))
         recs[a.node] = a
-        self._att_held.add(id(a))
-        self._node_nets.setdefault(a.node, {})[a.network] = None
+        self._att_held.add(_share(id(a)))
+        self._note_net(a.node, a.network)
         self._refresh_peer(a.network, a.node)
         if a.leaving:
             # Without local tombstones (NetworkDB before moby#50342) the hidden records
@@ -735,6 +813,11 @@ class Tables:
             forged = not self.config.local_tombstones
             self._hide_owner(a.network, a.node, a.epoch, now, forged)
         return True
+
+    def _note_net(self, node: str, network: str) -> None:
+        nets = self._node_nets.get(node, ())
+        if network not in nets:
+            self._node_nets[node] = _share((*nets, network))
 
     def _refresh_peer(self, network: str, node: str) -> None:
         """Recompute whether ``node`` is a gossip peer on ``network``."""
@@ -760,7 +843,7 @@ class Tables:
         size = record_size(e)
         if size + self._overhead(network) > self.config.udp_buffer_size:
             return  # too big for gossip: bulk sync carries it
-        st.queue.queue((e.table, e.key), e, size)
+        st.queue.queue(_share((e.table, e.key)), e, size)
         self._dirty[network] = None
         self._roll_gossip(now)
 

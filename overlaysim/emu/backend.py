@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from overlaysim.agent.control import ControlError
 from overlaysim.agent.manager import ManagerUnavailable
-from overlaysim.core.cluster import ClusterError
+from overlaysim.core.cluster_errors import ClusterError
 from overlaysim.emu.impair import UnsupportedImpairment
 from overlaysim.emu.testbed import Testbed, TestbedError
 from overlaysim.scenario.schema import Scenario
@@ -46,9 +46,13 @@ def why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def crash_host(testbed: Testbed, host: str) -> None:
-    """Kill ``host``'s agent (SIGKILL, no goodbye) and silence its links."""
-    testbed.kill_agent(host)
+def crash_host(testbed: Testbed, host: str, *, clean_later: bool = False) -> None:
+    """Kill ``host``'s agent (SIGKILL, no goodbye) and silence its links.
+
+    ``clean_later`` leaves the removal of the dead boot's kernel objects to a worker
+    thread (:meth:`Testbed.kill_agent`): a scenario's timeline does not wait for it.
+    """
+    testbed.kill_agent(host, clean_later=clean_later)
     testbed.underlay.impairments.crash_links(host)
 
 
@@ -171,7 +175,9 @@ class EmuBackend:
                     )  # fmt: skip
 
     def crash(self, host: str) -> None:
-        crash_host(self.testbed, host)
+        # the timeline goes on while the dead boot's kernel objects are removed (the
+        # host's links are silenced at once; a restart waits for the clean-up)
+        crash_host(self.testbed, host, clean_later=True)
 
     def leave(self, host: str) -> None:
         self.testbed.call(host, "leave")
@@ -189,7 +195,21 @@ class EmuBackend:
             for net in networks:
                 out[net] = self.testbed.call(c.host, "connect", container=c.name, network=net)["ip"]
             return out
-        answer = self.testbed.call(c.host, "task", container=c.name, networks=list(networks))
+        names: dict[str, Any] = {}  # only when set: runs without services ask as before
+        if c.aliases:
+            names["aliases"] = list(c.aliases)
+        if c.task is not None:
+            t = c.task
+            names["task"] = {
+                "service": t.service,
+                "slot": t.slot,
+                "mode": t.mode.value,
+                "vip": t.vip,
+                "gen": t.gen,
+            }
+        answer = self.testbed.call(
+            c.host, "task", container=c.name, networks=list(networks), **names
+        )
         c.sandbox = answer.get("netns", "")
         return {att["network"]: att["ip"] for att in answer.get("networks", [])}
 

@@ -81,6 +81,7 @@ def clean(
             echo(line)
     else:
         _sweep_prefixed(prefix, dry_run, note)
+        _sweep_name_files(prefix, dry_run, note)
         _sweep_orphan_folders(state_dir, dry_run, note)
     if not dry_run:
         for line in release_bridge_nf(None):
@@ -183,6 +184,39 @@ def _sweep_orphan_folders(state_dir: Path, dry_run: bool, note: Callable[[str], 
         with contextlib.suppress(OSError):
             run_dir.rmdir()
             note(f"folder {run_dir}")
+
+
+def _sweep_name_files(
+    prefix: str,
+    dry_run: bool,
+    note: Callable[[str], None],
+    *,
+    etc_root: Path | None = None,
+    uts_root: Path | None = None,
+) -> None:
+    """Containers' resolv.conf (``/etc/netns/<netns>``) and UTS files of dead agents.
+
+    Only entries named like the project's namespaces (``<prefix>...``) are looked at;
+    in ``/etc/netns`` only our ``resolv.conf`` goes, and its folder only once empty.
+    """
+    from overlaysim.agent.resolvconf import NETNS_ETC, remove_resolv_conf
+    from overlaysim.agent.uts import UTS_DIR, remove_uts
+
+    etc = etc_root or NETNS_ETC
+    uts = uts_root or UTS_DIR
+    if etc.is_dir():
+        for d in sorted(etc.iterdir()):
+            if d.name.startswith(prefix) and (d / "resolv.conf").exists():
+                if not dry_run:
+                    remove_resolv_conf(d.name, root=etc)
+                note(f"file {d / 'resolv.conf'}")
+    if uts.is_dir():
+        for f in sorted(uts.iterdir()):
+            if f.name.startswith(prefix):
+                if not dry_run:
+                    with contextlib.suppress(ValueError, OSError):
+                        remove_uts(f.name, root=uts)
+                note(f"uts namespace file {f}")
 
 
 def _sweep_prefixed(prefix: str, dry_run: bool, note: Callable[[str], None]) -> None:

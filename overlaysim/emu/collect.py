@@ -16,14 +16,18 @@ simulator uses, with the same rules:
 * a crash or leave (``node_gone``), or the host's last container leaving the network,
   stops the wait for that host.
 
+``timer_lag`` lines (how late each agent's protocol timer fired) are kept apart, as
+:class:`~overlaysim.metrics.lag.TimerLate` records for the fidelity guard
+(:mod:`overlaysim.metrics.lag`).
+
 A deletion that comes from dead-node cleanup is logged as ``entry_programmed`` with
 no ``entry_commit``: it closes nothing.
 
 Runs with services (the truth holds ``service_tasks`` rows) also replay the service-DNS
 metrics through the simulator's :class:`~overlaysim.metrics.dns.DnsTracker`: each
 ``entry_seen`` line of the endpoints table that carries the entry's ``value`` is a table
-event of that host, ``service_tasks`` is a change of the truth (targets from the same
-fold), a crash or leave is ``host_gone`` and an agent's ``start`` line (a new boot,
+event of that host, ``service_tasks`` is a change of the truth (with the targets the world
+named), a crash or leave is ``host_gone`` and an agent's ``start`` line (a new boot,
 empty tables) is ``host_back``. Without values in the logs the DNS rows are not made. Times become seconds since scenario start
 (``t - t0``; every agent and the runner read the same monotonic clock), and only lines
 in ``[0, t_end]`` count.
@@ -41,6 +45,7 @@ from overlaysim.core.endpoint import ENDPOINTS
 from overlaysim.core.events import EntryEvent, EntryEventKind
 from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.metrics.dns import DnsTracker
+from overlaysim.metrics.lag import TimerLate
 from overlaysim.metrics.records import (
     DOWN_KINDS,
     HOLD_EVENTS_MAX_HOSTS,
@@ -84,6 +89,8 @@ class Collected:
     #: Messages sent and received in the window, over all agents.
     msgs_sent: int
     msgs_recv: int
+    #: Every agent's ``timer_lag`` lines in the window, in time order.
+    timer_late: list[TimerLate]
     #: Service-DNS rows (runs with services whose agents logged entry values), else None.
     dns: list[dict[str, object]] | None = None
     #: Why ``dns`` is None in a run with services ("" otherwise).
@@ -107,13 +114,18 @@ def collect(
         if row[2] in truth_kinds:
             items.append((row[0], 0, i, row))
     seq = 0
+    timer_late: list[TimerLate] = []
     for lines in logs.values():
         for line in lines:
             kind = line.get("kind")
-            if kind not in agent_kinds:
+            if kind not in agent_kinds and kind != "timer_lag":
                 continue
             t = float(line["t"]) - t0
             if t < 0 or t > t_end:
+                continue
+            if kind == "timer_lag":
+                late = tuple(float(ms) / 1e3 for ms in line.get("late_ms") or ())
+                timer_late.append(TimerLate(t, str(line.get("node", "")), late))
                 continue
             seq += 1
             items.append((t, 1, seq, line))
@@ -132,8 +144,11 @@ def collect(
             fold.fold(t, kind, node=node, subject=subject, network=network)
             if dns is not None:
                 if kind == _SERVICE_TASKS:
-                    ips = json.loads(item[7] or "{}").get("ips", [])
-                    dns.change(t, network, subject, ips, fold.targets(network))
+                    # the world's targets (the hosts on the network once the step was
+                    # done), as the simulator's tracker got them
+                    detail = json.loads(item[7] or "{}")
+                    targets = detail.get("targets", fold.targets(network))
+                    dns.change(t, network, subject, detail.get("ips", []), targets)
                 elif kind in _DOWN:
                     dns.host_gone(t, subject)
             continue
@@ -142,7 +157,7 @@ def collect(
         if kind == "entry_seen":
             ev = _seen_event(item)
             if ev is not None and dns is not None:
-                valued += 1
+                valued += "value" in item
                 dns.host_event(t, node, ev)
         elif kind == "start":
             if dns is not None:
@@ -167,15 +182,17 @@ def collect(
         traffic_kinds=traffic.kind_rows(),
         msgs_sent=traffic.msgs_sent,
         msgs_recv=traffic.msgs_recv,
+        timer_late=sorted(timer_late, key=lambda x: (x.t, x.node)),
         dns=dns.finish() if dns is not None and valued else None,
         dns_note=NO_DNS_VALUES if dns is not None and not valued else "",
     )
 
 
 def _seen_event(line: Mapping[str, Any]) -> EntryEvent | None:
-    """The endpoint-table event an ``entry_seen`` line describes, if it carries the value."""
-    value = line.get("value")
+    """The endpoint-table event an ``entry_seen`` line describes (a create or update
+    only with its value; a delete needs none)."""
     kind = _SEEN_KINDS.get(str(line.get("op", "")))
+    value = line.get("value", {} if kind is EntryEventKind.DELETE else None)
     if line.get("table") != ENDPOINTS or not isinstance(value, dict) or kind is None:
         return None
     return EntryEvent(

@@ -40,7 +40,7 @@ from overlaysim.emu import record as runrec
 from overlaysim.emu.delayline import Hold, restore_script
 
 if TYPE_CHECKING:
-    from overlaysim.emu.net import Underlay
+    from overlaysim.emu.underlay_view import UnderlayView
     from overlaysim.scenario.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class DelayLineProcess:
     :func:`rules_argv`, after the host's queue is attached.
     """
 
-    def __init__(self, underlay: Underlay, seed: int = 0) -> None:
+    def __init__(self, underlay: UnderlayView, seed: int = 0) -> None:
         """Store settings; nothing starts until :meth:`set`."""
         self._u = underlay
         self.seed = seed

@@ -49,7 +49,8 @@ from overlaysim.errors import UserError
 from overlaysim.scenario.topology import Link
 
 if TYPE_CHECKING:
-    from overlaysim.emu.net import PlannedLink, Underlay
+    from overlaysim.emu.plan import Plan, PlannedLink
+    from overlaysim.emu.underlay_view import UnderlayView
 
 LinkRef = tuple[str, str] | list[str] | Link | None
 _NS = str | None  # a host name, or None for the root namespace
@@ -65,13 +66,14 @@ class ImpairmentError(RuntimeError):
 
 
 class Impairments:
-    """Impairment state for one :class:`~overlaysim.emu.net.Underlay`.
+    """Impairment state for one underlay, seen through its
+    :class:`~overlaysim.emu.underlay_view.UnderlayView`.
 
     Use the underlay's own instance (``underlay.impairments``): two instances would
     overwrite each other's rules.
     """
 
-    def __init__(self, underlay: Underlay) -> None:
+    def __init__(self, underlay: UnderlayView) -> None:
         """Store the underlay; nothing touches the kernel until a method is called."""
         self._u = underlay
         self._shape_baseline = True
@@ -137,7 +139,7 @@ class Impairments:
         assignment: dict[str, int] = {}
         for gi, group in enumerate(groups):
             for h in group:
-                self._u.underlay_ip(h)  # validates the name
+                self._plan().host(h)  # validates the name
                 if h in assignment:
                     raise UserError(f"host {h!r} is in more than one partition group")
                 assignment[h] = gi
@@ -151,13 +153,13 @@ class Impairments:
 
     def crash_links(self, host: str) -> None:
         """Silence every underlay interface of ``host`` (in and out)."""
-        self._u.underlay_ip(host)
+        self._plan().host(host)  # validates the name
         self._crashed.add(host)
         self._apply()
 
     def restore_links(self, host: str) -> None:
         """Undo :meth:`crash_links`."""
-        self._u.underlay_ip(host)
+        self._plan().host(host)  # validates the name
         self._crashed.discard(host)
         self._apply()
 
@@ -293,15 +295,21 @@ class Impairments:
 
     # -- planning ---------------------------------------------------------------------
 
+    def _plan(self) -> Plan:
+        plan = self._u.plan
+        if plan is None:
+            raise UserError(f"impairments need a built underlay (it is {self._u.state})")
+        return plan
+
     def _links(self) -> tuple[PlannedLink, ...]:
         plan = self._u.plan
         return plan.links if plan is not None else ()
 
     def _resolve(self, link: LinkRef) -> list[PlannedLink]:
         if isinstance(link, Link):
-            return self._u.links_between(link.a, link.b)
+            return self._plan().links_between(link.a, link.b)
         if isinstance(link, tuple | list) and len(link) == 2:
-            return self._u.links_between(str(link[0]), str(link[1]))
+            return self._plan().links_between(str(link[0]), str(link[1]))
         raise UserError(f"a link is [node, node] or a topology Link, not {link!r}")
 
     def _targets(self, link: LinkRef) -> list[PlannedLink]:

@@ -22,20 +22,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ipaddress
 import logging
 import os
 import random
-import re
 import resource
 import signal
 import subprocess
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,245 +40,26 @@ from overlaysim.emu import bridgenf, procs, rootns
 from overlaysim.emu import record as runrec
 from overlaysim.emu.forkserver import Forked, ForkServer
 from overlaysim.emu.impair import Impairments
+from overlaysim.emu.mininet_parts import create_bridge, mininet_classes, wait_stp
+from overlaysim.emu.plan import (
+    DEFAULT_SUBNET,
+    Plan,
+    PlannedHost,
+    PlannedLink,
+    Port,
+    UnderlayError,
+    plan_underlay,
+)
 from overlaysim.emu.setup import require_emulation
-from overlaysim.errors import UserError
-from overlaysim.scenario.topology import LinkSpec, Topology
+from overlaysim.emu.signals import signals_deferred, terminate_as_interrupt
+from overlaysim.scenario.topology import Topology
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SUBNET = "172.30.0.0/16"
-IFNAMSIZ = 15  # usable characters in a Linux interface name
-_TAG = re.compile(r"^[a-z][a-z0-9]$")
-_NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-class UnderlayError(UserError):
-    """The topology cannot be emulated as given, or the underlay is misused."""
-
-
-# --- the plan: every name and address, computed before anything is created ------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Port:
-    """One end of a link: the interface, and the host whose namespace holds it.
-
-    ``host`` is None for switch ports, which live in the root namespace.
-    """
-
-    node: str
-    ifname: str
-    host: str | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PlannedLink:
-    """A topology link with the interfaces that carry it."""
-
-    index: int
-    a: Port
-    b: Port
-    spec: LinkSpec
-
-    @property
-    def ends(self) -> tuple[Port, Port]:
-        return (self.a, self.b)
-
-    def peer(self, port: Port) -> Port:
-        """The other end of the veth pair from ``port``."""
-        return self.b if port == self.a else self.a
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PlannedHost:
-    name: str
-    node: str  # Mininet node name
-    ip: str
-    ports: tuple[str, ...]  # interface names in the host's namespace, in link order
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Plan:
-    """Names and addresses for one run of one topology (pure data)."""
-
-    tag: str
-    prefix: str
-    subnet: ipaddress.IPv4Network
-    hosts: tuple[PlannedHost, ...]
-    bridges: tuple[tuple[str, str], ...]  # (switch, bridge name)
-    links: tuple[PlannedLink, ...]
-    stp: bool
-
-    def root_ports(self) -> list[str]:
-        """Interfaces this plan puts in the root namespace (switch ports)."""
-        return [p.ifname for link in self.links for p in link.ends if p.host is None]
-
-
-def plan_underlay(topology: Topology, tag: str, subnet: str = DEFAULT_SUBNET) -> Plan:
-    """Name every host, bridge and interface and give every host an address.
-
-    Raises :class:`UnderlayError` for topologies that cannot be emulated: duplicate or
-    odd names, links to unknown nodes, more hosts than the subnet holds.
-    """
-    if not _TAG.match(tag):
-        raise UnderlayError(f"run tag {tag!r} must be a lowercase letter and a letter or digit")
-    prefix = names.underlay_prefix(tag)
-    net = ipaddress.ip_network(subnet, strict=True)
-    if not isinstance(net, ipaddress.IPv4Network):
-        raise UnderlayError(f"underlay subnet {subnet!r} must be IPv4")
-    nodes = list(topology.hosts) + list(topology.switches)
-    dup = sorted(n for n, k in Counter(nodes).items() if k > 1)
-    if dup:
-        raise UnderlayError(f"topology {topology.name!r}: duplicate node names {dup}")
-    for n in nodes:
-        if not _NODE_NAME.match(n):
-            raise UnderlayError(
-                f"topology {topology.name!r}: node name {n!r} must match {_NODE_NAME.pattern}"
-            )
-    if len(topology.hosts) > net.num_addresses - 2:
-        raise UnderlayError(
-            f"{len(topology.hosts)} hosts do not fit in {net} ({net.num_addresses - 2} addresses)"
-        )
-    hosts = set(topology.hosts)
-    bridge = {s: names.switch_bridge(prefix, j) for j, s in enumerate(topology.switches, 1)}
-    if any(len(b) > IFNAMSIZ for b in bridge.values()):
-        raise UnderlayError(f"{len(bridge)} switches: bridge names would exceed {IFNAMSIZ} chars")
-    next_port: dict[str, int] = {n: 0 for n in nodes}
-    host_ports: dict[str, list[str]] = {h: [] for h in topology.hosts}
-
-    def port(node: str, index: int, side: str) -> Port:
-        if node not in next_port:
-            raise UnderlayError(f"topology {topology.name!r}: link to unknown node {node!r}")
-        if node in hosts:
-            name = f"eth{next_port[node]}"
-            next_port[node] += 1
-            host_ports[node].append(name)
-            return Port(node=node, ifname=name, host=node)
-        next_port[node] += 1
-        name = names.switch_port(bridge[node], next_port[node])
-        if len(name) > IFNAMSIZ:  # huge switches: fall back to a per-link name
-            name = names.link_port(prefix, index, side)
-        return Port(node=node, ifname=name, host=None)
-
-    links = []
-    for i, link in enumerate(topology.links):
-        if link.a == link.b:
-            raise UnderlayError(f"topology {topology.name!r}: link from {link.a!r} to itself")
-        links.append(
-            PlannedLink(index=i, a=port(link.a, i, "a"), b=port(link.b, i, "b"), spec=link.spec)
-        )
-    first = int(net.network_address) + 1
-    planned_hosts = tuple(
-        PlannedHost(
-            name=h,
-            node=names.host_node(prefix, h),
-            ip=str(ipaddress.IPv4Address(first + k)),
-            ports=tuple(host_ports[h]),
-        )
-        for k, h in enumerate(topology.hosts)
-    )
-    return Plan(
-        tag=tag,
-        prefix=prefix,
-        subnet=net,
-        hosts=planned_hosts,
-        bridges=tuple(bridge.items()),
-        links=tuple(links),
-        stp=_switch_loop(topology),
-    )
-
-
-def _switch_loop(topology: Topology) -> bool:
-    """Whether switch-to-switch links form a cycle (an L2 loop needs STP)."""
-    parent = {s: s for s in topology.switches}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for link in topology.links:
-        if link.a in parent and link.b in parent:
-            ra, rb = find(link.a), find(link.b)
-            if ra == rb:
-                return True
-            parent[ra] = rb
-    return False
-
-
-# --- Mininet pieces: a pyroute2 veth link and a pyroute2 bridge ----------------------
-
-
-def _mininet_classes() -> tuple[type, type, type]:
-    """Mininet's Host, Switch and Link; imported late so planning works without it."""
-    from mininet.link import Link
-    from mininet.node import Host, Switch
-
-    class VethLink(Link):
-        """A Mininet link whose veth pair is made with one netlink call from the root
-        namespace, each end created directly in its node's namespace (so no temporary
-        name ever appears in the root namespace), with the underlay MTU."""
-
-        def __init__(self, node1: Any, node2: Any, *, ipr: IPRoute, mtu: int, **kw: Any):
-            self._ipr = ipr
-            self._mtu = mtu
-            super().__init__(node1, node2, **kw)
-
-        def makeIntfPair(  # noqa: N802 - Mininet's name
-            self,
-            intfname1: str,
-            intfname2: str,
-            addr1: str | None = None,
-            addr2: str | None = None,
-            node1: Any = None,
-            node2: Any = None,
-            deleteIntfs: bool = False,  # noqa: N803
-        ) -> None:
-            peer: dict[str, Any] = {"ifname": intfname2, "mtu": self._mtu}
-            if node2.inNamespace:
-                peer["net_ns_pid"] = node2.pid
-            spec: dict[str, Any] = {"mtu": self._mtu, "state": "up", "peer": peer}
-            if node1.inNamespace:
-                spec["net_ns_pid"] = node1.pid
-            self._ipr.link("add", ifname=intfname1, kind="veth", **spec)
-            if not node2.inNamespace:  # a root-namespace peer is brought up here
-                self._ipr.link("set", index=self._ipr.link_lookup(ifname=intfname2)[0], state="up")
-
-    return Host, Switch, VethLink
-
-
-def _create_bridge(ipr: IPRoute, name: str, ports: Sequence[str], stp: bool) -> None:
-    """A Linux bridge with ``ports`` enslaved; STP with 2 s forward delay if asked."""
-    opts: dict[str, Any] = {}
-    if stp:
-        # Timers are in 1/100 s; 2 s forward delay and 1 s hello are the kernel minimums.
-        opts = {"br_stp_state": 1, "br_forward_delay": 200, "br_hello_time": 100}
-    ipr.link("add", ifname=name, kind="bridge", **opts)
-    index = ipr.link_lookup(ifname=name)[0]
-    for p in ports:
-        ipr.link("set", index=ipr.link_lookup(ifname=p)[0], master=index)
-    ipr.link("set", index=index, state="up")
-
-
-def _wait_stp(ports: Sequence[str], timeout_s: float = 20.0) -> None:
-    """Block until every bridge port is forwarding (3) or blocking (4)."""
-    deadline = time.monotonic() + timeout_s
-    pending = list(ports)
-    while pending:
-        pending = [
-            p
-            for p in pending
-            if Path(f"/sys/class/net/{p}/brport/state").read_text().strip() not in ("3", "4")
-        ]
-        if pending and time.monotonic() > deadline:
-            raise UnderlayError(f"STP did not converge within {timeout_s} s on {pending[:5]}")
-        if pending:
-            time.sleep(0.1)
 
 
 # --- the underlay ----------------------------------------------------------------------
@@ -364,9 +141,9 @@ class Underlay:
                 ports = [
                     p.ifname for link in self.plan.links for p in link.ends if p.node == switch
                 ]
-                _create_bridge(ipr, bridge, ports, self.plan.stp)
+                create_bridge(ipr, bridge, ports, self.plan.stp)
             if self.plan.stp:
-                _wait_stp(self.plan.root_ports())
+                wait_stp(self.plan.root_ports())
             self.timings["bridges_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             self.impairments.apply_baseline(shape=self.shape)
@@ -440,10 +217,8 @@ class Underlay:
 
     def links_between(self, a: str, b: str) -> list[PlannedLink]:
         """Links joining nodes ``a`` and ``b`` (either order); error if there are none."""
-        found = [link for link in self.links if {link.a.node, link.b.node} == {a, b}]
-        if not found:
-            raise UnderlayError(f"no link between {a!r} and {b!r} in {self.topology.name!r}")
-        return found
+        assert self.plan is not None, "build() first"
+        return self.plan.links_between(a, b)
 
     @property
     def mechanisms(self) -> dict[str, str]:
@@ -576,7 +351,7 @@ class Underlay:
             raise UnderlayError(f"no host {name!r} in this underlay") from None
 
     def _build(self) -> None:
-        host_cls, switch_cls, link_cls = _mininet_classes()
+        host_cls, switch_cls, link_cls = mininet_classes()
         with runrec.state_lock(self.state_dir):
             tag = self._want_tag or _free_tag(self.state_dir)
             self.plan = plan_underlay(self.topology, tag, self.subnet)
@@ -696,7 +471,7 @@ class Underlay:
             # A host's namespace dies with its shell and the kernel deletes its veth pairs
             # in one batch; deleting them one by one costs an RCU grace period each.
             recorded = {item.name for item in record.outstanding(runrec.LINK)}
-            to_hosts = _ports_to_hosts(self.plan) & recorded
+            to_hosts = (self.plan.ports_to_hosts() if self.plan else set()) & recorded
             step("veth teardown", _wait_gone, ipr, sorted(to_hosts), 10.0)
             for kind in (runrec.LINK, runrec.BRIDGE):  # what is left (switch-to-switch), bridges
                 for item in record.outstanding(kind):
@@ -741,18 +516,6 @@ def _hang_up(node: Any) -> None:
     if node.shell is not None and node.shell.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(node.shell.pid, signal.SIGHUP)
-
-
-def _ports_to_hosts(plan: Plan | None) -> set[str]:
-    """Root-namespace ports whose veth peer sits in a host namespace."""
-    if plan is None:
-        return set()
-    return {
-        port.ifname
-        for link in plan.links
-        for port in link.ends
-        if port.host is None and link.peer(port).host is not None
-    }
 
 
 def _wait_gone(ipr: IPRoute, ifnames: Sequence[str], timeout_s: float) -> None:
@@ -809,46 +572,6 @@ def _raise_fd_limit(need: int) -> None:
 
 
 @contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Ignore SIGINT/SIGTERM for the block (main thread only; elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into KeyboardInterrupt for the block (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    owner = os.getpid()
-
-    def interrupt(signum: int, _frame: Any) -> None:
-        if os.getpid() != owner:
-            # A forked helper (pyroute2 forks to open namespace sockets) must just die,
-            # not unwind a copy of our stack through the session's teardown.
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
-@contextlib.contextmanager
 def underlay_session(topology: Topology, **kwargs: Any) -> Iterator[Underlay]:
     """Build and start an :class:`Underlay`; always stop it on the way out.
 
@@ -860,7 +583,7 @@ def underlay_session(topology: Topology, **kwargs: Any) -> Iterator[Underlay]:
     ...     u.cmd("h1", ["ping", "-c1", u.underlay_ip("h2")])
     """
     underlay = Underlay(topology, **kwargs)
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         try:
             underlay.build()
             underlay.start()

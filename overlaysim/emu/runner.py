@@ -29,10 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from overlaysim.core.config import configs
 from overlaysim.emu.backend import EmuBackend, why
 from overlaysim.emu.collect import Collected, collect
-from overlaysim.emu.net import Underlay, signals_deferred, underlay_session
+from overlaysim.emu.net import Underlay, underlay_session
 from overlaysim.emu.probes import (
     MAX_PROBE_PAIRS,
     Endpoint,
@@ -43,14 +42,16 @@ from overlaysim.emu.probes import (
 )
 from overlaysim.emu.sampler import ProbeSampler
 from overlaysim.emu.setup import require_emulation
+from overlaysim.emu.signals import signals_deferred
 from overlaysim.emu.testbed import Testbed
 from overlaysim.errors import RunFailed
 from overlaysim.metrics.finalize import Outcome, finalize
-from overlaysim.metrics.manifest import base_manifest
+from overlaysim.metrics.lag import StepLag, lag_report, step_summary
 from overlaysim.metrics.results import FinalStatus, ResultsWriter
 from overlaysim.scenario.schema import Scenario
 from overlaysim.scenario.steps import Step
 from overlaysim.scenario.timeline import plan
+from overlaysim.world.manifest import run_manifest
 from overlaysim.world.world import World
 
 #: Seconds of iperf3 per direction of a throughput pair (overlay, then underlay).
@@ -195,16 +196,12 @@ def run_emulation(
 
     seed = scenario.seed if seed is None else seed
     the_plan = plan(scenario, seed)
-    mconf, tconf = configs(scenario.profile, **scenario.protocol.model_dump())
     topology = scenario.resolved_topology
-    manifest = base_manifest(
-        name=scenario.name,
+    manifest = run_manifest(
+        scenario,
+        seed,
         backend="emu",
-        seed=seed,
-        scenario=scenario.resolved(),
         capabilities={k: dataclasses.asdict(v) for k, v in probe().items()},
-        nodes=len(topology.hosts),
-        protocol={"membership": dataclasses.asdict(mconf), "tables": dataclasses.asdict(tconf)},
     )
     writer = ResultsWriter(out, manifest, overwrite=overwrite)
     shutil.rmtree(writer.path / AGENT_LOGS, ignore_errors=True)  # a previous run's
@@ -365,13 +362,21 @@ def _outcome(
         counters={"messages": {"sent": sent, "delivered": recv, "lost": max(0, sent - recv)}},
         skipped_steps=world.skipped if world else [],
         extra=extra,
+        lag=_lag_report(world, result),
     )
 
 
-def _lag_summary(lags: list[float]) -> dict[str, float | int | None]:
-    if not lags:
-        return {"steps": 0, "mean": None, "max": None}
-    return {"steps": len(lags), "mean": sum(lags) / len(lags), "max": max(lags)}
+def _lag_summary(lags: list[StepLag]) -> dict[str, float | int | None]:
+    """The manifest's short ``step_lag_s`` (the full report is ``emulator_lag``)."""
+    s = step_summary(lags)
+    return {"steps": s["count"], "mean": s["mean_s"], "p99": s["p99_s"], "max": s["max_s"]}
+
+
+def _lag_report(world: EmuWorld | None, result: Collected | None) -> dict[str, Any] | None:
+    """Step lag and agents' timer lateness, or None when the timeline never started."""
+    if world is None or world.t0 is None:
+        return None
+    return lag_report(world.lags, result.timer_late if result else [])
 
 
 def _wallclock() -> str:

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,9 @@ class Testbed:
         self._retired: list[AgentProcess] = []
         #: Clean-up problems met by :meth:`stop` (it does not raise).
         self.errors: list[str] = []
+        #: Kernel clean-ups of killed boots still running (see ``kill_agent(clean_later=)``).
+        self._cleaning: dict[str, Future[None]] = {}
+        self._cleaner: ThreadPoolExecutor | None = None
 
     # -- paths and clients ------------------------------------------------------------
 
@@ -228,6 +231,7 @@ class Testbed:
     def start_agent(self, host: str, seeds: Iterable[str], *, keyed: bool = True) -> AgentProcess:
         """Spawn ``host``'s agent (it must not be running); returns at once.
         ``keyed=False`` leaves out the run's gossip key (see :meth:`argv`)."""
+        self._settled(host)  # a restart must not race the clean-up of the crashed boot
         old = self.agents.get(host)
         if old is not None:
             if old.running():
@@ -329,24 +333,41 @@ class Testbed:
                 )
             time.sleep(0.2)
 
-    def kill_agent(self, host: str) -> None:
+    def kill_agent(self, host: str, *, clean_later: bool = False) -> None:
         """SIGKILL ``host``'s agent (a crash) and remove what that boot left in the kernel.
 
         The crashed host's containers go with it, as on a real machine; a restart
-        re-creates them.
+        re-creates them. ``clean_later`` returns once the process is dead and removes
+        the kernel objects on a worker thread: the removal (an interpreter started in
+        the host) takes seconds on a busy machine, and a scenario's next steps should
+        not wait for housekeeping the crash itself does not need. Starting, killing or
+        stopping that host again first waits for it (and raises its error).
         """
+        self._settled(host)
         agent = self.agents.get(host)
         if agent is not None and agent.running():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(agent.pid, signal.SIGKILL)
             agent.proc.wait(timeout=10)
-        self._clean_kernel(host)
+        if not clean_later:
+            self._clean_kernel(host)
+            return
+        if self._cleaner is None:
+            self._cleaner = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clean")
+        self._cleaning[host] = self._cleaner.submit(self._clean_kernel, host)
+
+    def _settled(self, host: str) -> None:
+        """Wait for a deferred clean-up of ``host``'s killed boot; its error surfaces here."""
+        pending = self._cleaning.pop(host, None)
+        if pending is not None:
+            pending.result()
 
     def wait_exit(self, host: str, timeout: float = 10.0) -> bool:
         """Wait for ``host``'s agent to exit by itself (after ``leave``); SIGKILL it if late.
 
         Returns whether it exited on its own.
         """
+        self._settled(host)
         agent = self.agents.get(host)
         if agent is None:
             return True
@@ -396,9 +417,13 @@ class Testbed:
                 agent.proc.wait(timeout=10)
         for host in self.agents:
             try:
+                self._settled(host)
                 self._clean_kernel(host)
             except TestbedError as exc:  # keep going: the other hosts still need it
                 self.errors.append(str(exc))
+        if self._cleaner is not None:
+            self._cleaner.shutdown(wait=True)
+            self._cleaner = None
         return killed
 
     def remove_files(self, keep_logs_in: Path | None = None) -> None:

@@ -2,7 +2,7 @@
 
 Every command takes a :class:`Lab` and returns printable text; refusals and mistakes
 raise (:class:`~overlaysim.errors.UserError`, or the manager's
-:class:`~overlaysim.core.cluster.ClusterError` subclasses such as
+:class:`~overlaysim.core.cluster_errors.ClusterError` subclasses such as
 ``EncryptionUnsupported``), and the CLI prints their message. The Mininet CLI in
 :mod:`overlaysim.lab.cli` only parses arguments and prints; tests call these functions
 directly, so both take the same code path.

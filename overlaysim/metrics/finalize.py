@@ -11,7 +11,8 @@ to :func:`finalize` — also when interrupted or failing, with the matching stat
                              counters={"messages": {...}}, skipped_steps=world.skipped))
 
 :func:`finalize` writes the tables, records the outcome's facts in the manifest
-(``outcome``: duration, counters, skipped steps), computes ``metrics.json`` from the
+(``outcome``: duration, counters, skipped steps, the emulator's
+measured lag), computes ``metrics.json`` from the
 folder itself with :func:`metrics_for`, and sets the final status. It never plots:
 figures are the caller's choice, on top (``overlaysim.report.plots``). Because every
 input of the metrics is in the folder, ``metrics_for(folder)`` later gives the same
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from overlaysim.metrics.compute import compute_metrics
+from overlaysim.metrics.lag import METRIC as LAG
 from overlaysim.metrics.results import FinalStatus, ResultsWriter, Run, load_run
 from overlaysim.metrics.tables import Rows
 
@@ -50,6 +52,9 @@ class Outcome:
     skipped_steps: Sequence[Mapping[str, Any]] = ()
     #: More manifest keys (wall-clock times, mechanisms, teardown facts...).
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The emulator's measured lag (:func:`overlaysim.metrics.lag.lag_report`); None
+    #: when nothing was measured (the simulator has no wall clock to fall behind).
+    lag: Mapping[str, Any] | None = None
 
 
 def metrics_for(
@@ -57,8 +62,8 @@ def metrics_for(
 ) -> dict[str, Any]:
     """metrics.json for a results folder (or a loaded run), from its files alone.
 
-    Identity fields, the duration, node count, counters and skipped steps come from the
-    manifest; ``duration_s``/``nodes`` override them (folders written before the
+    Identity fields, the duration, node count, counters, skipped steps and the
+    emulator's lag (``emulator_lag``, when measured) come from the manifest; ``duration_s``/``nodes`` override them (folders written before the
     manifest kept an ``outcome``).
     """
     if not isinstance(run, Run):
@@ -86,6 +91,8 @@ def metrics_for(
     if facts:
         metrics.update(facts.get("counters") or {})
         metrics["skipped_steps"] = list(facts.get("skipped_steps") or [])
+        if facts.get(LAG) is not None:
+            metrics[LAG] = facts[LAG]
     return metrics
 
 
@@ -99,15 +106,14 @@ def finalize(writer: ResultsWriter, outcome: Outcome) -> Run:
     try:
         for name, rows in outcome.tables.items():
             writer.write_table(name, rows)
-        writer.note(
-            **{
-                OUTCOME: {
-                    "duration_s": float(outcome.duration_s),
-                    "counters": dict(outcome.counters),
-                    "skipped_steps": list(outcome.skipped_steps),
-                }
-            }
-        )
+        facts: dict[str, Any] = {
+            "duration_s": float(outcome.duration_s),
+            "counters": dict(outcome.counters),
+            "skipped_steps": list(outcome.skipped_steps),
+        }
+        if outcome.lag is not None:
+            facts[LAG] = dict(outcome.lag)
+        writer.note(**{OUTCOME: facts})
         run = load_run(writer.path)
         metrics = metrics_for(run)
         writer.write_metrics(metrics)

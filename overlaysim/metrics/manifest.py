@@ -7,6 +7,7 @@ clock (the emulation's ``started``/``ended``) adds it explicitly.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import subprocess
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import overlaysim
+from overlaysim.core.config import configs
 
 #: Distributions whose versions are recorded (missing ones are recorded as null).
 VERSIONED = ("simpy", "networkx", "msgpack", "pandas", "numpy", "matplotlib", "pyroute2")
@@ -80,3 +82,10 @@ def base_manifest(
         "capabilities": dict(capabilities or {}),
         **extra,
     }
+
+
+def protocol_settings(profile: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's ``protocol`` block: the membership and table settings of a run, the
+    profile's with the scenario's overrides applied (``scenario.protocol`` as plain data)."""
+    mconf, tconf = configs(profile, **overrides)
+    return {"membership": dataclasses.asdict(mconf), "tables": dataclasses.asdict(tconf)}

@@ -25,6 +25,7 @@ from overlaysim.errors import UserError
 from overlaysim.metrics.finalize import metrics_for
 from overlaysim.metrics.membership import failure_detections, join_visibilities
 from overlaysim.metrics.results import MANIFEST, Run, load_run
+from overlaysim.metrics.tables import frame
 
 #: Fewer values than this on either side: no KS test (its p-value means little).
 MIN_SAMPLES = 5
@@ -213,10 +214,13 @@ def _finite(values: Any) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def samples(run: Run, ops: list[str] | None = None) -> dict[str, tuple[str, np.ndarray]]:
+def samples(
+    run: Run, ops: list[str] | None = None, *, dns: bool | None = None
+) -> dict[str, tuple[str, np.ndarray]]:
     """Per-event timing samples of a run, in seconds: ``{metric: (label, values)}``.
 
     ``ops`` lists the commit ops to break convergence down by (default: those present).
+    ``dns`` adds the service-DNS samples (default: when the run has a ``dns`` table).
     """
     conv = run.convergence
     ok = conv[conv["status"] == "converged"]
@@ -235,6 +239,14 @@ def samples(run: Run, ops: list[str] | None = None) -> dict[str, tuple[str, np.n
     out["detection.all_dead"] = ("crash: all dead", _finite(fd["all_dead_s"]))
     jv = join_visibilities(run.events, duration)
     out["join.visibility"] = ("join visibility", _finite(jv["visibility_s"]))
+    if dns if dns is not None else run.dns is not None:
+        d = run.dns if run.dns is not None else frame("dns")
+        d = d[d["status"] == "converged"]
+        for metric, label in (
+            ("dns_convergence_s", "service DNS convergence"),
+            ("stale_dns_window_s", "stale DNS window"),
+        ):
+            out[f"dns.{metric}"] = (label, _finite(d.loc[d["metric"] == metric, "value_s"]))
     return out
 
 
@@ -318,7 +330,8 @@ def compare_runs(a: Run, b: Run, alpha: float = 0.05) -> Comparison:
         c = run.convergence
         conv_ops |= set(c.loc[c["status"] == "converged", "op"])
     ops = sorted(conv_ops)
-    sa, sb = samples(a, ops), samples(b, ops)
+    dns = a.dns is not None or b.dns is not None  # one side without services: no samples
+    sa, sb = samples(a, ops, dns=dns), samples(b, ops, dns=dns)
     dists = []
     for key, (label, va) in sa.items():
         vb = sb[key][1]

@@ -19,7 +19,7 @@ import yaml
 
 from overlaysim.metrics.atomic import atomic_write_bytes
 from overlaysim.metrics.results import PLOT_FILES, PLOTS_DIR, Run
-from overlaysim.report.summary import summary_rows
+from overlaysim.report.summary import run_warnings, summary_rows
 
 REPORT_HTML = "report.html"
 
@@ -32,7 +32,7 @@ td.value { text-align: right; font-weight: bold; }
 td.section { color: #777; }
 .status-complete { color: #186a18; } .status-failed, .status-running { color: #b00; }
 .status-interrupted { color: #b06000; }
-.ok { color: #186a18; } .missing { color: #b00; }
+.ok { color: #186a18; } .missing { color: #b00; } .warning { color: #b06000; }
 pre { background: #f5f5f5; padding: 1em; overflow-x: auto; font-size: 0.95em; }
 img { max-width: 100%; display: block; margin: 1em 0; }
 """
@@ -57,6 +57,13 @@ def _summary(run: Run) -> str:
             f'<td class="value">{_text(value)}</td></tr>'
         )
     return "<table><tr><th></th><th>measure</th><th>value</th></tr>" + "".join(rows) + "</table>"
+
+
+def _warnings(run: Run) -> str:
+    """The run's warnings (overloaded emulator, delay-line ceiling), one paragraph each."""
+    return "".join(
+        f'<p class="warning"><strong>Warning:</strong> {_text(w)}</p>\n' for w in run_warnings(run)
+    )
 
 
 def _plots(plots: Mapping[str, bytes]) -> str:
@@ -136,7 +143,7 @@ def render_html(run: Run, plots: Mapping[str, bytes] | None = None) -> str:
 <h1>{_text(run.name)}</h1>
 <p>Status: {status_html}<br>{ident}</p>
 <h2>Summary</h2>
-{_summary(run)}
+{_warnings(run)}{_summary(run)}
 <h2>Figures</h2>
 {_plots(plots)}
 <h2>Mechanisms</h2>

@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from overlaysim.metrics.lag import METRIC as LAG
+from overlaysim.metrics.lag import lag_warnings
 from overlaysim.metrics.results import Run
 
 
@@ -62,6 +64,20 @@ def summary_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
          f"{re.get('reachable_pairs', 0)} / {re.get('expected_pairs', 0)}"),
         ("data plane", "unexpectedly reachable", str(re.get("unexpected_reachable", 0))),
     ]  # fmt: skip
+    for key, label in (("dns_convergence_s", "DNS convergence"),
+                       ("stale_dns_window_s", "stale DNS window")):  # fmt: skip
+        d = metrics.get(key)
+        if d is None:
+            continue  # a run without services
+        rows.append(
+            ("services", f"{label} p50 / p95 / max",
+             f"{_s(d.get('p50'))} / {_s(d.get('p95'))} / {_s(d.get('max'))}")
+        )  # fmt: skip
+        rows.append(
+            ("services", f"{label} measured / never",
+             f"{d.get('n', 0) - d.get('unconverged', 0) - d.get('superseded', 0)}"
+             f" / {d.get('unconverged', 0)}")
+        )  # fmt: skip
     for sites, r in sorted((metrics.get("rtt_ms") or {}).items()):
         rows.append(
             ("round trips", f"RTT {sites} median (p10–p90)",
@@ -79,6 +95,14 @@ def summary_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
                 + (f" ({r:.0%})" if r is not None else "")
             )
         rows.append(("throughput", what, value))
+    lag = metrics.get(LAG)
+    if lag:  # measured by the emulator only (absent: not measured, not zero)
+        st, tm = lag.get("steps") or {}, lag.get("timers") or {}
+        rows += [
+            ("fidelity", "step lag max / p99", f"{_s(st.get('max_s'))} / {_s(st.get('p99_s'))}"),
+            ("fidelity", "timer lateness p99 / max",
+             f"{_s(tm.get('p99_s'))} / {_s(tm.get('max_s'))}"),
+        ]  # fmt: skip
     return rows
 
 
@@ -109,8 +133,15 @@ def print_summary(run: Run, console: Console | None = None) -> None:
         console.print(f"[bold yellow]run status: {run.status}[/]" + (f" — {err}" if err else ""))
     if run.metrics is None:
         console.print("[yellow]no metrics.json in this folder[/]")
-    for warning in delay_warnings(run.manifest, run.metrics or {}):
+    for warning in run_warnings(run):
         console.print(f"[bold yellow]warning:[/] {warning}")
+
+
+def run_warnings(run: Run) -> list[str]:
+    """Everything that makes a run's numbers doubtful: an overloaded emulator, throughput
+    at the delay line's ceiling."""
+    metrics = run.metrics or {}
+    return lag_warnings(metrics) + delay_warnings(run.manifest, metrics)
 
 
 def delay_warnings(manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[str]:

@@ -125,8 +125,7 @@ def _validate(
         raise ScenarioError(source, _locate(problems, lines, touched))
     if scenario.managers is None:
         scenario = scenario.model_copy(update={"managers": (topo.hosts[0],)})
-    scenario._topology = topo
-    return scenario
+    return scenario.with_topology(topo)
 
 
 def _find_topology(name: str, base_dir: Path, source: str) -> Path:

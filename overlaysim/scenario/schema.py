@@ -249,6 +249,11 @@ class Scenario(StrictModel):
             raise RuntimeError("scenario not resolved: load it with load_scenario()")
         return self._topology
 
+    def with_topology(self, topology: Topology) -> Scenario:
+        """This scenario with its built topology set (the loader's last step)."""
+        self._topology = topology
+        return self
+
     def resolved(self) -> dict[str, Any]:
         """The scenario as plain JSON-ready data, defaults filled and the topology inline.
 

@@ -17,17 +17,17 @@ from typing import Any
 
 import simpy
 
-from overlaysim.core.cluster import Allocation, Cluster
+from overlaysim.core.cluster import Cluster
 from overlaysim.core.config import configs
 from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
+from overlaysim.core.network import Allocation
 from overlaysim.core.services import name_fields, vip_endpoint
 from overlaysim.core.wire import Entry, Message
 from overlaysim.errors import RunFailed
 from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.metrics.dns import DnsTracker
 from overlaysim.metrics.finalize import Outcome, finalize
-from overlaysim.metrics.manifest import base_manifest
 from overlaysim.metrics.records import HOLD_EVENTS_MAX_HOSTS, NOT_MEASURED_BY_SIM, EventLog
 from overlaysim.metrics.results import ResultsWriter
 from overlaysim.metrics.traffic import TrafficCounter
@@ -38,6 +38,7 @@ from overlaysim.scenario.timeline import Plan, plan
 from overlaysim.sim.engine import Observer, SimCluster
 from overlaysim.sim.underlay import Underlay
 from overlaysim.world.dryrun import network_spec
+from overlaysim.world.manifest import run_manifest
 from overlaysim.world.world import Container, StepSkipped, World
 
 #: A graceful leave keeps the node running this long so its leave message spreads.
@@ -306,9 +307,9 @@ class SimWorld(World):
         """The underlay model's round trip (path latency both ways, no serialisation)."""
         if a == b:
             return 0.0
-        there, back = self.underlay._path_cost(a, b), self.underlay._path_cost(b, a)
+        there, back = self.underlay.path_latency(a, b), self.underlay.path_latency(b, a)
         assert there is not None and back is not None  # reachable: a path exists
-        return round((there[0] + back[0]) * 1000.0, 6)
+        return round((there + back) * 1000.0, 6)
 
     def _probe_rounds(self, interval: float, until: float):  # type: ignore[no-untyped-def]
         """Sample reachability and RTT every ``interval`` during the run (the last
@@ -370,15 +371,10 @@ def run_simulation(
     seed = scenario.seed if seed is None else seed
     the_plan = plan(scenario, seed)
     world = SimWorld(scenario, seed, services=the_plan.has_services)
-    mconf, tconf = configs(scenario.profile, **scenario.protocol.model_dump())
-    manifest = base_manifest(
-        name=scenario.name,
+    manifest = run_manifest(
+        scenario,
+        seed,
         backend="sim",
-        seed=seed,
-        scenario=scenario.resolved(),
-        capabilities={},
-        nodes=len(scenario.resolved_topology.hosts),
-        protocol={"membership": _asdict(mconf), "tables": _asdict(tconf)},
         mechanisms={
             "loss": "simulated per-link Bernoulli drop",
             "delay": "simulated link latency",
@@ -473,12 +469,6 @@ def frozen_heap():
         yield
     finally:
         gc.unfreeze()
-
-
-def _asdict(cfg: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
 
 
 def _run_env(env: simpy.Environment, duration: float, progress: bool, name: str) -> None:

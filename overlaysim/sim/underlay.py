@@ -102,6 +102,8 @@ class Underlay:
                 return None
             mids = tuple(frozenset((sp[i], sp[i + 1])) for i in range(len(sp) - 1))
             p = (la, *mids, lb)
+            if not mids:
+                return p  # one switch: not worth a cached tuple per host pair (N^2)
         else:
             try:
                 nodes = nx.dijkstra_path(self.graph, src, dst, weight="latency_ms")
@@ -111,6 +113,12 @@ class Underlay:
         if len(self._paths) < 2_000_000:
             self._paths[key] = p
         return p
+
+    def path_latency(self, src: str, dst: str) -> float | None:
+        """One-way latency in seconds from ``src`` to ``dst`` now (impairments included;
+        no serialisation), or None when no path exists."""
+        c = self._path_cost(src, dst)
+        return None if c is None else c[0]
 
     def _path_cost(self, src: str, dst: str) -> tuple[float, float, float, int] | None:
         """(latency s, seconds per byte, survival probability, version) for src->dst."""
@@ -137,6 +145,10 @@ class Underlay:
         lat += self.global_delay_s
         survive *= 1.0 - self.global_loss
         c = (lat, spb, survive, self._version)
+        if self._fast and len(p) <= 2:
+            # Two links (hosts on one switch): cheaper to add up again than to keep a
+            # cached tuple per host pair, N^2 of them on a large star.
+            return c
         if len(self._cost) < 2_000_000:
             self._cost[key] = c
         return c

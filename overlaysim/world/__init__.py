@@ -3,8 +3,9 @@
 Owns :class:`~overlaysim.world.world.World` (hosts up, containers and where they live,
 attachments, partitions and impairments as wanted state; one ``match`` over the typed
 steps), the :class:`~overlaysim.world.backend.Backend` protocol whose verbs the
-simulator (``sim``) and the emulator (``emu``) implement, and the dry run over IPAM
-alone that ``validate`` uses (``dryrun``).
+simulator (``sim``) and the emulator (``emu``) implement, services (``services``), the
+manifest part both backends write alike (``manifest``) and the dry run over IPAM alone
+that ``validate`` uses (``dryrun``).
 
 May import ``core``, ``errors``, ``scenario`` and ``metrics``. Never ``sim``, ``emu``,
 ``agent`` or the CLI (they import it).

@@ -8,14 +8,23 @@ with the facts only it knows (the time an agent started, the address it was give
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from overlaysim.scenario.steps import ImpairKind, Link
 
-if TYPE_CHECKING:
-    from overlaysim.world.world import Container
-
 T = TypeVar("T")
+
+
+class Container(Protocol):
+    """A container as a backend sees it (the world's ``world.Container``): the backend
+    reads these and sets ``sandbox`` when it starts one; the world owns the rest."""
+
+    name: str
+    host: str
+    #: network -> address ("" until the backend knows it).
+    networks: dict[str, str]
+    live: bool
+    sandbox: str
 
 
 class Backend(Protocol):

@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, TypeVar
 
-from overlaysim.core.cluster import Allocation, Cluster, ClusterError, NetworkSpec
+from overlaysim.core.cluster import Cluster
+from overlaysim.core.cluster_errors import ClusterError
+from overlaysim.core.network import Allocation, NetworkSpec
 from overlaysim.core.services import vip_endpoint
 from overlaysim.scenario.problems import Problem, ScenarioError
 from overlaysim.scenario.schema import Network, Scenario

@@ -106,46 +106,58 @@ class Services:
         ]
         if taken:
             raise ServiceError(f"container {taken[0]} exists")
+        t = w.backend.now()
         vip = w.backend.reserve_vip(name, network) if mode is EndpointMode.VIP else None
         svc = self.by_name[name] = ServiceState(name, network, mode, vip)
-        self._add_tasks(svc, replicas)
-        self._report([svc])
+        try:
+            self._add_tasks(svc, replicas)
+        finally:
+            self._report([svc], t)
 
     def scale(self, name: str, replicas: int) -> None:
         svc = self._get(name)
-        have = len(svc.slots)
-        if replicas > have:
-            self._add_tasks(svc, replicas - have)
-        for slot in sorted(svc.slots, reverse=True)[: max(0, have - replicas)]:
-            self.world.detach(svc.slots.pop(slot), None)
-        self._report([svc])
+        t = self.world.backend.now()
+        try:
+            have = len(svc.slots)
+            if replicas > have:
+                self._add_tasks(svc, replicas - have)
+            for slot in sorted(svc.slots, reverse=True)[: max(0, have - replicas)]:
+                self.world.detach(svc.slots.pop(slot), None)
+        finally:
+            self._report([svc], t)
 
     def update(self, name: str, mode: EndpointMode) -> None:
         svc = self._get(name)
         if mode is svc.mode:
             raise ServiceError(f"service {name} is already in {mode.value} mode")
         w = self.world
+        t = w.backend.now()
         old_vip = svc.vip
         svc.vip = w.backend.reserve_vip(name, svc.network) if mode is EndpointMode.VIP else None
         svc.mode, svc.gen = mode, svc.gen + 1
-        for slot in sorted(svc.slots):
-            c = w.containers.get(svc.slots[slot])
-            if c is None:
-                continue
-            w.detach(c.name, None)
-            self._new_task(svc, slot, c.host)
-        if old_vip is not None:
-            w.backend.release_vip(name, svc.network)
-        self._report([svc])
+        try:
+            for slot in sorted(svc.slots):
+                c = w.containers.get(svc.slots[slot])
+                if c is None:
+                    continue
+                w.detach(c.name, None)
+                self._new_task(svc, slot, c.host)
+            if old_vip is not None:
+                w.backend.release_vip(name, svc.network)
+        finally:
+            self._report([svc], t)
 
     def rm(self, name: str) -> None:
         svc = self._get(name)
-        for slot in sorted(svc.slots):
-            self.world.detach(svc.slots.pop(slot), None)
-        if svc.vip is not None:
-            self.world.backend.release_vip(name, svc.network)
-        del self.by_name[name]
-        self._report([svc])
+        t = self.world.backend.now()
+        try:
+            for slot in sorted(svc.slots):
+                self.world.detach(svc.slots.pop(slot), None)
+            if svc.vip is not None:
+                self.world.backend.release_vip(name, svc.network)
+        finally:
+            del self.by_name[name]
+            self._report([svc], t)
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -201,26 +213,32 @@ class Services:
                 out.append(svc)
         return out
 
-    def _report(self, services: Iterable[ServiceState]) -> None:
-        """Tell the sink every service whose live task set changed."""
+    def _report(self, services: Iterable[ServiceState], t: float) -> None:
+        """Tell the sink every service whose live task set changed, as of ``t``.
+
+        ``t`` is when the change began (a step's start, a crash, a restart): a step that
+        takes real time (the emulator adds tasks one by one) is measured from its start.
+        The targets are the running hosts on the network once the step is done; the
+        ``service_tasks`` row carries them so the emulation's replay uses the same ones.
+        """
         w = self.world
-        t = w.backend.now()
         for svc in services:
             key = (svc.network, svc.name)
             ips = self.live_ips(svc) if svc.name in self.by_name else frozenset()
             if self._reported.get(key) == ips and key in self._reported:
                 continue
             self._reported[key] = ips
+            targets = w.truth.targets(svc.network)
             if w.dns is not None:
-                w.dns.change(t, svc.network, svc.name, ips, w.truth.targets(svc.network))
+                w.dns.change(t, svc.network, svc.name, ips, targets)
             w.record(
                 t,
                 "service_tasks",
                 subject=svc.name,
                 network=svc.network,
-                detail={"ips": sorted(ips, key=ipaddress.IPv4Address)},
+                detail={"ips": sorted(ips, key=ipaddress.IPv4Address), "targets": targets},
             )
 
-    def host_changed(self, services: Iterable[ServiceState]) -> None:
-        """A host went down or came back: report the services it runs tasks of."""
-        self._report(list(services))
+    def host_changed(self, services: Iterable[ServiceState], t: float) -> None:
+        """A host went down or came back at ``t``: report the services it runs tasks of."""
+        self._report(list(services), t)

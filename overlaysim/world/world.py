@@ -17,6 +17,7 @@ from typing import Any
 
 from overlaysim.core.services import EndpointMode, TaskSpec
 from overlaysim.metrics.convergence import ConvergenceTracker
+from overlaysim.metrics.lag import StepLag
 from overlaysim.metrics.records import EventLog
 from overlaysim.metrics.truth import Truth
 from overlaysim.scenario.expand import ContainerSpec
@@ -104,8 +105,8 @@ class World:
         self.skipped: list[dict[str, Any]] = []
         self.done = 0
         self.last = ""
-        #: How late each step started (s): an earlier slow step delays the next ones.
-        self.lags: list[float] = []
+        #: How late each step started: an earlier slow step delays the next ones.
+        self.lags: list[StepLag] = []
         self._lock = threading.RLock()  # the emulator starts containers in parallel
         #: Told every change of a service's live tasks, and hosts going and coming back.
         self.dns = dns
@@ -161,7 +162,7 @@ class World:
         """Apply one step; refusals the backend names skip it, with the reason."""
         now = self.backend.now()
         self.last = f"{step.at:.1f}s {step.action}"
-        self.lags.append(max(0.0, now - step.at))
+        self.lags.append(StepLag(step.at, step.action, max(0.0, now - step.at)))
         self.record(now, "scenario", op=step.action, detail=step.describe())
         try:
             self._apply(step)
@@ -278,7 +279,7 @@ class World:
                     if why is None:
                         raise
                     self.skip(kind, container=c.name, reason=why)
-        self.services.host_changed(self.services.on_host(host))
+        self.services.host_changed(self.services.on_host(host), t)
         return None
 
     def crash(self, host: str) -> None:
@@ -306,7 +307,7 @@ class World:
             self.record(t, kind, subject=host)
             if self.dns is not None:
                 self.dns.host_gone(t, host)
-            self.services.host_changed(self.services.on_host(host))
+            self.services.host_changed(self.services.on_host(host), t)
 
     # -- containers --------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from agent_fakes import aio
 
 from overlaysim.agent.control import BadRequest, ControlClient, ControlError, ControlServer
 from overlaysim.agent.logging import EventLog, RateLimit, read_log
-from overlaysim.core.cluster import NotAttachable
+from overlaysim.core.cluster_errors import NotAttachable
 
 
 async def _echo(req: dict) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from overlaysim.agent.control import ControlClient, ControlError
 from overlaysim.agent.daemon import Agent, AgentConfig, parse_args
 from overlaysim.agent.logging import read_log
 from overlaysim.agent.manager import EncryptionUnsupported, ManagerClient
-from overlaysim.core.cluster import NotAttachable
+from overlaysim.core.cluster_errors import NotAttachable
 
 
 async def until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
@@ -168,6 +169,10 @@ async def test_three_agents_program_each_others_endpoints(tmp_path: Path) -> Non
         assert commits == [("web", "c2", "add"), ("web", "c2", "delete")]
         prog = [(r["key"], r["op"], r["vtep"]) for r in cl.log("a", "entry_programmed")]
         assert prog == [("c2", "add", B), ("c2", "delete", B)]
+        # entry_seen carries the endpoint value: what the emulator's DNS metrics replay
+        seen = [r for r in cl.log("a", "entry_seen") if r["key"] == "c2"]
+        assert [r["op"] for r in seen] == ["add", "delete"]
+        assert seen[0]["table"] == "endpoints" and seen[0]["value"]["ip"] == ip2
         assert {r["subject"] for r in cl.log("a", "member_join")} == {"b", "c"}
         assert [r["subject"] for r in cl.log("a", "member_leave")] == ["c"]
         assert cl.log("a", "wire_error")[0]["what"] == "wire"
@@ -206,6 +211,26 @@ async def test_reconcile_repairs_drift_from_the_tables(tmp_path: Path) -> None:
         cl.dps["a"].kernel["web"][1].clear()
         await until(lambda: cl.dps["a"].kernel_state("web")[1] == {(ip2, mac(ip2))}, what="auto")
         assert len(cl.log("a", "reconcile")) == 2
+    finally:
+        await cl.close()
+
+
+@aio
+async def test_timer_lateness_is_logged_and_shows_a_starved_loop(tmp_path: Path) -> None:
+    cl = Cluster3(tmp_path)
+    try:
+        await cl.start("a", A)
+        await until(lambda: bool(cl.log("a", "timer_lag")), what="a timer_lag line")
+        first = cl.log("a", "timer_lag")[0]
+        assert first["fires"] == len(first["late_ms"]) > 0
+        assert all(0.0 <= x < 250.0 for x in first["late_ms"])  # an idle loop is on time
+        # starve the loop: the gossip timer (every 0.1 s with this profile) comes due and
+        # cannot run until the loop is free again
+        time.sleep(0.6)
+        await until(
+            lambda: any(max(r["late_ms"]) >= 300.0 for r in cl.log("a", "timer_lag")),
+            what="a late timer logged",
+        )
     finally:
         await cl.close()
 

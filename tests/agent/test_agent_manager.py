@@ -31,9 +31,9 @@ from overlaysim.agent.manager import (
     error_from_wire,
 )
 from overlaysim.agent.netkeys import NetworkKeys, keys_from_ring
-from overlaysim.core.cluster import (
+from overlaysim.core.cluster import Cluster
+from overlaysim.core.cluster_errors import (
     AddressInUse,
-    Cluster,
     ClusterError,
     EndpointExists,
     InvalidSpec,
@@ -129,7 +129,7 @@ def test_service_placement_is_round_robin_over_live_hosts(mgr: Manager) -> None:
     )
     assert ok(call(mgr, "service_rm", name="api"))["name"] == "api"
     assert err(call(mgr, "service_rm", name="api"))["type"] == "ServiceNotFound"
-    assert err(call(mgr, "service_create", name="x", replicas=0, network="web"))["type"] == (
+    assert err(call(mgr, "service_create", name="x", replicas=-1, network="web"))["type"] == (
         "InvalidSpec"
     )
     assert err(call(mgr, "service_create", name="x", replicas=1, network="nope"))["type"] == (

@@ -29,7 +29,7 @@ from overlaysim.agent.control import ControlClient
 from overlaysim.agent.created import clean_recorded
 from overlaysim.agent.logging import read_log
 from overlaysim.agent.manager import EncryptionUnsupported
-from overlaysim.core.cluster import NotAttachable
+from overlaysim.core.cluster_errors import NotAttachable
 
 pytestmark = pytest.mark.emu
 

@@ -9,11 +9,10 @@ import re
 import msgpack
 import pytest
 
-from overlaysim.core.cluster import (
-    ENCRYPTION_OVERHEAD,
+from overlaysim.core.cluster import Cluster
+from overlaysim.core.cluster_errors import (
     AddressExhausted,
     AddressInUse,
-    Cluster,
     ClusterError,
     EndpointExists,
     EndpointNotFound,
@@ -21,13 +20,13 @@ from overlaysim.core.cluster import (
     NetworkExists,
     NetworkInUse,
     NetworkNotFound,
-    NetworkSpec,
     NotAttachable,
     SubnetOverlap,
     VniExhausted,
-    derive_mtu,
-    mac_for_ip,
 )
+from overlaysim.core.ipam import mac_for_ip
+from overlaysim.core.mtu import ENCRYPTION_OVERHEAD, derive_mtu
+from overlaysim.core.network import NetworkSpec
 
 
 def ips(allocs) -> list[str]:

@@ -135,3 +135,63 @@ def test_bulk_bootstrap_equals_one_member_alive_per_member() -> None:
     assert a._epochs == b._epochs and a._addr == b._addr
     assert a._alive._items == b._alive._items and a._alive._pos == b._alive._pos
     assert a.take_sends() == b.take_sends()  # same random choices follow
+
+
+def test_owner_index_keeps_the_order_of_an_ordered_set() -> None:
+    """The compact by-owner index (a key, or a dict from two keys on) lists each owner's
+    keys exactly as a dict per owner used as an ordered set would."""
+    from overlaysim.core.tables import _index, _Network, _owner_keys, _unindex
+
+    rng = random.Random(3)
+    st = _Network()
+    ref: dict[str, dict[tuple[str, str], None]] = {}
+    owners = ["a", "b", "c"]
+    keys = [("t", f"k{i}") for i in range(6)]
+    for _ in range(5000):
+        owner, k = rng.choice(owners), rng.choice(keys)
+        if rng.random() < 0.55:
+            _index(st, owner, k)
+            ref.setdefault(owner, {})[k] = None
+        else:
+            _unindex(st, owner, k)
+            if owner in ref:
+                ref[owner].pop(k, None)
+                if not ref[owner]:
+                    del ref[owner]
+        for o in owners:
+            assert _owner_keys(st, o) == list(ref.get(o, ()))
+        assert set(st.by_owner) == set(ref)
+
+
+def test_nodes_share_one_record_and_key_per_entry() -> None:
+    """Two nodes that accept the same entry object hold one record and one key object
+    between them (memory per (node, entry) pair), and each still sees its own events."""
+    from overlaysim.core.config import TableConfig
+    from overlaysim.core.tables import Tables
+
+    nodes = []
+    for name in ("a", "b"):
+        t = Tables(name=name, addr=name, config=TableConfig(), rng=random.Random(1))
+        t.member_alive("h1", "h1", 0, 0.0)
+        t.join_network("n", 0.0)
+        nodes.append(t)
+    e = Entry(
+        network="n", table="t", key="k", owner="h1", owner_epoch=0, ltime=1, deleted=False, value={}
+    )
+    msg = TableGossip(source="h1", network="n", entries=(e,))
+    for t in nodes:
+        assert t.receive("h1", msg, 1.0)
+        assert [ev.key for ev in t.take_events()] == ["k"]
+        assert not t.receive("h1", msg, 1.5)  # the very record held: nothing to do
+    (ka, ra), (kb, rb) = (next(iter(t._nets["n"].records.items())) for t in nodes)
+    assert ra is rb and ka is kb and ra.entry is e
+
+
+def test_emptied_queue_lets_go_of_its_table() -> None:
+    """After a burst has been sent out, the queue's index is a fresh small dict."""
+    q = TransmitLimitedQueue(retransmit_mult=1)
+    for i in range(2000):
+        q.queue(i, _att(i), 20)
+    while len(q):
+        q.get(2, 0, 1400)
+    assert q._by_key == {} and q._by_key.__sizeof__() == {}.__sizeof__()

@@ -9,15 +9,10 @@ from ipaddress import IPv4Address, IPv4Network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlaysim.core.cluster import (
-    AddressExhausted,
-    AddressInUse,
-    Cluster,
-    InvalidSpec,
-    NetworkSpec,
-    VniExhausted,
-)
+from overlaysim.core.cluster import Cluster
+from overlaysim.core.cluster_errors import AddressExhausted, AddressInUse, InvalidSpec, VniExhausted
 from overlaysim.core.ipam import carve_subnet
+from overlaysim.core.network import NetworkSpec
 
 # --- reference model of one network's allocation -------------------------------------------
 

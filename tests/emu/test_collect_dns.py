@@ -58,7 +58,8 @@ def _sim_with_agent_lines() -> tuple[SimWorld, dict[str, list[dict[str, Any]]]]:
                 "key": ev.key,
                 "op": _OPS[ev.kind],
                 "owner": ev.owner,
-                "value": dict(ev.value),
+                # as the agent logs it: the value of endpoint entries, when there is one
+                **({"value": dict(ev.value)} if ev.value else {}),
             }
         )
 

@@ -17,7 +17,7 @@ import pytest
 from overlaysim.emu import delay as dl
 from overlaysim.emu.delayline import DelayLine, Hold, restore_script
 from overlaysim.emu.impair import Impairments, UnsupportedImpairment
-from overlaysim.emu.net import plan_underlay
+from overlaysim.emu.plan import plan_underlay
 from overlaysim.scenario.generators import two_site
 from overlaysim.scenario.topology import LinkSpec
 
@@ -26,7 +26,7 @@ TOPO = two_site(2, LinkSpec(latency_ms=0.5, bandwidth_mbps=1000), LinkSpec(laten
 
 @dataclass
 class FakeUnderlay:
-    """Just enough of ``Underlay`` for ``Impairments``: records every command it is given."""
+    """An ``UnderlayView`` for ``Impairments``: records every command it is given."""
 
     topology: Any = TOPO
     state: str = "running"
@@ -36,16 +36,6 @@ class FakeUnderlay:
 
     def __post_init__(self) -> None:
         self.plan = plan_underlay(self.topology, "a3")
-
-    @property
-    def links(self) -> Any:
-        return self.plan.links
-
-    def links_between(self, a: str, b: str) -> list[Any]:
-        return [pl for pl in self.plan.links if {pl.a.node, pl.b.node} == {a, b}]
-
-    def underlay_ip(self, name: str) -> str:
-        return next(h.ip for h in self.plan.hosts if h.name == name)
 
     def run_in(self, ns: str | None, argv: list[str], *, input: str | None = None) -> Any:  # noqa: A002
         self.calls.append((ns, list(argv), input))

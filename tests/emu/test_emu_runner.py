@@ -157,8 +157,10 @@ def test_quickstart_writes_the_simulators_results_folder(emu: None, tmp_path: Pa
     assert em is not None and sm is not None
     assert em["backend"] == "emu" and emu_run.manifest["backend"] == "emu"
     assert emu_run.status == "complete" and emu_run.manifest["error"] is None
-    # same metrics.json keys as the simulator (data-dependent maps excluded)
-    assert set(em) == set(sm)
+    # same metrics.json keys as the simulator (data-dependent maps excluded), plus the
+    # emulator's measured lag, which the simulator has no wall clock to measure
+    assert set(em) == set(sm) | {"emulator_lag"}
+    assert "emulator_lag" not in sm
     for section in ("endpoint_convergence_s", "failure_detection_s", "join_visibility_s",
                     "overhead", "reachability", "messages"):  # fmt: skip
         assert set(em[section]) == set(sm[section]), section
@@ -317,6 +319,57 @@ def test_timed_rate_ends_without_clearing_the_loss_and_metrics_regenerate(
     assert seen == [("loss", 1, 0), ("rate", 1, 1), ("clear", 1, 0)]
     run = load_run(tmp_path / "run")
     assert run.metrics is not None and run.metrics["skipped_steps"] == []
+    assert (
+        json_bytes(metrics_for(tmp_path / "run"))
+        == (tmp_path / "run" / "metrics.json").read_bytes()
+    )
+    _assert_nothing_left(tmp_path / "run")
+
+
+@pytest.mark.emu
+def test_the_runner_measures_its_own_lag(emu: None, tmp_path: Path) -> None:
+    """Step lag and the agents' timer lateness are measured, in metrics.json and the
+    manifest, and metrics_for(folder) still regenerates metrics.json byte for byte."""
+    scenario = load_scenario(
+        QUICKSTART,
+        [
+            "duration=8",
+            "measure.throughput=[]",
+            "measure.probes=false",
+            "events=[{at: 1, action: attach, container: c9, host: h5, network: web},"
+            " {at: 3, action: crash, host: h4}, {at: 5, action: loss, percent: 5}]",
+        ],
+    )
+    assert emu_runner.run_emulation(scenario, tmp_path / "run", progress=False) == "complete"
+    run = load_run(tmp_path / "run")
+    assert run.metrics is not None
+    lag = run.metrics["emulator_lag"]
+    assert lag == run.manifest["outcome"]["emulator_lag"]
+    steps, timers = lag["steps"], lag["timers"]
+    assert [(r["at"], r["action"]) for r in steps["per_step"]] == [
+        (1.0, "attach"),
+        (3.0, "crash"),
+        (5.0, "loss"),
+    ]
+    assert steps["count"] == 3 and steps["max_s"] == max(r["lag_s"] for r in steps["per_step"])
+    assert all(r["lag_s"] >= 0 for r in steps["per_step"])
+    # five agents, gossip every 0.2 s for ~8 s: many firings, each measured
+    assert timers["agents"] == 5 and timers["fires"] > 5 * 8
+    assert 0 <= timers["p50_s"] <= timers["p99_s"] <= timers["max_s"]
+    assert set(timers["per_agent_max_s"]) == {f"h{i}" for i in range(1, 6)}
+    # the logs hold what the fold read: every listed lateness came from a timer_lag line
+    logged = [
+        json.loads(line)
+        for f in sorted((tmp_path / "run" / "agent-logs").iterdir())
+        for line in f.read_text().splitlines()
+    ]
+    late = [x for r in logged if r["kind"] == "timer_lag" for x in r["late_ms"]]
+    assert len(late) >= timers["fires"]  # the window drops lines before t0 / after t_end
+    assert max(late) / 1e3 >= timers["max_s"] - 1e-4
+    assert lag["overloaded"] == (
+        steps["max_s"] > lag["threshold_s"] or timers["p99_s"] > lag["threshold_s"]
+    )
+    assert run.manifest["step_lag_s"]["max"] == steps["max_s"]
     assert (
         json_bytes(metrics_for(tmp_path / "run"))
         == (tmp_path / "run" / "metrics.json").read_bytes()

@@ -21,7 +21,7 @@ from test_dataplane import IP1, IP2, PREFIX, U1, U2, pings, run_in, underlay  # 
 from overlaysim.agent import frames
 from overlaysim.agent.dataplane import DataPlane, DataPlaneError, NetInfo, docker_mac
 from overlaysim.core import esp
-from overlaysim.core.cluster import derive_mtu
+from overlaysim.core.mtu import derive_mtu
 
 SECRET = NetInfo(
     name="secret", vni=4201, subnet="10.37.0.0/24", gateway="10.37.0.1", encrypted=True

@@ -356,7 +356,8 @@ def test_service_host_starts_and_stops_everything_for_a_container(emu):
         loop.run_until_complete(start())
         assert host.sync_vips() == 1
         assert current_backends(netns) == {"10.77.0.3": ("10.77.0.31",)}
-        assert sh(*exec_argv(netns, name, ["hostname"])).stdout.strip() == "solo.1"
+        # the UTS file is named after the namespace (project prefix, unique per host)
+        assert sh(*exec_argv(netns, netns, ["hostname"])).stdout.strip() == "solo.1"
 
         async def ask() -> str:
             proc = await asyncio.create_subprocess_exec(
@@ -374,13 +375,13 @@ def test_service_host_starts_and_stops_everything_for_a_container(emu):
 
         assert loop.run_until_complete(ask()).split()[0] == "10.77.0.3"
         assert loop.run_until_complete(host.stop_container(name))
-        assert not (NETNS_ETC / netns).exists() and not (UTS_DIR / name).exists()
+        assert not (NETNS_ETC / netns).exists() and not (UTS_DIR / netns).exists()
         assert host.dns.containers() == []
         loop.run_until_complete(host.dns.close())
     finally:
         loop.close()
         remove_resolv_conf(netns)
-        remove_uts(name)
+        remove_uts(netns)
         sh("ip", "netns", "del", netns, check=False)
     assert netns not in sh("ip", "netns", "list").stdout
 

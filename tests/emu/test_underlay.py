@@ -22,13 +22,8 @@ from overlaysim.agent import names
 from overlaysim.emu import bridgenf, clean, procs, rootns
 from overlaysim.emu import record as runrec
 from overlaysim.emu.capabilities import Capability, format_report, probe
-from overlaysim.emu.net import (
-    IFNAMSIZ,
-    Underlay,
-    UnderlayError,
-    plan_underlay,
-    underlay_session,
-)
+from overlaysim.emu.net import Underlay, underlay_session
+from overlaysim.emu.plan import IFNAMSIZ, UnderlayError, plan_underlay
 from overlaysim.emu.setup import EmulationUnavailable, require_emulation
 from overlaysim.scenario.topology import Link, Topology
 
@@ -275,7 +270,7 @@ def test_failed_start_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*_args: object, **_kw: object) -> None:
         raise RuntimeError("bridge creation failed")
 
-    monkeypatch.setattr(net, "_create_bridge", boom)
+    monkeypatch.setattr(net, "create_bridge", boom)
     u = Underlay(star(2))
     u.build()
     with pytest.raises(RuntimeError, match="bridge creation failed"):

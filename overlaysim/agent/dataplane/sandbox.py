@@ -8,7 +8,7 @@ created in the host's namespace and then moved into the sandbox, so its UDP sock
 stays on the underlay. Sandboxes are separate namespaces with no route between them,
 so containers on different networks cannot reach each other.
 
-The MTU comes from the core's rule (:func:`overlaysim.core.cluster.derive_mtu`),
+The MTU comes from the core's rule (:func:`overlaysim.core.mtu.derive_mtu`),
 encryption overhead included, unless the network fixes one.
 """
 
@@ -25,7 +25,7 @@ from overlaysim.agent import names
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import LINK, Created, CreatedLog
 from overlaysim.agent.dataplane.handles import DataPlaneError, Handles, index
-from overlaysim.core.cluster import derive_mtu
+from overlaysim.core.mtu import derive_mtu
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,132 @@
+"""The routing mesh on one host: a published port on the underlay address reaches a task.
+
+``overlaysim service create --publish P:T`` makes port ``P`` answer on every host's
+underlay address, wherever the tasks run, as Docker's routing mesh does. Per host:
+
+* an *ingress sandbox*: a container of the agent on the ``ingress`` overlay network
+  (so it has the service's ingress VIP and its tasks' ingress addresses in its tables,
+  and the agent keeps a VIP table balancing one over the other in it, as for any
+  container), joined to the host's own namespace by a veth pair on a link-local /30;
+* in the host namespace, table ``ip <prefix>_ingress``: new connections to
+  ``<underlay address>:P`` (from outside: ``prerouting``; from the host itself:
+  ``output``) are DNATed to ``<ingress VIP>:T`` and routed into the sandbox;
+* in the sandbox, the VIP table DNATs the VIP to a task's ingress address (per
+  connection, ``numgen random``, exactly like a service VIP), and table ``ip
+  <prefix>_ingress`` masquerades what it forwards onto the overlay, so the task
+  answers the sandbox and conntrack undoes both translations on the way back.
+
+Everything here is blocking (``ip``, ``nft``, sysctls) and runs on the agent's
+data-plane worker thread. The host table and the veth pair are removed when the last
+published port goes and when the agent stops; the sandbox is an ordinary container
+of the agent (its namespace holds the other veth end).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from overlaysim.agent.netns import ns_path
+
+__all__ = [
+    "HOST_ADDR",
+    "SANDBOX_ADDR",
+    "IngressError",
+    "plumb",
+    "remove_host_side",
+    "render_host_rules",
+    "replace_host_rules",
+]
+
+#: The /30 between the host namespace and its ingress sandbox (link-local, never routed).
+HOST_ADDR = "169.254.251.1"
+SANDBOX_ADDR = "169.254.251.2"
+SANDBOX_LINK = "ig0"
+
+
+class IngressError(RuntimeError):
+    """A routing-mesh kernel operation failed."""
+
+
+def host_link(prefix: str) -> str:
+    """The host end of the veth pair (carries the project prefix, at most 15 chars)."""
+    return f"{prefix}-ig"
+
+
+def table(prefix: str) -> str:
+    return f"{prefix}_ingress"
+
+
+def _run(argv: Sequence[str], stdin: str | None = None, ok_if: str = "") -> str:
+    try:
+        res = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise IngressError(f"{' '.join(argv[:4])}: {exc}") from None
+    if res.returncode != 0 and not (ok_if and ok_if in res.stderr):
+        raise IngressError(f"{' '.join(argv)}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def _in(netns: str, argv: Sequence[str]) -> list[str]:
+    return ["nsenter", f"--net={ns_path(netns)}", *argv]
+
+
+def _forwarding(on: bool = True) -> None:
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n" if on else "0\n")
+
+
+def plumb(prefix: str, sandbox_netns: str, ingress_subnet: str) -> None:
+    """Join the host namespace and the ingress sandbox (idempotent)."""
+    subnet = str(ipaddress.ip_network(ingress_subnet, strict=False))
+    link = host_link(prefix)
+    _run(["ip", "link", "del", link], ok_if="Cannot find device")  # a leftover: start clean
+    _run(["ip", "link", "add", link, "type", "veth", "peer", "name", SANDBOX_LINK,
+          "netns", ns_path(sandbox_netns)])  # fmt: skip
+    _run(["ip", "addr", "add", f"{HOST_ADDR}/30", "dev", link])
+    _run(["ip", "link", "set", link, "up"])
+    _run(["ip", "route", "replace", subnet, "via", SANDBOX_ADDR, "dev", link])
+    _forwarding()
+    sb = sandbox_netns
+    _run(_in(sb, ["ip", "addr", "add", f"{SANDBOX_ADDR}/30", "dev", SANDBOX_LINK]))
+    _run(_in(sb, ["ip", "link", "set", SANDBOX_LINK, "up"]))
+    _run(_in(sb, ["ip", "route", "replace", "default", "via", HOST_ADDR]))
+    _run(_in(sb, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]))
+    t = table(prefix)
+    masq = (
+        f"table ip {t} {{}}\ndelete table ip {t}\ntable ip {t} {{\n"
+        f"\tchain post {{\n\t\ttype nat hook postrouting priority 100; policy accept;\n"
+        f'\t\tiifname "{SANDBOX_LINK}" oifname != "{SANDBOX_LINK}" masquerade\n\t}}\n}}\n'
+    )
+    _run(_in(sb, ["nft", "-f", "-"]), stdin=masq)
+
+
+def render_host_rules(prefix: str, underlay_ip: str, ports: Sequence[Sequence[object]]) -> str:
+    """The ``nft -f`` text replacing the host's table: ``[[P, vip, T, service], ...]``."""
+    ipaddress.IPv4Address(underlay_ip)
+    rules = []
+    for p, vip, t, *_ in sorted(ports, key=lambda x: int(x[0])):  # type: ignore[call-overload]
+        ipaddress.IPv4Address(str(vip))
+        rules.append(
+            f"\t\tip daddr {underlay_ip} meta l4proto {{ tcp, udp }} th dport {int(p)} "
+            f"dnat ip to {vip}:{int(t)}"
+        )
+    body = "".join(r + "\n" for r in rules)
+    t_ = table(prefix)
+    chains = "".join(
+        f"\tchain {name} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n{body}\t}}\n"
+        for name, hook in (("pre", "prerouting"), ("out", "output"))
+    )
+    return f"table ip {t_} {{}}\ndelete table ip {t_}\ntable ip {t_} {{\n{chains}}}\n"
+
+
+def replace_host_rules(text: str) -> None:
+    """Replace the host's ingress table in one transaction."""
+    _run(["nft", "-f", "-"], stdin=text)
+
+
+def remove_host_side(prefix: str) -> None:
+    """Delete the host's ingress table and veth (the sandbox end goes with it)."""
+    _run(["nft", "delete", "table", "ip", table(prefix)], ok_if="No such file")
+    _run(["ip", "link", "del", host_link(prefix)], ok_if="Cannot find device")

@@ -1,0 +1,118 @@
+"""The manager's service records: VIPs from IPAM, scale, endpoint-mode updates, bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from overlaysim.agent.manager import Manager
+from overlaysim.agent.service_registry import task_spec, vip_endpoint
+from overlaysim.core.cluster import Cluster
+from overlaysim.core.services import TaskSpec
+
+
+def call(m: Manager, op: str, **args):
+    return m.handle({"op": op, "args": args})
+
+
+def ok(answer: dict):
+    assert "error" not in answer, answer
+    return answer["result"]
+
+
+def err(answer: dict) -> str:
+    assert "result" not in answer, answer
+    e = answer["error"]
+    return f"{e['type']}: {e['message']}"
+
+
+@pytest.fixture
+def mgr() -> Manager:
+    m = Manager(Cluster(), lambda: ["h1", "h2", "h3"])
+    ok(call(m, "network_create", spec={"name": "web", "subnet": "10.50.0.0/24"}))
+    return m
+
+
+def _held(m: Manager) -> dict[str, str]:
+    return {a.endpoint: a.ip for a in m.cluster.allocations("web")}
+
+
+def test_vip_comes_from_the_network_ipam_and_goes_back(mgr: Manager) -> None:
+    s = ok(call(mgr, "service_create", name="api", replicas=3, network="web"))
+    assert s["mode"] == "vip" and s["gen"] == 1 and s["replicas"] == 3
+    assert _held(mgr) == {vip_endpoint("api"): s["vip"]}
+    assert s["tasks"] == [["api.1", "h1"], ["api.2", "h2"], ["api.3", "h3"]]
+    # a task's request field builds a valid TaskSpec, the agent's side of the contract
+    spec = task_spec(s, "api.2")
+    assert spec == {"service": "api", "slot": 2, "mode": "vip", "gen": 1, "vip": s["vip"]}
+    TaskSpec(spec["service"], spec["slot"], vip=spec["vip"], gen=spec["gen"])
+    # the network cannot go while the service holds its VIP
+    assert err(call(mgr, "network_rm", name="web")).startswith("NetworkInUse")
+    ok(call(mgr, "service_rm", name="api"))
+    assert _held(mgr) == {}
+
+
+def test_vip_reserve_is_idempotent_and_release_frees(mgr: Manager) -> None:
+    a = ok(call(mgr, "vip_reserve", network="web", service="db"))["ip"]
+    assert ok(call(mgr, "vip_reserve", network="web", service="db"))["ip"] == a
+    assert ok(call(mgr, "vip_release", network="web", service="db"))["ip"] == a
+    assert _held(mgr) == {}
+    assert err(call(mgr, "vip_reserve", network="nope", service="db")).startswith("NetworkNotFound")
+
+
+def test_scale_adds_the_lowest_free_slots_and_removes_the_highest(mgr: Manager) -> None:
+    ok(call(mgr, "service_create", name="api", replicas=3, network="web"))
+    down = ok(call(mgr, "service_scale", name="api", replicas=1))
+    assert down["removed"] == [["api.3", "h3"], ["api.2", "h2"]] and down["added"] == []
+    assert down["tasks"] == [["api.1", "h1"]]
+    up = ok(call(mgr, "service_scale", name="api", replicas=2))
+    assert up["added"] == [["api.2", "h1"]]  # the round-robin cursor continues
+    zero = ok(call(mgr, "service_scale", name="api", replicas=0))
+    assert zero["tasks"] == [] and len(zero["removed"]) == 2
+
+
+def test_update_switches_endpoint_mode_with_a_new_generation(mgr: Manager) -> None:
+    ok(call(mgr, "service_create", name="api", replicas=2, network="web"))
+    s = ok(call(mgr, "service_update", name="api", mode="dnsrr"))
+    assert s["mode"] == "dnsrr" and s["vip"] is None and s["gen"] == 2 and _held(mgr) == {}
+    assert "vip" not in task_spec(s, "api.1")
+    s = ok(call(mgr, "service_update", name="api", mode="vip"))
+    assert s["gen"] == 3 and _held(mgr) == {vip_endpoint("api"): s["vip"]}
+    same = ok(call(mgr, "service_update", name="api", mode="vip"))
+    assert same["gen"] == 3  # no change, no new generation
+
+
+@pytest.mark.parametrize(
+    ("op", "args", "line"),
+    [
+        ("service_scale", {"name": "ghost", "replicas": 1}, "ServiceNotFound: service 'ghost'"),
+        ("service_rm", {"name": "ghost"}, "ServiceNotFound: service 'ghost' not found"),
+        ("service_update", {"name": "ghost", "mode": "vip"}, "ServiceNotFound"),
+        ("service_scale", {"name": "api", "replicas": -1}, "InvalidSpec: replicas -1: expected"),
+        (
+            "service_create",
+            {"name": "x", "replicas": 1, "network": "web", "mode": "ipvs"},
+            "InvalidSpec: endpoint mode 'ipvs': unknown; expected vip or dnsrr",
+        ),
+        ("service_update", {"name": "api", "mode": "rr"}, "InvalidSpec: endpoint mode 'rr'"),
+        (
+            "service_create",
+            {"name": "tasks", "replicas": 1, "network": "web"},
+            "InvalidSpec: service name 'tasks'",
+        ),
+        (
+            "service_create",
+            {"name": "no spaces", "replicas": 1, "network": "web"},
+            "InvalidSpec: service name 'no spaces': expected a DNS name",
+        ),
+        ("service_create", {"name": "x", "network": "web"}, "InvalidSpec: missing argument"),
+        (
+            "service_create",
+            {"name": "x", "replicas": 1, "network": "web", "command": ["ok", 3]},
+            "InvalidSpec: command=",
+        ),
+    ],
+)
+def test_bad_input_is_one_clear_line(mgr: Manager, op: str, args: dict, line: str) -> None:
+    ok(call(mgr, "service_create", name="api", replicas=1, network="web"))
+    message = err(call(mgr, op, **args))
+    assert message.startswith(line) and "\n" not in message

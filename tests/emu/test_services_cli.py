@@ -1,0 +1,319 @@
+"""Service networking end to end, through the Docker-style CLI on a real testbed.
+
+One 3-host testbed (a star, ``local`` timing, published like ``overlaysim up`` so the
+``overlaysim service/run/exec`` commands find it) for the module. Each task of service
+``web`` runs a tiny TCP server answering with its hostname (``web.<slot>``, from its UTS
+namespace); a standalone client container on h2 resolves names through its embedded
+DNS (the resolv.conf ``overlaysim exec`` mounts) with dnspython and glibc. Checks the
+issue's "Done means": a 3-replica VIP service reached over 30 new TCP connections hits
+at least two replicas; ``tasks.web`` lists all three; scale to 1 shows within 5 s; after
+``service rm`` the name stops resolving within 5 s; ``dnsrr`` returns task IPs; a name
+on a network the client is not on is NXDOMAIN. Afterwards nothing with the run's prefix
+may remain (namespaces, links, resolv.conf folders, UTS files, task processes). As root;
+about a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import emulation_or_skip
+
+from overlaysim.agent.resolvconf import NETNS_ETC
+from overlaysim.agent.uts import UTS_DIR
+
+pytestmark = pytest.mark.emu
+
+STAR3 = """\
+name: star3
+hosts: 3
+switches: [s1]
+defaults: {latency_ms: 0.0, bandwidth_mbps: 1000.0, loss_pct: 0.0}
+links:
+  - {a: h1, b: s1}
+  - {a: h2, b: s1}
+  - {a: h3, b: s1}
+"""
+
+# The task command: answer every connection with this task's hostname.
+SERVER = (
+    "import socket\n"
+    "s = socket.socket()\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', 8080))\n"
+    "s.listen(64)\n"
+    "while True:\n"
+    "    c, _ = s.accept()\n"
+    "    c.sendall(socket.gethostname().encode())\n"
+    "    c.close()\n"
+)
+
+# Run inside the client: resolve through /etc/resolv.conf (the embedded DNS).
+PROBE = """\
+import json, socket, sys, time
+import dns.resolver
+
+def ask(name):
+    r = dns.resolver.Resolver()  # reads the resolv.conf 'ip netns exec' mounted
+    r.lifetime = 2.0
+    try:
+        return sorted(a.address for a in r.resolve(name, "A"))
+    except dns.resolver.NXDOMAIN:
+        return "NXDOMAIN"
+
+cmd, name = sys.argv[1], sys.argv[2]
+if cmd == "ask":
+    print(json.dumps(ask(name)))
+elif cmd == "until":  # poll until the answer has N addresses (or NXDOMAIN for -1)
+    want, deadline = int(sys.argv[3]), time.monotonic() + float(sys.argv[4])
+    while True:
+        got = ask(name)
+        done = got == "NXDOMAIN" if want < 0 else got != "NXDOMAIN" and len(got) == want
+        if done or time.monotonic() > deadline:
+            print(json.dumps(got))
+            break
+        time.sleep(0.05)
+elif cmd == "watch":  # say ready, then report the wall-clock time the answer changed
+    want, deadline = int(sys.argv[3]), time.monotonic() + float(sys.argv[4])
+    print("ready", flush=True)
+    while True:
+        got = ask(name)
+        done = got == "NXDOMAIN" if want < 0 else got != "NXDOMAIN" and len(got) == want
+        if done or time.monotonic() > deadline:
+            print(json.dumps({"t": time.time(), "got": got}))
+            break
+        time.sleep(0.02)
+elif cmd == "connect":  # N new TCP connections to name:port; who answered
+    seen = {}
+    for _ in range(int(sys.argv[3])):
+        with socket.create_connection((name, 8080), timeout=3) as s:
+            who = s.recv(64).decode()
+        seen[who] = seen.get(who, 0) + 1
+    print(json.dumps(seen))
+"""
+
+
+def osim(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``overlaysim ARGV`` as a user runs it (a separate process)."""
+    res = subprocess.run(_osim_argv(*argv), capture_output=True, text=True, timeout=120)
+    if check and res.returncode != 0:
+        raise AssertionError(f"overlaysim {' '.join(argv)}: {res.returncode} {res.stderr}")
+    return res
+
+
+LAB: list = []  # the running Lab (for commands in a host's own namespace)
+
+# Run in a host's namespace: N new TCP connections to ip:port each; who answered.
+KNOCK = """\
+import json, socket, sys, time
+port, n, out = int(sys.argv[1]), int(sys.argv[2]), {}
+for ip in sys.argv[3:]:
+    seen = out[ip] = {}
+    for _ in range(n):
+        try:
+            with socket.create_connection((ip, port), timeout=2) as s:
+                who = s.recv(64).decode() or "empty"
+        except OSError as exc:
+            who = type(exc).__name__
+        seen[who] = seen.get(who, 0) + 1
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The testbed with networks ``front`` (client on h2) and ``back``; yields the probe."""
+    emulation_or_skip()
+    from overlaysim.emu.live import read_live
+    from overlaysim.lab.session import lab_session
+
+    d = tmp_path_factory.mktemp("svc")
+    (d / "star3.yaml").write_text(STAR3)
+    probe = d / "probe.py"
+    probe.write_text(PROBE)
+    prefix = ""
+    with lab_session(d / "star3.yaml", profile="local", publish=True, say=False) as lb:
+        prefix = lb.testbed.prefix
+        LAB.append(lb)
+        if read_live().prefix != prefix:
+            pytest.skip("another testbed owns the address book (overlaysim up is running)")
+        osim("network", "create", "--attachable", "--subnet", "10.61.0.0/24", "front")
+        osim("network", "create", "--attachable", "--subnet", "10.62.0.0/24", "back")
+        osim("run", "--name", "client", "--network", "front", "h2")
+        # h2 holds a container on "back" too, so its tables know "secret": the NXDOMAIN
+        # below is the network rule, not an unknown name
+        osim("run", "--name", "other", "--network", "back", "h2")
+        osim("run", "--name", "secret", "--network", "back", "h3")
+        yield probe
+    assert prefix
+    assert not [n for n in _netns() if n.startswith(prefix)]
+    assert prefix not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert not [p for p in NETNS_ETC.glob(f"{prefix}*")] if NETNS_ETC.exists() else True
+    assert not [p for p in UTS_DIR.glob(f"{prefix}*")] if UTS_DIR.exists() else True
+    ps = subprocess.run(["pgrep", "-fa", "SO_REUSEADDR"], capture_output=True, text=True)
+    assert "8080" not in ps.stdout, ps.stdout  # no task command survived
+
+
+def _netns() -> list[str]:
+    out = subprocess.run(["ip", "-j", "netns"], capture_output=True, text=True, check=True)
+    return [ns["name"] for ns in json.loads(out.stdout or "[]")]
+
+
+def _osim_argv(*argv: str) -> list[str]:
+    code = "import sys; from overlaysim.cli import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, *argv]
+
+
+def watched(bed: Path, name: str, want: int, *argv: str) -> tuple[object, float, float]:
+    """Run ``overlaysim ARGV`` while the client polls ``name``; (answer, seconds, cmd s).
+
+    The seconds run from just before the command starts until the client's first
+    answer with ``want`` addresses (-1: NXDOMAIN), on the wall clock both share.
+    """
+    cmd = [sys.executable, str(bed), "watch", name, str(want), "15"]
+    with subprocess.Popen(
+        _osim_argv("exec", "client", "--", *cmd), stdout=subprocess.PIPE, text=True
+    ) as watcher:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline().strip() == "ready"
+        t0 = time.time()
+        osim(*argv)
+        cmd_s = time.time() - t0
+        out = json.loads(watcher.stdout.read().strip().splitlines()[-1])
+    return out["got"], out["t"] - t0, cmd_s
+
+
+def probe(bed: Path, *args: str) -> object:
+    res = osim("exec", "client", "--", sys.executable, str(bed), *args)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_vip_service_dns_scale_and_rm(bed: Path) -> None:
+    out = osim(
+        "service", "create", "--name", "web", "--replicas", "3", "--network", "front",
+        "--", sys.executable, "-c", SERVER,
+    ).stdout  # fmt: skip
+    task_ips = sorted(line.split()[-1] for line in out.splitlines() if " on h" in line)
+    assert len(task_ips) == 3, out
+    vip = next(s for s in osim("service", "ls").stdout.splitlines() if s.startswith("web")).split()[
+        3
+    ]
+    # tasks.web lists all three once every host's table has them
+    assert probe(bed, "until", "tasks.web", "3", "10") == task_ips
+    assert probe(bed, "ask", "web") == [vip]
+    ps = osim("service", "ps", "web").stdout
+    assert ps.count("running") == 3 and "pid" in ps, ps
+    # 30 new TCP connections to the name (the VIP): at least two replicas answer, and
+    # every answer is a task's hostname from its own UTS namespace
+    seen = probe(bed, "connect", "web", "30")
+    assert isinstance(seen, dict) and sum(seen.values()) == 30, seen
+    assert len(seen) >= 2 and set(seen) <= {"web.1", "web.2", "web.3"}, seen
+    print(f"lb spread over 30 connections: {seen}")
+
+    one, scaled_s, cmd_s = watched(bed, "tasks.web", 1, "service", "scale", "web=1")
+    assert isinstance(one, list) and len(one) == 1 and one[0] in task_ips, one
+    assert scaled_s < 5.0, f"scale to 1 took {scaled_s:.2f} s to show in DNS"
+    assert probe(bed, "connect", "web", "5") == {"web.1": 5}  # the VIP follows at once
+    print(f"scale 3 -> 1 in the client's DNS after {scaled_s:.2f} s (the command {cmd_s:.2f} s)")
+
+    gone, rm_s, cmd_s = watched(bed, "web", -1, "service", "rm", "web")
+    assert gone == "NXDOMAIN" and rm_s < 5.0, (gone, rm_s)
+    assert probe(bed, "ask", "tasks.web") == "NXDOMAIN"
+    print(f"service rm: name gone from the client's DNS after {rm_s:.2f} s (command {cmd_s:.2f} s)")
+
+
+def test_dnsrr_returns_the_task_ips(bed: Path) -> None:
+    out = osim(
+        "service", "create", "--name", "rr", "--replicas", "2", "--network", "front",
+        "--endpoint-mode", "dnsrr",
+    ).stdout  # fmt: skip
+    task_ips = sorted(line.split()[-1] for line in out.splitlines() if " on h" in line)
+    assert "dnsrr" in out and len(task_ips) == 2, out
+    assert probe(bed, "until", "rr", "2", "10") == task_ips
+    assert probe(bed, "ask", "tasks.rr") == task_ips
+    # switching the endpoint mode keeps the name resolving (moby#36988): now one VIP
+    osim("service", "update", "--endpoint-mode", "vip", "rr")
+    vip = probe(bed, "until", "rr", "1", "10")
+    assert isinstance(vip, list) and len(vip) == 1 and vip[0] not in task_ips, vip
+    assert len(probe(bed, "ask", "tasks.rr")) == 2
+    osim("service", "rm", "rr")
+
+
+def test_a_name_on_another_network_is_nxdomain(bed: Path) -> None:
+    assert probe(bed, "ask", "secret") == "NXDOMAIN"
+    assert probe(bed, "ask", "client") != "NXDOMAIN"  # its own network answers
+
+
+def test_bad_service_input_is_one_line(bed: Path) -> None:
+    cases = [
+        (("service", "scale", "ghost=2"), "service 'ghost' not found"),
+        (("service", "rm", "ghost"), "service 'ghost' not found"),
+        (
+            ("service", "create", "--name", "x", "--replicas", "-1", "--network", "front"),
+            "replicas -1: expected an integer >= 0",
+        ),
+        (
+            ("service", "create", "--name", "x", "--network", "front", "--endpoint-mode", "rr"),
+            "endpoint mode 'rr': unknown; expected vip or dnsrr",
+        ),
+        (("service", "update", "--endpoint-mode", "ipvs", "ghost"), "service 'ghost' not found"),
+    ]
+    for argv, text in cases:
+        res = osim(*argv, check=False)
+        assert res.returncode == 2 and text in res.stderr, (argv, res.stderr)
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert "x" not in osim("service", "ls").stdout.split()
+
+
+def _knock(host: str, port: int, n: int, ips: list[str]) -> dict[str, dict[str, int]]:
+    lab = LAB[0]
+    argv = [sys.executable, "-c", KNOCK, str(port), str(n), *ips]
+    res = lab.underlay.cmd(host, argv, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_a_published_port_answers_on_every_host(bed: Path) -> None:
+    from overlaysim.emu.live import read_live
+
+    lab = LAB[0]
+    out = osim(
+        "service", "create", "--name", "pub", "--replicas", "2", "--network", "front",
+        "--publish", "8081:8080", "--", sys.executable, "-c", SERVER,
+    ).stdout  # fmt: skip
+    assert "port 8081 on every host -> task port 8080" in out, out
+    ips = [read_live().hosts[h]["underlay_ip"] for h in lab.hosts]
+    deadline = time.monotonic() + 15
+    while True:  # until every host's mesh and the tasks' servers are up
+        seen = _knock("h1", 8081, 1, ips)
+        if all(set(v) <= {"pub.1", "pub.2"} for v in seen.values()):
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.3)
+    # from h1 (to itself through the output chain, to h2 and h3 from outside) and from h3
+    for src in ("h1", "h3"):
+        seen = _knock(src, 8081, 8, ips)
+        answered = {who for per_host in seen.values() for who in per_host}
+        assert answered == {"pub.1", "pub.2"}, seen  # every answer a task; both used
+        assert all(sum(v.values()) == 8 for v in seen.values())
+        print(f"routing mesh from {src}: {seen}")
+    taken = osim(
+        "service", "create", "--name", "pub2", "--network", "front", "--publish", "8081:80",
+        check=False,
+    )  # fmt: skip
+    assert taken.returncode == 2 and taken.stderr.count("\n") == 1, taken.stderr
+    assert "published port 8081: already used by service pub" in taken.stderr
+    ours = osim("service", "create", "--name", "pub3", "--network", "front", "-p", "7946:80",
+                check=False)  # fmt: skip
+    assert "published port 7946: used by the agents (gossip)" in ours.stderr, ours.stderr
+    osim("service", "rm", "pub")
+    for h in lab.hosts:  # the mesh is gone from every host with the last published port
+        tables = lab.underlay.cmd(h, ["nft", "list", "tables"]).stdout
+        links = lab.underlay.cmd(h, ["ip", "-br", "link"]).stdout
+        assert "_ingress" not in tables and "-ig" not in links, (h, tables, links)
