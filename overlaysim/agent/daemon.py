@@ -67,6 +67,7 @@ _OPS = {
     EntryEventKind.UPDATE: "update",
     EntryEventKind.DELETE: "delete",
     EntryEventKind.TOMBSTONE: "delete",
+    EntryEventKind.REFRESH: "refresh",
 }
 
 

@@ -47,7 +47,9 @@ LEAVE_GRACE_S = 1.0
 MAX_PROBE_PAIRS = 5000
 
 
-_ADDS = (EntryEventKind.CREATE, EntryEventKind.UPDATE)
+#: Events after which the host holds the entry live (a REFRESH: a newer version of it
+#: with the same content, which is what an owner's re-add after a restart can be).
+_ADDS = (EntryEventKind.CREATE, EntryEventKind.UPDATE, EntryEventKind.REFRESH)
 
 
 class _Recorder(Observer):
