@@ -109,10 +109,11 @@ def collect(
     dns = DnsTracker() if any(row[2] == _SERVICE_TASKS for row in truth.rows) else None
     truth_kinds = _TRUTH | {_SERVICE_TASKS} if dns is not None else _TRUTH
     agent_kinds = _AGENT | _DNS_AGENT if dns is not None else _AGENT
+    retime = _change_times(truth, logs, t0) if dns is not None else {}
     # Ground truth before agent lines at equal times: an attach precedes its commit.
     for i, row in enumerate(truth.rows):
         if row[2] in truth_kinds:
-            items.append((row[0], 0, i, row))
+            items.append((retime.get(i, row[0]), 0, i, row))
     seq = 0
     timer_late: list[TimerLate] = []
     for lines in logs.values():
@@ -128,7 +129,9 @@ def collect(
                 timer_late.append(TimerLate(t, str(line.get("node", "")), late))
                 continue
             seq += 1
-            items.append((t, 1, seq, line))
+            # An agent's "start" is stamped with the time the runner records as its
+            # node_restart: the new boot (empty tables) comes first at equal times.
+            items.append((t, -1 if kind == "start" else 1, seq, line))
     items.sort(key=lambda it: (it[0], it[1], it[2]))
 
     events = EventLog()
@@ -186,6 +189,40 @@ def collect(
         dns=dns.finish() if dns is not None and valued else None,
         dns_note=NO_DNS_VALUES if dns is not None and not valued else "",
     )
+
+
+def _change_times(
+    truth: EventLog, logs: Mapping[str, Iterable[Mapping[str, Any]]], t0: float
+) -> dict[int, float]:
+    """When each ``service_tasks`` row's change reached the tables: the last owner commit
+    of the tasks it changed (an ``add`` for a new or replaced task, a ``delete`` for a
+    removed one), from the row's time until the service's next row. The simulator
+    commits at the step's instant, the row's own time; the emulator places tasks one by
+    one, and this keeps the time its agents took to do so out of the measurement. A
+    change no commit made (a crash) keeps the row's time."""
+    commits: dict[tuple[str, str, str], list[float]] = {}
+    for lines in logs.values():
+        for line in lines:
+            if line.get("kind") == "entry_commit":
+                k = (str(line.get("network")), str(line.get("key")), str(line.get("op")))
+                commits.setdefault(k, []).append(float(line["t"]) - t0)
+    rows = [(i, r) for i, r in enumerate(truth.rows) if r[2] == _SERVICE_TASKS]
+    out: dict[int, float] = {}
+    for j, (i, row) in enumerate(rows):
+        t, network, service = row[0], row[4], row[3]
+        detail = json.loads(row[7] or "{}")
+        until = next(
+            (r[0] for _, r in rows[j + 1 :] if (r[4], r[3]) == (network, service)), math.inf
+        )
+        last = t
+        for op, keys in (("add", detail.get("added", [])), ("delete", detail.get("removed", []))):
+            for key in keys:
+                times = [c for c in commits.get((network, key, op), []) if t <= c < until]
+                if times:
+                    last = max(last, min(times))
+        if last != t:
+            out[i] = last
+    return out
 
 
 def _seen_event(line: Mapping[str, Any]) -> EntryEvent | None:

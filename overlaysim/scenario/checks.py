@@ -14,10 +14,15 @@ and containers exist, names are unique, and the timeline makes sense when played
 * ``partition`` puts every host in at most one group; unlisted hosts are an error unless
   ``rest: true`` groups them; there must be at least two groups.
 * impairments with ``link`` name both ends of one topology link.
+* ``service_create`` names a service not in use then (neither under ``services`` nor
+  created and not yet removed) whose tasks ``<name>.<slot>`` clash with no container;
+  ``service_scale``, ``service_update`` and ``service_rm`` need a service that exists then;
+  ``attach`` and ``detach`` may not name a service's task (the service steps own them).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 from overlaysim.scenario.events import (
@@ -29,6 +34,10 @@ from overlaysim.scenario.events import (
     LeaveEvent,
     PartitionEvent,
     RestartEvent,
+    ServiceCreateEvent,
+    ServiceRmEvent,
+    ServiceScaleEvent,
+    ServiceUpdateEvent,
 )
 from overlaysim.scenario.expand import expand_items
 from overlaysim.scenario.problems import Problem
@@ -36,6 +45,8 @@ from overlaysim.scenario.schema import Container, Scenario
 from overlaysim.scenario.topology import Topology
 
 _STOPS = (CrashEvent, LeaveEvent)
+#: A service name is one DNS label: its tasks are ``<name>.<slot>``.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _STARTS = (RestartEvent, JoinEvent)
 
 
@@ -55,6 +66,8 @@ class _Checker:
         #: container -> (host, networks it is on), as the timeline is played
         self.containers: dict[str, tuple[str, set[str]]] = {}
         self.down: set[str] = set()
+        #: service -> its number of tasks, for services made by ``service_create``
+        self.services: dict[str, int] = {}
 
     # -- helpers
 
@@ -166,6 +179,10 @@ class _Checker:
                 self.attach(p, ev)
             elif isinstance(ev, DetachEvent):
                 self.detach(p, ev)
+            elif isinstance(ev, ServiceCreateEvent):
+                self.service_create(p, ev)
+            elif isinstance(ev, ServiceScaleEvent | ServiceUpdateEvent | ServiceRmEvent):
+                self.service_change(p, ev)
 
     def check_measure(self) -> None:
         self.where = (5, 0)
@@ -217,7 +234,63 @@ class _Checker:
         elif sum(1 for g in ev.groups if g) + bool(unlisted) < 2:
             self.bad(f"{p}.groups", [list(g) for g in ev.groups], "at least two groups of hosts")
 
+    def service_create(self, p: str, ev: ServiceCreateEvent) -> None:
+        self.net(f"{p}.network", ev.network)
+        if not _DNS_LABEL.match(ev.name):  # containers resolve it: web, tasks.web
+            self.bad(
+                f"{p}.name",
+                ev.name,
+                "a service name of lowercase letters, digits and '-' (one DNS label)",
+            )
+            return
+        if ev.name in self.services or ev.name in {s.name for s in self.sc.services}:
+            self.bad(f"{p}.name", ev.name, f"a service name not in use at t={ev.at:g}")
+            return
+        self.services[ev.name] = 0
+        self.service_tasks(p, ev.name, ev.replicas, ev.at)
+
+    def service_change(
+        self, p: str, ev: ServiceScaleEvent | ServiceUpdateEvent | ServiceRmEvent
+    ) -> None:
+        if ev.service not in self.services:
+            made = ", ".join(sorted(self.services)) or "none"
+            self.bad(
+                f"{p}.service",
+                ev.service,
+                f"a service made by service_create that exists at t={ev.at:g} (existing: {made})",
+            )
+        elif isinstance(ev, ServiceRmEvent):
+            del self.services[ev.service]
+        elif isinstance(ev, ServiceScaleEvent):
+            self.service_tasks(p, ev.service, ev.replicas, ev.at)
+
+    def service_tasks(self, p: str, service: str, replicas: int, at: float) -> None:
+        """``service`` now has ``replicas`` tasks; new task names must be free."""
+        for k in range(self.services[service] + 1, replicas + 1):
+            name = f"{service}.{k}"
+            if name in self.containers:
+                self.bad(
+                    f"{p}.replicas",
+                    replicas,
+                    f"a number of tasks whose names are free at t={at:g} "
+                    f"(task {name} would clash with container {name})",
+                )
+                break
+        self.services[service] = replicas
+
+    def is_task(self, name: str) -> bool:
+        service, _, slot = name.rpartition(".")
+        return slot.isdigit() and 1 <= int(slot) <= self.services.get(service, 0)
+
     def attach(self, p: str, ev: AttachEvent) -> None:
+        if self.is_task(ev.container):
+            self.bad(
+                f"{p}.container",
+                ev.container,
+                f"a container that is not a service task at t={ev.at:g} "
+                "(service_scale and service_rm change tasks)",
+            )
+            return
         known = self.host(f"{p}.host", ev.host) & self.net(f"{p}.network", ev.network)
         if ev.host in self.down:
             self.bad(f"{p}.host", ev.host, f"a host that is running at t={ev.at:g}")
@@ -235,6 +308,14 @@ class _Checker:
             current[1].add(ev.network)
 
     def detach(self, p: str, ev: DetachEvent) -> None:
+        if self.is_task(ev.container):
+            self.bad(
+                f"{p}.container",
+                ev.container,
+                f"a container that is not a service task at t={ev.at:g} "
+                "(service_scale and service_rm change tasks)",
+            )
+            return
         current = self.containers.get(ev.container)
         if current is None:
             self.bad(f"{p}.container", ev.container, f"a container that exists at t={ev.at:g}")

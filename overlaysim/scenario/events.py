@@ -141,6 +141,44 @@ class RotateKeysEvent(_Event):
     action: Literal["rotate_keys"]
 
 
+_SERVICE_NAME = "a service name"
+_ENDPOINT_MODE = "an endpoint mode: vip (one virtual IP) or dnsrr (every task address)"
+
+
+class ServiceCreateEvent(_Event):
+    """Create a service: ``replicas`` tasks ``{name}.{slot}`` on one network, resolved by
+    name to one virtual IP (``vip``) or to every task address (``dnsrr``)."""
+
+    action: Literal["service_create"]
+    name: Name = Field(description=_SERVICE_NAME)
+    network: Name = Field(description="a network name")
+    replicas: int = Field(ge=0, le=100_000, description="a number of tasks, 0 or more")
+    endpoint_mode: Literal["vip", "dnsrr"] = Field("vip", description=_ENDPOINT_MODE)
+
+
+class ServiceScaleEvent(_Event):
+    """Set a service's number of tasks."""
+
+    action: Literal["service_scale"]
+    service: Name = Field(description=_SERVICE_NAME)
+    replicas: int = Field(ge=0, le=100_000, description="a number of tasks, 0 or more")
+
+
+class ServiceUpdateEvent(_Event):
+    """Switch a service's endpoint mode (its tasks are replaced)."""
+
+    action: Literal["service_update"]
+    service: Name = Field(description=_SERVICE_NAME)
+    endpoint_mode: Literal["vip", "dnsrr"] = Field(description=_ENDPOINT_MODE)
+
+
+class ServiceRmEvent(_Event):
+    """Remove a service: its tasks and its virtual IP."""
+
+    action: Literal["service_rm"]
+    service: Name = Field(description=_SERVICE_NAME)
+
+
 Event = Annotated[
     LossEvent
     | DelayEvent
@@ -155,7 +193,11 @@ Event = Annotated[
     | AttachEvent
     | DetachEvent
     | ChurnEvent
-    | RotateKeysEvent,
+    | RotateKeysEvent
+    | ServiceCreateEvent
+    | ServiceScaleEvent
+    | ServiceUpdateEvent
+    | ServiceRmEvent,
     Field(discriminator="action"),
 ]
 EVENT_TYPES: tuple[type[_Event], ...] = (
@@ -173,4 +215,8 @@ EVENT_TYPES: tuple[type[_Event], ...] = (
     DetachEvent,
     ChurnEvent,
     RotateKeysEvent,
+    ServiceCreateEvent,
+    ServiceScaleEvent,
+    ServiceUpdateEvent,
+    ServiceRmEvent,
 )

@@ -93,7 +93,7 @@ class Services:
         self.world = world
         self.by_name: dict[str, ServiceState] = {}
         #: (network, service) -> the live task IPs last reported to the sink.
-        self._reported: dict[tuple[str, str], frozenset[str]] = {}
+        self._reported: dict[tuple[str, str], dict[str, str]] = {}
 
     # -- verbs -----------------------------------------------------------------------------
 
@@ -193,15 +193,19 @@ class Services:
 
     # -- the truth the DNS metrics compare against -------------------------------------------
 
-    def live_ips(self, svc: ServiceState) -> frozenset[str]:
-        """The addresses of ``svc``'s tasks that are live on running hosts."""
+    def live_tasks(self, svc: ServiceState) -> dict[str, str]:
+        """Task name -> address of ``svc``'s tasks that are live on running hosts."""
         w = self.world
-        out = set()
+        out = {}
         for cname in svc.slots.values():
             c = w.containers.get(cname)
             if c is not None and c.live and c.host in w.up and c.networks.get(svc.network):
-                out.add(c.networks[svc.network])
-        return frozenset(out)
+                out[cname] = c.networks[svc.network]
+        return out
+
+    def live_ips(self, svc: ServiceState) -> frozenset[str]:
+        """The addresses of ``svc``'s tasks that are live on running hosts."""
+        return frozenset(self.live_tasks(svc).values())
 
     def on_host(self, host: str) -> list[ServiceState]:
         """Services with a task on ``host``."""
@@ -224,10 +228,17 @@ class Services:
         w = self.world
         for svc in services:
             key = (svc.network, svc.name)
-            ips = self.live_ips(svc) if svc.name in self.by_name else frozenset()
-            if self._reported.get(key) == ips and key in self._reported:
+            tasks = self.live_tasks(svc) if svc.name in self.by_name else {}
+            before = self._reported.get(key)
+            if before == tasks:
                 continue
-            self._reported[key] = ips
+            self._reported[key] = tasks
+            ips = frozenset(tasks.values())
+            old = before or {}
+            # the tasks whose entries this change created (new, or replaced: same name,
+            # new address) or deleted
+            added = sorted(n for n in tasks if old.get(n) != tasks[n])
+            removed = sorted(n for n in old if n not in tasks)
             targets = w.truth.targets(svc.network)
             if w.dns is not None:
                 w.dns.change(t, svc.network, svc.name, ips, targets)
@@ -236,7 +247,12 @@ class Services:
                 "service_tasks",
                 subject=svc.name,
                 network=svc.network,
-                detail={"ips": sorted(ips, key=ipaddress.IPv4Address), "targets": targets},
+                detail={
+                    "ips": sorted(ips, key=ipaddress.IPv4Address),
+                    "targets": targets,
+                    "added": added,
+                    "removed": removed,
+                },
             )
 
     def host_changed(self, services: Iterable[ServiceState], t: float) -> None:
