@@ -624,8 +624,10 @@ class Agent:
             return await self.containers.disconnect(name, network)
 
     async def remove(self, name: str) -> dict[str, Any]:
-        """Remove a container: its command, names, entries, interfaces and addresses."""
+        """Remove a container: its entries first, then its command and names, interfaces
+        and addresses (other hosts stop sending it new connections before it stops)."""
         async with self._lifecycle:
+            await self.containers.withdraw(name)
             await self.svcnet.stop(name)
             return await self.containers.remove(name)
 

@@ -236,9 +236,9 @@ class Services:
             ips = frozenset(tasks.values())
             old = before or {}
             # the tasks whose entries this change created (new, or replaced: same name,
-            # new address) or deleted
+            # new address), and the old addresses it deleted (removed or replaced tasks)
             added = sorted(n for n in tasks if old.get(n) != tasks[n])
-            removed = sorted(n for n in old if n not in tasks)
+            removed = {n: ip for n, ip in sorted(old.items()) if tasks.get(n) != ip}
             targets = w.truth.targets(svc.network)
             if w.dns is not None:
                 w.dns.change(t, svc.network, svc.name, ips, targets)
