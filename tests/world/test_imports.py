@@ -32,6 +32,9 @@ ALLOWED: dict[str, set[str]] = {
     "known_issues": {"core", "errors", "scenario", "metrics", "sim", "emu"},
     "testbed_cli": {"core", "errors", "agent", "emu", "lab", "scenario", "metrics"},
     "service_cli": {"core", "errors", "agent", "emu"},
+    "run_cli": {"*"},  # the scenario commands run everything: validate, sim, sweep, emu
+    "results_cli": {"core", "errors", "scenario", "metrics", "report"},
+    "host_cli": {"core", "errors", "agent", "emu", "lab", "scenario", "metrics", "world"},
     "cli": {"*"},  # the command line sits on top of everything
     "": set(),  # overlaysim/__init__.py: the version only
 }
