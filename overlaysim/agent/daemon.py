@@ -39,7 +39,7 @@ from overlaysim.agent.control import ControlError, ControlServer, operations
 from overlaysim.agent.created import clean_recorded
 from overlaysim.agent.dataplane import DataPlane
 from overlaysim.agent.keys import Keys
-from overlaysim.agent.logging import EventLog, RateLimit
+from overlaysim.agent.logging import EventLog, RateLimit, event_line
 from overlaysim.agent.manager import MANAGER_PORT, Manager, ManagerClient, ManagerServer
 from overlaysim.agent.options import AgentConfig, parse_args
 from overlaysim.agent.programmer import DataPlanePort, Programmer, remote_entries
@@ -55,7 +55,7 @@ from overlaysim.agent.workloads import Workloads
 from overlaysim.core.cluster import Cluster
 from overlaysim.core.config import configs
 from overlaysim.core.endpoint import ENDPOINTS
-from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
+from overlaysim.core.events import EntryEvent, MemberEvent
 from overlaysim.core.gossip_crypto import GossipKeyring
 from overlaysim.core.node import Node
 from overlaysim.core.services import TaskSpec
@@ -64,13 +64,6 @@ from overlaysim.core.wire import Message
 #: The underlay MTU libnetwork's overlay driver assumes whatever the real one is (its
 #: fixed 1450-byte VXLAN MTU); used when ``tables.mtu_from_underlay`` is off.
 ASSUMED_UNDERLAY_MTU = 1500
-
-_OPS = {
-    EntryEventKind.CREATE: "add",
-    EntryEventKind.UPDATE: "update",
-    EntryEventKind.DELETE: "delete",
-    EntryEventKind.TOMBSTONE: "delete",
-}
 
 
 class Agent:
@@ -367,31 +360,15 @@ class Agent:
             self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
 
     def _on_event(self, ev: MemberEvent | EntryEvent) -> None:
+        """Fan one node event out: the log, the key ring, the kernel and the names."""
         if isinstance(ev, MemberEvent):
-            self.keys.note_epoch(ev)
-            self.events.write(
-                f"member_{ev.kind.value}",
-                subject=ev.node,
-                addr=ev.addr,
-                incarnation=ev.incarnation,
-                epoch=ev.epoch,
-            )
-            return
-        # Endpoint entries carry their value: the names in it are what the service-DNS
-        # metrics replay (emu/collect.py), as the simulator feeds them from its tables.
-        value = dict(ev.value) if ev.table == ENDPOINTS and ev.value else None
-        self.events.write(
-            "entry_seen",
-            network=ev.network,
-            table=ev.table,
-            key=ev.key,
-            op=_OPS[ev.kind],
-            owner=ev.owner,
-            **({"value": value} if value is not None else {}),
-        )
-        if self.programmer is not None and not self._torn_down:
-            self._submit(self.programmer.on_event, ev)
-        self.svcnet.on_event(ev)
+            self.keys.note_epoch(ev)  # a restarted peer's new epoch: fresh replay windows
+        kind, fields = event_line(ev)
+        self.events.write(kind, **fields)
+        if isinstance(ev, EntryEvent):
+            if self.programmer is not None and not self._torn_down:
+                self._submit(self.programmer.on_event, ev)
+            self.svcnet.on_event(ev)
 
     def _report(self, what: str, detail: str) -> None:
         """Log a peer or transport error, at most once per second per kind."""
