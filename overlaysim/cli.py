@@ -240,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--alpha", type=float, default=0.05, help="significance level of the KS tests (0.05)"
     )
+    p.add_argument(
+        "--since",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="timing samples only from events at or after this scenario time, e.g. past "
+        "a boot burst (default 0: every event; scalars are always over the whole run)",
+    )
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser(
@@ -557,7 +565,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     )
 
     a, b = load_comparable(args.run_a), load_comparable(args.run_b)
-    comparison = compare_runs(a, b, alpha=args.alpha)
+    comparison = compare_runs(a, b, alpha=args.alpha, since=args.since)
     console = Console()
     console.print(comparison_table(comparison))
     for w in comparison.warnings:

@@ -48,6 +48,18 @@ def _unreachable(m: dict[str, Any], folder: Path) -> float:
 STALE_AFTER_S = 5.0
 
 
+def _full_size_lost(m: dict[str, Any], folder: Path) -> float:
+    """Echoes of the container MTU's full size lost (emulation's manifest)."""
+    pings = json.loads((folder / "manifest.json").read_text())["full_size_pings"]
+    return float(sum(p["sent"] - p["received"] for p in pings))
+
+
+def _fragments(m: dict[str, Any], folder: Path) -> float:
+    """IPv4 fragments the hosts' underlay stacks made (emulation's manifest)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return float(manifest["underlay_ip"]["FragCreates"])
+
+
 def _held_at_end(folder: Path) -> tuple[float, dict, dict, dict, dict, dict]:
     """The end of the run and, from ``events.csv``, who is up, on which network, where
     each container lives, when it was removed, and what each host holds at the end."""
@@ -186,6 +198,16 @@ CASES: tuple[Case, ...] = (
         scenario="leave-rejoin.yaml",
         symptom="live containers missing from a peer at the end",
         value=lambda m, folder: float(missing_entries(folder)),
+        reproduced_above=0,
+        absent_at_most=0,
+    ),
+    Case(
+        id="underlay-mtu",
+        source="libnetwork#2661",
+        backend="emu",
+        scenario="underlay-mtu.yaml",
+        symptom="full-MTU echoes lost (of 10)",
+        value=_full_size_lost,
         reproduced_above=0,
         absent_at_most=0,
     ),

@@ -131,8 +131,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "exec",
-        help="run a command inside a container's network namespace",
-        epilog="example:\n  overlaysim exec c1 -- ping -c 3 10.30.0.3\n",
+        help="run a command inside a container (or a testbed host)",
+        description="Run a command in a container's network and UTS namespaces, with its "
+        "resolv.conf (the embedded DNS at 127.0.0.11) mounted, as a service task's command "
+        "runs. Given a host name instead (and no container has it), run it in that host's "
+        "own namespace, on the underlay.",
+        epilog="examples:\n  overlaysim exec c1 -- ping -c 3 10.30.0.3\n"
+        "  overlaysim exec c1 -- getent hosts tasks.web\n"
+        "  overlaysim exec h1 -- socat -u TCP:172.30.0.2:8080 -\n",
         formatter_class=_FMT,
     )
     p.add_argument("container")
@@ -313,13 +319,21 @@ def _ps(args: argparse.Namespace) -> int:
 def _exec(args: argparse.Namespace) -> int:
     from overlaysim.emu.live import read_live
 
-    host, _ = _find(args.container)
-    argv = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else args.argv
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise UserError("exec: give a command after the container, e.g. -- ping -c 3 10.30.0.3")
+    hosts = read_live().hosts
+    try:
+        host, _ = _find(args.container)
+    except UserError:
+        if args.container not in hosts:
+            raise
+        # a testbed host itself (its underlay namespace), e.g. to try a published port
+        pid = hosts[args.container].get("pid")
+        return subprocess.call(["mnexec", "-a", pid, *argv] if pid else argv)
     netns = _container_netns(host, args.container)
     # Container namespaces are mounted inside the host's mount namespace: enter it first.
-    pid = read_live().hosts[host].get("pid")
+    pid = hosts[host].get("pid")
     prefix = ["mnexec", "-a", pid] if pid else []
     # ip netns exec mounts the container's resolv.conf (its embedded DNS); nsenter enters
     # its UTS namespace (its hostname), as a service task's command runs

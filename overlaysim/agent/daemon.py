@@ -58,6 +58,10 @@ from overlaysim.core.node import Node
 from overlaysim.core.services import TaskSpec
 from overlaysim.core.wire import Message
 
+#: The underlay MTU libnetwork's overlay driver assumes whatever the real one is (its
+#: fixed 1450-byte VXLAN MTU); used when ``tables.mtu_from_underlay`` is off.
+ASSUMED_UNDERLAY_MTU = 1500
+
 _OPS = {
     EntryEventKind.CREATE: "add",
     EntryEventKind.UPDATE: "update",
@@ -134,7 +138,10 @@ class Agent:
         self.containers = Containers(
             host=config.name,
             vtep=config.bind,
-            underlay_mtu=config.underlay_mtu,
+            # libnetwork assumes a 1500-byte underlay (the docker variant's setting)
+            underlay_mtu=config.underlay_mtu
+            if self.node.tables.config.mtu_from_underlay
+            else ASSUMED_UNDERLAY_MTU,
             node=self.node,
             programmer=self._programmer,
             manager=self._need_manager,
@@ -616,8 +623,10 @@ class Agent:
             return await self.containers.disconnect(name, network)
 
     async def remove(self, name: str) -> dict[str, Any]:
-        """Remove a container: its command, names, entries, interfaces and addresses."""
+        """Remove a container: its entries first, then its command and names, interfaces
+        and addresses (other hosts stop sending it new connections before it stops)."""
         async with self._lifecycle:
+            await self.containers.withdraw(name)
             await self.svcnet.stop(name)
             return await self.containers.remove(name)
 

@@ -29,7 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from overlaysim.core.cluster import Cluster, ClusterError, InvalidSpec, NetworkNotFound, NetworkSpec
+from overlaysim.core.cluster import Cluster
+from overlaysim.core.cluster_errors import ClusterError, InvalidSpec, NetworkNotFound
+from overlaysim.core.network import NetworkSpec
 from overlaysim.core.services import TASKS_PREFIX, EndpointMode, check_dns_name
 
 __all__ = [

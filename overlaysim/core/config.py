@@ -126,6 +126,11 @@ class TableConfig:
     #: before moby#50342 forged a tombstone at the entry's own Lamport time, so the
     #: same version is refused until the owner writes a newer one.
     local_tombstones: bool = True
+    #: Overlay MTU from the underlay's: the agent derives each network's MTU from its
+    #: underlay interface (minus VXLAN, and ESP when encrypted). False: libnetwork's
+    #: fixed assumption of a 1500-byte underlay (1450 for VXLAN), whatever the real one
+    #: (libnetwork#491, libnetwork#2661). A data-plane setting read by the agent.
+    mtu_from_underlay: bool = True
 
     @classmethod
     def lan(cls) -> TableConfig:
@@ -174,6 +179,7 @@ EXTENSIONS: dict[str, Extension] = {
         Extension("reconcile", "tables", "reconcile", True, False),
         Extension("unknown_tombstones", "tables", "unknown_tombstones", True, False),
         Extension("local_tombstones", "tables", "local_tombstones", True, False),
+        Extension("mtu_from_underlay", "tables", "mtu_from_underlay", True, False),
     )
 }
 
@@ -188,6 +194,7 @@ _DOCKER_OFF = (
     "reconcile",
     "unknown_tombstones",
     "local_tombstones",
+    "mtu_from_underlay",
 )
 
 

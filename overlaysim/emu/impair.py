@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 from overlaysim.agent import names
 from overlaysim.emu import delay as dl
+from overlaysim.emu import nftrules, rootns
 from overlaysim.emu import record as runrec
-from overlaysim.emu import rootns
 from overlaysim.emu.netem import EgressShape as _Shape
 from overlaysim.emu.netem import qdisc_argv as _qdisc_argv
 from overlaysim.errors import UserError
@@ -332,7 +332,7 @@ class Impairments:
 
         for pl in self._links():
             for port in pl.ends:
-                loss_rules = [_numgen_drop(p) for p in self._link_loss(pl)]
+                loss_rules = [nftrules.numgen_drop(p) for p in self._link_loss(pl)]
                 if port.host is None:
                     add(None, port.ifname, "ingress", loss_rules)
                     continue
@@ -343,11 +343,11 @@ class Impairments:
                     continue
                 ingress, egress = [], []
                 if blocked_by.get(host):
-                    ingress.append(_set_drop("saddr"))
-                    egress.append(_set_drop("daddr"))
+                    ingress.append(nftrules.set_drop("saddr"))
+                    egress.append(nftrules.set_drop("daddr"))
                 ingress += loss_rules
                 if self._global_loss > 0:
-                    ingress.append(_numgen_drop(self._global_loss))
+                    ingress.append(nftrules.numgen_drop(self._global_loss))
                 add(host, port.ifname, "ingress", ingress)
                 add(host, port.ifname, "egress", egress)
         return chains
@@ -401,7 +401,7 @@ class Impairments:
             (ns, c["dev"])
             for ns, cs in chains.items()
             for c in cs
-            if c["hook"] == "ingress" and any(_is_numgen(r) for r in c["rules"])
+            if c["hook"] == "ingress" and any(nftrules.is_numgen(r) for r in c["rules"])
         }
         senders = set()
         for pl in self._links():
@@ -495,7 +495,7 @@ class Impairments:
             if not wanted and ns not in self._nft_applied:
                 continue  # never needed a table here: create none
             blocked = blocked_by.get(ns, []) if ns is not None else []
-            payload = _render_table(table, wanted, blocked)
+            payload = nftrules.render_table(table, wanted, blocked)
             if self._nft_applied.get(ns) == payload:
                 continue
             if ns is None and not self._root_table:
@@ -555,50 +555,10 @@ class _Cmd:
     done: Callable[[str], None] | None = None
 
 
-# --- rendering and kernel helpers -----------------------------------------------------
+# --- checks ----------------------------------------------------------------------------
 
 
 def _percent(value: float) -> float:
     if not (0 <= value <= 100):
         raise UserError(f"loss must be a percentage in [0, 100], not {value!r}")
     return float(value)
-
-
-def _numgen_drop(percent: float) -> list[dict[str, Any]]:
-    threshold = round(percent * 100)  # out of 10000: 0.01 % resolution
-    numgen = {"numgen": {"mode": "random", "mod": 10000}}
-    # numgen yields 0..9999, so "< 10000" always holds; but nft refuses 10000 as a
-    # right-hand value of that width. "<= 9999" is the same rule, accepted.
-    if threshold >= 10000:
-        return [{"match": {"op": "<=", "left": numgen, "right": 9999}}, {"drop": None}]
-    return [{"match": {"op": "<", "left": numgen, "right": threshold}}, {"drop": None}]
-
-
-def _is_numgen(rule: list[dict[str, Any]]) -> bool:
-    return "numgen" in rule[0].get("match", {}).get("left", {})
-
-
-def _set_drop(field: str) -> list[dict[str, Any]]:
-    payload = {"payload": {"protocol": "ip", "field": field}}
-    return [{"match": {"op": "==", "left": payload, "right": "@blocked"}}, {"drop": None}]
-
-
-def _render_table(table: str, chains: list[dict[str, Any]], blocked: list[str]) -> str:
-    """The full table as one atomic nft transaction (add+delete+add resets it)."""
-    t = {"family": "netdev", "name": table}
-    base = {"family": "netdev", "table": table}
-    cmds: list[dict[str, Any]] = [
-        {"add": {"table": t}},
-        {"delete": {"table": t}},
-        {"add": {"table": t}},
-    ]
-    if blocked:
-        elem = {"name": "blocked", "type": "ipv4_addr", "elem": blocked}
-        cmds.append({"add": {"set": {**base, **elem}}})
-    for c in chains:
-        name = f"{c['hook'][:3]}_{c['dev']}".replace("-", "_")
-        spec = {"name": name, "type": "filter", "hook": c["hook"], "dev": c["dev"], "prio": 0}
-        cmds.append({"add": {"chain": {**base, **spec, "policy": "accept"}}})
-        for expr in c["rules"]:
-            cmds.append({"add": {"rule": {**base, "chain": name, "expr": expr}}})
-    return json.dumps({"nftables": cmds}, sort_keys=True)

@@ -272,3 +272,58 @@ def throughput(
         row["ratio"] = ov / un
     row["reason"] = "; ".join(reasons)
     return row
+
+
+#: ``Ip:`` counters of /proc/net/snmp read by :func:`ip_fragment_counters`.
+IP_FRAGMENT_COUNTERS = ("FragCreates", "FragOKs", "FragFails", "ReasmOKs", "ReasmFails")
+
+
+def ip_fragment_counters(underlay: Underlay, hosts: Sequence[str]) -> dict[str, Any]:
+    """IPv4 fragmentation counters of each host's underlay namespace since it was made.
+
+    An overlay MTU too large for the underlay shows here first: every full-size overlay
+    frame becomes a fragmented VXLAN packet (``FragCreates``), or is dropped where
+    fragmenting is not allowed (``FragFails``). Totals plus one entry per host; a host
+    whose counters cannot be read is listed under ``unread``.
+    """
+    totals = dict.fromkeys(IP_FRAGMENT_COUNTERS, 0)
+    per_host: dict[str, dict[str, int]] = {}
+    unread: list[str] = []
+    for h in hosts:
+        try:
+            out = underlay.cmd(h, ["cat", "/proc/net/snmp"], timeout=10).stdout
+            ip = [line.split() for line in out.splitlines() if line.startswith("Ip:")]
+            values = dict(zip(ip[0][1:], (int(v) for v in ip[1][1:]), strict=True))
+            per_host[h] = {k: values[k] for k in IP_FRAGMENT_COUNTERS}
+        except (OSError, IndexError, KeyError, ValueError, subprocess.SubprocessError):
+            unread.append(h)
+            continue
+        for k in IP_FRAGMENT_COUNTERS:
+            totals[k] += per_host[h][k]
+    return {**totals, "per_host": per_host, "unread": unread}
+
+
+def full_size_ping(
+    underlay: Underlay, src: Endpoint | None, dst: Endpoint | None, count: int = 5
+) -> dict[str, Any]:
+    """Echoes as large as ``src``'s interface MTU allows, with Don't Fragment, to ``dst``.
+
+    The container trusts its MTU: an overlay MTU larger than the underlay can carry shows
+    as these echoes lost (or, where the host may fragment the tunnel packet, as
+    fragments in :func:`ip_fragment_counters`) while small pings still pass.
+    """
+    row: dict[str, Any] = {"src": getattr(src, "name", ""), "dst": getattr(dst, "name", "")}
+    shared = sorted(set(src.ips) & set(dst.ips)) if src and dst else []
+    if not shared or not src or not src.netns:
+        return {**row, "mtu": None, "sent": 0, "received": 0, "reason": "no shared network"}
+    try:
+        mtu = int(in_container(underlay, src, ["cat", "/sys/class/net/eth0/mtu"], 10).stdout)
+        argv = ["ping", "-n", "-q", "-M", "do", "-s", str(mtu - 28), "-c", str(count)]
+        out = in_container(underlay, src, [*argv, "-i0.2", "-W1", dst.ips[shared[0]]], 30)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        return {**row, "mtu": None, "sent": 0, "received": 0, "reason": str(exc)}
+    received = 0
+    for part in out.stdout.replace(",", "\n").splitlines():
+        if part.strip().endswith("received"):
+            received = int(part.split()[0])
+    return {**row, "mtu": mtu, "sent": count, "received": received, "reason": ""}

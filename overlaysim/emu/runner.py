@@ -32,7 +32,14 @@ from typing import Any
 from overlaysim.emu.backend import EmuBackend, why
 from overlaysim.emu.collect import Collected, collect
 from overlaysim.emu.net import Underlay, underlay_session
-from overlaysim.emu.probes import MAX_PROBE_PAIRS, Endpoint, reachability, throughput
+from overlaysim.emu.probes import (
+    MAX_PROBE_PAIRS,
+    Endpoint,
+    full_size_ping,
+    ip_fragment_counters,
+    reachability,
+    throughput,
+)
 from overlaysim.emu.sampler import ProbeSampler
 from overlaysim.emu.setup import require_emulation
 from overlaysim.emu.signals import signals_deferred
@@ -207,7 +214,7 @@ def run_emulation(
     t_end = 0.0
     extra: dict[str, Any] = {}
     try:
-        with underlay_session(topology, seed=seed) as underlay:
+        with underlay_session(topology, seed=seed, mtu=scenario.underlay_mtu or 1500) as underlay:
             testbed = Testbed(
                 underlay,
                 managers=list(scenario.managers or topology.hosts[:1]),
@@ -242,6 +249,8 @@ def run_emulation(
                         sampled = sampler.stop() if sampler is not None else []
                     t_end = world.now()
                     reach_rows, tp_rows = _measure(world, scenario, seed, throughput_seconds)
+                    extra["full_size_pings"] = _full_size_pings(world, scenario)
+                    extra["underlay_ip"] = ip_fragment_counters(underlay, topology.hosts)
                     reach_rows = sampled + reach_rows
                 except KeyboardInterrupt:
                     status = "interrupted"
@@ -307,6 +316,15 @@ def _measure(
     for row, (a, b) in zip(tp, scenario.measure.throughput, strict=True):
         row["src"], row["dst"] = a, b
     return reach, tp
+
+
+def _full_size_pings(world: EmuWorld, scenario: Scenario) -> list[dict[str, Any]]:
+    """Echoes of the container MTU's full size, one set per ``measure.throughput`` pair."""
+    by_name = {e.name: e for e in world.endpoints()}
+    return [
+        full_size_ping(world.underlay, by_name.get(a), by_name.get(b))
+        for a, b in scenario.measure.throughput
+    ]
 
 
 def _outcome(

@@ -23,6 +23,8 @@ from scipy.stats import ks_2samp
 
 from overlaysim.errors import UserError
 from overlaysim.metrics.finalize import metrics_for
+from overlaysim.metrics.lag import METRIC as LAG
+from overlaysim.metrics.lag import lag_warnings, overload_reasons
 from overlaysim.metrics.membership import failure_detections, join_visibilities
 from overlaysim.metrics.results import MANIFEST, Run, load_run
 from overlaysim.metrics.tables import frame
@@ -130,6 +132,11 @@ class Comparison:
     scalars: tuple[ScalarComparison, ...]
     warnings: tuple[str, ...] = field(default=())
     rtts: tuple[RttComparison, ...] = field(default=())
+    #: Timing samples count only events at or after this scenario time (s).
+    since: float = 0.0
+    #: Each side's measured emulator lag (:func:`lag_side`), None when not measured.
+    lag_a: Mapping[str, Any] | None = None
+    lag_b: Mapping[str, Any] | None = None
 
     @property
     def differing(self) -> list[str]:
@@ -151,15 +158,20 @@ class Comparison:
         tested = sum(d.verdict != "too few samples" for d in checks)
         untested = len(checks) - tested
         skipped = f"; {untested} not tested (fewer than {MIN_SAMPLES} samples)" if untested else ""
+        window = f" (events from t = {self.since:g} s)" if self.since else ""
         if self.overall == "too few samples":
-            return f"overall: too few samples — no metric has {MIN_SAMPLES}+ values on both sides"
+            return (
+                f"overall: too few samples — no metric has {MIN_SAMPLES}+ values on both "
+                f"sides{window}"
+            )
         if self.overall == "differ":
             return (
                 f"overall: differ — {len(self.differing)} of {tested} tested metrics differ at "
-                f"alpha={self.alpha:g} ({'; '.join(self.differing)}){skipped}"
+                f"alpha={self.alpha:g}{window} ({'; '.join(self.differing)}){skipped}"
             )
         return (
-            f"overall: agree — all {tested} tested metrics agree at alpha={self.alpha:g}{skipped}"
+            f"overall: agree — all {tested} tested metrics agree at alpha={self.alpha:g}"
+            f"{window}{skipped}"
         )
 
 
@@ -215,15 +227,18 @@ def _finite(values: Any) -> np.ndarray:
 
 
 def samples(
-    run: Run, ops: list[str] | None = None, *, dns: bool | None = None
+    run: Run, ops: list[str] | None = None, *, dns: bool | None = None, since: float = 0.0
 ) -> dict[str, tuple[str, np.ndarray]]:
     """Per-event timing samples of a run, in seconds: ``{metric: (label, values)}``.
 
     ``ops`` lists the commit ops to break convergence down by (default: those present).
     ``dns`` adds the service-DNS samples (default: when the run has a ``dns`` table).
+    ``since`` keeps only events at or after that scenario time (a commit's ``t_commit``,
+    a crash's or join's ``t``, a DNS change's ``t``): e.g. past a boot burst that the
+    backends play differently.
     """
     conv = run.convergence
-    ok = conv[conv["status"] == "converged"]
+    ok = conv[(conv["status"] == "converged") & (conv["t_commit"] >= since)]
     ops = sorted(set(ok["op"])) if ops is None else ops
     out: dict[str, tuple[str, np.ndarray]] = {
         "convergence.all": ("convergence, all ops", _finite(ok["latency_s"]))
@@ -235,13 +250,15 @@ def samples(
         )
     duration = _duration(run)
     fd = failure_detections(run.events, duration)
+    fd = fd[fd["t"] >= since]
     out["detection.first_suspect"] = ("crash: first suspicion", _finite(fd["first_suspect_s"]))
     out["detection.all_dead"] = ("crash: all dead", _finite(fd["all_dead_s"]))
     jv = join_visibilities(run.events, duration)
+    jv = jv[jv["t"] >= since]
     out["join.visibility"] = ("join visibility", _finite(jv["visibility_s"]))
     if dns if dns is not None else run.dns is not None:
         d = run.dns if run.dns is not None else frame("dns")
-        d = d[d["status"] == "converged"]
+        d = d[(d["status"] == "converged") & (d["t"] >= since)]
         for metric, label in (
             ("dns_convergence_s", "service DNS convergence"),
             ("stale_dns_window_s", "stale DNS window"),
@@ -268,6 +285,10 @@ _SCALARS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
      ("overhead", "bytes_per_node_per_s")),
     ("overhead.msgs_per_node_per_s", "messages sent per node", "msg/s",
      ("overhead", "msgs_per_node_per_s")),
+    # not in any timing sample (a commit that never converged has no latency): a backend
+    # that leaves commits unconverged shows here, not in the KS rows
+    ("endpoint_convergence_s.unconverged", "commits never converged", "",
+     ("endpoint_convergence_s", "unconverged")),
     ("false_positives", "false positives", "", ("false_positives",)),
     ("false_positives_partitioned", "false pos. partitioned", "",
      ("false_positives_partitioned",)),
@@ -317,21 +338,42 @@ def _warnings(a: Run, b: Run) -> list[str]:
     from overlaysim.report.summary import delay_warnings
 
     for side, run in (("A", a), ("B", b)):
-        out += [f"run {side}: {w}" for w in delay_warnings(run.manifest, run.metrics or {})]
+        m = _metrics(run)
+        out += [f"run {side}: {w}" for w in lag_warnings(m) + delay_warnings(run.manifest, m)]
     return out
 
 
-def compare_runs(a: Run, b: Run, alpha: float = 0.05) -> Comparison:
-    """Compare run ``b`` with run ``a`` (the reference) metric by metric."""
+def lag_side(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """One side's measured emulator lag in a few numbers (None: not measured, as on
+    the simulator, which has no wall clock)."""
+    lag = metrics.get(LAG)
+    if not lag:
+        return None
+    steps, timers = lag.get("steps") or {}, lag.get("timers") or {}
+    return {
+        "steps_max_s": steps.get("max_s"),
+        "steps_p99_s": steps.get("p99_s"),
+        "timers_p99_s": timers.get("p99_s"),
+        "timers_max_s": timers.get("max_s"),
+        "threshold_s": lag.get("threshold_s"),
+        "overloaded": bool(overload_reasons(lag)),
+    }
+
+
+def compare_runs(a: Run, b: Run, alpha: float = 0.05, *, since: float = 0.0) -> Comparison:
+    """Compare run ``b`` with run ``a`` (the reference) metric by metric; timing samples
+    count only events at or after ``since`` s (scalars are over the whole run)."""
     if not 0.0 < alpha < 1.0:
         raise CompareError(f"alpha must be between 0 and 1, got {alpha}")
+    if not since >= 0.0:
+        raise CompareError(f"since must be a scenario time of 0 s or more, got {since}")
     conv_ops = set()
     for run in (a, b):
         c = run.convergence
         conv_ops |= set(c.loc[c["status"] == "converged", "op"])
     ops = sorted(conv_ops)
     dns = a.dns is not None or b.dns is not None  # one side without services: no samples
-    sa, sb = samples(a, ops, dns=dns), samples(b, ops, dns=dns)
+    sa, sb = samples(a, ops, dns=dns, since=since), samples(b, ops, dns=dns, since=since)
     dists = []
     for key, (label, va) in sa.items():
         vb = sb[key][1]
@@ -362,6 +404,9 @@ def compare_runs(a: Run, b: Run, alpha: float = 0.05) -> Comparison:
         scalars=tuple(scalars),
         warnings=tuple(_warnings(a, b)),
         rtts=_rtts(ma, mb),
+        since=float(since),
+        lag_a=lag_side(ma),
+        lag_b=lag_side(mb),
     )
 
 

@@ -90,7 +90,23 @@ def comparison_table(c: Comparison) -> Table:
     for s in c.scalars:
         ratio = "—" if s.ratio is None else f"B/A {s.ratio:.2f}"
         table.add_row(s.label, "", f"{_num(s.a, s.unit)} / {_num(s.b, s.unit)}", "", "", ratio)
+    if c.lag_a is not None or c.lag_b is not None:  # an emulation on either side
+        table.add_section()
+        for label, key in (("step lag max", "steps_max_s"), ("timer lateness p99", "timers_p99_s")):
+            table.add_row(label, "", f"{_lag(c.lag_a, key)} / {_lag(c.lag_b, key)}", "", "", "")
+        table.add_row("emulator", "", f"{_load(c.lag_a)} / {_load(c.lag_b)}", "", "", "")
     return table
+
+
+def _lag(side: Any, key: str) -> str:
+    """One side's lag number; the simulator measures none (it has no wall clock)."""
+    return "not measured" if side is None else _s(side.get(key))
+
+
+def _load(side: Any) -> str:
+    if side is None:
+        return "—"
+    return "[bold red]overloaded[/]" if side["overloaded"] else "kept up"
 
 
 def comparison_dict(c: Comparison) -> dict[str, Any]:
@@ -154,6 +170,9 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
         ],
         "overall": {"verdict": c.overall, "differ": c.differing, "summary": c.overall_line()},
         "warnings": list(c.warnings),
+        "since_s": c.since,
+        # each side's measured emulator lag (null: not measured, e.g. the simulator)
+        "emulator_lag": {"a": c.lag_a, "b": c.lag_b},
     }
 
 
@@ -213,7 +232,8 @@ def _panel(
 def draw_comparison(c: Comparison, fig: Figure) -> None:
     """Two panels: CDF of endpoint convergence latency; CDF of crash detection times."""
     left, right = fig.subplots(1, 2)
-    fig.suptitle(f"A (solid): {c.a.label}   vs   B (dashed): {c.b.label}", fontsize=18)
+    window = f"   (events from t = {c.since:g} s)" if c.since else ""
+    fig.suptitle(f"A (solid): {c.a.label}   vs   B (dashed): {c.b.label}{window}", fontsize=18)
     _panel(
         left,
         c,

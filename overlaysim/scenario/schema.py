@@ -206,6 +206,13 @@ class Scenario(StrictModel):
     )
     networks: tuple[Network, ...] = Field((), description="a list of networks")
     containers: tuple[ContainerItem, ...] = Field((), description="containers and generators")
+    underlay_mtu: int | None = Field(
+        None,
+        ge=576,
+        le=9000,
+        description="the MTU of every underlay interface in emulation (default 1500; "
+        "the simulator does not model packet sizes against it)",
+    )
 
     @field_validator("containers", mode="before")
     @classmethod

@@ -138,6 +138,16 @@ async def test_three_agents_program_each_others_endpoints(tmp_path: Path) -> Non
         assert t["networks"][0]["network"] == "backend"
         with pytest.raises(ControlError, match="already exists"):
             await cl.ctl("c").acall("task", container="api.1", network="backend")
+        # a task's name fields ride in its entry; the host's directory balances its VIP
+        t2 = await cl.ctl("c").acall(
+            "task", container="api.2", network="backend", aliases=["DB"],
+            task={"service": "api", "slot": 2, "vip": "10.99.0.2", "gen": 1},
+        )  # fmt: skip
+        value = (await cl.ctl("c").acall("tables"))["backend"]["api.2"]["value"]
+        assert value["aliases"] == "db" and value["service"] == "api" and value["slot"] == "2"
+        assert value["vip"] == "10.99.0.2" and value["ip"] == t2["networks"][0]["ip"]
+        backends = c.svcnet.names.directory.vip_backends("api.2")
+        assert backends == {"10.99.0.2": (t2["networks"][0]["ip"],)}
 
         # the data plane is only ever called off the event loop thread
         assert cl.dps["a"].threads and all(n.startswith("dataplane") for n in cl.dps["a"].threads)

@@ -17,14 +17,10 @@ from collections.abc import Iterator
 import pytest
 from conftest import emulation_or_skip
 
-from overlaysim.emu.impair import (
-    UnsupportedImpairment,
-    _numgen_drop,
-    _qdisc_argv,
-    _render_table,
-    _Shape,
-)
+from overlaysim.emu.impair import UnsupportedImpairment
 from overlaysim.emu.net import Underlay
+from overlaysim.emu.netem import EgressShape, qdisc_argv
+from overlaysim.emu.nftrules import numgen_drop, render_table
 from overlaysim.emu.rootns import list_nft_tables
 from overlaysim.errors import UserError
 from overlaysim.scenario.topology import Link, Topology
@@ -90,25 +86,25 @@ def u(underlay: Underlay) -> Iterator[Underlay]:
 
 
 def test_qdisc_commands_for_each_shape() -> None:
-    assert _qdisc_argv("eth0", _Shape(), 1500) == []
-    (tbf,) = _qdisc_argv("eth0", _Shape(rate_mbps=20), 1500)
+    assert qdisc_argv("eth0", EgressShape(), 1500) == []
+    (tbf,) = qdisc_argv("eth0", EgressShape(rate_mbps=20), 1500)
     assert tbf[:8] == ["tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:"]
     assert tbf[8:] == ["tbf", "rate", "20000kbit", "burst", "10000", "latency", "50ms"]
     # Slow links still get a bucket of two full frames.
-    assert _qdisc_argv("eth0", _Shape(rate_mbps=1), 9000)[0][12] == str(2 * 9014)
-    netem, child = _qdisc_argv("eth0", _Shape(rate_mbps=5, delay_ms=40, jitter_ms=5), 1500)
+    assert qdisc_argv("eth0", EgressShape(rate_mbps=1), 9000)[0][12] == str(2 * 9014)
+    netem, child = qdisc_argv("eth0", EgressShape(rate_mbps=5, delay_ms=40, jitter_ms=5), 1500)
     assert netem[5:] == ["root", "handle", "1:", "netem", "delay", "40000us", "5000us"]
     assert child[5:9] == ["parent", "1:1", "handle", "10:"] and child[9] == "tbf"
-    (only_delay,) = _qdisc_argv("eth0", _Shape(delay_ms=0.5), 1500)
+    (only_delay,) = qdisc_argv("eth0", EgressShape(delay_ms=0.5), 1500)
     assert only_delay[-3:] == ["netem", "delay", "500us"]
 
 
 def test_rendered_table_is_one_atomic_replacement() -> None:
-    drop10 = _numgen_drop(10)
+    drop10 = numgen_drop(10)
     assert drop10[0]["match"]["right"] == 1000  # out of 10000
-    assert _numgen_drop(0.01)[0]["match"]["right"] == 1
+    assert numgen_drop(0.01)[0]["match"]["right"] == 1
     chains = [{"dev": "osima3s1-2", "hook": "ingress", "rules": [drop10]}]
-    cmds = json.loads(_render_table("osim_a3", chains, ["172.30.0.3"]))["nftables"]
+    cmds = json.loads(render_table("osim_a3", chains, ["172.30.0.3"]))["nftables"]
     # add + delete + add: the table is reset in the same transaction, whatever it held.
     assert [next(iter(c)) for c in cmds[:3]] == ["add", "delete", "add"]
     assert cmds[3]["add"]["set"]["elem"] == ["172.30.0.3"]
