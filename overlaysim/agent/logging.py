@@ -32,6 +32,7 @@ _OPS = {
     EntryEventKind.UPDATE: "update",
     EntryEventKind.DELETE: "delete",
     EntryEventKind.TOMBSTONE: "delete",
+    EntryEventKind.REFRESH: "refresh",
 }
 
 #: Every ``kind`` the agent writes.

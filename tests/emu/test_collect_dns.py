@@ -20,6 +20,7 @@ _OPS = {
     EntryEventKind.UPDATE: "update",
     EntryEventKind.DELETE: "delete",
     EntryEventKind.TOMBSTONE: "delete",
+    EntryEventKind.REFRESH: "refresh",
 }
 
 
