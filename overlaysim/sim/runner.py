@@ -37,9 +37,10 @@ from overlaysim.scenario.steps import Step
 from overlaysim.scenario.timeline import Plan, plan
 from overlaysim.sim.engine import Observer, SimCluster
 from overlaysim.sim.underlay import Underlay
+from overlaysim.world.container import Container
 from overlaysim.world.dryrun import network_spec
 from overlaysim.world.manifest import run_manifest
-from overlaysim.world.world import Container, StepSkipped, World
+from overlaysim.world.world import StepSkipped, World
 
 #: A graceful leave keeps the node running this long so its leave message spreads.
 LEAVE_GRACE_S = 1.0
