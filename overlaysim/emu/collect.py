@@ -68,6 +68,8 @@ _SERVICE_TASKS = str(EventKind.SERVICE_TASKS)
 _SEEN_KINDS = {
     "add": EntryEventKind.CREATE,
     "update": EntryEventKind.UPDATE,
+    # a newer version with the same content: the simulator's directories see it too
+    "refresh": EntryEventKind.REFRESH,
     "delete": EntryEventKind.DELETE,
 }
 
