@@ -107,22 +107,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _call(host: str, op: str, **args: Any) -> Any:
-    from overlaysim.agent.control import ControlClient, ControlError
     from overlaysim.emu.live import read_live
 
-    path = read_live().control(host)
-    try:
-        return ControlClient(path).call(op, **args)
-    except ControlError as exc:
-        raise UserError(f"{host}: {exc.message}") from None
-    except (ConnectionError, FileNotFoundError, OSError) as exc:
-        raise UserError(f"cannot reach the agent of {host} at {path}: {exc}") from None
+    return read_live().call(host, op, **args)
 
 
 def _manager(op: str, **args: Any) -> Any:
     from overlaysim.emu.live import read_live
 
-    return _call(read_live().manager, "manager", call=op, args=args)
+    return read_live().call_manager(op, **args)
 
 
 def _start_task(svc: dict[str, Any], task: str, host: str) -> dict[str, Any]:

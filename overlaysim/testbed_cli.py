@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overlaysim.errors import UserError
+
+if TYPE_CHECKING:
+    from overlaysim.emu.live import LiveTestbed
 
 _FMT = argparse.RawDescriptionHelpFormatter
 
@@ -165,20 +168,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 # -- plumbing ----------------------------------------------------------------------------
 
 
-def _call(socket_path: str, op: str, **args: Any) -> Any:
-    from overlaysim.agent.control import ControlClient
-
-    try:
-        return ControlClient(socket_path).call(op, **args)
-    except (ConnectionError, FileNotFoundError, OSError) as exc:
-        raise UserError(f"cannot reach the agent at {socket_path}: {exc}") from None
-
-
-def _manager(op: str, **args: Any) -> Any:
+def _live() -> LiveTestbed:
+    """The running testbed; its ``call``/``call_manager`` reach the agents."""
     from overlaysim.emu.live import read_live
 
-    tb = read_live()
-    return _call(tb.control(tb.manager), "manager", call=op, args=args)
+    return read_live()
 
 
 def _find(container: str) -> tuple[str, dict[str, Any]]:
@@ -188,7 +182,7 @@ def _find(container: str) -> tuple[str, dict[str, Any]]:
     tb = read_live()
     for host in sorted(tb.hosts):
         try:
-            st = _call(tb.control(host), "status")
+            st = tb.call(host, "status")
         except UserError:
             continue
         if container in st.get("containers", {}):
@@ -227,13 +221,13 @@ def _network_create(args: argparse.Namespace) -> int:
         "encrypted": encrypted,
         "mtu": args.mtu,
     }
-    net = _manager("network_create", spec=spec)
+    net = _live().call_manager("network_create", spec=spec)
     print(net["id"])
     return 0
 
 
 def _network_ls(args: argparse.Namespace) -> int:
-    nets = _manager("network_ls")
+    nets = _live().call_manager("network_ls")
     print(f"{'NETWORK ID':<14}{'NAME':<16}{'DRIVER':<9}{'VNI':<7}{'SUBNET':<18}ATTACHABLE")
     for n in nets:
         print(
@@ -244,22 +238,21 @@ def _network_ls(args: argparse.Namespace) -> int:
 
 
 def _network_inspect(args: argparse.Namespace) -> int:
-    _print(_manager("network_inspect", name=args.name))
+    _print(_live().call_manager("network_inspect", name=args.name))
     return 0
 
 
 def _network_rm(args: argparse.Namespace) -> int:
-    net = _manager("network_rm", name=args.name)
+    net = _live().call_manager("network_rm", name=args.name)
     print(net["name"])
     return 0
 
 
 def _network_connect(args: argparse.Namespace) -> int:
-    from overlaysim.emu.live import read_live
 
     host, _ = _find(args.container)
-    res = _call(
-        read_live().control(host),
+    res = _live().call(
+        host,
         "connect",
         container=args.container,
         network=args.network,
@@ -270,10 +263,9 @@ def _network_connect(args: argparse.Namespace) -> int:
 
 
 def _network_disconnect(args: argparse.Namespace) -> int:
-    from overlaysim.emu.live import read_live
 
     host, _ = _find(args.container)
-    _call(read_live().control(host), "disconnect", container=args.container, network=args.network)
+    _live().call(host, "disconnect", container=args.container, network=args.network)
     return 0
 
 
@@ -290,16 +282,15 @@ def run_container(args: argparse.Namespace) -> int:
     req: dict[str, Any] = {"container": args.name, "networks": args.networks}
     if args.ip:
         req["ip"] = args.ip
-    res = _call(tb.control(str(args.target)), "run", **req)
+    res = tb.call(str(args.target), "run", **req)
     _print(res)
     return 0
 
 
 def _rm(args: argparse.Namespace) -> int:
-    from overlaysim.emu.live import read_live
 
     host, _ = _find(args.container)
-    _call(read_live().control(host), "rm", container=args.container)
+    _live().call(host, "rm", container=args.container)
     print(args.container)
     return 0
 
@@ -310,7 +301,7 @@ def _ps(args: argparse.Namespace) -> int:
     tb = read_live()
     print(f"{'CONTAINER':<20}{'HOST':<10}NETWORKS")
     for host in sorted(tb.hosts):
-        st = _call(tb.control(host), "status")
+        st = tb.call(host, "status")
         for name, nets in sorted(st.get("containers", {}).items()):
             print(f"{name:<20}{host:<10}{','.join(nets)}")
     return 0
@@ -357,7 +348,7 @@ def _container_netns(host: str, container: str) -> str:
 def _inspect(args: argparse.Namespace) -> int:
     from overlaysim.emu.live import read_live
 
-    sock = read_live().control(args.host)
+    tb = read_live()
     what = ["members", "tables", "kernel"] if args.what == "all" else [args.what]
-    _print({w: _call(sock, w) for w in what})
+    _print({w: tb.call(args.host, w) for w in what})
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from overlaysim.agent import names
+from overlaysim.agent.control import ControlClient, ControlError
 from overlaysim.errors import UserError
 
 LIVE_FILE = Path("/run/overlaysim/live.json")
@@ -42,6 +43,21 @@ class LiveTestbed:
             raise UserError(
                 f"host {host!r} is not in the running testbed (hosts: {', '.join(sorted(self.hosts))})"
             ) from None
+
+    def call(self, host: str, op: str, **args: Any) -> Any:
+        """Run ``op`` on ``host``'s agent; its refusal, or an agent out of reach, is a
+        :class:`UserError` naming the host (one line for the user, no traceback)."""
+        path = self.control(host)
+        try:
+            return ControlClient(path).call(op, **args)
+        except ControlError as exc:
+            raise UserError(f"{host}: {exc.message}") from None
+        except OSError as exc:  # refused, missing socket, reset: the agent is not there
+            raise UserError(f"cannot reach the agent of {host} at {path}: {exc}") from None
+
+    def call_manager(self, op: str, **args: Any) -> Any:
+        """Run the manager's operation ``op`` (network and service records) on its host."""
+        return self.call(self.manager, "manager", call=op, args=args)
 
 
 def write_live(tb: LiveTestbed, path: Path = LIVE_FILE) -> None:
