@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from overlaysim.agent.control import BadRequest, ControlError
+from overlaysim.agent.control import BadRequest, ContainerRequest, ControlError
 from overlaysim.agent.dataplane import NetInfo
 from overlaysim.agent.keys import Keys, RunOnWorker
 from overlaysim.agent.logging import EventLog
@@ -116,33 +116,28 @@ class Containers:
 
     # --- operations -------------------------------------------------------------------
 
-    async def run(
-        self,
-        name: str,
-        networks: list[str],
-        *,
-        standalone: bool,
-        ip: str | None = None,
-        aliases: Sequence[str] = (),
-        task: TaskSpec | None = None,
-        task_vips: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """Start a container on ``networks``: ``docker run`` (standalone) or a service task.
+    async def run(self, req: ContainerRequest) -> dict[str, Any]:
+        """Start a container on its networks: ``docker run`` (standalone) or a service task.
 
-        ``aliases`` and ``task`` become name fields of its endpoint entries (the embedded
-        DNS of every host answers from them).
+        Its aliases and task become name fields of its endpoint entries (the embedded
+        DNS of every host answers from them); its command is not ours to start.
         """
+        name = req.name
         async with self.ops:
             if name in self._containers:
                 raise BadRequest(f"container {name} already exists on {self.host}")
             c = Container(
-                name, standalone, aliases=tuple(aliases), task=task, task_vips=dict(task_vips or {})
+                name,
+                req.standalone,
+                aliases=req.aliases,
+                task=req.task,
+                task_vips=dict(req.task_vips),
             )
             self._containers[name] = c
             attached = []
             try:
-                for network in networks:
-                    attached.append(await self._attach(c, network, ip))
+                for network in req.networks:
+                    attached.append(await self._attach(c, network, req.ip))
             except BaseException:
                 for network in list(c.nets):  # rollback 4: what was attached goes
                     try:

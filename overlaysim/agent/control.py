@@ -19,7 +19,8 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +32,29 @@ from overlaysim.core.services import EndpointMode, TaskSpec, check_dns_name
 MAX_LINE = 16 * 1024 * 1024
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRequest:
+    """One container to start, as a checked ``run`` or ``task`` request asks for it.
+
+    Built once by :func:`operations` and passed down unchanged (agent, workloads,
+    containers), so the list of what a start takes is written in one place.
+    """
+
+    name: str
+    networks: tuple[str, ...]
+    #: ``docker run`` (attachable networks only) rather than a service task.
+    standalone: bool
+    #: A fixed address (only with exactly one network).
+    ip: str | None = None
+    #: Extra DNS names on every network, and the service task this container is.
+    aliases: tuple[str, ...] = ()
+    task: TaskSpec | None = None
+    #: The service's VIP on networks where it is not ``task.vip`` (the ingress network).
+    task_vips: Mapping[str, str] = field(default_factory=dict)
+    #: What runs inside the container once its names are in place (empty: nothing).
+    command: tuple[str, ...] = ()
 
 
 class ControlError(RuntimeError):
@@ -215,18 +239,7 @@ class AgentOps(Protocol):
     def members(self) -> dict[str, Any]: ...
     def tables(self) -> dict[str, Any]: ...
     async def kernel(self) -> dict[str, Any]: ...
-    async def run_container(
-        self,
-        name: str,
-        networks: list[str],
-        *,
-        standalone: bool,
-        ip: str | None = None,
-        aliases: Sequence[str] = (),
-        task: TaskSpec | None = None,
-        task_vips: Mapping[str, str] | None = None,
-        command: Sequence[str] = (),
-    ) -> dict[str, Any]: ...
+    async def run_container(self, req: ContainerRequest) -> dict[str, Any]: ...
     async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]: ...
     async def disconnect(self, name: str, network: str) -> dict[str, Any]: ...
     async def remove(self, name: str) -> dict[str, Any]: ...
@@ -258,14 +271,16 @@ def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
         if ip is not None and len(networks) != 1:
             raise BadRequest("ip: only with exactly one network")
         return await agent.run_container(
-            _str(req, "container"),
-            networks,
-            standalone=standalone,
-            ip=ip,
-            aliases=_aliases(req),
-            task=_task(req),
-            task_vips=_task_vips(req),
-            command=_str_list(req, "command"),
+            ContainerRequest(
+                _str(req, "container"),
+                tuple(networks),
+                standalone=standalone,
+                ip=ip,
+                aliases=tuple(_aliases(req)),
+                task=_task(req),
+                task_vips=_task_vips(req),
+                command=tuple(_str_list(req, "command")),
+            )
         )
 
     async def run(req: dict[str, Any]) -> Any:

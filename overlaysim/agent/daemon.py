@@ -30,12 +30,11 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from overlaysim.agent.containers import Containers
-from overlaysim.agent.control import ControlError, ControlServer, operations
+from overlaysim.agent.control import ContainerRequest, ControlError, ControlServer, operations
 from overlaysim.agent.created import clean_recorded
 from overlaysim.agent.dataplane import DataPlane
 from overlaysim.agent.keys import Keys
@@ -58,7 +57,6 @@ from overlaysim.core.endpoint import ENDPOINTS
 from overlaysim.core.events import EntryEvent, MemberEvent
 from overlaysim.core.gossip_crypto import GossipKeyring
 from overlaysim.core.node import Node
-from overlaysim.core.services import TaskSpec
 from overlaysim.core.wire import Message
 
 #: The underlay MTU libnetwork's overlay driver assumes whatever the real one is (its
@@ -525,23 +523,9 @@ class Agent:
         assert self.programmer is not None
         return await self._dp(self.programmer.kernel)
 
-    async def run_container(
-        self,
-        name: str,
-        networks: list[str],
-        *,
-        standalone: bool,
-        ip: str | None = None,
-        aliases: Sequence[str] = (),
-        task: TaskSpec | None = None,
-        task_vips: Mapping[str, str] | None = None,
-        command: Sequence[str] = (),
-    ) -> dict[str, Any]:
+    async def run_container(self, req: ContainerRequest) -> dict[str, Any]:
         """Start a container with its names and command (see :meth:`Workloads.run`)."""
-        return await self.workloads.run(
-            name, networks, standalone=standalone, ip=ip, aliases=aliases, task=task,
-            task_vips=task_vips, command=command,
-        )  # fmt: skip
+        return await self.workloads.run(req)
 
     async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]:
         """Attach a running container to one more network."""

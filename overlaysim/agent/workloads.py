@@ -11,12 +11,12 @@ The driver loop (:mod:`overlaysim.agent.daemon`) only forwards control requests 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from overlaysim.agent.containers import Containers
+from overlaysim.agent.control import ContainerRequest
 from overlaysim.agent.servicenet import ServiceNet
-from overlaysim.core.services import TaskSpec
 
 
 class Workloads:
@@ -41,42 +41,28 @@ class Workloads:
         #: Serialises starting and removing containers with their names and commands.
         self._lock = asyncio.Lock()
 
-    async def run(
-        self,
-        name: str,
-        networks: list[str],
-        *,
-        standalone: bool,
-        ip: str | None = None,
-        aliases: Sequence[str] = (),
-        task: TaskSpec | None = None,
-        task_vips: Mapping[str, str] | None = None,
-        command: Sequence[str] = (),
-    ) -> dict[str, Any]:
-        """Start a container on ``networks``: ``docker run`` (standalone) or a service task.
+    async def run(self, req: ContainerRequest) -> dict[str, Any]:
+        """Start a container on its networks: ``docker run`` (standalone) or a service task.
 
         Once its namespace exists it gets its hostname (its name), resolv.conf, embedded
-        DNS server and VIP table; then ``command``, if any, starts inside it. A failure
+        DNS server and VIP table; then its command, if any, starts inside it. A failure
         at any step removes everything made so far.
         """
         async with self._lock:
-            out = await self.containers.run(
-                name, networks, standalone=standalone, ip=ip, aliases=aliases, task=task,
-                task_vips=task_vips,
-            )  # fmt: skip
+            out = await self.containers.run(req)
             netns = out["netns"]
             if not self.names_in_kernel:
                 return out
             try:
                 pid = await self.svcnet.start(
-                    name, netns, aliases=aliases, task=task, command=command
+                    req.name, netns, aliases=req.aliases, task=req.task, command=req.command
                 )
                 if pid is not None:
                     out["pid"] = pid
             except BaseException:
-                await self.svcnet.stop(name)
+                await self.svcnet.stop(req.name)
                 try:
-                    await self.containers.remove(name)
+                    await self.containers.remove(req.name)
                 except Exception as exc:  # report the first failure, not this one
                     self._on_error("control:run:rollback", exc)
                 raise
@@ -106,6 +92,6 @@ class Workloads:
         """Hold exactly ``ports`` in the routing mesh (see :meth:`ServiceNet.ingress`)."""
 
         async def run(name: str, networks: list[str]) -> dict[str, Any]:
-            return await self.run(name, networks, standalone=False)
+            return await self.run(ContainerRequest(name, tuple(networks), standalone=False))
 
         return await self.svcnet.ingress(ports, run, self.remove)

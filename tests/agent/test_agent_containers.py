@@ -15,7 +15,7 @@ import pytest
 from agent_fakes import FakeDataPlane, aio
 
 from overlaysim.agent.containers import Containers
-from overlaysim.agent.control import BadRequest, ControlError
+from overlaysim.agent.control import BadRequest, ContainerRequest, ControlError
 from overlaysim.agent.keys import Keys
 from overlaysim.agent.logging import EventLog
 from overlaysim.agent.manager import Manager, ManagerClient, _result
@@ -138,7 +138,7 @@ class World:
 @aio
 async def test_attach_and_detach_happy_path(tmp_path: Path) -> None:
     w = World(tmp_path)
-    out = await w.containers.run("c1", ["web", "db"], standalone=True)
+    out = await w.containers.run(ContainerRequest("c1", ("web", "db"), standalone=True))
     assert [n["network"] for n in out["networks"]] == ["web", "db"]
     assert w.held("web") == ["c1"] and w.held("db") == ["c1"]
     value = w.node.entries[("web", "c1")]
@@ -153,7 +153,7 @@ async def test_rollback_when_the_data_plane_refuses(tmp_path: Path) -> None:
     w = World(tmp_path)
     w.dp.fail_next = OSError("injected: veth creation failed")
     with pytest.raises(OSError, match="injected"):
-        await w.containers.run("c1", ["web"], standalone=True)
+        await w.containers.run(ContainerRequest("c1", ("web",), standalone=True))
     assert "release" in w.manager.ops  # the allocated address went back
     w.assert_nothing_left()
 
@@ -163,7 +163,7 @@ async def test_rollback_when_the_entry_cannot_be_written(tmp_path: Path) -> None
     w = World(tmp_path)
     w.node.fail_create = TablesError("injected: network not joined")
     with pytest.raises(ControlError, match="injected"):
-        await w.containers.run("c1", ["web"], standalone=True)
+        await w.containers.run(ContainerRequest("c1", ("web",), standalone=True))
     assert ("detach", "c1", "web") in w.dp.calls  # unplugged again
     w.assert_nothing_left()
 
@@ -183,13 +183,13 @@ async def test_rollback_of_earlier_networks_when_a_later_one_fails(tmp_path: Pat
 
     w.manager.call = second_allocate_fails  # type: ignore[method-assign]
     with pytest.raises(BadRequest, match="pool exhausted"):
-        await w.containers.run("c1", ["web", "db"], standalone=True)
+        await w.containers.run(ContainerRequest("c1", ("web", "db"), standalone=True))
     # web was attached, then rolled back: entry deleted, unplugged, address released
     assert ("detach", "c1", "web") in w.dp.calls
     assert [e for e in w.events.lines or [] if e["kind"] == "detach"]
     w.assert_nothing_left()
     # and the name is free again
-    await w.containers.run("c1", ["web"], standalone=True)
+    await w.containers.run(ContainerRequest("c1", ("web",), standalone=True))
     assert w.held("web") == ["c1"]
 
 
@@ -210,7 +210,7 @@ async def test_a_failing_rollback_is_reported_and_the_first_error_raised(tmp_pat
 
     w.manager.call = flaky  # type: ignore[method-assign]
     with pytest.raises(BadRequest, match="second network refused"):
-        await w.containers.run("c1", ["web", "db"], standalone=True)
+        await w.containers.run(ContainerRequest("c1", ("web", "db"), standalone=True))
     assert "release" in w.errors  # the rollback's own failure is logged, not raised
     assert w.containers.networks_of() == {} and w.dp.containers == {}
 
@@ -218,13 +218,13 @@ async def test_a_failing_rollback_is_reported_and_the_first_error_raised(tmp_pat
 @aio
 async def test_detach_of_an_unknown_network_or_container_is_a_clear_error(tmp_path: Path) -> None:
     w = World(tmp_path)
-    await w.containers.run("c1", ["web"], standalone=True)
+    await w.containers.run(ContainerRequest("c1", ("web",), standalone=True))
     with pytest.raises(BadRequest, match="not on network db"):
         await w.containers.disconnect("c1", "db")
     with pytest.raises(BadRequest, match="no container c9"):
         await w.containers.remove("c9")
     with pytest.raises(BadRequest, match="already exists"):
-        await w.containers.run("c1", ["db"], standalone=True)
+        await w.containers.run(ContainerRequest("c1", ("db",), standalone=True))
 
 
 @aio
@@ -233,7 +233,9 @@ async def test_withdraw_deletes_the_entries_first_and_remove_finishes(tmp_path: 
 
     w = World(tmp_path)
     task = TaskSpec("api", 1, vip="10.10.0.200")
-    await w.containers.run("api.1", ["web", "db"], standalone=False, aliases=["x"], task=task)
+    await w.containers.run(
+        ContainerRequest("api.1", ("web", "db"), standalone=False, aliases=("x",), task=task)
+    )
     value = w.node.entries[("web", "api.1")]
     assert value["service"] == "api" and value["vip"] == "10.10.0.200" and value["aliases"] == "x"
     await w.containers.withdraw("api.1")

@@ -7,20 +7,20 @@ from typing import Any
 
 import pytest
 
-from overlaysim.agent.control import BadRequest, operations
+from overlaysim.agent.control import BadRequest, ContainerRequest, operations
 from overlaysim.core.services import EndpointMode, TaskSpec
 
 
 class Recorder:
     def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
+        self.calls: list[ContainerRequest] = []
 
-    async def run_container(self, name, networks, **kw) -> dict[str, Any]:
-        self.calls.append({"name": name, "networks": networks, **kw})
-        return {"container": name}
+    async def run_container(self, req: ContainerRequest) -> dict[str, Any]:
+        self.calls.append(req)
+        return {"container": req.name}
 
 
-def run(op: str, **req: Any) -> dict[str, Any]:
+def run(op: str, **req: Any) -> ContainerRequest:
     agent = Recorder()
     asyncio.run(operations(agent)[op](req))  # type: ignore[arg-type]
     return agent.calls[-1]
@@ -35,15 +35,17 @@ def test_task_fields_reach_the_agent_typed() -> None:
         task={"service": "web", "slot": 2, "mode": "vip", "vip": "10.0.0.2", "gen": 3},
         command=["python3", "-m", "http.server"],
     )
-    assert c["standalone"] is False and c["aliases"] == ["www", "api"]
-    assert c["task"] == TaskSpec("web", 2, EndpointMode.VIP, "10.0.0.2", 3)
-    assert c["command"] == ["python3", "-m", "http.server"]
+    assert c.name == "web.2" and c.networks == ("front",)
+    assert c.standalone is False and c.aliases == ("www", "api")
+    assert c.task == TaskSpec("web", 2, EndpointMode.VIP, "10.0.0.2", 3)
+    assert c.command == ("python3", "-m", "http.server")
     plain = run("run", container="c1", network="front")
-    assert plain["task"] is None and plain["aliases"] == [] and plain["command"] == []
+    assert plain.standalone is True and plain.task is None and plain.ip is None
+    assert plain.aliases == () and plain.command == () and dict(plain.task_vips) == {}
     rr = run(
         "task", container="db.1", network="b", task={"service": "db", "slot": 1, "mode": "dnsrr"}
     )
-    assert rr["task"].mode is EndpointMode.DNSRR and rr["task"].vip is None
+    assert rr.task is not None and rr.task.mode is EndpointMode.DNSRR and rr.task.vip is None
 
 
 @pytest.mark.parametrize(
