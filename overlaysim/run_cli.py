@@ -12,8 +12,15 @@ import sys
 from pathlib import Path
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("scenario", type=Path, help="scenario YAML file (see docs/scenarios.md)")
+def _add_overrides(p: argparse.ArgumentParser, help: str | None) -> None:
+    """``--set PATH=VALUE`` (repeatable), read by :func:`load_scenario` as ``overrides``."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE", help=help
+    )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of one scenario run, the same on both backends (``sim``, ``run``)."""
     p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
     p.add_argument(
         "--out",
@@ -21,13 +28,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="results folder (default: results/<scenario>-<backend>-s<seed>)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a scenario field; VALUE is parsed as YAML "
+    _add_overrides(
+        p,
+        "override a scenario field; VALUE is parsed as YAML "
         "(e.g. topology.hosts=5000, events.0.percent=10, events=[]); repeatable",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
@@ -45,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("scenario", type=Path)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    _add_overrides(p, None)
     p.add_argument("--show", action="store_true", help="print the resolved scenario as YAML")
     p.set_defaults(func=_cmd_validate)
 
@@ -78,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  overlaysim sim scenarios/loss-sweep.yaml --set events.0.percent=20\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_run_args(p)
+    p.add_argument("scenario", type=Path, help="scenario YAML file (see docs/scenarios.md)")
+    _add_run_options(p)
     p.set_defaults(func=_cmd_sim)
 
     p = sub.add_parser(
@@ -124,14 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="local|dask-local|dask://HOST:PORT",
         help="local process pool (default), a Dask LocalCluster, or a Dask scheduler",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a scenario field for every point (YAML value); repeatable",
-    )
+    _add_overrides(p, "override a scenario field for every point (YAML value); repeatable")
     p.add_argument("--plots", action="store_true", help="also draw each run's plots (slower)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_cmd_sweep)
@@ -153,18 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", help="a scenario file, or with --name: a host of the testbed")
-    p.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
-    p.add_argument("--out", type=Path, default=None, help="results folder")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a scenario field (YAML value); repeatable",
-    )
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress display or summary")
-    p.add_argument("--no-plots", action="store_true", help="do not draw plots after the run")
+    _add_run_options(p)  # the scenario form's, as for sim
     p.add_argument("--name", help="container form: the container's name")
     p.add_argument("--network", action="append", dest="networks", default=[], help="container form")
     p.add_argument("--ip", help="container form: a fixed address (one network only)")

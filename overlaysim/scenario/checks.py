@@ -282,14 +282,21 @@ class _Checker:
         service, _, slot = name.rpartition(".")
         return slot.isdigit() and 1 <= int(slot) <= self.services.get(service, 0)
 
+    def refuse_task(self, p: str, container: str, at: float) -> bool:
+        """Report ``container`` if it is a service task: attach and detach take plain
+        containers only; whether it was refused."""
+        if not self.is_task(container):
+            return False
+        self.bad(
+            f"{p}.container",
+            container,
+            f"a container that is not a service task at t={at:g} "
+            "(service_scale and service_rm change tasks)",
+        )
+        return True
+
     def attach(self, p: str, ev: AttachEvent) -> None:
-        if self.is_task(ev.container):
-            self.bad(
-                f"{p}.container",
-                ev.container,
-                f"a container that is not a service task at t={ev.at:g} "
-                "(service_scale and service_rm change tasks)",
-            )
+        if self.refuse_task(p, ev.container, ev.at):
             return
         known = self.host(f"{p}.host", ev.host) & self.net(f"{p}.network", ev.network)
         if ev.host in self.down:
@@ -308,13 +315,7 @@ class _Checker:
             current[1].add(ev.network)
 
     def detach(self, p: str, ev: DetachEvent) -> None:
-        if self.is_task(ev.container):
-            self.bad(
-                f"{p}.container",
-                ev.container,
-                f"a container that is not a service task at t={ev.at:g} "
-                "(service_scale and service_rm change tasks)",
-            )
+        if self.refuse_task(p, ev.container, ev.at):
             return
         current = self.containers.get(ev.container)
         if current is None:

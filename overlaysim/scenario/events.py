@@ -14,6 +14,7 @@ from pydantic import Field
 from overlaysim.scenario.fields import HostPair, Name, StrictModel
 
 _OptPositive = Field(None, gt=0, description="a number of seconds greater than 0")
+_HOST = "the name of a topology host"
 
 
 class _Event(StrictModel):
@@ -82,28 +83,28 @@ class CrashEvent(_Event):
     """Stop a host's agent without a goodbye."""
 
     action: Literal["crash"]
-    host: Name = Field(description="the name of a topology host")
+    host: Name = Field(description=_HOST)
 
 
 class RestartEvent(_Event):
     """Start a crashed (or departed) host's agent again; it rejoins."""
 
     action: Literal["restart"]
-    host: Name = Field(description="the name of a topology host")
+    host: Name = Field(description=_HOST)
 
 
 class LeaveEvent(_Event):
     """A host leaves the cluster gracefully."""
 
     action: Literal["leave"]
-    host: Name = Field(description="the name of a topology host")
+    host: Name = Field(description=_HOST)
 
 
 class JoinEvent(_Event):
     """A departed (or crashed) host joins the cluster again."""
 
     action: Literal["join"]
-    host: Name = Field(description="the name of a topology host")
+    host: Name = Field(description=_HOST)
 
 
 class AttachEvent(_Event):
@@ -111,7 +112,7 @@ class AttachEvent(_Event):
 
     action: Literal["attach"]
     container: Name = Field(description="a container name")
-    host: Name = Field(description="the name of a topology host")
+    host: Name = Field(description=_HOST)
     network: Name = Field(description="a network name")
 
 
