@@ -1,3 +1,8 @@
-"""overlaysim: a testbed for overlay networks (VXLAN + SWIM gossip), simulated and emulated."""
+"""overlaysim: a testbed for overlay networks (VXLAN + SWIM gossip), simulated and emulated.
+
+The top-level modules are the command line: ``cli`` (root parser, ``main``) and the
+modules registering its commands by concept (``run_cli``, ``results_cli``, ``host_cli``,
+``testbed_cli``, ``service_cli``); ``errors`` and ``known_issues`` sit beside them.
+"""
 
 __version__ = "0.1.0"

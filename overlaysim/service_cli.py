@@ -147,6 +147,18 @@ def _stop_task(task: str, host: str) -> bool:
     return True
 
 
+def _stop_tasks(tasks: list[list[str]] | list[tuple[str, str]]) -> None:
+    """Stop tasks on their hosts at once (each host's agent works on its own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(tasks) <= 1:
+        for task, host in tasks:
+            _stop_task(task, host)
+        return
+    with ThreadPoolExecutor(max_workers=min(8, len(tasks))) as pool:
+        list(pool.map(lambda th: _stop_task(*th), tasks))
+
+
 def _command(argv: list[str]) -> list[str]:
     return argv[1:] if argv[:1] == ["--"] else argv
 
@@ -174,8 +186,7 @@ def _create(args: argparse.Namespace) -> int:
         if svc["publish"]:
             _sync_mesh()
     except BaseException:
-        for task, host in started:
-            _stop_task(task, host)
+        _stop_tasks(started)
         _manager("service_rm", name=svc["name"])
         if svc["publish"]:
             _sync_mesh()
@@ -213,8 +224,7 @@ def _scale(args: argparse.Namespace) -> int:
     pairs = [_parse_pair(p) for p in args.pairs]  # all checked before anything changes
     for name, k in pairs:
         svc = _manager("service_scale", name=name, replicas=k)
-        for task, host in svc["removed"]:
-            _stop_task(task, host)
+        _stop_tasks(svc["removed"])
         for task, host in svc["added"]:
             _start_task(svc, task, host)
         print(f"{svc['name']} scaled to {svc['replicas']}")
@@ -272,7 +282,6 @@ def _rm(args: argparse.Namespace) -> int:
         svc = _manager("service_rm", name=name)
         if svc["publish"]:
             _sync_mesh()
-        for task, host in svc["tasks"]:
-            _stop_task(task, host)
+        _stop_tasks(svc["tasks"])
         print(svc["name"])
     return 0

@@ -53,7 +53,7 @@ def up(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``network``, ``rm``, ``ps``, ``exec`` and ``inspect``.
 
-    ``service`` is :mod:`overlaysim.service_cli`; ``run`` has two forms (a scenario, or a container) and lives in :mod:`overlaysim.cli`.
+    ``service`` is :mod:`overlaysim.service_cli`; ``run`` has two forms (a scenario, or a container) and lives in :mod:`overlaysim.run_cli`.
     """
     p = sub.add_parser(
         "up",

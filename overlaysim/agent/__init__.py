@@ -1,7 +1,9 @@
 """The live runtime: ``overlayd``, one agent per (Mininet) host, and its kernel side.
 
 Owns the asyncio driver of the core's node (``daemon``), its transport, control socket
-and manager API, the host's containers (``containers``) and network keys (``keys``),
+and manager API, what the control views return (``views``), the host's containers
+(``containers``; with their names and commands under one lock: ``workloads``) and
+network keys (``keys``),
 the programmer that turns endpoint-table events into data-plane calls, the kernel data
 plane (the ``dataplane`` package; encrypted networks' path: ``esp_tunnel``, with
 ``udp_gso`` for UDP GSO/GRO and ``vxlan_guard`` for the cleartext-VXLAN drop rule) and

@@ -173,6 +173,21 @@ class Containers:
             self._containers.pop(c.name, None)
             return {"container": c.name, "networks": out}
 
+    async def withdraw(self, name: str) -> None:
+        """Delete ``name``'s endpoint entries but leave it plugged in.
+
+        Before a task's command is stopped its names go first, as Docker takes a task out
+        of DNS and the load balancer before stopping it: new connections stop being sent
+        to it while it still answers the ones it has. :meth:`remove` then skips them.
+        """
+        async with self.ops:
+            c = self._containers.get(name)
+            if c is None:
+                return
+            for network in list(c.nets):
+                self._delete_entry(c, network)
+            self._flush()
+
     async def release_all(self, manager: ManagerClient) -> None:
         """Give back every local container's addresses (best effort, on a clean stop)."""
         calls = [
@@ -258,7 +273,22 @@ class Containers:
     async def _detach(self, c: Container, network: str) -> dict[str, Any]:
         if network not in c.nets:
             raise BadRequest(f"container {c.name} is not on network {network}")
+        self._delete_entry(c, network)
         attachment = c.nets.pop(network)
+        self._flush()
+        await self._unplug(c.name, network)
+        self.events.write("detach", container=c.name, network=network)
+        released = await self._release_quietly(network, c.name)
+        if not c.nets:
+            self._containers.pop(c.name, None)
+        return {"network": network, "ip": attachment["ip"], "released": released}
+
+    def _delete_entry(self, c: Container, network: str) -> None:
+        """Delete the endpoint entry of ``c`` on ``network`` once (see :meth:`withdraw`)."""
+        attachment = c.nets[network]
+        if attachment.get("withdrawn"):
+            return
+        attachment["withdrawn"] = True
         try:
             self.node.delete_entry(network, ENDPOINTS, c.name, time.monotonic())
         except TablesError as exc:  # already gone from the table (e.g. after a leave)
@@ -272,13 +302,6 @@ class Containers:
                 ip=attachment["ip"],
                 vtep=self.vtep,
             )
-        self._flush()
-        await self._unplug(c.name, network)
-        self.events.write("detach", container=c.name, network=network)
-        released = await self._release_quietly(network, c.name)
-        if not c.nets:
-            self._containers.pop(c.name, None)
-        return {"network": network, "ip": attachment["ip"], "released": released}
 
     async def _unplug(self, container: str, network: str) -> None:
         result = await self._run(self._programmer().detach, container, network)

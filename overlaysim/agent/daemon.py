@@ -9,9 +9,10 @@ fires its single timer, and after every input flushes the node's sends (to the
 transport) and events (to the JSON-lines log and to the
 :class:`~overlaysim.agent.programmer.Programmer`, which programs the kernel on a worker
 thread). It makes no protocol decisions. Its containers (attach, detach and their
-rollbacks) are :class:`~overlaysim.agent.containers.Containers`, its network keys
-:class:`~overlaysim.agent.keys.Keys`, and the kernel side the
-:mod:`overlaysim.agent.dataplane` package.
+rollbacks) are :class:`~overlaysim.agent.containers.Containers`, started and removed with
+their names and commands by :class:`~overlaysim.agent.workloads.Workloads`; its network
+keys :class:`~overlaysim.agent.keys.Keys`; what the control API reads
+:mod:`overlaysim.agent.views`; the kernel side the :mod:`overlaysim.agent.dataplane` package.
 
 All state is in memory: SIGKILL is a node crash. A restart cleans the kernel objects
 its previous boot recorded (``--record``), asks the manager to release the previous
@@ -38,7 +39,7 @@ from overlaysim.agent.control import ControlError, ControlServer, operations
 from overlaysim.agent.created import clean_recorded
 from overlaysim.agent.dataplane import DataPlane
 from overlaysim.agent.keys import Keys
-from overlaysim.agent.logging import EventLog, RateLimit
+from overlaysim.agent.logging import EventLog, RateLimit, event_line
 from overlaysim.agent.manager import MANAGER_PORT, Manager, ManagerClient, ManagerServer
 from overlaysim.agent.options import AgentConfig, parse_args
 from overlaysim.agent.programmer import DataPlanePort, Programmer, remote_entries
@@ -49,10 +50,12 @@ from overlaysim.agent.transport import (
     Transport,
     sealed_configs,
 )
+from overlaysim.agent.views import members_view, status_view, tables_view
+from overlaysim.agent.workloads import Workloads
 from overlaysim.core.cluster import Cluster
 from overlaysim.core.config import configs
 from overlaysim.core.endpoint import ENDPOINTS
-from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
+from overlaysim.core.events import EntryEvent, MemberEvent
 from overlaysim.core.gossip_crypto import GossipKeyring
 from overlaysim.core.node import Node
 from overlaysim.core.services import TaskSpec
@@ -61,13 +64,6 @@ from overlaysim.core.wire import Message
 #: The underlay MTU libnetwork's overlay driver assumes whatever the real one is (its
 #: fixed 1450-byte VXLAN MTU); used when ``tables.mtu_from_underlay`` is off.
 ASSUMED_UNDERLAY_MTU = 1500
-
-_OPS = {
-    EntryEventKind.CREATE: "add",
-    EntryEventKind.UPDATE: "update",
-    EntryEventKind.DELETE: "delete",
-    EntryEventKind.TOMBSTONE: "delete",
-}
 
 
 class Agent:
@@ -159,9 +155,12 @@ class Agent:
         )  # fmt: skip
         # Hostname, resolv.conf and DNS need the container's real namespace: off with an
         # injected (fake) data plane unless asked for; the directory is fed either way.
-        self.names_in_kernel = dataplane is None if names_in_kernel is None else names_in_kernel
-        #: Serialises starting and removing containers with their names and commands.
-        self._lifecycle = asyncio.Lock()
+        self.workloads = Workloads(
+            self.containers,
+            self.svcnet,
+            names_in_kernel=dataplane is None if names_in_kernel is None else names_in_kernel,
+            on_error=self._error,
+        )
         self._limits: dict[str, RateLimit] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -361,31 +360,15 @@ class Agent:
             self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
 
     def _on_event(self, ev: MemberEvent | EntryEvent) -> None:
+        """Fan one node event out: the log, the key ring, the kernel and the names."""
         if isinstance(ev, MemberEvent):
-            self.keys.note_epoch(ev)
-            self.events.write(
-                f"member_{ev.kind.value}",
-                subject=ev.node,
-                addr=ev.addr,
-                incarnation=ev.incarnation,
-                epoch=ev.epoch,
-            )
-            return
-        # Endpoint entries carry their value: the names in it are what the service-DNS
-        # metrics replay (emu/collect.py), as the simulator feeds them from its tables.
-        value = dict(ev.value) if ev.table == ENDPOINTS and ev.value else None
-        self.events.write(
-            "entry_seen",
-            network=ev.network,
-            table=ev.table,
-            key=ev.key,
-            op=_OPS[ev.kind],
-            owner=ev.owner,
-            **({"value": value} if value is not None else {}),
-        )
-        if self.programmer is not None and not self._torn_down:
-            self._submit(self.programmer.on_event, ev)
-        self.svcnet.on_event(ev)
+            self.keys.note_epoch(ev)  # a restarted peer's new epoch: fresh replay windows
+        kind, fields = event_line(ev)
+        self.events.write(kind, **fields)
+        if isinstance(ev, EntryEvent):
+            if self.programmer is not None and not self._torn_down:
+                self._submit(self.programmer.on_event, ev)
+            self.svcnet.on_event(ev)
 
     def _report(self, what: str, detail: str) -> None:
         """Log a peer or transport error, at most once per second per kind."""
@@ -519,50 +502,23 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         """Name, epoch, members with states, counters, networks and local containers."""
-        m = self.node.membership
         counters = self.counters.as_dict()
         counters["program_errors"] = self.programmer.errors if self.programmer else 0
-        return {
-            "name": self.cfg.name,
-            "addr": self.cfg.addr,
-            "epoch": self.cfg.epoch,
-            "incarnation": m.incarnation,
-            "left": m.has_left,
-            "health": m.health_score,
-            "members": self.members(),
-            "counters": counters,
-            "networks": sorted(self.node.tables.networks()),
-            "containers": self.containers.networks_of(),
-            "services": self.svcnet.status(),
-        }
+        return status_view(
+            self.node,
+            epoch=self.cfg.epoch,
+            counters=counters,
+            containers=self.containers.networks_of(),
+            services=self.svcnet.status(),
+        )
 
     def members(self) -> dict[str, Any]:
         """Every known member (ourselves included): state, address, incarnation, epoch."""
-        return {
-            name: {
-                "state": m.state.value,
-                "addr": m.addr,
-                "incarnation": m.incarnation,
-                "epoch": m.epoch,
-            }
-            for name, m in sorted(self.node.membership.members().items())
-        }
+        return members_view(self.node.membership)
 
     def tables(self) -> dict[str, Any]:
         """Live endpoint entries per attached network."""
-        tables = self.node.tables
-        return {
-            network: {
-                key: {
-                    "owner": e.owner,
-                    "owner_epoch": e.owner_epoch,
-                    "ltime": e.ltime,
-                    "value": e.value,
-                }
-                for (_, key), e in sorted(tables.entries(network, ENDPOINTS).items())
-            }
-            for network in sorted(tables.networks())
-        }
+        return tables_view(self.node.tables)
 
     async def kernel(self) -> dict[str, Any]:
         """FDB and neighbour entries the kernel holds per local network."""
@@ -581,60 +537,27 @@ class Agent:
         task_vips: Mapping[str, str] | None = None,
         command: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Start a container on ``networks``: ``docker run`` (standalone) or a service task.
-
-        Once its namespace exists it gets its hostname (its name), resolv.conf, embedded
-        DNS server and VIP table; then ``command``, if any, starts inside it. A failure
-        at any step removes everything made so far.
-        """
-        async with self._lifecycle:
-            out = await self.containers.run(
-                name, networks, standalone=standalone, ip=ip, aliases=aliases, task=task,
-                task_vips=task_vips,
-            )  # fmt: skip
-            netns = out["netns"]
-            if not self.names_in_kernel:
-                return out
-            try:
-                pid = await self.svcnet.start(
-                    name, netns, aliases=aliases, task=task, command=command
-                )
-                if pid is not None:
-                    out["pid"] = pid
-            except BaseException:
-                await self.svcnet.stop(name)
-                try:
-                    await self.containers.remove(name)
-                except Exception as exc:  # report the first failure, not this one
-                    self._error("control:run:rollback", exc)
-                raise
-            return out
+        """Start a container with its names and command (see :meth:`Workloads.run`)."""
+        return await self.workloads.run(
+            name, networks, standalone=standalone, ip=ip, aliases=aliases, task=task,
+            task_vips=task_vips, command=command,
+        )  # fmt: skip
 
     async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]:
         """Attach a running container to one more network."""
-        return await self.containers.connect(name, network, ip)
+        return await self.workloads.connect(name, network, ip)
 
     async def disconnect(self, name: str, network: str) -> dict[str, Any]:
         """Detach a container from one network (it goes when its last network does)."""
-        async with self._lifecycle:
-            c = self.containers.get(name)
-            if c is not None and len(c.nets) == 1:
-                await self.svcnet.stop(name)  # the last network: the namespace goes
-            return await self.containers.disconnect(name, network)
+        return await self.workloads.disconnect(name, network)
 
     async def remove(self, name: str) -> dict[str, Any]:
-        """Remove a container: its command, names, entries, interfaces and addresses."""
-        async with self._lifecycle:
-            await self.svcnet.stop(name)
-            return await self.containers.remove(name)
+        """Remove a container, its entries first (see :meth:`Workloads.remove`)."""
+        return await self.workloads.remove(name)
 
     async def ingress(self, ports: list[list[Any]]) -> dict[str, Any]:
         """Hold exactly ``ports`` in the routing mesh (see :meth:`ServiceNet.ingress`)."""
-
-        async def run(name: str, networks: list[str]) -> dict[str, Any]:
-            return await self.run_container(name, networks, standalone=False)
-
-        return await self.svcnet.ingress(ports, run, self.remove)
+        return await self.workloads.ingress(ports)
 
     async def manager_call(self, op: str, args: dict[str, Any]) -> Any:
         """Forward one manager request; the manager's errors come back unchanged."""

@@ -23,6 +23,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from overlaysim.core.endpoint import ENDPOINTS
+from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
+
+#: The ``op`` field of an ``entry_seen`` line for each kind of table event.
+_OPS = {
+    EntryEventKind.CREATE: "add",
+    EntryEventKind.UPDATE: "update",
+    EntryEventKind.DELETE: "delete",
+    EntryEventKind.TOMBSTONE: "delete",
+    EntryEventKind.REFRESH: "refresh",
+}
+
 #: Every ``kind`` the agent writes.
 KINDS = frozenset(
     {
@@ -99,6 +111,24 @@ class EventLog:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+def event_line(ev: MemberEvent | EntryEvent) -> tuple[str, dict[str, Any]]:
+    """The ``kind`` and fields of the line a node event is logged as."""
+    if isinstance(ev, MemberEvent):
+        fields = {"subject": ev.node, "addr": ev.addr, "incarnation": ev.incarnation}
+        return f"member_{ev.kind.value}", {**fields, "epoch": ev.epoch}
+    # Endpoint entries carry their value: the names in it are what the service-DNS
+    # metrics replay (emu/collect.py), as the simulator feeds them from its tables.
+    value = dict(ev.value) if ev.table == ENDPOINTS and ev.value else None
+    return "entry_seen", {
+        "network": ev.network,
+        "table": ev.table,
+        "key": ev.key,
+        "op": _OPS[ev.kind],
+        "owner": ev.owner,
+        **({"value": value} if value is not None else {}),
+    }
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

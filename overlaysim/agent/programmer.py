@@ -9,7 +9,10 @@ and logs each step:
 * ``entry_programmed`` (op ``add``/``delete``) when a remote endpoint was written to or
   removed from a network sandbox that exists here. Entries of a network without a local
   sandbox are handed to the data plane, which remembers them and programs them when the
-  sandbox is created: they are logged then, with ``replay: true``.
+  sandbox is created: they are logged then, with ``replay: true``. A table event that
+  leaves the kernel as it is but means this host now holds the committed state (a
+  refresh: a newer version with the same content; the tombstone of an entry never
+  programmed) is logged with ``noop: true``.
 * ``reconcile`` when :meth:`reconcile` found the kernel different from the tables and
   repaired it (Docker never does this: stale entries after IP reuse stay forever).
 * ``program_error`` when a peer's entry is malformed or the kernel refused a change:
@@ -101,6 +104,22 @@ class Programmer:
             return
         network, key = ev.network, ev.key
         old = self.held.get(network, {}).get(key)
+        if ev.kind is EntryEventKind.REFRESH:
+            # A newer version with the same content: the kernel already holds it. Logged
+            # (as the tombstone of an entry never programmed is) so that the emulator's
+            # convergence sees this host hold the owner's new commit, as the simulator does.
+            if old is not None and network in self._local:
+                self.log.write(
+                    "entry_programmed",
+                    network=network,
+                    key=key,
+                    op="add",
+                    owner=ev.owner,
+                    ip=old[0],
+                    vtep=old[2],
+                    noop=True,
+                )
+            return
         if ev.kind is EntryEventKind.TOMBSTONE:
             if old is None and network in self._local:
                 # Nothing was programmed, so the kernel already agrees with the delete.

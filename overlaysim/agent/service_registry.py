@@ -32,7 +32,7 @@ from typing import Any
 from overlaysim.core.cluster import Cluster
 from overlaysim.core.cluster_errors import ClusterError, InvalidSpec, NetworkNotFound
 from overlaysim.core.network import NetworkSpec
-from overlaysim.core.services import TASKS_PREFIX, EndpointMode, check_dns_name
+from overlaysim.core.services import TASKS_PREFIX, EndpointMode, check_dns_name, vip_endpoint
 
 __all__ = [
     "SERVICE_OPS",
@@ -91,11 +91,6 @@ def parse_publish(items: object) -> tuple[tuple[int, int], ...]:
     if len(set(ports)) != len(ports):
         raise InvalidSpec(f"publish {items!r}: a published port is listed twice")
     return tuple(out)
-
-
-def vip_endpoint(service: str) -> str:
-    """The IPAM endpoint name holding ``service``'s VIP (never a container name: ':')."""
-    return f"vip:{service}"
 
 
 def parse_mode(mode: object) -> EndpointMode:
@@ -200,7 +195,7 @@ class ServiceRegistry:
 
     def vip_release(self, network: str, service: str) -> str:
         """Give ``service``'s VIP on ``network`` back to the pool; the address."""
-        return self.cluster.release(network, vip_endpoint(service)).ip
+        return self.cluster.release(network, vip_endpoint(check_service_name(service))).ip
 
     # --- services ---------------------------------------------------------------------
 

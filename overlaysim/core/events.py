@@ -53,6 +53,11 @@ class EntryEventKind(Enum):
     #: reached it, or its owner was already held down): nothing to unprogram, but the
     #: node now holds the delete, which is what convergence of a delete measures.
     TOMBSTONE = "tombstone"
+    #: A newer version of a live entry with the same owner and value (the owner
+    #: re-committed it: a new boot, or a fresh version answering a stale copy). Nothing
+    #: to reprogram, but the node now holds that version, which is what convergence of
+    #: its commit measures: for observers only, the data plane leaves it alone.
+    REFRESH = "refresh"
 
 
 @dataclass(frozen=True, slots=True)

@@ -254,8 +254,8 @@ class Directory:
 
     def apply(self, ev: EntryEvent) -> bool:
         """Apply one table event; True if the names changed."""
-        if ev.table != ENDPOINTS_TABLE:
-            return False
+        if ev.table != ENDPOINTS_TABLE or ev.kind is EntryEventKind.REFRESH:
+            return False  # a refresh is the same value: the names did not change
         if ev.kind in (EntryEventKind.DELETE, EntryEventKind.TOMBSTONE):
             return self._remove(ev.network, ev.key)
         try:

@@ -35,7 +35,9 @@ The rules, all applied in :meth:`Tables._merge` and :meth:`Tables._store`:
   tombstone was reaped), we answer with a fresh version that beats it.
 * Every change of the local live view emits exactly one :class:`EntryEvent`:
   absent -> live CREATE, live -> live with another owner or value UPDATE,
-  live -> absent DELETE (carrying the value that was live).
+  live -> absent DELETE (carrying the value that was live). A newer version of a live
+  entry with the same owner and value emits REFRESH: the view is unchanged (nothing to
+  program), but observers measuring convergence must see the node hold that version.
 """
 
 from __future__ import annotations
@@ -672,8 +674,13 @@ class Tables:
             kind, src = EntryEventKind.DELETE, before
         elif before is None:
             kind, src = EntryEventKind.CREATE, after
+        elif before is after:
+            return  # the very version (nothing a caller should do, but nothing changed)
         elif before.owner == after.owner and before.value == after.value:
-            return  # a new version with the same content: nothing to reprogram
+            # A new version with the same content: nothing to reprogram, but this node
+            # now holds the newer version (say a restarted owner's, when this node had
+            # kept its previous boot's entry), and convergence of it must be seen.
+            kind, src = EntryEventKind.REFRESH, after
         else:
             kind, src = EntryEventKind.UPDATE, after
         self._events.append(EntryEvent(kind, network, k[0], k[1], src.owner, dict(src.value)))

@@ -26,7 +26,8 @@ from overlaysim.emu.impair import UnsupportedImpairment
 from overlaysim.emu.testbed import Testbed, TestbedError
 from overlaysim.scenario.schema import Scenario
 from overlaysim.scenario.steps import ImpairKind, Link
-from overlaysim.world.world import Container, StepSkipped
+from overlaysim.world.container import Container
+from overlaysim.world.world import StepSkipped
 
 if TYPE_CHECKING:
     from overlaysim.world.world import World

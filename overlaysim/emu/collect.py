@@ -68,6 +68,8 @@ _SERVICE_TASKS = str(EventKind.SERVICE_TASKS)
 _SEEN_KINDS = {
     "add": EntryEventKind.CREATE,
     "update": EntryEventKind.UPDATE,
+    # a newer version with the same content: the simulator's directories see it too
+    "refresh": EntryEventKind.REFRESH,
     "delete": EntryEventKind.DELETE,
 }
 
@@ -109,11 +111,13 @@ def collect(
     dns = DnsTracker() if any(row[2] == _SERVICE_TASKS for row in truth.rows) else None
     truth_kinds = _TRUTH | {_SERVICE_TASKS} if dns is not None else _TRUTH
     agent_kinds = _AGENT | _DNS_AGENT if dns is not None else _AGENT
-    retime = _change_times(truth, logs, t0) if dns is not None else {}
+    retime, removals = _change_times(truth, logs, t0) if dns is not None else ({}, [])
     # Ground truth before agent lines at equal times: an attach precedes its commit.
     for i, row in enumerate(truth.rows):
         if row[2] in truth_kinds:
             items.append((retime.get(i, row[0]), 0, i, row))
+    for k, removal in enumerate(removals):  # a removed task address leaves the tables
+        items.append((removal[0], 0, len(truth.rows) + k, removal))
     seq = 0
     timer_late: list[TimerLate] = []
     for lines in logs.values():
@@ -142,6 +146,10 @@ def collect(
     holds = len(logs) <= HOLD_EVENTS_MAX_HOSTS  # entry_held rows: small runs only
     valued = 0  # entry_seen lines that carried a value
     for t, source, _, item in items:
+        if source == 0 and len(item) == 4:  # a removal (see _change_times)
+            if dns is not None:
+                dns.removed(t, item[1], item[2], item[3])
+            continue
         if source == 0:
             _, node, kind, subject, network = item[:5]
             fold.fold(t, kind, node=node, subject=subject, network=network)
@@ -193,13 +201,17 @@ def collect(
 
 def _change_times(
     truth: EventLog, logs: Mapping[str, Iterable[Mapping[str, Any]]], t0: float
-) -> dict[int, float]:
-    """When each ``service_tasks`` row's change reached the tables: the last owner commit
-    of the tasks it changed (an ``add`` for a new or replaced task, a ``delete`` for a
-    removed one), from the row's time until the service's next row. The simulator
-    commits at the step's instant, the row's own time; the emulator places tasks one by
-    one, and this keeps the time its agents took to do so out of the measurement. A
-    change no commit made (a crash) keeps the row's time."""
+) -> tuple[dict[int, float], list[tuple[float, str, str, str]]]:
+    """When each ``service_tasks`` row's change reached the tables, and when each address
+    it removed left them.
+
+    The simulator commits a step's tasks at the step's instant, the row's own time. The
+    emulator places them one by one (an agent request each), so a change is timed at the
+    last owner commit of its tasks (``add`` for the ``added``, ``delete`` for the
+    ``removed``), looked for from the row's time until the service's next row; and each
+    removed address gets its own start, its delete commit (for ``DnsTracker.removed``).
+    A change no commit made (a crash) keeps the row's time. Returns (row index -> time,
+    [(time, network, service, ip)] removals)."""
     commits: dict[tuple[str, str, str], list[float]] = {}
     for lines in logs.values():
         for line in lines:
@@ -208,6 +220,7 @@ def _change_times(
                 commits.setdefault(k, []).append(float(line["t"]) - t0)
     rows = [(i, r) for i, r in enumerate(truth.rows) if r[2] == _SERVICE_TASKS]
     out: dict[int, float] = {}
+    removals: list[tuple[float, str, str, str]] = []
     for j, (i, row) in enumerate(rows):
         t, network, service = row[0], row[4], row[3]
         detail = json.loads(row[7] or "{}")
@@ -215,14 +228,23 @@ def _change_times(
             (r[0] for _, r in rows[j + 1 :] if (r[4], r[3]) == (network, service)), math.inf
         )
         last = t
-        for op, keys in (("add", detail.get("added", [])), ("delete", detail.get("removed", []))):
-            for key in keys:
-                times = [c for c in commits.get((network, key, op), []) if t <= c < until]
-                if times:
-                    last = max(last, min(times))
+        for key in detail.get("added", []):
+            c = _first(commits.get((network, key, "add"), []), t, until)
+            last = max(last, c) if c is not None else last
+        for key, ip in (detail.get("removed") or {}).items():
+            c = _first(commits.get((network, key, "delete"), []), t, until)
+            if c is not None:
+                last = max(last, c)
+                removals.append((c, network, service, ip))
         if last != t:
             out[i] = last
-    return out
+    return out, removals
+
+
+def _first(times: list[float], start: float, until: float) -> float | None:
+    """The earliest of ``times`` in ``[start, until)``, or None."""
+    inside = [c for c in times if start <= c < until]
+    return min(inside) if inside else None
 
 
 def _seen_event(line: Mapping[str, Any]) -> EntryEvent | None:

@@ -91,6 +91,8 @@ class DnsTracker:
         self._stale: list[_Stale] = []
         self._open_stale: list[_Stale] = []
         self._truth: dict[tuple[str, str], frozenset[str]] = {}
+        #: Stale windows opened by removed() ahead of their change, per service.
+        self._early: dict[tuple[str, str], dict[str, _Stale]] = {}
 
     def _view(self, host: str, network: str, service: str) -> frozenset[str]:
         d = self._dirs.get(host)
@@ -140,18 +142,36 @@ class DnsTracker:
             self._pending[key] = ch
         else:
             self._close(ch, Status.CONVERGED, t)
+        early = self._early.pop(key, {})
         for ip in sorted(before - truth):
-            holders = {
-                h
-                for h in self._dirs
-                if h not in self._gone and ip in self._view(h, network, key[1])
-            }
-            st = _Stale(t, network, key[1], ip, len(truth), holders, targets=len(tg))
-            self._stale.append(st)
-            if holders:
-                self._open_stale.append(st)
-            else:
-                self._close_stale(st, t)
+            st = early.get(ip)
+            if st is not None:  # opened at its own removal (see removed())
+                st.tasks, st.targets = len(truth), len(tg)
+                continue
+            self._open(_Stale(t, network, key[1], ip, len(truth), targets=len(tg)))
+
+    def removed(self, t: float, network: str, service: str, ip: str) -> None:
+        """Task address ``ip`` of ``service`` left the tables at ``t``, before the
+        :meth:`change` that removes it from the truth (the emulator removes a step's
+        tasks one by one): its stale window starts now, not at the change."""
+        key = (network, service.lower())
+        if ip not in self._truth.get(key, frozenset()) or ip in self._early.get(key, {}):
+            return
+        st = _Stale(t, network, key[1], ip, 0)
+        self._early.setdefault(key, {})[ip] = st
+        self._open(st)
+
+    def _open(self, st: _Stale) -> None:
+        st.holders = {
+            h
+            for h in self._dirs
+            if h not in self._gone and st.ip in self._view(h, st.network, st.service)
+        }
+        self._stale.append(st)
+        if st.holders:
+            self._open_stale.append(st)
+        else:
+            self._close_stale(st, st.t)
 
     def host_gone(self, t: float, host: str) -> None:
         """``host`` crashed or left: nobody waits for it, its answers no longer count."""

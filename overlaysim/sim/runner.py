@@ -37,9 +37,10 @@ from overlaysim.scenario.steps import Step
 from overlaysim.scenario.timeline import Plan, plan
 from overlaysim.sim.engine import Observer, SimCluster
 from overlaysim.sim.underlay import Underlay
+from overlaysim.world.container import Container
 from overlaysim.world.dryrun import network_spec
 from overlaysim.world.manifest import run_manifest
-from overlaysim.world.world import Container, StepSkipped, World
+from overlaysim.world.world import StepSkipped, World
 
 #: A graceful leave keeps the node running this long so its leave message spreads.
 LEAVE_GRACE_S = 1.0
@@ -47,7 +48,9 @@ LEAVE_GRACE_S = 1.0
 MAX_PROBE_PAIRS = 5000
 
 
-_ADDS = (EntryEventKind.CREATE, EntryEventKind.UPDATE)
+#: Events after which the host holds the entry live (a REFRESH: a newer version of it
+#: with the same content, which is what an owner's re-add after a restart can be).
+_ADDS = (EntryEventKind.CREATE, EntryEventKind.UPDATE, EntryEventKind.REFRESH)
 
 
 class _Recorder(Observer):

@@ -21,7 +21,8 @@ from overlaysim.scenario.problems import Problem, ScenarioError
 from overlaysim.scenario.schema import Network, Scenario
 from overlaysim.scenario.steps import ImpairKind, Link
 from overlaysim.scenario.timeline import plan
-from overlaysim.world.world import Container, World
+from overlaysim.world.container import Container
+from overlaysim.world.world import World
 
 T = TypeVar("T")
 

@@ -3,7 +3,7 @@
 A service is a name on one network with an endpoint mode (``vip`` or ``dnsrr``), a VIP
 in ``vip`` mode (from the network's IPAM, through the backend), a spec generation and a
 number of replicas. Each replica is a task: an ordinary
-:class:`~overlaysim.world.world.Container` named ``<service>.<slot>``
+:class:`~overlaysim.world.container.Container` named ``<service>.<slot>``
 (:func:`~overlaysim.core.services.task_name`) that carries its
 :class:`~overlaysim.core.services.TaskSpec`, created and removed through the same
 backend verbs as any container. Its endpoint entries then hold the name fields, which
@@ -28,12 +28,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 from overlaysim.core.services import EndpointMode, TaskSpec, task_name
-
-if TYPE_CHECKING:
-    from overlaysim.world.world import World
+from overlaysim.metrics.truth import Truth
+from overlaysim.scenario.topology import Topology
+from overlaysim.world.backend import Backend
+from overlaysim.world.container import Container
 
 
 class DnsSink(Protocol):
@@ -46,6 +47,26 @@ class DnsSink(Protocol):
     def host_gone(self, t: float, host: str) -> None: ...
 
     def host_back(self, host: str) -> None: ...
+
+
+class ServiceWorld(Protocol):
+    """What services use of the world (:class:`~overlaysim.world.world.World` is one):
+    its truth, containers and backend, and its container verbs."""
+
+    backend: Backend
+    topology: Topology
+    truth: Truth
+    containers: dict[str, Container]
+    dns: DnsSink | None
+
+    @property
+    def up(self) -> set[str]: ...
+
+    def record(self, t: float, kind: str, **fields: Any) -> None: ...
+
+    def add(self, c: Container, network: str) -> None: ...
+
+    def detach(self, name: str, network: str | None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -89,7 +110,7 @@ class ServiceError(Exception):
 class Services:
     """The world's services and the verbs that change them (see the module docstring)."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: ServiceWorld) -> None:
         self.world = world
         self.by_name: dict[str, ServiceState] = {}
         #: (network, service) -> the live task IPs last reported to the sink.
@@ -185,8 +206,6 @@ class Services:
             self._new_task(svc, slot, host)
 
     def _new_task(self, svc: ServiceState, slot: int, host: str) -> None:
-        from overlaysim.world.world import Container
-
         name = task_name(svc.name, slot)
         svc.slots[slot] = name
         self.world.add(Container(name, host, task=svc.task(slot)), svc.network)
@@ -236,9 +255,9 @@ class Services:
             ips = frozenset(tasks.values())
             old = before or {}
             # the tasks whose entries this change created (new, or replaced: same name,
-            # new address) or deleted
+            # new address), and the old addresses it deleted (removed or replaced tasks)
             added = sorted(n for n in tasks if old.get(n) != tasks[n])
-            removed = sorted(n for n in old if n not in tasks)
+            removed = {n: ip for n, ip in sorted(old.items()) if tasks.get(n) != ip}
             targets = w.truth.targets(svc.network)
             if w.dns is not None:
                 w.dns.change(t, svc.network, svc.name, ips, targets)

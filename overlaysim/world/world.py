@@ -4,7 +4,8 @@
 each host is attached to (through the shared fold, :class:`~overlaysim.metrics.truth.Truth`),
 the active partition and impairments as wanted state, and the steps it had to skip.
 :meth:`World.apply` turns each typed step into :class:`~overlaysim.world.backend.Backend`
-verbs with one ``match``; every fact is recorded in an
+verbs with one ``match`` (a container is a :class:`~overlaysim.world.container.Container`,
+services are :class:`~overlaysim.world.services.Services`); every fact is recorded in an
 :class:`~overlaysim.metrics.records.EventLog` as it becomes true.
 """
 
@@ -12,10 +13,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from typing import Any
 
-from overlaysim.core.services import EndpointMode, TaskSpec
+from overlaysim.core.services import EndpointMode
 from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.metrics.lag import StepLag
 from overlaysim.metrics.records import EventLog
@@ -47,29 +47,12 @@ from overlaysim.scenario.steps import (
 )
 from overlaysim.scenario.timeline import Plan
 from overlaysim.world.backend import Backend
+from overlaysim.world.container import Container
 from overlaysim.world.services import DnsSink, ServiceError, Services
 
 
 class StepSkipped(Exception):
     """A backend declines a step it cannot play; the world records it with the reason."""
-
-
-@dataclass(slots=True)
-class Container:
-    """A container as the world knows it."""
-
-    name: str
-    host: str
-    #: network -> address ("" until the backend knows it).
-    networks: dict[str, str] = field(default_factory=dict)
-    #: Whether it exists on its (running) host now.
-    live: bool = False
-    #: Where the backend runs it (the emulator's namespace), "" when not live.
-    sandbox: str = ""
-    #: Extra DNS names it answers to on its networks.
-    aliases: tuple[str, ...] = ()
-    #: What makes it a task of a service (its endpoint entries carry it), else None.
-    task: TaskSpec | None = None
 
 
 def seed_hosts(host: str, managers: Collection[str], up: Collection[str]) -> list[str]:

@@ -225,3 +225,24 @@ async def test_detach_of_an_unknown_network_or_container_is_a_clear_error(tmp_pa
         await w.containers.remove("c9")
     with pytest.raises(BadRequest, match="already exists"):
         await w.containers.run("c1", ["db"], standalone=True)
+
+
+@aio
+async def test_withdraw_deletes_the_entries_first_and_remove_finishes(tmp_path: Path) -> None:
+    from overlaysim.core.services import TaskSpec
+
+    w = World(tmp_path)
+    task = TaskSpec("api", 1, vip="10.10.0.200")
+    await w.containers.run("api.1", ["web", "db"], standalone=False, aliases=["x"], task=task)
+    value = w.node.entries[("web", "api.1")]
+    assert value["service"] == "api" and value["vip"] == "10.10.0.200" and value["aliases"] == "x"
+    await w.containers.withdraw("api.1")
+    await w.containers.withdraw("api.1")  # twice: nothing more to delete
+    await w.containers.withdraw("ghost")  # unknown: nothing to do
+    assert w.node.entries == {} and w.dp.containers  # names gone, still plugged in
+    assert w.held("web") == ["api.1"]
+    await w.containers.remove("api.1")
+    w.assert_nothing_left()
+    assert w.errors == []  # remove did not try to delete the entries again
+    deletes = [r for r in w.events.lines if r["kind"] == "entry_commit" and r["op"] == "delete"]
+    assert len(deletes) == 2

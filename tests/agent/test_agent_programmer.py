@@ -101,6 +101,22 @@ def test_delete_removes_the_entry(setup) -> None:
     assert prog.held == {}
 
 
+def test_refresh_leaves_the_kernel_alone_and_logs_a_noop_add(setup) -> None:
+    dp, log, prog = setup
+    prog.attach("c1", WEB, "10.0.0.2", 24, mac("10.0.0.2"))
+    prog.on_event(ev("create", "c2", "h2", "10.0.0.3", "10.98.0.2"))
+    calls, kernel = list(dp.calls), dp.kernel_state("web")
+    # the owner's next boot re-added the same endpoint: a newer version, same content
+    prog.on_event(ev("refresh", "c2", "h2", "10.0.0.3", "10.98.0.2"))
+    assert dp.calls == calls and dp.kernel_state("web") == kernel  # nothing reprogrammed
+    ops = [(r["op"], r["ip"], r.get("noop")) for r in kinds(log, "entry_programmed")]
+    assert ops == [("add", "10.0.0.3", None), ("add", "10.0.0.3", True)]
+    # no line where nothing is held (a malformed entry) or no sandbox exists here
+    prog.on_event(ev("refresh", "c9", "h2", "10.0.0.9", "10.98.0.2"))
+    prog.on_event(ev("refresh", "c2", "h2", "10.0.0.3", "10.98.0.2", network="db"))
+    assert len(kinds(log, "entry_programmed")) == 2 and dp.calls == calls
+
+
 def test_update_moves_the_endpoint(setup) -> None:
     dp, log, prog = setup
     prog.attach("c1", WEB, "10.0.0.2", 24, mac("10.0.0.2"))

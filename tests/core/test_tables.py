@@ -93,16 +93,17 @@ def test_local_operations_emit_one_event_per_change():
     t = solo()
     t.create_entry(NET, EP, "k", {"ip": "10.0.0.2"}, 1.0)
     assert t.entry(NET, EP, "k") == t.entries(NET)[(EP, "k")]
-    t.update_entry(NET, EP, "k", {"ip": "10.0.0.2"}, 1.1)  # same content: no change
+    t.update_entry(NET, EP, "k", {"ip": "10.0.0.2"}, 1.1)  # same content: a refresh
     t.update_entry(NET, EP, "k", {"ip": "10.0.0.3"}, 1.2)
     t.delete_entry(NET, EP, "k", 1.3)
     evs = t.take_events()
     assert [e.kind for e in evs] == [
         EntryEventKind.CREATE,
+        EntryEventKind.REFRESH,
         EntryEventKind.UPDATE,
         EntryEventKind.DELETE,
     ]
-    assert evs[2].value == {"ip": "10.0.0.3"}  # the data plane removes what was live
+    assert evs[3].value == {"ip": "10.0.0.3"}  # the data plane removes what was live
     assert t.entry(NET, EP, "k") is None and t.entry("red", EP, "k") is None
     assert t.entries(NET) == {}
     (tomb,) = t.tombstones(NET).values()
@@ -154,6 +155,26 @@ def test_lamport_clock_orders_local_events_after_received_ones():
     t.receive("addr-a", gossip(entry("a", "k", 100)), 0.0)
     t.create_entry(NET, EP, "mine", {"ip": "x"}, 0.1)
     assert t.entries(NET)[(EP, "mine")].ltime > 100
+
+
+def test_newer_version_with_the_same_content_is_a_refresh():
+    # A host that restarted while "a" was down took a's previous-boot entry in its first
+    # sync; a's new boot then re-adds the same address before membership tells of it.
+    b = solo("b")
+    value = {"ip": "10.0.0.5", "mac": "02:42:0a:00:00:05", "vtep": "10.98.0.1"}
+    b.receive("addr-z", gossip(entry("a", "c1", 7, value=value)), 1.0)
+    new = entry("a", "c1", 1, epoch=1, value=dict(value))
+    assert b.receive("addr-z", gossip(new), 2.0)
+    evs = b.take_events()
+    assert [(e.kind, e.owner, e.value) for e in evs] == [
+        (EntryEventKind.CREATE, "a", value),
+        (EntryEventKind.REFRESH, "a", value),
+    ]
+    assert b.entry(NET, EP, "c1") == new  # the newer version is the one held
+    b.member_alive("a", "addr-a", 1, 2.1)  # the new boot voids only older entries
+    assert b.take_events() == [] and b.entry(NET, EP, "c1") == new
+    b.receive("addr-z", gossip(new), 2.2)  # the same version again: nothing
+    assert b.take_events() == []
 
 
 def test_newer_boot_replaces_older_entries_and_stale_copies_are_refused():

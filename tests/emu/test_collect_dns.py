@@ -18,8 +18,10 @@ from overlaysim.sim.runner import SimWorld
 _OPS = {
     EntryEventKind.CREATE: "add",
     EntryEventKind.UPDATE: "update",
+    EntryEventKind.REFRESH: "refresh",
     EntryEventKind.DELETE: "delete",
     EntryEventKind.TOMBSTONE: "delete",
+    EntryEventKind.REFRESH: "refresh",
 }
 
 

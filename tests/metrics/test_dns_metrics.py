@@ -64,3 +64,31 @@ def test_supersede_crash_and_unconverged():
     stale = [r for r in rows if r["metric"] == "stale_dns_window_s"]
     assert [(r["ip"], r["status"]) for r in stale] == [(IPS[3], "unconverged")]
     assert summarise(rows)["stale_dns_window_s"]["unconverged"] == 1
+
+
+def test_an_address_removed_before_its_change_is_stale_from_its_own_removal():
+    """The emulator removes a step's tasks one by one: web.2 leaves at 5.0, web.3 at 5.8,
+    and the change (3 -> 1 tasks) is timed at the last removal."""
+    tr = DnsTracker()
+    tr.change(0.0, "n", "web", [IPS[1], IPS[2], IPS[3]], ["h1", "h2"])
+    for h in ("h1", "h2"):
+        for slot in (1, 2, 3):
+            tr.host_event(0.1, h, ev(C, slot))
+    tr.removed(5.0, "n", "web", IPS[2])
+    tr.removed(5.0, "n", "web", IPS[2])  # once only
+    tr.host_event(5.0, "h1", ev(D, 2))
+    tr.host_event(5.3, "h2", ev(D, 2))
+    tr.removed(5.8, "n", "web", IPS[3])
+    tr.change(5.8, "n", "web", [IPS[1]], ["h1", "h2"])
+    tr.host_event(5.8, "h1", ev(D, 3))
+    tr.host_event(6.0, "h2", ev(D, 3))
+    stale = [r for r in tr.finish() if r["metric"] == "stale_dns_window_s"]
+    assert [(r["t"], r["ip"], r["tasks"], r["targets"]) for r in stale] == [
+        (5.0, IPS[2], 1, 2),
+        (5.8, IPS[3], 1, 2),
+    ]
+    assert [r["value_s"] for r in stale] == [pytest.approx(0.3), pytest.approx(0.2)]
+    # an address the truth does not hold is no removal
+    tr2 = DnsTracker()
+    tr2.removed(1.0, "n", "web", IPS[1])
+    assert tr2.finish() == []

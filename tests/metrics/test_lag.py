@@ -158,3 +158,12 @@ def test_simulator_summary_has_no_lag_row_and_no_warning(tmp_path: Path) -> None
     folder = _folder(tmp_path, None, backend="sim")
     assert "lag" not in _summary_text(folder)
     assert lag_warnings(load_run(folder).metrics or {}) == []
+
+
+def test_html_report_carries_the_overload_warning(tmp_path: Path) -> None:
+    from overlaysim.report.html import render_html
+
+    page = render_html(load_run(_folder(tmp_path, OVERLOADED)), plots={})
+    assert 'class="warning"' in page and "the emulator was overloaded" in page
+    calm = render_html(load_run(_folder(tmp_path / "calm", KEPT_UP)), plots={})
+    assert 'class="warning"' not in calm

@@ -9,7 +9,8 @@ from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.scenario.loader import validate_scenario
 from overlaysim.scenario.steps import Attach, Clear, Crash, Detach, Loss, Partition, Rate, Restart
 from overlaysim.scenario.timeline import plan
-from overlaysim.world.world import Container, World, seed_hosts
+from overlaysim.world.container import Container
+from overlaysim.world.world import World, seed_hosts
 
 
 class Recording:

@@ -1,0 +1,111 @@
+"""A container's whole life on this host: interfaces and addresses, then names and command.
+
+:class:`~overlaysim.agent.containers.Containers` attaches and detaches (with its
+rollbacks); :class:`~overlaysim.agent.servicenet.ServiceNet` gives a container its
+hostname, resolv.conf, embedded DNS, VIP table and task command. :class:`Workloads`
+runs the two in order under one lock, so that starting and removing a container never
+interleave with another start or removal, and undoes the first when the second fails.
+The driver loop (:mod:`overlaysim.agent.daemon`) only forwards control requests here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from overlaysim.agent.containers import Containers
+from overlaysim.agent.servicenet import ServiceNet
+from overlaysim.core.services import TaskSpec
+
+
+class Workloads:
+    """Start, connect, disconnect and remove containers with their names and commands.
+
+    ``names_in_kernel`` off (an injected, fake data plane) skips the names and commands
+    that need a real namespace; ``on_error(what, exc)`` reports a failed rollback.
+    """
+
+    def __init__(
+        self,
+        containers: Containers,
+        svcnet: ServiceNet,
+        *,
+        names_in_kernel: bool,
+        on_error: Callable[[str, BaseException], None],
+    ) -> None:
+        self.containers = containers
+        self.svcnet = svcnet
+        self.names_in_kernel = names_in_kernel
+        self._on_error = on_error
+        #: Serialises starting and removing containers with their names and commands.
+        self._lock = asyncio.Lock()
+
+    async def run(
+        self,
+        name: str,
+        networks: list[str],
+        *,
+        standalone: bool,
+        ip: str | None = None,
+        aliases: Sequence[str] = (),
+        task: TaskSpec | None = None,
+        task_vips: Mapping[str, str] | None = None,
+        command: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Start a container on ``networks``: ``docker run`` (standalone) or a service task.
+
+        Once its namespace exists it gets its hostname (its name), resolv.conf, embedded
+        DNS server and VIP table; then ``command``, if any, starts inside it. A failure
+        at any step removes everything made so far.
+        """
+        async with self._lock:
+            out = await self.containers.run(
+                name, networks, standalone=standalone, ip=ip, aliases=aliases, task=task,
+                task_vips=task_vips,
+            )  # fmt: skip
+            netns = out["netns"]
+            if not self.names_in_kernel:
+                return out
+            try:
+                pid = await self.svcnet.start(
+                    name, netns, aliases=aliases, task=task, command=command
+                )
+                if pid is not None:
+                    out["pid"] = pid
+            except BaseException:
+                await self.svcnet.stop(name)
+                try:
+                    await self.containers.remove(name)
+                except Exception as exc:  # report the first failure, not this one
+                    self._on_error("control:run:rollback", exc)
+                raise
+            return out
+
+    async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]:
+        """Attach a running container to one more network."""
+        return await self.containers.connect(name, network, ip)
+
+    async def disconnect(self, name: str, network: str) -> dict[str, Any]:
+        """Detach a container from one network (it goes when its last network does)."""
+        async with self._lock:
+            c = self.containers.get(name)
+            if c is not None and len(c.nets) == 1:
+                await self.svcnet.stop(name)  # the last network: the namespace goes
+            return await self.containers.disconnect(name, network)
+
+    async def remove(self, name: str) -> dict[str, Any]:
+        """Remove a container: its entries first, then its command and names, interfaces
+        and addresses (other hosts stop sending it new connections before it stops)."""
+        async with self._lock:
+            await self.containers.withdraw(name)
+            await self.svcnet.stop(name)
+            return await self.containers.remove(name)
+
+    async def ingress(self, ports: list[list[Any]]) -> dict[str, Any]:
+        """Hold exactly ``ports`` in the routing mesh (see :meth:`ServiceNet.ingress`)."""
+
+        async def run(name: str, networks: list[str]) -> dict[str, Any]:
+            return await self.run(name, networks, standalone=False)
+
+        return await self.svcnet.ingress(ports, run, self.remove)
