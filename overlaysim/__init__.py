@@ -2,7 +2,8 @@
 
 The top-level modules are the command line: ``cli`` (root parser, ``main``) and the
 modules registering its commands by concept (``run_cli``, ``results_cli``, ``host_cli``,
-``testbed_cli``, ``service_cli``); ``errors`` and ``known_issues`` sit beside them.
+``testbed_cli``, ``service_cli``); ``errors``, ``known_issues`` and ``listing`` (the testbed
+commands' tables) sit beside them.
 """
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from overlaysim.errors import UserError
+from overlaysim.listing import print_table
 
 _FMT = argparse.RawDescriptionHelpFormatter
 
@@ -239,35 +240,45 @@ def _update(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    services = _manager("service_ls")
-    print(f"{'NAME':<16}{'MODE':<7}{'REPLICAS':<10}{'VIP':<16}{'NETWORK':<14}COMMAND")
-    for s in services:
-        print(
-            f"{s['name']:<16}{s['mode']:<7}{s['replicas']:<10}{s['vip'] or '-':<16}"
-            f"{s['network']:<14}{' '.join(s['command'])}"
-        )
+    print_table(
+        [("NAME", 16), ("MODE", 7), ("REPLICAS", 10), ("VIP", 16), ("NETWORK", 14), ("COMMAND", 0)],
+        (
+            (
+                s["name"],
+                s["mode"],
+                s["replicas"],
+                s["vip"] or "-",
+                s["network"],
+                " ".join(s["command"]),
+            )
+            for s in _manager("service_ls")
+        ),
+    )
     return 0
 
 
 def _ps(args: argparse.Namespace) -> int:
     svc = _manager("service_inspect", name=args.name)
-    print(f"{'TASK':<20}{'HOST':<10}{'STATE':<10}COMMAND")
-    for task, host in svc["tasks"]:
-        try:
-            st = _call(host, "status")
-        except UserError:
-            state, cmd = "unreachable", ""
-        else:
-            running = task in st.get("containers", {})
-            proc = st.get("services", {}).get("commands", {}).get(task)
-            state = "running" if running else "missing"
-            cmd = (
-                ""
-                if proc is None
-                else (f"pid {proc['pid']}" if proc["exit"] is None else f"exited {proc['exit']}")
-            )
-        print(f"{task:<20}{host:<10}{state:<10}{cmd}")
+    print_table(
+        [("TASK", 20), ("HOST", 10), ("STATE", 10), ("COMMAND", 0)], map(_task_row, svc["tasks"])
+    )
     return 0
+
+
+def _task_row(placement: list[str]) -> tuple[str, str, str, str]:
+    """One task's row of ``service ps``: asks its host's agent how it is."""
+    task, host = placement
+    try:
+        st = _call(host, "status")
+    except UserError:
+        return task, host, "unreachable", ""
+    running = task in st.get("containers", {})
+    proc = st.get("services", {}).get("commands", {}).get(task)
+    state = "running" if running else "missing"
+    if proc is None:
+        return task, host, state, ""
+    cmd = f"pid {proc['pid']}" if proc["exit"] is None else f"exited {proc['exit']}"
+    return task, host, state, cmd
 
 
 def _rm(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import subprocess
 from typing import TYPE_CHECKING, Any
 
 from overlaysim.errors import UserError
+from overlaysim.listing import print_table
 
 if TYPE_CHECKING:
     from overlaysim.emu.live import LiveTestbed
@@ -227,13 +228,21 @@ def _network_create(args: argparse.Namespace) -> int:
 
 
 def _network_ls(args: argparse.Namespace) -> int:
-    nets = _live().call_manager("network_ls")
-    print(f"{'NETWORK ID':<14}{'NAME':<16}{'DRIVER':<9}{'VNI':<7}{'SUBNET':<18}ATTACHABLE")
-    for n in nets:
-        print(
-            f"{n['id'][:12]:<14}{n['name']:<16}{'overlay':<9}{n['vni']:<7}"
-            f"{n['subnet']:<18}{str(n['attachable']).lower()}"
-        )
+    columns = [("NETWORK ID", 14), ("NAME", 16), ("DRIVER", 9), ("VNI", 7), ("SUBNET", 18)]
+    print_table(
+        [*columns, ("ATTACHABLE", 0)],
+        (
+            (
+                n["id"][:12],
+                n["name"],
+                "overlay",
+                n["vni"],
+                n["subnet"],
+                str(n["attachable"]).lower(),
+            )
+            for n in _live().call_manager("network_ls")
+        ),
+    )
     return 0
 
 
@@ -299,11 +308,14 @@ def _ps(args: argparse.Namespace) -> int:
     from overlaysim.emu.live import read_live
 
     tb = read_live()
-    print(f"{'CONTAINER':<20}{'HOST':<10}NETWORKS")
-    for host in sorted(tb.hosts):
-        st = tb.call(host, "status")
-        for name, nets in sorted(st.get("containers", {}).items()):
-            print(f"{name:<20}{host:<10}{','.join(nets)}")
+    print_table(
+        [("CONTAINER", 20), ("HOST", 10), ("NETWORKS", 0)],
+        (
+            (name, host, ",".join(nets))
+            for host in sorted(tb.hosts)
+            for name, nets in sorted(tb.call(host, "status").get("containers", {}).items())
+        ),
+    )
     return 0
 
 

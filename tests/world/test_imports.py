@@ -30,8 +30,9 @@ ALLOWED: dict[str, set[str]] = {
     "lab": {"core", "errors", "scenario", "metrics", "world", "agent", "emu"},
     "sweep": {"core", "errors", "scenario", "metrics", "world", "report", "sim", "emu"},
     "known_issues": {"core", "errors", "scenario", "metrics", "sim", "emu"},
-    "testbed_cli": {"core", "errors", "agent", "emu", "lab", "scenario", "metrics"},
-    "service_cli": {"core", "errors", "agent", "emu"},
+    "testbed_cli": {"core", "errors", "agent", "emu", "lab", "scenario", "metrics", "listing"},
+    "service_cli": {"core", "errors", "agent", "emu", "listing"},
+    "listing": set(),  # the testbed commands' tables
     "run_cli": {"*"},  # the scenario commands run everything: validate, sim, sweep, emu
     "results_cli": {"core", "errors", "scenario", "metrics", "report"},
     "host_cli": {"core", "errors", "agent", "emu", "lab", "scenario", "metrics", "world"},
