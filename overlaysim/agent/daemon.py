@@ -200,6 +200,7 @@ class Agent:
             record_path=cfg.record,
             prefix=cfg.prefix,
             esp_port=cfg.esp_port,
+            esp_max_seq=cfg.esp_seq_limit,
         )
         self.programmer = Programmer(dataplane, node=cfg.name, log=self.events)
         await self.transport.start()

@@ -127,8 +127,11 @@ class EspTunnel:
         vxlan_port: int = 4789,
         netns: str | None = None,
         on_error: Callable[[str], None] | None = None,
+        max_seq: int = esp.MAX_SEQ,
     ) -> None:
         self.local = local
+        #: Highest sequence number of each outbound SA (:data:`esp.MAX_SEQ` unless lowered).
+        self.max_seq = esp.check_max_seq(max_seq)
         self.port = port
         self.netns = netns
         self.guard = ClearVxlanGuard(vxlan_port, netns)
@@ -196,7 +199,13 @@ class EspTunnel:
             fd = open_tap(ifname, sandbox)
         except OSError as exc:
             raise TunnelError(f"TAP for VNI {vni}: {exc}") from exc
-        ring = esp.Keyring(self.local, window=WINDOW, scope=vni, iv_prefix=self._iv_prefix)
+        ring = esp.Keyring(
+            self.local,
+            window=WINDOW,
+            scope=vni,
+            iv_prefix=self._iv_prefix,
+            max_seq=self.max_seq,
+        )
         ring.install(*self._keys)
         net = _Net(vni=vni, mtu=mtu, ifname=ifname, fd=fd, keyring=ring)
         with self._lock:

@@ -169,10 +169,12 @@ def sealed_control_plane(scenario: Scenario) -> bool:
 def _protocol_args(scenario: Scenario) -> list[str]:
     """The scenario's protocol overrides, passed to every agent."""
     data = scenario.protocol.model_dump()
+    limit = data.pop("esp_seq_limit")
+    args = [] if limit is None else ["--esp-seq-limit", str(limit)]
     if not data["membership"] and not data["tables"] and not data["extensions"]:
         if data["variant"] == "overlaysim":
-            return []
-    return ["--protocol-json", json.dumps(data, sort_keys=True)]
+            return args
+    return ["--protocol-json", json.dumps(data, sort_keys=True), *args]
 
 
 def run_emulation(

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator
 
+from overlaysim.core.esp import MAX_SEQ
 from overlaysim.scenario.events import Event
 from overlaysim.scenario.fields import HostPair, Name, StrictModel
 from overlaysim.scenario.topologies import TopologySpec
@@ -172,6 +173,14 @@ class Protocol(StrictModel):
     )
     tables: dict[str, bool | int | float] = Field(
         default_factory=dict, description="TableConfig fields, e.g. {bulk_sync_interval: 10}"
+    )
+    esp_seq_limit: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_SEQ,
+        description="the highest ESP sequence number one SA of an encrypted network seals "
+        f"before it needs a new key, in emulation (default {MAX_SEQ}: the 32-bit space "
+        "minus the rekey margin); lowered, sequence exhaustion happens in seconds",
     )
 
     _check_membership = field_validator("membership")(_overrides_for("MembershipConfig"))

@@ -26,12 +26,20 @@ class Encryption:
     """The host's ESP path (one :class:`EspTunnel`, created with the first key ring)."""
 
     def __init__(
-        self, *, underlay_ip: str, port: int, vxlan_port: int, host_netns: str | None
+        self,
+        *,
+        underlay_ip: str,
+        port: int,
+        vxlan_port: int,
+        host_netns: str | None,
+        max_seq: int = esp.MAX_SEQ,
     ) -> None:
         self.underlay_ip = underlay_ip
         self.port = port
         self.vxlan_port = vxlan_port
         self.host_netns = host_netns
+        #: Highest ESP sequence number per SA (lowered only to run out in seconds).
+        self.max_seq = esp.check_max_seq(max_seq)
         #: The encrypted data path, built with the first key ring.
         self.tunnel: EspTunnel | None = None
 
@@ -47,6 +55,7 @@ class Encryption:
                 port=self.port,
                 vxlan_port=self.vxlan_port,
                 netns=kns.ns_path(self.host_netns) if self.host_netns else None,
+                max_seq=self.max_seq,
             )
         self.tunnel.install_keys(keys, primary)
 

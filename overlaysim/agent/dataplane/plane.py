@@ -96,6 +96,7 @@ class DataPlane:
         record_path: Path | None = None,
         prefix: str = names.PREFIX,
         esp_port: int = ESP_PORT,
+        esp_max_seq: int = esp.MAX_SEQ,
     ) -> None:
         self.host = host
         self.underlay_ip = str(ipaddress.IPv4Address(underlay_ip))
@@ -113,6 +114,7 @@ class DataPlane:
             port=esp_port,
             vxlan_port=vxlan_port,
             host_netns=host_netns,
+            max_seq=esp_max_seq,
         )
         self._lock = threading.RLock()
         self._handles = Handles()
