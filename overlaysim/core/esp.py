@@ -455,6 +455,25 @@ class Keyring:
         sa = self._outbound.get((peer, self._primary))  # type: ignore[arg-type]
         return (sa or self.outbound(peer)).seal_many(frames)
 
+    def seal_many_next_key(self, peer: str, frames: list[bytes]) -> list[bytes]:
+        """:meth:`seal_many` with the ``next`` key (the one installed after the primary)
+        instead of the primary, for when the primary's SA has run out of sequence numbers.
+
+        Every peer on the same ring (or one rotation ahead) already receives with that key,
+        so nothing changes on the wire but the SPI; its SA keeps its counter when the key
+        becomes primary, so no nonce is reused. Raises :class:`RekeyRequired` when the ring
+        has no key after the primary or that SA is spent too.
+        """
+        tags = [k.tag for k in self._keys]
+        at = tags.index(self.primary)
+        if at + 1 >= len(tags):
+            raise RekeyRequired("no next key installed after the primary")
+        peer = str(ipaddress.IPv4Address(peer))
+        sa = self._outbound.get((peer, tags[at + 1]))
+        if sa is None:
+            raise EspUsageError(f"unknown peer {peer}")
+        return sa.seal_many(frames)
+
     def open(self, packet: bytes) -> bytes:
         """Find the SA by the packet's SPI and open it (any :class:`EspError` = drop)."""
         spi, _ = parse_header(packet)

@@ -97,6 +97,7 @@ class DataPlane:
         prefix: str = names.PREFIX,
         esp_port: int = ESP_PORT,
         esp_max_seq: int = esp.MAX_SEQ,
+        on_rekey: Callable[[], None] | None = None,
     ) -> None:
         self.host = host
         self.underlay_ip = str(ipaddress.IPv4Address(underlay_ip))
@@ -115,6 +116,7 @@ class DataPlane:
             vxlan_port=vxlan_port,
             host_netns=host_netns,
             max_seq=esp_max_seq,
+            on_rekey=on_rekey,
         )
         self._lock = threading.RLock()
         self._handles = Handles()
