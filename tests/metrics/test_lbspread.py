@@ -49,3 +49,8 @@ def test_probe_rows_round_trip_through_the_results_folder(tmp_path) -> None:
     assert spread["connections"] == 6 and 0 < spread["p_uniform"] < 1
     assert metrics_for(tmp_path / "r") == run.metrics
     assert (tmp_path / "r" / "lb_probe.csv").is_file()
+    from overlaysim.report.summary import summary_rows
+
+    rows_out = {(sec, what): v for sec, what, v in summary_rows(run.metrics)}
+    line = rows_out[("services", "LB spread client1→db VIP")]
+    assert line.startswith("db.1 3, db.2 1, db.3 0; failed 1, stray 1; p uniform ")
