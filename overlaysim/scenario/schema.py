@@ -188,6 +188,17 @@ class Protocol(StrictModel):
     _check_ext = field_validator("extensions")(_check_extensions)
 
 
+class LbProbe(StrictModel):
+    """A load-balancing probe (emulation only): after the timeline, ``client`` opens
+    ``connections`` new TCP connections to ``service``'s VIP on ``port``; each task
+    answers with its hostname. The counts per task become ``lb_spread``."""
+
+    service: Name = Field(description="a service made by service_create, in vip mode at the end")
+    client: Name = Field(description="the container that connects (on the service's network)")
+    connections: int = Field(30, ge=1, le=10000, description="new TCP connections to open")
+    port: int = Field(8080, ge=1, le=65535, description="the TCP port the tasks answer on")
+
+
 class Measure(StrictModel):
     """What to measure besides the always-on protocol metrics."""
 
@@ -196,6 +207,11 @@ class Measure(StrictModel):
     )
     probes: bool = Field(True, description="true to probe reachability between containers")
     probe_interval: float = Field(1.0, gt=0, description="seconds between probe rounds")
+    lb_probe: LbProbe | None = Field(
+        None,
+        description="a load-balancing probe through a service VIP at the end of an "
+        "emulation, e.g. {service: web, client: client1, connections: 30}",
+    )
 
 
 class Scenario(StrictModel):
