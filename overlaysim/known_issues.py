@@ -60,6 +60,16 @@ def _fragments(m: dict[str, Any], folder: Path) -> float:
     return float(manifest["underlay_ip"]["FragCreates"])
 
 
+def probe_echoes_lost(folder: Path) -> int:
+    """Probe echoes between containers that should reach each other and did not, over the
+    whole run (every round of ``reachability.csv``, not only the final one)."""
+    with (folder / "reachability.csv").open(newline="") as f:
+        return sum(
+            r["expected"].lower() == "true" and r["reachable"].lower() != "true"
+            for r in csv.DictReader(f)
+        )
+
+
 def _held_at_end(folder: Path) -> tuple[float, dict, dict, dict, dict, dict]:
     """The end of the run and, from ``events.csv``, who is up, on which network, where
     each container lives, when it was removed, and what each host holds at the end."""
@@ -208,6 +218,16 @@ CASES: tuple[Case, ...] = (
         scenario="underlay-mtu.yaml",
         symptom="full-MTU echoes lost (of 10)",
         value=_full_size_lost,
+        reproduced_above=0,
+        absent_at_most=0,
+    ),
+    Case(
+        id="esp-seq-exhaustion",
+        source="moby#52005",
+        backend="emu",
+        scenario="esp-seq-exhaustion.yaml",
+        symptom="encrypted probe echoes lost (16 per SA)",
+        value=lambda m, folder: float(probe_echoes_lost(folder)),
         reproduced_above=0,
         absent_at_most=0,
     ),

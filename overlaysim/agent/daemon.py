@@ -30,6 +30,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -165,6 +166,7 @@ class Agent:
         #: How late each timer fired since the last ``timer_lag`` line (s past its deadline).
         self._timer_late: list[float] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._rekeys: set[asyncio.Task[None]] = set()  # early rotations under way
         self._released = False
         self._stopping = False
         self._torn_down = False
@@ -198,6 +200,8 @@ class Agent:
             record_path=cfg.record,
             prefix=cfg.prefix,
             esp_port=cfg.esp_port,
+            esp_max_seq=cfg.esp_seq_limit,
+            on_rekey=self._rekey_callback() if self.node.tables.config.rekey_with_next else None,
         )
         self.programmer = Programmer(dataplane, node=cfg.name, log=self.events)
         await self.transport.start()
@@ -395,6 +399,19 @@ class Agent:
 
     async def _dp(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _rekey_callback(self) -> Callable[[], None]:
+        """What an ESP send thread calls when an SA runs out of sequence numbers: an
+        early rotation, run on this (the event loop's) thread."""
+        loop = asyncio.get_running_loop()
+
+        def start() -> None:
+            if not self._torn_down:
+                task = loop.create_task(self.keys.rotate_early())
+                self._rekeys.add(task)  # held until done: the loop keeps weak references
+                task.add_done_callback(self._rekeys.discard)
+
+        return lambda: loop.call_soon_threadsafe(start)
 
     def _submit(self, fn: Any, *args: Any) -> None:
         """Queue a data-plane job without waiting; jobs run one at a time, in order."""

@@ -77,10 +77,11 @@ COUNTERS = (
     "tx_frames", "tx_bytes", "rx_frames", "rx_bytes", "arp_proxied",
     "drop_no_route", "drop_flood", "drop_oversize", "drop_rekey", "drop_send_error",
     "drop_bad_packet", "drop_auth_failed", "drop_replay", "drop_unknown_spi",
-    "tx_calls", "rx_calls",
+    "tx_calls", "rx_calls", "tx_next_key",
 )  # fmt: skip
 # tx_frames/rx_frames count ESP packets (one frame or TCP segment each); tx_calls and
-# rx_calls the send and receive system calls that carried them (rx_calls: host-wide).
+# rx_calls the send and receive system calls that carried them (rx_calls: host-wide);
+# tx_next_key the ESP packets sealed with the next key because the primary's SA was spent.
 
 _RX_REASON = {
     esp.BadPacket: "drop_bad_packet",
@@ -127,8 +128,17 @@ class EspTunnel:
         vxlan_port: int = 4789,
         netns: str | None = None,
         on_error: Callable[[str], None] | None = None,
+        max_seq: int = esp.MAX_SEQ,
+        on_rekey: Callable[[], None] | None = None,
     ) -> None:
         self.local = local
+        # Called (from a send thread) when an SA runs out of sequence numbers: seal with
+        # the next key and ask for a rotation. None: drop until the rotation timer (the
+        # ``docker`` variant, moby#52005).
+        self._on_rekey = on_rekey
+        self._rekey_asked: int | None = None  # primary tag a rotation was asked for
+        #: Highest sequence number of each outbound SA (:data:`esp.MAX_SEQ` unless lowered).
+        self.max_seq = esp.check_max_seq(max_seq)
         self.port = port
         self.netns = netns
         self.guard = ClearVxlanGuard(vxlan_port, netns)
@@ -196,7 +206,13 @@ class EspTunnel:
             fd = open_tap(ifname, sandbox)
         except OSError as exc:
             raise TunnelError(f"TAP for VNI {vni}: {exc}") from exc
-        ring = esp.Keyring(self.local, window=WINDOW, scope=vni, iv_prefix=self._iv_prefix)
+        ring = esp.Keyring(
+            self.local,
+            window=WINDOW,
+            scope=vni,
+            iv_prefix=self._iv_prefix,
+            max_seq=self.max_seq,
+        )
         ring.install(*self._keys)
         net = _Net(vni=vni, mtu=mtu, ifname=ifname, fd=fd, keyring=ring)
         with self._lock:
@@ -386,8 +402,11 @@ class EspTunnel:
                 try:
                     packets = net.keyring.seal_many(vtep, pieces)
                 except esp.RekeyRequired:
-                    stats["drop_rekey"] += 1
-                    continue
+                    packets = self._seal_next_key(net, vtep, pieces)
+                    if packets is None:
+                        stats["drop_rekey"] += 1
+                        continue
+                    stats["tx_next_key"] += len(packets)
                 except esp.EspUsageError:  # peer removed between lookup and seal
                     stats["drop_no_route"] += 1
                     continue
@@ -397,6 +416,20 @@ class EspTunnel:
                 stats["tx_bytes"] += sum(len(p) for p in pieces[:sent])
                 if sent < len(packets):
                     stats["drop_send_error"] += len(packets) - sent
+
+    def _seal_next_key(self, net: _Net, vtep: str, pieces: list[bytes]) -> list[bytes] | None:
+        """The primary's SA to ``vtep`` is spent: seal with the next key and ask for a
+        rotation (once per primary), or ``None`` (drop) when that is off or impossible."""
+        if self._on_rekey is None:
+            return None
+        primary = net.keyring.primary
+        if self._rekey_asked != primary:
+            self._rekey_asked = primary
+            self._on_rekey()
+        try:
+            return net.keyring.seal_many_next_key(vtep, pieces)
+        except esp.EspUsageError:  # no next key, it is spent too, or the peer went
+            return None
 
     def _send(self, packets: list[bytes], vtep: str, gso: bool) -> tuple[int, int]:
         """Send ``packets`` to ``vtep``: how many left (the rest failed), in how many

@@ -68,6 +68,21 @@ class Keys:
             self.events.write("keys_installed", generation=generation, primary=primary, tags=tags)
         return {"generation": generation, "primary": primary, "tags": tags}
 
+    async def rotate_early(self) -> None:
+        """An SA ran out of sequence numbers: ask the manager to rotate the ring we hold
+        (only if nobody did yet) and install the result at once; peers pick it up on
+        their next poll, while this node seals with the ``next`` key they already hold."""
+        if self.generation is None:
+            return
+        asked = self.generation
+        try:
+            await self._manager().call("rotate_keys", if_generation=asked)
+            ring = await self.refresh()
+        except Exception as exc:
+            self._on_error("keys", exc)
+            return
+        self.events.write("rekey_asked", generation=asked, now=ring["generation"])
+
     async def ensure(self, network: str) -> None:
         """Hold keys before a container joins encrypted ``network``; refuse otherwise."""
         if self.generation is not None:

@@ -57,6 +57,7 @@ KINDS = frozenset(
         "agent_error",
         "previous_boot",
         "keys_installed",
+        "rekey_asked",
         "traffic",
         "timer_lag",
         "names",

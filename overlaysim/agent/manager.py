@@ -283,8 +283,16 @@ class Manager:
         return self.network_keys.ring()
 
     def rotate_keys(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Rotate the ESP key ring one step; returns the new ring."""
+        """Rotate the ESP key ring one step; returns the new ring.
+
+        With ``if_generation`` only while the ring is still at that generation (several
+        agents whose sequence numbers run out together ask for one rotation, not one
+        each: a ring two generations ahead of a peer loses its packets).
+        """
         self._need_secure()
+        expected = args.get("if_generation")
+        if expected is not None and self.network_keys.generation != expected:
+            return self.network_keys.ring()
         return self.network_keys.rotate()
 
     def _need_secure(self) -> None:
@@ -578,9 +586,12 @@ class ManagerClient:
         """The network key ring (:class:`KeysRefused` unless the channel is sealed)."""
         return await self.call("keys")
 
-    async def rotate_keys(self) -> dict[str, Any]:
-        """Rotate the network key ring one step; returns the new ring."""
-        return await self.call("rotate_keys")
+    async def rotate_keys(self, if_generation: int | None = None) -> dict[str, Any]:
+        """Rotate the network key ring one step (with ``if_generation``: only if it is
+        still at that generation); returns the ring."""
+        if if_generation is None:
+            return await self.call("rotate_keys")
+        return await self.call("rotate_keys", if_generation=if_generation)
 
 
 def _recv_exactly(sock: socket.socket, n: int, first: bool = False) -> bytes:

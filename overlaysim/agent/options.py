@@ -18,6 +18,7 @@ from overlaysim.agent import names
 from overlaysim.agent.esp_tunnel import ESP_PORT
 from overlaysim.agent.manager import MANAGER_PORT
 from overlaysim.agent.transport import DEFAULT_PORT
+from overlaysim.core import esp
 from overlaysim.core.config import PROFILES
 
 
@@ -52,6 +53,9 @@ class AgentConfig:
     traffic_interval: float = 1.0
     #: UDP port of the encrypted data path (ESP-in-UDP).
     esp_port: int = ESP_PORT
+    #: Highest ESP sequence number per SA (default: the 32-bit space minus the rekey
+    #: margin; lowered to make sequence exhaustion happen in seconds).
+    esp_seq_limit: int = esp.MAX_SEQ
     #: How often a node holding network keys asks the manager for a newer ring.
     key_poll: float = 5.0
     #: Gossip (and manager channel) keys, primary first; empty: cleartext control plane.
@@ -104,6 +108,13 @@ def read_keyfile(path: Path) -> tuple[bytes, ...]:
     if not keys:
         raise SystemExit(f"--gossip-keyfile {path}: no key in the file")
     return tuple(keys)
+
+
+def _seq_limit(text: str) -> int:
+    try:
+        return esp.check_max_seq(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in 1..{esp.MAX_SEQ}") from None
 
 
 def _gossip_key(text: str, where: str) -> bytes:
@@ -169,6 +180,14 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         "--esp-port", type=int, default=ESP_PORT, help="UDP port of encrypted networks' ESP"
     )
     p.add_argument(
+        "--esp-seq-limit",
+        type=_seq_limit,
+        default=esp.MAX_SEQ,
+        metavar="N",
+        help="highest ESP sequence number one SA seals before it needs a new key "
+        f"(1..{esp.MAX_SEQ}, the default)",
+    )
+    p.add_argument(
         "--key-poll", type=float, default=5.0, help="seconds between network-key ring checks"
     )
     a = p.parse_args(argv)
@@ -202,6 +221,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         leave_grace=a.leave_grace,
         esp_port=a.esp_port,
         key_poll=a.key_poll,
+        esp_seq_limit=a.esp_seq_limit,
         gossip_keys=gossip_keys,
         key_rotation=a.key_rotation,
     )

@@ -131,6 +131,12 @@ class TableConfig:
     #: fixed assumption of a 1500-byte underlay (1450 for VXLAN), whatever the real one
     #: (libnetwork#491, libnetwork#2661). A data-plane setting read by the agent.
     mtu_from_underlay: bool = True
+    #: Rekey before the sequence space runs out: when an SA of an encrypted network has
+    #: sealed its last sequence number, the agent seals with the ring's ``next`` key
+    #: (every peer already receives it) and asks the manager to rotate now. False:
+    #: Docker's behaviour, packets are dropped until the rotation timer (moby#52005).
+    #: A data-plane setting read by the agent.
+    rekey_with_next: bool = True
 
     @classmethod
     def lan(cls) -> TableConfig:
@@ -180,6 +186,7 @@ EXTENSIONS: dict[str, Extension] = {
         Extension("unknown_tombstones", "tables", "unknown_tombstones", True, False),
         Extension("local_tombstones", "tables", "local_tombstones", True, False),
         Extension("mtu_from_underlay", "tables", "mtu_from_underlay", True, False),
+        Extension("rekey_with_next", "tables", "rekey_with_next", True, False),
     )
 }
 
@@ -195,6 +202,7 @@ _DOCKER_OFF = (
     "unknown_tombstones",
     "local_tombstones",
     "mtu_from_underlay",
+    "rekey_with_next",
 )
 
 

@@ -43,6 +43,8 @@ OVERHEAD_MAX = HEADER_LEN + IV_LEN + ICV_LEN + 3 + 2  # worst-case padding + tra
 MIN_PACKET = HEADER_LEN + IV_LEN + 4 + ICV_LEN  # smallest aligned encrypted part is 4
 SEQ_LIMIT = 2**32  # 32-bit sequence numbers (no ESN)
 REKEY_MARGIN = 2**20  # refuse to seal this close to wrap-around: rotation must happen first
+#: Highest sequence number an SA seals by default (then :class:`RekeyRequired`).
+MAX_SEQ = SEQ_LIMIT - REKEY_MARGIN - 1
 DEFAULT_WINDOW = 64
 MIN_SPI = 256
 
@@ -76,6 +78,14 @@ class EspUsageError(Exception):
 
 class RekeyRequired(EspUsageError):
     """The sequence space of this key is (nearly) spent: rotate before sending more."""
+
+
+def check_max_seq(max_seq: int) -> int:
+    """Return ``max_seq`` if it is a usable highest sequence number (1..:data:`MAX_SEQ`);
+    ``ValueError`` naming the range otherwise."""
+    if type(max_seq) is not int or not 1 <= max_seq <= MAX_SEQ:
+        raise ValueError(f"max_seq={max_seq!r}: expected an integer in 1..{MAX_SEQ}")
+    return max_seq
 
 
 def fnv1a_32(data: bytes) -> int:
@@ -176,17 +186,28 @@ _TRAILERS = tuple(bytes((n, NEXT_HEADER_ETHERNET)) for n in range(4))
 class SecurityAssociation:
     """One direction of one key between two VTEPs.
 
-    Outbound use: :meth:`seal` with strictly increasing sequence numbers starting at 1.
+    Outbound use: :meth:`seal` with strictly increasing sequence numbers starting at 1,
+    up to ``max_seq`` (default :data:`MAX_SEQ`, just below the rekey margin of the 32-bit
+    space; tests and the known-issues library lower it to run out in seconds).
     Inbound use: :meth:`open`, which enforces the anti-replay window.
     """
 
-    __slots__ = ("spi", "key", "_aead", "_salt", "_last_sealed", "window", "_iv_prefix")
+    __slots__ = (
+        "spi", "key", "_aead", "_salt", "_last_sealed", "window", "_iv_prefix", "max_seq",
+    )  # fmt: skip
 
     def __init__(
-        self, spi: int, key: Key, window: int = DEFAULT_WINDOW, iv_prefix: int = 0
+        self,
+        spi: int,
+        key: Key,
+        window: int = DEFAULT_WINDOW,
+        iv_prefix: int = 0,
+        max_seq: int = MAX_SEQ,
     ) -> None:
         if not MIN_SPI <= spi < 2**32:
             raise ValueError("SPI must be in [256, 2**32)")
+        check_max_seq(max_seq)
+        self.max_seq = max_seq
         self.spi = spi
         self.key = key
         self._aead = AESGCM(key.material[:KEY_LEN])
@@ -213,10 +234,11 @@ class SecurityAssociation:
     def seal(self, frame: bytes, seq: int) -> bytes:
         """Encrypt ``frame`` as packet number ``seq`` (> every earlier one, >= 1).
 
-        Raises :class:`RekeyRequired` near the end of the 32-bit sequence space and
+        Raises :class:`RekeyRequired` beyond ``max_seq`` (near the end of the 32-bit
+        sequence space by default) and
         :class:`EspUsageError` if ``seq`` does not increase (nonce reuse breaks GCM).
         """
-        if seq >= SEQ_LIMIT - REKEY_MARGIN:
+        if seq > self.max_seq:
             raise RekeyRequired(f"SA {self.spi:#010x}: sequence {seq} needs a new key")
         if seq <= self._last_sealed:
             raise EspUsageError(f"sequence {seq} not above {self._last_sealed}")
@@ -239,7 +261,7 @@ class SecurityAssociation:
         rekey margin, so a batch is sealed whole or not at all.
         """
         first = self._last_sealed + 1
-        if first + len(frames) - 1 >= SEQ_LIMIT - REKEY_MARGIN:
+        if first + len(frames) - 1 > self.max_seq:
             raise RekeyRequired(f"SA {self.spi:#010x}: sequence {first} needs a new key")
         encrypt, salt, prefix, spi = self._aead.encrypt, self._salt, self._iv_prefix, self.spi
         pack, join, pads, trailers = struct.pack, b"".join, _PADS, _TRAILERS
@@ -307,10 +329,17 @@ class Keyring:
     MAX_KEYS = 3
 
     def __init__(
-        self, local: str, window: int = DEFAULT_WINDOW, scope: int = 0, iv_prefix: int = 0
+        self,
+        local: str,
+        window: int = DEFAULT_WINDOW,
+        scope: int = 0,
+        iv_prefix: int = 0,
+        max_seq: int = MAX_SEQ,
     ) -> None:
         self.local = str(ipaddress.IPv4Address(local))
         self.window = window
+        #: Highest sequence number each outbound SA seals (see :class:`SecurityAssociation`).
+        self.max_seq = check_max_seq(max_seq)
         #: Hashed into every SPI (see :func:`derive_spi`): the network's VNI, or 0.
         self.scope = scope
         #: High half of every outbound IV: pass a fresh random value per boot.
@@ -426,6 +455,25 @@ class Keyring:
         sa = self._outbound.get((peer, self._primary))  # type: ignore[arg-type]
         return (sa or self.outbound(peer)).seal_many(frames)
 
+    def seal_many_next_key(self, peer: str, frames: list[bytes]) -> list[bytes]:
+        """:meth:`seal_many` with the ``next`` key (the one installed after the primary)
+        instead of the primary, for when the primary's SA has run out of sequence numbers.
+
+        Every peer on the same ring (or one rotation ahead) already receives with that key,
+        so nothing changes on the wire but the SPI; its SA keeps its counter when the key
+        becomes primary, so no nonce is reused. Raises :class:`RekeyRequired` when the ring
+        has no key after the primary or that SA is spent too.
+        """
+        tags = [k.tag for k in self._keys]
+        at = tags.index(self.primary)
+        if at + 1 >= len(tags):
+            raise RekeyRequired("no next key installed after the primary")
+        peer = str(ipaddress.IPv4Address(peer))
+        sa = self._outbound.get((peer, tags[at + 1]))
+        if sa is None:
+            raise EspUsageError(f"unknown peer {peer}")
+        return sa.seal_many(frames)
+
     def open(self, packet: bytes) -> bytes:
         """Find the SA by the packet's SPI and open it (any :class:`EspError` = drop)."""
         spi, _ = parse_header(packet)
@@ -457,6 +505,6 @@ class Keyring:
         if sa is None or sa.key != key:  # new, or the tag now names other material
             prefix = self.iv_prefix if direction == "out" else 0
             sa = self._sas[(direction, peer, key.tag)] = SecurityAssociation(
-                spi, key, self.window, prefix
+                spi, key, self.window, prefix, self.max_seq
             )
         return sa

@@ -31,6 +31,7 @@ from typing import Any
 
 from overlaysim.emu.backend import EmuBackend, why
 from overlaysim.emu.collect import Collected, collect
+from overlaysim.emu.lbprobe import lb_probe
 from overlaysim.emu.net import Underlay, underlay_session
 from overlaysim.emu.probes import (
     MAX_PROBE_PAIRS,
@@ -169,10 +170,12 @@ def sealed_control_plane(scenario: Scenario) -> bool:
 def _protocol_args(scenario: Scenario) -> list[str]:
     """The scenario's protocol overrides, passed to every agent."""
     data = scenario.protocol.model_dump()
+    limit = data.pop("esp_seq_limit")
+    args = [] if limit is None else ["--esp-seq-limit", str(limit)]
     if not data["membership"] and not data["tables"] and not data["extensions"]:
         if data["variant"] == "overlaysim":
-            return []
-    return ["--protocol-json", json.dumps(data, sort_keys=True)]
+            return args
+    return ["--protocol-json", json.dumps(data, sort_keys=True), *args]
 
 
 def run_emulation(
@@ -211,6 +214,7 @@ def run_emulation(
     result: Collected | None = None
     reach_rows: list[dict[str, Any]] = []
     tp_rows: list[dict[str, Any]] = []
+    lb_rows: list[dict[str, Any]] | None = None
     t_end = 0.0
     extra: dict[str, Any] = {}
     try:
@@ -249,6 +253,7 @@ def run_emulation(
                         sampled = sampler.stop() if sampler is not None else []
                     t_end = world.now()
                     reach_rows, tp_rows = _measure(world, scenario, seed, throughput_seconds)
+                    lb_rows = _lb_probe(world, scenario, extra)
                     extra["full_size_pings"] = _full_size_pings(world, scenario)
                     extra["underlay_ip"] = ip_fragment_counters(underlay, topology.hosts)
                     reach_rows = sampled + reach_rows
@@ -280,7 +285,8 @@ def run_emulation(
         step_lag_s=_lag_summary(world.lags if world else []),
         mechanisms=extra.get("underlay", {}).get("mechanisms", {}),
     )
-    finalize(writer, _outcome(world, result, reach_rows, tp_rows, t_end, status, error, extra))
+    outcome = _outcome(world, result, reach_rows, tp_rows, t_end, status, error, extra, lb_rows)
+    finalize(writer, outcome)
     if status == "failed":
         raise RunFailed(f"emulation failed: {error} (partial results in {out})")
     return status
@@ -318,6 +324,41 @@ def _measure(
     return reach, tp
 
 
+def _lb_probe(
+    world: EmuWorld, scenario: Scenario, extra: dict[str, Any]
+) -> list[dict[str, Any]] | None:
+    """``measure.lb_probe``'s rows (None when not asked for or it cannot run: the reason
+    goes to the manifest's ``lb_probe``)."""
+    probe = scenario.measure.lb_probe
+    if probe is None:
+        return None
+    svc = world.services.by_name.get(probe.service)
+    by_name = {e.name: e for e in world.endpoints()}
+    client = by_name.get(probe.client)
+    if svc is None or svc.vip is None:
+        extra["lb_probe"] = f"not run: service {probe.service} has no VIP at the end"
+        return None
+    if client is None or not client.netns or not client.up:
+        extra["lb_probe"] = f"not run: container {probe.client} is not live at the end"
+        return None
+    if svc.network not in client.ips:
+        extra["lb_probe"] = f"not run: {probe.client} is not on network {svc.network}"
+        return None
+    tasks = [by_name[name] for name in sorted(world.services.live_tasks(svc))]
+    rows, reason = lb_probe(
+        world.underlay,
+        service=svc.name,
+        vip=svc.vip,
+        client=client,
+        tasks=tasks,
+        connections=probe.connections,
+        port=probe.port,
+        t=world.now(),
+    )
+    extra["lb_probe"] = reason or "ran"
+    return rows
+
+
 def _full_size_pings(world: EmuWorld, scenario: Scenario) -> list[dict[str, Any]]:
     """Echoes of the container MTU's full size, one set per ``measure.throughput`` pair."""
     by_name = {e.name: e for e in world.endpoints()}
@@ -336,6 +377,7 @@ def _outcome(
     status: FinalStatus,
     error: str | None,
     extra: dict[str, Any],
+    lb_rows: list[dict[str, Any]] | None = None,
 ) -> Outcome:
     """The run's tables (from the collected logs), counters and skipped steps."""
     sent = result.msgs_sent if result else 0
@@ -350,6 +392,8 @@ def _outcome(
     }
     if result is not None and result.dns is not None:
         tables["dns"] = result.dns
+    if lb_rows:
+        tables["lb_probe"] = lb_rows
     if result is not None and result.dns_note:
         extra = {**extra, "dns": result.dns_note}
     return Outcome(

@@ -15,6 +15,7 @@ from overlaysim.metrics.atomic import jsonable
 from overlaysim.metrics.convergence import Status
 from overlaysim.metrics.dns import summarise as dns_summary
 from overlaysim.metrics.groundtruth import Liveness
+from overlaysim.metrics.lbspread import lb_spread_of
 from overlaysim.metrics.membership import (
     failure_detections,
     false_positive_counts,
@@ -148,11 +149,13 @@ def compute_metrics(
     nodes: int,
     traffic_kinds: pd.DataFrame | None = None,
     dns: pd.DataFrame | None = None,
+    lb_probe: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Summarise a run. Tables are typed frames (:func:`load_run` or ``tables.frame``);
     None stands for an empty table. ``duration_s`` is the simulated/emulated time the
     run covered (shorter than planned if interrupted); ``nodes`` the number of hosts.
-    ``dns`` (runs with services only) adds ``dns_convergence_s`` and ``stale_dns_window_s``."""
+    ``dns`` (runs with services only) adds ``dns_convergence_s`` and ``stale_dns_window_s``;
+    ``lb_probe`` (emulations with ``measure.lb_probe`` only) adds ``lb_spread``."""
     events = frame("events", events)
     convergence = frame("convergence", convergence)
     traffic = frame("traffic", traffic)
@@ -182,4 +185,6 @@ def compute_metrics(
     }
     if dns is not None:
         metrics.update(dns_summary(frame("dns", dns).to_dict("records")))
+    if lb_probe is not None:
+        metrics["lb_spread"] = lb_spread_of(frame("lb_probe", lb_probe).to_dict("records"))
     return jsonable(metrics)

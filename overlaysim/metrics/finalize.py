@@ -82,6 +82,7 @@ def metrics_for(
         run.throughput,
         traffic_kinds=run.traffic_kinds,
         dns=run.dns,
+        lb_probe=run.lb_probe,
         backend=str(m.get("backend", "")),
         scenario=run.name,
         seed=m.get("seed"),  # type: ignore[arg-type]

@@ -10,9 +10,10 @@ answered but is not a live task is reported separately: it is a stale backend.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-__all__ = ["lb_spread"]
+__all__ = ["lb_spread", "lb_spread_of"]
 
 
 def lb_spread(answers: Iterable[str], tasks: Iterable[str]) -> dict[str, object]:
@@ -40,4 +41,25 @@ def lb_spread(answers: Iterable[str], tasks: Iterable[str]) -> dict[str, object]
         "stray": strays,
         "chi2": chi2,
         "p_uniform": p,
+    }
+
+
+def lb_spread_of(rows: Sequence[Mapping[str, Any]]) -> dict[str, object] | None:
+    """``lb_spread`` of a results folder's ``lb_probe`` rows (None without connection rows).
+
+    ``task`` rows name the live tasks, ``connection`` rows the answer to each connection;
+    the probe's service, client, VIP, port and time are carried along.
+    """
+    conns = sorted((r for r in rows if r["kind"] == "connection"), key=lambda r: r["seq"])
+    if not conns:
+        return None
+    tasks = [str(r["answer"]) for r in rows if r["kind"] == "task"]
+    first = conns[0]
+    return {
+        "service": str(first["service"]),
+        "client": str(first["client"]),
+        "vip": str(first["vip"]),
+        "port": int(first["port"]),
+        "t": float(first["t"]),
+        **lb_spread((str(r["answer"]) for r in conns), tasks),
     }

@@ -190,12 +190,32 @@ DNS = TableSchema(
     sort_by=("t", "metric", "service", "ip"),
 )
 
+#: Load-balancing probe (``measure.lb_probe``, emulation only): ``kind`` ``task`` rows
+#: name the service's live tasks when the probe ran (``answer`` is the task), ``connection``
+#: rows say which task answered connection ``seq`` ("" when it failed). ``metrics/lbspread.py``
+#: turns them into ``lb_spread``.
+LB_PROBE = TableSchema(
+    "lb_probe",
+    (
+        ("t", "float"),
+        ("service", "str"),
+        ("client", "str"),
+        ("vip", "str"),
+        ("port", "int"),
+        ("kind", "str"),
+        ("seq", "int"),
+        ("answer", "str"),
+    ),
+    sort_by=("kind", "seq", "answer"),
+)
+
 #: The tables every results folder holds.
 TABLES: dict[str, TableSchema] = {
     s.name: s for s in (EVENTS, CONVERGENCE, TRAFFIC, TRAFFIC_KINDS, REACHABILITY, THROUGHPUT)
 }
-#: Tables a folder holds only when the run had what they measure (``dns``: services).
-OPTIONAL_TABLES: dict[str, TableSchema] = {DNS.name: DNS}
+#: Tables a folder holds only when the run had what they measure (``dns``: services;
+#: ``lb_probe``: an emulation with ``measure.lb_probe``).
+OPTIONAL_TABLES: dict[str, TableSchema] = {DNS.name: DNS, LB_PROBE.name: LB_PROBE}
 #: Every table a folder may hold.
 ALL_TABLES: dict[str, TableSchema] = {**TABLES, **OPTIONAL_TABLES}
 

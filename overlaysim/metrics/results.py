@@ -6,6 +6,7 @@ Layout (reference: ``docs/results.md``)::
     <out>/metrics.json       summary numbers
     <out>/<table>.csv        events, convergence, traffic, traffic_kinds, reachability, throughput
     <out>/dns.csv            service DNS rows (only runs with services)
+    <out>/lb_probe.csv       load-balancing probe rows (only emulations with measure.lb_probe)
     <out>/plots/*.png        figures
 
 Every file is written atomically. The folder exists, with ``status: "running"``, from
@@ -142,6 +143,8 @@ class Run:
     throughput: pd.DataFrame
     #: Service DNS rows; None when the run had no services (no ``dns.csv``).
     dns: pd.DataFrame | None = None
+    #: Load-balancing probe rows; None when no probe ran (no ``lb_probe.csv``).
+    lb_probe: pd.DataFrame | None = None
 
     @property
     def status(self) -> str:

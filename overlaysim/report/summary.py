@@ -78,6 +78,15 @@ def summary_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str, str]]:
              f"{d.get('n', 0) - d.get('unconverged', 0) - d.get('superseded', 0)}"
              f" / {d.get('unconverged', 0)}")
         )  # fmt: skip
+    lb = metrics.get("lb_spread")
+    if lb:  # an emulation's measure.lb_probe
+        counts = ", ".join(f"{t} {n}" for t, n in (lb.get("per_task") or {}).items())
+        p = lb.get("p_uniform")
+        rows.append(
+            ("services", f"LB spread {lb.get('client')}→{lb.get('service')} VIP",
+             f"{counts}; failed {lb.get('failed', 0)}, stray {sum((lb.get('stray') or {}).values())}"
+             f"; p uniform {'n/a' if p is None else f'{p:.3g}'}")
+        )  # fmt: skip
     for sites, r in sorted((metrics.get("rtt_ms") or {}).items()):
         rows.append(
             ("round trips", f"RTT {sites} median (p10–p90)",

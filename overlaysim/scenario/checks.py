@@ -194,6 +194,17 @@ class _Checker:
                     self.bad(f"measure.throughput[{i}][{j}]", name, "the name of a container")
             if src == dst:
                 self.bad(f"measure.throughput[{i}]", [src, dst], "two different containers")
+        probe = self.sc.measure.lb_probe
+        if probe is not None:
+            if probe.service not in self.services:  # after the timeline: those still there
+                made = ", ".join(sorted(self.services)) or "none"
+                self.bad(
+                    "measure.lb_probe.service",
+                    probe.service,
+                    f"a service made by service_create that exists at the end (existing: {made})",
+                )
+            if probe.client not in ever or self.is_task(probe.client):
+                self.bad("measure.lb_probe.client", probe.client, "the name of a container")
 
     # -- events
 

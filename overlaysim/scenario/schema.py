@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator
 
+from overlaysim.core.esp import MAX_SEQ
 from overlaysim.scenario.events import Event
 from overlaysim.scenario.fields import HostPair, Name, StrictModel
 from overlaysim.scenario.topologies import TopologySpec
@@ -173,10 +174,29 @@ class Protocol(StrictModel):
     tables: dict[str, bool | int | float] = Field(
         default_factory=dict, description="TableConfig fields, e.g. {bulk_sync_interval: 10}"
     )
+    esp_seq_limit: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_SEQ,
+        description="the highest ESP sequence number one SA of an encrypted network seals "
+        f"before it needs a new key, in emulation (default {MAX_SEQ}: the 32-bit space "
+        "minus the rekey margin); lowered, sequence exhaustion happens in seconds",
+    )
 
     _check_membership = field_validator("membership")(_overrides_for("MembershipConfig"))
     _check_tables = field_validator("tables")(_overrides_for("TableConfig"))
     _check_ext = field_validator("extensions")(_check_extensions)
+
+
+class LbProbe(StrictModel):
+    """A load-balancing probe (emulation only): after the timeline, ``client`` opens
+    ``connections`` new TCP connections to ``service``'s VIP on ``port``; each task
+    answers with its hostname. The counts per task become ``lb_spread``."""
+
+    service: Name = Field(description="a service made by service_create, in vip mode at the end")
+    client: Name = Field(description="the container that connects (on the service's network)")
+    connections: int = Field(30, ge=1, le=10000, description="new TCP connections to open")
+    port: int = Field(8080, ge=1, le=65535, description="the TCP port the tasks answer on")
 
 
 class Measure(StrictModel):
@@ -187,6 +207,11 @@ class Measure(StrictModel):
     )
     probes: bool = Field(True, description="true to probe reachability between containers")
     probe_interval: float = Field(1.0, gt=0, description="seconds between probe rounds")
+    lb_probe: LbProbe | None = Field(
+        None,
+        description="a load-balancing probe through a service VIP at the end of an "
+        "emulation, e.g. {service: web, client: client1, connections: 30}",
+    )
 
 
 class Scenario(StrictModel):

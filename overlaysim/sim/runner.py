@@ -94,7 +94,9 @@ class SimBackend:
     def __init__(self, scenario: Scenario, seed: int, observer: Observer) -> None:
         self.env = simpy.Environment()
         self.underlay = Underlay(scenario.resolved_topology)
-        mconf, tconf = configs(scenario.profile, **scenario.protocol.model_dump())
+        mconf, tconf = configs(
+            scenario.profile, **scenario.protocol.model_dump(exclude={"esp_seq_limit"})
+        )
         self.cluster = SimCluster(
             self.env,
             self.underlay,

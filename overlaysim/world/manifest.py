@@ -31,6 +31,10 @@ def run_manifest(
         scenario=scenario.resolved(),
         capabilities=capabilities or {},
         nodes=len(scenario.resolved_topology.hosts),
-        protocol=protocol_settings(scenario.profile, scenario.protocol.model_dump()),
+        # the ESP sequence limit is a data-path setting, not a protocol config field; the
+        # resolved scenario (above) records it
+        protocol=protocol_settings(
+            scenario.profile, scenario.protocol.model_dump(exclude={"esp_seq_limit"})
+        ),
         **extra,
     )

@@ -283,6 +283,16 @@ def test_rotate_keys_moves_generation_and_primary() -> None:
     assert ok(call(m, "keys")) == second
 
 
+def test_rotate_keys_if_generation_rotates_once_for_many_askers() -> None:
+    m = secure_manager()
+    first = ok(call(m, "keys"))
+    rotated = ok(call(m, "rotate_keys", if_generation=first["generation"]))
+    assert rotated["generation"] == first["generation"] + 1
+    # a second agent that ran out at the same generation gets the new ring, no second step
+    again = ok(call(m, "rotate_keys", if_generation=first["generation"]))
+    assert again == rotated
+
+
 def test_server_keyring_and_manager_secure_must_agree() -> None:
     with pytest.raises(ValueError, match="secure"):
         ManagerServer(secure_manager(), A, free_port())  # keys would travel in clear

@@ -45,3 +45,14 @@ def test_missing_keyfile_and_bad_flag(tmp_path: Path) -> None:
         read_keyfile(tmp_path / "absent")
     with pytest.raises(SystemExit, match="--gossip-key: key is 3 bytes"):
         parse_args(["--name", "h", "--bind", "10.0.0.1", "--gossip-key", "YWJj"])
+
+
+def test_esp_seq_limit_option() -> None:
+    from overlaysim.core.esp import MAX_SEQ
+
+    base = ["--name", "h1", "--bind", "10.0.0.1"]
+    assert parse_args(base).esp_seq_limit == MAX_SEQ
+    assert parse_args([*base, "--esp-seq-limit", "2000"]).esp_seq_limit == 2000
+    for bad in ("0", "x", str(MAX_SEQ + 1)):
+        with pytest.raises(SystemExit):
+            parse_args([*base, "--esp-seq-limit", bad])

@@ -375,3 +375,35 @@ def test_the_runner_measures_its_own_lag(emu: None, tmp_path: Path) -> None:
         == (tmp_path / "run" / "metrics.json").read_bytes()
     )
     _assert_nothing_left(tmp_path / "run")
+
+
+@pytest.mark.emu
+def test_lb_probe_counts_connections_per_task_through_the_vip(emu: None, tmp_path: Path) -> None:
+    """``measure.lb_probe``: a client container opens 30 new TCP connections to a
+    3-task service's VIP; each is answered by a task's hostname (its own UTS namespace),
+    the counts per task land in metrics.json ``lb_spread`` and regenerate byte for byte,
+    and the responders are gone afterwards."""
+    scenario = load_scenario(
+        QUICKSTART,
+        [
+            "duration=8",
+            "events=[{at: 1, action: service_create, name: api, network: web, replicas: 3}]",
+            "measure={probes: false, lb_probe: {service: api, client: c1, connections: 30}}",
+        ],
+    )
+    status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
+    assert status == "complete"
+    run = load_run(tmp_path / "run")
+    assert run.manifest.get("lb_probe") == "ran", run.manifest.get("lb_probe")
+    spread = run.metrics["lb_spread"]
+    assert spread["service"] == "api" and spread["connections"] == 30
+    assert set(spread["per_task"]) == {"api.1", "api.2", "api.3"}
+    assert spread["failed"] == 0 and spread["stray"] == {}
+    assert sum(n > 0 for n in spread["per_task"].values()) >= 2  # per-connection balancing
+    assert spread["p_uniform"] is not None
+    assert (
+        json_bytes(metrics_for(tmp_path / "run"))
+        == (tmp_path / "run" / "metrics.json").read_bytes()
+    )
+    _assert_nothing_left(tmp_path / "run")
+    assert not _processes("s.bind(('0.0.0.0', int(sys.argv[1])))")

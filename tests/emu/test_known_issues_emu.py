@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from types import SimpleNamespace
 
@@ -71,3 +72,43 @@ def test_underlay_mtu_case_black_holes_full_size_frames_under_docker_only(
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "libnetwork#2661" in out and "(reproduced)" in out and "0 (absent)" in out
+
+
+def test_probe_echoes_lost_counts_every_round_of_expected_pairs(tmp_path) -> None:
+    from overlaysim.known_issues import probe_echoes_lost
+
+    (tmp_path / "reachability.csv").write_text(
+        "t,src,dst,network,expected,reachable,sites,rtt_ms\n"
+        "1.0,a,b,sec,true,true,s1-s1,0.1\n"
+        "2.0,a,b,sec,true,false,s1-s1,\n"
+        "3.0,a,b,sec,true,false,s1-s1,\n"
+        "3.0,a,c,sec,false,false,s1-s1,\n"  # not expected to reach: not a loss
+    )
+    assert probe_echoes_lost(tmp_path) == 2
+
+
+@pytest.mark.emu
+def test_esp_seq_exhaustion_case_loses_echoes_under_docker_only(emu, tmp_path, capsys) -> None:
+    rc = main(
+        [
+            "known-issues",
+            "--backend",
+            "emu",
+            "--only",
+            "esp-seq-exhaustion",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "moby#52005" in out and "(reproduced)" in out and "0 (absent)" in out
+    # ours kept the traffic by sealing with the next key and rotating early; docker dropped
+    for variant, sealed_next, dropped in (("overlaysim", True, False), ("docker", False, True)):
+        logs = (tmp_path / "esp-seq-exhaustion" / variant / "agent-logs").glob("*.jsonl")
+        lines = [json.loads(line) for p in logs for line in p.read_text().splitlines()]
+        esp = [rec["esp"] for rec in lines if rec["kind"] == "stop" and rec.get("esp")]
+        assert esp, variant
+        assert (sum(e["tx_next_key"] for e in esp) > 0) is sealed_next, (variant, esp)
+        assert (sum(e["drop_rekey"] for e in esp) > 0) is dropped, (variant, esp)
+        assert any(rec["kind"] == "rekey_asked" for rec in lines) is sealed_next, variant

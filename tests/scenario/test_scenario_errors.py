@@ -212,6 +212,10 @@ def test_messages_carry_no_library_text(tmp_path: Path) -> None:
         ),
         ({"events": [{"at": 60, "action": "heal"}]}, "events[0].at: 60 is not valid: expected a"),
         (
+            {"protocol": {"esp_seq_limit": 0}},
+            "protocol.esp_seq_limit: 0 is not valid: expected an integer",
+        ),
+        (
             {"events": [{"at": 1, "action": "delay", "ms": 5, "link": ["h1", "h2"]}]},
             "expected the two ends of a topology link, like [h1, s1]",
         ),

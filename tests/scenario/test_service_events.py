@@ -164,3 +164,20 @@ def test_services_scenario_gives_the_dns_metrics(tmp_path: Path) -> None:
     assert stale["max"] <= fd["all_dead_max"] + 0.5
     assert metrics_for(a) == metrics  # recomputed from the folder, the same numbers
     assert not metrics["skipped_steps"]
+    # the simulator does not model L4 balancing: the probe is emulation-only, no lb_spread
+    assert sc.measure.lb_probe is not None
+    assert "lb_spread" not in metrics and "lb_probe.csv" not in files
+
+
+def test_lb_probe_names_a_service_there_at_the_end_and_a_container() -> None:
+    ok = scenario([create()], measure={"lb_probe": {"service": "api", "client": "c1"}})
+    assert ok.measure.lb_probe.connections == 30 and ok.measure.lb_probe.port == 8080
+    got = problems(
+        [create(), ev(5, "service_rm", service="api")],
+        measure={"lb_probe": {"service": "api", "client": "nobody"}},
+    )
+    assert got == [
+        'measure.lb_probe.service: "api" is not valid: expected a service made by '
+        "service_create that exists at the end (existing: none)",
+        'measure.lb_probe.client: "nobody" is not valid: expected the name of a container',
+    ]

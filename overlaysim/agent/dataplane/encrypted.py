@@ -10,6 +10,7 @@ than run in clear.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -26,12 +27,23 @@ class Encryption:
     """The host's ESP path (one :class:`EspTunnel`, created with the first key ring)."""
 
     def __init__(
-        self, *, underlay_ip: str, port: int, vxlan_port: int, host_netns: str | None
+        self,
+        *,
+        underlay_ip: str,
+        port: int,
+        vxlan_port: int,
+        host_netns: str | None,
+        max_seq: int = esp.MAX_SEQ,
+        on_rekey: Callable[[], None] | None = None,
     ) -> None:
         self.underlay_ip = underlay_ip
         self.port = port
         self.vxlan_port = vxlan_port
         self.host_netns = host_netns
+        #: Highest ESP sequence number per SA (lowered only to run out in seconds).
+        self.max_seq = esp.check_max_seq(max_seq)
+        #: Asked for a rotation when an SA runs out (None: drop until the timer).
+        self.on_rekey = on_rekey
         #: The encrypted data path, built with the first key ring.
         self.tunnel: EspTunnel | None = None
 
@@ -47,6 +59,8 @@ class Encryption:
                 port=self.port,
                 vxlan_port=self.vxlan_port,
                 netns=kns.ns_path(self.host_netns) if self.host_netns else None,
+                max_seq=self.max_seq,
+                on_rekey=self.on_rekey,
             )
         self.tunnel.install_keys(keys, primary)
 

@@ -96,6 +96,8 @@ class DataPlane:
         record_path: Path | None = None,
         prefix: str = names.PREFIX,
         esp_port: int = ESP_PORT,
+        esp_max_seq: int = esp.MAX_SEQ,
+        on_rekey: Callable[[], None] | None = None,
     ) -> None:
         self.host = host
         self.underlay_ip = str(ipaddress.IPv4Address(underlay_ip))
@@ -113,6 +115,8 @@ class DataPlane:
             port=esp_port,
             vxlan_port=vxlan_port,
             host_netns=host_netns,
+            max_seq=esp_max_seq,
+            on_rekey=on_rekey,
         )
         self._lock = threading.RLock()
         self._handles = Handles()
