@@ -30,7 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from overlaysim.core.cluster import Cluster
-from overlaysim.core.cluster_errors import ClusterError, InvalidSpec, NetworkNotFound
+from overlaysim.core.cluster_errors import (
+    AddressInUse,
+    ClusterError,
+    InvalidSpec,
+    NetworkNotFound,
+)
 from overlaysim.core.network import NetworkSpec
 from overlaysim.core.services import TASKS_PREFIX, EndpointMode, check_dns_name, vip_endpoint
 
@@ -184,14 +189,29 @@ class ServiceRegistry:
 
     # --- VIPs -------------------------------------------------------------------------
 
-    def vip_reserve(self, network: str, service: str) -> str:
-        """A VIP for ``service`` on ``network`` (the same one again if already held)."""
+    def vip_reserve(self, network: str, service: str, ip: str | None = None) -> str:
+        """A VIP for ``service`` on ``network`` (the same one again if already held).
+
+        With ``ip`` that exact address (as IPAM's requested address): a restarted manager
+        is given back the VIPs its services held. An address another endpoint holds, or a
+        service already holding another VIP, is :class:`AddressInUse` in one line.
+        """
         net = self.cluster.network(network)
         ep = vip_endpoint(check_service_name(service))
         for a in self.cluster.allocations(net.name):
             if a.endpoint == ep:
+                if ip is not None and ip != a.ip:
+                    raise AddressInUse(
+                        f"VIP {ip} of service {service} on network {net.name}: the service "
+                        f"already holds VIP {a.ip}; expected that address or none"
+                    )
                 return a.ip
-        return self.cluster.allocate(net.name, ep, standalone=False).ip
+        try:
+            return self.cluster.allocate(net.name, ep, ip=ip, standalone=False).ip
+        except AddressInUse as exc:
+            raise AddressInUse(
+                f"VIP {ip} of service {service} on network {net.name}: {exc}"
+            ) from None
 
     def vip_release(self, network: str, service: str) -> str:
         """Give ``service``'s VIP on ``network`` back to the pool; the address."""
@@ -366,7 +386,10 @@ def _ingress_ports(reg: ServiceRegistry, args: dict[str, Any]) -> list[list[Any]
 
 
 def _vip_reserve(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:
-    return {"ip": reg.vip_reserve(_arg(args, "network", str), _arg(args, "service", str))}
+    ip = args.get("ip")
+    if ip is not None and not isinstance(ip, str):
+        raise InvalidSpec(f"ip={ip!r}: expected an IPv4 address as a string")
+    return {"ip": reg.vip_reserve(_arg(args, "network", str), _arg(args, "service", str), ip)}
 
 
 def _vip_release(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:

@@ -158,13 +158,15 @@ class EmuBackend:
         return max(0.0, started - self.t0)
 
     def _restore_manager(self) -> None:
-        """A restarted manager starts empty: re-create the networks and re-register the
-        addresses that containers on running hosts still hold, so none is handed out
-        twice. (Managers are not replicated yet; see docs/agent.md, Limits.)"""
+        """A restarted manager starts empty: re-create the networks, reserve the services'
+        VIPs again at their addresses and re-register the addresses that containers on
+        running hosts still hold, so none is handed out twice. (Managers are not
+        replicated yet; see docs/agent.md, Limits.)"""
         self.create_networks()
         world = self.world
         if world is None:
             return
+        self._restore_vips(world)
         for c in world.containers.values():
             if not c.live or c.host not in world.up:
                 continue
@@ -174,6 +176,25 @@ class EmuBackend:
                         "allocate", network=net, endpoint=c.name, ip=ip, standalone=False,
                         host=c.host,
                     )  # fmt: skip
+
+    def _restore_vips(self, world: World) -> None:
+        """Every service's VIP again at its address (``vip_reserve`` with ``ip``), before
+        any container's: a VIP is never handed out twice. A clash (the address is held
+        by someone else) is recorded as one line and the restore goes on."""
+        for svc in world.services.by_name.values():
+            if svc.vip is None:
+                continue
+            try:
+                self.testbed.manager_call(
+                    "vip_reserve", network=svc.network, service=svc.name, ip=svc.vip
+                )
+            except ClusterError as exc:
+                world.skip(
+                    "restore_vip",
+                    host=self.testbed.manager_host,
+                    service=svc.name,
+                    reason=why(exc),
+                )
 
     def crash(self, host: str) -> None:
         # the timeline goes on while the dead boot's kernel objects are removed (the

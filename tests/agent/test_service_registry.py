@@ -59,6 +59,41 @@ def test_vip_reserve_is_idempotent_and_release_frees(mgr: Manager) -> None:
     assert err(call(mgr, "vip_reserve", network="nope", service="db")).startswith("NetworkNotFound")
 
 
+def test_vip_reserve_takes_a_requested_address_as_a_restarted_manager_needs() -> None:
+    """A restarted manager starts with an empty IPAM: the VIPs its services held are
+    reserved again at their addresses, so the next service gets another one; a clash is
+    one line naming the VIP, the service, the network and who holds the address."""
+    before = Manager(Cluster(), lambda: ["h1"])
+    ok(call(before, "network_create", spec={"name": "web", "subnet": "10.50.0.0/24"}))
+    old = ok(call(before, "service_create", name="api", replicas=1, network="web"))["vip"]
+    after = Manager(Cluster(), lambda: ["h1"])  # the manager restarted: nothing held
+    ok(call(after, "network_create", spec={"name": "web", "subnet": "10.50.0.0/24"}))
+    assert ok(call(after, "vip_reserve", network="web", service="api", ip=old))["ip"] == old
+    # asking again for the same address is fine (idempotent), another one is not
+    assert ok(call(after, "vip_reserve", network="web", service="api", ip=old))["ip"] == old
+    other = "10.50.0.200"
+    assert err(call(after, "vip_reserve", network="web", service="api", ip=other)) == (
+        f"AddressInUse: VIP {other} of service api on network web: the service already "
+        f"holds VIP {old}; expected that address or none"
+    )
+    new = ok(call(after, "vip_reserve", network="web", service="db"))["ip"]
+    assert new != old
+    # a container holds the address: the clash names it
+    ok(call(after, "allocate", network="web", endpoint="c1", ip="10.50.0.77", standalone=False))
+    line = err(call(after, "vip_reserve", network="web", service="cache", ip="10.50.0.77"))
+    assert line == (
+        "AddressInUse: VIP 10.50.0.77 of service cache on network web: ip='10.50.0.77': "
+        "already allocated to endpoint 'c1' on network web"
+    )
+    assert "\n" not in line
+    assert err(call(after, "vip_reserve", network="web", service="x", ip=5)).startswith(
+        "InvalidSpec: ip=5"
+    )
+    assert err(call(after, "vip_reserve", network="web", service="x", ip="10.9.0.1")).startswith(
+        "InvalidSpec"
+    )
+
+
 def test_scale_adds_the_lowest_free_slots_and_removes_the_highest(mgr: Manager) -> None:
     ok(call(mgr, "service_create", name="api", replicas=3, network="web"))
     down = ok(call(mgr, "service_scale", name="api", replicas=1))
