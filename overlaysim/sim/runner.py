@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,7 @@ class SimBackend:
     """The simulator's side of the world's verbs: a SimPy cluster over the graph underlay."""
 
     records_commits = True
+    runs_tasks = False  # task commands and published ports are recorded, not run
 
     def __init__(self, scenario: Scenario, seed: int, observer: Observer) -> None:
         self.env = simpy.Environment()
@@ -186,6 +187,12 @@ class SimBackend:
 
     def release_vip(self, service: str, network: str) -> None:
         self.ipam.release(network, vip_endpoint(service))
+
+    def publish(self, service: str, ports: Sequence[tuple[int, int]]) -> str | None:
+        return None  # no routing mesh here: the World records the ports (runs_tasks)
+
+    def unpublish(self, service: str) -> None:
+        return None
 
     def each_host(self, fn, items, host) -> None:  # type: ignore[no-untyped-def]
         for item in items:  # in order: the IPAM hands out addresses in the plan's order

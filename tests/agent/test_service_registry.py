@@ -151,3 +151,22 @@ def test_bad_input_is_one_clear_line(mgr: Manager, op: str, args: dict, line: st
     ok(call(mgr, "service_create", name="api", replicas=1, network="web"))
     message = err(call(mgr, op, **args))
     assert message.startswith(line) and "\n" not in message
+
+
+def test_mesh_publish_holds_ports_of_services_placed_elsewhere(mgr: Manager) -> None:
+    """The emulator's World places its tasks itself; the manager still holds their
+    published ports (every host's mesh, a restarted agent's) and the ingress VIP."""
+    vip = ok(call(mgr, "mesh_publish", service="api", publish=[[8081, 8080]]))["ip"]
+    assert ok(call(mgr, "ingress_ports")) == [[8081, vip, 8080, "api"]]
+    # the same ports again: the same VIP (a restore asks with ip=)
+    assert ok(call(mgr, "mesh_publish", service="api", publish=["8081:8080"], ip=vip))["ip"] == vip
+    assert err(call(mgr, "mesh_publish", service="db", publish=["8081:5432"])) == (
+        "PortInUse: published port 8081: already used by service api"
+    )
+    assert err(
+        call(mgr, "service_create", name="web", network="web", replicas=0, publish=["8081:80"])
+    ) == ("PortInUse: published port 8081: already used by service api")
+    assert err(call(mgr, "mesh_publish", service="db", publish=[])).startswith("InvalidSpec")
+    assert ok(call(mgr, "mesh_unpublish", service="api"))["ip"] == vip
+    assert ok(call(mgr, "ingress_ports")) == []
+    assert err(call(mgr, "mesh_unpublish", service="api")).startswith("ServiceNotFound")
