@@ -52,12 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  overlay> network create web --attachable\n"
         "  overlay> run c1 web h1\n"
         "  overlay> check 1\n\n"
-        "check a running lab from another terminal (each step of guided lab 1-5, with hints):\n"
+        "check a running lab from another terminal (each step of guided lab 1-6, with hints):\n"
         "  sudo overlaysim lab check 2 [--json | --csv]\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("topology", help="a topology YAML file (see topologies/), or 'check'")
-    p.add_argument("lab_number", nargs="?", metavar="LAB", help="with 'check': a lab, 1-5")
+    p.add_argument("lab_number", nargs="?", metavar="LAB", help="with 'check': a lab, 1-6")
     p.add_argument("--profile", default="lan", choices=["lan", "wan", "local"])
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="with check")

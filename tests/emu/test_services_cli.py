@@ -319,6 +319,35 @@ def test_a_published_port_answers_on_every_host(bed: Path) -> None:
         assert "_ingress" not in tables and "-ig" not in links, (h, tables, links)
 
 
+def test_lab_check_6_follows_the_lab(bed: Path) -> None:
+    """``overlaysim lab check 6`` from another process (the published address book) after
+    the lab's steps: the last step fails while a service is still there, then all pass."""
+    osim(
+        "service", "create", "--name", "web", "--replicas", "3", "--network", "front",
+        "--", sys.executable, "-c", SERVER,
+    )  # fmt: skip
+    assert probe(bed, "until", "tasks.web", "3", "10") != "NXDOMAIN"  # the client's DNS
+    osim("service", "update", "--endpoint-mode", "dnsrr", "web")
+    osim(
+        "service", "create", "--name", "api", "--replicas", "2", "--network", "front",
+        "--publish", "8083:8080", "--", sys.executable, "-c", SERVER,
+    )  # fmt: skip
+    res = osim("lab", "check", "6", "--json", check=False)
+    steps = json.loads(res.stdout)["steps"]
+    assert res.returncode != 0 and [s["passed"] for s in steps] == [True] * 6 + [False], steps
+    assert steps[6]["detail"] == "still at the manager: api, web", steps[6]
+    osim("service", "rm", "web", "api")
+    deadline = time.monotonic() + 10
+    while True:  # the removed tasks' entries leave every host's tables
+        res = osim("lab", "check", "6", check=False)
+        if res.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    print(res.stdout)
+    assert res.returncode == 0, res.stdout
+    assert res.stdout.splitlines()[-1] == "lab 6: 7/7 steps done"
+
+
 def _forwarding(host: str) -> str:
     res = LAB[0].underlay.cmd(host, ["cat", "/proc/sys/net/ipv4/ip_forward"])
     return res.stdout.strip()
