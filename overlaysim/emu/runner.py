@@ -98,7 +98,7 @@ class EmuWorld(World):
                 ips={n: ip for n, ip in c.networks.items() if ip},
                 up=c.host in self.up and c.live,
             )
-            for c in self.containers.values()
+            for c in list(self.containers.values())  # hosts' lanes add and remove
         ]
 
 
@@ -118,6 +118,7 @@ def play(
         world.apply(step)
         if tick is not None:
             tick()
+    world.settle()  # the hosts' lanes: their last steps done, their errors raised here
     _sleep_until(world, duration, tick)
 
 
@@ -267,7 +268,11 @@ def run_emulation(
             finally:
                 with signals_deferred():  # agents stop, logs are read
                     extra["agents_killed_at_stop"] = testbed.stop()
-                    extra["teardown_errors"] = testbed.errors
+                    # after the agents stopped (no new one can start), a host's lane
+                    # still busy fails fast; its errors join the teardown's
+                    lane_errors = world.close()
+                    extra["teardown_errors"] = testbed.errors + lane_errors
+                    extra["host_starts"] = [dataclasses.asdict(s) for s in world.starts]
                     if world.t0 is not None:
                         result = collect(world.events, testbed.logs(), t0=world.t0, t_end=t_end)
                     testbed.remove_files(keep_logs_in=writer.path / AGENT_LOGS)

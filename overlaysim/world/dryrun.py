@@ -45,6 +45,7 @@ class DryBackend:
     """Backend verbs that only allocate and release addresses, and note refusals."""
 
     records_commits = False
+    steps_in_background = False  # every step is one instant of the timeline
 
     def __init__(self, scenario: Scenario) -> None:
         self.ipam = Cluster()
@@ -76,6 +77,9 @@ class DryBackend:
         seeds: Callable[[str, Collection[str]], list[str]],
     ) -> dict[str, float]:
         return dict.fromkeys(order, 0.0)
+
+    def prepare_start(self, host: str) -> None:
+        return None  # never called: starts are not in the background
 
     def start(self, host: str, seeds: list[str]) -> float:
         return self.t
