@@ -78,6 +78,12 @@ class EmuWorld(World):
         self.testbed = testbed
         self.underlay: Underlay = testbed.underlay
 
+    def start_containers(self, specs: list[Any]) -> None:
+        t = time.monotonic()
+        super().start_containers(specs)
+        #: Wall seconds the initial containers took (set-up's last phase).
+        self.containers_s = time.monotonic() - t
+
     @property
     def t0(self) -> float | None:
         """Monotonic time of scenario start (None before boot)."""
@@ -243,6 +249,7 @@ def run_emulation(
                     t_boot = time.monotonic()
                     world.boot(the_plan)
                     extra["boot_s"] = time.monotonic() - t_boot
+                    extra["boot_containers_s"] = getattr(world, "containers_s", 0.0)
                     total = len(the_plan.steps)
                     sampler = _sampler(world, scenario, seed)
                     try:
