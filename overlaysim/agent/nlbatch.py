@@ -19,6 +19,7 @@ import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,6 +48,18 @@ NETLINK_CAP_ACK = 10  # errors echo only the request's header, not its body
 _HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _NDMSG = struct.Struct("=BBHiHBB")  # family, pad, pad, ifindex, state, flags, type
 _ERR = struct.Struct("=i")
+_IFINFO = struct.Struct("=BBHiII")  # family, pad, type, index, flags, change
+_IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+RTM_NEWLINK = 16
+RTM_GETLINK = 18
+RTM_NEWADDR = 20
+NLM_F_EXCL = 0x200
+IFLA_IFNAME = 3
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+IFF_UP = 0x1
+#: The loopback device's index in every network namespace.
+LOOPBACK_INDEX = 1
 #: Requests written per ``send`` (about 52 bytes each; well inside the socket buffer).
 CHUNK = 256
 #: Errors of a delete that mean "already gone".
@@ -102,8 +115,27 @@ def encode(op: NeighOp, seq: int) -> bytes:
     return _HDR.pack(_HDR.size + len(body), kind, nlflags, seq, 0) + body
 
 
+def encode_link_up(ifindex: int, seq: int) -> bytes:
+    """``ip link set dev <ifindex> up``."""
+    body = _IFINFO.pack(0, 0, 0, ifindex, IFF_UP, IFF_UP)
+    return _HDR.pack(_HDR.size + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def encode_addr_add(ifindex: int, ip: str, prefixlen: int, seq: int) -> bytes:
+    """``ip addr add <ip>/<prefixlen> dev <ifindex>`` (IPv4)."""
+    packed = ipaddress.IPv4Address(ip).packed
+    body = _IFADDR.pack(AF_INET, prefixlen, 0, 0, ifindex)
+    body += _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    return _HDR.pack(_HDR.size + len(body), RTM_NEWADDR, flags, seq, 0) + body
+
+
 class NeighSocket:
-    """A raw rtnetlink socket in one namespace (``ns_path``; None: this one)."""
+    """A raw rtnetlink socket in one namespace (``ns_path``; None: this one).
+
+    Besides the neighbour bursts it serves a container port's set-up (:meth:`acked`,
+    :meth:`link_index`): address and links up in one write.
+    """
 
     def __init__(self, ns_path: str | None) -> None:
         def make() -> socket.socket:
@@ -125,25 +157,56 @@ class NeighSocket:
             raise BatchError(failed)
 
     def _burst(self, ops: list[NeighOp]) -> list[tuple[NeighOp, int]]:
+        codes = self.acked([lambda seq, op=op: encode(op, seq) for op in ops])
+        return [
+            (op, code)
+            for op, code in zip(ops, codes, strict=True)
+            if code and not (op.op == "del" and code in _GONE)
+        ]
+
+    def acked(self, requests: list[Callable[[int], bytes]]) -> list[int]:
+        """Send the requests (each built from its sequence number, asking for an ack)
+        in one write; return each one's errno (0: done), in order."""
         first = self._seq + 1
-        self._seq += len(ops)
-        by_seq = {first + i: op for i, op in enumerate(ops)}
-        self._sock.sendall(b"".join(encode(op, seq) for seq, op in by_seq.items()))
-        failed = []
-        while by_seq:
+        self._seq += len(requests)
+        self._sock.sendall(b"".join(build(first + i) for i, build in enumerate(requests)))
+        codes: dict[int, int] = {}
+        while len(codes) < len(requests):
             data = self._sock.recv(1 << 16)
             offset = 0
             while offset + _HDR.size <= len(data):
                 length, kind, _flags, seq, _pid = _HDR.unpack_from(data, offset)
                 if length < _HDR.size:
                     break
-                if kind == NLMSG_ERROR and seq in by_seq:
-                    op = by_seq.pop(seq)
-                    code = -_ERR.unpack_from(data, offset + _HDR.size)[0]
-                    if code and not (op.op == "del" and code in _GONE):
-                        failed.append((op, code))
+                if kind == NLMSG_ERROR and first <= seq < first + len(requests):
+                    codes[seq] = -_ERR.unpack_from(data, offset + _HDR.size)[0]
                 offset += (length + 3) & ~3
-        return failed
+        return [codes[first + i] for i in range(len(requests))]
+
+    def link_index(self, ifname: str) -> int | None:
+        """Index of ``ifname`` in the socket's namespace (one RTM_GETLINK), or None."""
+        self._seq += 1
+        seq = self._seq
+        body = _IFINFO.pack(0, 0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, ifname.encode() + b"\0")
+        self._sock.sendall(
+            _HDR.pack(_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST, seq, 0) + body
+        )
+        while True:
+            data = self._sock.recv(1 << 16)
+            offset = 0
+            while offset + _HDR.size <= len(data):
+                length, kind, _flags, got, _pid = _HDR.unpack_from(data, offset)
+                if length < _HDR.size:
+                    raise OSError(errno.EPROTO, "malformed netlink message")
+                if got == seq:
+                    if kind == RTM_NEWLINK:
+                        return int(_IFINFO.unpack_from(data, offset + _HDR.size)[3])
+                    if kind == NLMSG_ERROR:
+                        code = -_ERR.unpack_from(data, offset + _HDR.size)[0]
+                        if code == errno.ENODEV:
+                            return None
+                        raise OSError(code, f"link {ifname}: {os.strerror(code)}")
+                offset += (length + 3) & ~3
 
     def entries(self, ifindex: int) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         """The FDB entries with a destination ``{(mac, vtep)}`` and IPv4 neighbours
