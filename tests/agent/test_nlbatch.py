@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 
 from overlaysim.agent import netns as kns
@@ -26,6 +28,8 @@ from overlaysim.agent.nlbatch import (
     NeighOp,
     NeighSocket,
     encode,
+    encode_addr_add,
+    encode_link_up,
 )
 
 
@@ -61,6 +65,17 @@ def test_a_neighbour_delete_names_only_the_ip() -> None:
 def test_a_bad_mac_is_refused_before_anything_is_sent() -> None:
     with pytest.raises(ValueError, match="bad MAC"):
         encode(NeighOp("set", "neigh", 3, "02:42", "10.10.0.4"), 1)
+
+
+def test_a_container_port_is_an_address_and_a_link_up() -> None:
+    addr = ifaddrmsg(encode_addr_add(5, "10.10.0.7", 24, 9))
+    addr.decode()
+    assert addr["header"]["type"] == 20 and addr["header"]["sequence_number"] == 9
+    assert (addr["index"], addr["prefixlen"], addr["family"]) == (5, 24, AF_INET)
+    assert addr.get_attr("IFA_LOCAL") == addr.get_attr("IFA_ADDRESS") == "10.10.0.7"
+    up = ifinfmsg(encode_link_up(5, 10))
+    up.decode()
+    assert (up["index"], up["flags"] & 1, up["change"] & 1) == (5, 1, 1)
 
 
 @pytest.fixture
