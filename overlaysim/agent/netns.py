@@ -23,6 +23,8 @@ from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
+from overlaysim.agent.nlbatch import NeighSocket
+
 log = logging.getLogger(__name__)
 
 NETNS_DIR = Path("/var/run/netns")
@@ -131,23 +133,19 @@ def flush_links(ns: str) -> None:
     deleting them first makes teardown synchronous, so a VXLAN device with the same
     VNI and port can be created again right away.
     """
-    ipr = open_ipr(ns)
+    # one dump and one write on a raw socket (a pyroute2 handle here would cost a
+    # helper process, for a container namespace that usually holds only lo)
+    sock = NeighSocket(ns_path(ns))
     try:
         # vxlan and veth first, bridges last: ports detach cleanly
         links = sorted(
-            ((msg.get("ifname"), _link_kind(msg)) for msg in ipr.link("dump")),
+            ((index, kind) for index, name, kind in sock.links() if name and name != "lo"),
             key=lambda item: item[1] == "bridge",
         )
-        for ifname, _kind in links:
-            if ifname and ifname != "lo":
-                delete_link(ipr, ifname)
+        if links:
+            sock.delete_links([index for index, _ in links])
     finally:
-        close_ipr(ipr)
-
-
-def _link_kind(msg: Any) -> str:
-    info = msg.get("IFLA_LINKINFO")
-    return (info.get("IFLA_INFO_KIND") if info else None) or ""
+        sock.close()
 
 
 def remove_netns(name: str) -> bool:

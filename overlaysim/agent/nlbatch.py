@@ -51,10 +51,13 @@ _ERR = struct.Struct("=i")
 _IFINFO = struct.Struct("=BBHiII")  # family, pad, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 RTM_NEWLINK = 16
+RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
 NLM_F_EXCL = 0x200
 IFLA_IFNAME = 3
+IFLA_LINKINFO = 18
+IFLA_INFO_KIND = 1
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 IFF_UP = 0x1
@@ -243,8 +246,69 @@ class NeighSocket:
                             out.append(entry)
                 offset += (length + 3) & ~3
 
+    def links(self) -> list[tuple[int, str, str]]:
+        """Every interface of the namespace: ``(index, name, kind)`` (kind "" if none)."""
+        self._seq += 1
+        seq = self._seq
+        body = _IFINFO.pack(0, 0, 0, 0, 0, 0)
+        self._sock.sendall(
+            _HDR.pack(_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+        )
+        out: list[tuple[int, str, str]] = []
+        while True:
+            data = self._sock.recv(1 << 20)
+            offset = 0
+            while offset + _HDR.size <= len(data):
+                length, kind, _flags, got, _pid = _HDR.unpack_from(data, offset)
+                if length < _HDR.size:
+                    raise OSError(errno.EPROTO, "malformed netlink message in a dump")
+                if got == seq:
+                    if kind == NLMSG_DONE:
+                        return out
+                    if kind == NLMSG_ERROR:
+                        code = -_ERR.unpack_from(data, offset + _HDR.size)[0]
+                        raise OSError(code, f"link dump: {os.strerror(code)}")
+                    if kind == RTM_NEWLINK:
+                        out.append(_link(data, offset + _HDR.size, offset + length))
+                offset += (length + 3) & ~3
+
+    def delete_links(self, indexes: list[int]) -> None:
+        """Delete interfaces by index in one write (those already gone are fine)."""
+        codes = self.acked([lambda seq, i=i: _encode_link_del(i, seq) for i in indexes])
+        failed = [(i, c) for i, c in zip(indexes, codes, strict=True) if c and c not in _GONE]
+        if failed:
+            index, code = failed[0]
+            raise OSError(code, f"deleting link {index}: {os.strerror(code)}")
+
     def close(self) -> None:
         self._sock.close()
+
+
+def _encode_link_del(ifindex: int, seq: int) -> bytes:
+    body = _IFINFO.pack(0, 0, 0, ifindex, 0, 0)
+    return _HDR.pack(_HDR.size + len(body), RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def _attrs(data: bytes, pos: int, end: int) -> dict[int, bytes]:
+    out = {}
+    while pos + 4 <= end:
+        alen, atype = struct.unpack_from("=HH", data, pos)
+        if alen < 4:
+            break
+        out[atype & 0x3FFF] = data[pos + 4 : pos + alen]  # without the nested flag
+        pos += (alen + 3) & ~3
+    return out
+
+
+def _link(data: bytes, start: int, end: int) -> tuple[int, str, str]:
+    index = int(_IFINFO.unpack_from(data, start)[3])
+    attrs = _attrs(data, start + _IFINFO.size, end)
+    name = attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace")
+    info = attrs.get(IFLA_LINKINFO)
+    kind = ""
+    if info is not None:
+        kind = _attrs(info, 0, len(info)).get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode()
+    return index, name, kind
 
 
 def _neigh_entry(data: bytes, start: int, end: int, ifindex: int) -> tuple[str, str] | None:
