@@ -58,10 +58,15 @@ def crash_host(testbed: Testbed, host: str, *, clean_later: bool = False) -> Non
     testbed.underlay.impairments.crash_links(host)
 
 
-def restart_host(testbed: Testbed, host: str, seeds: Iterable[str]) -> float:
+def restart_host(testbed: Testbed, host: str, seeds: Iterable[str], *, links: bool = True) -> float:
     """Give ``host`` its links back and start a fresh agent joining through ``seeds``;
-    return the monotonic time it was ready."""
-    testbed.underlay.impairments.restore_links(host)
+    return the monotonic time it started (the ``start`` line of its log), once it answers.
+
+    ``links=False``: the caller gave the links back already (a scenario's restart does
+    that at the step's time and the rest on a worker thread).
+    """
+    if links:
+        testbed.underlay.impairments.restore_links(host)
     if host in testbed.agents:
         testbed.wait_exit(host, timeout=5.0)  # a leaving agent may still be finishing
     testbed.start_agent(host, list(seeds))
@@ -73,6 +78,10 @@ class EmuBackend:
 
     records_commits = False  # the agents log their commits
     runs_tasks = True  # task commands and the routing mesh run for real
+    #: A container takes an agent a few hundred ms, a new agent about a second to
+    #: answer (more while the dead boot's kernel objects are removed): the world plays
+    #: them on per-host lanes so other hosts' steps are not late.
+    steps_in_background = True
 
     def __init__(self, scenario: Scenario, testbed: Testbed) -> None:
         self.scenario = scenario
@@ -154,9 +163,15 @@ class EmuBackend:
                 }
             )
 
+    def prepare_start(self, host: str) -> None:
+        # at the step's time, on the timeline's thread: impairments change only there
+        self.underlay.impairments.restore_links(host)
+
     def start(self, host: str, seeds: list[str]) -> float:
+        """Start ``host``'s agent (its links are back: :meth:`prepare_start`); runs on
+        the world's worker thread."""
         assert self.t0 is not None
-        started = restart_host(self.testbed, host, seeds)
+        started = restart_host(self.testbed, host, seeds, links=False)
         if host == self.testbed.manager_host:
             self._restore_manager()
         return max(0.0, started - self.t0)

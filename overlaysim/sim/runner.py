@@ -91,6 +91,7 @@ class SimBackend:
 
     records_commits = True
     runs_tasks = False  # task commands and published ports are recorded, not run
+    steps_in_background = False  # every step is one instant of the timeline
 
     def __init__(self, scenario: Scenario, seed: int, observer: Observer) -> None:
         self.env = simpy.Environment()
@@ -130,6 +131,9 @@ class SimBackend:
                 self.cluster.start(h, seeds(h, started))
                 started.append(h)
         return dict.fromkeys(order, self.env.now)
+
+    def prepare_start(self, host: str) -> None:
+        return None  # never called: starts are not in the background
 
     def start(self, host: str, seeds: list[str]) -> float:
         self.cluster.start(host, seeds)

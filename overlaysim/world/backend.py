@@ -36,6 +36,10 @@ class Backend(Protocol):
     #: Whether it runs what only real processes and kernels can: task commands and the
     #: routing mesh of published ports (the emulator). The others record them only.
     runs_tasks: bool
+    #: Whether a host's slow steps (containers, the rest of a (re)start) run on that
+    #: host's worker thread while the timeline goes on (the emulator: they take real
+    #: time); see ``World.apply``.
+    steps_in_background: bool
 
     def now(self) -> float:
         """Scenario time now."""
@@ -56,6 +60,11 @@ class Backend(Protocol):
     ) -> dict[str, float]:
         """Start the initial hosts in ``order``; ``seeds(host, started)`` names whom each
         joins through. Returns each host's start time (0 when the cluster is formed)."""
+        ...
+
+    def prepare_start(self, host: str) -> None:
+        """The part of a background (re)start that belongs to the step's instant, in
+        order with the other steps (the emulator gives the host its links back)."""
         ...
 
     def start(self, host: str, seeds: list[str]) -> float:

@@ -46,6 +46,7 @@ class DryBackend:
 
     records_commits = False
     runs_tasks = False
+    steps_in_background = False  # every step is one instant of the timeline
 
     def __init__(self, scenario: Scenario) -> None:
         self.ipam = Cluster()
@@ -77,6 +78,9 @@ class DryBackend:
         seeds: Callable[[str, Collection[str]], list[str]],
     ) -> dict[str, float]:
         return dict.fromkeys(order, 0.0)
+
+    def prepare_start(self, host: str) -> None:
+        return None  # never called: starts are not in the background
 
     def start(self, host: str, seeds: list[str]) -> float:
         return self.t
