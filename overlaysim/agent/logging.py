@@ -62,6 +62,8 @@ KINDS = frozenset(
         "timer_lag",
         "names",
         "command_stopped",
+        "gossip_tx",
+        "gossip_rx",
     }
 )
 
