@@ -38,6 +38,9 @@ ROWS = [
     ("forward_wait", "table event -> own first send", "ms"),
     ("hops_to_last", "hops to the last host", ""),
     ("to_last", "commit -> last host", "ms"),
+    ("path_held", "  on its path: held, waiting ticks", "ms"),
+    ("path_wire", "  on its path: on the wire", "ms"),
+    ("path_round", "  on its path: holder's send no.", ""),
     ("sent_per_commit", "datagrams sent per commit", ""),
 ]
 

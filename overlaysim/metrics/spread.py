@@ -34,6 +34,7 @@ __all__ = [
     "Commit",
     "CommitSpread",
     "Datagram",
+    "Edge",
     "Seen",
     "Trace",
     "decompose",
@@ -86,6 +87,20 @@ class Trace:
     datagrams: list[Datagram] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """One step of the path to the last host: ``src`` held the entry ``held`` seconds
+    before the send that reached ``dst`` (its ``round``-th send carrying it, 1 = the
+    first), the datagram took ``hop`` and ``dst``'s table event came ``handle`` later."""
+
+    src: str
+    dst: str
+    held: float
+    round: int
+    hop: float
+    handle: float
+
+
 @dataclass(slots=True)
 class CommitSpread:
     """The decomposition of one commit's spread (see the module docstring)."""
@@ -101,6 +116,8 @@ class CommitSpread:
     forward_wait: list[float] = field(default_factory=list)
     sent: int = 0
     lost: int = 0
+    #: The datagrams that brought the entry to the last host (empty if not by gossip).
+    last_path: list[Edge] = field(default_factory=list)
 
 
 def decompose(trace: Trace, *, horizon: float = 10.0) -> list[CommitSpread]:
@@ -150,8 +167,9 @@ def _one(c: Commit, grams: Sequence[Datagram], seen: Sequence[Seen]) -> CommitSp
     for d in tx:
         tx_by_src.setdefault(d.node, []).append(d)
     used: set[int] = set()
-    first_rx: dict[str, tuple[float, str]] = {}
+    first_rx: dict[str, tuple[float, str, float | None]] = {}
     for d in rx:
+        sent_at: float | None = None
         cands = [
             t for t in tx_by_src.get(d.peer or "", ()) if t.t <= d.t and t.peer in (None, d.node)
         ]
@@ -160,8 +178,9 @@ def _one(c: Commit, grams: Sequence[Datagram], seen: Sequence[Seen]) -> CommitSp
             t = cands[-1]
             used.add(id(t))
             sp.hops.append(d.t - t.t)
+            sent_at = t.t
         if d.node not in first_rx and d.peer is not None:
-            first_rx[d.node] = (d.t, d.peer)
+            first_rx[d.node] = (d.t, d.peer, sent_at)
     named = [d for d in tx if d.peer is not None]
     if named:  # a send without a matching receive was lost (or arrived after the horizon)
         sp.lost = len(named) - len(used & {id(d) for d in named})
@@ -186,7 +205,31 @@ def _one(c: Commit, grams: Sequence[Datagram], seen: Sequence[Seen]) -> CommitSp
         last = max(others, key=lambda n: (others[n], n))
         sp.to_last = others[last] - c.t
         sp.hops_to_last = depth.get(last)
+        if last in depth:
+            sp.last_path = _path(last, c.owner, first_seen, first_rx, tx_by_src)
     return sp
+
+
+def _path(
+    last: str,
+    owner: str,
+    first_seen: dict[str, float],
+    first_rx: dict[str, tuple[float, str, float | None]],
+    tx_by_src: dict[str, list[Datagram]],
+) -> list[Edge]:
+    """The chain of datagrams that brought the entry from the owner to ``last``."""
+    out: list[Edge] = []
+    node = last
+    while node != owner:
+        t_rx, src, t_tx = first_rx[node]
+        if t_tx is None:
+            return []
+        held = first_seen[src]
+        ticks = sorted({d.t for d in tx_by_src.get(src, ()) if held <= d.t <= t_tx})
+        out.append(Edge(src, node, t_tx - held, len(ticks), t_rx - t_tx, first_seen[node] - t_rx))
+        node = src
+    out.reverse()
+    return out
 
 
 def _stats(values: Iterable[float | int | None]) -> dict[str, float | int | None]:
@@ -210,6 +253,11 @@ def summarise(spreads: Sequence[CommitSpread], op: str | None = None) -> dict[st
         "hops_to_last": _stats(s.hops_to_last for s in sel),
         "to_last": _stats(s.to_last for s in sel),
         "sent_per_commit": _stats(s.sent for s in sel),
+        # the path to the last host: time spent holding (waiting for ticks), on the wire,
+        # and which send of each holder got through (1 = its first)
+        "path_held": _stats(sum(e.held for e in s.last_path) for s in sel if s.last_path),
+        "path_wire": _stats(sum(e.hop + e.handle for e in s.last_path) for s in sel if s.last_path),
+        "path_round": _stats(e.round for s in sel for e in s.last_path),
         "loss": {"sent": sent, "lost": lost, "fraction": lost / sent if sent else None},
         "other_path": {"n": sum(s.other_path for s in sel)},
     }

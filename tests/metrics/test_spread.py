@@ -53,6 +53,10 @@ def test_one_commit_is_cut_into_owner_wait_hops_and_forwarding() -> None:
     assert s.forward_wait == pytest.approx([0.098])  # h2: table event -> its own send
     assert s.reached == 2 and s.other_path == 0
     assert s.hops_to_last == 2 and s.to_last == pytest.approx(0.153)
+    # the path to the last host adds up to its time
+    assert [(e.src, e.dst, e.round) for e in s.last_path] == [("h1", "h2", 1), ("h2", "h3", 1)]
+    assert [e.held for e in s.last_path] == pytest.approx([0.05, 0.098])
+    assert sum(e.held + e.hop + e.handle for e in s.last_path) == pytest.approx(s.to_last)
     summ = summarise([s])
     assert summ["loss"] == {"sent": 3, "lost": 1, "fraction": pytest.approx(1 / 3)}
     assert summ["hops_to_last"]["p50"] == 2
@@ -125,3 +129,8 @@ def test_a_simulated_folder_is_replayed_and_its_hops_are_the_link_latency(tmp_pa
     hops = summarise(spreads)["hop"]
     assert 2 * lat <= hops["p50"] < 2 * lat + 0.001
     assert summarise(spreads)["handle"]["p90"] == pytest.approx(0.0, abs=1e-9)
+    for s in spreads:  # each path to a last host adds up to that host's time
+        if s.last_path:
+            total = sum(e.held + e.hop + e.handle for e in s.last_path)
+            assert total == pytest.approx(s.to_last, abs=1e-9)
+            assert all(e.round >= 1 for e in s.last_path)
