@@ -42,6 +42,11 @@ __all__ = [
 ]
 
 
+#: Two sends of one holder further apart than this belong to different gossip rounds
+#: (rounds are at least the shortest profile's gossip interval, 0.1 s, apart).
+ROUND_GAP_S = 0.05
+
+
 @dataclass(frozen=True, slots=True)
 class Commit:
     """An owner committed ``op`` (``add`` or ``delete``) of ``key`` at ``t``."""
@@ -225,8 +230,11 @@ def _path(
         if t_tx is None:
             return []
         held = first_seen[src]
-        ticks = sorted({d.t for d in tx_by_src.get(src, ()) if held <= d.t <= t_tx})
-        out.append(Edge(src, node, t_tx - held, len(ticks), t_rx - t_tx, first_seen[node] - t_rx))
+        times = sorted(d.t for d in tx_by_src.get(src, ()) if held <= d.t <= t_tx)
+        # the sends of one gossip round leave in one burst (in the emulator spread over a
+        # few ms by the process being descheduled): a new round starts after a gap
+        rounds = 1 + sum(1 for a, b in zip(times, times[1:], strict=False) if b - a > ROUND_GAP_S)
+        out.append(Edge(src, node, t_tx - held, rounds, t_rx - t_tx, first_seen[node] - t_rx))
         node = src
     out.reverse()
     return out
