@@ -58,7 +58,7 @@ from overlaysim.core.endpoint import ENDPOINTS
 from overlaysim.core.events import EntryEvent, MemberEvent
 from overlaysim.core.gossip_crypto import GossipKeyring
 from overlaysim.core.node import Node
-from overlaysim.core.wire import Message
+from overlaysim.core.wire import Message, TableGossip
 
 #: The underlay MTU libnetwork's overlay driver assumes whatever the real one is (its
 #: fixed 1450-byte VXLAN MTU); used when ``tables.mtu_from_underlay`` is off.
@@ -320,6 +320,8 @@ class Agent:
     # --- driving the core -------------------------------------------------------------------
 
     def _deliver(self, src: str, msg: Message) -> None:
+        if self.cfg.trace_gossip and isinstance(msg, TableGossip):
+            self.events.write("gossip_rx", **_gossip_fields(msg), src=msg.source)
         try:
             self.node.receive(src, msg, time.monotonic())
         except Exception as exc:  # a peer's message must never take the agent down
@@ -349,7 +351,10 @@ class Agent:
 
     def _flush(self, not_before: float | None = None) -> None:
         """Hand over the node's outputs and re-arm its timer."""
+        trace = self.cfg.trace_gossip
         for item in self.node.take_sends():
+            if trace and isinstance(item.msg, TableGossip):
+                self.events.write("gossip_tx", **_gossip_fields(item.msg), dst=item.dst)
             self.transport.send(item)
         for ev in self.node.take_events():
             self._on_event(ev)
@@ -598,6 +603,16 @@ class Agent:
     async def manager_call(self, op: str, args: dict[str, Any]) -> Any:
         """Forward one manager request; the manager's errors come back unchanged."""
         return await self._need_manager().call(op, **args)
+
+
+def _gossip_fields(msg: TableGossip) -> dict[str, Any]:
+    """What a ``gossip_tx``/``gossip_rx`` line says about one table-gossip datagram: its
+    network and each entry as ``[table, key, owner, ltime, deleted]`` (enough to tell
+    which commit it carries)."""
+    return {
+        "network": msg.network,
+        "entries": [[e.table, e.key, e.owner, e.ltime, int(e.deleted)] for e in msg.entries],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,8 @@ KINDS = frozenset(
         "command_stopped",
         "mesh_recovered",
         "mesh_restored",
+        "gossip_tx",
+        "gossip_rx",
     }
 )
 
