@@ -49,6 +49,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from overlaysim.core.byname import ByName
 from overlaysim.core.config import TableConfig
 from overlaysim.core.events import EntryEvent, EntryEventKind, Send
 from overlaysim.core.queue import TransmitLimitedQueue, record_size
@@ -149,7 +150,7 @@ class _Network:
     #: Keys of each owner's records, in the order they were first stored: the key itself
     #: while the owner has one (the usual case: a dict per (node, owner) pair would be
     #: the largest per-pair cost), a dict used as an ordered set from two keys on.
-    by_owner: dict[str, _Key | dict[_Key, None]] = field(default_factory=dict)
+    by_owner: ByName[_Key | dict[_Key, None]] = field(default_factory=ByName)
     #: ``id`` of the entry of every record that is not hidden. In the simulator one
     #: immutable entry object travels to every node, so "already hold this very
     #: version" is one set test per entry, or one C-level superset test per message.
@@ -218,7 +219,7 @@ class _NodeSet:
 
     def __init__(self) -> None:
         self._items: list[str] = []
-        self._pos: dict[str, int] = {}
+        self._pos: ByName[int] = ByName()  # a list slot per pair, not a dict slot
 
     def __len__(self) -> int:
         return len(self._items)
@@ -238,7 +239,7 @@ class _NodeSet:
         start = len(self._items)
         self._items.extend(nodes)
         positions = map(_share, range(start, start + len(nodes)))
-        self._pos.update(zip(nodes, positions, strict=True))
+        self._pos.update(list(zip(nodes, positions, strict=True)))
 
     def discard(self, node: str) -> None:
         i = self._pos.pop(node, None)
@@ -361,13 +362,14 @@ class Tables:
         self._att_held: set[int] = set()  # id of every record in _attach (see _Network.held)
         # node -> networks it is attached to, in the order learnt; tuples shared across
         # nodes (see _share), as most peers are on the same few networks.
-        self._node_nets: dict[str, tuple[str, ...]] = {}
+        self._node_nets: ByName[tuple[str, ...]] = ByName()
         self._peers: dict[str, _NodeSet] = {}  # attached, alive, not us
         self._recovered = _NodeSet()  # back after we declared them down: fetch what we hid
         # Membership facts.
-        self._addr: dict[str, str] = {}  # alive members
+        # Per-peer facts are ByName maps (a list slot per peer, see core/byname.py).
+        self._addr: ByName[str] = ByName()  # alive members
         self._alive = _NodeSet()
-        self._epochs: dict[str, int] = {}
+        self._epochs: ByName[int] = ByName()
         self._down: dict[str, int] = {}  # node -> highest epoch of it we saw die
         # Gossip.
         self._dirty: dict[str, None] = {}  # networks with queued table events
@@ -432,8 +434,8 @@ class Tables:
             for node, addr, epoch in members:
                 self.member_alive(node, addr, epoch, now)
             return
-        self._epochs.update((node, epoch) for node, _, epoch in members)
-        self._addr.update((node, addr) for node, addr, _ in members)
+        self._epochs.update([(node, epoch) for node, _, epoch in members])
+        self._addr.update([(node, addr) for node, addr, _ in members])
         self._alive.extend(names)
 
     def member_down(self, node: str, now: float) -> None:

@@ -160,7 +160,7 @@ def test_owner_index_keeps_the_order_of_an_ordered_set() -> None:
                     del ref[owner]
         for o in owners:
             assert _owner_keys(st, o) == list(ref.get(o, ()))
-        assert set(st.by_owner) == set(ref)
+        assert set(st.by_owner.as_dict()) == set(ref)
 
 
 def test_nodes_share_one_record_and_key_per_entry() -> None:
