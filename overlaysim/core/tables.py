@@ -859,7 +859,7 @@ class Tables:
         self._roll_gossip(now)
 
     def _queue_attachment(self, a: NetworkAttachment, now: float) -> None:
-        self._net_queue.queue((a.node, a.network), a)
+        self._net_queue.queue(_share((a.node, a.network)), a)  # one key object per record
         self._roll_gossip(now)
 
     def _overhead(self, network: str) -> int:
