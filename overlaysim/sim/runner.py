@@ -23,7 +23,7 @@ from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.network import Allocation
 from overlaysim.core.services import name_fields, vip_endpoint
-from overlaysim.core.wire import Entry, Message
+from overlaysim.core.wire import Entry, Message, MsgType
 from overlaysim.errors import RunFailed
 from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.metrics.dns import DnsTracker
@@ -53,6 +53,10 @@ MAX_PROBE_PAIRS = 5000
 _ADDS = (EntryEventKind.CREATE, EntryEventKind.UPDATE, EntryEventKind.REFRESH)
 
 
+#: Traffic kind of each message type (the enum's name costs a property call per message).
+_KIND = {t: t.name.lower() for t in MsgType}
+
+
 class _Recorder(Observer):
     def __init__(
         self,
@@ -79,11 +83,11 @@ class _Recorder(Observer):
         if self.dns is not None:
             self.dns.host_event(t, host, ev)
 
-    def sent(self, t: float, host: str, msg: Message, size: int) -> None:
-        self.traffic.sent(t, host, size, msg.TYPE.name.lower())
+    def sent(self, t: float, host: str, msg: Message, size: int, count: int = 1) -> None:
+        self.traffic.sent(t, host, size, _KIND[msg.TYPE], count)
 
     def received(self, t: float, host: str, msg: Message, size: int) -> None:
-        self.traffic.recv(t, host, size, msg.TYPE.name.lower())
+        self.traffic.recv(t, host, size, _KIND[msg.TYPE])
 
 
 class SimBackend:
