@@ -16,6 +16,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +35,18 @@ DASK_SCHEME = "dask://"
 
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
-    """What one run ended with: ``complete``, ``interrupted`` or ``failed``."""
+    """What one run ended with: ``complete``, ``interrupted`` or ``failed``.
+
+    ``worker`` names the process that ran it (``host:pid``) and ``wall_s`` how long it
+    took there; both are empty when the run never reached a worker (a lost task).
+    """
 
     point_id: str
     seed: int
     status: str
     error: str | None = None
+    worker: str = ""
+    wall_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +73,8 @@ class SweepResult:
 
 def run_task(task: RunTask) -> RunOutcome:
     """Run one task in the current process; never raises for a failed run."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    t0 = time.perf_counter()
     try:
         if task.backend == "emu":
             from overlaysim.emu.runner import run_emulation
@@ -78,8 +90,11 @@ def run_task(task: RunTask) -> RunOutcome:
 
             write_plots(load_run(task.out), Path(task.out) / "plots")
     except Exception as exc:
-        return RunOutcome(task.point_id, task.seed, "failed", f"{type(exc).__name__}: {exc}")
-    return RunOutcome(task.point_id, task.seed, status)
+        error = f"{type(exc).__name__}: {exc}"
+        return RunOutcome(
+            task.point_id, task.seed, "failed", error, worker, time.perf_counter() - t0
+        )
+    return RunOutcome(task.point_id, task.seed, status, None, worker, time.perf_counter() - t0)
 
 
 def check_executor(executor: str, backend: str, jobs: int | None) -> None:
@@ -144,15 +159,16 @@ def _dask(
         ) from None
     with contextlib.ExitStack() as stack:
         if address is None:
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=jobs,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                    silence_logs=logging.ERROR,
+            with _workers_ignore_sigint():
+                cluster = stack.enter_context(
+                    LocalCluster(
+                        n_workers=jobs,
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=None,
+                        silence_logs=logging.ERROR,
+                    )
                 )
-            )
             client = stack.enter_context(Client(cluster))
         else:
             try:
@@ -174,6 +190,25 @@ def _dask(
             yield results()
         finally:
             client.cancel(futures)
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (they keep that across exec).
+
+    Ctrl-C in a terminal reaches every process of the foreground group: the workers
+    would each die with a KeyboardInterrupt traceback on stderr. Only the sweep's own
+    process should see it; it then closes the cluster, which stops the workers. A
+    Ctrl-C during the second or so the workers take to start is lost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _executor(
@@ -229,7 +264,8 @@ def run_sweep(
 
 
 class _Progress:
-    """A rich progress bar with done/skipped/failed counts (or nothing when off)."""
+    """A rich progress bar with done/skipped/failed counts, and one line per finished
+    run above it (or nothing when off)."""
 
     def __init__(self, total: int, skipped: int, enabled: bool) -> None:
         self.total = total
@@ -276,4 +312,19 @@ class _Progress:
         else:
             self.failed += 1
         if self._bar is not None:
+            self._bar.console.print(
+                self.line(outcome), highlight=False, markup=False, soft_wrap=True
+            )
             self._bar.update(self._task, advance=1, description=self._text())
+
+    def line(self, outcome: RunOutcome) -> str:
+        """One finished run: how far the sweep is, which run, how it ended, where."""
+        n = self.skipped + self.done + self.failed
+        text = f"[{n}/{self.total}] {outcome.point_id}/seed-{outcome.seed}: {outcome.status}"
+        if outcome.wall_s is not None:
+            text += f" in {outcome.wall_s:.1f} s"
+        if outcome.worker:
+            text += f" on {outcome.worker}"
+        if outcome.error:
+            text += f" ({outcome.error})"
+        return text

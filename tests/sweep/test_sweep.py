@@ -257,3 +257,70 @@ def test_ctrl_c_in_a_sequential_sweep_stops_it_and_keeps_the_index(scenario: Pat
         run_sweep(plan, jobs=1, progress=False, runner=_interrupt_second)
     df = pd.read_csv(tmp_path / "index.csv")
     assert df["status"].tolist() == ["complete", "missing", "missing", "missing"]
+
+
+def test_dask_local_sweep_runs_on_two_workers_and_prints_a_line_per_run(
+    scenario: Path, full: Path, tmp_path: Path, capsys
+):
+    """The issue's promise: ``--executor dask-local`` uses both cores (two worker
+    processes, neither of them this one) and says when each run finishes."""
+    import os
+
+    pytest.importorskip("distributed")
+    out = tmp_path / "dl"
+    result = run_sweep(_plan(scenario, out), jobs=2, executor="dask-local", progress=True)
+    assert (result.done, result.failed) == (8, 0)
+    workers = {o.worker for o in result.ran}
+    assert len(workers) == 2, workers
+    assert all(not w.endswith(f":{os.getpid()}") for w in workers)
+    assert all(o.wall_s is not None and o.wall_s > 0 for o in result.ran)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "/seed-" in ln]
+    assert len(lines) == 8
+    assert sorted(int(ln.split("/", 1)[0].removeprefix("[")) for ln in lines) == list(range(1, 9))
+    for o in result.ran:
+        assert any(
+            f"{o.point_id}/seed-{o.seed}: complete in " in ln and o.worker in ln for ln in lines
+        )
+    pd.testing.assert_frame_equal(_index(out), _index(full))
+
+
+def test_ctrl_c_on_a_dask_local_sweep_stops_it_cleanly(scenario: Path, tmp_path: Path):
+    """Ctrl-C reaches the whole foreground process group: the sweep must exit with 130
+    and one line, no worker may print a traceback, and no worker may be left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("distributed")
+    cmd = [sys.executable, "-m", "overlaysim.cli", "sweep", str(scenario), "--seeds", "3"]
+    cmd += ["--grid", "topology.hosts=4,6,8", "--executor", "dask-local", "--jobs", "2"]
+    cmd += ["--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait for the first finished run, then press Ctrl-C
+        lines.append(line)
+        if "/seed-" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Traceback" not in out
+    assert err.strip() == "overlaysim: interrupted"
+    first = lines[-1]
+    assert ": complete in " in first
+    pid = int(first.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"worker {pid} still running after the sweep exited")
+    assert (tmp_path / "out" / "index.csv").exists()
