@@ -114,9 +114,10 @@ class _Tap:
                 peer = msg.source if rx else None  # the driver's sent() has no destination
                 self.trace.datagrams.append(Datagram(t, host, peer, msg.network, ents, rx))
 
-    def sent(self, t: float, host: str, msg: Any, size: int) -> None:
-        self._gram(t, host, msg, False)
-        self.inner.sent(t, host, msg, size)
+    def sent(self, t: float, host: str, msg: Any, size: int, count: int = 1) -> None:
+        for _ in range(count):  # the driver reports a fan-out's copies in one call
+            self._gram(t, host, msg, False)
+        self.inner.sent(t, host, msg, size, count)
 
     def received(self, t: float, host: str, msg: Any, size: int) -> None:
         self._gram(t, host, msg, True)
