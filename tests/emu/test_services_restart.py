@@ -22,13 +22,15 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yam
 
 
 def _vips(run: Path) -> dict[str, set[str]]:
-    """Service -> the VIPs its tasks' endpoint entries carried, from every agent's log."""
+    """Service -> the VIPs its tasks' entries on ``web`` carried, from every agent's log."""
     out: dict[str, set[str]] = {}
     for log in sorted((run / "agent-logs").glob("*.jsonl")):
         for line in log.read_text().splitlines():
             ev = json.loads(line)
             value = ev.get("value") or {}
-            if ev.get("kind") == "entry_seen" and value.get("service") and value.get("vip"):
+            if ev.get("kind") != "entry_seen" or ev.get("network") != "web":
+                continue  # (on the ingress network the tasks carry the ingress VIP)
+            if value.get("service") and value.get("vip"):
                 out.setdefault(value["service"], set()).add(value["vip"])
     return out
 
