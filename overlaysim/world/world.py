@@ -186,8 +186,8 @@ class World:
             self.lanes.submit(lane, lambda: self._play(step))
             return
         hosts = self._touches(step)
-        if hosts:  # a (re)starting host joins through the managers
-            hosts |= set(self.managers)
+        if isinstance(step, Restart | Join):  # a (re)starting host joins through the managers
+            hosts = (hosts or set()) | set(self.managers)
         self.lanes.settle(hosts)
         self._play(step)
 
@@ -201,7 +201,10 @@ class World:
     def close(self) -> list[str]:
         """Finish the lanes' running work, drop the rest, stop the workers (a run's end,
         also after a failure or Ctrl-C); returns their errors as lines, never raises."""
-        return [f"{type(exc).__name__}: {exc}" for exc in self.lanes.close()]
+        errors = [f"{type(exc).__name__}: {exc}" for exc in self.lanes.close()]
+        with self._lock:
+            self.lags.sort(key=lambda lag: lag.at)
+        return errors
 
     def _play(self, step: Step) -> None:
         now = self.backend.now()
