@@ -39,10 +39,12 @@ from overlaysim.agent.control import ControlClient
 from overlaysim.agent.created import load_outstanding
 from overlaysim.agent.logging import read_log
 from overlaysim.agent.manager import MANAGER_PORT
+from overlaysim.agent.names import name_part
 from overlaysim.emu.net import Underlay
 from overlaysim.errors import UserError
 
 _CLEAN = "from overlaysim.agent.created import clean_recorded; clean_recorded"
+_NAMES = "from overlaysim.emu.clean import remove_name_files; remove_name_files"
 
 #: Cluster port of every agent (UDP and TCP).
 AGENT_PORT = 7946
@@ -502,7 +504,9 @@ class Testbed:
         record = self.record_path(host)
         if not record.exists() or not load_outstanding(record):
             return
-        code = f"from pathlib import Path; {_CLEAN}(Path({str(record)!r}))"
+        # and its containers' resolv.conf and UTS files (named after their namespaces)
+        names = f"{self.prefix}-{name_part(host)}-"
+        code = f"from pathlib import Path; {_CLEAN}(Path({str(record)!r})); {_NAMES}({names!r})"
         out = self.underlay.cmd(host, [sys.executable, "-c", code], timeout=60)
         if out.returncode != 0 or load_outstanding(record):
             raise TestbedError(

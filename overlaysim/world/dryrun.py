@@ -45,6 +45,7 @@ class DryBackend:
     """Backend verbs that only allocate and release addresses, and note refusals."""
 
     records_commits = False
+    runs_tasks = False
     steps_in_background = False  # every step is one instant of the timeline
 
     def __init__(self, scenario: Scenario) -> None:
@@ -120,6 +121,12 @@ class DryBackend:
 
     def release_vip(self, service: str, network: str) -> None:
         self.ipam.release(network, vip_endpoint(service))
+
+    def publish(self, service: str, ports: Sequence[tuple[int, int]]) -> str | None:
+        return None  # no routing mesh here: the World records the ports (runs_tasks)
+
+    def unpublish(self, service: str) -> None:
+        return None
 
     def each_host(
         self, fn: Callable[[T], None], items: Iterable[T], host: Callable[[T], str]

@@ -264,7 +264,10 @@ class World:
             case RotateKeys():
                 self.rotate_keys()
             case ServiceCreate(name=name, network=network, replicas=n, endpoint_mode=mode):
-                self._service(self.services.create, name, network, n, EndpointMode(mode))
+                publish, command = step.publish or (), step.command or ()
+                self._service(
+                    self.services.create, name, network, n, EndpointMode(mode), publish, command
+                )
             case ServiceScale(service=name, replicas=n):
                 self._service(self.services.scale, name, n)
             case ServiceUpdate(service=name, endpoint_mode=mode):
