@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from overlaysim.agent import names
+from overlaysim.emu import delaycal
 from overlaysim.emu import record as runrec
+from overlaysim.emu.delaycal import Calibration
 from overlaysim.emu.delayline import Hold, restore_script
 
 if TYPE_CHECKING:
@@ -157,15 +159,62 @@ class DelayLineProcess:
     ``overlaysim clean``, like every process in the hosts) and binds each host's queue in
     that host's namespace. The iptables rules are applied by the caller with
     :func:`rules_argv`, after the host's queue is attached.
+
+    :meth:`start` measures the line's own overhead first (:mod:`overlaysim.emu.delaycal`);
+    :meth:`set` then tells the line each hold minus that overhead (``calibrate=False``:
+    the holds as asked).
     """
 
-    def __init__(self, underlay: UnderlayView, seed: int = 0) -> None:
-        """Store settings; nothing starts until :meth:`set`."""
+    def __init__(self, underlay: UnderlayView, seed: int = 0, *, calibrate: bool = True) -> None:
+        """Store settings; nothing starts until :meth:`start` or :meth:`set`."""
         self._u = underlay
         self.seed = seed
+        self.calibrate = calibrate
+        self.calibration: Calibration | None = None
+        self.calibration_error: str | None = None
+        #: Per receiving host, the sources whose hold is below the overhead (model ms).
+        self.below_overhead: dict[str, dict[str, float]] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._attached: set[str] = set()
         self._err: IO[bytes] | None = None
+
+    def start(self, holds: Mapping[str, Mapping[str, Hold]]) -> None:
+        """Start the process and, unless disabled, calibrate at ``holds``' path delays.
+
+        A failed calibration is recorded (``calibration_error``) and the run goes on with
+        uncompensated holds: the manifest says so.
+        """
+        self._start()
+        if not self.calibrate or self.calibration is not None:
+            return
+        if self.calibration_error is None:
+            try:
+                self.calibration = delaycal.measure(self._ask, delaycal.points_for(holds))
+            except (delaycal.CalibrationError, DelayLineError, OSError) as exc:
+                self.calibration_error = str(exc)
+                log.warning("delay line: not calibrated (%s); holds are not compensated", exc)
+
+    def report(self) -> dict[str, Any]:
+        """The calibration for the manifest: what was measured, what it changed."""
+        if not self.calibrate:
+            return {"applied": False, "why": "disabled"}
+        if self.calibration is None:
+            why = self.calibration_error or "not measured"
+            return {"applied": False, "why": why}
+        below = sorted(
+            (ms, host, src)
+            for host, srcs in self.below_overhead.items()
+            for src, ms in srcs.items()
+        )
+        out: dict[str, Any] = {"applied": True, **self.calibration.as_dict()}
+        out["below_overhead"] = {
+            "paths": len(below),
+            "note": "holds shorter than the overhead are released at once"
+            if below
+            else "every hold is longer than the overhead",
+            "examples": [{"to": h, "from": s, "hold_ms": ms} for ms, h, s in below[:5]],
+        }
+        return out
 
     @property
     def running(self) -> bool:
@@ -179,7 +228,13 @@ class DelayLineProcess:
             netns = f"/proc/{self._u.pid(host)}/ns/net"
             self._ask({"op": "attach", "host": host, "netns": netns})
             self._attached.add(host)
-        table = {ip: [h.ms, h.jitter_ms] for ip, h in delays.items()}
+        cal = self.calibration
+        told = {ip: cal.effective(h) if cal else h for ip, h in delays.items()}
+        if cal is not None:
+            self.below_overhead[host] = {
+                ip: h.ms for ip, h in delays.items() if h.ms > 0 and h.ms <= cal.overhead_ms(h.ms)
+            }
+        table = {ip: [h.ms, h.jitter_ms] for ip, h in told.items()}
         self._ask({"op": "set", "host": host, "delays": table})
 
     def stats(self) -> dict[str, dict[str, float]]:

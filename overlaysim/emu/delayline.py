@@ -20,6 +20,8 @@ Control is line-oriented JSON on stdin, one answer line on stdout:
 * ``{"op": "attach", "host": "h1", "netns": "/proc/PID/ns/net"}`` binds h1's queue;
 * ``{"op": "set", "host": "h1", "delays": {"10.0.0.2": [ms, jitter_ms]}}`` replaces its
   table (keyed by source address);
+* ``{"op": "detach", "host": "h1"}`` releases h1's packets and unbinds its queue (the
+  start-up calibration's throwaway queues); answers the median release lateness in µs;
 * ``{"op": "stats"}`` answers each host's counters as JSON;
 * end of stdin, SIGTERM or SIGINT: held packets are released and the queues unbound.
 
@@ -45,8 +47,10 @@ import random
 import select
 import signal
 import socket
+import statistics
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +62,8 @@ QUEUE_NUM = 4242
 QUEUE_MAXLEN = 8192
 #: The IPv4 header is all we read (the source address decides the hold).
 COPY_RANGE = 20
+#: Release lateness samples kept per host (the most recent ones) for the median.
+LATE_SAMPLES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,8 @@ class Stats:
     max_depth: int = 0
     max_late_ms: float = 0.0  # worst release later than planned (scheduling lag)
     max_queued_ms: float = 0.0  # worst wait between the kernel's arrival stamp and us
+    #: The latest releases' lateness (seconds after their due time), for medians.
+    late: deque[float] = field(default_factory=lambda: deque(maxlen=LATE_SAMPLES))
 
 
 @dataclass(slots=True)
@@ -143,6 +151,7 @@ class DelayLine:
         while heap and heap[0][0] <= now:
             due, _, pkt = heapq.heappop(heap)
             self.stats.max_late_ms = max(self.stats.max_late_ms, (now - due) * 1000.0)
+            self.stats.late.append(now - due)
             out.append(pkt)
         self.stats.released += len(out)
         return out
@@ -229,6 +238,17 @@ class Server:
         self.queues[host] = q
         self.by_fd[q.nfq.get_fd()] = q
 
+    def detach(self, host: str) -> str:
+        """Release what ``host``'s queue holds and unbind it; answers its median release
+        lateness in µs (``nan`` when nothing was released)."""
+        q = self.queues.pop(host)
+        self.by_fd.pop(q.nfq.get_fd(), None)
+        for pkt in q.line.drain():
+            pkt.accept()
+        q.nfq.unbind()
+        late = q.line.stats.late
+        return f"{statistics.median(late) * 1e6:.1f}" if late else "nan"
+
     def command(self, raw: bytes) -> str:
         """Answer one control line (errors are answered, never fatal)."""
         try:
@@ -237,6 +257,8 @@ class Server:
             if op == "attach":
                 self.attach(str(msg["host"]), str(msg["netns"]))
                 return "ok"
+            if op == "detach":
+                return self.detach(str(msg["host"]))
             if op == "set":
                 self.queues[str(msg["host"])].line.set_table(_parse_delays(msg["delays"]))
                 return "ok"
@@ -314,6 +336,7 @@ def _stats(s: Stats) -> dict[str, float]:
         "max_depth": s.max_depth,
         "max_late_ms": round(s.max_late_ms, 3),
         "max_queued_ms": round(s.max_queued_ms, 3),
+        "late_ms_p50": round(statistics.median(s.late) * 1000.0, 3) if s.late else None,
     }
 
 

@@ -87,6 +87,8 @@ class Impairments:
         self._netem: bool | None = None
         #: Seeds the delay line's jitter draws (the scenario's seed; set by the underlay).
         self.seed = 0
+        #: Whether the delay line subtracts its own measured overhead from each hold.
+        self.calibrate_delay_line = True
         self._delay_mech: str | None = None  # netem, nfqueue or none (chosen on first need)
         self._delay_why = ""
         self._baseline_why = "not probed yet"  # why the topology's latency is not emulated
@@ -193,14 +195,15 @@ class Impairments:
         mech = self._delay_mech
         lat_links = sum(1 for pl in self._links() if pl.spec.latency_ms > 0)
         if mech == dl.NETEM:
-            latency = "tc netem on both ends' egress"
-            delay = "tc netem (one-way delay added at egress)"
+            latency = "tc netem on both ends' egress (not calibrated: no user-space hop)"
+            delay = "tc netem (one-way delay added at egress; not calibrated: no user-space hop)"
         elif mech == dl.DELAY_LINE:
             c = dl.ceiling(measure=False)
             cap = c.describe() if c is not None else "ceiling not measured"
             line = (
                 "NFQUEUE delay line (user space): each receiving host holds arriving packets "
                 f"for their path's one-way delay, jitter uniform ±j from the seed; ceiling {cap}"
+                f"; {self._calibration_text()}"
             )
             latency = f"{line}; {lat_links} link(s) with latency_ms > 0"
             delay = line
@@ -223,6 +226,15 @@ class Impairments:
             "partition": "nftables netdev ingress+egress drop by underlay IPv4 set in each host",
             "crash": "nftables netdev drop-all on the host's underlay interfaces",
         }
+
+    def _calibration_text(self) -> str:
+        line = self._line
+        if line is None:
+            return "calibration: line not started"
+        if line.calibration is not None:
+            return line.calibration.describe()
+        why = "disabled" if not line.calibrate else (line.calibration_error or "not measured")
+        return f"holds not compensated for the line's own overhead ({why})"
 
     def delay_mechanism(self) -> str:
         """Which mechanism carries delay here: ``netem``, ``nfqueue`` or ``none`` (probed once)."""
@@ -247,6 +259,8 @@ class Impairments:
             c = dl.ceiling(measure=False)
             out["ceiling"] = None if c is None else dataclasses.asdict(c)
             out["stats"] = self.delay_line_stats()
+            if self._line is not None:
+                out["calibration"] = self._line.report()
         return out
 
     def delay_line_stats(self) -> dict[str, dict[str, float]]:
@@ -445,10 +459,19 @@ class Impairments:
         The queue is attached before its rules exist; until then (and if the process
         dies) ``--queue-bypass`` lets packets through undelayed rather than dropping them.
         """
+        wanted = self._wanted_holds()
         if self._line is None:
-            self._line = dl.DelayLineProcess(self._u, seed=self.seed)
+            if not any(wanted.values()):
+                return {}  # nothing to hold yet: no process
+            self._line = dl.DelayLineProcess(
+                self._u, seed=self.seed, calibrate=self.calibrate_delay_line
+            )
+            try:
+                self._line.start(wanted)  # measures its own overhead first
+            except dl.DelayLineError as exc:
+                raise ImpairmentError(f"delay line: {exc}") from exc
         jobs: dict[_NS, list[_Cmd]] = {}
-        for host, want in self._wanted_holds().items():
+        for host, want in wanted.items():
             old = self._holds_applied.get(host)
             if old == want or (old is None and not want):
                 continue

@@ -84,7 +84,8 @@ def comparison_table(c: Comparison) -> Table:
             f"{_num(r.a, 'ms')} / {_num(r.b, 'ms')}",
             "",
             "" if r.ratio is None else f"B/A {r.ratio:.2f}",
-            f"[{_VERDICT_STYLE[r.verdict]}]{r.verdict}[/]",
+            f"[{_VERDICT_STYLE[r.verdict]}]{r.verdict}[/]"
+            + (" (floor)" if r.verdict == "agree" and not r.within_tolerance else ""),
         )
     table.add_section()
     for s in c.scalars:
@@ -164,6 +165,7 @@ def comparison_dict(c: Comparison) -> dict[str, Any]:
                 "ratio_b_over_a": r.ratio,
                 "tolerance": RTT_TOLERANCE,
                 "floor_ms": RTT_FLOOR_MS,
+                "within_tolerance": r.within_tolerance,
                 "verdict": r.verdict,
             }
             for r in c.rtts

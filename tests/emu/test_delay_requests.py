@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from overlaysim.emu import delay as dl
+from overlaysim.emu import delaycal
+from overlaysim.emu.delaycal import Calibration, CalPoint
 from overlaysim.emu.delayline import DelayLine, Hold, restore_script
 from overlaysim.emu.impair import Impairments, UnsupportedImpairment
 from overlaysim.emu.plan import plan_underlay
@@ -201,3 +203,59 @@ def test_hold_counts_from_the_kernels_arrival_stamp_not_from_our_wake_up() -> No
     # a stamp from before a wall-clock step is capped, never trusted blindly
     _, queued = delayline._arrival(Pkt(time.time() - 3600))
     assert queued == delayline._MAX_QUEUED_S
+
+
+def _calibration(*points: tuple[float, float]) -> Calibration:
+    return Calibration(
+        points=tuple(CalPoint(hold_ms=h, overhead_us=us, queued_rtt_ms=0, samples=24)
+                     for h, us in points),
+        unqueued_rtt_ms=0.1, unqueued_samples=24, late_us_p50=50.0, seconds=3.0,
+        measured_at="2026-01-01T00:00:00Z",
+    )  # fmt: skip
+
+
+def test_calibration_interpolates_between_its_holds_and_never_goes_below_zero() -> None:
+    cal = _calibration((1.0, 80.0), (31.0, 200.0))
+    assert cal.overhead_ms(0.5) == pytest.approx(0.080)  # flat below the first hold
+    assert cal.overhead_ms(16.0) == pytest.approx(0.140)  # halfway
+    assert cal.overhead_ms(51.0) == pytest.approx(0.200)  # flat above the last
+    assert cal.effective(Hold(1.0, 0.3)) == Hold(0.92, 0.3)  # jitter kept as asked
+    assert cal.effective(Hold(31.0)) == Hold(30.8)
+    assert cal.effective(Hold(0.05)) == Hold(0.0)  # shorter than the overhead: at once
+    assert cal.effective(Hold(0.0, 2.0)) == Hold(0.0, 2.0)  # jitter only: untouched
+    assert _calibration((1.0, -30.0)).overhead_ms(1.0) == 0.0  # early line: no correction
+    assert cal.overhead_us == 140.0
+    assert "80 µs at 1 ms, 200 µs at 31 ms" in cal.describe()
+    assert cal.as_dict()["overhead_us"] == 140.0
+
+
+def test_calibration_holds_are_the_runs_own_path_delays() -> None:
+    holds = {"h1": {"a": Hold(1.0), "b": Hold(31.0)}, "h2": {"c": Hold(1.0), "d": Hold(0, 2)}}
+    assert delaycal.points_for(holds) == (1.0, 31.0)
+    many = {"h1": {str(i): Hold(float(i)) for i in range(1, 8)}}
+    assert delaycal.points_for(many) == (1.0, 4.0, 7.0)
+    assert delaycal.points_for({"h1": {}}) == ()
+
+
+def test_the_line_is_told_each_hold_minus_the_overhead_and_short_holds_are_reported() -> None:
+    proc = dl.DelayLineProcess(FakeUnderlay())  # type: ignore[arg-type]
+    told: list[dict[str, Any]] = []
+    proc._start = lambda: None  # type: ignore[method-assign]
+    proc._ask = lambda msg: told.append(msg) or "ok"  # type: ignore[method-assign,func-returns-value]
+    proc._attached.add("h1")
+    proc.calibration = _calibration((1.0, 80.0), (31.0, 200.0))
+    proc.set("h1", {"10.0.0.2": Hold(1.0), "10.0.0.3": Hold(31.0), "10.0.0.4": Hold(0.05)})
+    assert told[-1]["delays"] == {
+        "10.0.0.2": [0.92, 0.0], "10.0.0.3": [30.8, 0.0], "10.0.0.4": [0.0, 0.0]
+    }  # fmt: skip
+    report = proc.report()
+    assert report["applied"] and report["overhead_us"] == 140.0
+    assert report["below_overhead"]["paths"] == 1
+    assert report["below_overhead"]["examples"] == [
+        {"to": "h1", "from": "10.0.0.4", "hold_ms": 0.05}
+    ]
+    uncalibrated = dl.DelayLineProcess(FakeUnderlay(), calibrate=False)  # type: ignore[arg-type]
+    assert uncalibrated.report() == {"applied": False, "why": "disabled"}
+    failed = dl.DelayLineProcess(FakeUnderlay())  # type: ignore[arg-type]
+    failed.calibration_error = "ping: too few echoes"
+    assert failed.report() == {"applied": False, "why": "ping: too few echoes"}

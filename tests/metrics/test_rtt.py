@@ -32,15 +32,18 @@ def test_rtt_summary_skips_unreachable_rows() -> None:
     assert out["s1-s1"]["samples"] == 1 and "" not in out
 
 
-def test_rtt_verdict_is_relative_with_a_one_millisecond_floor() -> None:
-    def verdict(a: float | None, b: float | None) -> str:
-        return RttComparison(sites="s1-s2", a=a, b=b, samples_a=1, samples_b=1).verdict
+def test_rtt_verdict_is_relative_with_a_floor_for_the_host_stack() -> None:
+    def rtt(a: float | None, b: float | None) -> RttComparison:
+        return RttComparison(sites="s1-s2", a=a, b=b, samples_a=1, samples_b=1)
 
-    assert verdict(62.0, 70.0) == "agree"  # 13 %
-    assert verdict(62.0, 72.0) == "differ"  # 16 %
-    assert verdict(2.0, 2.9) == "agree"  # 45 %, but under 1 ms
-    assert verdict(2.0, 3.5) == "differ"
-    assert verdict(2.0, None) == "too few samples"
+    assert rtt(62.0, 70.0).verdict == "agree"  # 13 %
+    assert rtt(62.0, 72.0).verdict == "differ"  # 16 %
+    assert rtt(2.0, 2.2).verdict == "agree" and rtt(2.0, 2.2).within_tolerance  # 10 %
+    assert rtt(1.0, 1.25).verdict == "agree"  # 25 %, but under the 0.3 ms floor
+    assert rtt(1.0, 1.25).within_tolerance is False
+    assert rtt(2.0, 2.9).verdict == "differ"  # the old 1 ms floor hid the line's overhead
+    assert rtt(2.0, None).verdict == "too few samples"
+    assert rtt(2.0, None).within_tolerance is None
 
 
 def test_throughput_near_the_delay_line_ceiling_is_flagged() -> None:
