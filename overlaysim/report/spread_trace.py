@@ -40,6 +40,8 @@ def _entries(raw: list[list[Any]]) -> frozenset[tuple[str, str, bool]]:
 
 def emu_trace(folder: Path) -> tuple[Trace, dict[str, Any]]:
     """The trace of an emulation folder, from its agents' logs (scenario seconds)."""
+    if not (folder / "agent-logs").is_dir():
+        raise UserError(f"{folder}: no agent-logs/ (expected an `overlaysim run` results folder)")
     lines: list[dict[str, Any]] = []
     for path in sorted((folder / "agent-logs").glob("*.jsonl")):
         with path.open() as f:

@@ -152,3 +152,10 @@ def test_the_agent_trace_line_is_what_the_reader_parses() -> None:
     assert json.loads(json.dumps(fields)) == fields  # one JSON log line
     assert fields["network"] == "app"
     assert _entries(fields["entries"]) == {("c1", "h1", True)}  # endpoints only
+
+
+def test_a_folder_of_the_wrong_kind_is_one_clear_error(tmp_path: Path) -> None:
+    from overlaysim.errors import UserError
+
+    with pytest.raises(UserError, match="no agent-logs"):
+        emu_trace(tmp_path)
