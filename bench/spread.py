@@ -23,7 +23,8 @@ from pathlib import Path
 
 from overlaysim.errors import UserError
 from overlaysim.metrics.spread import decompose, summarise
-from overlaysim.report.spread_trace import emu_trace, sim_trace
+from overlaysim.report.spread_trace import emu_trace
+from overlaysim.sim.spread_replay import sim_trace
 
 
 def _fmt(v: float | None, unit: str) -> str:

@@ -10,9 +10,10 @@ import pytest
 
 from overlaysim.core.config import configs
 from overlaysim.metrics.spread import Commit, Datagram, Seen, Trace, decompose, summarise
-from overlaysim.report.spread_trace import emu_trace, sim_trace
+from overlaysim.report.spread_trace import emu_trace
 from overlaysim.scenario.loader import load_scenario
 from overlaysim.sim.runner import run_simulation
+from overlaysim.sim.spread_replay import sim_trace
 
 REPO = Path(__file__).resolve().parents[2]
 E = "endpoints"
