@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -78,9 +79,11 @@ def phases(conv: Any) -> tuple[list[float], list[float], int]:
 
 def one(n: int, loss: float, duration: float, out: Path) -> dict[str, Any]:
     sc = scenario(n, loss, duration)
+    load_before = os.getloadavg()[0]
     t = time.perf_counter()
     status = run_emulation(sc, out / "emu", progress=False)
     wall = time.perf_counter() - t
+    load_after = os.getloadavg()[0]
     run = load_run(out / "emu")
     m = run.manifest
     timings = m["underlay"]["timings"]
@@ -110,7 +113,14 @@ def one(n: int, loss: float, duration: float, out: Path) -> dict[str, Any]:
         "wall_s": wall,
         # Where the set-up went: underlay phases (nodes, links, config, bridges,
         # baseline) and the agents' boot until formed.
-        "setup_parts_s": {**timings, "boot_s": m.get("boot_s", 0.0)},
+        "setup_parts_s": {
+            **timings,
+            "boot_s": m.get("boot_s", 0.0),
+            "containers_s": m.get("boot_containers_s", math.nan),
+        },
+        # 1-minute load average before and after the run (2 cores: above ~2 the
+        # agents wait for CPU, and every time above is partly the machine's).
+        "load": [round(load_before, 1), round(load_after, 1)],
     }
 
 
@@ -125,7 +135,8 @@ def main() -> None:
     head = (
         f"{'hosts':>5} {'loss%':>5} {'setup s':>7} {'s/host':>6} {'RSS MiB':>7} {'max':>5} "
         f"{'boot n':>6} {'p99':>6} {'churn n':>7} {'p50':>6} {'p99':>6} {'max':>6} "
-        f"{'unconv':>6} {'sim boot p99':>12} {'sim churn p99':>13} {'lag s':>5}"
+        f"{'unconv':>6} {'sim boot p99':>12} {'sim churn p99':>13} {'lag s':>5} "
+        f"{'cont. s':>7} {'load':>9}"
     )
     print(head)
     with tempfile.TemporaryDirectory(prefix="emu-scale-") as tmp:
@@ -140,7 +151,9 @@ def main() -> None:
                     f"{r['churn_commits']:>7} {r['churn_p50_s']:>6.3f} {r['churn_p99_s']:>6.3f} "
                     f"{r['churn_max_s']:>6.3f} {r['unconverged']:>6} "
                     f"{r['sim_boot_p99_s']:>12.3f} {r['sim_churn_p99_s']:>13.3f} "
-                    f"{r['step_lag_max_s'] or 0:>5.2f}",
+                    f"{r['step_lag_max_s'] or 0:>5.2f} "
+                    f"{r['setup_parts_s']['containers_s']:>7.1f} "
+                    f"{r['load'][0]:>4.1f}>{r['load'][1]:<4.1f}",
                     flush=True,
                 )
     for r in rows:

@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="measure the delay line's ceiling again (it is cached until reboot)",
     )
+    p.add_argument(
+        "--core",
+        action="store_true",
+        help="only say which build of the hot modules runs: python or compiled (make compiled)",
+    )
     p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser(
@@ -52,12 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  overlay> network create web --attachable\n"
         "  overlay> run c1 web h1\n"
         "  overlay> check 1\n\n"
-        "check a running lab from another terminal (each step of guided lab 1-5, with hints):\n"
+        "check a running lab from another terminal (each step of guided lab 1-6, with hints):\n"
         "  sudo overlaysim lab check 2 [--json | --csv]\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("topology", help="a topology YAML file (see topologies/), or 'check'")
-    p.add_argument("lab_number", nargs="?", metavar="LAB", help="with 'check': a lab, 1-5")
+    p.add_argument("lab_number", nargs="?", metavar="LAB", help="with 'check': a lab, 1-6")
     p.add_argument("--profile", default="lan", choices=["lan", "wan", "local"])
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", dest="fmt", action="store_const", const="json", help="with check")
@@ -86,6 +91,11 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
+    from overlaysim import corebuild
+
+    if getattr(args, "core", False):
+        print(corebuild.describe())
+        return 0
     from rich.console import Console
 
     from overlaysim.emu.capabilities import format_report, probe
@@ -98,6 +108,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         print(f"missing: {', '.join(missing)} (see the 'disables' column)")
     for line in doctor_lines(caps, remeasure=getattr(args, "remeasure", False)):
         print(line)
+    print(corebuild.describe())
     return 0
 
 

@@ -58,11 +58,13 @@ from overlaysim.core.endpoint import ENDPOINTS
 from overlaysim.core.events import EntryEvent, MemberEvent
 from overlaysim.core.gossip_crypto import GossipKeyring
 from overlaysim.core.node import Node
-from overlaysim.core.wire import Message
+from overlaysim.core.wire import Message, TableGossip
 
 #: The underlay MTU libnetwork's overlay driver assumes whatever the real one is (its
 #: fixed 1450-byte VXLAN MTU); used when ``tables.mtu_from_underlay`` is off.
 ASSUMED_UNDERLAY_MTU = 1500
+#: Attempts to fetch and apply the routing mesh's ports at start (0.5 s apart).
+MESH_RESTORE_TRIES = 20
 
 
 class Agent:
@@ -193,6 +195,7 @@ class Agent:
             # a previous boot of this host was killed: remove exactly what it recorded
             cleaned = [o.name for o in await self._dp(clean_recorded, cfg.record)]
             await self.svcnet.forget_leftovers(cleaned)  # its containers' name files
+            await self._recover_mesh()  # its routing mesh's host table and ip_forward
         dataplane = self._dataplane or DataPlane(
             host=cfg.name,
             underlay_ip=cfg.bind,
@@ -317,6 +320,8 @@ class Agent:
     # --- driving the core -------------------------------------------------------------------
 
     def _deliver(self, src: str, msg: Message) -> None:
+        if self.cfg.trace_gossip and isinstance(msg, TableGossip):
+            self.events.write("gossip_rx", **_gossip_fields(msg), src=msg.source)
         try:
             self.node.receive(src, msg, time.monotonic())
         except Exception as exc:  # a peer's message must never take the agent down
@@ -346,7 +351,10 @@ class Agent:
 
     def _flush(self, not_before: float | None = None) -> None:
         """Hand over the node's outputs and re-arm its timer."""
+        trace = self.cfg.trace_gossip
         for item in self.node.take_sends():
+            if trace and isinstance(item.msg, TableGossip):
+                self.events.write("gossip_tx", **_gossip_fields(item.msg), dst=item.dst)
             self.transport.send(item)
         for ev in self.node.take_events():
             self._on_event(ev)
@@ -485,12 +493,44 @@ class Agent:
         return await self.keys.crypto()
 
     async def _release_loop(self) -> None:
-        """Release the addresses a previous boot of this host held (it is gone)."""
+        """Release the addresses a previous boot of this host held (it is gone), then
+        take the routing mesh's published ports from the manager."""
         while not self._released and self.manager is not None:
             try:
                 await self._release_host()
             except Exception:
                 await asyncio.sleep(0.5)
+        for attempt in range(1, MESH_RESTORE_TRIES + 1 if self.manager is not None else 0):
+            try:
+                await self._restore_mesh()
+                return
+            except Exception as exc:
+                if attempt == MESH_RESTORE_TRIES:  # the CLI's next port set still comes
+                    self._error("mesh_restore", exc)
+                await asyncio.sleep(0.5)
+
+    async def _recover_mesh(self) -> None:
+        """A killed boot's routing mesh: its host table goes, ``ip_forward`` goes back."""
+        try:
+            before = await self.svcnet.recover()
+        except Exception as exc:  # never fatal: the restore below replaces the table
+            self._error("mesh_recover", exc)
+            return
+        if before is not None:
+            self.events.write("mesh_recovered", ip_forward=before)
+
+    async def _restore_mesh(self) -> None:
+        """This boot's routing mesh from the manager's service registry, so a restarted
+        (or newly joined) host answers on the published ports without the CLI sending
+        them again. A port set sent since the fetch wins (``if_version``)."""
+        assert self.manager is not None
+        version = self.svcnet.mesh_version
+        ports = await self.manager.ingress_ports()
+        if not ports:
+            return
+        out = await self.workloads.ingress(ports, if_version=version)
+        if not out.get("skipped"):
+            self.events.write("mesh_restored", ports=out["ports"])
 
     async def _release_host(self) -> None:
         """Release the previous boot's addresses once (before this boot allocates any)."""
@@ -563,6 +603,16 @@ class Agent:
     async def manager_call(self, op: str, args: dict[str, Any]) -> Any:
         """Forward one manager request; the manager's errors come back unchanged."""
         return await self._need_manager().call(op, **args)
+
+
+def _gossip_fields(msg: TableGossip) -> dict[str, Any]:
+    """What a ``gossip_tx``/``gossip_rx`` line says about one table-gossip datagram: its
+    network and each entry as ``[table, key, owner, ltime, deleted]`` (enough to tell
+    which commit it carries)."""
+    return {
+        "network": msg.network,
+        "entries": [[e.table, e.key, e.owner, e.ltime, int(e.deleted)] for e in msg.entries],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,11 +19,18 @@ Everything here is blocking (``ip``, ``nft``, sysctls) and runs on the agent's
 data-plane worker thread. The host table and the veth pair are removed when the last
 published port goes and when the agent stops; the sandbox is an ordinary container
 of the agent (its namespace holds the other veth end).
+
+Forwarding: the mesh needs ``net.ipv4.ip_forward=1`` in the host namespace. The value
+it had before is kept in the host table itself, as the table's comment
+(``ip_forward=0``), written before forwarding is turned on; :func:`remove_host_side`
+puts it back. So a killed agent's next boot, which finds the old table, restores the
+host's forwarding too (the data lives with the leftover it describes, no file).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +38,11 @@ from pathlib import Path
 from overlaysim.agent.netns import ns_path
 
 __all__ = [
+    "FORWARD_NOTE",
     "HOST_ADDR",
     "SANDBOX_ADDR",
+    "forward_before",
+    "forwarding",
     "IngressError",
     "plumb",
     "remove_host_side",
@@ -44,6 +54,8 @@ __all__ = [
 HOST_ADDR = "169.254.251.1"
 SANDBOX_ADDR = "169.254.251.2"
 SANDBOX_LINK = "ig0"
+#: The host table's comment: ``ip_forward=<value before the mesh>``.
+FORWARD_NOTE = "ip_forward="
 
 
 class IngressError(RuntimeError):
@@ -73,8 +85,16 @@ def _in(netns: str, argv: Sequence[str]) -> list[str]:
     return ["nsenter", f"--net={ns_path(netns)}", *argv]
 
 
-def _forwarding(on: bool = True) -> None:
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n" if on else "0\n")
+FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+
+
+def forwarding() -> str:
+    """The host namespace's ``net.ipv4.ip_forward`` now (``"0"`` or ``"1"``)."""
+    return FORWARD.read_text().strip()
+
+
+def _set_forwarding(value: str) -> None:
+    FORWARD.write_text(f"{value}\n")
 
 
 def plumb(prefix: str, sandbox_netns: str, ingress_subnet: str) -> None:
@@ -87,7 +107,7 @@ def plumb(prefix: str, sandbox_netns: str, ingress_subnet: str) -> None:
     _run(["ip", "addr", "add", f"{HOST_ADDR}/30", "dev", link])
     _run(["ip", "link", "set", link, "up"])
     _run(["ip", "route", "replace", subnet, "via", SANDBOX_ADDR, "dev", link])
-    _forwarding()
+    _set_forwarding("1")  # the value before is already in the host table's comment
     sb = sandbox_netns
     _run(_in(sb, ["ip", "addr", "add", f"{SANDBOX_ADDR}/30", "dev", SANDBOX_LINK]))
     _run(_in(sb, ["ip", "link", "set", SANDBOX_LINK, "up"]))
@@ -102,9 +122,14 @@ def plumb(prefix: str, sandbox_netns: str, ingress_subnet: str) -> None:
     _run(_in(sb, ["nft", "-f", "-"]), stdin=masq)
 
 
-def render_host_rules(prefix: str, underlay_ip: str, ports: Sequence[Sequence[object]]) -> str:
-    """The ``nft -f`` text replacing the host's table: ``[[P, vip, T, service], ...]``."""
+def render_host_rules(
+    prefix: str, underlay_ip: str, ports: Sequence[Sequence[object]], forward_before: str = "0"
+) -> str:
+    """The ``nft -f`` text replacing the host's table: ``[[P, vip, T, service], ...]``;
+    ``forward_before`` is the host's ``ip_forward`` before the mesh (the table's comment)."""
     ipaddress.IPv4Address(underlay_ip)
+    if forward_before not in ("0", "1"):
+        raise ValueError(f"forward_before={forward_before!r}: expected '0' or '1'")
     rules = []
     for p, vip, t, *_ in sorted(ports, key=lambda x: int(x[0])):  # type: ignore[call-overload]
         ipaddress.IPv4Address(str(vip))
@@ -118,7 +143,8 @@ def render_host_rules(prefix: str, underlay_ip: str, ports: Sequence[Sequence[ob
         f"\tchain {name} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n{body}\t}}\n"
         for name, hook in (("pre", "prerouting"), ("out", "output"))
     )
-    return f"table ip {t_} {{}}\ndelete table ip {t_}\ntable ip {t_} {{\n{chains}}}\n"
+    comment = f'\tcomment "{FORWARD_NOTE}{forward_before}"\n'
+    return f"table ip {t_} {{}}\ndelete table ip {t_}\ntable ip {t_} {{\n{comment}{chains}}}\n"
 
 
 def replace_host_rules(text: str) -> None:
@@ -126,7 +152,20 @@ def replace_host_rules(text: str) -> None:
     _run(["nft", "-f", "-"], stdin=text)
 
 
-def remove_host_side(prefix: str) -> None:
-    """Delete the host's ingress table and veth (the sandbox end goes with it)."""
+def forward_before(prefix: str) -> str | None:
+    """The ``ip_forward`` value the host table recorded (None: no table, or no note)."""
+    text = _run(["nft", "list", "table", "ip", table(prefix)], ok_if="No such file")
+    found = re.search(rf'comment "{FORWARD_NOTE}([01])"', text)
+    return found.group(1) if found else None
+
+
+def remove_host_side(prefix: str) -> str | None:
+    """Delete the host's ingress table and veth (the sandbox end goes with it), and put
+    back the ``ip_forward`` value the table recorded; returns that value (None: there
+    was no table)."""
+    before = forward_before(prefix)
     _run(["nft", "delete", "table", "ip", table(prefix)], ok_if="No such file")
     _run(["ip", "link", "del", host_link(prefix)], ok_if="Cannot find device")
+    if before is not None:
+        _set_forwarding(before)
+    return before

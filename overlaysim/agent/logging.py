@@ -62,6 +62,10 @@ KINDS = frozenset(
         "timer_lag",
         "names",
         "command_stopped",
+        "mesh_recovered",
+        "mesh_restored",
+        "gossip_tx",
+        "gossip_rx",
     }
 )
 

@@ -576,6 +576,10 @@ class ManagerClient:
     async def release_host(self, host: str) -> list[dict[str, Any]]:
         return await self.call("release_host", host=host)
 
+    async def ingress_ports(self) -> list[list[Any]]:
+        """The routing mesh's ``[[P, ingress VIP, T, service], ...]`` every host holds."""
+        return await self.call("ingress_ports")
+
     async def service_create(self, name: str, replicas: int, network: str) -> dict[str, Any]:
         return await self.call("service_create", name=name, replicas=replicas, network=network)
 

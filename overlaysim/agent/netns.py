@@ -7,10 +7,12 @@ specs are either a name under ``/var/run/netns`` or a path such as
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
 import pickle
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +23,13 @@ from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
+from overlaysim.agent.nlbatch import NeighSocket
+
 log = logging.getLogger(__name__)
 
 NETNS_DIR = Path("/var/run/netns")
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 AF_INET = 2
@@ -47,10 +53,31 @@ def list_netns() -> list[str]:
 
 
 def create_netns(name: str) -> None:
-    """Create the named namespace; fail if the name is taken (never adopt)."""
+    """Create the named namespace; fail if the name is taken (never adopt).
+
+    As ``ip netns add`` does, but in a short-lived thread of this process: the thread
+    unshares its network namespace and binds it to the name, then ends (``unshare``
+    changes only the calling thread). pyroute2's own ``create`` forks a helper
+    process for that, which costs a busy agent tens of milliseconds per container.
+    """
     if netns_exists(name):
         raise KernelError(f"network namespace {name!r} already exists (leftover? run clean)")
-    pr_netns.create(name)
+    box: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+            pr_netns.attach(name, "thread-self", libc=_libc)  # bind /proc/thread-self/ns/net
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="netns-create")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
 
 
 def open_ipr(ns: str | None) -> IPRoute:
@@ -106,23 +133,19 @@ def flush_links(ns: str) -> None:
     deleting them first makes teardown synchronous, so a VXLAN device with the same
     VNI and port can be created again right away.
     """
-    ipr = open_ipr(ns)
+    # one dump and one write on a raw socket (a pyroute2 handle here would cost a
+    # helper process, for a container namespace that usually holds only lo)
+    sock = NeighSocket(ns_path(ns))
     try:
         # vxlan and veth first, bridges last: ports detach cleanly
         links = sorted(
-            ((msg.get("ifname"), _link_kind(msg)) for msg in ipr.link("dump")),
+            ((index, kind) for index, name, kind in sock.links() if name and name != "lo"),
             key=lambda item: item[1] == "bridge",
         )
-        for ifname, _kind in links:
-            if ifname and ifname != "lo":
-                delete_link(ipr, ifname)
+        if links:
+            sock.delete_links([index for index, _ in links])
     finally:
-        close_ipr(ipr)
-
-
-def _link_kind(msg: Any) -> str:
-    info = msg.get("IFLA_LINKINFO")
-    return (info.get("IFLA_INFO_KIND") if info else None) or ""
+        sock.close()
 
 
 def remove_netns(name: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,9 @@ class AgentConfig:
     gossip_keys: tuple[bytes, ...] = ()
     #: Manager only: rotate the network keys this often (seconds; 0 = never).
     key_rotation: float = 12 * 3600.0
+    #: Log every table-gossip datagram sent and received (``gossip_tx``/``gossip_rx``),
+    #: for the spread analysis (bench/spread.py). Off by default: it grows with churn.
+    trace_gossip: bool = False
 
     @property
     def addr(self) -> str:
@@ -190,6 +194,13 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     p.add_argument(
         "--key-poll", type=float, default=5.0, help="seconds between network-key ring checks"
     )
+    p.add_argument(
+        "--trace-gossip",
+        action="store_true",
+        default=os.environ.get("OVERLAYSIM_TRACE_GOSSIP", "") == "1",
+        help="log each table-gossip datagram sent and received (default: "
+        "$OVERLAYSIM_TRACE_GOSSIP=1)",
+    )
     a = p.parse_args(argv)
     seeds = []
     for item in filter(None, (s.strip() for s in a.seeds.split(","))):
@@ -223,5 +234,6 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         key_poll=a.key_poll,
         esp_seq_limit=a.esp_seq_limit,
         gossip_keys=gossip_keys,
+        trace_gossip=a.trace_gossip,
         key_rotation=a.key_rotation,
     )

@@ -30,9 +30,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from overlaysim.core.cluster import Cluster
-from overlaysim.core.cluster_errors import ClusterError, InvalidSpec, NetworkNotFound
+from overlaysim.core.cluster_errors import (
+    AddressInUse,
+    ClusterError,
+    InvalidSpec,
+    NetworkNotFound,
+)
 from overlaysim.core.network import NetworkSpec
-from overlaysim.core.services import TASKS_PREFIX, EndpointMode, check_dns_name, vip_endpoint
+from overlaysim.core.services import (
+    PUBLISH_EXPECTED,
+    RESERVED_PORTS,
+    TASKS_PREFIX,
+    EndpointMode,
+    check_dns_name,
+    parse_port_pair,
+    vip_endpoint,
+)
 
 __all__ = [
     "SERVICE_OPS",
@@ -67,8 +80,6 @@ class PortInUse(ClusterError):
 
 #: The routing mesh's network, which every published service's tasks join.
 INGRESS = "ingress"
-#: Ports the agents use on the underlay address: manager, gossip, VXLAN, ESP-in-UDP.
-RESERVED_PORTS = {2377: "the manager API", 7946: "gossip", 4789: "VXLAN", 4500: "ESP-in-UDP"}
 
 
 def parse_publish(items: object) -> tuple[tuple[int, int], ...]:
@@ -77,16 +88,10 @@ def parse_publish(items: object) -> tuple[tuple[int, int], ...]:
         raise InvalidSpec(f"publish {items!r}: expected a list of PUBLISHED:TARGET")
     out = []
     for item in items:
-        pair = item.split(":") if isinstance(item, str) else item
         try:
-            p, t = (int(x) for x in pair)  # type: ignore[union-attr]
-            if not (0 < p < 65536 and 0 < t < 65536):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise InvalidSpec(
-                f"publish {item!r}: expected PUBLISHED:TARGET, two ports 1-65535 (e.g. 8080:80)"
-            ) from None
-        out.append((p, t))
+            out.append(parse_port_pair(item))
+        except ValueError:
+            raise InvalidSpec(f"publish {item!r}: expected {PUBLISH_EXPECTED}") from None
     ports = [p for p, _ in out]
     if len(set(ports)) != len(ports):
         raise InvalidSpec(f"publish {items!r}: a published port is listed twice")
@@ -180,18 +185,36 @@ class ServiceRegistry:
         self.cluster = cluster
         self.live_hosts = live_hosts
         self.services: dict[str, ServiceRecord] = {}
+        #: Published ports of services placed by someone else (the emulator's World):
+        #: service -> (ports, ingress VIP). In :meth:`ingress_ports` like the others.
+        self.published: dict[str, tuple[tuple[tuple[int, int], ...], str]] = {}
         self._next_host = 0  # round-robin cursor, kept across services
 
     # --- VIPs -------------------------------------------------------------------------
 
-    def vip_reserve(self, network: str, service: str) -> str:
-        """A VIP for ``service`` on ``network`` (the same one again if already held)."""
+    def vip_reserve(self, network: str, service: str, ip: str | None = None) -> str:
+        """A VIP for ``service`` on ``network`` (the same one again if already held).
+
+        With ``ip`` that exact address (as IPAM's requested address): a restarted manager
+        is given back the VIPs its services held. An address another endpoint holds, or a
+        service already holding another VIP, is :class:`AddressInUse` in one line.
+        """
         net = self.cluster.network(network)
         ep = vip_endpoint(check_service_name(service))
         for a in self.cluster.allocations(net.name):
             if a.endpoint == ep:
+                if ip is not None and ip != a.ip:
+                    raise AddressInUse(
+                        f"VIP {ip} of service {service} on network {net.name}: the service "
+                        f"already holds VIP {a.ip}; expected that address or none"
+                    )
                 return a.ip
-        return self.cluster.allocate(net.name, ep, standalone=False).ip
+        try:
+            return self.cluster.allocate(net.name, ep, ip=ip, standalone=False).ip
+        except AddressInUse as exc:
+            raise AddressInUse(
+                f"VIP {ip} of service {service} on network {net.name}: {exc}"
+            ) from None
 
     def vip_release(self, network: str, service: str) -> str:
         """Give ``service``'s VIP on ``network`` back to the pool; the address."""
@@ -219,7 +242,7 @@ class ServiceRegistry:
         m = parse_mode(mode)
         ports = parse_publish(list(publish) if isinstance(publish, tuple) else publish)
         net = self.cluster.network(network)
-        if n in self.services:
+        if n in self.services or n in self.published:
             raise ServiceExists(f"service {n} already exists")
         if ports and net.name == INGRESS:
             raise InvalidSpec(f"network {INGRESS!r}: the routing mesh's own; pick another")
@@ -279,17 +302,50 @@ class ServiceRegistry:
                     pass  # the network or the address is already gone
         return svc
 
+    def publish(self, service: object, publish: object, ip: str | None = None) -> str:
+        """Hold ``publish`` for ``service``, whose tasks someone else places (the World in
+        emulation): its ingress VIP (``ip``: that address, as a restarted manager is
+        given back). The same ports again return the same VIP."""
+        n = check_service_name(service)
+        ports = parse_publish(list(publish) if isinstance(publish, tuple) else publish)
+        if not ports:
+            raise InvalidSpec(f"publish {publish!r}: expected at least one PUBLISHED:TARGET")
+        if n in self.services:
+            raise ServiceExists(f"service {n} already exists (made by service create)")
+        held = self.published.get(n)
+        if held is not None:
+            if held[0] != ports:
+                raise PortInUse(f"service {n} already publishes {list(held[0])}")
+            return self.vip_reserve(INGRESS, n, ip)
+        self._check_ports(ports)
+        vip = self.vip_reserve(self._ingress(), n, ip)
+        self.published[n] = (ports, vip)
+        return vip
+
+    def unpublish(self, service: object) -> str:
+        """Forget ``service``'s published ports and give its ingress VIP back."""
+        n = check_service_name(service)
+        if self.published.pop(n, None) is None:
+            raise ServiceNotFound(f"service {n!r} publishes no port")
+        return self.vip_release(INGRESS, n)
+
     def ingress_ports(self) -> list[list[Any]]:
         """``[[P, ingress VIP, T, service], ...]``: what every host's mesh must forward."""
         return sorted(
-            [p, s.ingress_vip, t, s.name]
-            for s in self.services.values()
-            for p, t in s.publish
-            if s.ingress_vip is not None
+            [
+                *(
+                    [p, s.ingress_vip, t, s.name]
+                    for s in self.services.values()
+                    for p, t in s.publish
+                    if s.ingress_vip is not None
+                ),
+                *([p, vip, t, n] for n, (ports, vip) in self.published.items() for p, t in ports),
+            ]
         )
 
     def _check_ports(self, ports: tuple[tuple[int, int], ...]) -> None:
         held = {p: s.name for s in self.services.values() for p, _ in s.publish}
+        held.update({p: n for n, (pp, _) in self.published.items() for p, _ in pp})
         for p, _ in ports:
             if p in held:
                 raise PortInUse(f"published port {p}: already used by service {held[p]}")
@@ -366,11 +422,25 @@ def _ingress_ports(reg: ServiceRegistry, args: dict[str, Any]) -> list[list[Any]
 
 
 def _vip_reserve(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:
-    return {"ip": reg.vip_reserve(_arg(args, "network", str), _arg(args, "service", str))}
+    ip = args.get("ip")
+    if ip is not None and not isinstance(ip, str):
+        raise InvalidSpec(f"ip={ip!r}: expected an IPv4 address as a string")
+    return {"ip": reg.vip_reserve(_arg(args, "network", str), _arg(args, "service", str), ip)}
 
 
 def _vip_release(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:
     return {"ip": reg.vip_release(_arg(args, "network", str), _arg(args, "service", str))}
+
+
+def _mesh_publish(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:
+    ip = args.get("ip")
+    if ip is not None and not isinstance(ip, str):
+        raise InvalidSpec(f"ip={ip!r}: expected an IPv4 address as a string")
+    return {"ip": reg.publish(_arg(args, "service", str), _arg(args, "publish", list), ip)}
+
+
+def _mesh_unpublish(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:
+    return {"ip": reg.unpublish(_arg(args, "service", str))}
 
 
 #: Manager operations served by the registry (request ``{"op": name, "args": {...}}``).
@@ -384,4 +454,6 @@ SERVICE_OPS: dict[str, Callable[[ServiceRegistry, dict[str, Any]], Any]] = {
     "ingress_ports": _ingress_ports,
     "vip_reserve": _vip_reserve,
     "vip_release": _vip_release,
+    "mesh_publish": _mesh_publish,
+    "mesh_unpublish": _mesh_unpublish,
 }

@@ -57,6 +57,11 @@ class ServiceNet:
         self.events = events
         self._run, self._submit = run, submit
         self.ingress_netns: str | None = None  # the routing mesh's sandbox, once needed
+        #: The host's ``ip_forward`` before the mesh turned it on (also in the host table).
+        self._forward_before = "0"
+        #: How many times the mesh's port set was set (a restore fetched earlier yields).
+        self.mesh_version = 0
+        self._mesh_lock = asyncio.Lock()
 
     @property
     def sandbox_name(self) -> str:
@@ -104,33 +109,65 @@ class ServiceNet:
         ports: list[list[Any]],
         run: Callable[[str, list[str]], Awaitable[dict[str, Any]]],
         remove: Callable[[str], Awaitable[Any]],
+        *,
+        if_version: int | None = None,
     ) -> dict[str, Any]:
         """Hold exactly ``ports`` (``[[P, ingress VIP, T, ...], ...]``) in the routing mesh.
 
         The first port starts the ingress sandbox (``run``: a container on the
         ``ingress`` network, then joined to this namespace); with none left it goes.
+        With ``if_version`` only if the port set was not set since that version (a
+        restore that fetched the set earlier yields to a newer one): ``skipped`` is True.
         """
-        sbox = self.sandbox_name
-        if ports and self.ingress_netns is None:
-            out = await run(sbox, [INGRESS])
-            net = out["networks"][0]
-            try:
-                await self._run(
-                    mesh.plumb, self.prefix, out["netns"], f"{net['ip']}/{net['prefixlen']}"
+        async with self._mesh_lock:
+            if if_version is not None and if_version != self.mesh_version:
+                return {"ports": [], "sandbox": self.ingress_netns, "skipped": True}
+            self.mesh_version += 1
+            if ports and self.ingress_netns is None:
+                await self._start_mesh(run, remove)
+            if ports:
+                rules = mesh.render_host_rules(
+                    self.prefix, self.underlay_ip, ports, self._forward_before
                 )
-            except BaseException:
+                await self._run(mesh.replace_host_rules, rules)
+            elif self.ingress_netns is not None:
                 await self._run(mesh.remove_host_side, self.prefix)
-                await remove(sbox)
-                raise
-            self.ingress_netns = out["netns"]
-        if ports:
-            rules = mesh.render_host_rules(self.prefix, self.underlay_ip, ports)
-            await self._run(mesh.replace_host_rules, rules)
-        elif self.ingress_netns is not None:
+                await remove(self.sandbox_name)
+                self.ingress_netns = None
+            return {"ports": [p[0] for p in ports], "sandbox": self.ingress_netns}
+
+    async def _start_mesh(
+        self,
+        run: Callable[[str, list[str]], Awaitable[dict[str, Any]]],
+        remove: Callable[[str], Awaitable[Any]],
+    ) -> None:
+        """The sandbox and the veth pair. The host table comes first, holding the host's
+        ``ip_forward`` as it was: whatever happens later (a failure here, a killed
+        agent), removing the table puts forwarding back."""
+        before = await self._run(mesh.forwarding)
+        empty = mesh.render_host_rules(self.prefix, self.underlay_ip, [], before)
+        await self._run(mesh.replace_host_rules, empty)
+        self._forward_before = before
+        sbox = self.sandbox_name
+        started = False
+        try:
+            out = await run(sbox, [INGRESS])
+            started = True
+            net = out["networks"][0]
+            await self._run(
+                mesh.plumb, self.prefix, out["netns"], f"{net['ip']}/{net['prefixlen']}"
+            )
+        except BaseException:
             await self._run(mesh.remove_host_side, self.prefix)
-            await remove(sbox)
-            self.ingress_netns = None
-        return {"ports": [p[0] for p in ports], "sandbox": self.ingress_netns}
+            if started:
+                await remove(sbox)
+            raise
+        self.ingress_netns = out["netns"]
+
+    async def recover(self) -> str | None:
+        """After a killed boot: remove the routing mesh it left in the host namespace and
+        put its ``ip_forward`` back; the value restored (None: it left no mesh)."""
+        return await self._run(mesh.remove_host_side, self.prefix)
 
     async def close(self) -> None:
         """Before the namespaces go: routing mesh, commands, DNS servers, files."""

@@ -88,10 +88,12 @@ class Workloads:
             await self.svcnet.stop(name)
             return await self.containers.remove(name)
 
-    async def ingress(self, ports: list[list[Any]]) -> dict[str, Any]:
+    async def ingress(
+        self, ports: list[list[Any]], *, if_version: int | None = None
+    ) -> dict[str, Any]:
         """Hold exactly ``ports`` in the routing mesh (see :meth:`ServiceNet.ingress`)."""
 
         async def run(name: str, networks: list[str]) -> dict[str, Any]:
             return await self.run(ContainerRequest(name, tuple(networks), standalone=False))
 
-        return await self.svcnet.ingress(ports, run, self.remove)
+        return await self.svcnet.ingress(ports, run, self.remove, if_version=if_version)

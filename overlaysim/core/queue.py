@@ -7,21 +7,26 @@ go first (newest first among equals), so fresh news spreads fastest. A new item 
 same ``key`` replaces the old one: a newer fact about a node or entry invalidates the
 older.
 
-Items live in one list per transmit count, oldest first, so "newest first" is a walk
+Items live in one bucket per transmit count, oldest first, so "newest first" is a walk
 from the end. A packet takes the longest run of newest items that fits (found with a
 running sum and a bisection, C-level work), and only the last few items, where the
 budget runs out, are looked at one by one. So a packet costs a few list operations
-rather than a heap pop and push per item, and a replaced item leaves its list at once
+rather than a heap pop and push per item, and a replaced item leaves its bucket at once
 instead of lingering as a dead heap entry.
+
+Memory: during a burst every node holds nearly every entry here for many rounds (at
+thousands of nodes, for the whole run), so an item is not an object: a bucket is four
+parallel columns (record, key, sequence number, size: 28 bytes per item, the record and
+key being shared objects), and the key index maps a key to its item's sequence number,
+an int shared by every queue (each node numbers its items 1, 2, 3...).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Hashable
-from dataclasses import dataclass
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Hashable, Iterable
 from itertools import accumulate, islice
-from operator import attrgetter
 from typing import Any
 
 from overlaysim.core.config import retransmit_limit
@@ -30,18 +35,54 @@ from overlaysim.core.wire import record_size
 __all__ = ["TransmitLimitedQueue", "record_size"]
 
 
-@dataclass(slots=True, eq=False)  # eq=False: list.remove finds an item by identity
-class _Item:
-    seq: int  # queue order: larger is newer
-    key: Hashable
-    record: Any
-    size: int
+#: One int object per sequence number for all queues (see the module docstring).
+#: Bounded; past the bound it starts over (a cache: equal ints are interchangeable).
+_INTS_MAX = 1 << 18
+_ints: dict[int, int] = {}
 
 
-_size = attrgetter("size")
-_record = attrgetter("record")
-_key = attrgetter("key")
-_seqof = attrgetter("seq")
+def _shared_int(i: int) -> int:
+    s = _ints.get(i)
+    if s is None:
+        if len(_ints) >= _INTS_MAX:
+            _ints.clear()
+        _ints[i] = s = i
+    return s
+
+
+class _Bucket:
+    """Items sent the same number of times, in queue order (oldest first), by column."""
+
+    __slots__ = ("recs", "keys", "seqs", "sizes")
+
+    def __init__(self) -> None:
+        self.recs: list[Any] = []
+        self.keys: list[Hashable] = []
+        self.seqs = array("q")
+        self.sizes = array("q")
+
+    def __len__(self) -> int:
+        return len(self.recs)
+
+    def cut(self, p: int) -> tuple[list[Any], list[Hashable], array, array]:
+        """Remove and return the items from position ``p`` on (oldest first)."""
+        out = (self.recs[p:], self.keys[p:], self.seqs[p:], self.sizes[p:])
+        del self.recs[p:], self.keys[p:], self.seqs[p:], self.sizes[p:]
+        return out
+
+    def remove_at(self, j: int) -> None:
+        del self.recs[j], self.keys[j], self.seqs[j], self.sizes[j]
+
+    def extend(self, recs: list, keys: list, seqs: Iterable[int], sizes: Iterable[int]) -> None:
+        self.recs.extend(recs)
+        self.keys.extend(keys)
+        self.seqs.extend(seqs)
+        self.sizes.extend(sizes)
+
+
+#: Items taken from one bucket by a packet, newest first: (bucket, records, keys,
+#: sequence numbers, sizes).
+_Taken = tuple[int, list[Any], list[Hashable], list[int], list[int]]
 
 
 class TransmitLimitedQueue:
@@ -50,8 +91,8 @@ class TransmitLimitedQueue:
     def __init__(self, retransmit_mult: int) -> None:
         self.retransmit_mult = retransmit_mult
         # _buckets[t]: items sent t times, in queue order (oldest first).
-        self._buckets: list[list[_Item]] = [[]]
-        self._by_key: dict[Hashable, _Item] = {}
+        self._buckets: list[_Bucket] = [_Bucket()]
+        self._by_key: dict[Hashable, int] = {}  # key -> sequence number of its item
         self._seq = 0
         self._min_size = 1 << 30  # smallest record queued: bounds how many can fit
 
@@ -66,17 +107,23 @@ class TransmitLimitedQueue:
         old = self._by_key.get(key)
         if old is not None:
             for bucket in self._buckets:
-                if old in bucket:
-                    bucket.remove(old)
+                seqs = bucket.seqs
+                j = bisect_left(seqs, old)
+                if j < len(seqs) and seqs[j] == old:
+                    bucket.remove_at(j)
                     break
         if size is None:
             size = record_size(record)
         if size < self._min_size:
             self._min_size = max(size, 1)
         self._seq += 1
-        item = _Item(self._seq, key, record, size)
-        self._by_key[key] = item
-        self._buckets[0].append(item)
+        seq = _shared_int(self._seq)
+        self._by_key[key] = seq
+        b = self._buckets[0]
+        b.recs.append(record)
+        b.keys.append(key)
+        b.seqs.append(seq)
+        b.sizes.append(size)
 
     def get(self, n: int, overhead: int, limit: int) -> list[Any]:
         """Take records fitting in ``limit - overhead`` bytes; count one transmit each.
@@ -90,60 +137,66 @@ class TransmitLimitedQueue:
         out: list[Any] = []
         if budget <= 0 or not self._by_key:
             return out
-        moved: list[tuple[int, list[_Item]]] = []  # (bucket, items taken, newest first)
+        moved: list[_Taken] = []
         misses = 0
         careful = False  # once an item did not fit, go item by item
         for t, bucket in enumerate(self._buckets):
-            if not bucket:
+            if not bucket.recs:
                 continue
             if not careful:
                 cap = budget // self._min_size + 1  # more than this many cannot fit
-                acc = list(accumulate(islice(map(_size, reversed(bucket)), cap)))
+                acc = list(accumulate(islice(reversed(bucket.sizes), cap)))
                 k = bisect_right(acc, budget)
                 if k:
-                    taken = bucket[-k:]
-                    del bucket[-k:]
-                    taken.reverse()
+                    recs, keys, seqs, sizes = bucket.cut(len(bucket) - k)
+                    recs.reverse()
+                    keys.reverse()
                     budget -= acc[k - 1]
-                    out.extend(map(_record, taken))
-                    moved.append((t, taken))
+                    out.extend(recs)
+                    moved.append((t, recs, keys, seqs[::-1].tolist(), sizes[::-1].tolist()))
                 if budget <= 0:
                     break
-                if not bucket:
+                if not bucket.recs:
                     continue
                 careful = True
-            taken = []
+            taken: list[int] = []  # positions, newest first
             stop = False
-            for item in reversed(bucket):
-                if item.size > budget:
+            sizes = bucket.sizes
+            for j in range(len(sizes) - 1, -1, -1):
+                size = sizes[j]
+                if size > budget:
                     misses += 1
                     if budget < 32 or misses >= 8:
                         stop = True
                         break
                     continue
-                budget -= item.size
-                taken.append(item)
+                budget -= size
+                taken.append(j)
                 if budget <= 0:
                     stop = True
                     break
             if taken:
-                for item in taken:
-                    bucket.remove(item)
-                out.extend(map(_record, taken))
-                moved.append((t, taken))
+                recs = [bucket.recs[j] for j in taken]
+                keys = [bucket.keys[j] for j in taken]
+                seqs = [bucket.seqs[j] for j in taken]
+                tsizes = [sizes[j] for j in taken]
+                for j in taken:  # descending positions: each removal leaves the rest in place
+                    bucket.remove_at(j)
+                out.extend(recs)
+                moved.append((t, recs, keys, seqs, tsizes))
             if stop:
                 break
         if moved:
             self._advance(moved, retransmit_limit(self.retransmit_mult, n))
         return out
 
-    def _advance(self, moved: list[tuple[int, list[_Item]]], max_tx: int) -> None:
+    def _advance(self, moved: list[_Taken], max_tx: int) -> None:
         """Count one transmit for each taken item: next bucket, or gone at ``max_tx``."""
         buckets = self._buckets
-        for t, items in moved:
+        for t, recs, keys, seqs, sizes in moved:
             if t + 1 >= max_tx:
                 pop = self._by_key.pop
-                for k in map(_key, items):
+                for k in keys:
                     pop(k)
                 if not self._by_key:
                     # A dict keeps the table of its largest size; a burst of N items
@@ -151,15 +204,21 @@ class TransmitLimitedQueue:
                     self._by_key = {}
                 continue
             if t + 1 == len(buckets):
-                buckets.append([])
+                buckets.append(_Bucket())
             nxt = buckets[t + 1]
-            if nxt and nxt[-1].seq > items[-1].seq:
+            # Taken lists are newest first; buckets are oldest first.
+            if len(nxt) and nxt.seqs[-1] > seqs[-1]:
                 # Interleaves with what is there: re-sort only the tail it lands in.
-                p = bisect_right(nxt, items[-1].seq, key=_seqof)
-                tail = nxt[p:]
-                del nxt[p:]
-                tail.extend(reversed(items))
-                tail.sort(key=_seqof)
-                nxt.extend(tail)
+                p = bisect_right(nxt.seqs, seqs[-1])
+                trecs, tkeys, tseqs, tsizes = nxt.cut(p)
+                rows = list(zip(tseqs, trecs, tkeys, tsizes, strict=True))
+                rows.extend(zip(seqs, recs, keys, sizes, strict=True))
+                rows.sort(key=_first)
+                s_, r_, k_, z_ = zip(*rows, strict=True)
+                nxt.extend(list(r_), list(k_), s_, z_)
             else:
-                nxt.extend(reversed(items))
+                nxt.extend(recs[::-1], keys[::-1], reversed(seqs), reversed(sizes))
+
+
+def _first(row: tuple) -> int:
+    return row[0]

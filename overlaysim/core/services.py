@@ -55,6 +55,9 @@ from overlaysim.core.endpoint import ENDPOINTS
 from overlaysim.core.events import EntryEvent, EntryEventKind
 
 __all__ = [
+    "PUBLISH_EXPECTED",
+    "RESERVED_PORTS",
+    "parse_port_pair",
     "ENDPOINTS_TABLE",
     "Answer",
     "AnswerKind",
@@ -115,6 +118,31 @@ def vip_endpoint(service: str) -> str:
     collides with a container's address.
     """
     return f"vip:{check_dns_name(service, 'service')}"
+
+
+#: Ports the agents use on a host's underlay address, which no service may publish:
+#: the manager API, gossip, VXLAN and ESP-in-UDP.
+RESERVED_PORTS = {2377: "the manager API", 7946: "gossip", 4789: "VXLAN", 4500: "ESP-in-UDP"}
+#: What a published port pair must look like (the ``expected`` of an error line).
+PUBLISH_EXPECTED = "PUBLISHED:TARGET, two ports 1-65535 (e.g. 8080:80)"
+
+
+def parse_port_pair(item: object) -> tuple[int, int]:
+    """``"P:T"`` (or ``[P, T]``): the published port and the task's target port.
+
+    ValueError when it is not two ports 1-65535; the caller's line says
+    :data:`PUBLISH_EXPECTED`. One rule for the CLI, the manager and scenarios.
+    """
+    pair = item.split(":") if isinstance(item, str) else item
+    try:
+        p, t = (int(x) for x in pair)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"{item!r}: expected {PUBLISH_EXPECTED}") from None
+    if isinstance(pair, list | tuple) and any(isinstance(x, bool | float) for x in pair):
+        raise ValueError(f"{item!r}: expected {PUBLISH_EXPECTED}")
+    if not (0 < p < 65536 and 0 < t < 65536):
+        raise ValueError(f"{item!r}: expected {PUBLISH_EXPECTED}")
+    return p, t
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from overlaysim.core.byname import ByName
 from overlaysim.core.config import TableConfig
 from overlaysim.core.events import EntryEvent, EntryEventKind, Send
 from overlaysim.core.queue import TransmitLimitedQueue, record_size
@@ -122,7 +123,7 @@ class _Record:
 
 #: Canonical copies of small immutable values that every node would otherwise hold its
 #: own copy of: entry keys ``(table, key)``, a peer's tuple of networks, the ints of
-#: ``held`` sets and of node-set positions. With N nodes each holding a value per peer or
+#: node-set positions. With N nodes each holding a value per peer or
 #: per entry, one 32-56 byte object per (node, peer) pair adds up to gigabytes at
 #: thousands of nodes; shared, it is one object per value. Equal values are
 #: interchangeable, so sharing changes no result. Bounded; past the bound the memo starts
@@ -149,11 +150,7 @@ class _Network:
     #: Keys of each owner's records, in the order they were first stored: the key itself
     #: while the owner has one (the usual case: a dict per (node, owner) pair would be
     #: the largest per-pair cost), a dict used as an ordered set from two keys on.
-    by_owner: dict[str, _Key | dict[_Key, None]] = field(default_factory=dict)
-    #: ``id`` of the entry of every record that is not hidden. In the simulator one
-    #: immutable entry object travels to every node, so "already hold this very
-    #: version" is one set test per entry, or one C-level superset test per message.
-    held: set[int] = field(default_factory=set)
+    by_owner: ByName[_Key | dict[_Key, None]] = field(default_factory=ByName)
     queue: TransmitLimitedQueue | None = None  # while attached, or draining after a leave
 
 
@@ -194,21 +191,44 @@ def _unindex(st: _Network, owner: str, k: _Key) -> None:
 #: The record of a live entry, by ``id`` of the entry: such a record (not hidden, no
 #: reap time) is the same for every node holding that entry, and never changes, so in
 #: the simulator, where one entry object travels to every node, N nodes share one.
-#: The value also carries the canonical int of the entry's id for the ``held`` sets.
 #: Bounded like the other memos; the record keeps its entry alive, so an id is not
 #: reused while remembered.
 _LIVE_MAX = 1 << 16
-_live: dict[int, tuple[int, _Record]] = {}
+_live: dict[int, _Record] = {}
 
 
-def _live_record(entry: Entry) -> tuple[int, _Record]:
+def _live_record(entry: Entry) -> _Record:
     i = id(entry)
     got = _live.get(i)
-    if got is None or got[1].entry is not entry:
+    if got is None or got.entry is not entry:
         if len(_live) >= _LIVE_MAX:
             _live.clear()
-        got = _live[i] = (_share(i), _Record(entry))
+        got = _live[i] = _Record(entry)
     return got
+
+
+def _holds(records: dict[_Key, _Record], e: Entry) -> bool:
+    """True if ``e`` is the very entry object of a visible record in ``records``.
+
+    In the simulator one immutable entry object travels to every node, so "already hold
+    this very version" needs no validation or merge. (This replaced a per-node set of
+    held ids: one set slot per (node, entry) pair, 28+ bytes each, for a check that one
+    lookup answers.) A malformed peer record is simply not held.
+    """
+    try:
+        r = records.get((e.table, e.key))
+    except (AttributeError, TypeError):
+        return False
+    return r is not None and r.entry is e and not r.hidden
+
+
+def _holds_attachment(attach: dict[str, dict[str, NetworkAttachment]], a: object) -> bool:
+    """True if ``a`` is the very attachment record held for its node and network."""
+    try:
+        recs = attach.get(a.network)  # type: ignore[attr-defined]
+        return recs is not None and recs.get(a.node) is a  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return False
 
 
 class _NodeSet:
@@ -218,7 +238,7 @@ class _NodeSet:
 
     def __init__(self) -> None:
         self._items: list[str] = []
-        self._pos: dict[str, int] = {}
+        self._pos: ByName[int] = ByName()  # a list slot per pair, not a dict slot
 
     def __len__(self) -> int:
         return len(self._items)
@@ -238,7 +258,7 @@ class _NodeSet:
         start = len(self._items)
         self._items.extend(nodes)
         positions = map(_share, range(start, start + len(nodes)))
-        self._pos.update(zip(nodes, positions, strict=True))
+        self._pos.update(list(zip(nodes, positions, strict=True)))
 
     def discard(self, node: str) -> None:
         i = self._pos.pop(node, None)
@@ -358,16 +378,16 @@ class Tables:
         self._pending: dict[str, None] = {}  # joined, join sync not yet sent
         # Attachments, cluster-wide: network -> node -> latest record.
         self._attach: dict[str, dict[str, NetworkAttachment]] = {}
-        self._att_held: set[int] = set()  # id of every record in _attach (see _Network.held)
         # node -> networks it is attached to, in the order learnt; tuples shared across
         # nodes (see _share), as most peers are on the same few networks.
-        self._node_nets: dict[str, tuple[str, ...]] = {}
+        self._node_nets: ByName[tuple[str, ...]] = ByName()
         self._peers: dict[str, _NodeSet] = {}  # attached, alive, not us
         self._recovered = _NodeSet()  # back after we declared them down: fetch what we hid
         # Membership facts.
-        self._addr: dict[str, str] = {}  # alive members
+        # Per-peer facts are ByName maps (a list slot per peer, see core/byname.py).
+        self._addr: ByName[str] = ByName()  # alive members
         self._alive = _NodeSet()
-        self._epochs: dict[str, int] = {}
+        self._epochs: ByName[int] = ByName()
         self._down: dict[str, int] = {}  # node -> highest epoch of it we saw die
         # Gossip.
         self._dirty: dict[str, None] = {}  # networks with queued table events
@@ -432,8 +452,8 @@ class Tables:
             for node, addr, epoch in members:
                 self.member_alive(node, addr, epoch, now)
             return
-        self._epochs.update((node, epoch) for node, _, epoch in members)
-        self._addr.update((node, addr) for node, addr, _ in members)
+        self._epochs.update([(node, epoch) for node, _, epoch in members])
+        self._addr.update([(node, addr) for node, addr, _ in members])
         self._alive.extend(names)
 
     def member_down(self, node: str, now: float) -> None:
@@ -533,11 +553,11 @@ class Tables:
             return self._on_table_gossip(msg, now)
         elif isinstance(msg, NetworkGossip):
             atts = _seq(msg.attachments)
-            held = self._att_held
-            if held.issuperset(map(id, atts)):
+            attach = self._attach
+            if all(_holds_attachment(attach, a) for a in atts):
                 return False  # only the very records we hold (shared objects in the simulator)
             for a in atts:
-                if id(a) in held:
+                if _holds_attachment(attach, a):
                     continue
                 if not _attachment_ok(a):
                     self.dropped += 1
@@ -640,16 +660,10 @@ class Tables:
             rec = _Record(entry, hidden)
             rec.reap_at = now + self.config.reap_interval
             heapq.heappush(self._reap, (rec.reap_at, next(self._reap_seq), network, k))
-            ident = id(entry)
         else:
-            ident, rec = _live_record(entry)  # shared by every node holding it
-        if old is not None:
-            if old.entry.owner != entry.owner:
-                _unindex(st, old.entry.owner, k)
-            if not old.hidden:
-                st.held.discard(id(old.entry))
-        if not hidden:
-            st.held.add(ident)
+            rec = _live_record(entry)  # shared by every node holding it
+        if old is not None and old.entry.owner != entry.owner:
+            _unindex(st, old.entry.owner, k)
         _index(st, entry.owner, k)
         st.records[k] = rec
         before = old.entry if old is not None and old.live else None
@@ -661,8 +675,6 @@ class Tables:
 
     def _forget(self, network: str, st: _Network, k: _Key) -> None:
         rec = st.records.pop(k)
-        if not rec.hidden:
-            st.held.discard(id(rec.entry))
         _unindex(st, rec.entry.owner, k)
         if rec.live:
             self._emit(network, k, rec.entry, None)
@@ -774,7 +786,6 @@ class Tables:
             att = self._attach[network].get(node)
             if att is not None and att.epoch < epoch:
                 del self._attach[network][node]
-                self._att_held.discard(id(att))
                 nets = self._node_nets[node]
                 self._node_nets[node] = _share(tuple(n for n in nets if n != network))
                 self._refresh_peer(network, node)
@@ -791,11 +802,7 @@ class Tables:
             epoch=self.epoch,
         )
         recs = self._attach.setdefault(network, {})
-        old = recs.get(self.name)
-        if old is not None:
-            self._att_held.discard(id(old))
         recs[self.name] = att
-        self._att_held.add(_share(id(att)))
         self._note_net(self.name, network)
         self._queue_attachment(att, now)
 
@@ -808,10 +815,7 @@ class Tables:
         cur = recs.get(a.node)
         if cur is not None and (a.epoch, a.ltime) <= (cur.epoch, cur.ltime):
             return False
-        if cur is not None:
-            self._att_held.discard(id(cur))
         recs[a.node] = a
-        self._att_held.add(_share(id(a)))
         self._note_net(a.node, a.network)
         self._refresh_peer(a.network, a.node)
         if a.leaving:
@@ -855,7 +859,7 @@ class Tables:
         self._roll_gossip(now)
 
     def _queue_attachment(self, a: NetworkAttachment, now: float) -> None:
-        self._net_queue.queue((a.node, a.network), a)
+        self._net_queue.queue(_share((a.node, a.network)), a)  # one key object per record
         self._roll_gossip(now)
 
     def _overhead(self, network: str) -> int:
@@ -960,15 +964,15 @@ class Tables:
         if type(network) is not str or network not in self._attached:
             return False  # not ours: never store another network's entries
         st = self._nets[network]
-        held = st.held
+        records = st.records
         entries = _seq(msg.entries)
         drop_unknown_deletes = not self.config.unknown_tombstones
         # Fast path: the very records we already hold (in the simulator, entries are
         # shared immutable objects), so nothing to validate or merge.
-        if held.issuperset(map(id, entries)):
+        if all(_holds(records, e) for e in entries):
             return False
         for e in entries:
-            if id(e) in held:
+            if _holds(records, e):
                 continue
             if not _entry_ok(e) or e.network != network:
                 self.dropped += 1
@@ -983,9 +987,9 @@ class Tables:
         return True
 
     def _on_bulk_sync(self, src: str, msg: BulkSync, now: float) -> None:
-        held = self._att_held
+        attach = self._attach
         for a in _seq(msg.attachments):
-            if id(a) in held:
+            if _holds_attachment(attach, a):
                 continue  # the very record we hold: nothing to merge
             if _attachment_ok(a):
                 self._merge_attachment(a, now)  # anti-entropy repairs, it does not re-gossip
@@ -998,7 +1002,7 @@ class Tables:
         nets = self._nets
         for e in _seq(msg.entries):
             st = nets.get(getattr(e, "network", None))
-            if st is not None and id(e) in st.held:
+            if st is not None and _holds(st.records, e):
                 continue  # the very version we hold
             if not _entry_ok(e):
                 self.dropped += 1

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from overlaysim.agent.control import ControlError
 from overlaysim.agent.manager import ManagerUnavailable
+from overlaysim.agent.service_registry import INGRESS
 from overlaysim.core.cluster_errors import ClusterError
 from overlaysim.emu.impair import UnsupportedImpairment
 from overlaysim.emu.testbed import Testbed, TestbedError
@@ -57,10 +58,15 @@ def crash_host(testbed: Testbed, host: str, *, clean_later: bool = False) -> Non
     testbed.underlay.impairments.crash_links(host)
 
 
-def restart_host(testbed: Testbed, host: str, seeds: Iterable[str]) -> float:
+def restart_host(testbed: Testbed, host: str, seeds: Iterable[str], *, links: bool = True) -> float:
     """Give ``host`` its links back and start a fresh agent joining through ``seeds``;
-    return the monotonic time it was ready."""
-    testbed.underlay.impairments.restore_links(host)
+    return the monotonic time it started (the ``start`` line of its log), once it answers.
+
+    ``links=False``: the caller gave the links back already (a scenario's restart does
+    that at the step's time and the rest on a worker thread).
+    """
+    if links:
+        testbed.underlay.impairments.restore_links(host)
     if host in testbed.agents:
         testbed.wait_exit(host, timeout=5.0)  # a leaving agent may still be finishing
     testbed.start_agent(host, list(seeds))
@@ -71,6 +77,11 @@ class EmuBackend:
     """Backend verbs on a live testbed (bind the world with :meth:`bind` before use)."""
 
     records_commits = False  # the agents log their commits
+    runs_tasks = True  # task commands and the routing mesh run for real
+    #: A container takes an agent a few hundred ms, a new agent about a second to
+    #: answer (more while the dead boot's kernel objects are removed): the world plays
+    #: them on per-host lanes so other hosts' steps are not late.
+    steps_in_background = True
 
     def __init__(self, scenario: Scenario, testbed: Testbed) -> None:
         self.scenario = scenario
@@ -80,6 +91,8 @@ class EmuBackend:
         #: The networks as the manager made them (for the manifest).
         self.networks: list[dict[str, Any]] = []
         self.world: World | None = None
+        #: Published services' ingress VIPs: their tasks also join the ingress network.
+        self.ingress_vips: dict[str, str] = {}
 
     def bind(self, world: World) -> None:
         """The world whose containers a restarted manager must re-register."""
@@ -150,21 +163,30 @@ class EmuBackend:
                 }
             )
 
+    def prepare_start(self, host: str) -> None:
+        # at the step's time, on the timeline's thread: impairments change only there
+        self.underlay.impairments.restore_links(host)
+
     def start(self, host: str, seeds: list[str]) -> float:
+        """Start ``host``'s agent (its links are back: :meth:`prepare_start`); runs on
+        the world's worker thread."""
         assert self.t0 is not None
-        started = restart_host(self.testbed, host, seeds)
+        started = restart_host(self.testbed, host, seeds, links=False)
         if host == self.testbed.manager_host:
             self._restore_manager()
         return max(0.0, started - self.t0)
 
     def _restore_manager(self) -> None:
-        """A restarted manager starts empty: re-create the networks and re-register the
-        addresses that containers on running hosts still hold, so none is handed out
-        twice. (Managers are not replicated yet; see docs/agent.md, Limits.)"""
+        """A restarted manager starts empty: re-create the networks, reserve the services'
+        VIPs again at their addresses and re-register the addresses that containers on
+        running hosts still hold, so none is handed out twice. (Managers are not
+        replicated yet; see docs/agent.md, Limits.)"""
         self.create_networks()
         world = self.world
         if world is None:
             return
+        self._restore_vips(world)
+        self._restore_published(world)
         for c in world.containers.values():
             if not c.live or c.host not in world.up:
                 continue
@@ -174,6 +196,45 @@ class EmuBackend:
                         "allocate", network=net, endpoint=c.name, ip=ip, standalone=False,
                         host=c.host,
                     )  # fmt: skip
+
+    def _restore_vips(self, world: World) -> None:
+        """Every service's VIP again at its address (``vip_reserve`` with ``ip``), before
+        any container's: a VIP is never handed out twice. A clash (the address is held
+        by someone else) is recorded as one line and the restore goes on."""
+        for svc in world.services.by_name.values():
+            if svc.vip is None:
+                continue
+            try:
+                self.testbed.manager_call(
+                    "vip_reserve", network=svc.network, service=svc.name, ip=svc.vip
+                )
+            except ClusterError as exc:
+                world.skip(
+                    "restore_vip",
+                    host=self.testbed.manager_host,
+                    service=svc.name,
+                    reason=why(exc),
+                )
+
+    def _restore_published(self, world: World) -> None:
+        """Published ports again, each service at its ingress VIP (a clash: one line)."""
+        for svc in world.services.by_name.values():
+            if not svc.publish or svc.ingress_vip is None:
+                continue
+            try:
+                self.testbed.manager_call(
+                    "mesh_publish",
+                    service=svc.name,
+                    publish=[list(p) for p in svc.publish],
+                    ip=svc.ingress_vip,
+                )
+            except ClusterError as exc:
+                world.skip(
+                    "restore_publish",
+                    host=self.testbed.manager_host,
+                    service=svc.name,
+                    reason=why(exc),
+                )
 
     def crash(self, host: str) -> None:
         # the timeline goes on while the dead boot's kernel objects are removed (the
@@ -199,6 +260,9 @@ class EmuBackend:
         names: dict[str, Any] = {}  # only when set: runs without services ask as before
         if c.aliases:
             names["aliases"] = list(c.aliases)
+        if c.command:
+            names["command"] = list(c.command)
+        wanted = list(networks)
         if c.task is not None:
             t = c.task
             names["task"] = {
@@ -208,15 +272,26 @@ class EmuBackend:
                 "vip": t.vip,
                 "gen": t.gen,
             }
-        answer = self.testbed.call(
-            c.host, "task", container=c.name, networks=list(networks), **names
-        )
+            ingress_vip = self.ingress_vips.get(t.service)
+            if ingress_vip is not None:  # the routing mesh reaches it on the ingress network
+                names["task"]["vips"] = {INGRESS: ingress_vip}
+                wanted.append(INGRESS)
+        answer = self.testbed.call(c.host, "task", container=c.name, networks=wanted, **names)
         c.sandbox = answer.get("netns", "")
-        return {att["network"]: att["ip"] for att in answer.get("networks", [])}
+        # the world knows the networks it asked for; the ingress one is the mesh's business
+        return {
+            att["network"]: att["ip"]
+            for att in answer.get("networks", [])
+            if att["network"] in networks
+        }
 
     def detach(self, c: Container, network: str, *, live: bool, last: bool) -> None:
-        if live:
-            self.testbed.call(c.host, "disconnect", container=c.name, network=network)
+        if not live:
+            return
+        if c.task is not None and c.task.service in self.ingress_vips:
+            # a published task is on the ingress network too: that goes first
+            self.testbed.call(c.host, "disconnect", container=c.name, network=INGRESS)
+        self.testbed.call(c.host, "disconnect", container=c.name, network=network)
 
     def reserve_vip(self, service: str, network: str) -> str:
         """The manager allocates the VIP from the network's IPAM (control ``vip_reserve``)."""
@@ -224,6 +299,29 @@ class EmuBackend:
 
     def release_vip(self, service: str, network: str) -> None:
         self.testbed.manager_call("vip_release", network=network, service=service)
+
+    def publish(self, service: str, ports: Sequence[tuple[int, int]]) -> str | None:
+        """The manager holds the ports and the service's ingress VIP (``mesh_publish``);
+        every running host's agent then holds the whole port set (a host that starts
+        later takes it from the manager itself)."""
+        vip = self.testbed.manager_call(
+            "mesh_publish", service=service, publish=[list(p) for p in ports]
+        )["ip"]
+        self.ingress_vips[service] = vip
+        self._sync_mesh()
+        return vip
+
+    def unpublish(self, service: str) -> None:
+        self.ingress_vips.pop(service, None)
+        self.testbed.manager_call("mesh_unpublish", service=service)
+        self._sync_mesh()
+
+    def _sync_mesh(self) -> None:
+        ports = self.testbed.manager_call("ingress_ports")
+        hosts = self.testbed.running()
+        if hosts:
+            with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+                list(pool.map(lambda h: self.testbed.call(h, "ingress", ports=ports), hosts))
 
     def each_host(
         self, fn: Callable[[T], None], items: Iterable[T], host: Callable[[T], str]

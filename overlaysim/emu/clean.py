@@ -186,6 +186,12 @@ def _sweep_orphan_folders(state_dir: Path, dry_run: bool, note: Callable[[str], 
             note(f"folder {run_dir}")
 
 
+def remove_name_files(prefix: str) -> None:
+    """Delete the resolv.conf and UTS files of namespaces named ``<prefix>...`` (a killed
+    agent's containers: the testbed calls it with ``<run prefix>-<host>-``)."""
+    _sweep_name_files(prefix, False, lambda _line: None)
+
+
 def _sweep_name_files(
     prefix: str,
     dry_run: bool,

@@ -78,6 +78,12 @@ class EmuWorld(World):
         self.testbed = testbed
         self.underlay: Underlay = testbed.underlay
 
+    def start_containers(self, specs: list[Any]) -> None:
+        t = time.monotonic()
+        super().start_containers(specs)
+        #: Wall seconds the initial containers took (set-up's last phase).
+        self.containers_s = time.monotonic() - t
+
     @property
     def t0(self) -> float | None:
         """Monotonic time of scenario start (None before boot)."""
@@ -98,7 +104,7 @@ class EmuWorld(World):
                 ips={n: ip for n, ip in c.networks.items() if ip},
                 up=c.host in self.up and c.live,
             )
-            for c in self.containers.values()
+            for c in list(self.containers.values())  # hosts' lanes add and remove
         ]
 
 
@@ -118,6 +124,7 @@ def play(
         world.apply(step)
         if tick is not None:
             tick()
+    world.settle()  # the hosts' lanes: their last steps done, their errors raised here
     _sleep_until(world, duration, tick)
 
 
@@ -242,6 +249,7 @@ def run_emulation(
                     t_boot = time.monotonic()
                     world.boot(the_plan)
                     extra["boot_s"] = time.monotonic() - t_boot
+                    extra["boot_containers_s"] = getattr(world, "containers_s", 0.0)
                     total = len(the_plan.steps)
                     sampler = _sampler(world, scenario, seed)
                     try:
@@ -267,7 +275,11 @@ def run_emulation(
             finally:
                 with signals_deferred():  # agents stop, logs are read
                     extra["agents_killed_at_stop"] = testbed.stop()
-                    extra["teardown_errors"] = testbed.errors
+                    # after the agents stopped (no new one can start), a host's lane
+                    # still busy fails fast; its errors join the teardown's
+                    lane_errors = world.close()
+                    extra["teardown_errors"] = testbed.errors + lane_errors
+                    extra["host_starts"] = [dataclasses.asdict(s) for s in world.starts]
                     if world.t0 is not None:
                         result = collect(world.events, testbed.logs(), t0=world.t0, t_end=t_end)
                     testbed.remove_files(keep_logs_in=writer.path / AGENT_LOGS)

@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,10 +39,12 @@ from overlaysim.agent.control import ControlClient
 from overlaysim.agent.created import load_outstanding
 from overlaysim.agent.logging import read_log
 from overlaysim.agent.manager import MANAGER_PORT
+from overlaysim.agent.names import name_part
 from overlaysim.emu.net import Underlay
 from overlaysim.errors import UserError
 
 _CLEAN = "from overlaysim.agent.created import clean_recorded; clean_recorded"
+_NAMES = "from overlaysim.emu.clean import remove_name_files; remove_name_files"
 
 #: Cluster port of every agent (UDP and TCP).
 AGENT_PORT = 7946
@@ -129,6 +132,11 @@ class Testbed:
         #: Kernel clean-ups of killed boots still running (see ``kill_agent(clean_later=)``).
         self._cleaning: dict[str, Future[None]] = {}
         self._cleaner: ThreadPoolExecutor | None = None
+        #: Agents may be started from a worker thread (a scenario's restart) while
+        #: :meth:`stop` runs: spawning and stopping take turns, and once stopping no
+        #: agent starts, so none is left behind.
+        self._spawn_lock = threading.Lock()
+        self._stopping = False
 
     # -- paths and clients ------------------------------------------------------------
 
@@ -181,7 +189,7 @@ class Testbed:
 
     def running(self) -> list[str]:
         """Hosts whose current agent process is alive."""
-        return [h for h, a in self.agents.items() if a.running()]
+        return [h for h, a in list(self.agents.items()) if a.running()]
 
     # -- agent lifecycle ----------------------------------------------------------------
 
@@ -232,6 +240,12 @@ class Testbed:
         """Spawn ``host``'s agent (it must not be running); returns at once.
         ``keyed=False`` leaves out the run's gossip key (see :meth:`argv`)."""
         self._settled(host)  # a restart must not race the clean-up of the crashed boot
+        with self._spawn_lock:
+            if self._stopping:
+                raise TestbedError(f"the testbed is stopping: the agent on {host} was not started")
+            return self._spawn(host, seeds, keyed=keyed)
+
+    def _spawn(self, host: str, seeds: Iterable[str], *, keyed: bool) -> AgentProcess:
         old = self.agents.get(host)
         if old is not None:
             if old.running():
@@ -388,8 +402,11 @@ class Testbed:
         Never raises: clean-up problems are appended to :attr:`errors`.
 
         Agents are asked to ``shutdown`` without a leave (the run is over: a wave of
-        leaves would only add noise to the logs), in parallel.
+        leaves would only add noise to the logs), in parallel. From here on no agent
+        starts (a restart still under way on a worker thread fails with an error).
         """
+        with self._spawn_lock:
+            self._stopping = True
         running = self.running()
 
         def ask(host: str) -> None:
@@ -415,7 +432,7 @@ class Testbed:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(agent.pid, signal.SIGKILL)
                 agent.proc.wait(timeout=10)
-        for host in self.agents:
+        for host in list(self.agents):
             try:
                 self._settled(host)
                 self._clean_kernel(host)
@@ -487,7 +504,9 @@ class Testbed:
         record = self.record_path(host)
         if not record.exists() or not load_outstanding(record):
             return
-        code = f"from pathlib import Path; {_CLEAN}(Path({str(record)!r}))"
+        # and its containers' resolv.conf and UTS files (named after their namespaces)
+        names = f"{self.prefix}-{name_part(host)}-"
+        code = f"from pathlib import Path; {_CLEAN}(Path({str(record)!r})); {_NAMES}({names!r})"
         out = self.underlay.cmd(host, [sys.executable, "-c", code], timeout=60)
         if out.returncode != 0 or load_outstanding(record):
             raise TestbedError(

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from overlaysim.agent.logging import read_log
 from overlaysim.errors import UserError
 
-LABS = (1, 2, 3, 4, 5)
+LABS = (1, 2, 3, 4, 5, 6)
 #: Pings per reachability check; lab 3's "loss is off" needs all of them back.
 PINGS = 3
 LOSS_PINGS = 10
@@ -52,6 +52,7 @@ class Probe(Protocol):
     def answering(self, host: str) -> bool: ...
     def call(self, host: str, op: str) -> Any: ...
     def networks(self) -> list[dict[str, Any]]: ...
+    def services(self) -> list[dict[str, Any]]: ...
     def containers(self) -> dict[str, tuple[str, dict[str, str]]]: ...
     def ping(self, src: str, dst: str, count: int) -> int: ...
     def log(self, host: str) -> list[dict[str, Any]]: ...
@@ -72,6 +73,9 @@ class LabProbe:
 
     def networks(self) -> list[dict[str, Any]]:
         return list(self.lab.testbed.manager_call("network_ls"))
+
+    def services(self) -> list[dict[str, Any]]:
+        return list(self.lab.testbed.manager_call("service_ls"))
 
     def containers(self) -> dict[str, tuple[str, dict[str, str]]]:
         return {n: (c.host, dict(c.ips)) for n, c in self.lab.containers.items()}
@@ -112,6 +116,12 @@ class LiveProbe:
 
         sock = self.live.control(self.live.manager)
         return list(ControlClient(sock, timeout=10.0).call("manager", call="network_ls", args={}))
+
+    def services(self) -> list[dict[str, Any]]:
+        from overlaysim.agent.control import ControlClient
+
+        sock = self.live.control(self.live.manager)
+        return list(ControlClient(sock, timeout=10.0).call("manager", call="service_ls", args={}))
 
     def containers(self) -> dict[str, tuple[str, dict[str, str]]]:
         out: dict[str, tuple[str, dict[str, str]]] = {}
@@ -391,6 +401,96 @@ def _rotated(c: _Ctx) -> tuple[bool, str]:
     return True, f"key generation {low}..{max(int(g) for g in gens.values())}"
 
 
+def _log_lines(c: _Ctx, kind: str) -> list[tuple[str, dict[str, Any]]]:
+    """(host, line) of every ``kind`` line in the agents' logs."""
+    return [(h, line) for h in c.p.hosts for line in c.p.log(h) if line.get("kind") == kind]
+
+
+def _tasks_ran(service: str, at_least: int) -> Check:
+    """A service's tasks were started (the agents log each task's names)."""
+
+    def check(c: _Ctx) -> tuple[bool, str]:
+        tasks = {
+            f"{line.get('container')}@{h}"
+            for h, line in _log_lines(c, "names")
+            if line.get("service") == service
+        }
+        slots = {t.partition("@")[0] for t in tasks}
+        if len(slots) < at_least:
+            return False, f"{len(slots)} task(s) of {service} ever started, {at_least} wanted"
+        return True, f"tasks started: {', '.join(sorted(tasks))}"
+
+    return check
+
+
+def _dns_answered(client: str) -> Check:
+    """The embedded DNS of the client's host answered queries."""
+
+    def check(c: _Ctx) -> tuple[bool, str]:
+        cs = c.containers()
+        if client not in cs:
+            return False, f"{client} is not running"
+        host = cs[client][0]
+        counts = ((c.ask(host, "status").get("services") or {}).get("dns")) or {}
+        answered = int(counts.get("answered", 0)) + int(counts.get("nodata", 0))
+        if answered <= 0:
+            return False, f"the embedded DNS on {host} answered no query yet"
+        return True, f"the embedded DNS on {host} answered {answered} queries"
+
+    return check
+
+
+def _mode_switched(service: str, mode: str) -> Check:
+    """An entry of the service's tasks carried ``mode`` with a spec generation >= 2."""
+
+    def check(c: _Ctx) -> tuple[bool, str]:
+        for _h, line in _log_lines(c, "entry_seen"):
+            value = line.get("value") or {}
+            if value.get("service") == service and value.get("mode") == mode:
+                if int(value.get("svc_gen") or 0) >= 2:
+                    return True, f"{line.get('key')}: {mode}, generation {value['svc_gen']}"
+        return False, f"no task of {service} ever carried mode {mode} after an update"
+
+    return check
+
+
+def _mesh_everywhere(c: _Ctx) -> tuple[bool, str]:
+    """Every host started the routing mesh's ingress sandbox at some point."""
+    sandboxes = {
+        h for h, line in _log_lines(c, "names") if str(line.get("container")) == f"ingress.{h}"
+    }
+    missing = [h for h in c.p.hosts if h not in sandboxes]
+    if missing:
+        return False, f"no routing mesh ever on {', '.join(missing)}"
+    return True, f"routing mesh started on all {len(sandboxes)} hosts"
+
+
+def _services_gone(services: tuple[str, ...]) -> Check:
+    """The services were removed: not at the manager, and no host holds a task entry."""
+
+    def check(c: _Ctx) -> tuple[bool, str]:
+        started = {str(line.get("service")) for _h, line in _log_lines(c, "names")}
+        if not set(services) <= started:
+            return False, f"not all of {', '.join(services)} were ever created"
+        left = sorted({s["name"] for s in c.p.services()} & set(services))
+        if left:
+            return False, f"still at the manager: {', '.join(left)}"
+        holders = sorted(
+            {
+                h
+                for h in c.up()
+                for entries in c.ask(h, "tables").values()
+                for e in entries.values()
+                if ((e or {}).get("value") or {}).get("service") in services
+            }
+        )
+        if holders:
+            return False, f"task entries still held by {', '.join(holders)}"
+        return True, f"{', '.join(services)} removed, their names gone from every host"
+
+    return check
+
+
 # --- the labs ---------------------------------------------------------------------------
 
 STEPS: dict[int, tuple[tuple[str, Check, str], ...]] = {
@@ -479,6 +579,45 @@ STEPS: dict[int, tuple[tuple[str, Check, str], ...]] = {
         ("h1 and h2 sealed frames with the network key", _sealed(("h1", "h2")), "crypto h2"),
         ("the keys were rotated", _rotated, "rotate, then crypto h2"),
     ),
+    6: (
+        (
+            "attachable networks front and back",
+            lambda c: _both(c, _network("front"), _network("back")),
+            "overlaysim network create -d overlay --attachable --subnet 10.40.0.0/24 front "
+            "(and back)",
+        ),
+        (
+            "a client container on front",
+            _containers("front", ("client",), apart=False),
+            "overlaysim run --name client --network front h4",
+        ),
+        (
+            "service web ran three tasks",
+            _tasks_ran("web", 3),
+            "overlaysim service create --name web --replicas 3 --network front -- ...",
+        ),
+        (
+            "the client's embedded DNS answered",
+            _dns_answered("client"),
+            "overlaysim exec client -- getent hosts web",
+        ),
+        (
+            "web was switched to dnsrr",
+            _mode_switched("web", "dnsrr"),
+            "overlaysim service update --endpoint-mode dnsrr web",
+        ),
+        (
+            "a published port: every host ran the routing mesh",
+            _mesh_everywhere,
+            "overlaysim service create --name api --replicas 2 --network front "
+            "--publish 8081:8080 -- ...",
+        ),
+        (
+            "web and api removed, their names gone everywhere",
+            _services_gone(("web", "api")),
+            "overlaysim service rm web api",
+        ),
+    ),
 }
 
 
@@ -488,7 +627,7 @@ def _both(c: _Ctx, a: Check, b: Check) -> tuple[bool, str]:
 
 
 def check_lab(probe: Probe, lab: int) -> list[StepResult]:
-    """Every step of ``lab`` (1-5) checked on the testbed behind ``probe``."""
+    """Every step of ``lab`` (1-6) checked on the testbed behind ``probe``."""
     if lab not in STEPS:
         raise UserError(f"check: no lab {lab}; the labs are {', '.join(map(str, LABS))}")
     ctx = _Ctx(probe)

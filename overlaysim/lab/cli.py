@@ -28,7 +28,7 @@ overlay commands (type 'help NAME' for details):
   members HOST       tables HOST     fdb HOST [NET]     capture HOST [COUNT] [while C1 ping C2]
   crypto HOST        rotate (or: keys rotate)
   loss PERCENT       partition h1,h2 h3,h4     heal     crash HOST     restart HOST
-  check LAB [--json|--csv]   (did you do guided lab LAB, 1-5? each step, with a hint)
+  check LAB [--json|--csv]   (did you do guided lab LAB, 1-6? each step, with a hint)
 plus Mininet's own: nodes, h1 ip addr, sh CMD, py EXPR, source FILE, exit (or Ctrl-D)"""
 
 
@@ -280,7 +280,7 @@ class LabCLI(CLI):
 
     def do_check(self, line: str) -> None:
         """check LAB [--json | --csv]
-        Check the testbed against guided lab LAB (1-5, docs/labs/): each step's goal,
+        Check the testbed against guided lab LAB (1-6, docs/labs/): each step's goal,
         passed or not, and a hint for what is missing."""
         from overlaysim.lab.check import LabProbe, check_lab, parse_lab, render
 

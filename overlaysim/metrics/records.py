@@ -61,6 +61,9 @@ class EventKind(StrEnum):
     ROTATE_KEYS = "rotate_keys"  # detail: generation, primary key tag, hosts, took_s
     # a service's live task set changed (subject = service; detail: ips)
     SERVICE_TASKS = "service_tasks"
+    #: A service's published ports and task command; ``detail.run`` says whether the
+    #: backend ran them (the emulator) or only recorded them (simulator, dry run).
+    SERVICE_SPEC = "service_spec"
     # membership views, reported by agents (node = observer, subject = observed)
     MEMBER_JOIN = "member_join"
     MEMBER_SUSPECT = "member_suspect"

@@ -20,27 +20,29 @@ class TrafficCounter:
         # kind -> same four counters
         self._kinds: dict[str, list[int]] = {}
 
-    def sent(self, t: float, node: str, nbytes: int, kind: str = "") -> None:
-        """``node`` sent one message of ``nbytes`` bytes at ``t``."""
-        self._add(t, node, nbytes, kind, 0)
+    def sent(self, t: float, node: str, nbytes: int, kind: str = "", count: int = 1) -> None:
+        """``node`` sent ``count`` messages of ``nbytes`` bytes each at ``t``."""
+        self._add(t, node, nbytes, kind, 0, count)
 
     def recv(self, t: float, node: str, nbytes: int, kind: str = "") -> None:
         """``node`` received one message of ``nbytes`` bytes at ``t``."""
-        self._add(t, node, nbytes, kind, 2)
+        self._add(t, node, nbytes, kind, 2, 1)
 
-    def _add(self, t: float, node: str, nbytes: int, kind: str, i: int) -> None:
+    def _add(self, t: float, node: str, nbytes: int, kind: str, i: int, count: int) -> None:
+        if count != 1:
+            nbytes *= count
         k = (math.floor(t), node)
         c = self._bins.get(k)
         if c is None:
             c = self._bins[k] = [0, 0, 0, 0]
         c[i] += nbytes
-        c[i + 1] += 1
+        c[i + 1] += count
         if kind:
             c = self._kinds.get(kind)
             if c is None:
                 c = self._kinds[kind] = [0, 0, 0, 0]
             c[i] += nbytes
-            c[i + 1] += 1
+            c[i + 1] += count
 
     def rows(self) -> list[dict[str, object]]:
         """Rows of ``traffic.csv``, sorted by (t, node). Bins without traffic are absent."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from overlaysim.core.services import PUBLISH_EXPECTED, RESERVED_PORTS, parse_port_pair
 from overlaysim.scenario.events import (
     AttachEvent,
     ChurnEvent,
@@ -68,6 +69,8 @@ class _Checker:
         self.down: set[str] = set()
         #: service -> its number of tasks, for services made by ``service_create``
         self.services: dict[str, int] = {}
+        #: published port -> the service holding it, as the timeline is played
+        self.published: dict[int, str] = {}
 
     # -- helpers
 
@@ -259,6 +262,33 @@ class _Checker:
             return
         self.services[ev.name] = 0
         self.service_tasks(p, ev.name, ev.replicas, ev.at)
+        self.publish(p, ev)
+
+    def publish(self, p: str, ev: ServiceCreateEvent) -> None:
+        """Each published port: ``P:T``, not the agents' own, not held by a service then."""
+        for j, item in enumerate(ev.publish or ()):
+            try:
+                port, _target = parse_port_pair(item)
+            except ValueError:
+                self.bad(f"{p}.publish[{j}]", item, PUBLISH_EXPECTED)
+                continue
+            if port in RESERVED_PORTS:
+                self.bad(
+                    f"{p}.publish[{j}]",
+                    item,
+                    f"a published port the agents do not use ({port} is {RESERVED_PORTS[port]})",
+                )
+            elif self.published.get(port) == ev.name:
+                self.bad(f"{p}.publish[{j}]", item, f"a published port listed once ({port} twice)")
+            elif port in self.published:
+                self.bad(
+                    f"{p}.publish[{j}]",
+                    item,
+                    f"a published port no service holds at t={ev.at:g} "
+                    f"(service {self.published[port]} publishes {port})",
+                )
+            else:
+                self.published[port] = ev.name
 
     def service_change(
         self, p: str, ev: ServiceScaleEvent | ServiceUpdateEvent | ServiceRmEvent
@@ -272,6 +302,8 @@ class _Checker:
             )
         elif isinstance(ev, ServiceRmEvent):
             del self.services[ev.service]
+            for port in [q for q, svc in self.published.items() if svc == ev.service]:
+                del self.published[port]
         elif isinstance(ev, ServiceScaleEvent):
             self.service_tasks(p, ev.service, ev.replicas, ev.at)
 

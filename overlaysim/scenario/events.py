@@ -155,6 +155,15 @@ class ServiceCreateEvent(_Event):
     network: Name = Field(description="a network name")
     replicas: int = Field(ge=0, le=100_000, description="a number of tasks, 0 or more")
     endpoint_mode: Literal["vip", "dnsrr"] = Field("vip", description=_ENDPOINT_MODE)
+    publish: list[str] | None = Field(
+        None,
+        description="a list of published ports PUBLISHED:TARGET (the routing mesh, emulation)",
+    )
+    command: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None,
+        min_length=1,
+        description="a command every task runs, as a list of words (emulation)",
+    )
 
 
 class ServiceScaleEvent(_Event):

@@ -179,6 +179,10 @@ class ServiceCreate(Step):
     network: str
     replicas: int
     endpoint_mode: EndpointModeName = "vip"
+    #: Published ports ``"P:T"`` (None: none; left out of the events row then).
+    publish: tuple[str, ...] | None = None
+    #: The command every task runs (None: none).
+    command: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -243,4 +247,7 @@ def step_from_event(event: Any, origin: int) -> Step:
     cls = STEP_TYPES[event.action]
     names = {f.name for f in dataclasses.fields(cls)} - {"at", "origin"}
     values = {n: getattr(event, n) for n in names if hasattr(event, n)}
+    for n in ("publish", "command"):  # frozen steps hold tuples
+        if isinstance(values.get(n), list):
+            values[n] = tuple(values[n])
     return cls(at=float(event.at), origin=origin, **values)

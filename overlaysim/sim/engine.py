@@ -12,9 +12,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from heapq import heappush
 
 import simpy
-from simpy.events import Timeout
+from simpy.events import NORMAL
 
 from overlaysim.core.config import MembershipConfig, TableConfig
 from overlaysim.core.events import EntryEvent, MemberEvent
@@ -28,7 +29,9 @@ class Observer:
 
     def member_event(self, t: float, host: str, ev: MemberEvent) -> None: ...
     def entry_event(self, t: float, host: str, ev: EntryEvent) -> None: ...
-    def sent(self, t: float, host: str, msg: Message, size: int) -> None: ...
+    def sent(self, t: float, host: str, msg: Message, size: int, count: int = 1) -> None:
+        """``host`` sent ``count`` copies of ``msg`` (``size`` bytes each) at ``t``."""
+
     def received(self, t: float, host: str, msg: Message, size: int) -> None: ...
 
 
@@ -65,6 +68,12 @@ class SimCluster:
         self.messages_sent = 0
         self.messages_lost = 0
         self.timers_fired = 0
+        # SimPy's heap and event-id counter: actions are scheduled into them directly
+        # (see _push); SimPy's own events (the timeline, probes) share both.
+        self._queue = env._queue
+        self._eid = env._eid
+        self._last: _Batch | None = None
+        self._run_cb = (self._run,)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -136,6 +145,41 @@ class SimCluster:
         self._after(host, slot)
 
     # -- the driver loop ---------------------------------------------------------------
+    #
+    # Every delivery and timer firing is an action at an instant. Instead of one SimPy
+    # Timeout (+ callback object) per action, actions go straight into SimPy's event heap
+    # with SimPy's own (time, priority, event id) key, and actions scheduled back to back
+    # for the same instant share one heap entry (a _Batch): a gossip round's copies of one
+    # message to several peers arrive at the same instant. That changes no order: SimPy
+    # pops equal-time, equal-priority events by id, ids are drawn from one counter, and a
+    # batch only takes an action whose id directly follows the batch's last one (nothing
+    # else was scheduled in between) while the batch is still waiting in the heap. So
+    # the batch's actions would have been popped one after the other anyway, and anything
+    # scheduled while they run draws a larger id and runs after them (the cluster only
+    # schedules at NORMAL priority; nothing it runs starts a process or an interrupt).
+
+    def _push(self, t: float, item: tuple) -> None:
+        """Schedule ``item`` at time ``t`` (computed as SimPy would: now + delay)."""
+        eid = next(self._eid)
+        b = self._last
+        if b is not None and b.eid + 1 == eid and b.t == t and b.items is not None:
+            b.items.append(item)
+            b.eid = eid
+            return
+        b = self._last = _Batch(self._run_cb, t, eid, item)
+        heappush(self._queue, (t, NORMAL, eid, b))
+
+    def _run(self, b: _Batch) -> None:
+        """SimPy callback of a batch: run its actions in the order they were scheduled."""
+        items = b.items
+        b.items = None  # started: takes no more actions
+        deliver = self._deliver
+        fire = self._fire
+        for dst, src, x, y in items:  # type: ignore[union-attr]
+            if src is None:
+                fire(dst, x, y)
+            else:
+                deliver(dst, src, x, y)
 
     def _after(self, host: str, slot: _Slot) -> None:
         node = slot.node
@@ -145,22 +189,27 @@ class SimCluster:
         if sends:
             net_rng = self._net_rng
             transit = self.underlay.transit
-            env = self.env
+            push = self._push
+            self.messages_sent += len(sends)
             last_msg: Message | None = None
             size = 0
+            run = 0  # copies of last_msg sent so far, told to the observer at once
             for s in sends:
+                msg = s.msg
                 # A gossip round sends one message object to several peers: size it once.
-                if s.msg is not last_msg:
-                    last_msg = s.msg
-                    size = encoded_size(last_msg)
-                self.messages_sent += 1
-                obs.sent(now, host, s.msg, size)
+                if msg is not last_msg:
+                    if run:
+                        obs.sent(now, host, last_msg, size, run)  # type: ignore[arg-type]
+                    last_msg = msg
+                    size = encoded_size(msg)
+                    run = 0
+                run += 1
                 delay = transit(host, s.dst, size, net_rng, s.reliable)
                 if delay is None:
                     self.messages_lost += 1
                     continue
-                ev = Timeout(env, delay)
-                ev.callbacks.append(_Delivery(self, s.dst, host, s.msg, size))
+                push(now + delay, (s.dst, host, msg, size))
+            obs.sent(now, host, last_msg, size, run)  # type: ignore[arg-type]
         events = node.take_events()
         if events:
             for ev in events:
@@ -172,8 +221,7 @@ class SimCluster:
         if nt is not None and (slot.timer_at is None or nt < slot.timer_at or slot.timer_at <= now):
             slot.timer_at = nt
             delay = nt - now
-            ev = Timeout(self.env, delay if delay > 0 else 0.0)
-            ev.callbacks.append(_Timer(self, host, slot, nt))
+            self._push(now + (delay if delay > 0 else 0.0), (host, None, slot, nt))
 
     def _deliver(self, dst: str, src: str, msg: Message, size: int) -> None:
         slot = self.slots.get(dst)
@@ -195,28 +243,19 @@ class SimCluster:
         self._after(host, slot)
 
 
-class _Delivery:
-    __slots__ = ("cluster", "dst", "src", "msg", "size")
+class _Batch:
+    """One SimPy heap entry: actions due at one instant, scheduled back to back.
 
-    def __init__(self, cluster: SimCluster, dst: str, src: str, msg: Message, size: int) -> None:
-        self.cluster = cluster
-        self.dst = dst
-        self.src = src
-        self.msg = msg
-        self.size = size
+    Quacks like a triggered SimPy event for ``Environment.step`` (``callbacks``, ``_ok``).
+    An action is ``(dst, src, msg, size)`` for a delivery or ``(host, None, slot,
+    deadline)`` for a timer; ``items`` is None once the batch has started running.
+    """
 
-    def __call__(self, _ev: object) -> None:
-        self.cluster._deliver(self.dst, self.src, self.msg, self.size)
+    __slots__ = ("callbacks", "t", "eid", "items")
+    _ok = True
 
-
-class _Timer:
-    __slots__ = ("cluster", "host", "slot", "deadline")
-
-    def __init__(self, cluster: SimCluster, host: str, slot: _Slot, deadline: float) -> None:
-        self.cluster = cluster
-        self.host = host
-        self.slot = slot
-        self.deadline = deadline
-
-    def __call__(self, _ev: object) -> None:
-        self.cluster._fire(self.host, self.slot, self.deadline)
+    def __init__(self, callbacks: tuple, t: float, eid: int, item: tuple) -> None:
+        self.callbacks = callbacks
+        self.t = t
+        self.eid = eid
+        self.items: list[tuple] | None = [item]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
 from overlaysim.core.network import Allocation
 from overlaysim.core.services import name_fields, vip_endpoint
-from overlaysim.core.wire import Entry, Message
+from overlaysim.core.wire import Entry, Message, MsgType
 from overlaysim.errors import RunFailed
 from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.metrics.dns import DnsTracker
@@ -53,6 +53,10 @@ MAX_PROBE_PAIRS = 5000
 _ADDS = (EntryEventKind.CREATE, EntryEventKind.UPDATE, EntryEventKind.REFRESH)
 
 
+#: Traffic kind of each message type (the enum's name costs a property call per message).
+_KIND = {t: t.name.lower() for t in MsgType}
+
+
 class _Recorder(Observer):
     def __init__(
         self,
@@ -79,17 +83,19 @@ class _Recorder(Observer):
         if self.dns is not None:
             self.dns.host_event(t, host, ev)
 
-    def sent(self, t: float, host: str, msg: Message, size: int) -> None:
-        self.traffic.sent(t, host, size, msg.TYPE.name.lower())
+    def sent(self, t: float, host: str, msg: Message, size: int, count: int = 1) -> None:
+        self.traffic.sent(t, host, size, _KIND[msg.TYPE], count)
 
     def received(self, t: float, host: str, msg: Message, size: int) -> None:
-        self.traffic.recv(t, host, size, msg.TYPE.name.lower())
+        self.traffic.recv(t, host, size, _KIND[msg.TYPE])
 
 
 class SimBackend:
     """The simulator's side of the world's verbs: a SimPy cluster over the graph underlay."""
 
     records_commits = True
+    runs_tasks = False  # task commands and published ports are recorded, not run
+    steps_in_background = False  # every step is one instant of the timeline
 
     def __init__(self, scenario: Scenario, seed: int, observer: Observer) -> None:
         self.env = simpy.Environment()
@@ -129,6 +135,9 @@ class SimBackend:
                 self.cluster.start(h, seeds(h, started))
                 started.append(h)
         return dict.fromkeys(order, self.env.now)
+
+    def prepare_start(self, host: str) -> None:
+        return None  # never called: starts are not in the background
 
     def start(self, host: str, seeds: list[str]) -> float:
         self.cluster.start(host, seeds)
@@ -186,6 +195,12 @@ class SimBackend:
 
     def release_vip(self, service: str, network: str) -> None:
         self.ipam.release(network, vip_endpoint(service))
+
+    def publish(self, service: str, ports: Sequence[tuple[int, int]]) -> str | None:
+        return None  # no routing mesh here: the World records the ports (runs_tasks)
+
+    def unpublish(self, service: str) -> None:
+        return None
 
     def each_host(self, fn, items, host) -> None:  # type: ignore[no-untyped-def]
         for item in items:  # in order: the IPAM hands out addresses in the plan's order

@@ -69,6 +69,9 @@ class Underlay:
         self._down: set[str] = set()
         self._version = 0
         self._cost: dict[tuple[str, str], tuple[float, float, float, int]] = {}
+        # Fast path, per host: (switch, latency, s/byte, survival) of its access link
+        # as _path_cost adds them up; emptied whenever an impairment changes.
+        self._parts: dict[str, tuple[str, float, float, float]] = {}
 
     # -- routing ---------------------------------------------------------------------
 
@@ -171,10 +174,27 @@ class Underlay:
         grp = self._group
         if grp is not None and grp.get(src, -1) != grp.get(dst, -2):
             return None
-        c = self._path_cost(src, dst)
-        if c is None:
-            return None
-        lat, spb, survive, _ = c
+        if self._fast:
+            parts = self._parts
+            a = parts.get(src) or self._part(src)
+            b = parts.get(dst) or self._part(dst)
+            if a[0] == b[0]:
+                # Two hosts on one switch: the two access links' shares, combined with
+                # the same float operations in the same order as _path_cost (which
+                # starts from 0.0 and 1.0, neutral elements here), so the same result.
+                lat = a[1] + b[1] + self.global_delay_s
+                spb = a[2] + b[2]
+                survive = a[3] * b[3] * (1.0 - self.global_loss)
+            else:
+                c = self._path_cost(src, dst)
+                if c is None:
+                    return None
+                lat, spb, survive, _ = c
+        else:
+            c = self._path_cost(src, dst)
+            if c is None:
+                return None
+            lat, spb, survive, _ = c
         if reliable:
             if survive <= 0.0:
                 return None
@@ -196,6 +216,25 @@ class Underlay:
 
     def _changed(self) -> None:
         self._version += 1
+        self._parts.clear()
+
+    def _part(self, host: str) -> tuple[str, float, float, float]:
+        """``host``'s access link's share of a path cost, computed as in _path_cost."""
+        sw, lid = self._access[host]
+        st = self._links[lid]
+        bw = (
+            st.bytes_per_s
+            if st.rate_bytes_per_s is None
+            else min(st.bytes_per_s, st.rate_bytes_per_s)
+        )
+        part = (
+            sw,
+            st.latency_s + st.extra_delay_s,
+            1.0 / bw,
+            (1.0 - st.loss) * (1.0 - st.extra_loss),
+        )
+        self._parts[host] = part
+        return part
 
     # The same verbs as the emulator's ``Impairments`` (``overlaysim.emu.impair``).
 

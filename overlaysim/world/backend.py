@@ -33,6 +33,13 @@ class Backend(Protocol):
     #: Whether the world records entry commits itself (the simulator) or the agents
     #: log them (the emulator).
     records_commits: bool
+    #: Whether it runs what only real processes and kernels can: task commands and the
+    #: routing mesh of published ports (the emulator). The others record them only.
+    runs_tasks: bool
+    #: Whether a host's slow steps (containers, the rest of a (re)start) run on that
+    #: host's worker thread while the timeline goes on (the emulator: they take real
+    #: time); see ``World.apply``.
+    steps_in_background: bool
 
     def now(self) -> float:
         """Scenario time now."""
@@ -53,6 +60,11 @@ class Backend(Protocol):
     ) -> dict[str, float]:
         """Start the initial hosts in ``order``; ``seeds(host, started)`` names whom each
         joins through. Returns each host's start time (0 when the cluster is formed)."""
+        ...
+
+    def prepare_start(self, host: str) -> None:
+        """The part of a background (re)start that belongs to the step's instant, in
+        order with the other steps (the emulator gives the host its links back)."""
         ...
 
     def start(self, host: str, seeds: list[str]) -> float:
@@ -91,6 +103,15 @@ class Backend(Protocol):
 
     def release_vip(self, service: str, network: str) -> None:
         """Give ``service``'s virtual IP on ``network`` back to the IPAM."""
+        ...
+
+    def publish(self, service: str, ports: Sequence[tuple[int, int]]) -> str | None:
+        """Publish ``ports`` (P, T) of ``service`` on every host (the routing mesh); the
+        service's ingress VIP, or None where the backend does not run the mesh."""
+        ...
+
+    def unpublish(self, service: str) -> None:
+        """Take ``service``'s published ports off every host."""
         ...
 
     def each_host(

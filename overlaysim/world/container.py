@@ -29,3 +29,5 @@ class Container:
     aliases: tuple[str, ...] = ()
     #: What makes it a task of a service (its endpoint entries carry it), else None.
     task: TaskSpec | None = None
+    #: The command it runs (a service's task command; run by a backend that runs_tasks).
+    command: tuple[str, ...] = ()

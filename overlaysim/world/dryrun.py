@@ -45,6 +45,8 @@ class DryBackend:
     """Backend verbs that only allocate and release addresses, and note refusals."""
 
     records_commits = False
+    runs_tasks = False
+    steps_in_background = False  # every step is one instant of the timeline
 
     def __init__(self, scenario: Scenario) -> None:
         self.ipam = Cluster()
@@ -76,6 +78,9 @@ class DryBackend:
         seeds: Callable[[str, Collection[str]], list[str]],
     ) -> dict[str, float]:
         return dict.fromkeys(order, 0.0)
+
+    def prepare_start(self, host: str) -> None:
+        return None  # never called: starts are not in the background
 
     def start(self, host: str, seeds: list[str]) -> float:
         return self.t
@@ -116,6 +121,12 @@ class DryBackend:
 
     def release_vip(self, service: str, network: str) -> None:
         self.ipam.release(network, vip_endpoint(service))
+
+    def publish(self, service: str, ports: Sequence[tuple[int, int]]) -> str | None:
+        return None  # no routing mesh here: the World records the ports (runs_tasks)
+
+    def unpublish(self, service: str) -> None:
+        return None
 
     def each_host(
         self, fn: Callable[[T], None], items: Iterable[T], host: Callable[[T], str]

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from overlaysim.core.services import EndpointMode, TaskSpec, task_name
+from overlaysim.core.services import EndpointMode, TaskSpec, parse_port_pair, task_name
 from overlaysim.metrics.truth import Truth
 from overlaysim.scenario.topology import Topology
 from overlaysim.world.backend import Backend
@@ -80,6 +80,12 @@ class ServiceState:
     gen: int = 1
     #: slot -> task container name.
     slots: dict[int, str] = field(default_factory=dict)
+    #: Published ports (P, T): the routing mesh, run by a backend that ``runs_tasks``.
+    publish: tuple[tuple[int, int], ...] = ()
+    #: The command every task runs (a backend that ``runs_tasks`` runs it).
+    command: tuple[str, ...] = ()
+    #: The service's VIP on the ingress network, where the backend runs the mesh.
+    ingress_vip: str | None = None
 
     def task(self, slot: int) -> TaskSpec:
         """The spec a task in ``slot`` carries now."""
@@ -118,7 +124,18 @@ class Services:
 
     # -- verbs -----------------------------------------------------------------------------
 
-    def create(self, name: str, network: str, replicas: int, mode: EndpointMode) -> None:
+    def create(
+        self,
+        name: str,
+        network: str,
+        replicas: int,
+        mode: EndpointMode,
+        publish: Sequence[str] = (),
+        command: Sequence[str] = (),
+    ) -> None:
+        """Create a service. ``publish`` (``"P:T"``, checked by the scenario loader) and
+        ``command`` are held here for every backend; only one that ``runs_tasks`` runs
+        them, and the ``service_spec`` row says which."""
         w = self.world
         if name in self.by_name:
             raise ServiceError(f"service {name} exists")
@@ -127,10 +144,27 @@ class Services:
         ]
         if taken:
             raise ServiceError(f"container {taken[0]} exists")
+        ports = tuple(parse_port_pair(p) for p in publish)
         t = w.backend.now()
         vip = w.backend.reserve_vip(name, network) if mode is EndpointMode.VIP else None
-        svc = self.by_name[name] = ServiceState(name, network, mode, vip)
+        svc = self.by_name[name] = ServiceState(
+            name, network, mode, vip, publish=ports, command=tuple(command)
+        )
+        if ports or command:
+            w.record(
+                t,
+                "service_spec",
+                subject=name,
+                network=network,
+                detail={
+                    "publish": [f"{p}:{q}" for p, q in ports],
+                    "command": list(command),
+                    "run": w.backend.runs_tasks,
+                },
+            )
         try:
+            if ports:
+                svc.ingress_vip = w.backend.publish(name, ports)
             self._add_tasks(svc, replicas)
         finally:
             self._report([svc], t)
@@ -176,6 +210,8 @@ class Services:
                 self.world.detach(svc.slots.pop(slot), None)
             if svc.vip is not None:
                 self.world.backend.release_vip(name, svc.network)
+            if svc.publish:
+                self.world.backend.unpublish(name)
         finally:
             del self.by_name[name]
             self._report([svc], t)
@@ -208,7 +244,7 @@ class Services:
     def _new_task(self, svc: ServiceState, slot: int, host: str) -> None:
         name = task_name(svc.name, slot)
         svc.slots[slot] = name
-        self.world.add(Container(name, host, task=svc.task(slot)), svc.network)
+        self.world.add(Container(name, host, task=svc.task(slot), command=svc.command), svc.network)
 
     # -- the truth the DNS metrics compare against -------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 from overlaysim.core.services import EndpointMode
@@ -48,11 +49,25 @@ from overlaysim.scenario.steps import (
 from overlaysim.scenario.timeline import Plan
 from overlaysim.world.backend import Backend
 from overlaysim.world.container import Container
+from overlaysim.world.lanes import HostLanes
 from overlaysim.world.services import DnsSink, ServiceError, Services
 
 
 class StepSkipped(Exception):
     """A backend declines a step it cannot play; the world records it with the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostStart:
+    """A (re)start the emulator finished in the background: when the step was applied,
+    when the new agent started (its log's ``start`` line), and when its containers were
+    back (scenario seconds)."""
+
+    host: str
+    kind: str  # node_restart or node_join
+    applied: float
+    started: float
+    done: float
 
 
 def seed_hosts(host: str, managers: Collection[str], up: Collection[str]) -> list[str]:
@@ -94,6 +109,16 @@ class World:
         #: Told every change of a service's live tasks, and hosts going and coming back.
         self.dns = dns
         self.services = Services(self)
+        #: Backends whose steps take real time (the emulator) play a host's container
+        #: steps and the slow part of its (re)start on that host's lane.
+        self.lanes = HostLanes()
+        #: Hosts whose (re)start still runs on their lane.
+        self._starting: set[str] = set()
+        #: container -> host of its last attach handed to a lane (it may not be in
+        #: :attr:`containers` yet when a detach of it comes due).
+        self._placed: dict[str, str] = {}
+        #: Finished background (re)starts, in the order they finished.
+        self.starts: list[HostStart] = []
 
     @property
     def up(self) -> set[str]:
@@ -142,10 +167,47 @@ class World:
         self.start_containers(the_plan.containers)
 
     def apply(self, step: Step) -> None:
-        """Apply one step; refusals the backend names skip it, with the reason."""
+        """Apply one step; refusals the backend names skip it, with the reason.
+
+        With a backend whose ``steps_in_background`` is set (the emulator), a container
+        step goes to its host's lane (:class:`~overlaysim.world.lanes.HostLanes`) and
+        the timeline goes on; a restart or join gives the host its links back now and
+        finishes on the lane. Every other step first waits for the lanes of the hosts
+        it touches, so each host sees its steps in order. A step's lag is measured when
+        its work begins, so a wait behind a host's earlier step counts.
+        """
+        if not self.backend.steps_in_background:
+            self._play(step)
+            return
+        lane = self._lane(step)
+        if lane is not None:
+            # an attach asks the serving manager for an address: not while it restarts
+            self.lanes.settle([m for m in self.managers if m in self._starting and m != lane])
+            self.lanes.submit(lane, lambda: self._play(step))
+            return
+        hosts = self._touches(step)
+        if hosts:  # a (re)starting host joins through the managers
+            hosts |= set(self.managers)
+        self.lanes.settle(hosts)
+        self._play(step)
+
+    def settle(self, hosts: Collection[str] | None = None) -> None:
+        """Wait for the lanes of ``hosts`` (None: all); the first error met there is
+        raised here. The lags are kept in the plan's order."""
+        self.lanes.settle(hosts)
+        with self._lock:
+            self.lags.sort(key=lambda lag: lag.at)
+
+    def close(self) -> list[str]:
+        """Finish the lanes' running work, drop the rest, stop the workers (a run's end,
+        also after a failure or Ctrl-C); returns their errors as lines, never raises."""
+        return [f"{type(exc).__name__}: {exc}" for exc in self.lanes.close()]
+
+    def _play(self, step: Step) -> None:
         now = self.backend.now()
-        self.last = f"{step.at:.1f}s {step.action}"
-        self.lags.append(StepLag(step.at, step.action, max(0.0, now - step.at)))
+        with self._lock:
+            self.last = f"{step.at:.1f}s {step.action}"
+            self.lags.append(StepLag(step.at, step.action, max(0.0, now - step.at)))
         self.record(now, "scenario", op=step.action, detail=step.describe())
         try:
             self._apply(step)
@@ -156,7 +218,20 @@ class World:
             if why is None:
                 raise
             self.skip(step.action, **_subject(step), reason=why)
-        self.done += 1
+        with self._lock:
+            self.done += 1
+
+    def _lane(self, step: Step) -> str | None:
+        """The host on whose lane ``step`` runs (None: it runs on the timeline)."""
+        match step:
+            case Attach(container=name, host=host):
+                self._placed[name] = host
+                return host
+            case Detach(container=name):
+                c = self.containers.get(name)
+                return c.host if c is not None else self._placed.get(name)
+            case _:
+                return None
 
     def _apply(self, step: Step) -> None:
         match step:
@@ -185,7 +260,10 @@ class World:
             case RotateKeys():
                 self.rotate_keys()
             case ServiceCreate(name=name, network=network, replicas=n, endpoint_mode=mode):
-                self._service(self.services.create, name, network, n, EndpointMode(mode))
+                publish, command = step.publish or (), step.command or ()
+                self._service(
+                    self.services.create, name, network, n, EndpointMode(mode), publish, command
+                )
             case ServiceScale(service=name, replicas=n):
                 self._service(self.services.scale, name, n)
             case ServiceUpdate(service=name, endpoint_mode=mode):
@@ -194,6 +272,16 @@ class World:
                 self._service(self.services.rm, name)
             case _:  # pragma: no cover - the planner makes no other step
                 raise TypeError(f"unknown step {step!r}")
+
+    def _touches(self, step: Step) -> set[str] | None:
+        """The hosts whose agents ``step`` talks to (None: any or all of them)."""
+        match step:
+            case Crash(host=h) | Restart(host=h) | Join(host=h) | Leave(host=h):
+                return {h}
+            case Loss() | Delay() | Rate() | Clear() | Partition() | Heal():
+                return set()  # the underlay only (a restart gave its links back at once)
+            case _:
+                return None  # keys and services: every running agent, placement on `up`
 
     @staticmethod
     def _service(verb: Any, *args: Any) -> None:
@@ -246,13 +334,51 @@ class World:
         return seed_hosts(host, self.managers, self.up)
 
     def start_host(self, host: str, kind: str) -> None:
-        """Start (join) or restart ``host``, then bring its containers back."""
+        """Start (join) or restart ``host``, then bring its containers back.
+
+        A backend with ``steps_in_background`` (the emulator: a new agent takes about a
+        second to answer) gets the host's links back now and does the rest on the
+        host's lane, so the timeline goes on; the host counts as up from its agent's start
+        time, recorded with the time the step was applied (``detail.applied``).
+        """
         if host in self.up:
             return self.skip(kind.removeprefix("node_"), host=host, reason="host is running")
         if self.dns is not None:
             self.dns.host_back(host)  # a new boot starts with empty tables
-        t = self.backend.start(host, self.seeds(host))
-        self.record(t, kind, subject=host)
+        seeds = self.seeds(host)
+        if not self.backend.steps_in_background:
+            t = self.backend.start(host, seeds)
+            self.record(t, kind, subject=host)
+            self._host_back(host, kind, t)
+            return None
+        applied = self.backend.now()
+        self.backend.prepare_start(host)
+        self._starting.add(host)
+        self.lanes.submit(host, lambda: self._start_in_background(host, kind, seeds, applied))
+        return None
+
+    def _start_in_background(self, host: str, kind: str, seeds: list[str], applied: float) -> None:
+        try:
+            self._start_on_lane(host, kind, seeds, applied)
+        finally:
+            self._starting.discard(host)
+
+    def _start_on_lane(self, host: str, kind: str, seeds: list[str], applied: float) -> None:
+        try:
+            t = self.backend.start(host, seeds)
+        except Exception as exc:
+            why = self.backend.refused(exc)
+            if why is None:
+                raise
+            return self.skip(kind.removeprefix("node_"), host=host, reason=why)
+        self.record(t, kind, subject=host, detail={"applied": round(applied, 6)})
+        self._host_back(host, kind, t)
+        with self._lock:
+            self.starts.append(HostStart(host, kind, applied, t, self.backend.now()))
+        return None
+
+    def _host_back(self, host: str, kind: str, t: float) -> None:
+        """Re-create ``host``'s containers after its (re)start at ``t``."""
         for c in list(self.containers.values()):
             if c.host == host and c.networks:
                 try:
@@ -262,8 +388,8 @@ class World:
                     if why is None:
                         raise
                     self.skip(kind, container=c.name, reason=why)
-        self.services.host_changed(self.services.on_host(host), t)
-        return None
+        with self._lock:
+            self.services.host_changed(self.services.on_host(host), t)
 
     def crash(self, host: str) -> None:
         if host not in self.up:
@@ -284,7 +410,7 @@ class World:
     def _host_gone(self, host: str, kind: str, t: float) -> None:
         with self._lock:
             self.attached.pop(host, None)
-            for c in self.containers.values():
+            for c in list(self.containers.values()):
                 if c.host == host:
                     c.live, c.sandbox = False, ""
             self.record(t, kind, subject=host)

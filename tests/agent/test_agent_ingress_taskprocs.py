@@ -30,6 +30,12 @@ def test_host_rules_dnat_each_published_port_to_its_ingress_vip() -> None:
     with pytest.raises(ValueError):
         ingress.render_host_rules("osimab", "172.30.0.2", [[1, "not-an-ip", 2]])
     assert ingress.host_link("osimab") == "osimab-ig" and len(ingress.host_link("osimabc")) <= 15
+    # the table keeps the host's ip_forward as it was before the mesh (default: off)
+    assert '\tcomment "ip_forward=0"\n' in text
+    on = ingress.render_host_rules("osimab", "172.30.0.2", [], forward_before="1")
+    assert '\tcomment "ip_forward=1"\n' in on
+    with pytest.raises(ValueError, match="forward_before"):
+        ingress.render_host_rules("osimab", "172.30.0.2", [], forward_before="yes")
 
 
 def _alive(pid: int) -> bool:

@@ -59,6 +59,41 @@ def test_vip_reserve_is_idempotent_and_release_frees(mgr: Manager) -> None:
     assert err(call(mgr, "vip_reserve", network="nope", service="db")).startswith("NetworkNotFound")
 
 
+def test_vip_reserve_takes_a_requested_address_as_a_restarted_manager_needs() -> None:
+    """A restarted manager starts with an empty IPAM: the VIPs its services held are
+    reserved again at their addresses, so the next service gets another one; a clash is
+    one line naming the VIP, the service, the network and who holds the address."""
+    before = Manager(Cluster(), lambda: ["h1"])
+    ok(call(before, "network_create", spec={"name": "web", "subnet": "10.50.0.0/24"}))
+    old = ok(call(before, "service_create", name="api", replicas=1, network="web"))["vip"]
+    after = Manager(Cluster(), lambda: ["h1"])  # the manager restarted: nothing held
+    ok(call(after, "network_create", spec={"name": "web", "subnet": "10.50.0.0/24"}))
+    assert ok(call(after, "vip_reserve", network="web", service="api", ip=old))["ip"] == old
+    # asking again for the same address is fine (idempotent), another one is not
+    assert ok(call(after, "vip_reserve", network="web", service="api", ip=old))["ip"] == old
+    other = "10.50.0.200"
+    assert err(call(after, "vip_reserve", network="web", service="api", ip=other)) == (
+        f"AddressInUse: VIP {other} of service api on network web: the service already "
+        f"holds VIP {old}; expected that address or none"
+    )
+    new = ok(call(after, "vip_reserve", network="web", service="db"))["ip"]
+    assert new != old
+    # a container holds the address: the clash names it
+    ok(call(after, "allocate", network="web", endpoint="c1", ip="10.50.0.77", standalone=False))
+    line = err(call(after, "vip_reserve", network="web", service="cache", ip="10.50.0.77"))
+    assert line == (
+        "AddressInUse: VIP 10.50.0.77 of service cache on network web: ip='10.50.0.77': "
+        "already allocated to endpoint 'c1' on network web"
+    )
+    assert "\n" not in line
+    assert err(call(after, "vip_reserve", network="web", service="x", ip=5)).startswith(
+        "InvalidSpec: ip=5"
+    )
+    assert err(call(after, "vip_reserve", network="web", service="x", ip="10.9.0.1")).startswith(
+        "InvalidSpec"
+    )
+
+
 def test_scale_adds_the_lowest_free_slots_and_removes_the_highest(mgr: Manager) -> None:
     ok(call(mgr, "service_create", name="api", replicas=3, network="web"))
     down = ok(call(mgr, "service_scale", name="api", replicas=1))
@@ -116,3 +151,22 @@ def test_bad_input_is_one_clear_line(mgr: Manager, op: str, args: dict, line: st
     ok(call(mgr, "service_create", name="api", replicas=1, network="web"))
     message = err(call(mgr, op, **args))
     assert message.startswith(line) and "\n" not in message
+
+
+def test_mesh_publish_holds_ports_of_services_placed_elsewhere(mgr: Manager) -> None:
+    """The emulator's World places its tasks itself; the manager still holds their
+    published ports (every host's mesh, a restarted agent's) and the ingress VIP."""
+    vip = ok(call(mgr, "mesh_publish", service="api", publish=[[8081, 8080]]))["ip"]
+    assert ok(call(mgr, "ingress_ports")) == [[8081, vip, 8080, "api"]]
+    # the same ports again: the same VIP (a restore asks with ip=)
+    assert ok(call(mgr, "mesh_publish", service="api", publish=["8081:8080"], ip=vip))["ip"] == vip
+    assert err(call(mgr, "mesh_publish", service="db", publish=["8081:5432"])) == (
+        "PortInUse: published port 8081: already used by service api"
+    )
+    assert err(
+        call(mgr, "service_create", name="web", network="web", replicas=0, publish=["8081:80"])
+    ) == ("PortInUse: published port 8081: already used by service api")
+    assert err(call(mgr, "mesh_publish", service="db", publish=[])).startswith("InvalidSpec")
+    assert ok(call(mgr, "mesh_unpublish", service="api"))["ip"] == vip
+    assert ok(call(mgr, "ingress_ports")) == []
+    assert err(call(mgr, "mesh_unpublish", service="api")).startswith("ServiceNotFound")

@@ -160,7 +160,7 @@ def test_owner_index_keeps_the_order_of_an_ordered_set() -> None:
                     del ref[owner]
         for o in owners:
             assert _owner_keys(st, o) == list(ref.get(o, ()))
-        assert set(st.by_owner) == set(ref)
+        assert set(st.by_owner.as_dict()) == set(ref)
 
 
 def test_nodes_share_one_record_and_key_per_entry() -> None:
@@ -195,3 +195,65 @@ def test_emptied_queue_lets_go_of_its_table() -> None:
     while len(q):
         q.get(2, 0, 1400)
     assert q._by_key == {} and q._by_key.__sizeof__() == {}.__sizeof__()
+
+
+def test_byname_behaves_as_a_dict() -> None:
+    """A ByName map (a list slot per name number) answers get/set/pop/in/len exactly as
+    a dict from name to value would, over random operations on overlapping names."""
+    from overlaysim.core.byname import ByName
+
+    rng = random.Random(5)
+    names = [f"bn-{i}" for i in range(40)]
+    for _ in range(3):
+        m: ByName[int] = ByName()
+        ref: dict[str, int] = {}
+        for _ in range(4000):
+            name, op = rng.choice(names), rng.random()
+            if op < 0.4:
+                v = rng.randrange(3)
+                m[name] = v
+                ref[name] = v
+            elif op < 0.6:
+                assert m.pop(name, -1) == ref.pop(name, -1)
+            elif op < 0.65:
+                batch = [(n, rng.randrange(3)) for n in rng.sample(names, 5)]
+                m.update(batch)
+                ref.update(batch)
+            else:
+                assert m.get(name) == ref.get(name)
+                assert m.get(name, -1) == ref.get(name, -1)
+                assert (name in m) == (name in ref)
+            assert len(m) == len(ref) and bool(m) == bool(ref)
+        assert m.as_dict() == ref
+        assert m.get("never-stored") is None and "never-stored" not in m
+
+
+def test_a_held_record_is_recognised_without_a_held_set() -> None:
+    """A message made only of the very entry and attachment objects a node holds changes
+    nothing (receive returns False); an equal copy, or a record the node holds only
+    hidden, still goes through the normal path."""
+    from dataclasses import replace
+
+    from overlaysim.core.config import TableConfig
+    from overlaysim.core.tables import Tables
+    from overlaysim.core.wire import NetworkGossip
+
+    t = Tables(name="a", addr="a", config=TableConfig(), rng=random.Random(1))
+    t.member_alive("h1", "h1", 0, 0.0)
+    t.join_network("n", 0.0)
+    att = NetworkAttachment(node="h1", network="n", ltime=1, leaving=False, epoch=0)
+    assert t.receive("h1", NetworkGossip(source="h1", attachments=(att,)), 0.5)
+    assert not t.receive("h1", NetworkGossip(source="h1", attachments=(att,)), 0.6)
+    assert t.receive("h1", NetworkGossip(source="h1", attachments=(replace(att),)), 0.7)
+    e = Entry(
+        network="n", table="t", key="k", owner="h1", owner_epoch=0, ltime=1, deleted=False, value={}
+    )
+    assert t.receive("h1", TableGossip(source="h1", network="n", entries=(e,)), 1.0)
+    assert not t.receive("h1", TableGossip(source="h1", network="n", entries=(e,)), 1.1)
+    assert t.receive("h1", TableGossip(source="h1", network="n", entries=(replace(e),)), 1.2)
+    t.member_down("h1", 2.0)  # its entry is hidden now: the same object is not "held"
+    assert t.receive("h1", TableGossip(source="h1", network="n", entries=(e,)), 2.1)
+    # Malformed peer records are never "held"; they are dropped as before.
+    before = t.dropped
+    assert t.receive("h1", TableGossip(source="h1", network="n", entries=(object(),)), 2.2)
+    assert t.dropped == before + 1

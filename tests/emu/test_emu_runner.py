@@ -242,6 +242,38 @@ def test_interrupted_run_is_marked_and_leaves_nothing_behind(
 
 
 @pytest.mark.emu
+def test_ctrl_c_while_a_restart_runs_on_its_lane_leaves_nothing_behind(
+    emu: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scenario = load_scenario(
+        QUICKSTART,
+        [
+            "duration=10",
+            "measure.throughput=[]",
+            "events=[{at: 1, action: crash, host: h4}, {at: 2, action: restart, host: h4},"
+            " {at: 2.05, action: attach, container: c9, host: h5, network: web},"
+            " {at: 2.1, action: heal}]",
+        ],
+    )
+    real_apply = emu_runner.EmuWorld.apply
+    lanes_busy: list[bool] = []
+
+    def apply(self: emu_runner.EmuWorld, step: Step) -> None:
+        if step.action == "heal":  # the new agent on h4 is still starting
+            lanes_busy.append(self.lanes.busy("h4"))
+            raise KeyboardInterrupt
+        real_apply(self, step)
+
+    monkeypatch.setattr(emu_runner.EmuWorld, "apply", apply)
+    status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
+    assert status == "interrupted"
+    assert lanes_busy == [True]  # the interruption came while the restart was under way
+    run = load_run(tmp_path / "run")
+    assert run.status == "interrupted"
+    _assert_nothing_left(tmp_path / "run")  # no agent, namespace or record left
+
+
+@pytest.mark.emu
 def test_a_refused_network_fails_the_run_and_tears_down(emu: None, tmp_path: Path) -> None:
     scenario = load_scenario(
         QUICKSTART,

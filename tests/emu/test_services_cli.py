@@ -317,3 +317,82 @@ def test_a_published_port_answers_on_every_host(bed: Path) -> None:
         tables = lab.underlay.cmd(h, ["nft", "list", "tables"]).stdout
         links = lab.underlay.cmd(h, ["ip", "-br", "link"]).stdout
         assert "_ingress" not in tables and "-ig" not in links, (h, tables, links)
+
+
+def test_lab_check_6_follows_the_lab(bed: Path) -> None:
+    """``overlaysim lab check 6`` from another process (the published address book) after
+    the lab's steps: the last step fails while a service is still there, then all pass."""
+    osim(
+        "service", "create", "--name", "web", "--replicas", "3", "--network", "front",
+        "--", sys.executable, "-c", SERVER,
+    )  # fmt: skip
+    assert probe(bed, "until", "tasks.web", "3", "10") != "NXDOMAIN"  # the client's DNS
+    osim("service", "update", "--endpoint-mode", "dnsrr", "web")
+    osim(
+        "service", "create", "--name", "api", "--replicas", "2", "--network", "front",
+        "--publish", "8083:8080", "--", sys.executable, "-c", SERVER,
+    )  # fmt: skip
+    res = osim("lab", "check", "6", "--json", check=False)
+    steps = json.loads(res.stdout)["steps"]
+    assert res.returncode != 0 and [s["passed"] for s in steps] == [True] * 6 + [False], steps
+    assert steps[6]["detail"] == "still at the manager: api, web", steps[6]
+    osim("service", "rm", "web", "api")
+    deadline = time.monotonic() + 10
+    while True:  # the removed tasks' entries leave every host's tables
+        res = osim("lab", "check", "6", check=False)
+        if res.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    print(res.stdout)
+    assert res.returncode == 0, res.stdout
+    assert res.stdout.splitlines()[-1] == "lab 6: 7/7 steps done"
+
+
+def _forwarding(host: str) -> str:
+    res = LAB[0].underlay.cmd(host, ["cat", "/proc/sys/net/ipv4/ip_forward"])
+    return res.stdout.strip()
+
+
+def test_the_mesh_comes_back_after_an_agent_crash_and_restart(bed: Path) -> None:
+    """Last in the module (it crashes h3, whose containers go). A restarted agent takes
+    the published ports from the manager's registry by itself; its killed boot's host
+    table is removed and ``ip_forward`` put back; ``service rm`` restores it everywhere."""
+    from overlaysim.emu.live import read_live
+    from overlaysim.lab.commands import crash, restart
+
+    lab = LAB[0]
+    before = {h: _forwarding(h) for h in lab.hosts}
+    osim(
+        "service", "create", "--name", "pub4", "--replicas", "3", "--network", "front",
+        "--publish", "8082:8080", "--", sys.executable, "-c", SERVER,
+    )  # fmt: skip
+    tasks = {"pub4.1", "pub4.2", "pub4.3"}
+    ips = [read_live().hosts[h]["underlay_ip"] for h in lab.hosts]
+    h3 = read_live().hosts["h3"]["underlay_ip"]
+    deadline = time.monotonic() + 15
+    while not all(set(v) <= tasks for v in _knock("h1", 8082, 1, ips).values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert {h: _forwarding(h) for h in lab.hosts} == dict.fromkeys(lab.hosts, "1")
+    print(crash(lab, "h3"))
+    print(restart(lab, "h3"))
+    # nobody sends h3 the ports again: it must take them from the manager itself
+    t0, deadline = time.monotonic(), time.monotonic() + 30
+    while True:
+        seen = _knock("h1", 8082, 8, [h3])[h3]
+        if set(seen) <= tasks:
+            break
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.3)
+    print(f"h3:8082 answered by tasks {time.monotonic() - t0:.1f} s after the restart: {seen}")
+    assert sum(seen.values()) == 8
+    log = lab.testbed.log_path("h3").read_text()
+    assert '"kind":"mesh_recovered"' in log.replace(" ", "")  # the killed boot's table
+    assert '"kind":"mesh_restored"' in log.replace(" ", "")
+    osim("service", "rm", "pub4")
+    for h in lab.hosts:  # the mesh is gone, and forwarding is as it was before it
+        tables = lab.underlay.cmd(h, ["nft", "list", "tables"]).stdout
+        links = lab.underlay.cmd(h, ["ip", "-br", "link"]).stdout
+        assert "_ingress" not in tables and "-ig" not in links, (h, tables, links)
+    assert {h: _forwarding(h) for h in lab.hosts} == before
+    print(f"ip_forward before the mesh and after it: {before}")

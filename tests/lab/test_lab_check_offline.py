@@ -122,9 +122,9 @@ def test_json_and_csv_carry_every_step() -> None:
     assert render(res).splitlines()[-1] == "lab 1: 4/4 steps done"
 
 
-@pytest.mark.parametrize("value", ["0", "6", "two"])
+@pytest.mark.parametrize("value", ["0", "7", "two"])
 def test_unknown_lab_is_one_line(value: str) -> None:
-    with pytest.raises(UserError, match=r"expected one of 1, 2, 3, 4, 5"):
+    with pytest.raises(UserError, match=r"expected one of 1, 2, 3, 4, 5, 6"):
         parse_lab(value)
 
 
@@ -133,6 +133,63 @@ def test_cli_lab_check_bad_lab_and_stray_options(capsys) -> None:
     assert main(["lab", "topologies/star.yaml", "--json"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        "overlaysim: error: check: lab '9': expected one of 1, 2, 3, 4, 5",
+        "overlaysim: error: check: lab '9': expected one of 1, 2, 3, 4, 5, 6",
         "overlaysim: error: lab: LAB, --json and --csv go with 'overlaysim lab check LAB'",
     ]
+
+
+class ServicesProbe(FakeProbe):
+    """Lab 6's testbed: the manager's services, the agents' status and service logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.svcs: list[dict[str, Any]] = []
+        self.answered = 0
+        self.held: dict[str, dict[str, Any]] = {}  # tables of every host, extra entries
+
+    def services(self) -> list[dict[str, Any]]:
+        return self.svcs
+
+    def call(self, host: str, op: str) -> Any:
+        if op == "status":
+            return {"services": {"dns": {"answered": self.answered}}}
+        if op == "tables":
+            return {**super().call(host, op), **self.held}
+        return super().call(host, op)
+
+
+def _names(host: str, container: str, service: str = "") -> dict[str, Any]:
+    return {"kind": "names", "container": container, "service": service}
+
+
+def test_lab6_steps_from_networks_services_dns_logs_and_tables() -> None:
+    p = ServicesProbe()
+    assert not any(r.passed for r in check_lab(p, 6))
+    p.nets = [{"name": n, "attachable": True, "vni": 7, "subnet": "s"} for n in ("front", "back")]
+    p.cs = {"client": ("h2", {"front": "10.40.0.2"})}
+    p.logs["h1"] += [_names("h1", "web.1", "web"), _names("h1", "web.3", "web")]
+    p.logs["h2"] += [_names("h2", "web.2", "web")]
+    p.answered = 4
+    seen = {"key": "web.1", "value": {"service": "web", "mode": "dnsrr", "svc_gen": "2"}}
+    p.logs["h3"] += [{"kind": "entry_seen", **seen}]
+    for h in HOSTS:
+        p.logs[h].append(_names(h, f"ingress.{h}"))
+    p.logs["h2"] += [_names("h2", "api.1", "api")]
+    p.svcs = [{"name": "api"}]
+    p.held = {"ingress": {"api.1": {"value": {"ip": "10.0.0.3", "service": "api"}}}}
+    res = check_lab(p, 6)
+    assert [r.passed for r in res] == [True] * 6 + [False]
+    assert res[6].detail == "still at the manager: api"
+    p.svcs = []
+    assert check_lab(p, 6)[6].detail == "task entries still held by h1, h2, h3"
+    p.held = {}
+    res = check_lab(p, 6)
+    assert all(r.passed for r in res), render(res)
+    assert render(res).splitlines()[-1] == "lab 6: 7/7 steps done"
+    # the pieces that fail say what is missing
+    p.logs["h3"] = [{"kind": "start"}]  # h3 never ran the mesh, nor saw the dnsrr update
+    res = check_lab(p, 6)
+    assert res[4].detail == "no task of web ever carried mode dnsrr after an update"
+    assert res[5].detail == "no routing mesh ever on h3"
+    p.answered = 0
+    assert check_lab(p, 6)[3].detail == "the embedded DNS on h2 answered no query yet"

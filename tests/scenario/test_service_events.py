@@ -181,3 +181,67 @@ def test_lb_probe_names_a_service_there_at_the_end_and_a_container() -> None:
         "service_create that exists at the end (existing: none)",
         'measure.lb_probe.client: "nobody" is not valid: expected the name of a container',
     ]
+
+
+def test_publish_and_command_plan_into_the_step_and_bad_ports_are_one_line_each() -> None:
+    cmd = ["python3", "-m", "http.server", "8080"]
+    sc = scenario([create(1, publish=["8081:8080"], command=cmd)])
+    (step,) = plan(sc).steps
+    assert step.publish == ("8081:8080",) and step.command == tuple(cmd)
+    assert step.describe()["publish"] == ["8081:8080"] and step.describe()["command"] == cmd
+    # left out of the events row when not given (runs without them record what they did)
+    assert "publish" not in plan(scenario([create()])).steps[0].describe()
+    msgs = problems(
+        [
+            create(1, publish=["80", "0:80", "8080:80", "7946:80", "8080:81"]),
+            create(2, name="db", publish=["8080:5432", "x:y"]),
+            ev(3, "service_rm", service="api"),
+            create(4, name="cache", publish=["8080:6379"]),  # free again after the rm
+        ]
+    )
+    assert msgs == [
+        'events[0].publish[0]: "80" is not valid: expected PUBLISHED:TARGET, two ports '
+        "1-65535 (e.g. 8080:80)",
+        'events[0].publish[1]: "0:80" is not valid: expected PUBLISHED:TARGET, two ports '
+        "1-65535 (e.g. 8080:80)",
+        'events[0].publish[3]: "7946:80" is not valid: expected a published port the agents '
+        "do not use (7946 is gossip)",
+        'events[0].publish[4]: "8080:81" is not valid: expected a published port listed once '
+        "(8080 twice)",
+        'events[1].publish[0]: "8080:5432" is not valid: expected a published port no service '
+        "holds at t=2 (service api publishes 8080)",
+        'events[1].publish[1]: "x:y" is not valid: expected PUBLISHED:TARGET, two ports '
+        "1-65535 (e.g. 8080:80)",
+    ]
+    (msg,) = problems([create(1, command=[])])
+    assert msg.startswith("events[0].command: ") and "\n" not in msg
+    (msg,) = problems([create(1, command=["python3", ""])])
+    assert msg.startswith("events[0].command[1]: ") and "\n" not in msg
+
+
+def test_publish_and_command_are_recorded_not_run_by_the_simulator_and_dry_run(
+    tmp_path: Path,
+) -> None:
+    sc = scenario(
+        [create(1, replicas=2, publish=["8081:8080"], command=["sleep", "60"])], duration=5
+    )
+    world = dry_run(sc)
+    svc = world.services.by_name["api"]
+    assert svc.publish == ((8081, 8080),) and svc.command == ("sleep", "60")
+    assert svc.ingress_vip is None  # no routing mesh in a dry run
+    assert all(world.containers[n].command == ("sleep", "60") for n in svc.slots.values())
+    run_simulation(sc, tmp_path / "sim", progress=False)
+    rows = _rows(tmp_path / "sim" / "events.csv", "service_spec")
+    assert len(rows) == 1 and rows[0]["subject"] == "api"
+    assert json.loads(rows[0]["detail"]) == {
+        "publish": ["8081:8080"],
+        "command": ["sleep", "60"],
+        "run": False,
+    }
+
+
+def _rows(path: Path, kind: str) -> list[dict[str, str]]:
+    import csv
+
+    with path.open() as f:
+        return [r for r in csv.DictReader(f) if r["kind"] == kind]

@@ -35,9 +35,20 @@ ALLOWED: dict[str, set[str]] = {
     "listing": set(),  # the testbed commands' tables
     "run_cli": {"*"},  # the scenario commands run everything: validate, sim, sweep, emu
     "results_cli": {"core", "errors", "scenario", "metrics", "report"},
-    "host_cli": {"core", "errors", "agent", "emu", "lab", "scenario", "metrics", "world"},
+    "host_cli": {
+        "core",
+        "errors",
+        "agent",
+        "emu",
+        "lab",
+        "scenario",
+        "metrics",
+        "world",
+        "corebuild",
+    },
     "cli": {"*"},  # the command line sits on top of everything
-    "": set(),  # overlaysim/__init__.py: the version only
+    "corebuild": set(),  # picks the Python sources or the compiled build (make compiled)
+    "": {"corebuild"},  # overlaysim/__init__.py: the version, and which build runs
 }
 
 

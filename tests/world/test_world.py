@@ -17,6 +17,7 @@ class Recording:
     """A backend that does nothing but write down the verbs it was asked for."""
 
     records_commits = True
+    steps_in_background = False
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
@@ -31,6 +32,9 @@ class Recording:
     def boot(self, order: Sequence[str], *, formed: bool, seeds: Callable[..., list[str]]):
         self.calls.append(("boot", tuple(order), formed))
         return dict.fromkeys(order, 0.0)
+
+    def prepare_start(self, host: str) -> None:
+        self.calls.append(("prepare_start", host))
 
     def start(self, host: str, seeds: list[str]) -> float:
         self.calls.append(("start", host, tuple(seeds)))

@@ -15,10 +15,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from pyroute2 import IPRoute
-
-from overlaysim.agent import netns as kns
 from overlaysim.agent.dataplane.ports import norm_mac
+from overlaysim.agent.nlbatch import NeighOp, NeighSocket
 
 #: A remote endpoint: (ip, mac, vtep).
 Remote = tuple[str, str, str]
@@ -83,44 +81,55 @@ def diff(want: Maps, have: Held) -> dict[str, list]:
 
 
 # --- a VXLAN device's entries ---------------------------------------------------------
+# Written as netlink bursts (:mod:`overlaysim.agent.nlbatch`): a sandbox's whole table, a
+# reconcile's repairs or one endpoint's two entries each go in one write, acks read once.
 
 
-def vxlan_program(inner: IPRoute, vx: int, maps: Maps) -> None:
+def vxlan_program(sock: NeighSocket, vx: int, maps: Maps) -> None:
     """Write every wanted entry (a new sandbox)."""
     fdb, neigh = maps
-    for mac, vtep in fdb.items():
-        kns.fdb_set(inner, vx, mac, vtep)
-    for ip, mac in neigh.items():
-        kns.neigh_set(inner, vx, ip, mac)
+    ops = [NeighOp("set", "fdb", vx, mac, vtep) for mac, vtep in fdb.items()]
+    ops += [NeighOp("set", "neigh", vx, mac, ip) for ip, mac in neigh.items()]
+    sock.apply(ops)
 
 
-def vxlan_sync(inner: IPRoute, vx: int, maps: Maps, ip: str, mac: str) -> None:
+def vxlan_sync(sock: NeighSocket, vx: int, maps: Maps, ip: str, mac: str) -> None:
     """Bring the entries of one IP and one MAC in line with ``maps``."""
+    sock.apply(sync_ops(vx, maps, [(ip, mac)]))
+
+
+def sync_ops(vx: int, maps: Maps, touched: Iterable[tuple[str, str]]) -> list[NeighOp]:
+    """The requests bringing the entries of each ``(ip, mac)`` in line with ``maps``."""
     fdb, neigh = maps
-    if mac in fdb:
-        kns.fdb_set(inner, vx, mac, fdb[mac])
-    else:
-        kns.fdb_del(inner, vx, mac)  # no dst: the whole entry
-    if ip in neigh:
-        kns.neigh_set(inner, vx, ip, neigh[ip])
-    else:
-        kns.neigh_del(inner, vx, ip)
+    ops = []
+    for ip, mac in touched:
+        if mac in fdb:
+            ops.append(NeighOp("set", "fdb", vx, mac, fdb[mac]))
+        else:
+            ops.append(NeighOp("del", "fdb", vx, mac))  # no dst: the whole entry
+        if ip in neigh:
+            ops.append(NeighOp("set", "neigh", vx, neigh[ip], ip))
+        else:
+            ops.append(NeighOp("del", "neigh", vx, "", ip))
+    return ops
 
 
-def vxlan_apply(inner: IPRoute, vx: int, changes: dict[str, list]) -> None:
+def vxlan_apply(sock: NeighSocket, vx: int, changes: dict[str, list]) -> None:
     """Apply a :func:`diff`: removals first, then additions."""
+    ops = []
     for kind, key, value in changes["removed"]:
         if kind == "fdb":
-            kns.fdb_del(inner, vx, key, value)
+            ops.append(NeighOp("del", "fdb", vx, key, value))
         else:
-            kns.neigh_del(inner, vx, key)
+            ops.append(NeighOp("del", "neigh", vx, "", key))
     for kind, key, value in changes["added"]:
         if kind == "fdb":
-            kns.fdb_set(inner, vx, key, value)
+            ops.append(NeighOp("set", "fdb", vx, key, value))
         else:
-            kns.neigh_set(inner, vx, key, value)
+            ops.append(NeighOp("set", "neigh", vx, value, key))
+    sock.apply(ops)
 
 
-def vxlan_held(inner: IPRoute, vx: int) -> Held:
+def vxlan_held(sock: NeighSocket, vx: int) -> Held:
     """The VXLAN device's own FDB and neighbour entries."""
-    return kns.vxlan_entries(inner, vx)
+    return sock.entries(vx)

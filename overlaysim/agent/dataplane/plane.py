@@ -44,6 +44,7 @@ from overlaysim.agent.dataplane.sandbox import (
     underlay_mtu,
 )
 from overlaysim.agent.esp_tunnel import ESP_PORT, EspTunnel
+from overlaysim.agent.nlbatch import NeighSocket
 from overlaysim.core import esp
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class DataPlane:
         )
         self._lock = threading.RLock()
         self._handles = Handles()
+        #: One raw netlink socket per sandbox namespace for FDB/neighbour bursts.
+        self._neigh: dict[str, NeighSocket] = {}
         self._sandboxes: dict[str, Sandbox] = {}
         self._containers: dict[str, Container] = {}
         self._remotes = fwd.Remotes(self.underlay_ip)
@@ -200,7 +203,7 @@ class DataPlane:
         if net.encrypted:
             self.encryption.push(sandbox, maps)
         else:
-            fwd.vxlan_program(self._handles.ipr(ns), sandbox.uplink_index, maps)
+            fwd.vxlan_program(self._neigh_socket(ns), sandbox.uplink_index, maps)
 
     @_kernel_call
     def remove_network(self, name: str) -> None:
@@ -229,8 +232,17 @@ class DataPlane:
             self._drop_namespace(record)
             raise
 
+    def _neigh_socket(self, ns: str) -> NeighSocket:
+        sock = self._neigh.get(ns)
+        if sock is None:
+            sock = self._neigh[ns] = NeighSocket(kns.ns_path(ns))
+        return sock
+
     def _drop_namespace(self, record: Created) -> None:
         self._handles.close(record.name)
+        sock = self._neigh.pop(record.name, None)
+        if sock is not None:
+            sock.close()
         kns.remove_netns(record.name)
         self.record.drop(record)
 
@@ -342,7 +354,7 @@ class DataPlane:
             self.encryption.push(sandbox, maps)
             return
         ip, mac, _ = remote
-        fwd.vxlan_sync(self._handles.ipr(sandbox.ns), sandbox.uplink_index, maps, ip, mac)
+        fwd.vxlan_sync(self._neigh_socket(sandbox.ns), sandbox.uplink_index, maps, ip, mac)
 
     # --- reconcile ------------------------------------------------------------------
 
@@ -365,7 +377,7 @@ class DataPlane:
         if sandbox.net.encrypted:
             self.encryption.push(sandbox, maps)  # the user-space table is replaced whole
         else:
-            fwd.vxlan_apply(self._handles.ipr(sandbox.ns), sandbox.uplink_index, result)
+            fwd.vxlan_apply(self._neigh_socket(sandbox.ns), sandbox.uplink_index, result)
         if result["added"] or result["removed"]:
             log.info("reconciled %s on %s: %s", network, self.host, result)
         return result
@@ -382,7 +394,7 @@ class DataPlane:
     def _held(self, sb: Sandbox) -> fwd.Held:
         if sb.net.encrypted:
             return self.encryption.held(sb)
-        return fwd.vxlan_held(self._handles.ipr(sb.ns), sb.uplink_index)
+        return fwd.vxlan_held(self._neigh_socket(sb.ns), sb.uplink_index)
 
     # --- underlay -------------------------------------------------------------------
 
@@ -432,6 +444,9 @@ class DataPlane:
         except Exception as exc:
             errors.append(exc)
         self._handles.close(None, everything=True)
+        for sock in self._neigh.values():
+            sock.close()
+        self._neigh.clear()
         _removed, failed = remove_all(self.record)
         errors += failed
         self._containers.clear()

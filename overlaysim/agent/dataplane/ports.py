@@ -9,6 +9,7 @@ container end along.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from overlaysim.agent import netns as kns
 from overlaysim.agent.created import Created
 from overlaysim.agent.dataplane.handles import DataPlaneError, Handles, index
 from overlaysim.agent.dataplane.sandbox import BRIDGE, Sandbox
+from overlaysim.agent.nlbatch import LOOPBACK_INDEX, NeighSocket, encode_addr_add, encode_link_up
 
 #: GSO size limit on the container side of an encrypted network: a super-frame plus
 #: the ESP, UDP and IPv4 headers must fit one 64 KB datagram.
@@ -59,22 +61,45 @@ def plug(handles: Handles, c: Container, sb: Sandbox, ip: str, prefixlen: int, m
     veth = _port_name(c.name, sb)
     inner = handles.ipr(sb.ns)
     peer = {"ifname": ifname, "net_ns_fd": c.ns, "address": mac, "mtu": sb.mtu}
-    inner.link("add", ifname=veth, kind="veth", mtu=sb.mtu, peer=peer)
+    # one request: the pair, its sandbox end on the bridge and up
+    inner.link(
+        "add", ifname=veth, kind="veth", mtu=sb.mtu, peer=peer,
+        master=index(inner, BRIDGE), state="up",
+    )  # fmt: skip
     sb.ports[c.name] = veth
     try:
-        inner.link("set", index=index(inner, veth), master=index(inner, BRIDGE), state="up")
-        cipr = handles.ipr(c.ns)
-        dev = index(cipr, ifname)
         if sb.net.encrypted:  # sealed super-frames must fit one datagram
-            cipr.link("set", index=dev, gso_max_size=ENCRYPTED_GSO_MAX)
-        cipr.addr("add", index=dev, address=ip, prefixlen=prefixlen)
-        cipr.link("set", index=dev, state="up")
-        cipr.link("set", index=index(cipr, "lo"), state="up")
+            cipr = handles.ipr(c.ns)
+            cipr.link("set", index=index(cipr, ifname), gso_max_size=ENCRYPTED_GSO_MAX)
+        _address_and_up(c.ns, ifname, ip, prefixlen)
     except Exception:
         del sb.ports[c.name]
         kns.delete_link(inner, veth)
         raise
     return ifname
+
+
+def _address_and_up(ns: str, ifname: str, ip: str, prefixlen: int) -> None:
+    """Inside the container: the address on ``ifname``, it and loopback up, in one write
+    on a raw netlink socket (a pyroute2 handle per container namespace costs a helper
+    process; this costs a thread's ``setns``)."""
+    sock = NeighSocket(kns.ns_path(ns))
+    try:
+        dev = sock.link_index(ifname)
+        if dev is None:
+            raise DataPlaneError(f"interface {ifname!r} not found in {ns}")
+        codes = sock.acked(
+            [
+                lambda seq: encode_addr_add(dev, ip, prefixlen, seq),
+                lambda seq: encode_link_up(dev, seq),
+                lambda seq: encode_link_up(LOOPBACK_INDEX, seq),
+            ]
+        )
+        for what, code in zip(("address", ifname, "lo"), codes, strict=True):
+            if code:
+                raise kns.KernelError(f"{what} in {ns}: {os.strerror(code)}")
+    finally:
+        sock.close()
 
 
 def unplug(handles: Handles, c: Container, sb: Sandbox) -> None:

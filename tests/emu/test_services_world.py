@@ -1,0 +1,151 @@
+"""Scenario services with ``publish`` and ``command`` on real agents (as root).
+
+The World plays ``service_create`` with a published port and a task command on a
+3-host star: each task runs the command (a tiny server answering with its hostname),
+every host's underlay address answers on the published port (the routing mesh), a
+crashed and restarted host answers again by itself, and ``service_rm`` takes the
+mesh away and puts ``ip_forward`` back everywhere. About 30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import emulation_or_skip
+from test_emu_overlay import _links, _netns
+
+from overlaysim.emu.net import underlay_session
+from overlaysim.emu.runner import EmuWorld
+from overlaysim.emu.testbed import Testbed
+from overlaysim.scenario.loader import validate_scenario
+from overlaysim.scenario.steps import Crash, Restart, ServiceCreate, ServiceRm
+from overlaysim.scenario.timeline import plan
+
+pytestmark = pytest.mark.emu
+
+SCENARIO = {
+    "name": "svc-world",
+    "seed": 3,
+    "duration": 600,
+    "profile": "local",
+    "topology": {"generator": "star", "hosts": 3},
+    "managers": ["h1"],
+    "networks": [{"name": "app", "subnet": "10.37.0.0/24"}],
+}
+
+MARK = "svc-world-server"  # in the command line, to find leftover processes
+SERVER = (
+    f"# {MARK}\n"
+    "import socket\n"
+    "s = socket.socket()\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', 8080))\n"
+    "s.listen(64)\n"
+    "while True:\n"
+    "    c, _ = s.accept()\n"
+    "    c.sendall(socket.gethostname().encode())\n"
+    "    c.close()\n"
+)
+
+KNOCK = """\
+import json, socket, sys
+port, n, out = int(sys.argv[1]), int(sys.argv[2]), {}
+for ip in sys.argv[3:]:
+    seen = out[ip] = {}
+    for _ in range(n):
+        try:
+            with socket.create_connection((ip, port), timeout=2) as s:
+                who = s.recv(64).decode() or "empty"
+        except OSError as exc:
+            who = type(exc).__name__
+        seen[who] = seen.get(who, 0) + 1
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[EmuWorld]:
+    emulation_or_skip()
+    scenario = validate_scenario(SCENARIO)
+    with underlay_session(scenario.resolved_topology) as u:
+        assert u.plan is not None
+        prefix = u.plan.prefix
+        testbed = Testbed(u, managers=["h1"], profile="local", seed=3)
+        w = EmuWorld(scenario, 3, testbed)
+        try:
+            w.boot(plan(scenario, 3))
+            yield w
+        finally:
+            testbed.stop()
+            assert testbed.errors == []
+            testbed.remove_files()
+    assert not [n for n in _netns() if n.startswith(prefix)]
+    assert not [n for n in _links() if n.startswith(prefix)]
+    ps = subprocess.run(["pgrep", "-fa", MARK], capture_output=True, text=True)
+    assert ps.stdout == "", ps.stdout  # no task command survived
+
+
+def _knock(w: EmuWorld, src: str, port: int, n: int, hosts: list[str]) -> dict[str, dict]:
+    ips = [w.testbed.underlay.underlay_ip(h) for h in hosts]
+    res = w.testbed.underlay.cmd(src, [sys.executable, "-c", KNOCK, str(port), str(n), *ips])
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return {h: out[ip] for h, ip in zip(hosts, ips, strict=True)}
+
+
+def _until_tasks_answer(w: EmuWorld, host: str, tasks: set[str], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = _knock(w, "h1", 8095, 6, [host])[host]
+        if set(seen) <= tasks:
+            return seen
+        assert time.monotonic() < deadline, (host, seen)
+        time.sleep(0.3)
+
+
+def _forwarding(w: EmuWorld, host: str) -> str:
+    return w.testbed.underlay.cmd(host, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip()
+
+
+def test_published_port_and_task_command_from_a_scenario_step(world: EmuWorld) -> None:
+    w = world
+    hosts = ["h1", "h2", "h3"]
+    before = {h: _forwarding(w, h) for h in hosts}
+    w.apply(
+        ServiceCreate(
+            at=w.backend.now(),
+            name="web",
+            network="app",
+            replicas=2,
+            publish=("8095:8080",),
+            command=(sys.executable, "-c", SERVER),
+        )
+    )
+    assert w.skipped == []
+    svc = w.services.by_name["web"]
+    assert svc.ingress_vip is not None and svc.publish == ((8095, 8080),)
+    tasks = {"web.1", "web.2"}
+    for h in hosts:  # every host's underlay address, tasks on two of them
+        seen = _until_tasks_answer(w, h, tasks, 20)
+        print(f"{h}:8095 -> {seen}")
+    spread = _knock(w, "h2", 8095, 12, hosts)
+    assert {who for per in spread.values() for who in per} == tasks, spread  # both used
+    # a host without a task crashes and restarts: it takes the mesh from the manager
+    idle = next(h for h in hosts if h not in {w.containers[n].host for n in tasks})
+    w.apply(Crash(at=w.backend.now(), host=idle))
+    w.apply(Restart(at=w.backend.now(), host=idle))
+    print(f"{idle} after restart: {_until_tasks_answer(w, idle, tasks, 30)}")
+    w.apply(ServiceRm(at=w.backend.now(), service="web"))
+    assert w.skipped == []
+    for h in hosts:
+        tables = w.testbed.underlay.cmd(h, ["nft", "list", "tables"]).stdout
+        assert "_ingress" not in tables, (h, tables)
+    assert {h: _forwarding(w, h) for h in hosts} == before
+    ps = subprocess.run(["pgrep", "-f", MARK], capture_output=True, text=True)
+    assert [p for p in ps.stdout.split() if int(p) != os.getpid()] == [], ps.stdout
