@@ -259,3 +259,29 @@ def test_the_line_is_told_each_hold_minus_the_overhead_and_short_holds_are_repor
     failed = dl.DelayLineProcess(FakeUnderlay())  # type: ignore[arg-type]
     failed.calibration_error = "ping: too few echoes"
     assert failed.report() == {"applied": False, "why": "ping: too few echoes"}
+
+
+def test_calibration_waits_for_a_hold_and_a_failure_leaves_holds_as_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[tuple[float, ...]] = []
+
+    def measure(_ask: Any, points: tuple[float, ...]) -> Calibration:
+        asked.append(tuple(points))
+        if points == (7.0,):
+            raise delaycal.CalibrationError("too few echoes")
+        return _calibration((5.0, 100.0))
+
+    monkeypatch.setattr(delaycal, "measure", measure)
+    proc = dl.DelayLineProcess(FakeUnderlay())  # type: ignore[arg-type]
+    proc._start = lambda: None  # type: ignore[method-assign]
+    proc.start({"h1": {"10.0.0.2": Hold(0, 2)}})  # jitter only: nothing to calibrate yet
+    assert asked == [] and proc.calibration is None and proc.calibration_error is None
+    proc.start({"h1": {"10.0.0.2": Hold(5)}})
+    assert asked == [(5.0,)] and proc.calibration is not None
+    proc.start({"h1": {"10.0.0.2": Hold(9)}})  # measured once per line
+    assert asked == [(5.0,)]
+    failed = dl.DelayLineProcess(FakeUnderlay())  # type: ignore[arg-type]
+    failed._start = lambda: None  # type: ignore[method-assign]
+    failed.start({"h1": {"10.0.0.2": Hold(7)}})
+    assert failed.calibration is None and failed.report()["why"] == "too few echoes"
