@@ -69,6 +69,7 @@ def test_wan_link_gives_twice_its_latency_plus_access(u: Underlay) -> None:
     assert mech in ("netem", "nfqueue"), u.mechanisms["link_latency"]
     if mech == "nfqueue":  # the line measured its own cost at start-up and subtracts it
         cal = u.impairments.delay_report()["calibration"]
+        print(f"calibration: {cal}")
         assert cal["applied"], cal
         assert [p["hold_ms"] for p in cal["points"]] == [1.0, 16.0]  # this run's paths
         assert all(p["samples"] >= 8 for p in cal["points"]) and cal["unqueued_samples"] >= 8
