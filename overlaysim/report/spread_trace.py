@@ -40,6 +40,8 @@ def _entries(raw: list[list[Any]]) -> frozenset[tuple[str, str, bool]]:
 
 def emu_trace(folder: Path) -> tuple[Trace, dict[str, Any]]:
     """The trace of an emulation folder, from its agents' logs (scenario seconds)."""
+    if not (folder / "agent-logs").is_dir():
+        raise UserError(f"{folder}: no agent-logs/ (expected an `overlaysim run` results folder)")
     lines: list[dict[str, Any]] = []
     for path in sorted((folder / "agent-logs").glob("*.jsonl")):
         with path.open() as f:
@@ -105,18 +107,19 @@ class _Tap:
             self.trace.seen.append(Seen(t, host, ev.network, ev.key, op))
         self.inner.entry_event(t, host, ev)
 
-    def _gram(self, t: float, host: str, msg: Any, rx: bool) -> None:
+    def _gram(self, t: float, host: str, msg: Any, rx: bool, count: int = 1) -> None:
         if isinstance(msg, TableGossip):
             ents = frozenset(
                 (e.key, e.owner, e.deleted) for e in msg.entries if e.table == "endpoints"
             )
             if ents:
                 peer = msg.source if rx else None  # the driver's sent() has no destination
-                self.trace.datagrams.append(Datagram(t, host, peer, msg.network, ents, rx))
+                d = Datagram(t, host, peer, msg.network, ents, rx)
+                self.trace.datagrams.extend([d] * count)
 
-    def sent(self, t: float, host: str, msg: Any, size: int) -> None:
-        self._gram(t, host, msg, False)
-        self.inner.sent(t, host, msg, size)
+    def sent(self, t: float, host: str, msg: Any, size: int, count: int = 1) -> None:
+        self._gram(t, host, msg, False, count)  # one gossip round: count copies at once
+        self.inner.sent(t, host, msg, size, count)
 
     def received(self, t: float, host: str, msg: Any, size: int) -> None:
         self._gram(t, host, msg, True)
