@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from overlaysim.agent.names import DELAY_CAL_A, DELAY_CAL_B
 from overlaysim.emu.delayline import Hold, restore_script
 
 #: Calibration holds: the run's distinct path delays, at most this many (min, middle, max).
@@ -55,7 +56,7 @@ METHOD = (
 )
 
 _ADDR_A, _ADDR_B = "192.0.2.1", "192.0.2.2"  # TEST-NET-1, inside the throwaway pair only
-_VETH_A, _VETH_B = "osimcla", "osimclb"
+_VETH_A, _VETH_B = DELAY_CAL_A, DELAY_CAL_B
 _CAL_A, _CAL_B = "~cal-a", "~cal-b"  # host keys in the line (no topology host has "~")
 
 Ask = Callable[[dict[str, Any]], str]
