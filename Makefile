@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint sysdeps venv clean-results notebooks compiled clean-compiled
+.PHONY: demo test test-fast lint sysdeps venv clean-results notebooks
 
 $(STAMP): pyproject.toml
 	@bash scripts/sysdeps.sh  # NetfilterQueue (emu, test extras) builds against libnetfilter-queue-dev
@@ -45,23 +45,6 @@ $(NB_STAMP): $(STAMP) pyproject.toml
 
 notebooks: $(NB_STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $$(test "$$(id -u)" = 0 && echo --allow-root) $(JUPYTER_ARGS)
-
-# Optional: the hot modules (core tables/queue/membership/wire/node, the simulator's
-# engine) compiled by Cython from the same .py into build/compiled. Used automatically while
-# it matches the sources (a stale build is reported and skipped); OVERLAYSIM_CORE=python
-# turns it off, `overlaysim doctor --core` says which runs. Needs a C compiler (gcc).
-COMPILED_STAMP := $(VENV)/.compiled-stamp
-
-$(COMPILED_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install -q -e '.[test,compiled]'
-	@touch $(COMPILED_STAMP)
-
-compiled: $(COMPILED_STAMP)
-	$(PY) scripts/build_compiled.py
-	$(VENV)/bin/overlaysim doctor --core
-
-clean-compiled:
-	$(PY) scripts/build_compiled.py --clean
 
 clean-results:
 	rm -rf results

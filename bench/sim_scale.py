@@ -21,7 +21,6 @@ Usage:
   python bench/sim_scale.py                       # N = 1000, 2000, 5000, 10000; 60 s each
   python bench/sim_scale.py --endpoints --sizes 500 1000 --seconds 30
   python bench/sim_scale.py --endpoints --churn 20 --sizes 1000 --seconds 30
-  python bench/sim_scale.py --endpoints --core both --sizes 500 1000 --seconds 30  # make compiled
   python bench/sim_scale.py --endpoints --sizes 500 --seconds 10 --profile prof.out
   python bench/sim_scale.py --sizes 1000 --seconds 10
   python bench/sim_scale.py --sizes 100000 --seconds 5   # if memory allows
@@ -31,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import random
 import resource
 import sys
@@ -197,13 +195,8 @@ def run_endpoints(n: int, seconds: float, preset: str, seed: int, churn: float) 
     from overlaysim.sim.runner import SimWorld
 
     scenario = validate_scenario(endpoint_scenario(n, seconds, preset, seed, churn))
-    from overlaysim import corebuild
-
     gc.collect()
-    c0 = time.process_time()
     bare = bare_simpy_processes(n)
-    bare_cpu = time.process_time() - c0
-    c0 = time.process_time()
     t0 = time.perf_counter()
     world = SimWorld(scenario, seed)
     cluster = world.cluster
@@ -224,23 +217,18 @@ def run_endpoints(n: int, seconds: float, preset: str, seed: int, churn: float) 
         world.env.run(until=seconds)
         run_wall = time.perf_counter() - t1
     wall = boot_wall + run_wall
-    cpu = time.process_time() - c0
     rows = world.tracker.finish(seconds)
     lat = sorted(r["latency_s"] for r in rows if r["status"] == "converged")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     handled = cluster.messages_delivered + cluster.timers_fired
     return {
         "n": n,
-        "core": corebuild.status().core,
         "churn": churn,
         "seconds": seconds,
         "bare_wall_s": bare,
         "boot_wall_s": boot_wall,
         "wall_s": wall,
         "ratio": wall / bare,
-        "bare_cpu_s": bare_cpu,
-        "cpu_s": cpu,
-        "cpu_ratio": cpu / bare_cpu if bare_cpu else float("nan"),
         "wall_per_sim_s": run_wall / seconds,
         "entry_rx": counts["entries"],
         "entry_rx_per_wall_s": counts["entries"] / run_wall,
@@ -259,11 +247,10 @@ def _endpoint_line(r: dict) -> str:
     p50 = "-" if r["p50_s"] is None else f"{r['p50_s']:.3f}"
     mx = "-" if r["max_s"] is None else f"{r['max_s']:.3f}"
     return (
-        f"N={r['n']:>6} {r.get('core', '?'):>8} churn={r['churn']:g}/s  wall {r['wall_s']:7.1f} s "
+        f"N={r['n']:>6} churn={r['churn']:g}/s  wall {r['wall_s']:7.1f} s "
         f"(boot {r['boot_wall_s']:.1f})  wall/sim-s {r['wall_per_sim_s']:7.3f}  "
         f"entry rx/wall-s {r['entry_rx_per_wall_s']:9.0f}  msgs/wall-s {r['msgs_per_wall_s']:8.0f}  "
-        f"bare simpy {r['bare_wall_s']:6.2f} s  ratio x{r['ratio']:.1f} "
-        f"(cpu x{r['cpu_ratio']:.1f})  "
+        f"bare simpy {r['bare_wall_s']:6.2f} s  ratio x{r['ratio']:.1f}  "
         f"converged {r['converged']}/{r['commits']} p50 {p50} s max {mx} s  "
         f"rss {r['rss_mb']:.0f} MB ({r['rss_kb_per_node']:.0f} KB/node)"
     )
@@ -279,38 +266,19 @@ def _endpoints_main(args: argparse.Namespace) -> int:
         f"{args.seconds:g} simulated s, boot formed, 1 endpoint/host on 1 network at t=0",
         flush=True,
     )
-    # --core both: each size in both builds, one after the other (python first), so the
-    # pair shares the machine's load; the compiled/python line compares them.
-    cores = ["python", "compiled"] if args.core == "both" else [args.core]
     for n in args.sizes:
         cmd = [sys.executable, __file__, "--one", str(n), "--seconds", str(args.seconds)]
         cmd += ["--preset", args.preset, "--seed", str(args.seed), "--churn", str(args.churn)]
-        pair = {}
-        for core in cores:
-            extra = ["--profile", f"{args.profile}.{n}.{core}"] if args.profile else []
-            env = dict(os.environ)
-            if core != "auto":
-                env["OVERLAYSIM_CORE"] = core
-            out = subprocess.run(
-                cmd + extra, check=True, capture_output=True, text=True, env=env
-            ).stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            pair[r["core"]] = r
-            print(_endpoint_line(r), flush=True)
-            if args.json:
-                print(json.dumps(r), flush=True)
-        if len(pair) == 2:
-            a, b = pair["compiled"], pair["python"]
-            print(
-                f"N={n:>6} compiled/python: wall {a['wall_s'] / b['wall_s']:.3f}  "
-                f"cpu {a['cpu_s'] / b['cpu_s']:.3f}  ratio {a['ratio'] / b['ratio']:.3f}  "
-                f"same convergence: {(a['converged'], a['p50_s']) == (b['converged'], b['p50_s'])}",
-                flush=True,
-            )
+        if args.profile:
+            cmd += ["--profile", f"{args.profile}.{n}"]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(_endpoint_line(r), flush=True)
+        if args.json:
+            print(json.dumps(r), flush=True)
     print(
         "ratio = run wall (boot + simulated seconds) / wall of N SimPy processes x 1,000 "
-        "timeouts, timed in the same process just before (cpu: the same with CPU seconds, "
-        "less sensitive to other jobs on the machine)"
+        "timeouts, timed in the same process just before"
     )
     return 0
 
@@ -349,12 +317,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--churn", type=float, default=0.0, help="endpoint churn events/s")
     ap.add_argument("--profile", help="cProfile stats file prefix (endpoint runs)")
     ap.add_argument("--json", action="store_true", help="also print each row as JSON")
-    ap.add_argument(
-        "--core",
-        default="auto",
-        choices=["auto", "python", "compiled", "both"],
-        help="endpoint runs: which build of the hot modules (make compiled); both = A/B",
-    )
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:

@@ -3,12 +3,7 @@
 The top-level modules are the command line: ``cli`` (root parser, ``main``) and the
 modules registering its commands by concept (``run_cli``, ``results_cli``, ``host_cli``,
 ``testbed_cli``, ``service_cli``); ``errors``, ``known_issues`` and ``listing`` (the testbed
-commands' tables) sit beside them. ``corebuild`` picks the Python sources or the optional compiled build of
-the hot modules (``make compiled``) before anything else is imported.
+commands' tables) sit beside them.
 """
-
-from overlaysim import corebuild as _corebuild
-
-_corebuild.install()
 
 __version__ = "0.1.0"

@@ -26,11 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="measure the delay line's ceiling again (it is cached until reboot)",
     )
-    p.add_argument(
-        "--core",
-        action="store_true",
-        help="only say which build of the hot modules runs: python or compiled (make compiled)",
-    )
     p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser(
@@ -91,11 +86,6 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from overlaysim import corebuild
-
-    if getattr(args, "core", False):
-        print(corebuild.describe())
-        return 0
     from rich.console import Console
 
     from overlaysim.emu.capabilities import format_report, probe
@@ -108,7 +98,6 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         print(f"missing: {', '.join(missing)} (see the 'disables' column)")
     for line in doctor_lines(caps, remeasure=getattr(args, "remeasure", False)):
         print(line)
-    print(corebuild.describe())
     return 0
 
 

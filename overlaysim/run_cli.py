@@ -193,11 +193,7 @@ def _run_scenario(args: argparse.Namespace, path: Path, backend: str) -> int:
     dry_run(sc, source=str(path), seed=seed)  # refuse before anything is created
     out = args.out or _default_out(sc.name, backend, seed)
     if backend == "sim":
-        from overlaysim import corebuild
         from overlaysim.sim.runner import run_simulation as run
-
-        if not args.quiet and corebuild.status().core == "compiled":  # say it is not the .py
-            print(corebuild.describe(), file=sys.stderr)
     else:
         from overlaysim.emu.runner import run_emulation as run
     status = run(sc, out, seed=seed, progress=not args.quiet)

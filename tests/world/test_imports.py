@@ -35,20 +35,9 @@ ALLOWED: dict[str, set[str]] = {
     "listing": set(),  # the testbed commands' tables
     "run_cli": {"*"},  # the scenario commands run everything: validate, sim, sweep, emu
     "results_cli": {"core", "errors", "scenario", "metrics", "report"},
-    "host_cli": {
-        "core",
-        "errors",
-        "agent",
-        "emu",
-        "lab",
-        "scenario",
-        "metrics",
-        "world",
-        "corebuild",
-    },
+    "host_cli": {"core", "errors", "agent", "emu", "lab", "scenario", "metrics", "world"},
     "cli": {"*"},  # the command line sits on top of everything
-    "corebuild": set(),  # picks the Python sources or the compiled build (make compiled)
-    "": {"corebuild"},  # overlaysim/__init__.py: the version, and which build runs
+    "": set(),  # overlaysim/__init__.py: the version only
 }
 
 
