@@ -21,8 +21,10 @@ import statistics
 import sys
 from pathlib import Path
 
+from overlaysim.errors import UserError
 from overlaysim.metrics.spread import decompose, summarise
-from overlaysim.report.spread_trace import emu_trace, sim_trace
+from overlaysim.report.spread_trace import emu_trace
+from overlaysim.sim.spread_replay import sim_trace
 
 
 def _fmt(v: float | None, unit: str) -> str:
@@ -72,8 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--since", type=float, default=0.0, help="only commits at/after T s")
     ap.add_argument("--json", type=Path, default=None, help="write the summaries here")
     a = ap.parse_args(argv)
-    etr, einfo = emu_trace(a.emu)
-    str_, sinfo = sim_trace(a.sim)
+    try:
+        etr, einfo = emu_trace(a.emu)
+        str_, sinfo = sim_trace(a.sim)
+    except (OSError, ValueError, KeyError, UserError) as exc:
+        # a missing folder or file, a folder of another kind, a truncated log line
+        print(f"spread: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     if not sinfo["replay_matches_folder"]:
         print(f"warning: the replay of {a.sim} does not match its events.csv", file=sys.stderr)
     if not einfo["datagram_lines"]:

@@ -45,6 +45,9 @@ VIP_TABLE = f"{PREFIX}_vip"
 # the veth pair inside two probe namespaces that measures the delay line's ceiling
 DELAY_PROBE_A = f"{PREFIX}dla"
 DELAY_PROBE_B = f"{PREFIX}dlb"
+#: The delay line's calibration veth pair (inside two throwaway probe namespaces).
+DELAY_CAL_A = f"{PREFIX}cla"
+DELAY_CAL_B = f"{PREFIX}clb"
 
 #: Names we may take as they are; everything else is hashed.
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,31}$")

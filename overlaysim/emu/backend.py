@@ -186,7 +186,10 @@ class EmuBackend:
         if world is None:
             return
         self._restore_vips(world)
-        self._restore_published(world)
+        if self._restore_published(world):
+            self._restore_ingress_addresses(world)
+            # the manager host's new agent asked its empty manager for the ports at start
+            self._sync_mesh()
         for c in world.containers.values():
             if not c.live or c.host not in world.up:
                 continue
@@ -216,11 +219,14 @@ class EmuBackend:
                     reason=why(exc),
                 )
 
-    def _restore_published(self, world: World) -> None:
-        """Published ports again, each service at its ingress VIP (a clash: one line)."""
+    def _restore_published(self, world: World) -> bool:
+        """Published ports again, each service at its ingress VIP (a clash: one line);
+        whether any service publishes ports."""
+        published = False
         for svc in world.services.by_name.values():
             if not svc.publish or svc.ingress_vip is None:
                 continue
+            published = True
             try:
                 self.testbed.manager_call(
                     "mesh_publish",
@@ -235,6 +241,28 @@ class EmuBackend:
                     service=svc.name,
                     reason=why(exc),
                 )
+        return published
+
+    def _restore_ingress_addresses(self, world: World) -> None:
+        """The ingress network's addresses (tasks and every host's ingress sandbox; the
+        agents made them, the world does not know them) again, read from the running
+        agents' tables, so the restarted manager hands none of them out twice."""
+        tb = self.testbed
+        held: dict[str, tuple[str, str]] = {}
+        for host in tb.running():
+            if host == tb.manager_host:  # its new boot holds nothing of the old one
+                continue
+            for key, entry in (tb.call(host, "tables").get(INGRESS) or {}).items():
+                ip = (entry.get("value") or {}).get("ip")
+                if ip and entry.get("owner") != tb.manager_host:
+                    held[key] = (ip, str(entry.get("owner")))
+        for key, (ip, owner) in sorted(held.items()):
+            try:
+                tb.manager_call(
+                    "allocate", network=INGRESS, endpoint=key, ip=ip, standalone=False, host=owner
+                )
+            except ClusterError as exc:
+                world.skip("restore_ingress", host=tb.manager_host, container=key, reason=why(exc))
 
     def crash(self, host: str) -> None:
         # the timeline goes on while the dead boot's kernel objects are removed (the

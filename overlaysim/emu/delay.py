@@ -187,9 +187,10 @@ class DelayLineProcess:
         self._start()
         if not self.calibrate or self.calibration is not None:
             return
-        if self.calibration_error is None:
+        points = delaycal.points_for(holds)
+        if self.calibration_error is None and points:  # no points: jitter only, try later
             try:
-                self.calibration = delaycal.measure(self._ask, delaycal.points_for(holds))
+                self.calibration = delaycal.measure(self._ask, points)
             except (delaycal.CalibrationError, DelayLineError, OSError) as exc:
                 self.calibration_error = str(exc)
                 log.warning("delay line: not calibrated (%s); holds are not compensated", exc)

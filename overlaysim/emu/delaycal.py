@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import time
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from overlaysim.agent.names import DELAY_CAL_A, DELAY_CAL_B
 from overlaysim.emu.delayline import Hold, restore_script
 
 #: Calibration holds: the run's distinct path delays, at most this many (min, middle, max).
@@ -41,15 +43,20 @@ ROUNDS = 3
 PINGS = 8
 #: Echo spacing within a batch (root may go below ping's 0.2 s minimum).
 PING_INTERVAL_S = 0.02
+#: SCHED_FIFO priority of the calibration's pinger: below the line's (10), above CFS.
+PING_PRIORITY = 5
+#: An overhead above this (per traversal) is not the line's: this machine's line costs
+#: 30-250 µs; such a calibration is refused and the run goes on uncompensated.
+MAX_PLAUSIBLE_US = 1000.0
 
 METHOD = (
-    "ping -U between two throwaway namespaces served by this run's delay line, path "
+    "ping -U (SCHED_FIFO 5) between two throwaway namespaces served by this run's delay line, path "
     "unqueued vs queued at each calibration hold, interleaved rounds; overhead per "
     "traversal = (median queued RTT - median unqueued RTT) / 2 - hold"
 )
 
 _ADDR_A, _ADDR_B = "192.0.2.1", "192.0.2.2"  # TEST-NET-1, inside the throwaway pair only
-_VETH_A, _VETH_B = "osimcla", "osimclb"
+_VETH_A, _VETH_B = DELAY_CAL_A, DELAY_CAL_B
 _CAL_A, _CAL_B = "~cal-a", "~cal-b"  # host keys in the line (no topology host has "~")
 
 Ask = Callable[[dict[str, Any]], str]
@@ -176,6 +183,12 @@ def measure(ask: Ask, points: Sequence[float]) -> Calibration:
         )
         for p, v in sorted(queued.items())
     )
+    worst = max(cal_points, key=lambda p: p.overhead_us)
+    if worst.overhead_us > MAX_PLAUSIBLE_US:
+        raise CalibrationError(
+            f"implausible overhead {worst.overhead_us:.0f} µs at {worst.hold_ms:g} ms "
+            f"(over {MAX_PLAUSIBLE_US:.0f} µs: the machine was saturated while calibrating?)"
+        )
     return Calibration(
         points=cal_points,
         unqueued_rtt_ms=round(base, 3),
@@ -221,8 +234,12 @@ _TIME = re.compile(r"time=([\d.]+)")
 
 
 def _ping(ns: str, count: int) -> list[float]:
+    # The pinger runs real-time (below the line's priority): on a saturated machine a
+    # normal ping that sleeps through a held echo wakes milliseconds late, an unqueued
+    # one (0.1 ms) hardly sleeps, and that difference is ping's, not the line's.
+    rt = ["chrt", "-f", str(PING_PRIORITY)] if shutil.which("chrt") else []
     out = subprocess.run(
-        ["ip", "netns", "exec", ns, "ping", "-U", "-n", "-c", str(count),
+        ["ip", "netns", "exec", ns, *rt, "ping", "-U", "-n", "-c", str(count),
          "-i", f"{PING_INTERVAL_S:g}", "-W", "1", _ADDR_B],
         capture_output=True, text=True, check=False, timeout=30,
     )  # fmt: skip

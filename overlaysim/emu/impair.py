@@ -466,10 +466,12 @@ class Impairments:
             self._line = dl.DelayLineProcess(
                 self._u, seed=self.seed, calibrate=self.calibrate_delay_line
             )
-            try:
-                self._line.start(wanted)  # measures its own overhead first
-            except dl.DelayLineError as exc:
-                raise ImpairmentError(f"delay line: {exc}") from exc
+        try:
+            # Starts the process, and measures its own overhead before the first holds
+            # (again later if the first holds were jitter only: nothing to calibrate).
+            self._line.start(wanted)
+        except dl.DelayLineError as exc:
+            raise ImpairmentError(f"delay line: {exc}") from exc
         jobs: dict[_NS, list[_Cmd]] = {}
         for host, want in wanted.items():
             old = self._holds_applied.get(host)

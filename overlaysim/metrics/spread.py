@@ -25,8 +25,10 @@ or a join sync) has no hop and counts in ``other_path``.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from overlaysim.metrics.stats import pct
 
@@ -269,3 +271,13 @@ def summarise(spreads: Sequence[CommitSpread], op: str | None = None) -> dict[st
         "loss": {"sent": sent, "lost": lost, "fraction": lost / sent if sent else None},
         "other_path": {"n": sum(s.other_path for s in sel)},
     }
+
+
+def commits_from_events(folder: Path) -> list[Commit]:
+    """The ``entry_commit`` rows of a results folder's ``events.csv``."""
+    with (folder / "events.csv").open() as f:
+        return [
+            Commit(float(r["t"]), r["node"], r["network"], r["key"], r["op"])
+            for r in csv.DictReader(f)
+            if r["kind"] == "entry_commit"
+        ]

@@ -392,6 +392,8 @@ def _translate(err: Mapping[str, Any], data: Any, root: type[BaseModel]) -> Prob
         return Problem.invalid(path, value, f"one of {options}")
     if kind in ("string_pattern_mismatch", "string_too_long"):
         return Problem.invalid(path, value, f"{NAME_EXPECTED}, at most 63 characters")
+    if kind == "string_too_short":  # a word of a command
+        return Problem.invalid(path, value, "a non-empty string")
     if kind == "too_short":
         n = ctx.get("min_length", 1)
         return Problem.invalid(path, value, "a non-empty list" if n == 1 else f"{n} or more items")

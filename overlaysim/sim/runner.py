@@ -137,7 +137,7 @@ class SimBackend:
         return dict.fromkeys(order, self.env.now)
 
     def prepare_start(self, host: str) -> None:
-        return None  # never called: starts are not in the background
+        return None  # nothing comes before the start itself
 
     def start(self, host: str, seeds: list[str]) -> float:
         self.cluster.start(host, seeds)

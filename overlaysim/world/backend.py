@@ -63,8 +63,9 @@ class Backend(Protocol):
         ...
 
     def prepare_start(self, host: str) -> None:
-        """The part of a background (re)start that belongs to the step's instant, in
-        order with the other steps (the emulator gives the host its links back)."""
+        """The first part of a (re)start, on the timeline's thread at the step's
+        instant (the emulator gives the host its links back); :meth:`start` follows,
+        on the host's lane when the start runs in the background."""
         ...
 
     def start(self, host: str, seeds: list[str]) -> float:

@@ -80,7 +80,7 @@ class DryBackend:
         return dict.fromkeys(order, 0.0)
 
     def prepare_start(self, host: str) -> None:
-        return None  # never called: starts are not in the background
+        return None  # nothing comes before the start itself
 
     def start(self, host: str, seeds: list[str]) -> float:
         return self.t

@@ -186,8 +186,8 @@ class World:
             self.lanes.submit(lane, lambda: self._play(step))
             return
         hosts = self._touches(step)
-        if hosts:  # a (re)starting host joins through the managers
-            hosts |= set(self.managers)
+        if isinstance(step, Restart | Join):  # a (re)starting host joins through the managers
+            hosts = (hosts or set()) | set(self.managers)
         self.lanes.settle(hosts)
         self._play(step)
 
@@ -201,7 +201,10 @@ class World:
     def close(self) -> list[str]:
         """Finish the lanes' running work, drop the rest, stop the workers (a run's end,
         also after a failure or Ctrl-C); returns their errors as lines, never raises."""
-        return [f"{type(exc).__name__}: {exc}" for exc in self.lanes.close()]
+        errors = [f"{type(exc).__name__}: {exc}" for exc in self.lanes.close()]
+        with self._lock:
+            self.lags.sort(key=lambda lag: lag.at)
+        return errors
 
     def _play(self, step: Step) -> None:
         now = self.backend.now()
@@ -250,7 +253,8 @@ class World:
             case Crash(host=host):
                 self.crash(host)
             case Restart(host=host) | Join(host=host):
-                self.start_host(host, f"node_{step.action}")
+                background = self.backend.steps_in_background
+                self.start_host(host, f"node_{step.action}", background=background)
             case Leave(host=host):
                 self.leave(host)
             case Attach(container=name, host=host, network=network):
@@ -333,12 +337,13 @@ class World:
     def seeds(self, host: str) -> list[str]:
         return seed_hosts(host, self.managers, self.up)
 
-    def start_host(self, host: str, kind: str) -> None:
+    def start_host(self, host: str, kind: str, *, background: bool = False) -> None:
         """Start (join) or restart ``host``, then bring its containers back.
 
-        A backend with ``steps_in_background`` (the emulator: a new agent takes about a
-        second to answer) gets the host's links back now and does the rest on the
-        host's lane, so the timeline goes on; the host counts as up from its agent's start
+        ``background`` (what :meth:`apply` asks of a backend with
+        ``steps_in_background``, the emulator: a new agent takes about a second to
+        answer): the host gets its links back now and the rest runs on the host's lane,
+        so the timeline goes on; the host counts as up from its agent's start
         time, recorded with the time the step was applied (``detail.applied``).
         """
         if host in self.up:
@@ -346,7 +351,8 @@ class World:
         if self.dns is not None:
             self.dns.host_back(host)  # a new boot starts with empty tables
         seeds = self.seeds(host)
-        if not self.backend.steps_in_background:
+        if not background:
+            self.backend.prepare_start(host)
             t = self.backend.start(host, seeds)
             self.record(t, kind, subject=host)
             self._host_back(host, kind, t)

@@ -209,18 +209,25 @@ async def test_reconcile_repairs_drift_from_the_tables(tmp_path: Path) -> None:
         ip2 = r2["networks"][0]["ip"]
         await until(lambda: cl.dps["a"].kernel_state("web")[0] == {(mac(ip2), B)}, what="program")
         # drift: someone deletes the entry and leaves a stale one behind
+        before = len(cl.log("a", "reconcile"))
         fdb, neigh = cl.dps["a"].kernel["web"]
         fdb.clear()
         fdb.add(("02:42:0a:00:00:63", "10.9.9.9"))
         repairs = await cl.ctl("a").acall("reconcile")
-        assert repairs["web"]["removed"] == [["fdb", "02:42:0a:00:00:63", "10.9.9.9"]]
-        assert repairs["web"]["added"] == [["fdb", mac(ip2), B]]
+        # On a loaded machine the periodic reconcile (every 0.5 s here) can run between
+        # the drift and the request; then it made the repair and the request finds none.
+        # Either way exactly one reconcile repaired exactly the drift, and logged it.
+        done = cl.log("a", "reconcile")[before:]
+        assert len(done) == 1
+        assert done[0]["removed"] == [["fdb", "02:42:0a:00:00:63", "10.9.9.9"]]
+        assert done[0]["added"] == [["fdb", mac(ip2), B]]
+        assert repairs in ({}, {"web": {"removed": done[0]["removed"], "added": done[0]["added"]}})
         assert cl.dps["a"].kernel_state("web")[0] == {(mac(ip2), B)}
         assert await cl.ctl("a").acall("reconcile") == {}
-        # the periodic reconcile (every 0.5 s here) repairs without being asked
+        # the periodic reconcile repairs without being asked
         cl.dps["a"].kernel["web"][1].clear()
         await until(lambda: cl.dps["a"].kernel_state("web")[1] == {(ip2, mac(ip2))}, what="auto")
-        assert len(cl.log("a", "reconcile")) == 2
+        assert len(cl.log("a", "reconcile")) == before + 2
     finally:
         await cl.close()
 

@@ -56,3 +56,13 @@ def test_esp_seq_limit_option() -> None:
     for bad in ("0", "x", str(MAX_SEQ + 1)):
         with pytest.raises(SystemExit):
             parse_args([*base, "--esp-seq-limit", bad])
+
+
+def test_gossip_trace_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["--name", "h1", "--bind", "10.0.0.1"]
+    monkeypatch.delenv("OVERLAYSIM_TRACE_GOSSIP", raising=False)
+    assert parse_args(base).trace_gossip is False
+    assert parse_args([*base, "--trace-gossip"]).trace_gossip is True
+    # the runner's environment reaches every agent it starts
+    monkeypatch.setenv("OVERLAYSIM_TRACE_GOSSIP", "1")
+    assert parse_args(base).trace_gossip is True

@@ -29,6 +29,19 @@ class FakeTestbed:
 
     def __init__(self) -> None:
         self.manager = Manager(Cluster(), lambda: ["h1", "h2"])
+        self.ingress_tables: dict[str, Any] = {}  # what h2's agent holds on ingress
+        self.mesh: dict[str, list[list[Any]]] = {}  # host -> the ports last sent
+
+    def running(self) -> list[str]:
+        return ["h1", "h2"]
+
+    def call(self, host: str, op: str, **args: Any) -> Any:
+        if op == "tables":
+            return {"ingress": self.ingress_tables} if host == "h2" else {}
+        if op == "ingress":
+            self.mesh[host] = args["ports"]
+            return {"ports": [p[0] for p in args["ports"]]}
+        raise AssertionError(op)
 
     def restart_manager(self) -> None:
         self.manager = Manager(Cluster(), lambda: ["h1", "h2"])  # starts empty
@@ -104,3 +117,36 @@ def test_a_vip_clash_on_restore_is_one_line_and_the_rest_is_restored() -> None:
     held = {a.endpoint: a.ip for a in tb.manager.cluster.allocations("web")}
     assert held == {"vip:api": vip, "c1": "10.10.0.50"}
     TaskSpec("api", 1, vip=vip)  # the spec the world's tasks carry is still valid
+
+
+def test_restored_manager_holds_published_ports_and_the_ingress_addresses() -> None:
+    tb = FakeTestbed()
+    backend = EmuBackend(load_scenario(QUICKSTART), tb)  # type: ignore[arg-type]
+    backend.create_networks()
+    ingress_vip = backend.publish("api", [(8081, 8080)])
+    assert ingress_vip is not None and tb.mesh == {"h1": [[8081, ingress_vip, 8080, "api"]]} | {
+        "h2": [[8081, ingress_vip, 8080, "api"]]
+    }
+    task = tb.manager_call("allocate", network="ingress", endpoint="api.1", standalone=False)
+    box = tb.manager_call("allocate", network="ingress", endpoint="ingress.h2", standalone=False)
+    tb.ingress_tables = {
+        "api.1": {"owner": "h2", "value": {"ip": task["ip"]}},
+        "ingress.h2": {"owner": "h2", "value": {"ip": box["ip"]}},
+        "ingress.h1": {"owner": "h1", "value": {"ip": "10.0.0.99"}},  # the old manager boot's
+    }
+    api = ServiceState(
+        "api", "web", EndpointMode.DNSRR, None, publish=((8081, 8080),), ingress_vip=ingress_vip
+    )
+    world = _world([api], [])
+    backend.bind(world)  # type: ignore[arg-type]
+
+    tb.restart_manager()
+    tb.mesh.clear()
+    backend._restore_manager()
+
+    assert world.skipped == []
+    held = {a.endpoint: a.ip for a in tb.manager.cluster.allocations("ingress")}
+    assert held == {"vip:api": ingress_vip, "api.1": task["ip"], "ingress.h2": box["ip"]}
+    assert tb.manager_call("ingress_ports") == [[8081, ingress_vip, 8080, "api"]]
+    # every running agent is told again (the manager host's new boot asked too early)
+    assert tb.mesh == {h: [[8081, ingress_vip, 8080, "api"]] for h in ("h1", "h2")}

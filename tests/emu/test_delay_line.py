@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from conftest import emulation_or_skip
@@ -68,6 +69,7 @@ def test_wan_link_gives_twice_its_latency_plus_access(u: Underlay) -> None:
     assert mech in ("netem", "nfqueue"), u.mechanisms["link_latency"]
     if mech == "nfqueue":  # the line measured its own cost at start-up and subtracts it
         cal = u.impairments.delay_report()["calibration"]
+        print(f"calibration: {cal}")
         assert cal["applied"], cal
         assert [p["hold_ms"] for p in cal["points"]] == [1.0, 16.0]  # this run's paths
         assert all(p["samples"] >= 8 for p in cal["points"]) and cal["unqueued_samples"] >= 8
@@ -167,20 +169,25 @@ def _calibration_namespaces() -> list[str]:
 
 def test_ctrl_c_during_the_calibration_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     emulation_or_skip()
+    from overlaysim.emu import delay as dl
     from overlaysim.emu import delaycal
 
-    real_ping = delaycal._ping
+    real_ping, real_start = delaycal._ping, dl.DelayLineProcess.start
+    lines: list[dl.DelayLineProcess] = []
     seen: list[tuple[list[str], list[int]]] = []
+
+    def start(self: dl.DelayLineProcess, holds: Any) -> None:
+        lines.append(self)
+        real_start(self, holds)
 
     def ping_then_interrupt(ns: str, count: int) -> list[float]:
         real_ping(ns, count)
-        lines = subprocess.run(
-            ["pgrep", "-f", "overlaysim.emu.delayline --seed"], capture_output=True, text=True
-        ).stdout.split()
-        seen.append((_calibration_namespaces(), [int(p) for p in lines]))
+        pids = [ln._proc.pid for ln in lines if ln._proc is not None and ln.running]
+        seen.append((_calibration_namespaces(), pids))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(delaycal, "_ping", ping_then_interrupt)
+    monkeypatch.setattr(dl.DelayLineProcess, "start", start)
     links_before = _osim_links()
     with pytest.raises(KeyboardInterrupt), underlay_session(TOPO, seed=1):
         pass  # the 15 ms WAN link starts the line in start(): calibration first
@@ -188,8 +195,27 @@ def test_ctrl_c_during_the_calibration_leaves_nothing(monkeypatch: pytest.Monkey
     namespaces, pids = seen[0]
     assert len(namespaces) == 2 and pids  # interrupted with both namespaces and the line up
     assert not _calibration_namespaces()
-    assert not [p for p in pids if _alive(p)]
+    assert not _still_alive(pids), [_describe(p) for p in pids]
     assert _osim_links() <= links_before
+
+
+def _still_alive(pids: list[int], within_s: float = 3.0) -> list[int]:
+    """The pids still alive after ``within_s`` (a SIGKILLed process may take a moment)."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+def _describe(pid: int) -> str:
+    try:
+        stat = open(f"/proc/{pid}/stat").read().split()
+        cmd = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+    except OSError:
+        return f"{pid}: gone"
+    return f"{pid}: state {stat[2]} ppid {stat[3]} {cmd}"
 
 
 def _osim_links() -> set[str]:

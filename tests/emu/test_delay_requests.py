@@ -259,3 +259,69 @@ def test_the_line_is_told_each_hold_minus_the_overhead_and_short_holds_are_repor
     failed = dl.DelayLineProcess(FakeUnderlay())  # type: ignore[arg-type]
     failed.calibration_error = "ping: too few echoes"
     assert failed.report() == {"applied": False, "why": "ping: too few echoes"}
+
+
+def test_calibration_waits_for_a_hold_and_a_failure_leaves_holds_as_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[tuple[float, ...]] = []
+
+    def measure(_ask: Any, points: tuple[float, ...]) -> Calibration:
+        asked.append(tuple(points))
+        if points == (7.0,):
+            raise delaycal.CalibrationError("too few echoes")
+        return _calibration((5.0, 100.0))
+
+    monkeypatch.setattr(delaycal, "measure", measure)
+    proc = dl.DelayLineProcess(FakeUnderlay())  # type: ignore[arg-type]
+    proc._start = lambda: None  # type: ignore[method-assign]
+    proc.start({"h1": {"10.0.0.2": Hold(0, 2)}})  # jitter only: nothing to calibrate yet
+    assert asked == [] and proc.calibration is None and proc.calibration_error is None
+    proc.start({"h1": {"10.0.0.2": Hold(5)}})
+    assert asked == [(5.0,)] and proc.calibration is not None
+    proc.start({"h1": {"10.0.0.2": Hold(9)}})  # measured once per line
+    assert asked == [(5.0,)]
+    failed = dl.DelayLineProcess(FakeUnderlay())  # type: ignore[arg-type]
+    failed._start = lambda: None  # type: ignore[method-assign]
+    failed.start({"h1": {"10.0.0.2": Hold(7)}})
+    assert failed.calibration is None and failed.report()["why"] == "too few echoes"
+
+
+def test_measure_takes_medians_per_hold_and_refuses_an_implausible_overhead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import contextlib
+
+    from overlaysim.emu import capabilities
+
+    @contextlib.contextmanager
+    def fake_ns(suffix: str = "") -> Any:
+        yield f"ns{suffix}"
+
+    @contextlib.contextmanager
+    def attached(_ask: Any, _a: str, _b: str) -> Any:
+        yield {"late_us_p50": 50.0}
+
+    queued: dict[str, float | None] = {"hold": None}
+    extra_ms = {1.0: 0.08, 16.0: 0.2}
+
+    def rules(_a: str, _b: str, hold: float | None, *, first: bool) -> None:
+        queued["hold"] = hold
+
+    def ping(_ns: str, count: int) -> list[float]:
+        h = queued["hold"]
+        rtt = 0.1 if h is None else 0.1 + 2 * (h + extra_ms[h])
+        return [rtt + 5.0, *[rtt] * (count - 1)]  # one late echo: the median ignores it
+
+    monkeypatch.setattr(capabilities, "probe_netns", fake_ns)
+    monkeypatch.setattr(delaycal, "_attached", attached)
+    monkeypatch.setattr(delaycal, "_rules", rules)
+    monkeypatch.setattr(delaycal, "_ping", ping)
+    monkeypatch.setattr(delaycal, "_run", lambda *_a, **_k: None)
+    cal = delaycal.measure(lambda _msg: "ok", (1.0, 16.0))
+    assert [(p.hold_ms, p.overhead_us) for p in cal.points] == [(1.0, 80.0), (16.0, 200.0)]
+    assert cal.unqueued_rtt_ms == 0.1 and cal.late_us_p50 == 50.0
+    assert all(p.samples == delaycal.ROUNDS * delaycal.PINGS for p in cal.points)
+    extra_ms[16.0] = 1.5  # a saturated machine, not the line
+    with pytest.raises(delaycal.CalibrationError, match="implausible overhead 1500 µs at 16 ms"):
+        delaycal.measure(lambda _msg: "ok", (1.0, 16.0))

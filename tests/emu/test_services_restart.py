@@ -2,7 +2,8 @@
 
 A restarted manager starts with an empty IPAM. The emulator's restore reserves every
 live service's VIP again at its address (``vip_reserve`` with ``ip``), so a service
-created afterwards gets another VIP, and the old one still balances over its tasks.
+created afterwards gets another VIP, and the old one still balances over its tasks;
+the published ports come back too, and the manager host's new boot runs the mesh again.
 About 20 s of scenario.
 """
 
@@ -21,13 +22,15 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.yam
 
 
 def _vips(run: Path) -> dict[str, set[str]]:
-    """Service -> the VIPs its tasks' endpoint entries carried, from every agent's log."""
+    """Service -> the VIPs its tasks' entries on ``web`` carried, from every agent's log."""
     out: dict[str, set[str]] = {}
     for log in sorted((run / "agent-logs").glob("*.jsonl")):
         for line in log.read_text().splitlines():
             ev = json.loads(line)
             value = ev.get("value") or {}
-            if ev.get("kind") == "entry_seen" and value.get("service") and value.get("vip"):
+            if ev.get("kind") != "entry_seen" or ev.get("network") != "web":
+                continue  # (on the ingress network the tasks carry the ingress VIP)
+            if value.get("service") and value.get("vip"):
                 out.setdefault(value["service"], set()).add(value["vip"])
     return out
 
@@ -38,7 +41,8 @@ def test_after_a_manager_restart_a_new_service_gets_another_vip(emu: None, tmp_p
         QUICKSTART,
         [
             "duration=22",
-            "events=[{at: 1, action: service_create, name: api, network: web, replicas: 3},"
+            "events=[{at: 1, action: service_create, name: api, network: web, replicas: 3,"
+            " publish: ['8097:8080']},"
             " {at: 3, action: crash, host: h1}, {at: 5, action: restart, host: h1},"
             " {at: 12, action: service_create, name: api2, network: web, replicas: 1}]",
             "measure={probes: false, lb_probe: {service: api, client: c2, connections: 30}}",
@@ -60,3 +64,9 @@ def test_after_a_manager_restart_a_new_service_gets_another_vip(emu: None, tmp_p
     assert spread["connections"] == 30 and spread["failed"] == 0 and spread["stray"] == {}
     assert sum(n > 0 for n in spread["per_task"].values()) >= 2, spread
     print(f"VIPs {vips}; through api's VIP after the restart: {spread['per_task']}")
+    # the manager host's new boot got the routing mesh back (told by the restore)
+    h1 = (tmp_path / "run" / "agent-logs" / "h1.jsonl").read_text().splitlines()
+    boots = [i for i, line in enumerate(h1) if json.loads(line).get("kind") == "start"]
+    assert len(boots) == 2, boots
+    after = [json.loads(line) for line in h1[boots[1] :]]
+    assert any(e.get("kind") == "names" and e.get("container") == "ingress.h1" for e in after)

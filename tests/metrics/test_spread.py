@@ -10,9 +10,10 @@ import pytest
 
 from overlaysim.core.config import configs
 from overlaysim.metrics.spread import Commit, Datagram, Seen, Trace, decompose, summarise
-from overlaysim.report.spread_trace import emu_trace, sim_trace
+from overlaysim.report.spread_trace import emu_trace
 from overlaysim.scenario.loader import load_scenario
 from overlaysim.sim.runner import run_simulation
+from overlaysim.sim.spread_replay import sim_trace
 
 REPO = Path(__file__).resolve().parents[2]
 E = "endpoints"
@@ -134,3 +135,28 @@ def test_a_simulated_folder_is_replayed_and_its_hops_are_the_link_latency(tmp_pa
             total = sum(e.held + e.hop + e.handle for e in s.last_path)
             assert total == pytest.approx(s.to_last, abs=1e-9)
             assert all(e.round >= 1 for e in s.last_path)
+
+
+def test_the_agent_trace_line_is_what_the_reader_parses() -> None:
+    from overlaysim.agent.daemon import _gossip_fields
+    from overlaysim.core.wire import Entry, TableGossip
+    from overlaysim.report.spread_trace import _entries
+
+    e = Entry(
+        network="app", table=E, key="c1", owner="h1", owner_epoch=3, ltime=7, deleted=True, value={}
+    )
+    other = Entry(
+        network="app", table="other", key="x", owner="h1", owner_epoch=3, ltime=8, deleted=False,
+        value={},
+    )  # fmt: skip
+    fields = _gossip_fields(TableGossip(source="h1", network="app", entries=(e, other)))
+    assert json.loads(json.dumps(fields)) == fields  # one JSON log line
+    assert fields["network"] == "app"
+    assert _entries(fields["entries"]) == {("c1", "h1", True)}  # endpoints only
+
+
+def test_a_folder_of_the_wrong_kind_is_one_clear_error(tmp_path: Path) -> None:
+    from overlaysim.errors import UserError
+
+    with pytest.raises(UserError, match="no agent-logs"):
+        emu_trace(tmp_path)

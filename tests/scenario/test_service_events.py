@@ -216,7 +216,7 @@ def test_publish_and_command_plan_into_the_step_and_bad_ports_are_one_line_each(
     (msg,) = problems([create(1, command=[])])
     assert msg.startswith("events[0].command: ") and "\n" not in msg
     (msg,) = problems([create(1, command=["python3", ""])])
-    assert msg.startswith("events[0].command[1]: ") and "\n" not in msg
+    assert msg == 'events[0].command[1]: "" is not valid: expected a non-empty string'
 
 
 def test_publish_and_command_are_recorded_not_run_by_the_simulator_and_dry_run(
