@@ -19,7 +19,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -219,42 +219,31 @@ class NeighSocket:
         return fdb, neigh
 
     def _dump(self, family: int, ifindex: int) -> list[tuple[str, str]]:
-        self._seq += 1
-        seq = self._seq
         body = _NDMSG.pack(family, 0, 0, 0, 0, 0, 0)
-        self._sock.sendall(
-            _HDR.pack(_HDR.size + len(body), RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-            + body
-        )
         out: list[tuple[str, str]] = []
-        while True:
-            data = self._sock.recv(1 << 20)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, kind, _flags, got, _pid = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    raise OSError(errno.EPROTO, "malformed netlink message in a dump")
-                if got == seq:
-                    if kind == NLMSG_DONE:
-                        return out
-                    if kind == NLMSG_ERROR:
-                        code = -_ERR.unpack_from(data, offset + _HDR.size)[0]
-                        raise OSError(code, f"neighbour dump: {os.strerror(code)}")
-                    if kind == RTM_NEWNEIGH:
-                        entry = _neigh_entry(data, offset + _HDR.size, offset + length, ifindex)
-                        if entry is not None:
-                            out.append(entry)
-                offset += (length + 3) & ~3
+        for data, start, end in self._dump_replies(RTM_GETNEIGH, body, RTM_NEWNEIGH, "neighbour"):
+            entry = _neigh_entry(data, start, end, ifindex)
+            if entry is not None:
+                out.append(entry)
+        return out
 
     def links(self) -> list[tuple[int, str, str]]:
         """Every interface of the namespace: ``(index, name, kind)`` (kind "" if none)."""
+        body = _IFINFO.pack(0, 0, 0, 0, 0, 0)
+        return [
+            _link(data, start, end)
+            for data, start, end in self._dump_replies(RTM_GETLINK, body, RTM_NEWLINK, "link")
+        ]
+
+    def _dump_replies(
+        self, request: int, body: bytes, answer: int, what: str
+    ) -> Iterator[tuple[bytes, int, int]]:
+        """Send one dump request; yield ``(buffer, payload start, end)`` per answer message."""
         self._seq += 1
         seq = self._seq
-        body = _IFINFO.pack(0, 0, 0, 0, 0, 0)
         self._sock.sendall(
-            _HDR.pack(_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+            _HDR.pack(_HDR.size + len(body), request, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
         )
-        out: list[tuple[int, str, str]] = []
         while True:
             data = self._sock.recv(1 << 20)
             offset = 0
@@ -264,12 +253,12 @@ class NeighSocket:
                     raise OSError(errno.EPROTO, "malformed netlink message in a dump")
                 if got == seq:
                     if kind == NLMSG_DONE:
-                        return out
+                        return
                     if kind == NLMSG_ERROR:
                         code = -_ERR.unpack_from(data, offset + _HDR.size)[0]
-                        raise OSError(code, f"link dump: {os.strerror(code)}")
-                    if kind == RTM_NEWLINK:
-                        out.append(_link(data, offset + _HDR.size, offset + length))
+                        raise OSError(code, f"{what} dump: {os.strerror(code)}")
+                    if kind == answer:
+                        yield data, offset + _HDR.size, offset + length
                 offset += (length + 3) & ~3
 
     def delete_links(self, indexes: list[int]) -> None:
