@@ -131,7 +131,10 @@ def probe_netns(suffix: str = "") -> Iterator[str]:
         netns.remove(name)
 
 
-def _in_ns(ns: str, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_in_netns(
+    ns: str, argv: list[str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` inside namespace ``ns`` (20 s timeout), capturing text; never raises on failure."""
     return subprocess.run(
         ["ip", "netns", "exec", ns, *argv],
         input=stdin,
@@ -233,7 +236,7 @@ def _probe_nft(ns: str) -> Capability:
     expr = [{"match": {"op": "<", "left": numgen, "right": 1}}, {"drop": None}]
     rules.append({"add": {"rule": {**base, "chain": "ingress", "expr": expr}}})
     rules.append({"delete": {"table": table}})
-    out = _in_ns(ns, ["nft", "-j", "-f", "-"], json.dumps({"nftables": rules}))
+    out = run_in_netns(ns, ["nft", "-j", "-f", "-"], json.dumps({"nftables": rules}))
     if out.returncode != 0:
         return _cap("nft_numgen", False, out.stderr.strip() or "nft failed")
     return _cap("nft_numgen", True, "netdev ingress/egress chains with numgen random drop")
@@ -250,7 +253,7 @@ def _probe_nft_nat(ns: str) -> Capability:
         "\t\tip daddr 192.0.2.1 dnat ip to numgen random mod 2 map "
         f"{{ 0 : 192.0.2.2, 1 : 192.0.2.3 }}\n\t}}\n}}\ndelete table ip {t}\n"
     )
-    out = _in_ns(ns, ["nft", "-f", "-"], ruleset)
+    out = run_in_netns(ns, ["nft", "-f", "-"], ruleset)
     if out.returncode != 0:
         return _cap("nft_nat", False, out.stderr.strip() or "nft failed")
     return _cap("nft_nat", True, "ip nat output chain with DNAT to numgen random map")
@@ -287,10 +290,10 @@ def _probe_nfqueue(ns: str) -> Capability:
     if shutil.which("iptables") is None:
         return _cap("nfqueue", False, "iptables not found: apt-get install iptables")
     rule = ["-p", "udp", "--dport", "9", "-j", "NFQUEUE", "--queue-num", "7", "--queue-bypass"]
-    out = _in_ns(ns, ["iptables", "-w", "-A", "OUTPUT", *rule])
+    out = run_in_netns(ns, ["iptables", "-w", "-A", "OUTPUT", *rule])
     if out.returncode != 0:
         return _cap("nfqueue", False, f"iptables NFQUEUE target: {out.stderr.strip()}")
-    _in_ns(ns, ["iptables", "-w", "-D", "OUTPUT", *rule])
+    run_in_netns(ns, ["iptables", "-w", "-D", "OUTPUT", *rule])
     py = importlib.util.find_spec("netfilterqueue") is not None
     lib = "python netfilterqueue present" if py else "python netfilterqueue missing"
     return _cap("nfqueue", True, f"iptables NFQUEUE target works; {lib}")
@@ -327,7 +330,7 @@ def _probe_esp(ns: str) -> Capability:
         "hmac(sha256)",
         "0x" + "22" * 32,
     ]
-    out = _in_ns(ns, argv)
+    out = run_in_netns(ns, argv)
     if out.returncode != 0:
         return _cap("esp", False, f"xfrm ESP state: {out.stderr.strip()}")
     aead = _xfrm_aead(ns)
@@ -337,7 +340,7 @@ def _probe_esp(ns: str) -> Capability:
 def _xfrm_aead(ns: str) -> str:
     argv = ["ip", *_XFRM, "spi", "0x1002", *_XFRM_MODE]
     argv += ["aead", "rfc4106(gcm(aes))", "0x" + "33" * 20, "128"]
-    out = _in_ns(ns, argv)
+    out = run_in_netns(ns, argv)
     return "" if out.returncode == 0 else out.stderr.strip()
 
 

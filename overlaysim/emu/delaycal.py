@@ -247,13 +247,8 @@ def _ping(ns: str, count: int) -> list[float]:
 
 
 def _run(ns: str, argv: list[str], stdin: str | None = None) -> None:
-    out = subprocess.run(
-        ["ip", "netns", "exec", ns, *argv],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=20,
-    )
+    from overlaysim.emu.capabilities import run_in_netns
+
+    out = run_in_netns(ns, argv, stdin)
     if out.returncode != 0:
         raise CalibrationError(f"{' '.join(argv[:3])}: {out.stderr.strip()}")
