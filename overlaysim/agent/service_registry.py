@@ -421,10 +421,16 @@ def _ingress_ports(reg: ServiceRegistry, args: dict[str, Any]) -> list[list[Any]
     return reg.ingress_ports()
 
 
-def _vip_reserve(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:
+def _requested_ip(args: dict[str, Any]) -> str | None:
+    """The optional ``ip`` argument: an address asked for (a restore), or None."""
     ip = args.get("ip")
     if ip is not None and not isinstance(ip, str):
         raise InvalidSpec(f"ip={ip!r}: expected an IPv4 address as a string")
+    return ip
+
+
+def _vip_reserve(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:
+    ip = _requested_ip(args)
     return {"ip": reg.vip_reserve(_arg(args, "network", str), _arg(args, "service", str), ip)}
 
 
@@ -433,9 +439,7 @@ def _vip_release(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _mesh_publish(reg: ServiceRegistry, args: dict[str, Any]) -> dict[str, Any]:
-    ip = args.get("ip")
-    if ip is not None and not isinstance(ip, str):
-        raise InvalidSpec(f"ip={ip!r}: expected an IPv4 address as a string")
+    ip = _requested_ip(args)
     return {"ip": reg.publish(_arg(args, "service", str), _arg(args, "publish", list), ip)}
 
 
