@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -256,14 +257,25 @@ def test_ctrl_c_while_a_restart_runs_on_its_lane_leaves_nothing_behind(
         ],
     )
     real_apply = emu_runner.EmuWorld.apply
+    real_start = emu_runner.EmuBackend.start
     lanes_busy: list[bool] = []
+    # On an idle machine the new agent can be up before the next step; hold the start
+    # on its lane until the interruption so it is always under way when Ctrl-C comes
+    # (it then runs on while the run tears down, as a real late restart would).
+    gate = threading.Event()
+
+    def start(self: emu_runner.EmuBackend, host: str, seeds: list[str]) -> float:
+        gate.wait(10)
+        return real_start(self, host, seeds)
 
     def apply(self: emu_runner.EmuWorld, step: Step) -> None:
         if step.action == "heal":  # the new agent on h4 is still starting
             lanes_busy.append(self.lanes.busy("h4"))
+            gate.set()
             raise KeyboardInterrupt
         real_apply(self, step)
 
+    monkeypatch.setattr(emu_runner.EmuBackend, "start", start)
     monkeypatch.setattr(emu_runner.EmuWorld, "apply", apply)
     status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
     assert status == "interrupted"
