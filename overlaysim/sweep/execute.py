@@ -158,6 +158,7 @@ def _dask(
             "the Dask executors need dask[distributed]: pip install 'overlaysim[sweep]'"
         ) from None
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_quiet_cancel_after_interrupt())
         if address is None:
             with _workers_ignore_sigint():
                 cluster = stack.enter_context(
@@ -179,17 +180,54 @@ def _dask(
         by_key = {f.key: t for f, t in zip(futures, tasks, strict=True)}
 
         def results() -> Iterator[RunOutcome]:
-            for fut in as_completed(futures):
+            # Results are fetched on Dask's own event-loop thread: this thread only waits
+            # on a condition. A Ctrl-C that lands inside a blocking `Future.result()` makes
+            # distributed (2026.8) log a NameError traceback from its own cancel callback.
+            done = as_completed(futures, with_results=True, raise_errors=False)
+            for fut, result in done:
                 t = by_key[fut.key]
-                try:
-                    yield fut.result()
-                except Exception as exc:  # the worker died or lost the task
-                    yield RunOutcome(t.point_id, t.seed, "failed", f"{type(exc).__name__}: {exc}")
+                if fut.status == "finished":
+                    yield result
+                    continue
+                exc = result[1] if isinstance(result, tuple) else result
+                # the worker died, the task raised or was cancelled
+                yield RunOutcome(t.point_id, t.seed, "failed", f"{type(exc).__name__}: {exc}")
 
         try:
             yield results()
         finally:
             client.cancel(futures)
+
+
+class _CancelAfterInterrupt(logging.Filter):
+    """Drop the one traceback distributed's client logs after a Ctrl-C.
+
+    When Ctrl-C interrupts any blocking client call (submitting, cancelling, closing),
+    distributed schedules a cancel callback that reads a variable it may not have set
+    yet; the event loop then logs a NameError from ``distributed/utils.py``. Nothing
+    is lost (the sweep is stopping), so only that record is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, NameError) or exc.__traceback__ is None:
+            return True
+        tb = exc.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code
+        return not (code.co_name == "cancel" and "distributed" in code.co_filename)
+
+
+@contextlib.contextmanager
+def _quiet_cancel_after_interrupt() -> Iterator[None]:
+    log = logging.getLogger("tornado.application")
+    quiet = _CancelAfterInterrupt()
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
 
 
 @contextlib.contextmanager

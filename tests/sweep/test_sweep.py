@@ -324,3 +324,20 @@ def test_ctrl_c_on_a_dask_local_sweep_stops_it_cleanly(scenario: Path, tmp_path:
     else:
         pytest.fail(f"worker {pid} still running after the sweep exited")
     assert (tmp_path / "out" / "index.csv").exists()
+
+
+def test_a_task_that_raises_on_a_dask_worker_becomes_a_failed_run(scenario: Path, tmp_path: Path):
+    """A task error travels back from the worker as a ``failed`` outcome naming it,
+    not as an exception that ends the sweep."""
+    import operator
+
+    from overlaysim.sweep.execute import _dask
+
+    pytest.importorskip("distributed")
+    tasks = list(_plan(scenario, tmp_path / "x").tasks)[:2]
+    broken = operator.attrgetter("no_such_field")  # picklable, raises on every task
+    with _dask(tasks, broken, None, 1) as outcomes:
+        got = sorted(outcomes, key=lambda o: (o.point_id, o.seed))
+    want = sorted((t.point_id, t.seed) for t in tasks)
+    assert [(o.point_id, o.seed) for o in got] == want
+    assert all(o.status == "failed" and "AttributeError" in (o.error or "") for o in got)
