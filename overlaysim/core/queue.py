@@ -27,6 +27,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Hashable, Iterable
 from itertools import accumulate, islice
+from operator import itemgetter
 from typing import Any
 
 from overlaysim.core.config import retransmit_limit
@@ -80,9 +81,10 @@ class _Bucket:
         self.sizes.extend(sizes)
 
 
-#: Items taken from one bucket by a packet, newest first: (bucket, records, keys,
-#: sequence numbers, sizes).
-_Taken = tuple[int, list[Any], list[Hashable], list[int], list[int]]
+#: Items taken from one bucket by a packet, in queue order (oldest first, as in the
+#: bucket, so moving them on is a slice copy): (bucket, records, keys, sequence
+#: numbers, sizes).
+_Taken = tuple[int, list[Any], list[Hashable], array, array]
 
 
 class TransmitLimitedQueue:
@@ -149,11 +151,9 @@ class TransmitLimitedQueue:
                 k = bisect_right(acc, budget)
                 if k:
                     recs, keys, seqs, sizes = bucket.cut(len(bucket) - k)
-                    recs.reverse()
-                    keys.reverse()
                     budget -= acc[k - 1]
-                    out.extend(recs)
-                    moved.append((t, recs, keys, seqs[::-1].tolist(), sizes[::-1].tolist()))
+                    out.extend(reversed(recs))  # newest first
+                    moved.append((t, recs, keys, seqs, sizes))
                 if budget <= 0:
                     break
                 if not bucket.recs:
@@ -176,13 +176,15 @@ class TransmitLimitedQueue:
                     stop = True
                     break
             if taken:
-                recs = [bucket.recs[j] for j in taken]
-                keys = [bucket.keys[j] for j in taken]
-                seqs = [bucket.seqs[j] for j in taken]
-                tsizes = [sizes[j] for j in taken]
+                recs = [bucket.recs[j] for j in taken]  # newest first
+                out.extend(recs)
+                recs.reverse()
+                asc = taken[::-1]
+                keys = [bucket.keys[j] for j in asc]
+                seqs = array("q", [bucket.seqs[j] for j in asc])
+                tsizes = array("q", [sizes[j] for j in asc])
                 for j in taken:  # descending positions: each removal leaves the rest in place
                     bucket.remove_at(j)
-                out.extend(recs)
                 moved.append((t, recs, keys, seqs, tsizes))
             if stop:
                 break
@@ -206,19 +208,19 @@ class TransmitLimitedQueue:
             if t + 1 == len(buckets):
                 buckets.append(_Bucket())
             nxt = buckets[t + 1]
-            # Taken lists are newest first; buckets are oldest first.
-            if len(nxt) and nxt.seqs[-1] > seqs[-1]:
-                # Interleaves with what is there: re-sort only the tail it lands in.
-                p = bisect_right(nxt.seqs, seqs[-1])
+            # Taken columns and buckets are both oldest first.
+            if len(nxt) and nxt.seqs[-1] > seqs[0]:
+                # Interleaves with what is there: re-sort only the tail it lands in
+                # (two sorted runs; sequence numbers are unique, so the order is total).
+                p = bisect_right(nxt.seqs, seqs[0])
                 trecs, tkeys, tseqs, tsizes = nxt.cut(p)
                 rows = list(zip(tseqs, trecs, tkeys, tsizes, strict=True))
                 rows.extend(zip(seqs, recs, keys, sizes, strict=True))
-                rows.sort(key=_first)
+                rows.sort(key=_seq_of)
                 s_, r_, k_, z_ = zip(*rows, strict=True)
                 nxt.extend(list(r_), list(k_), s_, z_)
             else:
-                nxt.extend(recs[::-1], keys[::-1], reversed(seqs), reversed(sizes))
+                nxt.extend(recs, keys, seqs, sizes)  # arrays onto arrays: a copy
 
 
-def _first(row: tuple) -> int:
-    return row[0]
+_seq_of = itemgetter(0)
