@@ -97,6 +97,24 @@ class ByName(Generic[V]):
             self._n += 1
         v[i] = value
 
+    def add(self, name: str, value: V) -> bool:
+        """Store ``value`` unless ``name`` has one already; True if it was stored.
+
+        (``name in m`` then ``m[name] = value`` in one call: a hot pair in set-like uses.)
+        """
+        i = _numbers.get(name)
+        if i is None:
+            i = name_number(name)
+        v = self._v
+        try:
+            if v[i] is not None:
+                return False
+        except IndexError:
+            v.extend([None] * (i + 1 - len(v)))
+        v[i] = value
+        self._n += 1
+        return True
+
     def __delitem__(self, name: str) -> None:
         if self.pop(name) is None:
             raise KeyError(name)

@@ -267,8 +267,15 @@ def _first_unheld_attachment(
 ) -> int:
     """Index of the first of ``atts`` not held (see :func:`_holds_attachment`), else len."""
     try:
-        nodes = list(map(attach.get, map(_network_of, atts), itertools.repeat(_NO_NODES)))
-        held = list(map(is_, map(dict.get, nodes, map(_node_of, atts)), atts))
+        if len(attach) == 1:
+            # One network known (the usual case): a record stored under a network names
+            # that network (records are immutable), so "it is the record stored for its
+            # node there" is the whole test, without looking its network up.
+            (recs,) = attach.values()
+            held = list(map(is_, map(recs.get, map(_node_of, atts)), atts))
+        else:
+            nodes = map(attach.get, map(_network_of, atts), itertools.repeat(_NO_NODES))
+            held = list(map(is_, map(dict.get, nodes, map(_node_of, atts)), atts))
     except (AttributeError, TypeError):
         i = 0
         for a in atts:
@@ -304,10 +311,10 @@ class _NodeSet:
         return node in self._pos
 
     def add(self, node: str) -> bool:
-        if node in self._pos:
+        items = self._items
+        if not self._pos.add(node, _share(len(items))):
             return False
-        self._pos[node] = _share(len(self._items))
-        self._items.append(node)
+        items.append(node)
         return True
 
     def extend(self, nodes: list[str]) -> None:

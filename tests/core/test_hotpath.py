@@ -215,6 +215,10 @@ def test_byname_behaves_as_a_dict() -> None:
                 ref[name] = v
             elif op < 0.6:
                 assert m.pop(name, -1) == ref.pop(name, -1)
+            elif op < 0.62:
+                v = rng.randrange(3)
+                assert m.add(name, v) == (name not in ref)
+                ref.setdefault(name, v)
             elif op < 0.65:
                 batch = [(n, rng.randrange(3)) for n in rng.sample(names, 5)]
                 m.update(batch)
@@ -257,3 +261,34 @@ def test_a_held_record_is_recognised_without_a_held_set() -> None:
     before = t.dropped
     assert t.receive("h1", TableGossip(source="h1", network="n", entries=(object(),)), 2.2)
     assert t.dropped == before + 1
+
+
+def test_first_unheld_attachment_matches_the_per_record_test() -> None:
+    """The C-level "first attachment not held" scan (one-network shortcut included)
+    gives the index the per-record definition gives, for held records, equal copies,
+    records of other networks, and malformed ones."""
+    from dataclasses import replace
+
+    from overlaysim.core.tables import _first_unheld_attachment, _holds_attachment
+
+    def att(node: str, net: str) -> NetworkAttachment:
+        return NetworkAttachment(node=node, network=net, ltime=1, leaving=False, epoch=0)
+
+    rng = random.Random(7)
+    for nets in (["n"], ["n", "m"], []):
+        attach: dict[str, dict[str, NetworkAttachment]] = {n: {} for n in nets}
+        held = []
+        for net in nets:
+            for i in range(6):
+                a = att(f"h{i}", net)
+                attach[net][a.node] = a
+                held.append(a)
+        pool: list[object] = [*held, object(), att("h1", "x"), att("zz", "n")]
+        pool += [replace(a) for a in held[:3]]
+        pool.append(NetworkAttachment(node=["h1"], network="n", ltime=1, leaving=False))  # type: ignore[arg-type]
+        for _ in range(300):
+            atts = tuple(rng.choice(pool) for _ in range(rng.randrange(0, 6)))
+            want = next(
+                (i for i, a in enumerate(atts) if not _holds_attachment(attach, a)), len(atts)
+            )
+            assert _first_unheld_attachment(attach, atts) == want
