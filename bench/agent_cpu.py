@@ -127,7 +127,7 @@ def phase(
             spies.append(
                 subprocess.Popen(
                     [os.environ.get("PYSPY", "py-spy"), "record", "--pid", str(pids[host]),
-                     "--rate", "200", "--format", "raw", "--nonblocking", "--threads",
+                     "--rate", "200", "--format", "raw", "--nonblocking", "--threads", "--gil",
                      "--output", str(out)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )
