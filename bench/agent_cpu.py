@@ -181,6 +181,7 @@ def main() -> None:
     hosts = [f"h{i}" for i in range(1, a.hosts + 1)]
     rows: list[dict[str, Any]] = []
     with underlay_session(sc.resolved_topology) as u:
+        prefix = u.plan.prefix if u.plan is not None else ""
         testbed = Testbed(u, managers=["h1"], profile="lan", seed=SEED)
         world = EmuWorld(sc, SEED, testbed)
         try:
@@ -223,6 +224,8 @@ def main() -> None:
             world.close()
             testbed.stop()
             testbed.remove_files()
+    left = [n for n in os.listdir("/var/run/netns") if prefix and n.startswith(prefix)]
+    print(f"namespaces left with prefix {prefix!r}: {left or 'none'}")
     for op in ("add", "delete"):
         mine = [r for r in rows if r["op"] == op]
         if mine:
