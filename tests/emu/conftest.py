@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from overlaysim.emu.net import Underlay
     from overlaysim.emu.runner import EmuWorld
+    from overlaysim.scenario.topology import Topology
 
 
 #: A 3-host star topology file (one switch, no impairments), for the labs and the CLI.
@@ -107,6 +109,22 @@ def processes_mentioning(*needles: str) -> list[str]:
         if any(n in cmdline for n in needles):
             found.append(f"{entry.name}: {cmdline}")
     return found
+
+
+@contextmanager
+def running_underlay(topology: Topology, **kwargs: Any) -> Iterator[Underlay]:
+    """An underlay built and started for a module's tests (``kwargs``: more ``Underlay``
+    arguments), stopped afterwards."""
+    from overlaysim.emu.net import Underlay
+
+    emulation_or_skip()
+    shared = Underlay(topology, **kwargs)
+    shared.build()
+    shared.start()
+    try:
+        yield shared
+    finally:
+        shared.stop()
 
 
 @contextmanager

@@ -432,3 +432,24 @@ def test_lb_probe_counts_connections_per_task_through_the_vip(emu: None, tmp_pat
     )
     _assert_nothing_left(tmp_path / "run")
     assert not processes_mentioning("s.bind(('0.0.0.0', int(sys.argv[1])))")
+
+
+@pytest.mark.emu
+def test_a_boot_burst_has_the_same_commit_targets_on_both_backends(
+    emu: None, tmp_path: Path
+) -> None:
+    """Five hosts, a container each on one network at t=0: every commit must reach all
+    five hosts, simulated (attaches one after another at t=0) as emulated (attaches
+    take wall time); docs/results.md, convergence.csv."""
+    from overlaysim.sim.runner import run_simulation
+
+    scenario = load_scenario(Path(__file__).parents[1] / "metrics" / "boot-burst.yaml")
+    assert emu_runner.run_emulation(scenario, tmp_path / "emu", progress=False) == "complete"
+    assert run_simulation(scenario, tmp_path / "sim", progress=False) == "complete"
+    targets = {}
+    for backend in ("sim", "emu"):
+        conv = load_run(tmp_path / backend).convergence
+        adds = conv[conv["op"] == "add"]
+        targets[backend] = dict(zip(adds["key"], adds["targets"], strict=True))
+    assert targets["sim"] == targets["emu"] == {f"c{i}": 5 for i in range(1, 6)}
+    _assert_nothing_left(tmp_path / "emu")
