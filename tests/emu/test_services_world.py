@@ -9,7 +9,6 @@ mesh away and puts ``ip_forward`` back everywhere. About 30 s.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,15 +16,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import emulation_or_skip
-from test_emu_overlay import _links, _netns
+from conftest import booted_world
+from service_probes import knock, server
 
-from overlaysim.emu.net import underlay_session
 from overlaysim.emu.runner import EmuWorld
-from overlaysim.emu.testbed import Testbed
-from overlaysim.scenario.loader import validate_scenario
 from overlaysim.scenario.steps import Crash, Restart, ServiceCreate, ServiceRm
-from overlaysim.scenario.timeline import plan
 
 pytestmark = pytest.mark.emu
 
@@ -40,62 +35,22 @@ SCENARIO = {
 }
 
 MARK = "svc-world-server"  # in the command line, to find leftover processes
-SERVER = (
-    f"# {MARK}\n"
-    "import socket\n"
-    "s = socket.socket()\n"
-    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind(('0.0.0.0', 8080))\n"
-    "s.listen(64)\n"
-    "while True:\n"
-    "    c, _ = s.accept()\n"
-    "    c.sendall(socket.gethostname().encode())\n"
-    "    c.close()\n"
-)
-
-KNOCK = """\
-import json, socket, sys
-port, n, out = int(sys.argv[1]), int(sys.argv[2]), {}
-for ip in sys.argv[3:]:
-    seen = out[ip] = {}
-    for _ in range(n):
-        try:
-            with socket.create_connection((ip, port), timeout=2) as s:
-                who = s.recv(64).decode() or "empty"
-        except OSError as exc:
-            who = type(exc).__name__
-        seen[who] = seen.get(who, 0) + 1
-print(json.dumps(out))
-"""
+SERVER = server(MARK)
 
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[EmuWorld]:
-    emulation_or_skip()
-    scenario = validate_scenario(SCENARIO)
-    with underlay_session(scenario.resolved_topology) as u:
-        assert u.plan is not None
-        prefix = u.plan.prefix
-        testbed = Testbed(u, managers=["h1"], profile="local", seed=3)
-        w = EmuWorld(scenario, 3, testbed)
-        try:
-            w.boot(plan(scenario, 3))
-            yield w
-        finally:
-            testbed.stop()
-            assert testbed.errors == []
-            testbed.remove_files()
-    assert not [n for n in _netns() if n.startswith(prefix)]
-    assert not [n for n in _links() if n.startswith(prefix)]
+    """The booted testbed; afterwards nothing with its prefix, and no task command, may
+    remain."""
+    with booted_world(SCENARIO, 3) as w:
+        yield w
     ps = subprocess.run(["pgrep", "-fa", MARK], capture_output=True, text=True)
     assert ps.stdout == "", ps.stdout  # no task command survived
 
 
 def _knock(w: EmuWorld, src: str, port: int, n: int, hosts: list[str]) -> dict[str, dict]:
     ips = [w.testbed.underlay.underlay_ip(h) for h in hosts]
-    res = w.testbed.underlay.cmd(src, [sys.executable, "-c", KNOCK, str(port), str(n), *ips])
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = knock(w.testbed.underlay, src, port, n, ips)
     return {h: out[ip] for h, ip in zip(hosts, ips, strict=True)}
 
 
