@@ -120,8 +120,11 @@ def test_create_spreads_tasks_and_scale_fills_then_removes_the_highest_slots():
     )
     assert hosts_of(world, "web") == {"web.1": "h1", "web.2": "h2"}
     assert not {"web.3", "web.4", "web.5"} & set(world.containers)
-    (_, first), (_, second) = truth_rows(world, "web")
-    assert len(first) == 5 and len(second) == 2 and set(second) < set(first)
+    # one task change at a time, task_interval (0.5 s) apart: five adds, three removals
+    rows = truth_rows(world, "web")
+    assert [t for t, _ in rows] == [1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 5.5, 6.0]
+    assert [len(ips) for _, ips in rows] == [1, 2, 3, 4, 5, 4, 3, 2]
+    assert set(rows[-1][1]) < set(rows[4][1])
 
 
 def test_placement_and_addresses_do_not_depend_on_the_seed():
@@ -130,7 +133,7 @@ def test_placement_and_addresses_do_not_depend_on_the_seed():
         ServiceCreate(at=2, name="rr", network="app", replicas=2, endpoint_mode="dnsrr"),
         ServiceScale(at=5, service="web", replicas=6),
     ]
-    a, b = run(steps, until=6, seed=1), run(steps, until=6, seed=99)
+    a, b = run(steps, until=7, seed=1), run(steps, until=7, seed=99)
     for svc in ("web", "rr"):
         assert hosts_of(a, svc) == hosts_of(b, svc)
         assert truth_rows(a, svc) == truth_rows(b, svc)
@@ -160,7 +163,11 @@ def test_update_replaces_tasks_with_the_new_mode_and_gives_the_vip_back():
     assert hosts_of(world, "web") == {"web.1": "h1", "web.2": "h2", "web.3": "h3"}
     assert all(world.containers[n].task.gen == 2 for n in svc.slots.values())
     assert not any(a.endpoint == vip_endpoint("web") for a in world.sim.ipam.allocations("app"))
-    (_, before), (_, after) = truth_rows(world, "web")
+    rows = truth_rows(world, "web")
+    before, after = rows[2][1], rows[-1][1]
+    # each task in turn: removed, then its successor detach_delay (0.25 s) later
+    assert [t for t, _ in rows[3:]] == [5.0, 5.25, 5.5, 5.75, 6.0, 6.25]
+    assert [len(ips) for _, ips in rows[3:]] == [2, 3, 2, 3, 2, 3]
     assert len(after) == 3 and not set(before) & set(after)  # replaced tasks, new addresses
     ans = directory(world, "h5").resolve("client", "web")
     assert ans.kind is AnswerKind.ANSWER and set(ans.ips) == set(after)
@@ -187,7 +194,7 @@ def test_rm_removes_every_task_and_the_vip_and_the_name_stops_resolving():
     assert "web" not in world.services.by_name
     assert not [n for n in world.containers if n.startswith("web.")]
     assert not any(a.endpoint == vip_endpoint("web") for a in world.sim.ipam.allocations("app"))
-    assert truth_rows(world, "web")[-1] == (5.0, [])
+    assert truth_rows(world, "web")[-1] == (6.0, [])
     assert directory(world, "h5").resolve("client", "web").kind is AnswerKind.NXDOMAIN
     rows = world.dns_tracker.finish()
     stale = [r for r in rows if r["metric"] == "stale_dns_window_s"]
@@ -206,7 +213,8 @@ def test_a_crashed_hosts_tasks_leave_the_dns_truth_and_come_back_with_it():
     )
     rows = truth_rows(world, "web")
     web2 = world.containers["web.2"].networks["app"]
-    assert [t for t, _ in rows] == [1.0, 10.0, 40.0]
+    assert [t for t, _ in rows] == [1.0, 1.5, 2.0, 10.0, 40.0]
+    rows = rows[2:]
     assert web2 in rows[0][1] and web2 not in rows[1][1] and web2 in rows[2][1]
     dns = world.dns_tracker.finish()
     crash_conv = next(r for r in dns if r["metric"] == "dns_convergence_s" and r["t"] == 10.0)
