@@ -27,9 +27,11 @@ from overlaysim.world.services import place
 SUBNET = "10.20.0.0/24"
 
 
-def scenario(hosts: int = 5):
+def scenario(hosts: int = 5, timing: dict | None = None):
+    extra = {"service_timing": timing} if timing else {}
     return validate_scenario(
         {
+            **extra,
             "name": "svc",
             "duration": 60,
             "topology": {"generator": "star", "hosts": hosts},
@@ -39,8 +41,14 @@ def scenario(hosts: int = 5):
     )
 
 
-def run(steps: list[Step], until: float = 60.0, hosts: int = 5, seed: int = 1) -> SimWorld:
-    sc = scenario(hosts)
+def run(
+    steps: list[Step],
+    until: float = 60.0,
+    hosts: int = 5,
+    seed: int = 1,
+    timing: dict | None = None,
+) -> SimWorld:
+    sc = scenario(hosts, timing)
     the_plan = plan(sc, seed)
     the_plan.steps = sorted(steps, key=lambda s: s.at)
     world = SimWorld(sc, seed, services=True)
@@ -250,3 +258,51 @@ def test_steps_the_world_cannot_play_are_skipped_with_the_reason():
         ("service_rm", "nope", "no service nope"),
     ]
     assert len(world.services.by_name["web"].slots) == 2
+
+
+def test_a_service_step_unfolds_task_by_task_and_a_host_leaves_detach_delay_later():
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=3),
+            ServiceScale(at=10, service="web", replicas=0),
+        ],
+        until=12,
+        timing={"task_interval": 0.4, "detach_delay": 0.3},
+    )
+    rows = world.events.rows
+    attach = [(r[0], r[3]) for r in rows if r[2] == "container_attach" and r[3].startswith("web")]
+    assert attach == [(1.0, "web.1"), (1.4, "web.2"), (1.8, "web.3")]
+    detach = [(r[0], r[3]) for r in rows if r[2] == "container_detach"]
+    assert detach == [(10.0, "web.3"), (10.4, "web.2"), (10.8, "web.1")]
+    # h1-h3 held nothing else on app: each leaves 0.3 s after its task went, not before
+    leaves = {r[1]: r[0] for r in rows if r[2] == "net_detach"}
+    assert leaves == pytest.approx({"h3": 10.3, "h2": 10.7, "h1": 11.1})
+    # the simulated node leaves then too (its table no longer holds the network)
+    assert "app" not in world.cluster.node("h1").tables.networks()
+    commits = [(r[0], r[1]) for r in rows if r[2] == "entry_commit" and r[6] == "delete"]
+    assert commits == [(10.0, "h3"), (10.4, "h2"), (10.8, "h1")]
+
+
+def test_the_leave_is_pending_until_its_time_and_zero_timing_is_one_instant():
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=1),
+            ServiceRm(at=10, service="web"),
+        ],
+        until=10.2,
+        timing={"task_interval": 0.4, "detach_delay": 0.3},
+    )
+    assert "app" in world.cluster.node("h1").tables.networks()  # 0.2 s after: still on it
+    assert not [r for r in world.events.rows if r[2] == "net_detach"]
+
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=3),
+            ServiceRm(at=10, service="web"),
+        ],
+        until=11,
+        timing={"task_interval": 0, "detach_delay": 0},
+    )
+    times = {r[0] for r in world.events.rows if r[2] in ("container_detach", "net_detach")}
+    assert times == {10.0}
+    assert {t for t, _ in truth_rows(world, "web")} == {1.0, 10.0}
