@@ -68,11 +68,21 @@ def _forwarding(w: EmuWorld, host: str) -> str:
     return w.testbed.underlay.cmd(host, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip()
 
 
+def _apply(w: EmuWorld, step) -> None:  # type: ignore[no-untyped-def]
+    """Apply ``step`` and play its later pieces (a service's next tasks) at their times,
+    as the runner's driver does (``World.timeline``)."""
+    w.apply(step)
+    for at, work in w.timeline([]):
+        time.sleep(max(0.0, at - w.backend.now()))
+        work()
+
+
 def test_published_port_and_task_command_from_a_scenario_step(world: EmuWorld) -> None:
     w = world
     hosts = ["h1", "h2", "h3"]
     before = {h: _forwarding(w, h) for h in hosts}
-    w.apply(
+    _apply(
+        w,
         ServiceCreate(
             at=w.backend.now(),
             name="web",
@@ -80,7 +90,7 @@ def test_published_port_and_task_command_from_a_scenario_step(world: EmuWorld) -
             replicas=2,
             publish=("8095:8080",),
             command=(sys.executable, "-c", SERVER),
-        )
+        ),
     )
     assert w.skipped == []
     svc = w.services.by_name["web"]
@@ -96,7 +106,7 @@ def test_published_port_and_task_command_from_a_scenario_step(world: EmuWorld) -
     w.apply(Crash(at=w.backend.now(), host=idle))
     w.apply(Restart(at=w.backend.now(), host=idle))
     print(f"{idle} after restart: {_until_tasks_answer(w, idle, tasks, 30)}")
-    w.apply(ServiceRm(at=w.backend.now(), service="web"))
+    _apply(w, ServiceRm(at=w.backend.now(), service="web"))
     assert w.skipped == []
     for h in hosts:
         tables = w.testbed.underlay.cmd(h, ["nft", "list", "tables"]).stdout
