@@ -154,11 +154,15 @@ class Containers:
         async with self.ops:
             return await self._attach(self._container(name), network, ip)
 
-    async def disconnect(self, name: str, network: str) -> dict[str, Any]:
-        """Detach a container from one network (it goes when its last network does)."""
+    async def disconnect(
+        self, name: str, network: str, leave_at: float | None = None
+    ) -> dict[str, Any]:
+        """Detach a container from one network (it goes when its last network does);
+        a last container's network is left no earlier than ``leave_at`` (monotonic)."""
         async with self.ops:
             info = self._netinfo.get(network)
-            return await self._detach(self._container(name), info["name"] if info else network)
+            net = info["name"] if info else network
+            return await self._detach(self._container(name), net, leave_at)
 
     async def remove(self, name: str) -> dict[str, Any]:
         """Remove a container: its entries, interfaces and addresses."""
@@ -265,13 +269,15 @@ class Containers:
         }
         return {"network": name, **c.nets[name]}
 
-    async def _detach(self, c: Container, network: str) -> dict[str, Any]:
+    async def _detach(
+        self, c: Container, network: str, leave_at: float | None = None
+    ) -> dict[str, Any]:
         if network not in c.nets:
             raise BadRequest(f"container {c.name} is not on network {network}")
         self._delete_entry(c, network)
         attachment = c.nets.pop(network)
         self._flush()
-        await self._unplug(c.name, network)
+        await self._unplug(c.name, network, leave_at)
         self.events.write("detach", container=c.name, network=network)
         released = await self._release_quietly(network, c.name)
         if not c.nets:
@@ -298,9 +304,11 @@ class Containers:
                 vtep=self.vtep,
             )
 
-    async def _unplug(self, container: str, network: str) -> None:
+    async def _unplug(self, container: str, network: str, leave_at: float | None = None) -> None:
         result = await self._run(self._programmer().detach, container, network)
         if result["last"]:
+            if leave_at is not None:  # never earlier than the scenario's timeline says
+                await asyncio.sleep(max(0.0, leave_at - time.monotonic()))
             if network in self.node.tables.networks():
                 self.node.leave_network(network, time.monotonic())
                 self._flush()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
@@ -241,7 +242,9 @@ class AgentOps(Protocol):
     async def kernel(self) -> dict[str, Any]: ...
     async def run_container(self, req: ContainerRequest) -> dict[str, Any]: ...
     async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]: ...
-    async def disconnect(self, name: str, network: str) -> dict[str, Any]: ...
+    async def disconnect(
+        self, name: str, network: str, leave_at: float | None = None
+    ) -> dict[str, Any]: ...
     async def remove(self, name: str) -> dict[str, Any]: ...
     async def reconcile(self) -> dict[str, Any]: ...
     async def refresh_keys(self) -> dict[str, Any]: ...
@@ -295,7 +298,9 @@ def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
         )
 
     async def disconnect(req: dict[str, Any]) -> Any:
-        return await agent.disconnect(_str(req, "container"), _str(req, "network"))
+        return await agent.disconnect(
+            _str(req, "container"), _str(req, "network"), _opt_time(req, "leave_at")
+        )
 
     async def rm(req: dict[str, Any]) -> Any:
         return await agent.remove(_str(req, "container"))
@@ -352,6 +357,16 @@ def _opt_str(req: dict[str, Any], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise BadRequest(f"{key}: expected a string")
     return value
+
+
+def _opt_time(req: dict[str, Any], key: str) -> float | None:
+    """An optional monotonic time (a finite number of seconds)."""
+    v = req.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise BadRequest(f"{key}: expected a number of seconds")
+    return float(v)
 
 
 def _str_list(req: dict[str, Any], key: str) -> list[str]:

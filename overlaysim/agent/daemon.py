@@ -588,9 +588,12 @@ class Agent:
         """Attach a running container to one more network."""
         return await self.workloads.connect(name, network, ip)
 
-    async def disconnect(self, name: str, network: str) -> dict[str, Any]:
-        """Detach a container from one network (it goes when its last network does)."""
-        return await self.workloads.disconnect(name, network)
+    async def disconnect(
+        self, name: str, network: str, leave_at: float | None = None
+    ) -> dict[str, Any]:
+        """Detach a container from one network (it goes when its last network does);
+        ``leave_at``: see :meth:`Workloads.disconnect`."""
+        return await self.workloads.disconnect(name, network, leave_at)
 
     async def remove(self, name: str) -> dict[str, Any]:
         """Remove a container, its entries first (see :meth:`Workloads.remove`)."""

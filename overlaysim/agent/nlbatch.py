@@ -55,9 +55,16 @@ RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
 NLM_F_EXCL = 0x200
+IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
+IFLA_MTU = 4
+IFLA_MASTER = 10
 IFLA_LINKINFO = 18
+IFLA_NET_NS_FD = 28
 IFLA_INFO_KIND = 1
+IFLA_INFO_DATA = 2
+VETH_INFO_PEER = 1
+NLA_F_NESTED = 0x8000
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 IFF_UP = 0x1
@@ -98,6 +105,15 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
 
 
+def _packed_ipv4(ip: str) -> bytes:
+    """The four bytes of a dotted-quad address (``inet_pton``: as strict as ``ipaddress``,
+    a fraction of its cost per request)."""
+    try:
+        return socket.inet_pton(socket.AF_INET, ip)
+    except (OSError, TypeError):
+        raise ValueError(f"bad IPv4 address {ip!r}") from None
+
+
 def encode(op: NeighOp, seq: int) -> bytes:
     """The netlink request for ``op`` with sequence number ``seq``."""
     family, flags = (AF_BRIDGE, NTF_SELF) if op.kind == "fdb" else (AF_INET, 0)
@@ -108,7 +124,7 @@ def encode(op: NeighOp, seq: int) -> bytes:
             raise ValueError(f"bad MAC address {op.mac!r}")
         attrs = _attr(NDA_LLADDR, mac)
     if op.ip:
-        attrs = _attr(NDA_DST, ipaddress.IPv4Address(op.ip).packed) + attrs
+        attrs = _attr(NDA_DST, _packed_ipv4(op.ip)) + attrs
     if op.op == "set":
         kind, nlflags, state = RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, NUD_PERMANENT
     else:
@@ -122,6 +138,51 @@ def encode_link_up(ifindex: int, seq: int) -> bytes:
     """``ip link set dev <ifindex> up``."""
     body = _IFINFO.pack(0, 0, 0, ifindex, IFF_UP, IFF_UP)
     return _HDR.pack(_HDR.size + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def encode_veth_add(
+    name: str,
+    *,
+    mtu: int,
+    master: int,
+    peer: str,
+    peer_mac: str,
+    peer_ns_fd: int,
+    seq: int,
+) -> bytes:
+    """``ip link add <name> mtu M master <master> up type veth peer name <peer> address
+    <peer_mac> mtu M netns <fd>``: the pair, its near end on a bridge and up, its far end
+    named, addressed and moved into another namespace, in one request."""
+    mac = bytes.fromhex(peer_mac.replace(":", ""))
+    if len(mac) != 6:
+        raise ValueError(f"bad MAC address {peer_mac!r}")
+    far = _IFINFO.pack(0, 0, 0, 0, 0, 0) + b"".join(
+        (
+            _attr(IFLA_IFNAME, peer.encode() + b"\0"),
+            _attr(IFLA_ADDRESS, mac),
+            _attr(IFLA_MTU, struct.pack("=I", mtu)),
+            _attr(IFLA_NET_NS_FD, struct.pack("=I", peer_ns_fd)),
+        )
+    )
+    info = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(
+        IFLA_INFO_DATA | NLA_F_NESTED, _attr(VETH_INFO_PEER | NLA_F_NESTED, far)
+    )
+    body = _IFINFO.pack(0, 0, 0, 0, IFF_UP, IFF_UP) + b"".join(
+        (
+            _attr(IFLA_IFNAME, name.encode() + b"\0"),
+            _attr(IFLA_MTU, struct.pack("=I", mtu)),
+            _attr(IFLA_MASTER, struct.pack("=I", master)),
+            _attr(IFLA_LINKINFO | NLA_F_NESTED, info),
+        )
+    )
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    return _HDR.pack(_HDR.size + len(body), RTM_NEWLINK, flags, seq, 0) + body
+
+
+def encode_link_del_named(name: str, seq: int) -> bytes:
+    """``ip link del <name>``."""
+    body = _IFINFO.pack(0, 0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
+    return _HDR.pack(_HDR.size + len(body), RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
 
 
 def encode_addr_add(ifindex: int, ip: str, prefixlen: int, seq: int) -> bytes:
@@ -313,8 +374,8 @@ def _neigh_entry(data: bytes, start: int, end: int, ifindex: int) -> tuple[str, 
             break
         payload = data[pos + 4 : pos + alen]
         if atype == NDA_LLADDR and len(payload) == 6:
-            mac = ":".join(f"{b:02x}" for b in payload)
+            mac = payload.hex(":")
         elif atype == NDA_DST and len(payload) == 4:
-            dst = str(ipaddress.IPv4Address(payload))
+            dst = socket.inet_ntop(socket.AF_INET, payload)
         pos += (alen + 3) & ~3
     return mac, dst

@@ -1,8 +1,9 @@
 """Per-container UTS namespace: each container gets its own hostname, as in Docker.
 
 A UTS namespace is kept alive without a process by bind-mounting it on a file, the way
-``ip netns`` keeps network namespaces under ``/run/netns``: ``unshare --uts=FILE
-hostname NAME`` creates it, names it, and pins it on ``FILE``. Commands enter it next to
+``ip netns`` keeps network namespaces under ``/run/netns``: what ``unshare --uts=FILE
+hostname NAME`` does, done by a short-lived thread of the agent (``unshare`` changes only
+the calling thread): it creates the namespace, names it, and pins it on ``FILE``. Commands enter it next to
 the network namespace with ``ip netns exec NETNS nsenter --uts=FILE -- CMD`` (``ip netns
 exec`` also applies the container's ``/etc/netns/NETNS/resolv.conf``). Removing it
 unmounts and deletes the file; the namespace dies with its last user.
@@ -17,6 +18,7 @@ import ctypes
 import os
 import re
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +26,8 @@ __all__ = ["UTS_DIR", "UtsError", "create_uts", "exec_argv", "hostname_of", "rem
 
 UTS_DIR = Path("/run/overlaysim/uts")
 MNT_DETACH = 2
+MS_BIND = 4096
+CLONE_NEWUTS = 0x04000000
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62})$")
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -48,13 +52,44 @@ def create_uts(name: str, hostname: str | None = None, *, root: Path = UTS_DIR) 
     if path.exists() and os.path.ismount(path):
         remove_uts(name, root=root)  # a leftover from a crashed run: start clean
     path.touch()
-    res = subprocess.run(
-        ["unshare", f"--uts={path}", "hostname", host], capture_output=True, text=True, timeout=10
-    )
-    if res.returncode != 0:
+    try:
+        _pin_new_uts(path, host)
+    except OSError as exc:
         path.unlink(missing_ok=True)
-        raise UtsError(f"unshare --uts for {name}: {res.stderr.strip() or res.returncode}")
+        raise UtsError(f"unshare --uts for {name}: {exc.strerror or exc}") from None
     return path
+
+
+def _pin_new_uts(path: Path, hostname: str) -> None:
+    """In a thread of its own: a new UTS namespace named ``hostname``, bound on ``path``.
+
+    The thread ends afterwards; the bind mount keeps the namespace alive. (Running
+    ``unshare``/``hostname`` as a process costs a busy agent a fork and two execs per
+    container.)
+    """
+    box: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            _check(_libc.unshare(CLONE_NEWUTS), "unshare(CLONE_NEWUTS)")
+            raw = hostname.encode()
+            _check(_libc.sethostname(raw, len(raw)), "sethostname")
+            own = f"/proc/self/task/{threading.get_native_id()}/ns/uts".encode()
+            _check(_libc.mount(own, str(path).encode(), b"none", MS_BIND, None), "bind mount")
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="uts-create")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def remove_uts(name: str, *, root: Path = UTS_DIR) -> bool:

@@ -198,6 +198,12 @@ class VipBalancer:
         _, have = self.applied.get(container, (netns, None))
         if have == want:
             return False
+        if have is None and not want:
+            # A new container with no VIP to balance: no table is what an empty one
+            # does (no rule, accept), without an ``nft`` process per container. The
+            # first VIP creates it (``render_rules`` creates what is absent).
+            self.applied[container] = (netns, want)
+            return False
         try:
             replace_rules(netns, want, mode=self.mode)
         except VipError:

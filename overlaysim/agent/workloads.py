@@ -72,13 +72,19 @@ class Workloads:
         """Attach a running container to one more network."""
         return await self.containers.connect(name, network, ip)
 
-    async def disconnect(self, name: str, network: str) -> dict[str, Any]:
-        """Detach a container from one network (it goes when its last network does)."""
+    async def disconnect(
+        self, name: str, network: str, leave_at: float | None = None
+    ) -> dict[str, Any]:
+        """Detach a container from one network (it goes when its last network does).
+
+        ``leave_at`` (monotonic seconds): when this was the host's last container on the
+        network, the host leaves the network's tables no earlier than then (a scenario's
+        ``service_timing.detach_delay``, the same time the simulator leaves at)."""
         async with self._lock:
             c = self.containers.get(name)
             if c is not None and len(c.nets) == 1:
                 await self.svcnet.stop(name)  # the last network: the namespace goes
-            return await self.containers.disconnect(name, network)
+            return await self.containers.disconnect(name, network, leave_at)
 
     async def remove(self, name: str) -> dict[str, Any]:
         """Remove a container: its entries first, then its command and names, interfaces

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,6 +24,22 @@ from dataclasses import dataclass
 ENDPOINTS = "endpoints"
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def canonical_ipv4(text: str) -> str:
+    """``text`` as a dotted-quad IPv4 address, as ``str(ipaddress.IPv4Address(text))``
+    gives it for a string; ValueError otherwise.
+
+    Through the C library (``inet_pton`` is as strict: four decimal octets, no leading
+    zeros): an agent reads several addresses per table event, and ``ipaddress`` costs
+    tens of microseconds each on a busy machine.
+    """
+    if not isinstance(text, str):  # ints and the like: ipaddress's own rules
+        return str(ipaddress.IPv4Address(text))
+    try:
+        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
+    except (OSError, TypeError, ValueError):
+        raise ValueError(f"{text!r} does not appear to be an IPv4 address") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,7 +56,7 @@ class Endpoint:
     vtep: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ip", str(ipaddress.IPv4Address(self.ip)))
+        object.__setattr__(self, "ip", canonical_ipv4(self.ip))
         mac = str(self.mac).lower()
         if not _MAC.match(mac):
             raise ValueError(f"bad MAC address {self.mac!r}")
@@ -63,7 +80,7 @@ class Endpoint:
         try:
             vtep = value["vtep"]
             if vtep_ip:
-                vtep = str(ipaddress.IPv4Address(vtep))
+                vtep = canonical_ipv4(vtep)
             return cls(
                 name=str(value.get("name", key)), ip=value["ip"], mac=value["mac"], vtep=vtep
             )

@@ -313,13 +313,20 @@ class EmuBackend:
             if att["network"] in networks
         }
 
-    def detach(self, c: Container, network: str, *, live: bool, last: bool) -> None:
+    def detach(
+        self, c: Container, network: str, *, live: bool, last: bool, leave_at: float | None = None
+    ) -> None:
+        """The agent unplugs ``c``; a delayed leave (``leave_at``) it holds until then
+        (the agent's clock is ours: ``t0 + leave_at``), so the call returns after it."""
         if not live:
             return
         if c.task is not None and c.task.service in self.ingress_vips:
             # a published task is on the ingress network too: that goes first
             self.testbed.call(c.host, "disconnect", container=c.name, network=INGRESS)
-        self.testbed.call(c.host, "disconnect", container=c.name, network=network)
+        hold: dict[str, float] = {}  # only when set: other detaches ask as before
+        if last and leave_at is not None and self.t0 is not None:
+            hold["leave_at"] = self.t0 + leave_at
+        self.testbed.call(c.host, "disconnect", container=c.name, network=network, **hold)
 
     def reserve_vip(self, service: str, network: str) -> str:
         """The manager allocates the VIP from the network's IPAM (control ``vip_reserve``)."""

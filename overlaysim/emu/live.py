@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overlaysim.agent import names
 from overlaysim.agent.control import ControlClient, ControlError
 from overlaysim.errors import UserError
+
+if TYPE_CHECKING:
+    from overlaysim.emu.testbed import Testbed
 
 LIVE_FILE = Path("/run/overlaysim/live.json")
 
@@ -35,6 +39,27 @@ class LiveTestbed:
     topology: str = ""
     #: Namespace prefix of this run's agents (container netns: <prefix>-<host>-<name>).
     prefix: str = names.PREFIX
+
+    @classmethod
+    def of(cls, tb: Testbed, hosts: Iterable[str], run_id: str, topology: str = "") -> LiveTestbed:
+        """The address book of running testbed ``tb`` (agents on ``hosts``), owned by
+        this process."""
+        u = tb.underlay
+        return cls(
+            run_id=run_id,
+            owner_pid=os.getpid(),
+            manager=tb.manager_host,
+            hosts={
+                h: {
+                    "control": str(tb.sock(h)),
+                    "underlay_ip": u.underlay_ip(h),
+                    "pid": str(u.pid(h)),
+                }
+                for h in hosts
+            },
+            topology=topology,
+            prefix=tb.prefix,
+        )
 
     def control(self, host: str) -> str:
         try:

@@ -119,9 +119,11 @@ def play(
 ) -> None:
     """Apply ``steps`` at their times, then wait until ``duration``; ``tick`` refreshes
     the display while waiting."""
-    for step in steps:
-        _sleep_until(world, step.at, tick)
-        world.apply(step)
+    for at, work in world.timeline(steps):
+        if at > duration:
+            break  # later pieces of the last steps: the run is over (as in the simulator)
+        _sleep_until(world, at, tick)
+        work()
         if tick is not None:
             tick()
     world.settle()  # the hosts' lanes: their last steps done, their errors raised here

@@ -61,23 +61,7 @@ def lab_session(
                 try:
                     read_live()
                 except NoTestbed:
-                    write_live(
-                        LiveTestbed(
-                            run_id=run_id,
-                            owner_pid=os.getpid(),
-                            manager=tb.manager_host,
-                            hosts={
-                                h: {
-                                    "control": str(tb.sock(h)),
-                                    "underlay_ip": u.underlay_ip(h),
-                                    "pid": str(u.pid(h)),
-                                }
-                                for h in hosts
-                            },
-                            topology=str(topology),
-                            prefix=tb.prefix,
-                        )
-                    )
+                    write_live(LiveTestbed.of(tb, hosts, run_id, topology=str(topology)))
                     published = True
             if say:
                 print(

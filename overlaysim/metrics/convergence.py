@@ -1,13 +1,20 @@
 """Online endpoint-convergence tracking, shared by the simulator and the emulation.
 
 A commit (an owner adds or deletes an endpoint entry) waits for every *target* — the
-hosts attached to the network and alive at commit time — to hold the entry in that
-state. The tracker is fed four kinds of facts in time order and yields one row of
-``convergence.csv`` per commit:
+hosts attached to the network and alive at the commit's instant, including those
+attached later in that same instant — to hold the entry in that state. The tracker is
+fed five kinds of facts in time order and yields one row of ``convergence.csv`` per
+commit:
 
 * ``commit`` opens a pending record; the owner counts as having seen it at once.
   A commit on a (network, key) that still has one pending closes the older one as
   ``superseded``.
+* ``attached`` makes a host that came onto a network at the instant of commits on it
+  one more target of each. A simulator plays an instant's facts one after another
+  (the boot burst: every initial container at t=0, host by host), an emulator's
+  attaches take wall time and precede its agents' commits; without this rule the
+  first of the simulator's boot commits would wait for its owner alone, the last for
+  every host, and the emulator's for every host (``docs/metrics.md``).
 * ``seen`` removes a node from the waiting set (idempotent; non-targets, unknown keys
   and a different op are ignored). It is a dict lookup plus a set discard, because at
   1,000 nodes it is called millions of times.
@@ -74,6 +81,10 @@ class ConvergenceTracker:
         self._all: list[_Commit] = []  # in commit order: the row order of the output
         # At most one pending commit per (network, key): a newer one supersedes it.
         self._pending: dict[tuple[str, str], _Commit] = {}
+        # The latest commit per (network, key) made at the latest commit instant: a host
+        # attached at that same instant joins its targets (:meth:`attached`).
+        self._instant: float | None = None
+        self._at_instant: dict[str, dict[str, _Commit]] = {}
         self._finished = False
 
     @property
@@ -95,11 +106,31 @@ class ConvergenceTracker:
         waiting = set(targets)
         rec = _Commit(t, owner, network, key, op, len(waiting), waiting, last_seen_t=t)
         self._all.append(rec)
+        if t != self._instant:
+            self._instant, self._at_instant = t, {}
+        self._at_instant.setdefault(network, {})[key] = rec
         waiting.discard(owner)  # the owner holds its own entry from the start
         if waiting:
             self._pending[(network, key)] = rec
         else:
             rec.close(Status.CONVERGED, t)
+
+    def attached(self, t: float, node: str, network: str) -> None:
+        """``node`` (up) came onto ``network`` at ``t``: if commits on that network were
+        made at this same instant, it is one more target of each (one that converged
+        within the instant waits again, for it). Earlier instants' commits keep theirs.
+
+        Called once per host coming onto the network (the truth's ``net_attach``)."""
+        if t != self._instant:
+            return
+        for rec in self._at_instant.get(network, {}).values():
+            if node == rec.owner or node in rec.waiting or rec.status is Status.SUPERSEDED:
+                continue
+            rec.targets += 1
+            rec.waiting.add(node)
+            if rec.status is Status.CONVERGED:  # converged within the instant: reopen
+                rec.status, rec.converged_t = None, None
+                self._pending[(network, rec.key)] = rec
 
     def seen(self, t: float, node: str, network: str, key: str, op: str) -> None:
         """``node`` holds (or has programmed) ``key`` in state ``op`` at ``t``."""

@@ -3,8 +3,10 @@
 The world (while it plays the timeline), ``emu.collect`` (replaying the recorded truth
 between agents' log lines) and the liveness model of the metrics all fold the same
 lifecycle and attachment events through this module, so the rule "the targets of a
-commit are the hosts attached to its network and up at commit time" lives in one
-function: :meth:`Truth.targets`.
+commit are the hosts attached to its network and up at the commit's instant, including
+those attached later in that same instant" lives here once: :meth:`Truth.targets` names
+the hosts on the network when the commit is registered, and a host coming onto it at
+the same instant is added by the tracker (:meth:`ConvergenceTracker.attached`).
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ class Truth:
             if self.tracker is not None:
                 self.tracker.node_gone(t, subject)
         elif kind == EventKind.NET_ATTACH:
-            self.net_hosts.setdefault(network, set()).add(node)
+            hosts = self.net_hosts.setdefault(network, set())
+            if node not in hosts:
+                hosts.add(node)
+                if self.tracker is not None and node in self.up:
+                    self.tracker.attached(t, node, network)
         elif kind == EventKind.NET_DETACH:
             self.net_hosts.setdefault(network, set()).discard(node)
             if self.tracker is not None:
@@ -65,7 +71,8 @@ class Truth:
         return host in self.net_hosts.get(network, ())
 
     def targets(self, network: str) -> list[str]:
-        """The hosts a commit on ``network`` must reach: attached to it and up, sorted."""
+        """The hosts attached to ``network`` and up now, sorted: a commit's targets as it
+        is registered (hosts attached later in its instant are added to them)."""
         up = self.up
         return sorted(h for h in self.net_hosts.get(network, ()) if h in up)
 

@@ -93,9 +93,13 @@ class Backend(Protocol):
         return the address on each."""
         ...
 
-    def detach(self, c: Container, network: str, *, live: bool, last: bool) -> None:
+    def detach(
+        self, c: Container, network: str, *, live: bool, last: bool, leave_at: float | None = None
+    ) -> None:
         """Take ``c`` off ``network`` (``live``: it exists on a running host; ``last``:
-        no other container of its host is on that network)."""
+        no other container of its host is on that network). With ``last`` the host
+        leaves the network at scenario time ``leave_at`` (None: now), never earlier; a
+        container that attaches there first keeps it on the network."""
         ...
 
     def reserve_vip(self, service: str, network: str) -> str:

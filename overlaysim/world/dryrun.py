@@ -19,7 +19,7 @@ from overlaysim.core.network import Allocation, NetworkSpec
 from overlaysim.core.services import vip_endpoint
 from overlaysim.scenario.problems import Problem, ScenarioError
 from overlaysim.scenario.schema import Network, Scenario
-from overlaysim.scenario.steps import ImpairKind, Link
+from overlaysim.scenario.steps import ImpairKind, Link, Step
 from overlaysim.scenario.timeline import plan
 from overlaysim.world.container import Container
 from overlaysim.world.world import World
@@ -109,7 +109,9 @@ class DryBackend:
     ) -> dict[str, str]:
         return {net: self._alloc(c, net).ip for net in networks}
 
-    def detach(self, c: Container, network: str, *, live: bool, last: bool) -> None:
+    def detach(
+        self, c: Container, network: str, *, live: bool, last: bool, leave_at: float | None = None
+    ) -> None:
         if self._allocs.pop((c.name, network), None) is not None:
             self.ipam.release(network, c.name)
 
@@ -162,10 +164,15 @@ def dry_run(scenario: Scenario, *, source: str = "<scenario>", seed: int | None 
     world = World(scenario, backend)
     the_plan = plan(scenario, seed)
     world.boot(the_plan)
-    for step in the_plan.steps:
-        backend.t = step.at
+
+    def apply(step: Step) -> None:
+        # a step's later pieces (a service's next task) are blamed on the last step
         backend.where = f"events[{step.origin}]" if step.origin >= 0 else "events"
         world.apply(step)
+
+    for at, work in world.agenda.merge(the_plan.steps, apply):
+        backend.t = at
+        work()
     if backend.problems:
         raise ScenarioError(source, backend.problems)
     return world

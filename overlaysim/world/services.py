@@ -11,27 +11,38 @@ is how every host's embedded DNS learns it.
 
 Placement (:func:`place`) is decided here once, for every backend: a new task goes to
 the running host holding the fewest tasks of that service, then the fewest containers,
-then the first in topology order. Scaling down removes the highest slots first. A crashed host's tasks are not
-moved elsewhere: they stop being live with their host (their entries go when the
-cluster declares it dead) and come back when it restarts.
+then the first in topology order; a step places all its new tasks at once (counting
+the ones still to start). Scaling down removes the highest slots first. A crashed host's
+tasks are not moved elsewhere: they stop being live with their host (their entries go
+when the cluster declares it dead) and come back when it restarts.
 
-Changing the endpoint mode is a rolling replacement at one instant: every task is
-removed and created again in the same slot with generation + 1 (new addresses, as a
-replaced task gets), then the VIP is given back (to ``dnsrr``) or taken (to ``vip``)
-first. After each step the live task set of every service it touched is reported to
-the world's DNS sink (:class:`~overlaysim.metrics.dns.DnsTracker`), whose change rows
-are what ``dns_convergence_s`` and ``stale_dns_window_s`` are measured against.
+A service step takes time, the same in every backend (the scenario's
+``service_timing``): its task changes come one after another, ``task_interval`` apart,
+the first at the step's time (as Docker's orchestrator updates tasks one by one), and
+a host whose last task on a network is removed leaves that network ``detach_delay``
+later (``World.detach``; the emulator's agent holds its leave until then). The later
+changes go on the world's timeline (:mod:`overlaysim.world.agenda`); a new step on a
+service first plays what is still pending of its earlier ones.
+
+Changing the endpoint mode is a rolling replacement: each task in turn is removed and,
+``detach_delay`` later, created again in the same slot on the same host with
+generation + 1 (a new address, as a replaced task gets); the VIP is taken (to ``vip``)
+at the step and the old one given back (to ``dnsrr``) after the last replacement. After
+each task change the live task set of its service is reported to the world's DNS sink
+(:class:`~overlaysim.metrics.dns.DnsTracker`), whose change rows are what
+``dns_convergence_s`` and ``stale_dns_window_s`` are measured against.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from overlaysim.core.services import EndpointMode, TaskSpec, parse_port_pair, task_name
 from overlaysim.metrics.truth import Truth
+from overlaysim.scenario.schema import ServiceTiming
 from overlaysim.scenario.topology import Topology
 from overlaysim.world.backend import Backend
 from overlaysim.world.container import Container
@@ -58,6 +69,7 @@ class ServiceWorld(Protocol):
     truth: Truth
     containers: dict[str, Container]
     dns: DnsSink | None
+    timing: ServiceTiming
 
     @property
     def up(self) -> set[str]: ...
@@ -66,7 +78,13 @@ class ServiceWorld(Protocol):
 
     def add(self, c: Container, network: str) -> None: ...
 
-    def detach(self, name: str, network: str | None) -> None: ...
+    def detach(self, name: str, network: str | None, leave_after: float = 0.0) -> None: ...
+
+    def later(self, at: float, work: Callable[[], None]) -> None: ...
+
+    def play_piece(
+        self, action: str, at: float, work: Callable[[], None], **subject: Any
+    ) -> None: ...
 
 
 @dataclass(slots=True)
@@ -86,6 +104,8 @@ class ServiceState:
     command: tuple[str, ...] = ()
     #: The service's VIP on the ingress network, where the backend runs the mesh.
     ingress_vip: str | None = None
+    #: slot -> host of tasks placed by a step whose creation is still pending.
+    planned: dict[int, str] = field(default_factory=dict)
 
     def task(self, slot: int) -> TaskSpec:
         """The spec a task in ``slot`` carries now."""
@@ -113,6 +133,17 @@ class ServiceError(Exception):
     """A service step the world cannot play (the world skips it with this reason)."""
 
 
+@dataclass(slots=True, eq=False)
+class _Piece:
+    """One task change of a service step, due at ``at`` (see the module docstring)."""
+
+    service: str
+    action: str
+    at: float
+    work: Callable[[], None]
+    done: bool = False
+
+
 class Services:
     """The world's services and the verbs that change them (see the module docstring)."""
 
@@ -121,6 +152,10 @@ class Services:
         self.by_name: dict[str, ServiceState] = {}
         #: (network, service) -> the live task IPs last reported to the sink.
         self._reported: dict[tuple[str, str], dict[str, str]] = {}
+        #: service -> its steps' task changes not played yet, in order.
+        self._pending: dict[str, list[_Piece]] = {}
+        #: host -> tasks placed there whose creation is still pending (any service).
+        self._planned: dict[str, int] = {}
 
     # -- verbs -----------------------------------------------------------------------------
 
@@ -137,6 +172,7 @@ class Services:
         ``command`` are held here for every backend; only one that ``runs_tasks`` runs
         them, and the ``service_spec`` row says which."""
         w = self.world
+        self.flush(name)
         if name in self.by_name:
             raise ServiceError(f"service {name} exists")
         taken = [
@@ -162,26 +198,33 @@ class Services:
                     "run": w.backend.runs_tasks,
                 },
             )
-        try:
-            if ports:
-                svc.ingress_vip = w.backend.publish(name, ports)
-            self._add_tasks(svc, replicas)
-        finally:
+        if ports:
+            svc.ingress_vip = w.backend.publish(name, ports)
+        placed, short = self._place(svc, replicas)
+        self._pace(svc, "service_create", t, [self._starter(svc, s, h) for s, h in placed])
+        if not placed:
             self._report([svc], t)
+        if short:
+            raise ServiceError(f"no running host for a task of {svc.name}")
 
     def scale(self, name: str, replicas: int) -> None:
+        self.flush(name)
         svc = self._get(name)
         t = self.world.backend.now()
-        try:
-            have = len(svc.slots)
-            if replicas > have:
-                self._add_tasks(svc, replicas - have)
-            for slot in sorted(svc.slots, reverse=True)[: max(0, have - replicas)]:
-                self.world.detach(svc.slots.pop(slot), None)
-        finally:
-            self._report([svc], t)
+        have = len(svc.slots)
+        if replicas > have:
+            placed, short = self._place(svc, replicas - have)
+            self._pace(svc, "service_scale", t, [self._starter(svc, s, h) for s, h in placed])
+            if short:
+                raise ServiceError(f"no running host for a task of {svc.name}")
+            return
+        gone = sorted(svc.slots, reverse=True)[: have - replicas]
+        self._pace(svc, "service_scale", t, [self._stopper(svc, slot) for slot in gone])
 
     def update(self, name: str, mode: EndpointMode) -> None:
+        """Switch the endpoint mode: each task in turn is removed and, ``detach_delay``
+        later, created again in its slot on its host (generation + 1, a new address)."""
+        self.flush(name)
         svc = self._get(name)
         if mode is svc.mode:
             raise ServiceError(f"service {name} is already in {mode.value} mode")
@@ -190,31 +233,151 @@ class Services:
         old_vip = svc.vip
         svc.vip = w.backend.reserve_vip(name, svc.network) if mode is EndpointMode.VIP else None
         svc.mode, svc.gen = mode, svc.gen + 1
-        try:
-            for slot in sorted(svc.slots):
-                c = w.containers.get(svc.slots[slot])
-                if c is None:
-                    continue
-                w.detach(c.name, None)
-                self._new_task(svc, slot, c.host)
+
+        def release() -> None:
             if old_vip is not None:
                 w.backend.release_vip(name, svc.network)
-        finally:
-            self._report([svc], t)
+
+        slots = [k for k in sorted(svc.slots) if svc.slots[k] in w.containers]
+        if not slots:
+            release()
+            return
+        works = []
+        for i, slot in enumerate(slots):
+            last = i == len(slots) - 1
+            works.append(self._replacer(svc, slot, release if last else None))
+        self._pace(svc, "service_update", t, works)
 
     def rm(self, name: str) -> None:
+        self.flush(name)
         svc = self._get(name)
         t = self.world.backend.now()
-        try:
-            for slot in sorted(svc.slots):
-                self.world.detach(svc.slots.pop(slot), None)
-            if svc.vip is not None:
-                self.world.backend.release_vip(name, svc.network)
-            if svc.publish:
-                self.world.backend.unpublish(name)
-        finally:
-            del self.by_name[name]
-            self._report([svc], t)
+        works = [self._stopper(svc, slot) for slot in sorted(svc.slots)]
+
+        def finish() -> None:
+            try:
+                if svc.vip is not None:
+                    self.world.backend.release_vip(name, svc.network)
+                if svc.publish:
+                    self.world.backend.unpublish(name)
+            finally:
+                del self.by_name[name]
+                self._report([svc], self.world.backend.now())
+
+        if not works:
+            finish()
+            return
+        last = works[-1]
+
+        def last_then_finish() -> None:
+            try:
+                last()
+            finally:
+                finish()
+
+        works[-1] = last_then_finish
+        self._pace(svc, "service_rm", t, works)
+
+    # -- pacing: one task change at a time ----------------------------------------------------
+
+    def _pace(
+        self, svc: ServiceState, action: str, start: float, works: list[Callable[[], None]]
+    ) -> None:
+        """Task change ``i`` of a step begun at ``start`` is due at
+        ``start + i * task_interval``: the first plays now, inside the step, the others
+        later on the world's timeline."""
+        interval = self.world.timing.task_interval
+        for i, work in enumerate(works):
+            piece = self._piece(svc, action, round(start + i * interval, 9), work)
+            if i == 0:
+                self._run(piece, inside_step=True)
+            else:
+                self.world.later(piece.at, lambda p=piece: self._run(p))
+
+    def _piece(self, svc: ServiceState, action: str, at: float, work: Callable[[], None]) -> _Piece:
+        piece = _Piece(svc.name, action, at, work)
+        self._pending.setdefault(svc.name, []).append(piece)
+        return piece
+
+    def _run(self, piece: _Piece, *, inside_step: bool = False) -> None:
+        if piece.done:
+            return
+        piece.done = True
+        pending = self._pending.get(piece.service, [])
+        if piece in pending:
+            pending.remove(piece)
+        if inside_step:  # its refusal is the step's
+            piece.work()
+            return
+        self.world.play_piece(piece.action, piece.at, piece.work, service=piece.service)
+
+    def flush(self, name: str) -> None:
+        """Play now what is still pending of ``name``'s earlier steps (a new step on a
+        service comes after all of its earlier ones; late, never early)."""
+        while self._pending.get(name):
+            self._run(self._pending[name][0])
+        self._pending.pop(name, None)
+
+    def _starter(self, svc: ServiceState, slot: int, host: str) -> Callable[[], None]:
+        def start() -> None:
+            t = self.world.backend.now()
+            self._unplan(svc, slot)
+            try:
+                self._new_task(svc, slot, host)
+            finally:
+                self._report([svc], t)
+
+        return start
+
+    def _stopper(self, svc: ServiceState, slot: int) -> Callable[[], None]:
+        def stop() -> None:
+            t = self.world.backend.now()
+            name = svc.slots.pop(slot, None)
+            try:
+                if name is not None:
+                    self.world.detach(name, None, leave_after=self.world.timing.detach_delay)
+            finally:
+                self._report([svc], t)
+
+        return stop
+
+    def _replacer(
+        self, svc: ServiceState, slot: int, then: Callable[[], None] | None
+    ) -> Callable[[], None]:
+        """Remove the task in ``slot`` now, and create its successor there on the same
+        host ``detach_delay`` later (then run ``then``)."""
+
+        def replace() -> None:
+            w = self.world
+            t = w.backend.now()
+            c = w.containers.get(svc.slots.get(slot, ""))
+            if c is None:
+                if then is not None:
+                    then()
+                return
+            host = c.host
+            delay = w.timing.detach_delay
+            try:
+                w.detach(c.name, None, leave_after=delay)
+            finally:
+                self._report([svc], t)
+
+            def successor() -> None:
+                t2 = w.backend.now()
+                try:
+                    self._new_task(svc, slot, host)
+                finally:
+                    self._report([svc], t2)
+                    if then is not None:
+                        then()
+
+            piece = self._piece(svc, "service_update", round(t + delay, 9), successor)
+            if delay <= 0:
+                self._run(piece, inside_step=True)
+            else:
+                w.later(piece.at, lambda: self._run(piece))
+
+        return replace
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -224,22 +387,43 @@ class Services:
             raise ServiceError(f"no service {name}")
         return svc
 
-    def _add_tasks(self, svc: ServiceState, n: int) -> None:
+    def _place(self, svc: ServiceState, n: int) -> tuple[list[tuple[int, str]], bool]:
+        """Slots and hosts for ``n`` new tasks of ``svc``, decided now for all of them (as
+        a scheduler assigns a step's tasks at once; they start one by one later); and
+        whether some found no running host."""
         w = self.world
+        tasks: dict[str, int] = {}
+        for cname in svc.slots.values():
+            c = w.containers.get(cname)
+            if c is not None:
+                tasks[c.host] = tasks.get(c.host, 0) + 1
+        for host in svc.planned.values():
+            tasks[host] = tasks.get(host, 0) + 1
+        containers: dict[str, int] = dict(self._planned)
+        for c in w.containers.values():
+            containers[c.host] = containers.get(c.host, 0) + 1
+        out: list[tuple[int, str]] = []
         for _ in range(n):
-            slot = next(k for k in range(1, len(svc.slots) + 2) if k not in svc.slots)
-            tasks: dict[str, int] = {}
-            for cname in svc.slots.values():
-                c = w.containers.get(cname)
-                if c is not None:
-                    tasks[c.host] = tasks.get(c.host, 0) + 1
-            containers: dict[str, int] = {}
-            for c in w.containers.values():
-                containers[c.host] = containers.get(c.host, 0) + 1
+            taken = set(svc.slots) | set(svc.planned)
+            slot = next(k for k in range(1, len(taken) + 2) if k not in taken)
             host = place(w.topology.hosts, w.up, tasks, containers)
             if host is None:
-                raise ServiceError(f"no running host for a task of {svc.name}")
-            self._new_task(svc, slot, host)
+                return out, True
+            svc.planned[slot] = host
+            self._planned[host] = self._planned.get(host, 0) + 1
+            tasks[host] = tasks.get(host, 0) + 1
+            containers[host] = containers.get(host, 0) + 1
+            out.append((slot, host))
+        return out, False
+
+    def _unplan(self, svc: ServiceState, slot: int) -> None:
+        host = svc.planned.pop(slot, None)
+        if host is not None:
+            left = self._planned.get(host, 0) - 1
+            if left > 0:
+                self._planned[host] = left
+            else:
+                self._planned.pop(host, None)
 
     def _new_task(self, svc: ServiceState, slot: int, host: str) -> None:
         name = task_name(svc.name, slot)
@@ -275,8 +459,8 @@ class Services:
     def _report(self, services: Iterable[ServiceState], t: float) -> None:
         """Tell the sink every service whose live task set changed, as of ``t``.
 
-        ``t`` is when the change began (a step's start, a crash, a restart): a step that
-        takes real time (the emulator adds tasks one by one) is measured from its start.
+        ``t`` is when the change began (a task change of a step, a crash, a restart); the
+        emulator's collector retimes it to the owner's commit, which comes later.
         The targets are the running hosts on the network once the step is done; the
         ``service_tasks`` row carries them so the emulation's replay uses the same ones.
         """

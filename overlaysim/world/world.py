@@ -12,7 +12,7 @@ services are :class:`~overlaysim.world.services.Services`); every fact is record
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,7 @@ from overlaysim.scenario.steps import (
     Step,
 )
 from overlaysim.scenario.timeline import Plan
+from overlaysim.world.agenda import Agenda, Work
 from overlaysim.world.backend import Backend
 from overlaysim.world.container import Container
 from overlaysim.world.lanes import HostLanes
@@ -108,6 +109,12 @@ class World:
         self._lock = threading.RLock()  # the emulator starts containers in parallel
         #: Told every change of a service's live tasks, and hosts going and coming back.
         self.dns = dns
+        #: How service steps unfold in time (``service_timing``), for every backend.
+        self.timing = scenario.timing
+        #: The pieces of steps that come later than the step (see :meth:`timeline`).
+        self.agenda = Agenda()
+        #: (host, network) -> when the host leaves it (its last container went).
+        self._leaving: dict[tuple[str, str], float] = {}
         self.services = Services(self)
         #: Backends whose steps take real time (the emulator) play a host's container
         #: steps and the slow part of its (re)start on that host's lane.
@@ -165,6 +172,36 @@ class World:
         for h in order:
             self.record(times[h], "node_start", subject=h)
         self.start_containers(the_plan.containers)
+
+    def timeline(self, steps: list[Step]) -> Iterator[tuple[float, Work]]:
+        """What a backend's driver plays, in time order: ``steps`` (each through
+        :meth:`apply`) and the later pieces of steps already played (a service step's
+        next task, a host's delayed network leave; :mod:`overlaysim.world.agenda`). The
+        driver waits until each time, then calls the work."""
+        return self.agenda.merge(steps, self.apply)
+
+    def later(self, at: float, work: Work) -> None:
+        """Put ``work`` on the timeline at scenario time ``at``."""
+        self.agenda.later(at, work)
+
+    def play_piece(self, action: str, at: float, work: Callable[[], None], **subject: Any) -> None:
+        """Play one later piece of a step due at ``at`` like a step that touches every
+        host: after the lanes settle, its lag kept (``action``), a refusal skipped with
+        the reason."""
+        if self.backend.steps_in_background:
+            self.lanes.settle()
+        now = self.backend.now()
+        with self._lock:
+            self.lags.append(StepLag(at, action, max(0.0, now - at)))
+        try:
+            work()
+        except (StepSkipped, ServiceError) as exc:
+            self.skip(action, **subject, reason=str(exc))
+        except Exception as exc:
+            why = self.backend.refused(exc)
+            if why is None:
+                raise
+            self.skip(action, **subject, reason=why)
 
     def apply(self, step: Step) -> None:
         """Apply one step; refusals the backend names skip it, with the reason.
@@ -416,6 +453,8 @@ class World:
     def _host_gone(self, host: str, kind: str, t: float) -> None:
         with self._lock:
             self.attached.pop(host, None)
+            for key in [k for k in self._leaving if k[0] == host]:
+                del self._leaving[key]  # its boot is gone, and its networks with it
             for c in list(self.containers.values()):
                 if c.host == host:
                     c.live, c.sandbox = False, ""
@@ -479,7 +518,10 @@ class World:
     def _bring_up(self, c: Container, networks: list[str], t: float, *, announce: bool) -> None:
         """Make ``c`` live on ``networks`` and record what became true."""
         per_host = self.attached.get(c.host, {})
-        first = [n for n in networks if per_host.get(n, 0) == 0]
+        # a host whose leave is still pending is on the network: it stays (no new join)
+        first = [
+            n for n in networks if per_host.get(n, 0) == 0 and (c.host, n) not in self._leaving
+        ]
         addresses = self.backend.attach(c, networks, first)
         with self._lock:
             c.live = True
@@ -493,13 +535,20 @@ class World:
                     self.commit(t, c.host, net, c.name, "add")
 
     def _joined(self, host: str, network: str, t: float) -> None:
+        self._leaving.pop((host, network), None)
         if not self.truth.on_network(host, network):
             self.record(t, "net_attach", node=host, network=network)
         per_host = self.attached.setdefault(host, {})
         per_host[network] = per_host.get(network, 0) + 1
 
-    def detach(self, name: str, network: str | None) -> None:
-        """Detach ``name`` from ``network`` (None: from all, removing it)."""
+    def detach(self, name: str, network: str | None, leave_after: float = 0.0) -> None:
+        """Detach ``name`` from ``network`` (None: from all, removing it).
+
+        When it was its host's last container on a network, the host leaves that network
+        ``leave_after`` seconds after the detach began (a service task's
+        ``service_timing.detach_delay``; 0: at once). The backend leaves at that time or
+        later; ``net_detach`` is recorded when it is true. A container of the host that
+        attaches before then keeps the host on the network."""
         c = self.containers.get(name)
         if c is None:
             return self.skip("detach", container=name, reason="no such container")
@@ -509,7 +558,10 @@ class World:
                 continue
             live = c.host in self.up and c.live
             last = live and self.attached[c.host][net] == 1
-            self.backend.detach(c, net, live=live, last=last)
+            began = self.backend.now()
+            leave_at = began + leave_after if last and leave_after > 0 else None
+            later = {} if leave_at is None else {"leave_at": leave_at}
+            self.backend.detach(c, net, live=live, last=last, **later)
             del c.networks[net]
             t = self.backend.now()
             self.record(t, "container_detach", node=c.host, subject=name, network=net)
@@ -520,10 +572,23 @@ class World:
             per_host = self.attached[c.host]
             per_host[net] -= 1
             if per_host[net] == 0:
-                self.record(t, "net_detach", node=c.host, network=net)
+                if leave_at is None or t >= leave_at:
+                    self.record(t, "net_detach", node=c.host, network=net)
+                else:
+                    self._leaving[(c.host, net)] = leave_at
+                    self.later(leave_at, lambda h=c.host, n=net, at=leave_at: self._left(h, n, at))
         if not c.networks:
             del self.containers[name]
         return None
+
+    def _left(self, host: str, network: str, at: float) -> None:
+        """The delayed leave of ``host`` from ``network`` due at ``at``, unless a container
+        came back or the host went in the meantime."""
+        with self._lock:
+            if self._leaving.get((host, network)) != at:
+                return
+            del self._leaving[(host, network)]
+            self.record(self.backend.now(), "net_detach", node=host, network=network)
 
     def rotate_keys(self) -> None:
         t = self.backend.now()

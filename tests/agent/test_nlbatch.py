@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -18,18 +19,23 @@ from overlaysim.agent.nlbatch import (
     AF_INET,
     NLM_F_ACK,
     NLM_F_CREATE,
+    NLM_F_EXCL,
     NLM_F_REPLACE,
     NLM_F_REQUEST,
     NTF_SELF,
     NUD_PERMANENT,
+    RTM_DELLINK,
     RTM_DELNEIGH,
+    RTM_NEWLINK,
     RTM_NEWNEIGH,
     BatchError,
     NeighOp,
     NeighSocket,
     encode,
     encode_addr_add,
+    encode_link_del_named,
     encode_link_up,
+    encode_veth_add,
 )
 
 
@@ -127,3 +133,64 @@ def test_a_burst_programs_what_pyroute2_reads_back_and_names_what_failed(
         assert (first.mac, first.ip) not in fdb and len(fdb) == 299  # the rest still ran
     finally:
         sock.close()
+
+
+def test_a_port_is_one_veth_request_with_its_peer_moved() -> None:
+    msg = ifinfmsg(
+        encode_veth_add(
+            "vethab12", mtu=1450, master=4, peer="eth1", peer_mac="02:42:0a:0a:00:07",
+            peer_ns_fd=17, seq=12,
+        )
+    )  # fmt: skip
+    msg.decode()
+    hdr = msg["header"]
+    assert (hdr["type"], hdr["sequence_number"]) == (RTM_NEWLINK, 12)
+    assert hdr["flags"] == NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    assert (msg["flags"] & 1, msg["change"] & 1) == (1, 1)  # up
+    assert msg.get_attr("IFLA_IFNAME") == "vethab12"
+    assert (msg.get_attr("IFLA_MTU"), msg.get_attr("IFLA_MASTER")) == (1450, 4)
+    info = msg.get_attr("IFLA_LINKINFO")
+    assert info.get_attr("IFLA_INFO_KIND") == "veth"
+    peer = info.get_attr("IFLA_INFO_DATA").get_attr("VETH_INFO_PEER")
+    assert peer.get_attr("IFLA_IFNAME") == "eth1"
+    assert peer.get_attr("IFLA_ADDRESS") == "02:42:0a:0a:00:07"
+    assert (peer.get_attr("IFLA_MTU"), peer.get_attr("IFLA_NET_NS_FD")) == (1450, 17)
+    gone = ifinfmsg(encode_link_del_named("vethab12", 13))
+    gone.decode()
+    assert gone["header"]["type"] == RTM_DELLINK and gone.get_attr("IFLA_IFNAME") == "vethab12"
+
+
+@pytest.mark.emu
+def test_the_veth_request_builds_a_working_port() -> None:
+    """The raw request against the kernel: the pair exists, on the bridge, the peer moved."""
+    box, cont = f"osimt-nl-{uuid.uuid4().hex[:6]}", f"osimt-nl-{uuid.uuid4().hex[:6]}"
+    kns.create_netns(box)
+    kns.create_netns(cont)
+    try:
+        with IPRoute(netns=box, flags=0) as ipr:
+            ipr.link("add", ifname="br0", kind="bridge")
+            br = ipr.link_lookup(ifname="br0")[0]
+        sock = NeighSocket(kns.ns_path(box))
+        fd = os.open(kns.ns_path(cont), os.O_RDONLY)
+        try:
+            req = lambda seq: encode_veth_add(  # noqa: E731
+                "vethx", mtu=1400, master=br, peer="eth0", peer_mac="02:42:0a:0a:00:09",
+                peer_ns_fd=fd, seq=seq,
+            )  # fmt: skip
+            assert sock.acked([req]) == [0]
+            assert sock.acked([req]) == [errno.EEXIST]  # never adopts
+        finally:
+            os.close(fd)
+        with IPRoute(netns=box, flags=0) as ipr:
+            (link,) = ipr.get_links(ifname="vethx")
+            assert link.get_attr("IFLA_MASTER") == br and link.get_attr("IFLA_MTU") == 1400
+            assert link["flags"] & 1
+        with IPRoute(netns=cont, flags=0) as ipr:
+            (peer,) = ipr.get_links(ifname="eth0")
+            assert peer.get_attr("IFLA_ADDRESS") == "02:42:0a:0a:00:09"
+        assert sock.acked([lambda seq: encode_link_del_named("vethx", seq)]) == [0]
+        assert sock.acked([lambda seq: encode_link_del_named("vethx", seq)]) == [errno.ENODEV]
+        sock.close()
+    finally:
+        kns.remove_netns(box)
+        kns.remove_netns(cont)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import emulation_or_skip
+from conftest import emulation_or_skip, running_underlay
 
 from overlaysim.emu.net import Underlay, underlay_session
 from overlaysim.scenario.generators import two_site
@@ -47,14 +47,8 @@ def replies(u: Underlay, a: str, b: str, count: int) -> int:
 
 @pytest.fixture(scope="module")
 def underlay() -> Iterator[Underlay]:
-    emulation_or_skip()
-    shared = Underlay(TOPO, seed=11)
-    shared.build()
-    shared.start()
-    try:
+    with running_underlay(TOPO, seed=11) as shared:
         yield shared
-    finally:
-        shared.stop()
 
 
 @pytest.fixture

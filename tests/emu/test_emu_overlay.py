@@ -8,7 +8,6 @@ the run's prefix is left. As root; about 30 s for the module.
 
 from __future__ import annotations
 
-import json
 import signal
 import struct
 import subprocess
@@ -19,15 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import emulation_or_skip
+from conftest import booted_world
 
-from overlaysim.emu.net import underlay_session
 from overlaysim.emu.probes import Endpoint, in_container, ping
 from overlaysim.emu.runner import EmuWorld
-from overlaysim.emu.testbed import Testbed
-from overlaysim.scenario.loader import validate_scenario
 from overlaysim.scenario.steps import Heal, Partition
-from overlaysim.scenario.timeline import plan
 
 SCENARIO = {
     "name": "overlay-done",
@@ -81,36 +76,11 @@ print("echoed" if back == payload else f"mismatch {len(back)}/{len(payload)}")
 """
 
 
-def _netns() -> set[str]:
-    out = subprocess.run(["ip", "-j", "netns"], capture_output=True, text=True, check=True)
-    return {ns["name"] for ns in json.loads(out.stdout or "[]")}
-
-
-def _links() -> set[str]:
-    out = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True)
-    return {link["ifname"] for link in json.loads(out.stdout)}
-
-
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[EmuWorld]:
+def world() -> Iterator[EmuWorld]:
     """The booted 3-host testbed; afterwards, nothing with its prefix may remain."""
-    emulation_or_skip()
-    scenario = validate_scenario(SCENARIO)
-    with underlay_session(scenario.resolved_topology) as u:
-        assert u.plan is not None
-        prefix, run_dir = u.plan.prefix, u.record.path.parent if u.record else None
-        testbed = Testbed(u, managers=["h1"], profile="local", seed=3)
-        w = EmuWorld(scenario, 3, testbed)
-        try:
-            w.boot(plan(scenario, 3))
-            yield w
-        finally:
-            assert testbed.stop() == []  # every agent stopped when asked
-            assert testbed.errors == []
-            testbed.remove_files()
-    assert not [n for n in _netns() if n.startswith(prefix)]
-    assert not [n for n in _links() if n.startswith(prefix)]
-    assert run_dir is not None and not run_dir.exists()
+    with booted_world(SCENARIO, 3) as w:
+        yield w
 
 
 def until(pred: Callable[[], Any], timeout: float, what: str) -> Any:

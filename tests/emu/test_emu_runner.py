@@ -10,13 +10,13 @@ and an interrupted run are marked so and leave nothing behind. The quickstart pl
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import link_names, netns_names, processes_mentioning
 
 from overlaysim.emu import runner as emu_runner
 from overlaysim.emu.collect import collect
@@ -24,7 +24,7 @@ from overlaysim.emu.rootns import list_nft_tables
 from overlaysim.metrics.atomic import json_bytes
 from overlaysim.metrics.finalize import metrics_for
 from overlaysim.metrics.records import EventLog
-from overlaysim.metrics.results import load_run
+from overlaysim.metrics.results import Run, load_run
 from overlaysim.scenario.loader import load_scenario
 from overlaysim.scenario.steps import Step
 
@@ -108,39 +108,15 @@ def test_collect_stops_waiting_for_a_host_that_left_the_network() -> None:
 # --- on Mininet (root) ----------------------------------------------------------------
 
 
-def _netns() -> set[str]:
-    out = subprocess.run(["ip", "-j", "netns"], capture_output=True, text=True, check=True)
-    return {ns["name"] for ns in json.loads(out.stdout or "[]")}
-
-
-def _links() -> set[str]:
-    out = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True)
-    return {link["ifname"] for link in json.loads(out.stdout)}
-
-
-def _processes(*needles: str) -> list[str]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmd = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if any(n in cmd for n in needles):
-            found.append(cmd)
-    return found
-
-
 def _assert_nothing_left(run: Path) -> None:
     manifest = json.loads((run / "manifest.json").read_text())
     underlay = manifest.get("underlay") or {}
     prefix, run_id = underlay.get("prefix"), underlay.get("run_id")
     assert prefix and run_id, "the manifest names the underlay it built"
-    assert not [n for n in _netns() if n.startswith(prefix)]
-    assert not [n for n in _links() if n.startswith(prefix)]
+    assert not [n for n in netns_names() if n.startswith(prefix)]
+    assert not [n for n in link_names() if n.startswith(prefix)]
     assert not [n for _f, n in list_nft_tables() if n == f"osim_{prefix[-2:]}"]
-    assert not _processes(f"/run/overlaysim/{run_id}/", "iperf3 -s")
+    assert not processes_mentioning(f"/run/overlaysim/{run_id}/", "iperf3 -s")
     assert not Path("/run/overlaysim", run_id).exists()
 
 
@@ -208,23 +184,24 @@ def test_quickstart_writes_the_simulators_results_folder(emu: None, tmp_path: Pa
     _assert_nothing_left(tmp_path / "emu")
 
 
-@pytest.mark.emu
-def test_interrupted_run_is_marked_and_leaves_nothing_behind(
-    emu: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _interrupted_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    events: str,
+    at: str,
+    before: Callable[[emu_runner.EmuWorld], None] | None = None,
+) -> Run:
+    """A 10 s quickstart with ``events`` (a YAML list), Ctrl-C'd when the world comes to
+    the first ``at`` step (``before`` runs there first); the run must say so."""
     scenario = load_scenario(
-        QUICKSTART,
-        [
-            "duration=10",
-            "measure.throughput=[]",
-            "events=[{at: 1, action: attach, container: c9, host: h5, network: web},"
-            " {at: 3, action: crash, host: h4}, {at: 6, action: heal}]",
-        ],
+        QUICKSTART, ["duration=10", "measure.throughput=[]", f"events={events}"]
     )
     real_apply = emu_runner.EmuWorld.apply
 
     def apply(self: emu_runner.EmuWorld, step: Step) -> None:
-        if step.action == "crash":
+        if step.action == at:
+            if before is not None:
+                before(self)
             raise KeyboardInterrupt
         real_apply(self, step)
 
@@ -233,6 +210,20 @@ def test_interrupted_run_is_marked_and_leaves_nothing_behind(
     assert status == "interrupted"
     run = load_run(tmp_path / "run")
     assert run.status == "interrupted"
+    return run
+
+
+@pytest.mark.emu
+def test_interrupted_run_is_marked_and_leaves_nothing_behind(
+    emu: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _interrupted_run(
+        tmp_path,
+        monkeypatch,
+        "[{at: 1, action: attach, container: c9, host: h5, network: web},"
+        " {at: 3, action: crash, host: h4}, {at: 6, action: heal}]",
+        at="crash",
+    )
     assert run.metrics is not None and run.metrics["duration_s"] < 6
     ev = run.events
     assert not (ev["kind"] == "node_crash").any()
@@ -246,17 +237,6 @@ def test_interrupted_run_is_marked_and_leaves_nothing_behind(
 def test_ctrl_c_while_a_restart_runs_on_its_lane_leaves_nothing_behind(
     emu: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scenario = load_scenario(
-        QUICKSTART,
-        [
-            "duration=10",
-            "measure.throughput=[]",
-            "events=[{at: 1, action: crash, host: h4}, {at: 2, action: restart, host: h4},"
-            " {at: 2.05, action: attach, container: c9, host: h5, network: web},"
-            " {at: 2.1, action: heal}]",
-        ],
-    )
-    real_apply = emu_runner.EmuWorld.apply
     real_start = emu_runner.EmuBackend.start
     lanes_busy: list[bool] = []
     # On an idle machine the new agent can be up before the next step; hold the start
@@ -268,20 +248,21 @@ def test_ctrl_c_while_a_restart_runs_on_its_lane_leaves_nothing_behind(
         gate.wait(10)
         return real_start(self, host, seeds)
 
-    def apply(self: emu_runner.EmuWorld, step: Step) -> None:
-        if step.action == "heal":  # the new agent on h4 is still starting
-            lanes_busy.append(self.lanes.busy("h4"))
-            gate.set()
-            raise KeyboardInterrupt
-        real_apply(self, step)
+    def at_heal(world: emu_runner.EmuWorld) -> None:  # the new agent on h4 is still starting
+        lanes_busy.append(world.lanes.busy("h4"))
+        gate.set()
 
     monkeypatch.setattr(emu_runner.EmuBackend, "start", start)
-    monkeypatch.setattr(emu_runner.EmuWorld, "apply", apply)
-    status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
-    assert status == "interrupted"
+    _interrupted_run(
+        tmp_path,
+        monkeypatch,
+        "[{at: 1, action: crash, host: h4}, {at: 2, action: restart, host: h4},"
+        " {at: 2.05, action: attach, container: c9, host: h5, network: web},"
+        " {at: 2.1, action: heal}]",
+        at="heal",
+        before=at_heal,
+    )
     assert lanes_busy == [True]  # the interruption came while the restart was under way
-    run = load_run(tmp_path / "run")
-    assert run.status == "interrupted"
     _assert_nothing_left(tmp_path / "run")  # no agent, namespace or record left
 
 
@@ -450,4 +431,25 @@ def test_lb_probe_counts_connections_per_task_through_the_vip(emu: None, tmp_pat
         == (tmp_path / "run" / "metrics.json").read_bytes()
     )
     _assert_nothing_left(tmp_path / "run")
-    assert not _processes("s.bind(('0.0.0.0', int(sys.argv[1])))")
+    assert not processes_mentioning("s.bind(('0.0.0.0', int(sys.argv[1])))")
+
+
+@pytest.mark.emu
+def test_a_boot_burst_has_the_same_commit_targets_on_both_backends(
+    emu: None, tmp_path: Path
+) -> None:
+    """Five hosts, a container each on one network at t=0: every commit must reach all
+    five hosts, simulated (attaches one after another at t=0) as emulated (attaches
+    take wall time); docs/results.md, convergence.csv."""
+    from overlaysim.sim.runner import run_simulation
+
+    scenario = load_scenario(Path(__file__).parents[1] / "metrics" / "boot-burst.yaml")
+    assert emu_runner.run_emulation(scenario, tmp_path / "emu", progress=False) == "complete"
+    assert run_simulation(scenario, tmp_path / "sim", progress=False) == "complete"
+    targets = {}
+    for backend in ("sim", "emu"):
+        conv = load_run(tmp_path / backend).convergence
+        adds = conv[conv["op"] == "add"]
+        targets[backend] = dict(zip(adds["key"], adds["targets"], strict=True))
+    assert targets["sim"] == targets["emu"] == {f"c{i}": 5 for i in range(1, 6)}
+    _assert_nothing_left(tmp_path / "emu")

@@ -24,15 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import emulation_or_skip
-from test_emu_overlay import _ECHO_CLIENT, _ECHO_SERVER, _links, _netns, until
+from conftest import booted_world
+from test_emu_overlay import _ECHO_CLIENT, _ECHO_SERVER, until
 
-from overlaysim.emu.net import underlay_session
 from overlaysim.emu.probes import Endpoint
 from overlaysim.emu.runner import EmuWorld
-from overlaysim.emu.testbed import Testbed
-from overlaysim.scenario.loader import validate_scenario
-from overlaysim.scenario.timeline import plan
 
 SCENARIO = {
     "name": "encrypted-done",
@@ -96,24 +92,10 @@ print(sent, h.hexdigest(), flush=True)
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[EmuWorld]:
-    """The booted testbed; afterwards nothing with its prefix may remain."""
-    emulation_or_skip()
-    scenario = validate_scenario(SCENARIO)
-    with underlay_session(scenario.resolved_topology) as u:
-        assert u.plan is not None
-        prefix, run_dir = u.plan.prefix, u.record.path.parent if u.record else None
-        testbed = Testbed(u, managers=["h1"], profile="local", seed=5, cluster_key=os.urandom(32))
-        w = EmuWorld(scenario, 5, testbed)
-        try:
-            w.boot(plan(scenario, 5))
-            yield w
-        finally:
-            testbed.stop()
-            assert testbed.errors == []
-            testbed.remove_files()
-    assert not [n for n in _netns() if n.startswith(prefix)]
-    assert not [n for n in _links() if n.startswith(prefix)]
-    assert run_dir is not None and not run_dir.exists()
+    """The booted testbed (its control plane sealed with a key made here); afterwards
+    nothing with its prefix may remain."""
+    with booted_world(SCENARIO, 5, cluster_key=os.urandom(32)) as w:
+        yield w
 
 
 def ep(w: EmuWorld, name: str) -> Endpoint:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import emulation_or_skip
+from conftest import emulation_or_skip, running_underlay
 
 from overlaysim.emu.impair import UnsupportedImpairment
 from overlaysim.emu.net import Underlay
@@ -59,14 +59,8 @@ for i in range(int(sys.argv[3])):
 
 @pytest.fixture(scope="module")
 def underlay() -> Iterator[Underlay]:
-    emulation_or_skip()
-    shared = Underlay(STAR)
-    shared.build()
-    shared.start()
-    try:
+    with running_underlay(STAR) as shared:
         yield shared
-    finally:
-        shared.stop()
 
 
 @pytest.fixture

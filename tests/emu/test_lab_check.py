@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,23 +48,7 @@ def _live_probe(lab: Lab) -> LiveProbe:
     """What ``overlaysim lab check`` reads from the address book, for this testbed."""
     from overlaysim.emu.live import LiveTestbed
 
-    tb, u = lab.testbed, lab.underlay
-    return LiveProbe(
-        LiveTestbed(
-            run_id="test",
-            owner_pid=os.getpid(),
-            manager=tb.manager_host,
-            hosts={
-                h: {
-                    "control": str(tb.sock(h)),
-                    "underlay_ip": u.underlay_ip(h),
-                    "pid": str(u.pid(h)),
-                }
-                for h in lab.hosts
-            },
-            prefix=tb.prefix,
-        )
-    )
+    return LiveProbe(LiveTestbed.of(lab.testbed, lab.hosts, "test"))
 
 
 @pytest.fixture(scope="module")

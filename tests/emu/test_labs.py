@@ -8,32 +8,19 @@ commands and checks their effect. Afterwards nothing with the run's prefix may r
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import emulation_or_skip
+from conftest import STAR3, emulation_or_skip, link_names, netns_names
 
 from overlaysim.lab import commands as cmds
 from overlaysim.lab.commands import Lab, LabError
 from overlaysim.lab.vxlan import decode, decode_esp, read_pcap
 
 emu = pytest.mark.emu
-
-STAR3 = """\
-name: star3
-hosts: 3
-switches: [s1]
-defaults: {latency_ms: 0.0, bandwidth_mbps: 1000.0, loss_pct: 0.0}
-links:
-  - {a: h1, b: s1}
-  - {a: h2, b: s1}
-  - {a: h3, b: s1}
-"""
 
 
 def _state(members_text: str, node: str) -> str:
@@ -43,15 +30,6 @@ def _state(members_text: str, node: str) -> str:
         if cols[:1] == [node]:
             return cols[1]
     return ""
-
-
-def _netns() -> set[str]:
-    out = subprocess.run(["ip", "-j", "netns"], capture_output=True, text=True, check=True)
-    return {ns["name"] for ns in json.loads(out.stdout or "[]")}
-
-
-def _links() -> str:
-    return subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
 
 
 def _until(check, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
@@ -76,8 +54,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         prefix = lb.testbed.prefix
         yield lb
     assert prefix
-    assert not {n for n in _netns() if n.startswith(prefix)}
-    assert prefix not in _links()
+    assert not {n for n in netns_names() if n.startswith(prefix)}
+    assert not [n for n in link_names() if prefix in n]
 
 
 def _ready(lab: Lab) -> None:

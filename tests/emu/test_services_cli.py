@@ -23,36 +23,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import emulation_or_skip
+from conftest import STAR3, emulation_or_skip, link_names, netns_names
+from service_probes import knock, server
 
 from overlaysim.agent.resolvconf import NETNS_ETC
 from overlaysim.agent.uts import UTS_DIR
 
 pytestmark = pytest.mark.emu
 
-STAR3 = """\
-name: star3
-hosts: 3
-switches: [s1]
-defaults: {latency_ms: 0.0, bandwidth_mbps: 1000.0, loss_pct: 0.0}
-links:
-  - {a: h1, b: s1}
-  - {a: h2, b: s1}
-  - {a: h3, b: s1}
-"""
-
 # The task command: answer every connection with this task's hostname.
-SERVER = (
-    "import socket\n"
-    "s = socket.socket()\n"
-    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind(('0.0.0.0', 8080))\n"
-    "s.listen(64)\n"
-    "while True:\n"
-    "    c, _ = s.accept()\n"
-    "    c.sendall(socket.gethostname().encode())\n"
-    "    c.close()\n"
-)
+SERVER = server()
 
 # Run inside the client: resolve through /etc/resolv.conf (the embedded DNS).
 PROBE = """\
@@ -109,22 +89,6 @@ def osim(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 LAB: list = []  # the running Lab (for commands in a host's own namespace)
 
-# Run in a host's namespace: N new TCP connections to ip:port each; who answered.
-KNOCK = """\
-import json, socket, sys, time
-port, n, out = int(sys.argv[1]), int(sys.argv[2]), {}
-for ip in sys.argv[3:]:
-    seen = out[ip] = {}
-    for _ in range(n):
-        try:
-            with socket.create_connection((ip, port), timeout=2) as s:
-                who = s.recv(64).decode() or "empty"
-        except OSError as exc:
-            who = type(exc).__name__
-        seen[who] = seen.get(who, 0) + 1
-print(json.dumps(out))
-"""
-
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -152,17 +116,12 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         osim("run", "--name", "secret", "--network", "back", "h3")
         yield probe
     assert prefix
-    assert not [n for n in _netns() if n.startswith(prefix)]
-    assert prefix not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert not [n for n in netns_names() if n.startswith(prefix)]
+    assert not [n for n in link_names() if prefix in n]
     assert not [p for p in NETNS_ETC.glob(f"{prefix}*")] if NETNS_ETC.exists() else True
     assert not [p for p in UTS_DIR.glob(f"{prefix}*")] if UTS_DIR.exists() else True
     ps = subprocess.run(["pgrep", "-fa", "SO_REUSEADDR"], capture_output=True, text=True)
     assert "8080" not in ps.stdout, ps.stdout  # no task command survived
-
-
-def _netns() -> list[str]:
-    out = subprocess.run(["ip", "-j", "netns"], capture_output=True, text=True, check=True)
-    return [ns["name"] for ns in json.loads(out.stdout or "[]")]
 
 
 def _osim_argv(*argv: str) -> list[str]:
@@ -272,11 +231,7 @@ def test_bad_service_input_is_one_line(bed: Path) -> None:
 
 
 def _knock(host: str, port: int, n: int, ips: list[str]) -> dict[str, dict[str, int]]:
-    lab = LAB[0]
-    argv = [sys.executable, "-c", KNOCK, str(port), str(n), *ips]
-    res = lab.underlay.cmd(host, argv, timeout=60)
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return knock(LAB[0].underlay, host, port, n, ips)
 
 
 def test_a_published_port_answers_on_every_host(bed: Path) -> None:

@@ -9,7 +9,6 @@ mesh away and puts ``ip_forward`` back everywhere. About 30 s.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,15 +16,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import emulation_or_skip
-from test_emu_overlay import _links, _netns
+from conftest import booted_world
+from service_probes import knock, server
 
-from overlaysim.emu.net import underlay_session
 from overlaysim.emu.runner import EmuWorld
-from overlaysim.emu.testbed import Testbed
-from overlaysim.scenario.loader import validate_scenario
 from overlaysim.scenario.steps import Crash, Restart, ServiceCreate, ServiceRm
-from overlaysim.scenario.timeline import plan
 
 pytestmark = pytest.mark.emu
 
@@ -40,62 +35,22 @@ SCENARIO = {
 }
 
 MARK = "svc-world-server"  # in the command line, to find leftover processes
-SERVER = (
-    f"# {MARK}\n"
-    "import socket\n"
-    "s = socket.socket()\n"
-    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind(('0.0.0.0', 8080))\n"
-    "s.listen(64)\n"
-    "while True:\n"
-    "    c, _ = s.accept()\n"
-    "    c.sendall(socket.gethostname().encode())\n"
-    "    c.close()\n"
-)
-
-KNOCK = """\
-import json, socket, sys
-port, n, out = int(sys.argv[1]), int(sys.argv[2]), {}
-for ip in sys.argv[3:]:
-    seen = out[ip] = {}
-    for _ in range(n):
-        try:
-            with socket.create_connection((ip, port), timeout=2) as s:
-                who = s.recv(64).decode() or "empty"
-        except OSError as exc:
-            who = type(exc).__name__
-        seen[who] = seen.get(who, 0) + 1
-print(json.dumps(out))
-"""
+SERVER = server(MARK)
 
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[EmuWorld]:
-    emulation_or_skip()
-    scenario = validate_scenario(SCENARIO)
-    with underlay_session(scenario.resolved_topology) as u:
-        assert u.plan is not None
-        prefix = u.plan.prefix
-        testbed = Testbed(u, managers=["h1"], profile="local", seed=3)
-        w = EmuWorld(scenario, 3, testbed)
-        try:
-            w.boot(plan(scenario, 3))
-            yield w
-        finally:
-            testbed.stop()
-            assert testbed.errors == []
-            testbed.remove_files()
-    assert not [n for n in _netns() if n.startswith(prefix)]
-    assert not [n for n in _links() if n.startswith(prefix)]
+    """The booted testbed; afterwards nothing with its prefix, and no task command, may
+    remain."""
+    with booted_world(SCENARIO, 3) as w:
+        yield w
     ps = subprocess.run(["pgrep", "-fa", MARK], capture_output=True, text=True)
     assert ps.stdout == "", ps.stdout  # no task command survived
 
 
 def _knock(w: EmuWorld, src: str, port: int, n: int, hosts: list[str]) -> dict[str, dict]:
     ips = [w.testbed.underlay.underlay_ip(h) for h in hosts]
-    res = w.testbed.underlay.cmd(src, [sys.executable, "-c", KNOCK, str(port), str(n), *ips])
-    assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = knock(w.testbed.underlay, src, port, n, ips)
     return {h: out[ip] for h, ip in zip(hosts, ips, strict=True)}
 
 
@@ -113,11 +68,21 @@ def _forwarding(w: EmuWorld, host: str) -> str:
     return w.testbed.underlay.cmd(host, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip()
 
 
+def _apply(w: EmuWorld, step) -> None:  # type: ignore[no-untyped-def]
+    """Apply ``step`` and play its later pieces (a service's next tasks) at their times,
+    as the runner's driver does (``World.timeline``)."""
+    w.apply(step)
+    for at, work in w.timeline([]):
+        time.sleep(max(0.0, at - w.backend.now()))
+        work()
+
+
 def test_published_port_and_task_command_from_a_scenario_step(world: EmuWorld) -> None:
     w = world
     hosts = ["h1", "h2", "h3"]
     before = {h: _forwarding(w, h) for h in hosts}
-    w.apply(
+    _apply(
+        w,
         ServiceCreate(
             at=w.backend.now(),
             name="web",
@@ -125,7 +90,7 @@ def test_published_port_and_task_command_from_a_scenario_step(world: EmuWorld) -
             replicas=2,
             publish=("8095:8080",),
             command=(sys.executable, "-c", SERVER),
-        )
+        ),
     )
     assert w.skipped == []
     svc = w.services.by_name["web"]
@@ -141,7 +106,7 @@ def test_published_port_and_task_command_from_a_scenario_step(world: EmuWorld) -
     w.apply(Crash(at=w.backend.now(), host=idle))
     w.apply(Restart(at=w.backend.now(), host=idle))
     print(f"{idle} after restart: {_until_tasks_answer(w, idle, tasks, 30)}")
-    w.apply(ServiceRm(at=w.backend.now(), service="web"))
+    _apply(w, ServiceRm(at=w.backend.now(), service="web"))
     assert w.skipped == []
     for h in hosts:
         tables = w.testbed.underlay.cmd(h, ["nft", "list", "tables"]).stdout

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import emulation_or_skip
+from conftest import emulation_or_skip, link_names, netns_names, processes_mentioning
 
 from overlaysim.agent import names
 from overlaysim.emu import bridgenf, clean, procs, rootns
@@ -39,35 +39,12 @@ def star(n: int, name: str = "star") -> Topology:
     )
 
 
-def root_links() -> set[str]:
-    out = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True)
-    return {link["ifname"] for link in json.loads(out.stdout)}
-
-
-def netns_names() -> set[str]:
-    out = subprocess.run(["ip", "-j", "netns"], capture_output=True, text=True, check=True)
-    return {ns["name"] for ns in json.loads(out.stdout or "[]")}
-
-
 def nft_tables() -> set[str]:
     return {name for _family, name in rootns.list_nft_tables()}
 
 
-def processes_mentioning(text: str) -> list[str]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline:
-                found.append(f"{entry.name}: {cmdline}")
-    return found
-
-
 def assert_nothing_left(prefix: str, tag: str) -> None:
-    assert not [n for n in root_links() if n.startswith(prefix)]
+    assert not [n for n in link_names() if n.startswith(prefix)]
     assert not [n for n in netns_names() if n.startswith(prefix)]
     assert f"{names.PREFIX}_{tag}" not in nft_tables()
     assert not processes_mentioning(f"mininet:{prefix}-")
@@ -199,7 +176,7 @@ def test_star_hosts_ping_and_stop_leaves_nothing() -> None:
         assert u.interfaces("h1") == ("eth0",)
         out = u.cmd("h2", ["ip", "-j", "addr", "show", "dev", "eth0"]).stdout
         assert json.loads(out)[0]["addr_info"][0]["local"] == u.underlay_ip("h2")
-        assert {f"{plan.prefix}s1", f"{plan.prefix}s1-1"} <= root_links()
+        assert {f"{plan.prefix}s1", f"{plan.prefix}s1-1"} <= link_names()
         assert os.readlink(f"/proc/{u.pid('h1')}/ns/net") != os.readlink("/proc/self/ns/net")
         if before is not None:
             assert bridgenf.BRIDGE_NF_SYSCTLS[1].read_text().strip() == "0"
@@ -309,7 +286,7 @@ def test_existing_names_are_never_adopted() -> None:
     try:
         with pytest.raises(UnderlayError, match="already exist"):
             Underlay(star(1), tag=tag).build()
-        assert squatter in root_links()  # refused, and left alone
+        assert squatter in link_names()  # refused, and left alone
     finally:
         subprocess.run(["ip", "link", "del", squatter], check=False, capture_output=True)
 
@@ -342,7 +319,7 @@ def test_session_stops_on_the_way_out(how: str) -> None:
 @pytest.mark.emu
 def test_probe_reports_everything_and_leaves_nothing() -> None:
     emulation_or_skip()
-    links, spaces, tables = root_links(), netns_names(), nft_tables()
+    links, spaces, tables = link_names(), netns_names(), nft_tables()
     caps = probe()
     expected = {"root", "mininet", "mnexec", "vxlan", "netem", "tbf", "nft_numgen", "nfqueue"}
     expected |= {"tun", "esp", "kernel_gcm", "iperf3", "tcpdump", "tshark", "openvswitch"}
@@ -353,7 +330,7 @@ def test_probe_reports_everything_and_leaves_nothing() -> None:
     assert caps["root"].ok and caps["mnexec"].ok and caps["tbf"].ok and caps["vxlan"].ok
     assert caps["nft_numgen"].ok and caps["tun"].ok and caps["nft_nat"].ok
     assert all(c.disables for c in caps.values() if not c.ok)
-    assert root_links() == links
+    assert link_names() == links
     assert not [n for n in netns_names() - spaces if n.startswith("osim-probe")]
     assert nft_tables() == tables
     table = format_report(caps)
@@ -378,13 +355,13 @@ def test_clean_sweeps_prefixed_leftovers_and_nothing_else(tmp_path: Path) -> Non
     subprocess.run(["nft", "add", "table", "netdev", f"{prefix}_t1"], check=True)
     try:
         would = clean.clean(dry_run=True, state_dir=tmp_path, prefix=prefix, echo=None)
-        assert f"{prefix}v0" in root_links()  # dry run changed nothing
+        assert f"{prefix}v0" in link_names()  # dry run changed nothing
         assert any(f"link {prefix}v0" in line for line in would)
         done = clean.clean(state_dir=tmp_path, prefix=prefix, echo=None)
         assert [line.replace("removed ", "") for line in done] == [
             line.replace("would remove ", "") for line in would
         ]
-        links = root_links()
+        links = link_names()
         assert not [n for n in links if n.startswith(prefix)]
         assert keep in links
         assert f"{prefix}-leak" not in netns_names()
@@ -448,7 +425,7 @@ def test_clean_follows_records_of_dead_runs_only(tmp_path: Path) -> None:
         done = clean.clean(state_dir=tmp_path, prefix="osimzr", echo=None)
         assert sleeper.wait(timeout=5) is not None
         assert bystander.poll() is None
-        links = root_links()
+        links = link_names()
         assert "osimzrl0" not in links and "osimzrk0" in links
         assert "osimzr-dp" not in netns_names()
         assert any("skipped the prefix sweep" in line for line in done)
@@ -493,7 +470,7 @@ def test_clean_finishes_a_killed_run(tmp_path: Path) -> None:
     prefix = f"{names.PREFIX}{tag}"
     run.kill()  # SIGKILL: no teardown at all
     run.wait()
-    assert f"{prefix}s1" in root_links() and processes_mentioning("sleep 62")
+    assert f"{prefix}s1" in link_names() and processes_mentioning("sleep 62")
     done = clean.clean(state_dir=tmp_path, prefix=prefix, echo=None)
     assert any("sleep 62" in line for line in done)
     assert_nothing_left(prefix, tag)

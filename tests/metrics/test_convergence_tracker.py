@@ -211,3 +211,39 @@ def test_tracker_matches_offline_reference(steps):
             assert r["latency_s"] is None
         else:
             assert math.isclose(r["latency_s"], r["converged_t"] - r["t_commit"])
+
+
+# --- targets: a host attached at the commit's instant is one ---------------------------
+
+
+def test_a_host_attached_at_the_commits_instant_becomes_a_target():
+    tr = ConvergenceTracker()
+    tr.commit(0.0, "a", "n1", "k", "add", ["a"])  # converged at once: only its owner...
+    tr.attached(0.0, "b", "n1")  # ...until b comes onto n1 in the same instant
+    assert tr.pending == 1
+    tr.attached(0.0, "a", "n1")  # its owner is no new target
+    tr.attached(0.0, "c", "n2")  # another network
+    tr.seen(0.2, "b", "n1", "k", "add")
+    tr.attached(0.5, "d", "n1")  # a later instant: not a target of the t=0 commit
+    assert tr.pending == 0
+    (row,) = tr.finish(1.0)
+    assert (row["targets"], row["status"], row["converged_t"]) == (2, "converged", 0.2)
+
+
+def test_an_attach_at_the_instant_joins_pending_commits_not_earlier_or_superseded_ones():
+    tr = ConvergenceTracker()
+    tr.commit(1.0, "a", "n1", "early", "add", ["a", "b"])
+    tr.commit(2.0, "a", "n1", "k", "add", ["a", "b"])
+    tr.commit(2.0, "b", "n1", "k", "delete", ["a", "b"])  # supersedes the add
+    tr.attached(2.0, "c", "n1")
+    tr.seen(2.1, "b", "n1", "early", "add")
+    tr.seen(2.2, "a", "n1", "k", "delete")
+    assert tr.pending == 1  # the delete waits for c too
+    tr.seen(2.3, "c", "n1", "k", "delete")
+    rows = tr.finish(3.0)
+    assert [(r["key"], r["op"], r["targets"], r["status"]) for r in rows] == [
+        ("early", "add", 2, "converged"),
+        ("k", "add", 2, "superseded"),
+        ("k", "delete", 3, "converged"),
+    ]
+    assert rows[0]["converged_t"] == 2.1 and rows[2]["converged_t"] == 2.3

@@ -7,7 +7,17 @@ from typing import Any
 
 from overlaysim.metrics.convergence import ConvergenceTracker
 from overlaysim.scenario.loader import validate_scenario
-from overlaysim.scenario.steps import Attach, Clear, Crash, Detach, Loss, Partition, Rate, Restart
+from overlaysim.scenario.steps import (
+    Attach,
+    Clear,
+    Crash,
+    Detach,
+    Loss,
+    Partition,
+    Rate,
+    Restart,
+    Step,
+)
 from overlaysim.scenario.timeline import plan
 from overlaysim.world.container import Container
 from overlaysim.world.world import World, seed_hosts
@@ -121,17 +131,34 @@ def test_a_full_clear_removes_every_kind_on_the_link() -> None:
 
 
 def test_commit_targets_are_the_hosts_attached_and_up() -> None:
-    world, _, _ = _world()
-    world.apply(Attach(at=1, container="c2", host="h2", network="web"))
-    world.apply(Crash(at=2, host="h1"))
-    world.apply(Attach(at=3, container="c3", host="h3", network="web"))
+    world, backend, _ = _world()
+
+    def at(step: Step) -> None:  # each step at its own instant (a host attached at a
+        backend.t = step.at  # commit's instant would be one of its targets)
+        world.apply(step)
+
+    at(Attach(at=1, container="c2", host="h2", network="web"))
+    at(Crash(at=2, host="h1"))
+    at(Attach(at=3, container="c3", host="h3", network="web"))
     assert world.truth.targets("web") == ["h2", "h3"]
     # h1 back: its container is re-announced on web, h1 is a target again
-    world.apply(Restart(at=4, host="h1"))
+    at(Restart(at=4, host="h1"))
     assert world.truth.targets("web") == ["h1", "h2", "h3"]
     rows = world.truth.tracker.finish(10.0)  # type: ignore[union-attr]
     got = [(r["key"], r["targets"]) for r in rows]
     assert got == [("c1", 1), ("c2", 2), ("c3", 2), ("c1", 3)]
+
+
+def test_hosts_attached_at_the_same_instant_are_targets_of_each_others_commits() -> None:
+    world, backend, _ = _world()
+    backend.t = 5.0  # two attaches played one after the other, at one scenario instant
+    world.apply(Attach(at=5, container="c2", host="h2", network="web"))
+    world.apply(Attach(at=5, container="c3", host="h3", network="web"))
+    backend.t = 6.0
+    world.apply(Attach(at=6, container="c4", host="h1", network="web"))
+    rows = world.truth.tracker.finish(10.0)  # type: ignore[union-attr]
+    # c1 (boot, t=0) is older than h2 and h3 on web; c2 waits for h3 as c3 for h2
+    assert [(r["key"], r["targets"]) for r in rows] == [("c1", 1), ("c2", 3), ("c3", 3), ("c4", 3)]
 
 
 def test_detach_of_the_last_container_leaves_the_network() -> None:

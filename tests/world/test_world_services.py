@@ -27,9 +27,11 @@ from overlaysim.world.services import place
 SUBNET = "10.20.0.0/24"
 
 
-def scenario(hosts: int = 5):
+def scenario(hosts: int = 5, timing: dict | None = None):
+    extra = {"service_timing": timing} if timing else {}
     return validate_scenario(
         {
+            **extra,
             "name": "svc",
             "duration": 60,
             "topology": {"generator": "star", "hosts": hosts},
@@ -39,8 +41,14 @@ def scenario(hosts: int = 5):
     )
 
 
-def run(steps: list[Step], until: float = 60.0, hosts: int = 5, seed: int = 1) -> SimWorld:
-    sc = scenario(hosts)
+def run(
+    steps: list[Step],
+    until: float = 60.0,
+    hosts: int = 5,
+    seed: int = 1,
+    timing: dict | None = None,
+) -> SimWorld:
+    sc = scenario(hosts, timing)
     the_plan = plan(sc, seed)
     the_plan.steps = sorted(steps, key=lambda s: s.at)
     world = SimWorld(sc, seed, services=True)
@@ -120,8 +128,11 @@ def test_create_spreads_tasks_and_scale_fills_then_removes_the_highest_slots():
     )
     assert hosts_of(world, "web") == {"web.1": "h1", "web.2": "h2"}
     assert not {"web.3", "web.4", "web.5"} & set(world.containers)
-    (_, first), (_, second) = truth_rows(world, "web")
-    assert len(first) == 5 and len(second) == 2 and set(second) < set(first)
+    # one task change at a time, task_interval (0.5 s) apart: five adds, three removals
+    rows = truth_rows(world, "web")
+    assert [t for t, _ in rows] == [1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 5.5, 6.0]
+    assert [len(ips) for _, ips in rows] == [1, 2, 3, 4, 5, 4, 3, 2]
+    assert set(rows[-1][1]) < set(rows[4][1])
 
 
 def test_placement_and_addresses_do_not_depend_on_the_seed():
@@ -130,7 +141,7 @@ def test_placement_and_addresses_do_not_depend_on_the_seed():
         ServiceCreate(at=2, name="rr", network="app", replicas=2, endpoint_mode="dnsrr"),
         ServiceScale(at=5, service="web", replicas=6),
     ]
-    a, b = run(steps, until=6, seed=1), run(steps, until=6, seed=99)
+    a, b = run(steps, until=7, seed=1), run(steps, until=7, seed=99)
     for svc in ("web", "rr"):
         assert hosts_of(a, svc) == hosts_of(b, svc)
         assert truth_rows(a, svc) == truth_rows(b, svc)
@@ -160,7 +171,11 @@ def test_update_replaces_tasks_with_the_new_mode_and_gives_the_vip_back():
     assert hosts_of(world, "web") == {"web.1": "h1", "web.2": "h2", "web.3": "h3"}
     assert all(world.containers[n].task.gen == 2 for n in svc.slots.values())
     assert not any(a.endpoint == vip_endpoint("web") for a in world.sim.ipam.allocations("app"))
-    (_, before), (_, after) = truth_rows(world, "web")
+    rows = truth_rows(world, "web")
+    before, after = rows[2][1], rows[-1][1]
+    # each task in turn: removed, then its successor detach_delay (0.25 s) later
+    assert [t for t, _ in rows[3:]] == [5.0, 5.25, 5.5, 5.75, 6.0, 6.25]
+    assert [len(ips) for _, ips in rows[3:]] == [2, 3, 2, 3, 2, 3]
     assert len(after) == 3 and not set(before) & set(after)  # replaced tasks, new addresses
     ans = directory(world, "h5").resolve("client", "web")
     assert ans.kind is AnswerKind.ANSWER and set(ans.ips) == set(after)
@@ -187,7 +202,7 @@ def test_rm_removes_every_task_and_the_vip_and_the_name_stops_resolving():
     assert "web" not in world.services.by_name
     assert not [n for n in world.containers if n.startswith("web.")]
     assert not any(a.endpoint == vip_endpoint("web") for a in world.sim.ipam.allocations("app"))
-    assert truth_rows(world, "web")[-1] == (5.0, [])
+    assert truth_rows(world, "web")[-1] == (6.0, [])
     assert directory(world, "h5").resolve("client", "web").kind is AnswerKind.NXDOMAIN
     rows = world.dns_tracker.finish()
     stale = [r for r in rows if r["metric"] == "stale_dns_window_s"]
@@ -206,7 +221,8 @@ def test_a_crashed_hosts_tasks_leave_the_dns_truth_and_come_back_with_it():
     )
     rows = truth_rows(world, "web")
     web2 = world.containers["web.2"].networks["app"]
-    assert [t for t, _ in rows] == [1.0, 10.0, 40.0]
+    assert [t for t, _ in rows] == [1.0, 1.5, 2.0, 10.0, 40.0]
+    rows = rows[2:]
     assert web2 in rows[0][1] and web2 not in rows[1][1] and web2 in rows[2][1]
     dns = world.dns_tracker.finish()
     crash_conv = next(r for r in dns if r["metric"] == "dns_convergence_s" and r["t"] == 10.0)
@@ -242,3 +258,51 @@ def test_steps_the_world_cannot_play_are_skipped_with_the_reason():
         ("service_rm", "nope", "no service nope"),
     ]
     assert len(world.services.by_name["web"].slots) == 2
+
+
+def test_a_service_step_unfolds_task_by_task_and_a_host_leaves_detach_delay_later():
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=3),
+            ServiceScale(at=10, service="web", replicas=0),
+        ],
+        until=12,
+        timing={"task_interval": 0.4, "detach_delay": 0.3},
+    )
+    rows = world.events.rows
+    attach = [(r[0], r[3]) for r in rows if r[2] == "container_attach" and r[3].startswith("web")]
+    assert attach == [(1.0, "web.1"), (1.4, "web.2"), (1.8, "web.3")]
+    detach = [(r[0], r[3]) for r in rows if r[2] == "container_detach"]
+    assert detach == [(10.0, "web.3"), (10.4, "web.2"), (10.8, "web.1")]
+    # h1-h3 held nothing else on app: each leaves 0.3 s after its task went, not before
+    leaves = {r[1]: r[0] for r in rows if r[2] == "net_detach"}
+    assert leaves == pytest.approx({"h3": 10.3, "h2": 10.7, "h1": 11.1})
+    # the simulated node leaves then too (its table no longer holds the network)
+    assert "app" not in world.cluster.node("h1").tables.networks()
+    commits = [(r[0], r[1]) for r in rows if r[2] == "entry_commit" and r[6] == "delete"]
+    assert commits == [(10.0, "h3"), (10.4, "h2"), (10.8, "h1")]
+
+
+def test_the_leave_is_pending_until_its_time_and_zero_timing_is_one_instant():
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=1),
+            ServiceRm(at=10, service="web"),
+        ],
+        until=10.2,
+        timing={"task_interval": 0.4, "detach_delay": 0.3},
+    )
+    assert "app" in world.cluster.node("h1").tables.networks()  # 0.2 s after: still on it
+    assert not [r for r in world.events.rows if r[2] == "net_detach"]
+
+    world = run(
+        [
+            ServiceCreate(at=1, name="web", network="app", replicas=3),
+            ServiceRm(at=10, service="web"),
+        ],
+        until=11,
+        timing={"task_interval": 0, "detach_delay": 0},
+    )
+    times = {r[0] for r in world.events.rows if r[2] in ("container_detach", "net_detach")}
+    assert times == {10.0}
+    assert {t for t, _ in truth_rows(world, "web")} == {1.0, 10.0}

@@ -12,11 +12,11 @@ both ways.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
 from overlaysim.agent.dataplane.ports import norm_mac
 from overlaysim.agent.nlbatch import NeighOp, NeighSocket
+from overlaysim.core.endpoint import canonical_ipv4
 
 #: A remote endpoint: (ip, mac, vtep).
 Remote = tuple[str, str, str]
@@ -28,7 +28,37 @@ Held = tuple[set[tuple[str, str]], set[tuple[str, str]]]
 
 def norm_remote(ip: str, mac: str, vtep: str) -> Remote:
     """A remote endpoint in canonical form; ValueError for a bad field."""
-    return str(ipaddress.IPv4Address(ip)), norm_mac(mac), str(ipaddress.IPv4Address(vtep))
+    return canonical_ipv4(ip), norm_mac(mac), canonical_ipv4(vtep)
+
+
+class _Claims:
+    """One network's remote endpoints in order (later wins), indexed by IP and by MAC.
+
+    The indexes answer "who holds this IP / MAC now" without a pass over the network,
+    so one table event costs the same with 10 or 1,000 endpoints: each index keeps the
+    claims on one key in the same relative order as :attr:`order`.
+    """
+
+    __slots__ = ("by_ip", "by_mac", "order")
+
+    def __init__(self) -> None:
+        self.order: dict[Remote, None] = {}
+        self.by_ip: dict[str, dict[Remote, None]] = {}
+        self.by_mac: dict[str, dict[Remote, None]] = {}
+
+    def push(self, r: Remote) -> None:
+        self.pop(r)
+        self.order[r] = None
+        self.by_ip.setdefault(r[0], {})[r] = None
+        self.by_mac.setdefault(r[1], {})[r] = None
+
+    def pop(self, r: Remote) -> None:
+        if self.order.pop(r, 0) is None:
+            for index, key in ((self.by_ip, r[0]), (self.by_mac, r[1])):
+                claims = index[key]
+                del claims[r]
+                if not claims:
+                    del index[key]
 
 
 class Remotes:
@@ -36,31 +66,48 @@ class Remotes:
 
     def __init__(self, underlay_ip: str) -> None:
         self.underlay_ip = underlay_ip
-        self._by_net: dict[str, dict[Remote, None]] = {}  # insertion order: later wins
+        self._by_net: dict[str, _Claims] = {}
 
     def add(self, network: str, remote: Remote) -> bool:
         """Remember ``remote`` as the newest claim on its IP and MAC; False if it is local."""
         if remote[2] == self.underlay_ip:
             return False
-        remotes = self._by_net.setdefault(network, {})
-        remotes.pop(remote, None)
-        remotes[remote] = None
+        claims = self._by_net.get(network)
+        if claims is None:
+            claims = self._by_net[network] = _Claims()
+        claims.push(remote)
         return True
 
     def remove(self, network: str, remote: Remote) -> None:
         """Forget ``remote`` (an IP or MAC it claimed falls back to an older claim)."""
-        self._by_net.get(network, {}).pop(remote, None)
+        claims = self._by_net.get(network)
+        if claims is not None:
+            claims.pop(remote)
 
     def replace(self, network: str, desired: Iterable[Remote]) -> None:
         """Remember exactly ``desired`` (sorted: the entry that sorts last wins a clash)."""
-        wanted = sorted(norm_remote(*r) for r in desired)
-        self._by_net[network] = {r: None for r in wanted if r[2] != self.underlay_ip}
+        claims = self._by_net[network] = _Claims()
+        for r in sorted(norm_remote(*r) for r in desired):
+            if r[2] != self.underlay_ip:
+                claims.push(r)
+
+    def holders(self, network: str, ip: str, mac: str) -> tuple[str | None, str | None]:
+        """What ``maps(network)`` says for one MAC and one IP, without building it:
+        the MAC's VTEP and the IP's MAC (None where nothing claims them)."""
+        claims = self._by_net.get(network)
+        if claims is None:
+            return None, None
+        on_mac, on_ip = claims.by_mac.get(mac), claims.by_ip.get(ip)
+        vtep = next(reversed(on_mac))[2] if on_mac else None
+        owner = next(reversed(on_ip))[1] if on_ip else None
+        return vtep, owner
 
     def maps(self, network: str) -> Maps:
         """Kernel state wanted for ``network``: ``{mac: vtep}``, ``{ip: mac}``."""
         fdb: dict[str, str] = {}
         neigh: dict[str, str] = {}
-        for ip, mac, vtep in self._by_net.get(network, {}):  # later entries win
+        claims = self._by_net.get(network)
+        for ip, mac, vtep in claims.order if claims else ():  # later entries win
             fdb[mac] = vtep
             neigh[ip] = mac
         return fdb, neigh
@@ -93,9 +140,16 @@ def vxlan_program(sock: NeighSocket, vx: int, maps: Maps) -> None:
     sock.apply(ops)
 
 
-def vxlan_sync(sock: NeighSocket, vx: int, maps: Maps, ip: str, mac: str) -> None:
-    """Bring the entries of one IP and one MAC in line with ``maps``."""
-    sock.apply(sync_ops(vx, maps, [(ip, mac)]))
+def vxlan_sync(
+    sock: NeighSocket, vx: int, remotes: Remotes, network: str, ip: str, mac: str
+) -> None:
+    """Bring the entries of one IP and one MAC in line with what ``remotes`` holds for
+    ``network`` (only those two keys are looked up: a table event's cost does not grow
+    with the network)."""
+    vtep, owner = remotes.holders(network, ip, mac)
+    fdb = {mac: vtep} if vtep is not None else {}
+    neigh = {ip: owner} if owner is not None else {}
+    sock.apply(sync_ops(vx, (fdb, neigh), [(ip, mac)]))
 
 
 def sync_ops(vx: int, maps: Maps, touched: Iterable[tuple[str, str]]) -> list[NeighOp]:

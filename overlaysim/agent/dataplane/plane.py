@@ -270,7 +270,9 @@ class DataPlane:
             return ifname
         entry = found or self._new_container(container)
         try:
-            ifname = plug(self._handles, entry, sandbox, ip, prefixlen, mac)
+            ifname = plug(
+                self._handles, self._neigh_socket(sandbox.ns), entry, sandbox, ip, prefixlen, mac
+            )
         except Exception:
             if not entry.ifaces:
                 self._forget_container(entry)
@@ -308,7 +310,7 @@ class DataPlane:
             self.remove_network(network)
 
     def _unplug(self, entry: Container, sb: Sandbox) -> None:
-        unplug(self._handles, entry, sb)
+        unplug(self._neigh_socket(sb.ns), entry, sb)
         if not entry.ifaces:
             self._forget_container(entry)
 
@@ -349,12 +351,13 @@ class DataPlane:
         sandbox = self._sandboxes.get(network)
         if sandbox is None:
             return
-        maps = self._remotes.maps(network)
-        if sandbox.net.encrypted:
-            self.encryption.push(sandbox, maps)
+        if sandbox.net.encrypted:  # the user-space table is replaced whole
+            self.encryption.push(sandbox, self._remotes.maps(network))
             return
         ip, mac, _ = remote
-        fwd.vxlan_sync(self._neigh_socket(sandbox.ns), sandbox.uplink_index, maps, ip, mac)
+        fwd.vxlan_sync(
+            self._neigh_socket(sandbox.ns), sandbox.uplink_index, self._remotes, network, ip, mac
+        )
 
     # --- reconcile ------------------------------------------------------------------
 

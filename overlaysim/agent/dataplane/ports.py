@@ -8,6 +8,7 @@ container end along.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -17,8 +18,15 @@ from overlaysim.agent import names
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import Created
 from overlaysim.agent.dataplane.handles import DataPlaneError, Handles, index
-from overlaysim.agent.dataplane.sandbox import BRIDGE, Sandbox
-from overlaysim.agent.nlbatch import LOOPBACK_INDEX, NeighSocket, encode_addr_add, encode_link_up
+from overlaysim.agent.dataplane.sandbox import Sandbox
+from overlaysim.agent.nlbatch import (
+    LOOPBACK_INDEX,
+    NeighSocket,
+    encode_addr_add,
+    encode_link_del_named,
+    encode_link_up,
+    encode_veth_add,
+)
 
 #: GSO size limit on the container side of an encrypted network: a super-frame plus
 #: the ESP, UDP and IPv4 headers must fit one 64 KB datagram.
@@ -51,21 +59,40 @@ def norm_mac(mac: str) -> str:
     return mac
 
 
-def plug(handles: Handles, c: Container, sb: Sandbox, ip: str, prefixlen: int, mac: str) -> str:
+def plug(
+    handles: Handles,
+    sock: NeighSocket,
+    c: Container,
+    sb: Sandbox,
+    ip: str,
+    prefixlen: int,
+    mac: str,
+) -> str:
     """Connect ``c`` to the sandbox's bridge; returns the interface name inside ``c``.
 
-    On failure nothing of the new port is left behind (the caller owns the namespaces).
+    ``sock`` is the sandbox's raw netlink socket. On failure nothing of the new port is
+    left behind (the caller owns the namespaces).
     """
     used = {ifname for ifname, _, _ in c.ifaces.values()}
     ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
     veth = _port_name(c.name, sb)
-    inner = handles.ipr(sb.ns)
-    peer = {"ifname": ifname, "net_ns_fd": c.ns, "address": mac, "mtu": sb.mtu}
-    # one request: the pair, its sandbox end on the bridge and up
-    inner.link(
-        "add", ifname=veth, kind="veth", mtu=sb.mtu, peer=peer,
-        master=index(inner, BRIDGE), state="up",
-    )  # fmt: skip
+    # one raw request: the pair, its sandbox end on the bridge and up, its container end
+    # named, addressed and moved (through pyroute2 this request cost a busy agent
+    # several milliseconds of Python per container)
+    fd = os.open(kns.ns_path(c.ns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        (code,) = sock.acked(
+            [
+                lambda seq: encode_veth_add(
+                    veth, mtu=sb.mtu, master=sb.bridge_index, peer=ifname, peer_mac=mac,
+                    peer_ns_fd=fd, seq=seq,
+                )
+            ]
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+    if code:
+        raise kns.KernelError(f"veth {veth} in {sb.ns} for {c.name}: {os.strerror(code)}")
     sb.ports[c.name] = veth
     try:
         if sb.net.encrypted:  # sealed super-frames must fit one datagram
@@ -74,7 +101,7 @@ def plug(handles: Handles, c: Container, sb: Sandbox, ip: str, prefixlen: int, m
         _address_and_up(c.ns, ifname, ip, prefixlen)
     except Exception:
         del sb.ports[c.name]
-        kns.delete_link(inner, veth)
+        _delete_port(sock, veth)
         raise
     return ifname
 
@@ -102,11 +129,19 @@ def _address_and_up(ns: str, ifname: str, ip: str, prefixlen: int) -> None:
         sock.close()
 
 
-def unplug(handles: Handles, c: Container, sb: Sandbox) -> None:
-    """Remove ``c``'s port on the sandbox (its peer in the container goes too)."""
+def unplug(sock: NeighSocket, c: Container, sb: Sandbox) -> None:
+    """Remove ``c``'s port on the sandbox (its peer in the container goes too);
+    ``sock`` is the sandbox's raw netlink socket."""
     veth = sb.ports.pop(c.name)
-    kns.delete_link(handles.ipr(sb.ns), veth)
+    _delete_port(sock, veth)
     del c.ifaces[sb.net.name]
+
+
+def _delete_port(sock: NeighSocket, veth: str) -> None:
+    """Delete the sandbox end of a port by name (gone already is fine)."""
+    (code,) = sock.acked([lambda seq: encode_link_del_named(veth, seq)])
+    if code and code not in (errno.ENODEV, errno.ENOENT):
+        raise kns.KernelError(f"deleting {veth}: {os.strerror(code)}")
 
 
 def _port_name(container: str, sb: Sandbox) -> str:

@@ -84,6 +84,7 @@ class Sandbox:
     mtu: int
     record: Created
     uplink_index: int = 0  # inside the sandbox, once built
+    bridge_index: int = 0  # inside the sandbox, once built
     ports: dict[str, str] = field(default_factory=dict)  # container -> veth in sandbox
 
 
@@ -139,9 +140,8 @@ def build_vxlan(
 def build_bridge(inner: IPRoute, sb: Sandbox) -> None:
     """The sandbox's bridge with the gateway address (not yet up)."""
     inner.link("add", ifname=BRIDGE, kind="bridge", mtu=sb.mtu)
-    inner.addr(
-        "add", index=index(inner, BRIDGE), address=sb.net.gateway, prefixlen=sb.net.prefixlen
-    )
+    sb.bridge_index = index(inner, BRIDGE)
+    inner.addr("add", index=sb.bridge_index, address=sb.net.gateway, prefixlen=sb.net.prefixlen)
 
 
 def bring_up(inner: IPRoute) -> None:
