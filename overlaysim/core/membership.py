@@ -55,6 +55,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import operator
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -63,6 +64,7 @@ from enum import Enum
 
 from overlaysim.core import wire
 from overlaysim.core.config import MembershipConfig, push_pull_scale
+from overlaysim.core.cowmap import CowMap
 from overlaysim.core.events import MemberEvent, MemberEventKind, Send
 from overlaysim.core.queue import TransmitLimitedQueue, record_size
 from overlaysim.core.suspicion import Suspicion, expected_confirmations, suspicion_min_timeout
@@ -174,6 +176,43 @@ def _overhead(*strings: str) -> int:
     return 40 + sum(len(s.encode()) + 5 for s in strings)
 
 
+@dataclass(frozen=True, slots=True)
+class _FormedBase:
+    """The member facts of one formed cluster, shared by every node booted from it."""
+
+    #: The list bootstrap was given, and its contents then (to notice a changed list).
+    given: Sequence[Member]
+    snapshot: tuple[Member, ...]
+    #: name -> record, first record with an address per name, in the given order.
+    members: dict[str, Member]
+    #: Names of the live ones, in the same order.
+    live: list[str]
+
+
+_formed: _FormedBase | None = None
+
+
+def _formed_base(members: Sequence[Member]) -> _FormedBase:
+    """The shared facts for ``members``: rebuilt only when given another list (or the
+    same list with other contents); the last one is kept."""
+    global _formed
+    f = _formed
+    if (
+        f is not None
+        and f.given is members
+        and len(members) == len(f.snapshot)
+        and all(map(operator.is_, members, f.snapshot))
+    ):
+        return f
+    base: dict[str, Member] = {}
+    for m in members:
+        if m.addr and m.name not in base:
+            base[m.name] = m
+    live = [name for name, m in base.items() if m.state in _LIVE]
+    f = _formed = _FormedBase(members, tuple(members), base, live)
+    return f
+
+
 class Membership:
     """SWIM + Lifeguard membership of one node. See the module docstring."""
 
@@ -191,7 +230,11 @@ class Membership:
         self.addr = addr
         self.config = config
         self._rng = rng
-        self._members: dict[str, Member] = {name: Member(name, addr, incarnation, ALIVE, epoch)}
+        # name -> record: a dict, or after a formed boot a CowMap sharing the cluster's
+        # records with every other node (same operations, same order).
+        self._members: dict[str, Member] | CowMap[str, Member] = {
+            name: Member(name, addr, incarnation, ALIVE, epoch)
+        }
         self._n_live = 0  # ALIVE or SUSPECT others
         # memberlist's node list: the probe order, and the indexable pool for O(1)
         # random picks. Holds every live member (plus the dead until the next
@@ -245,7 +288,7 @@ class Membership:
 
     def members(self) -> dict[str, Member]:
         """Every known member by name, ourselves and dead/left ones included (a copy)."""
-        return dict(self._members)
+        return dict(self._members.items())
 
     def member(self, name: str) -> Member | None:
         """One member's record, or None."""
@@ -308,18 +351,28 @@ class Membership:
         For drivers that start from an already converged cluster (large simulations);
         not part of the protocol. Records are immutable, so one list of them can be
         shared by every node. Unknown names only; ourselves is skipped.
+
+        A fresh node (it knows only itself) given a list or tuple does not copy the
+        records: its member map is a :class:`CowMap` over one dict per distinct list
+        (built once, shared by every node bootstrapped from that very list), so N nodes
+        of a formed cluster hold their N^2 identical facts once until they diverge.
         """
-        known, order = self._members, self._probe_list
-        for m in members:
-            if m.name in known or not m.addr:
-                continue
-            known[m.name] = m
-            if m.state in _LIVE:
-                self._n_live += 1
-                order.append(m.name)
-                if emit:
-                    self._emit(MemberEventKind.JOIN, m)
-        self._rng.shuffle(order)
+        known = self._members
+        fresh = type(known) is dict and len(known) == 1 and not self._probe_list
+        if fresh and isinstance(members, list | tuple):
+            self._bootstrap_shared(members, emit)
+        else:
+            order = self._probe_list
+            for m in members:
+                if m.name in known or not m.addr:
+                    continue
+                known[m.name] = m
+                if m.state in _LIVE:
+                    self._n_live += 1
+                    order.append(m.name)
+                    if emit:
+                        self._emit(MemberEventKind.JOIN, m)
+            self._rng.shuffle(order)
         self._state_cache = None
         if self._started:
             # The sync interval scales with cluster size: re-draw its phase for the size
@@ -327,6 +380,22 @@ class Membership:
             self._push_pull_gen += 1
             interval = push_pull_scale(self.config.push_pull_interval, self.num_members())
             self._arm(now + self._rng.random() * interval, _T_PUSH_PULL, self._push_pull_gen)
+
+    def _bootstrap_shared(self, members: Sequence[Member], emit: bool) -> None:
+        """``bootstrap`` of a fresh node: share the formed cluster's records."""
+        base = _formed_base(members)
+        me = self.name
+        self._members = CowMap(self._members, base.members)
+        order = base.live.copy()
+        mine = base.members.get(me)
+        if mine is not None and mine.state in _LIVE:
+            order.remove(me)  # we are not our own peer
+        self._n_live = len(order)
+        if emit:
+            for name in order:
+                self._emit(MemberEventKind.JOIN, base.members[name])
+        self._probe_list = order
+        self._rng.shuffle(order)
 
     # -- driver surface ----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from operator import is_
 
 from overlaysim.core.config import MembershipConfig, TableConfig
 from overlaysim.core.events import EntryEvent, MemberEvent, MemberEventKind, Send
@@ -31,6 +32,27 @@ _TABLE_TYPES = frozenset({MsgType.TABLE_GOSSIP, MsgType.BULK_SYNC, MsgType.NETWO
 
 _UP = (MemberEventKind.JOIN, MemberEventKind.ALIVE, MemberEventKind.UPDATE)
 _DOWN = (MemberEventKind.DEAD, MemberEventKind.LEAVE)
+
+
+_last_facts: tuple[Sequence[Member], tuple[Member, ...], tuple[tuple[str, str, int], ...]] | None
+_last_facts = None
+
+
+def _peer_facts(members: Sequence[Member]) -> tuple[tuple[str, str, int], ...]:
+    """``(name, addr, epoch)`` of each member, as one tuple for every node booted from
+    the same (unchanged) list, so that their table layers can share it."""
+    global _last_facts
+    last = _last_facts
+    if (
+        last is not None
+        and last[0] is members
+        and len(members) == len(last[1])
+        and all(map(is_, members, last[1]))
+    ):
+        return last[2]
+    facts = tuple((m.name, m.addr, m.epoch) for m in members)
+    _last_facts = (members, tuple(members), facts)
+    return facts
 
 
 class Node:
@@ -90,7 +112,7 @@ class Node:
         """
         self.membership.bootstrap(members, now, emit=False)
         if tables:
-            self.tables.bootstrap([(m.name, m.addr, m.epoch) for m in members], now)
+            self.tables.bootstrap(_peer_facts(members), now)
             self.tables.take_events()
 
     def leave(self, now: float) -> None:

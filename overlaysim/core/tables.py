@@ -53,6 +53,7 @@ from operator import attrgetter, is_
 from overlaysim.core.byname import ByName
 from overlaysim.core.config import TableConfig
 from overlaysim.core.events import EntryEvent, EntryEventKind, Send
+from overlaysim.core.formed import formed_peers
 from overlaysim.core.queue import TransmitLimitedQueue, record_size
 from overlaysim.core.wire import (
     BulkSync,
@@ -507,11 +508,16 @@ class Tables:
         For drivers that start from a converged cluster; not part of the protocol. On a
         fresh node (no networks, no member facts yet) each call would only record the
         member, so they are recorded in bulk; otherwise each goes through
-        ``member_alive``.
+        ``member_alive``. A fresh node given a tuple reads one shared copy of those facts
+        until it changes them (see :mod:`overlaysim.core.formed`).
         """
+        fresh = not (self._epochs or self._nets or self._node_nets or self._pending)
+        if fresh and type(members) is tuple and (shared := formed_peers(members)) is not None:
+            # One copy of the cluster's facts for every node until it changes them.
+            self._epochs, self._addr, self._alive = shared.views(self.name, _NodeSet)  # type: ignore[assignment]
+            return
         members = [m for m in members if m[0] != self.name and type(m[0]) is str]
         names = [m[0] for m in members]
-        fresh = not (self._epochs or self._nets or self._node_nets or self._pending)
         if not fresh or len(set(names)) != len(names):
             for node, addr, epoch in members:
                 self.member_alive(node, addr, epoch, now)
