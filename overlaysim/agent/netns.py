@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import pickle
-import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
 from overlaysim.agent.nlbatch import NeighSocket
+from overlaysim.agent.ownthread import call_in_own_thread
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +62,14 @@ def create_netns(name: str) -> None:
     """
     if netns_exists(name):
         raise KernelError(f"network namespace {name!r} already exists (leftover? run clean)")
-    box: dict[str, BaseException] = {}
 
     def run() -> None:
-        try:
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-            pr_netns.attach(name, "thread-self", libc=_libc)  # bind /proc/thread-self/ns/net
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+        pr_netns.attach(name, "thread-self", libc=_libc)  # bind /proc/thread-self/ns/net
 
-    t = threading.Thread(target=run, name="netns-create")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
+    call_in_own_thread(run, "netns-create")
 
 
 def open_ipr(ns: str | None) -> IPRoute:

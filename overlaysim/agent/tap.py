@@ -13,9 +13,10 @@ import fcntl
 import os
 import socket
 import struct
-import threading
 from collections.abc import Callable
 from typing import TypeVar
+
+from overlaysim.agent.ownthread import call_in_own_thread
 
 T = TypeVar("T")
 
@@ -45,27 +46,18 @@ def in_netns(path: str | None, fn: Callable[[], T]) -> T:
     """
     if path is None:
         return fn()
-    box: dict[str, object] = {}
 
-    def run() -> None:
+    def run() -> T:
+        fd = os.open(path, os.O_RDONLY)
         try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise TapError(err, f"setns({path}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise TapError(err, f"setns({path}): {os.strerror(err)}")
+        finally:
+            os.close(fd)
+        return fn()
 
-    t = threading.Thread(target=run, name="netns-helper")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
+    return call_in_own_thread(run, "netns-helper")
 
 
 def open_tap(name: str, netns: str | None = None, *, offload: bool = True) -> int:

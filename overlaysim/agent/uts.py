@@ -22,6 +22,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from overlaysim.agent.ownthread import call_in_own_thread
+
 __all__ = ["UTS_DIR", "UtsError", "create_uts", "exec_argv", "hostname_of", "remove_uts"]
 
 UTS_DIR = Path("/run/overlaysim/uts")
@@ -67,23 +69,15 @@ def _pin_new_uts(path: Path, hostname: str) -> None:
     ``unshare``/``hostname`` as a process costs a busy agent a fork and two execs per
     container.)
     """
-    box: dict[str, BaseException] = {}
 
     def run() -> None:
-        try:
-            _check(_libc.unshare(CLONE_NEWUTS), "unshare(CLONE_NEWUTS)")
-            raw = hostname.encode()
-            _check(_libc.sethostname(raw, len(raw)), "sethostname")
-            own = f"/proc/self/task/{threading.get_native_id()}/ns/uts".encode()
-            _check(_libc.mount(own, str(path).encode(), b"none", MS_BIND, None), "bind mount")
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
+        _check(_libc.unshare(CLONE_NEWUTS), "unshare(CLONE_NEWUTS)")
+        raw = hostname.encode()
+        _check(_libc.sethostname(raw, len(raw)), "sethostname")
+        own = f"/proc/self/task/{threading.get_native_id()}/ns/uts".encode()
+        _check(_libc.mount(own, str(path).encode(), b"none", MS_BIND, None), "bind mount")
 
-    t = threading.Thread(target=run, name="uts-create")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
+    call_in_own_thread(run, "uts-create")
 
 
 def _check(rc: int, what: str) -> None:
