@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from overlaysim.agent.netns import ns_path
+from overlaysim.agent.nftswap import nat_swap_text
 
 __all__ = [
     "FORWARD_NOTE",
@@ -125,26 +126,24 @@ def plumb(prefix: str, sandbox_netns: str, ingress_subnet: str) -> None:
 def render_host_rules(
     prefix: str, underlay_ip: str, ports: Sequence[Sequence[object]], forward_before: str = "0"
 ) -> str:
-    """The ``nft -f`` text replacing the host's table: ``[[P, vip, T, service], ...]``;
-    ``forward_before`` is the host's ``ip_forward`` before the mesh (the table's comment)."""
+    """The ``nft -f`` text swapping the host table's rules to ``[[P, vip, T, service], ...]``;
+    ``forward_before`` is the host's ``ip_forward`` before the mesh (the table's comment,
+    written when the table is created and kept by later swaps)."""
     ipaddress.IPv4Address(underlay_ip)
     if forward_before not in ("0", "1"):
         raise ValueError(f"forward_before={forward_before!r}: expected '0' or '1'")
     rules = []
     for p, vip, t, *_ in sorted(ports, key=lambda x: int(x[0])):  # type: ignore[call-overload]
         ipaddress.IPv4Address(str(vip))
-        rules.append(
-            f"\t\tip daddr {underlay_ip} meta l4proto {{ tcp, udp }} th dport {int(p)} "
+        # one rule per protocol, no anonymous set: a set lookup can miss for the
+        # instant of a swap (agent/vip.py, _random_pick)
+        rules.extend(
+            f"ip daddr {underlay_ip} meta l4proto {proto} th dport {int(p)} "
             f"dnat ip to {vip}:{int(t)}"
+            for proto in ("tcp", "udp")
         )
-    body = "".join(r + "\n" for r in rules)
-    t_ = table(prefix)
-    chains = "".join(
-        f"\tchain {name} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n{body}\t}}\n"
-        for name, hook in (("pre", "prerouting"), ("out", "output"))
-    )
-    comment = f'\tcomment "{FORWARD_NOTE}{forward_before}"\n'
-    return f"table ip {t_} {{}}\ndelete table ip {t_}\ntable ip {t_} {{\n{comment}{chains}}}\n"
+    chains = (("pre", "prerouting"), ("out", "output"))
+    return nat_swap_text(table(prefix), chains, rules, comment=f"{FORWARD_NOTE}{forward_before}")
 
 
 def replace_host_rules(text: str) -> None:

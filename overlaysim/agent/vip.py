@@ -1,8 +1,8 @@
 """VIP load balancing in the kernel: nftables DNAT with ``numgen``, per connection.
 
 This kernel has no IPVS (``overlaysim doctor`` says so), so a service VIP is balanced the
-way kube-proxy's nftables mode balances a ClusterIP: a NAT rule picks a backend with
-``numgen random mod N`` (or ``numgen inc mod N``, round robin) for the first packet of a
+way kube-proxy's nftables mode balances a ClusterIP: NAT rules pick a backend with
+``numgen random`` (or ``numgen inc``, round robin) for the first packet of a
 connection, and conntrack sends the rest of that connection to the same backend. Like
 Docker's VIPs (and unlike a ClusterIP), the rule matches the address only: any port of
 the VIP reaches the same port of a task.
@@ -10,9 +10,9 @@ the VIP reaches the same port of a task.
 One table, ``ip <prefix>_vip`` (:data:`TABLE`, named in agent/names.py), lives in each container's network namespace with a NAT chain
 on the ``output`` hook (connections the container opens) and one on ``prerouting``
 (connections routed through the namespace, the routing mesh's case). Whenever the task
-set changes the whole table is replaced in one ``nft -f`` transaction (create if absent,
-delete, create anew), so a new connection sees either the old set or the new one, never
-a table half-written. After a replacement, conntrack entries that were sent to a backend
+set changes both chains' rules are swapped in one ``nft -f`` transaction (agent/nftswap.py:
+the chains stay, their rules are flushed and added), so a new connection sees either the
+old set or the new one, never a table half-written. After a replacement, conntrack entries that were sent to a backend
 no longer in the set are deleted (kube-proxy does the same for UDP), so UDP "flows" and
 half-open TCP to a removed task do not keep using it.
 """
@@ -28,6 +28,7 @@ from typing import Literal
 
 from overlaysim.agent.names import VIP_TABLE
 from overlaysim.agent.netns import ns_path
+from overlaysim.agent.nftswap import nat_swap_text
 
 __all__ = [
     "TABLE",
@@ -66,28 +67,42 @@ def _normalise(backends: Backends) -> dict[str, tuple[str, ...]]:
     return dict(sorted(out.items(), key=lambda kv: ipaddress.IPv4Address(kv[0])))
 
 
+def _random_pick(vip: str, tasks: Sequence[str]) -> list[str]:
+    """Uniform choice as a cascade of rules, no set: rule ``i`` takes task ``i`` with
+    probability ``1/(N-i)`` of what reaches it (so ``1/N`` overall), the last takes the rest.
+
+    A set lookup reads the ruleset generation apart from its rule, so for the instant of a
+    swap a first packet can run an old rule against its already retired map, miss, and
+    leave its connection untranslated (``No route to host`` to the VIP, seen in CI and
+    about 7 in 20,000 connections under constant swaps). Rules alone are published as one.
+    """
+    n = len(tasks)
+    return [
+        f"ip daddr {vip} numgen random mod {n - i} 0 dnat ip to {ip}"
+        if i < n - 1
+        else f"ip daddr {vip} dnat ip to {ip}"
+        for i, ip in enumerate(tasks)
+    ]
+
+
 def render_rules(backends: Backends, *, mode: Mode = "random") -> str:
-    """The ``nft -f`` text replacing the table with ``vip -> task IPs`` (pure).
+    """The ``nft -f`` text swapping the table to ``vip -> task IPs`` (pure).
 
     VIPs with no task get no rule: a service with no live task has no name either.
+    ``random`` (what the agent uses) is a cascade of plain rules, atomic under swaps;
+    ``inc`` (strict rotation) needs one counter shared by the tasks, so it is a
+    ``numgen inc`` map, whose lookup can miss for the instant of a swap.
     """
     if mode not in ("random", "inc"):
         raise ValueError(f"mode {mode!r}: expected random or inc")
     rules = []
     for vip, tasks in _normalise(backends).items():
+        if mode == "random":
+            rules.extend(_random_pick(vip, tasks))
+            continue
         pick = ", ".join(f"{i} : {ip}" for i, ip in enumerate(tasks))
-        rules.append(
-            f"\t\tip daddr {vip} dnat ip to numgen {mode} mod {len(tasks)} map {{ {pick} }}"
-        )
-    body = "\n".join(rules)
-    chains = "".join(
-        f"\tchain {name} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n"
-        f"{body + chr(10) if body else ''}\t}}\n"
-        for name, hook in (("out", "output"), ("pre", "prerouting"))
-    )
-    # "table X {}" first makes the delete valid when the table does not exist yet; the
-    # three commands are one transaction.
-    return f"table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n{chains}}}\n"
+        rules.append(f"ip daddr {vip} dnat ip to numgen inc mod {len(tasks)} map {{ {pick} }}")
+    return nat_swap_text(TABLE, (("out", "output"), ("pre", "prerouting")), rules)
 
 
 def _nft(netns: str | None, args: Sequence[str], stdin: str | None = None) -> str:
@@ -127,22 +142,25 @@ def current_backends(netns: str | None) -> dict[str, tuple[str, ...]]:
         if "No such file" in str(exc):
             return {}
         raise
-    found: dict[str, tuple[str, ...]] = {}
+    found: dict[str, list[str]] = {}
     for item in json.loads(out).get("nftables", []):
         rule = item.get("rule")
         if not rule:
             continue
         vip, tasks = None, []
         for stmt in rule.get("expr", []):
-            if "match" in stmt:
+            if "match" in stmt and stmt["match"].get("left", {}).get("payload"):
                 vip = stmt["match"].get("right")
             elif "dnat" in stmt:
                 addr = stmt["dnat"].get("addr", {})
-                data = addr.get("map", {}).get("data", {}).get("set", [])
-                tasks = [pair[1] for pair in sorted(data, key=lambda p: p[0])]
+                if isinstance(addr, str):  # one rule of a random cascade
+                    tasks = [addr]
+                else:  # a numgen map
+                    data = addr.get("map", {}).get("data", {}).get("set", [])
+                    tasks = [pair[1] for pair in sorted(data, key=lambda p: p[0])]
         if vip is not None:
-            found[vip] = tuple(tasks)
-    return found
+            found.setdefault(vip, []).extend(tasks)
+    return {vip: tuple(tasks) for vip, tasks in found.items()}
 
 
 def flush_conntrack(netns: str | None, vips: Sequence[str], keep: Backends) -> int:
