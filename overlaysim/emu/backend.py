@@ -100,9 +100,10 @@ class EmuBackend:
         self.ops: list[AgentOp] = []
         self._ops_lock = threading.Lock()  # lanes call from their own threads
 
-    def _call(self, host: str, op: str, container: str, network: str, **args: Any) -> Any:
-        """``testbed.call(host, op, ...)``, its duration kept in :attr:`ops` (once the
-        timeline runs; a failed call too: the time was spent)."""
+    def _call(self, host: str, op: str, container: str, on: str, **args: Any) -> Any:
+        """``testbed.call(host, op, container=container, **args)``, its duration kept
+        in :attr:`ops` with ``on`` as its network(s) (once the timeline runs; a failed
+        call too: the time was spent)."""
         if self.t0 is None:
             return self.testbed.call(host, op, container=container, **args)
         start = time.monotonic()
@@ -111,7 +112,7 @@ class EmuBackend:
         finally:
             end = time.monotonic()
             with self._ops_lock:
-                self.ops.append(AgentOp(start - self.t0, host, op, container, network, end - start))
+                self.ops.append(AgentOp(start - self.t0, host, op, container, on, end - start))
 
     def agent_ops(self) -> list[AgentOp]:
         """The timed agent calls so far, in the order they began."""
