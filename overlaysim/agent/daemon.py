@@ -299,7 +299,7 @@ class Agent:
             if server is not None:
                 await server.close()
         try:  # before the namespaces go: routing mesh, commands, DNS sockets, files
-            await self.svcnet.close()
+            await self.workloads.close()
         except Exception as exc:
             self._error("teardown", exc)
         crypto: dict[str, Any] = {}

@@ -37,6 +37,7 @@ class Workloads:
         self.containers = containers
         self.svcnet = svcnet
         self.names_in_kernel = names_in_kernel
+        self._closed = False
         self._on_error = on_error
         #: Serialises starting and removing containers with their names and commands.
         self._lock = asyncio.Lock()
@@ -49,6 +50,8 @@ class Workloads:
         at any step removes everything made so far.
         """
         async with self._lock:
+            if self._closed:  # a request that raced the agent's teardown
+                raise RuntimeError(f"container {req.name}: the agent is shutting down")
             out = await self.containers.run(req)
             netns = out["netns"]
             if not self.names_in_kernel:
@@ -96,6 +99,16 @@ class Workloads:
             await self.containers.withdraw(name)
             await self.svcnet.stop(name)
             return await self.containers.remove(name)
+
+    async def close(self) -> None:
+        """Teardown: let a start or removal under way finish, refuse new starts, then stop
+        every container's names and commands (routing mesh, DNS servers, files).
+
+        Without the lock a start racing the teardown would write its resolv.conf and UTS
+        file after the sweep and leave them behind."""
+        async with self._lock:
+            self._closed = True
+            await self.svcnet.close()
 
     async def ingress(
         self, ports: list[list[Any]], *, if_version: int | None = None

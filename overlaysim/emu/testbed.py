@@ -40,6 +40,7 @@ from overlaysim.agent.created import load_outstanding
 from overlaysim.agent.logging import read_log
 from overlaysim.agent.manager import MANAGER_PORT
 from overlaysim.agent.names import name_part
+from overlaysim.emu.clean import remove_name_files
 from overlaysim.emu.net import Underlay
 from overlaysim.errors import UserError
 
@@ -502,10 +503,17 @@ class Testbed:
         (``mnexec -n``), so the clean-up must run there to see them.
         """
         record = self.record_path(host)
-        if not record.exists() or not load_outstanding(record):
-            return
-        # and its containers' resolv.conf and UTS files (named after their namespaces)
+        # its containers' resolv.conf and UTS files (named after their namespaces)
         names = f"{self.prefix}-{name_part(host)}-"
+        if not record.exists() or not load_outstanding(record):
+            # The namespaces went, but a file can outlive them (a boot killed between
+            # writing one and its namespace record); both folders are shared with this
+            # process, so no trip into the host is needed.
+            try:
+                remove_name_files(names)
+            except OSError as exc:
+                raise TestbedError(f"could not remove {names}* name files: {exc}") from None
+            return
         code = f"from pathlib import Path; {_CLEAN}(Path({str(record)!r})); {_NAMES}({names!r})"
         out = self.underlay.cmd(host, [sys.executable, "-c", code], timeout=60)
         if out.returncode != 0 or load_outstanding(record):

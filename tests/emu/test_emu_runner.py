@@ -118,6 +118,13 @@ def _assert_nothing_left(run: Path) -> None:
     assert not [n for _f, n in list_nft_tables() if n == f"osim_{prefix[-2:]}"]
     assert not processes_mentioning(f"/run/overlaysim/{run_id}/", "iperf3 -s")
     assert not Path("/run/overlaysim", run_id).exists()
+    # containers' resolv.conf folders and UTS namespace files are named after their netns
+    from overlaysim.agent.resolvconf import NETNS_ETC
+    from overlaysim.agent.uts import UTS_DIR
+
+    for root in (NETNS_ETC, UTS_DIR):
+        left = sorted(p.name for p in root.glob(f"{prefix}-*")) if root.is_dir() else []
+        assert not left, f"left in {root}: {left}"
 
 
 @pytest.mark.emu
