@@ -314,19 +314,23 @@ class EmuBackend:
         }
 
     def detach(
-        self, c: Container, network: str, *, live: bool, last: bool, leave_at: float | None = None
+        self, c: Container, network: str, *, live: bool, last: bool, stay: bool = False
     ) -> None:
-        """The agent unplugs ``c``; a delayed leave (``leave_at``) it holds until then
-        (the agent's clock is ours: ``t0 + leave_at``), so the call returns after it."""
+        """The agent unplugs ``c``; when it was the host's last container on the network
+        the agent leaves the network too, unless ``stay`` (the world plays that leave
+        later: :meth:`leave_network`)."""
         if not live:
             return
         if c.task is not None and c.task.service in self.ingress_vips:
             # a published task is on the ingress network too: that goes first
             self.testbed.call(c.host, "disconnect", container=c.name, network=INGRESS)
-        hold: dict[str, float] = {}  # only when set: other detaches ask as before
-        if last and leave_at is not None and self.t0 is not None:
-            hold["leave_at"] = self.t0 + leave_at
-        self.testbed.call(c.host, "disconnect", container=c.name, network=network, **hold)
+        keep = {"stay": True} if last and stay else {}  # only when set: others ask as before
+        self.testbed.call(c.host, "disconnect", container=c.name, network=network, **keep)
+
+    def leave_network(self, host: str, network: str) -> None:
+        """The agent leaves ``network`` (control ``leave_network``: it stays when a
+        container of its own is on it)."""
+        self.testbed.call(host, "leave_network", network=network)
 
     def reserve_vip(self, service: str, network: str) -> str:
         """The manager allocates the VIP from the network's IPAM (control ``vip_reserve``)."""
