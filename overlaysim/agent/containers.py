@@ -154,15 +154,21 @@ class Containers:
         async with self.ops:
             return await self._attach(self._container(name), network, ip)
 
-    async def disconnect(
-        self, name: str, network: str, leave_at: float | None = None
-    ) -> dict[str, Any]:
+    async def disconnect(self, name: str, network: str, stay: bool = False) -> dict[str, Any]:
         """Detach a container from one network (it goes when its last network does);
-        a last container's network is left no earlier than ``leave_at`` (monotonic)."""
+        with ``stay`` a last container's network is not left (:meth:`leave_network`
+        does that later)."""
         async with self.ops:
-            info = self._netinfo.get(network)
-            net = info["name"] if info else network
-            return await self._detach(self._container(name), net, leave_at)
+            return await self._detach(self._container(name), self._name(network), stay)
+
+    async def leave_network(self, network: str) -> dict[str, Any]:
+        """Leave ``network``'s tables, unless a local container is on it (one attached
+        since the ``stay`` disconnect keeps the host on the network)."""
+        async with self.ops:
+            net = self._name(network)
+            if any(net in c.nets for c in self._containers.values()):
+                return {"network": net, "left": False}
+            return {"network": net, "left": self._leave(net)}
 
     async def remove(self, name: str) -> dict[str, Any]:
         """Remove a container: its entries, interfaces and addresses."""
@@ -269,15 +275,13 @@ class Containers:
         }
         return {"network": name, **c.nets[name]}
 
-    async def _detach(
-        self, c: Container, network: str, leave_at: float | None = None
-    ) -> dict[str, Any]:
+    async def _detach(self, c: Container, network: str, stay: bool = False) -> dict[str, Any]:
         if network not in c.nets:
             raise BadRequest(f"container {c.name} is not on network {network}")
         self._delete_entry(c, network)
         attachment = c.nets.pop(network)
         self._flush()
-        await self._unplug(c.name, network, leave_at)
+        await self._unplug(c.name, network, stay)
         self.events.write("detach", container=c.name, network=network)
         released = await self._release_quietly(network, c.name)
         if not c.nets:
@@ -304,15 +308,24 @@ class Containers:
                 vtep=self.vtep,
             )
 
-    async def _unplug(self, container: str, network: str, leave_at: float | None = None) -> None:
+    async def _unplug(self, container: str, network: str, stay: bool = False) -> None:
         result = await self._run(self._programmer().detach, container, network)
-        if result["last"]:
-            if leave_at is not None:  # never earlier than the scenario's timeline says
-                await asyncio.sleep(max(0.0, leave_at - time.monotonic()))
-            if network in self.node.tables.networks():
-                self.node.leave_network(network, time.monotonic())
-                self._flush()
-            self._netinfo = {k: v for k, v in self._netinfo.items() if v["name"] != network}
+        if result["last"] and not stay:
+            self._leave(network)
+
+    def _leave(self, network: str) -> bool:
+        """Leave ``network``'s tables (no local container is on it); whether it was on them."""
+        on = network in self.node.tables.networks()
+        if on:
+            self.node.leave_network(network, time.monotonic())
+            self._flush()
+        self._netinfo = {k: v for k, v in self._netinfo.items() if v["name"] != network}
+        return on
+
+    def _name(self, network: str) -> str:
+        """The network's name (a request may name it by id)."""
+        info = self._netinfo.get(network)
+        return info["name"] if info else network
 
     async def _release_quietly(self, network: str, container: str) -> bool:
         try:

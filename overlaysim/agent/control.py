@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
@@ -242,9 +241,8 @@ class AgentOps(Protocol):
     async def kernel(self) -> dict[str, Any]: ...
     async def run_container(self, req: ContainerRequest) -> dict[str, Any]: ...
     async def connect(self, name: str, network: str, ip: str | None = None) -> dict[str, Any]: ...
-    async def disconnect(
-        self, name: str, network: str, leave_at: float | None = None
-    ) -> dict[str, Any]: ...
+    async def disconnect(self, name: str, network: str, stay: bool = False) -> dict[str, Any]: ...
+    async def leave_network(self, network: str) -> dict[str, Any]: ...
     async def remove(self, name: str) -> dict[str, Any]: ...
     async def reconcile(self) -> dict[str, Any]: ...
     async def refresh_keys(self) -> dict[str, Any]: ...
@@ -299,8 +297,11 @@ def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
 
     async def disconnect(req: dict[str, Any]) -> Any:
         return await agent.disconnect(
-            _str(req, "container"), _str(req, "network"), _opt_time(req, "leave_at")
+            _str(req, "container"), _str(req, "network"), _opt_bool(req, "stay")
         )
+
+    async def leave_network(req: dict[str, Any]) -> Any:
+        return await agent.leave_network(_str(req, "network"))
 
     async def rm(req: dict[str, Any]) -> Any:
         return await agent.remove(_str(req, "container"))
@@ -341,7 +342,7 @@ def operations(agent: AgentOps, leave_grace: float = 0.0) -> dict[str, Handler]:
         return {"stopping": True, "leave": stay}
 
     ops = (status, members, tables, kernel, run, task, connect, disconnect, rm, reconcile, keys)
-    ops += (crypto,)
+    ops += (crypto, leave_network)
     return {f.__name__: f for f in (*ops, manager, ingress, leave, shutdown)}
 
 
@@ -359,14 +360,12 @@ def _opt_str(req: dict[str, Any], key: str) -> str | None:
     return value
 
 
-def _opt_time(req: dict[str, Any], key: str) -> float | None:
-    """An optional monotonic time (a finite number of seconds)."""
-    v = req.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise BadRequest(f"{key}: expected a number of seconds")
-    return float(v)
+def _opt_bool(req: dict[str, Any], key: str) -> bool:
+    """An optional flag (absent: false)."""
+    v = req.get(key, False)
+    if not isinstance(v, bool):
+        raise BadRequest(f"{key}: expected true or false, got {v!r}")
+    return v
 
 
 def _str_list(req: dict[str, Any], key: str) -> list[str]:

@@ -588,12 +588,15 @@ class Agent:
         """Attach a running container to one more network."""
         return await self.workloads.connect(name, network, ip)
 
-    async def disconnect(
-        self, name: str, network: str, leave_at: float | None = None
-    ) -> dict[str, Any]:
+    async def disconnect(self, name: str, network: str, stay: bool = False) -> dict[str, Any]:
         """Detach a container from one network (it goes when its last network does);
-        ``leave_at``: see :meth:`Workloads.disconnect`."""
-        return await self.workloads.disconnect(name, network, leave_at)
+        ``stay``: see :meth:`Workloads.disconnect`."""
+        return await self.workloads.disconnect(name, network, stay)
+
+    async def leave_network(self, network: str) -> dict[str, Any]:
+        """Leave ``network`` unless a local container is on it (see
+        :meth:`Containers.leave_network`)."""
+        return await self.workloads.leave_network(network)
 
     async def remove(self, name: str) -> dict[str, Any]:
         """Remove a container, its entries first (see :meth:`Workloads.remove`)."""

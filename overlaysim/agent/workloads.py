@@ -75,19 +75,22 @@ class Workloads:
         """Attach a running container to one more network."""
         return await self.containers.connect(name, network, ip)
 
-    async def disconnect(
-        self, name: str, network: str, leave_at: float | None = None
-    ) -> dict[str, Any]:
+    async def disconnect(self, name: str, network: str, stay: bool = False) -> dict[str, Any]:
         """Detach a container from one network (it goes when its last network does).
 
-        ``leave_at`` (monotonic seconds): when this was the host's last container on the
-        network, the host leaves the network's tables no earlier than then (a scenario's
-        ``service_timing.detach_delay``, the same time the simulator leaves at)."""
+        ``stay``: when this was the host's last container on the network, the host
+        stays on it (its tables) until :meth:`leave_network` (the scenario's
+        ``service_timing.detach_delay``, whose time the world keeps for every backend)."""
         async with self._lock:
             c = self.containers.get(name)
             if c is not None and len(c.nets) == 1:
                 await self.svcnet.stop(name)  # the last network: the namespace goes
-            return await self.containers.disconnect(name, network, leave_at)
+            return await self.containers.disconnect(name, network, stay)
+
+    async def leave_network(self, network: str) -> dict[str, Any]:
+        """Leave ``network`` unless a local container is on it."""
+        async with self._lock:
+            return await self.containers.leave_network(network)
 
     async def remove(self, name: str) -> dict[str, Any]:
         """Remove a container: its entries first, then its command and names, interfaces

@@ -100,19 +100,20 @@ class EmuBackend:
         self.ops: list[AgentOp] = []
         self._ops_lock = threading.Lock()  # lanes call from their own threads
 
-    def _call(self, host: str, op: str, container: str, on: str, **args: Any) -> Any:
-        """``testbed.call(host, op, container=container, **args)``, its duration kept
-        in :attr:`ops` with ``on`` as its network(s) (once the timeline runs; a failed
-        call too: the time was spent)."""
+    def _call(self, host: str, op: str, who: str, on: str, /, **args: Any) -> Any:
+        """``testbed.call(host, op, **args)``, its duration kept in :attr:`ops` as a
+        call about container ``who`` ("" for a host's own) on ``on``, the network(s)
+        (once the timeline runs; a failed call too: the time was spent). Positional
+        only: ``args`` carry their own ``container`` and ``network``."""
         if self.t0 is None:
-            return self.testbed.call(host, op, container=container, **args)
+            return self.testbed.call(host, op, **args)
         start = time.monotonic()
         try:
-            return self.testbed.call(host, op, container=container, **args)
+            return self.testbed.call(host, op, **args)
         finally:
             end = time.monotonic()
             with self._ops_lock:
-                self.ops.append(AgentOp(start - self.t0, host, op, container, on, end - start))
+                self.ops.append(AgentOp(start - self.t0, host, op, who, on, end - start))
 
     def agent_ops(self) -> list[AgentOp]:
         """The timed agent calls so far, in the order they began."""
@@ -308,7 +309,9 @@ class EmuBackend:
         if c.live:  # a running container joins one more network
             out = {}
             for net in networks:
-                out[net] = self._call(c.host, "connect", c.name, net, network=net)["ip"]
+                out[net] = self._call(
+                    c.host, "connect", c.name, net, container=c.name, network=net
+                )["ip"]
             return out
         names: dict[str, Any] = {}  # only when set: runs without services ask as before
         if c.aliases:
@@ -329,7 +332,9 @@ class EmuBackend:
             if ingress_vip is not None:  # the routing mesh reaches it on the ingress network
                 names["task"]["vips"] = {INGRESS: ingress_vip}
                 wanted.append(INGRESS)
-        answer = self._call(c.host, "task", c.name, ",".join(networks), networks=wanted, **names)
+        answer = self._call(
+            c.host, "task", c.name, ",".join(networks), container=c.name, networks=wanted, **names
+        )
         c.sandbox = answer.get("netns", "")
         # the world knows the networks it asked for; the ingress one is the mesh's business
         return {
@@ -339,19 +344,23 @@ class EmuBackend:
         }
 
     def detach(
-        self, c: Container, network: str, *, live: bool, last: bool, leave_at: float | None = None
+        self, c: Container, network: str, *, live: bool, last: bool, stay: bool = False
     ) -> None:
-        """The agent unplugs ``c``; a delayed leave (``leave_at``) it holds until then
-        (the agent's clock is ours: ``t0 + leave_at``), so the call returns after it."""
+        """The agent unplugs ``c``; when it was the host's last container on the network
+        the agent leaves the network too, unless ``stay`` (the world plays that leave
+        later: :meth:`leave_network`)."""
         if not live:
             return
         if c.task is not None and c.task.service in self.ingress_vips:
             # a published task is on the ingress network too: that goes first
-            self._call(c.host, "disconnect", c.name, INGRESS, network=INGRESS)
-        hold: dict[str, float] = {}  # only when set: other detaches ask as before
-        if last and leave_at is not None and self.t0 is not None:
-            hold["leave_at"] = self.t0 + leave_at
-        self._call(c.host, "disconnect", c.name, network, network=network, **hold)
+            self._call(c.host, "disconnect", c.name, INGRESS, container=c.name, network=INGRESS)
+        keep = {"stay": True} if last and stay else {}  # only when set: others ask as before
+        self._call(c.host, "disconnect", c.name, network, container=c.name, network=network, **keep)
+
+    def leave_network(self, host: str, network: str) -> None:
+        """The agent leaves ``network`` (control ``leave_network``: it stays when a
+        container of its own is on it)."""
+        self._call(host, "leave_network", "", network, network=network)
 
     def reserve_vip(self, service: str, network: str) -> str:
         """The manager allocates the VIP from the network's IPAM (control ``vip_reserve``)."""

@@ -73,8 +73,8 @@ class AgentOp:
 
     at: float  # scenario time the call began
     host: str
-    op: str  # the control verb: task, connect, disconnect
-    container: str
+    op: str  # the control verb: task, connect, disconnect, leave_network
+    container: str  # "" for a host's own call (leave_network)
     network: str
     took_s: float
 
@@ -84,7 +84,7 @@ class AgentOp:
 
 
 #: The words of a control verb in a warning.
-_VERB = {"task": "start", "connect": "attach", "disconnect": "detach"}
+_VERB = {"task": "start", "connect": "attach", "disconnect": "detach", "leave_network": "leave"}
 #: How many slow operations the report lists (the slowest first).
 _SLOW_LISTED = 10
 
@@ -209,9 +209,12 @@ def lag_report(
 
 def _held_phrase(held: Mapping[str, Any], budget: float | None) -> str:
     verb = _VERB.get(str(held.get("op")), str(held.get("op")))
-    what = f"{verb} {held.get('container')}"
-    if held.get("network"):
-        what += f" ({held['network']})"
+    if held.get("container"):
+        what = f"{verb} {held['container']}" + (
+            f" ({held['network']})" if held.get("network") else ""
+        )
+    else:
+        what = f"{verb} network {held.get('network')}"
     than = (
         f"longer than service_timing.task_interval ({budget:g} s)"
         if budget is not None

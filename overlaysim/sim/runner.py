@@ -116,8 +116,6 @@ class SimBackend:
             net.name: self.ipam.create_network(network_spec(net)) for net in scenario.networks
         }
         self._allocs: dict[tuple[str, str], Allocation] = {}
-        #: (host, network) -> when its delayed leave is due (see :meth:`detach`).
-        self._leaving: dict[tuple[str, str], float] = {}
         self.up: Collection[str] = ()  # the world's hosts up, bound by SimWorld
 
     def now(self) -> float:
@@ -146,17 +144,11 @@ class SimBackend:
         return self.env.now
 
     def crash(self, host: str) -> None:
-        self._forget_leaves(host)
         self.cluster.crash(host)
 
     def leave(self, host: str) -> None:
-        self._forget_leaves(host)
         self.cluster.leave(host)
         self.env.process(self._stop_later(host))
-
-    def _forget_leaves(self, host: str) -> None:
-        for key in [k for k in self._leaving if k[0] == host]:
-            del self._leaving[key]  # the boot goes, its networks with it
 
     def _stop_later(self, host: str):  # type: ignore[no-untyped-def]
         yield self.env.timeout(LEAVE_GRACE_S)
@@ -180,7 +172,6 @@ class SimBackend:
         out = {}
         for net in networks:
             alloc = self._alloc(c.name, net)
-            self._leaving.pop((c.host, net), None)  # a pending leave: the host stays on it
             if net in first:
                 self.cluster.call(c.host, lambda n, t, net=net: n.join_network(net, t))
             endpoint = Endpoint(name=c.name, ip=alloc.ip, mac=alloc.mac, vtep=c.host)
@@ -192,27 +183,17 @@ class SimBackend:
         return out
 
     def detach(
-        self, c: Container, network: str, *, live: bool, last: bool, leave_at: float | None = None
+        self, c: Container, network: str, *, live: bool, last: bool, stay: bool = False
     ) -> None:
         self.ipam.release(network, c.name)
         self._allocs.pop((c.name, network), None)
         if live:
             self.cluster.call(c.host, lambda n, t: n.delete_entry(network, ENDPOINTS, c.name, t))
-        if not last:
-            return
-        if leave_at is None or leave_at <= self.env.now:
-            self.cluster.call(c.host, lambda n, t: n.leave_network(network, t))
-            return
-        self._leaving[(c.host, network)] = leave_at
-        self.env.process(self._leave_later(c.host, network, leave_at))
+        if last and not stay:
+            self.leave_network(c.host, network)
 
-    def _leave_later(self, host: str, network: str, at: float):  # type: ignore[no-untyped-def]
-        """The host's delayed network leave, unless a container attached there or the
-        host went down in the meantime (the world's rule, ``World.detach``)."""
-        yield self.env.timeout(at - self.env.now)
-        if self._leaving.get((host, network)) == at:
-            del self._leaving[(host, network)]
-            self.cluster.call(host, lambda n, t: n.leave_network(network, t))
+    def leave_network(self, host: str, network: str) -> None:
+        self.cluster.call(host, lambda n, t: n.leave_network(network, t))
 
     def reserve_vip(self, service: str, network: str) -> str:
         return self.ipam.allocate(network, vip_endpoint(service), standalone=False).ip

@@ -94,12 +94,17 @@ class Backend(Protocol):
         ...
 
     def detach(
-        self, c: Container, network: str, *, live: bool, last: bool, leave_at: float | None = None
+        self, c: Container, network: str, *, live: bool, last: bool, stay: bool = False
     ) -> None:
         """Take ``c`` off ``network`` (``live``: it exists on a running host; ``last``:
-        no other container of its host is on that network). With ``last`` the host
-        leaves the network at scenario time ``leave_at`` (None: now), never earlier; a
-        container that attaches there first keeps it on the network."""
+        no other container of its host is on that network, so the host leaves it too,
+        unless ``stay``: the world plays that leave later through :meth:`leave_network`,
+        or not at all when a container attaches there first)."""
+        ...
+
+    def leave_network(self, host: str, network: str) -> None:
+        """``host`` leaves ``network`` now: the delayed leave the world kept after a
+        ``detach`` with ``stay`` (no container of the host is on it)."""
         ...
 
     def reserve_vip(self, service: str, network: str) -> str:

@@ -110,10 +110,13 @@ class DryBackend:
         return {net: self._alloc(c, net).ip for net in networks}
 
     def detach(
-        self, c: Container, network: str, *, live: bool, last: bool, leave_at: float | None = None
+        self, c: Container, network: str, *, live: bool, last: bool, stay: bool = False
     ) -> None:
         if self._allocs.pop((c.name, network), None) is not None:
             self.ipam.release(network, c.name)
+
+    def leave_network(self, host: str, network: str) -> None:
+        return None
 
     def reserve_vip(self, service: str, network: str) -> str:
         try:

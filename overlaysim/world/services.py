@@ -20,7 +20,7 @@ A service step takes time, the same in every backend (the scenario's
 ``service_timing``): its task changes come one after another, ``task_interval`` apart,
 the first at the step's time (as Docker's orchestrator updates tasks one by one), and
 a host whose last task on a network is removed leaves that network ``detach_delay``
-later (``World.detach``; the emulator's agent holds its leave until then). The later
+later (``World.detach`` keeps that leave and plays it for every backend). The later
 changes go on the world's timeline (:mod:`overlaysim.world.agenda`); a new step on a
 service first plays what is still pending of its earlier ones.
 

@@ -11,6 +11,7 @@ services are :class:`~overlaysim.world.services.Services`); every fact is record
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -113,7 +114,8 @@ class World:
         self.timing = scenario.timing
         #: The pieces of steps that come later than the step (see :meth:`timeline`).
         self.agenda = Agenda()
-        #: (host, network) -> when the host leaves it (its last container went).
+        #: (host, network) -> when the host leaves it (its last container went; see
+        #: :meth:`detach`). The one record of a pending leave, for every backend.
         self._leaving: dict[tuple[str, str], float] = {}
         self.services = Services(self)
         #: Backends whose steps take real time (the emulator) play a host's container
@@ -180,9 +182,10 @@ class World:
         driver waits until each time, then calls the work."""
         return self.agenda.merge(steps, self.apply)
 
-    def later(self, at: float, work: Work) -> None:
-        """Put ``work`` on the timeline at scenario time ``at``."""
-        self.agenda.later(at, work)
+    def later(self, at: float, work: Work, *, last: bool = False) -> None:
+        """Put ``work`` on the timeline at scenario time ``at`` (``last``: after every
+        other piece and step due then; :meth:`Agenda.later`)."""
+        self.agenda.later(at, work, last=last)
 
     def play_piece(self, action: str, at: float, work: Callable[[], None], **subject: Any) -> None:
         """Play one later piece of a step due at ``at`` like a step that touches every
@@ -546,9 +549,12 @@ class World:
 
         When it was its host's last container on a network, the host leaves that network
         ``leave_after`` seconds after the detach began (a service task's
-        ``service_timing.detach_delay``; 0: at once). The backend leaves at that time or
-        later; ``net_detach`` is recorded when it is true. A container of the host that
-        attaches before then keeps the host on the network."""
+        ``service_timing.detach_delay``; 0: at once, with the detach). A delayed leave is
+        the world's to play, the same for every backend: the backend unplugs the
+        container now and keeps the host on the network (``stay``); at the time the
+        world records ``net_detach`` and calls :meth:`Backend.leave_network`, unless a
+        container of the host attached there by then (at that same instant included)
+        or the host went down (see :meth:`_left`)."""
         c = self.containers.get(name)
         if c is None:
             return self.skip("detach", container=name, reason="no such container")
@@ -559,9 +565,8 @@ class World:
             live = c.host in self.up and c.live
             last = live and self.attached[c.host][net] == 1
             began = self.backend.now()
-            leave_at = began + leave_after if last and leave_after > 0 else None
-            later = {} if leave_at is None else {"leave_at": leave_at}
-            self.backend.detach(c, net, live=live, last=last, **later)
+            stay = last and leave_after > 0
+            self.backend.detach(c, net, live=live, last=last, stay=stay)
             del c.networks[net]
             t = self.backend.now()
             self.record(t, "container_detach", node=c.host, subject=name, network=net)
@@ -572,23 +577,37 @@ class World:
             per_host = self.attached[c.host]
             per_host[net] -= 1
             if per_host[net] == 0:
-                if leave_at is None or t >= leave_at:
+                if not stay:
                     self.record(t, "net_detach", node=c.host, network=net)
                 else:
-                    self._leaving[(c.host, net)] = leave_at
-                    self.later(leave_at, lambda h=c.host, n=net, at=leave_at: self._left(h, n, at))
+                    at = began + leave_after
+                    self._leaving[(c.host, net)] = at
+                    self.later(at, functools.partial(self._left, c.host, net, at), last=True)
         if not c.networks:
             del self.containers[name]
         return None
 
     def _left(self, host: str, network: str, at: float) -> None:
-        """The delayed leave of ``host`` from ``network`` due at ``at``, unless a container
-        came back or the host went in the meantime."""
+        """The delayed leave of ``host`` from ``network`` due at ``at``: the host leaves
+        unless a container of it attached there or it went down in the meantime.
+
+        The fact is recorded as the world decides it, then the backend acts (one instant
+        in the simulator); a backend whose steps run in the background first finishes
+        the host's earlier steps (an attach on its lane may keep it on the network)."""
+        if self.backend.steps_in_background:
+            self.lanes.settle([host])
         with self._lock:
             if self._leaving.get((host, network)) != at:
                 return
             del self._leaving[(host, network)]
             self.record(self.backend.now(), "net_detach", node=host, network=network)
+        try:
+            self.backend.leave_network(host, network)
+        except Exception as exc:
+            why = self.backend.refused(exc)
+            if why is None:
+                raise
+            self.skip("leave_network", host=host, network=network, reason=why)
 
     def rotate_keys(self) -> None:
         t = self.backend.now()

@@ -248,3 +248,30 @@ async def test_withdraw_deletes_the_entries_first_and_remove_finishes(tmp_path: 
     assert w.errors == []  # remove did not try to delete the entries again
     deletes = [r for r in w.events.lines if r["kind"] == "entry_commit" and r["op"] == "delete"]
     assert len(deletes) == 2
+
+
+@aio
+async def test_a_stay_disconnect_keeps_the_network_until_leave_network(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    await w.containers.run(ContainerRequest("c1", ("web",), standalone=True))
+    await w.containers.disconnect("c1", "web", stay=True)
+    # unplugged and forgotten, but the host stays on the network's tables
+    assert w.containers.networks_of() == {} and w.dp.containers == {}
+    assert w.node.networks() == {"web"}
+    assert await w.containers.leave_network("web") == {"network": "web", "left": True}
+    assert w.node.networks() == set()
+    # nothing left to leave: said so, not an error
+    assert await w.containers.leave_network("web") == {"network": "web", "left": False}
+
+
+@aio
+async def test_leave_network_stays_while_a_local_container_is_on_it(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    await w.containers.run(ContainerRequest("c1", ("web",), standalone=True))
+    await w.containers.disconnect("c1", "web", stay=True)
+    await w.containers.run(ContainerRequest("c2", ("web",), standalone=True))  # came back
+    assert await w.containers.leave_network("web") == {"network": "web", "left": False}
+    assert w.node.networks() == {"web"} and ("web", "c2") in w.node.entries
+    # a plain disconnect of the last container leaves at once, as before
+    await w.containers.disconnect("c2", "web")
+    assert w.node.networks() == set()

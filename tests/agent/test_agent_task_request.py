@@ -65,3 +65,38 @@ def test_bad_name_fields_are_one_line(req: dict[str, Any], line: str) -> None:
     with pytest.raises(BadRequest) as info:
         run("task", container="web.1", network="front", **req)
     assert info.value.message.startswith(line) and "\n" not in info.value.message
+
+
+class Leaver:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def disconnect(self, name: str, network: str, stay: bool = False) -> dict[str, Any]:
+        self.calls.append(("disconnect", name, network, stay))
+        return {}
+
+    async def leave_network(self, network: str) -> dict[str, Any]:
+        self.calls.append(("leave_network", network))
+        return {}
+
+
+def test_disconnect_stay_and_leave_network_reach_the_agent_checked() -> None:
+    agent = Leaver()
+    ops = operations(agent)  # type: ignore[arg-type]
+    asyncio.run(ops["disconnect"]({"container": "c1", "network": "web"}))
+    asyncio.run(ops["disconnect"]({"container": "c1", "network": "web", "stay": True}))
+    asyncio.run(ops["leave_network"]({"network": "web"}))
+    assert agent.calls == [
+        ("disconnect", "c1", "web", False),
+        ("disconnect", "c1", "web", True),
+        ("leave_network", "web"),
+    ]
+    for op, req, line in [
+        ("disconnect", {"container": "c1", "network": "web", "stay": 1}, "stay: expected true or"),
+        ("leave_network", {}, "network: expected a non-empty string"),
+        ("leave_network", {"network": ""}, "network: expected a non-empty string"),
+    ]:
+        with pytest.raises(BadRequest) as info:
+            asyncio.run(ops[op](req))
+        assert info.value.message.startswith(line) and "\n" not in info.value.message
+    assert len(agent.calls) == 3  # a bad request reaches nothing

@@ -57,7 +57,7 @@ def test_container_calls_are_timed_with_host_verb_container_and_network() -> Non
     backend.detach(c, "db", live=True, last=False)
     tb.fail = True
     with pytest.raises(ControlError):  # a refused call took its time too
-        backend.detach(c, "web", live=True, last=True, leave_at=11.0)
+        backend.detach(c, "web", live=True, last=True, stay=True)
     ops = backend.agent_ops()
     assert [(o.host, o.op, o.container, o.network) for o in ops] == [
         ("h2", "connect", "c1", "db"),
@@ -66,9 +66,14 @@ def test_container_calls_are_timed_with_host_verb_container_and_network() -> Non
     ]
     assert all(o.took_s >= 0.05 and 10.0 <= o.at < 11.0 for o in ops)
     assert ops[0].at < ops[1].at < ops[2].at
-    # the agent got the same requests as before (the leave time passed on)
-    assert tb.calls[-1] == (
+    # the agent got the same requests as before (the world plays the leave later)
+    assert tb.calls[3] == (
         "h2",
         "disconnect",
-        {"container": "c1", "network": "web", "leave_at": backend.t0 + 11.0},
+        {"container": "c1", "network": "web", "stay": True},
     )
+    tb.fail = False
+    backend.leave_network("h2", "web")  # a host's own call: no container
+    last = backend.agent_ops()[-1]
+    assert (last.host, last.op, last.container, last.network) == ("h2", "leave_network", "", "web")
+    assert tb.calls[-1] == ("h2", "leave_network", {"network": "web"})

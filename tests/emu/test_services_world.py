@@ -4,7 +4,9 @@ The World plays ``service_create`` with a published port and a task command on a
 3-host star: each task runs the command (a tiny server answering with its hostname),
 every host's underlay address answers on the published port (the routing mesh), a
 crashed and restarted host answers again by itself, and ``service_rm`` takes the
-mesh away and puts ``ip_forward`` back everywhere. About 30 s.
+mesh away and puts ``ip_forward`` back everywhere; a rolling update keeps its task's host
+on the network (the delayed leave is cancelled, as in the simulator) and ``service_rm``
+has the host leave it ``detach_delay`` later. About 40 s.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from conftest import booted_world
 from service_probes import knock, server
 
 from overlaysim.emu.runner import EmuWorld
-from overlaysim.scenario.steps import Crash, Restart, ServiceCreate, ServiceRm
+from overlaysim.scenario.steps import Crash, Restart, ServiceCreate, ServiceRm, ServiceUpdate
 
 pytestmark = pytest.mark.emu
 
@@ -114,3 +116,30 @@ def test_published_port_and_task_command_from_a_scenario_step(world: EmuWorld) -
     assert {h: _forwarding(w, h) for h in hosts} == before
     ps = subprocess.run(["pgrep", "-f", MARK], capture_output=True, text=True)
     assert [p for p in ps.stdout.split() if int(p) != os.getpid()] == [], ps.stdout
+
+
+def _net_rows(w: EmuWorld, since: int, host: str) -> list[tuple[float, str]]:
+    rows = w.events.rows[since:]
+    return [(r[0], r[2]) for r in rows if r[2] in ("net_attach", "net_detach") and r[1] == host]
+
+
+def test_a_replacement_keeps_its_host_on_the_network_and_rm_leaves_later(world: EmuWorld) -> None:
+    w = world
+    _apply(w, ServiceCreate(at=w.backend.now(), name="one", network="app", replicas=1))
+    host = w.containers["one.1"].host
+    assert "app" in w.testbed.call(host, "tables")
+    mark = len(w.events.rows)
+    # the task is removed (its host's last container on app) and its successor starts
+    # detach_delay later, the instant the host's leave was due: the host stays on app
+    _apply(w, ServiceUpdate(at=w.backend.now(), service="one", endpoint_mode="dnsrr"))
+    assert w.skipped == []
+    assert _net_rows(w, mark, host) == []
+    assert "one.1" in w.testbed.call(host, "tables").get("app", {})
+    mark = len(w.events.rows)
+    begun = w.backend.now()
+    _apply(w, ServiceRm(at=begun, service="one"))
+    assert w.skipped == []
+    leaves = _net_rows(w, mark, host)
+    assert [kind for _, kind in leaves] == ["net_detach"]
+    assert leaves[0][0] >= begun + w.timing.detach_delay  # never earlier than the World says
+    assert "app" not in w.testbed.call(host, "tables")  # the agent left when told

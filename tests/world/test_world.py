@@ -63,8 +63,13 @@ class Recording:
         self.calls.append(("attach", c.name, tuple(networks), tuple(first)))
         return {n: f"10.0.0.{len(self.calls)}" for n in networks}
 
-    def detach(self, c: Container, network: str, *, live: bool, last: bool) -> None:
-        self.calls.append(("detach", c.name, network, live, last))
+    def detach(
+        self, c: Container, network: str, *, live: bool, last: bool, stay: bool = False
+    ) -> None:
+        self.calls.append(("detach", c.name, network, live, last, stay))
+
+    def leave_network(self, host: str, network: str) -> None:
+        self.calls.append(("leave_network", host, network, self.t))
 
     def each_host(self, fn: Callable[[Any], None], items: Iterable[Any], host: Any) -> None:
         for item in items:
@@ -165,9 +170,9 @@ def test_detach_of_the_last_container_leaves_the_network() -> None:
     world, backend, _ = _world()
     world.apply(Attach(at=1, container="c2", host="h1", network="web"))
     world.apply(Detach(at=2, container="c1"))
-    assert backend.calls[-1] == ("detach", "c1", "web", True, False)
+    assert backend.calls[-1] == ("detach", "c1", "web", True, False, False)
     world.apply(Detach(at=3, container="c2", network="web"))
-    assert backend.calls[-1] == ("detach", "c2", "web", True, True)
+    assert backend.calls[-1] == ("detach", "c2", "web", True, True, False)
     assert world.truth.targets("web") == []
     assert "c1" not in world.containers and "c2" not in world.containers
 
@@ -189,3 +194,66 @@ def test_seed_hosts_prefers_running_managers() -> None:
     assert seed_hosts("h3", ["h1"], {"h1", "h2"}) == ["h1"]
     assert seed_hosts("h3", ["h1"], {"h2", "h4", "h5", "h6"}) == ["h2", "h4", "h5"]
     assert seed_hosts("h1", ["h1"], {"h1"}) == []
+
+
+# -- a host's delayed network leave: the world's rule, the same for every backend ---------
+
+
+def _play(world: World, backend: Recording, steps: list[Step]) -> None:
+    """What a driver does with the world's timeline (the backend's clock follows it)."""
+    for at, work in world.timeline(steps):
+        backend.t = max(backend.t, at)
+        work()
+
+
+def _net_rows(world: World) -> list[tuple[float, str, str]]:
+    return [(r[0], r[1], r[2]) for r in world.events.rows if r[2] in ("net_attach", "net_detach")]
+
+
+def _leaves(backend: Recording) -> list[tuple[Any, ...]]:
+    return [c for c in backend.calls if c[0] == "leave_network"]
+
+
+def test_a_delayed_leave_is_the_worlds_call_at_its_time() -> None:
+    world, backend, _ = _world()
+    backend.t = 1.0
+    world.detach("c1", None, leave_after=0.5)
+    # unplugged now, the host kept on the network: the backend is not told when
+    assert backend.calls[-1] == ("detach", "c1", "web", True, True, True)
+    assert _leaves(backend) == [] and world.truth.on_network("h1", "web")
+    _play(world, backend, [])
+    assert _leaves(backend) == [("leave_network", "h1", "web", 1.5)]
+    assert _net_rows(world)[-1] == (1.5, "h1", "net_detach")
+    assert not world.truth.on_network("h1", "web")
+
+
+def test_an_attach_before_the_leave_or_at_its_instant_keeps_the_host_on_the_network() -> None:
+    for attach_at in (1.2, 1.5):  # the leave is due at 1.5: the same instant counts
+        world, backend, _ = _world()
+        backend.t = 1.0
+        world.detach("c1", None, leave_after=0.5)
+        before = _net_rows(world)
+        _play(world, backend, [Attach(at=attach_at, container="c2", host="h1", network="web")])
+        # the host was still on the network: no join, no leave, nothing new to record
+        assert ("attach", "c2", ("web",), ()) in backend.calls, attach_at
+        assert _leaves(backend) == [], attach_at
+        assert _net_rows(world) == before, attach_at
+        assert world.truth.on_network("h1", "web")
+
+
+def test_a_host_that_goes_down_drops_its_pending_leave() -> None:
+    world, backend, _ = _world()
+    backend.t = 1.0
+    world.detach("c1", None, leave_after=0.5)
+    _play(world, backend, [Crash(at=1.2, host="h1"), Restart(at=1.4, host="h1")])
+    assert _leaves(backend) == []  # the crash took the host off every network
+    assert [r for r in _net_rows(world) if r[0] > 1.0] == []
+
+
+def test_a_leave_due_with_nothing_else_comes_after_a_step_of_the_same_time() -> None:
+    world, backend, _ = _world()
+    backend.t = 1.0
+    world.detach("c1", None, leave_after=0.5)
+    _play(world, backend, [Loss(at=1.5, percent=1)])
+    kinds = [c[0] for c in backend.calls[-2:]]
+    assert kinds == ["impair", "leave_network"]
