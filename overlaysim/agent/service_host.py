@@ -11,6 +11,9 @@ resolv.conf files and UTS namespaces, and their VIP tables:
 * :meth:`ServiceHost.plan_vips` for those, on the event loop (it reads the directory,
   which only the loop changes), then :meth:`ServiceHost.apply_vips` with the plan on the
   agent's data-plane worker thread (``nft`` is a subprocess); :meth:`sync_vips` does both;
+  :meth:`ServiceHost.queue_vips` / :meth:`ServiceHost.apply_queued` do it coalesced: plans
+  made while an apply is still queued replace each other per container, so a burst of
+  events costs each container one table rewrite, with the newest plan;
 * :meth:`ServiceHost.stop_container` before the namespace goes: removes all of it.
 
 A container's UTS namespace file is named after its network namespace
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +80,11 @@ class ServiceHost:
         self.containers: dict[str, LocalContainer] = {}
         #: VIP table updates that failed (retried on the next sync).
         self.vip_errors = 0
+        #: Plans not applied yet (container -> newest plan) and whether an apply is
+        #: queued; the loop adds, the worker takes (see :meth:`queue_vips`).
+        self._queued: dict[str, VipPlan] = {}
+        self._apply_queued = False
+        self._queue_lock = threading.Lock()
 
     async def start_container(self, name: str, netns: str, hostname: str | None = None) -> None:
         """Give a container whose namespace exists its hostname, resolv.conf and DNS."""
@@ -153,6 +162,33 @@ class ServiceHost:
             except Exception:  # counted; the next event or sync retries
                 self.vip_errors += 1
         return changed
+
+    def queue_vips(self, names: Iterable[str] | None = None) -> bool:
+        """Plan ``names`` now (on the loop) and keep each container's newest plan until
+        :meth:`apply_queued`; True when the caller must queue an :meth:`apply_queued`
+        (none is queued yet), False when the queued one will apply this plan too.
+
+        A removal changes the VIP set of every local container on its network; the
+        events of a few removals in a row then cost each container one ``nft`` run
+        (and one conntrack flush), not one per event, and the data-plane jobs queued
+        behind them (a container's own unplug) wait that much less.
+        """
+        plans = self.plan_vips(names)
+        with self._queue_lock:
+            for p in plans:
+                self._queued[p.name] = p
+            if self._apply_queued or not self._queued:
+                return False
+            self._apply_queued = True
+            return True
+
+    def apply_queued(self) -> int:
+        """Apply every plan :meth:`queue_vips` kept (blocking, on the worker); the
+        number of tables changed. Plans queued while this runs get a new apply."""
+        with self._queue_lock:
+            plans, self._queued = self._queued, {}
+            self._apply_queued = False
+        return self.apply_vips(plans[name] for name in sorted(plans))
 
     def sync_vips(self, names: Iterable[str] | None = None) -> int:
         """:meth:`plan_vips` then :meth:`apply_vips` (blocking; tests and one-shot use)."""

@@ -6,7 +6,8 @@ The agent (:mod:`overlaysim.agent.daemon`) calls it at four points:
   :class:`~overlaysim.agent.service_host.ServiceHost` updates its directory, and the VIP
   tables of the local containers it touched are rewritten on the data-plane worker
   thread (the plan is read on the loop, where the directory changes; ``nft`` runs on
-  the worker, in order with the programmer's jobs);
+  the worker, in order with the programmer's jobs; plans made while a rewrite is
+  still queued join it, each container's newest plan once);
 * once a container's namespace exists (:meth:`ServiceNet.start`): its hostname,
   resolv.conf, embedded DNS server and VIP table, then its command
   (:mod:`overlaysim.agent.taskprocs`);
@@ -71,7 +72,13 @@ class ServiceNet:
     def on_event(self, ev: EntryEvent) -> None:
         touched = self.names.on_event(ev)
         if touched:
-            self._submit(self.names.apply_vips, self.names.plan_vips(touched))
+            self._queue_vips(touched)
+
+    def _queue_vips(self, names: Sequence[str] | set[str]) -> None:
+        """Rewrite the VIP tables of ``names`` on the worker, coalesced with rewrites
+        still queued (:meth:`ServiceHost.queue_vips`)."""
+        if self.names.queue_vips(names):
+            self._submit(self.names.apply_queued)
 
     async def start(
         self,
@@ -84,7 +91,7 @@ class ServiceNet:
     ) -> int | None:
         """Names for a container whose namespace exists, then its command; its pid."""
         await self.names.start_container(name, netns)
-        self._submit(self.names.apply_vips, self.names.plan_vips([name]))
+        self._queue_vips([name])
         pid = self.procs.start(name, netns, command).pid if command else None
         self.events.write(
             "names", container=name, netns=netns, aliases=list(aliases),

@@ -13,6 +13,7 @@ everybody.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -25,6 +26,7 @@ from overlaysim.agent.service_registry import INGRESS
 from overlaysim.core.cluster_errors import ClusterError
 from overlaysim.emu.impair import UnsupportedImpairment
 from overlaysim.emu.testbed import Testbed, TestbedError
+from overlaysim.metrics.lag import AgentOp
 from overlaysim.scenario.schema import Scenario
 from overlaysim.scenario.steps import ImpairKind, Link
 from overlaysim.world.container import Container
@@ -93,6 +95,30 @@ class EmuBackend:
         self.world: World | None = None
         #: Published services' ingress VIPs: their tasks also join the ingress network.
         self.ingress_vips: dict[str, str] = {}
+        #: Every container call to an agent during the timeline and how long it took
+        #: (what names a slow operation as the cause of step lag; metrics/lag.py).
+        self.ops: list[AgentOp] = []
+        self._ops_lock = threading.Lock()  # lanes call from their own threads
+
+    def _call(self, host: str, op: str, who: str, on: str, /, **args: Any) -> Any:
+        """``testbed.call(host, op, **args)``, its duration kept in :attr:`ops` as a
+        call about container ``who`` ("" for a host's own) on ``on``, the network(s)
+        (once the timeline runs; a failed call too: the time was spent). Positional
+        only: ``args`` carry their own ``container`` and ``network``."""
+        if self.t0 is None:
+            return self.testbed.call(host, op, **args)
+        start = time.monotonic()
+        try:
+            return self.testbed.call(host, op, **args)
+        finally:
+            end = time.monotonic()
+            with self._ops_lock:
+                self.ops.append(AgentOp(start - self.t0, host, op, who, on, end - start))
+
+    def agent_ops(self) -> list[AgentOp]:
+        """The timed agent calls so far, in the order they began."""
+        with self._ops_lock:
+            return sorted(self.ops, key=lambda o: (o.at, o.host, o.container))
 
     def bind(self, world: World) -> None:
         """The world whose containers a restarted manager must re-register."""
@@ -283,7 +309,9 @@ class EmuBackend:
         if c.live:  # a running container joins one more network
             out = {}
             for net in networks:
-                out[net] = self.testbed.call(c.host, "connect", container=c.name, network=net)["ip"]
+                out[net] = self._call(
+                    c.host, "connect", c.name, net, container=c.name, network=net
+                )["ip"]
             return out
         names: dict[str, Any] = {}  # only when set: runs without services ask as before
         if c.aliases:
@@ -304,7 +332,9 @@ class EmuBackend:
             if ingress_vip is not None:  # the routing mesh reaches it on the ingress network
                 names["task"]["vips"] = {INGRESS: ingress_vip}
                 wanted.append(INGRESS)
-        answer = self.testbed.call(c.host, "task", container=c.name, networks=wanted, **names)
+        answer = self._call(
+            c.host, "task", c.name, ",".join(networks), container=c.name, networks=wanted, **names
+        )
         c.sandbox = answer.get("netns", "")
         # the world knows the networks it asked for; the ingress one is the mesh's business
         return {
@@ -323,14 +353,14 @@ class EmuBackend:
             return
         if c.task is not None and c.task.service in self.ingress_vips:
             # a published task is on the ingress network too: that goes first
-            self.testbed.call(c.host, "disconnect", container=c.name, network=INGRESS)
+            self._call(c.host, "disconnect", c.name, INGRESS, container=c.name, network=INGRESS)
         keep = {"stay": True} if last and stay else {}  # only when set: others ask as before
-        self.testbed.call(c.host, "disconnect", container=c.name, network=network, **keep)
+        self._call(c.host, "disconnect", c.name, network, container=c.name, network=network, **keep)
 
     def leave_network(self, host: str, network: str) -> None:
         """The agent leaves ``network`` (control ``leave_network``: it stays when a
         container of its own is on it)."""
-        self.testbed.call(host, "leave_network", network=network)
+        self._call(host, "leave_network", "", network, network=network)
 
     def reserve_vip(self, service: str, network: str) -> str:
         """The manager allocates the VIP from the network's IPAM (control ``vip_reserve``)."""

@@ -434,7 +434,11 @@ def _lag_report(world: EmuWorld | None, result: Collected | None) -> dict[str, A
     """Step lag and agents' timer lateness, or None when the timeline never started."""
     if world is None or world.t0 is None:
         return None
-    return lag_report(world.lags, result.timer_late if result else [])
+    scenario = world.scenario
+    budget = scenario.timing.task_interval if scenario.has_service_steps else None
+    return lag_report(
+        world.lags, result.timer_late if result else [], ops=world.emu.agent_ops(), budget_s=budget
+    )
 
 
 def _wallclock() -> str:

@@ -62,3 +62,76 @@ def test_a_failed_sync_is_counted_not_raised():
     assert host.sync_vips() == 0 and host.vip_errors == 2 and calls == []
     fail["on"] = False
     assert host.sync_vips(["a", "gone"]) == 1
+
+
+def test_an_event_that_leaves_vip_sets_alone_runs_no_nft(monkeypatch):
+    """The real balancer behind the host: a plain container joining the network touches
+    every local container, but their VIP sets did not change, so no ``nft`` runs; a
+    task leaving rewrites the table and flushes its flows."""
+    from overlaysim.agent import vip
+
+    nft: list[tuple[str, dict]] = []
+    flushed: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(vip, "replace_rules", lambda ns, b, mode: nft.append((ns, dict(b))))
+    monkeypatch.setattr(
+        vip, "flush_conntrack", lambda ns, vips, keep: flushed.append((ns, sorted(vips))) or 0
+    )
+    dns = EmbeddedDns(Directory(), upstreams=[], rng=random.Random(1))
+    host = ServiceHost(dns)
+    host.containers["a"] = LocalContainer("a", "ns-a", "a")
+    host.on_event(ev(C, "front", "a", "10.0.0.9"))
+    web = TaskSpec("web", 1, vip="10.0.0.2")
+    host.sync_vips(host.on_event(ev(C, "front", "web.1", "10.0.0.11", web)))
+    host.sync_vips(
+        host.on_event(ev(C, "front", "web.2", "10.0.0.12", TaskSpec("web", 2, vip="10.0.0.2")))
+    )
+    assert len(nft) == 2 and flushed == []
+    assert host.on_event(ev(C, "front", "other", "10.0.0.30")) == {"a"}  # touched...
+    assert host.sync_vips({"a"}) == 0 and len(nft) == 2  # ...but nothing to rewrite
+    assert host.sync_vips(host.on_event(ev(D, "front", "web.2"))) == 1
+    assert nft[-1] == ("ns-a", {"10.0.0.2": ("10.0.0.11",)})
+    assert flushed == [("ns-a", ["10.0.0.2"])]
+
+
+def test_queued_plans_coalesce_to_each_containers_newest():
+    host, calls, _ = make()
+    host.on_event(ev(C, "front", "a", "10.0.0.9"))
+    web = [TaskSpec("web", i, vip="10.0.0.2") for i in (1, 2, 3)]
+    applies = 0
+    for i, t in enumerate(web):  # three events before the worker gets to the first
+        touched = host.on_event(ev(C, "front", f"web.{i + 1}", f"10.0.0.{11 + i}", t))
+        applies += host.queue_vips(touched)
+    assert applies == 1  # one apply queued for the three
+    assert calls == []
+    assert host.apply_queued() == 1
+    assert calls == [("a", "ns-a", {"10.0.0.2": ("10.0.0.11", "10.0.0.12", "10.0.0.13")})]
+    assert host.apply_queued() == 0 and len(calls) == 1  # nothing left
+
+
+def test_a_plan_queued_during_an_apply_gets_an_apply_of_its_own():
+    host, calls, _ = make()
+    host.on_event(ev(C, "front", "a", "10.0.0.9"))
+    t1, t2 = TaskSpec("web", 1, vip="10.0.0.2"), TaskSpec("web", 2, vip="10.0.0.2")
+    assert host.queue_vips(host.on_event(ev(C, "front", "web.1", "10.0.0.11", t1)))
+    inner: list[bool] = []
+    real = host._vip_sync
+
+    def sync(name, netns, backends):  # an event arrives while the worker applies
+        inner.append(host.queue_vips(host.on_event(ev(C, "front", "web.2", "10.0.0.12", t2))))
+        host._vip_sync = real
+        return real(name, netns, backends)
+
+    host._vip_sync = sync
+    assert host.apply_queued() == 1
+    assert inner == [True]  # the running apply took its plans: a new one must be queued
+    assert host.apply_queued() == 1
+    assert calls[-1] == ("a", "ns-a", {"10.0.0.2": ("10.0.0.11", "10.0.0.12")})
+
+
+def test_a_stopped_containers_queued_plan_is_dropped():
+    host, calls, _ = make()
+    host.on_event(ev(C, "front", "a", "10.0.0.9"))
+    assert host.queue_vips(["a", "b"])
+    del host.containers["b"]  # stopped before the worker got there
+    host.apply_queued()
+    assert [c[0] for c in calls] == ["a"]

@@ -14,6 +14,7 @@ from overlaysim.metrics.finalize import Outcome, finalize, metrics_for
 from overlaysim.metrics.lag import (
     METRIC,
     OVERLOAD_THRESHOLD_S,
+    AgentOp,
     StepLag,
     TimerLate,
     lag_report,
@@ -70,6 +71,62 @@ def test_overload_is_step_lag_max_or_timer_p99_above_the_threshold() -> None:
     assert lag_report(late_steps, blip)["overloaded"] is True
     assert lag_report(ok_steps, starved)["overloaded"] is True
     assert lag_report(ok_steps, [])["timers"]["fires"] == 0  # no lines: nothing measured
+
+
+# A service scale-down paced 0.5 s apart: h6's detach of web.6 took 1.05 s, so the two
+# pieces after it started late while the agents' timers kept their time.
+_PIECES = [
+    StepLag(35.0, "service_scale", 0.0003),
+    StepLag(35.5, "service_scale", 0.005),
+    StepLag(36.0, "service_scale", 0.66),
+    StepLag(36.5, "service_scale", 0.95),
+]
+_OPS = [
+    AgentOp(35.0, "h7", "disconnect", "web.7", "app", 0.15),
+    AgentOp(35.505, "h6", "disconnect", "web.6", "app", 1.05),
+    AgentOp(36.66, "h5", "disconnect", "web.5", "app", 0.79),
+    AgentOp(37.45, "h4", "disconnect", "web.4", "app", 0.26),
+    AgentOp(10.0, "h1", "task", "web.1", "app", 0.9),  # slow, but long before: no step waited
+]
+_ON_TIME = [TimerLate(36.0, "h6", (0.004, 0.012))]
+
+
+def test_a_slow_agent_operation_is_named_as_the_cause_of_step_lag() -> None:
+    report = lag_report(_PIECES, _ON_TIME, ops=_OPS, budget_s=0.5)
+    assert report["overloaded"] is True  # the steps were late: the numbers are shifted
+    held = report["steps"]["held_by"]
+    assert (held["host"], held["container"], held["took_s"]) == ("h6", "web.6", 1.05)
+    assert (held["step_at"], held["step_lag_s"]) == (36.5, 0.95)
+    ops = report["ops"]
+    assert ops["count"] == 5 and ops["budget_s"] == 0.5 and ops["slow_count"] == 3
+    assert [o["container"] for o in ops["slow"]] == ["web.6", "web.1", "web.5"]
+    (warning,) = lag_warnings({METRIC: report})
+    assert "the agent on h6 took 1.05 s to detach web.6 (app) at 35.51 s" in warning
+    assert "longer than service_timing.task_interval (0.5 s)" in warning
+    assert "timers were on time" in warning and "could not keep up" not in warning
+
+
+def test_a_busy_machine_is_still_called_overloaded() -> None:
+    # the same late steps with the agents' timers late too: the machine did not keep up
+    starved = [TimerLate(36.0, "h6", (0.9,) * 10)]
+    (warning,) = lag_warnings({METRIC: lag_report(_PIECES, starved, ops=_OPS, budget_s=0.5)})
+    assert "could not keep up" in warning and "web.6" in warning
+    # late steps that waited for no timed operation: the old sentence, no operation named
+    (plain,) = lag_warnings({METRIC: lag_report(_PIECES, _ON_TIME, ops=[], budget_s=0.5)})
+    assert "could not keep up" in plain and "agent on" not in plain
+    # runs written before operations were timed read as before
+    old = lag_report(_PIECES, _ON_TIME)
+    assert "ops" not in old and "held_by" not in old["steps"]
+    assert "could not keep up" in lag_warnings({METRIC: old})[0]
+
+
+def test_operations_within_the_interval_are_not_slow_and_steps_on_time_name_none() -> None:
+    ok = [StepLag(35.0, "service_scale", 0.001), StepLag(35.5, "service_scale", 0.002)]
+    fast = [AgentOp(35.0, "h7", "disconnect", "web.7", "app", 0.12)]
+    report = lag_report(ok, _ON_TIME, ops=fast, budget_s=0.5)
+    assert report["overloaded"] is False and report["ops"]["slow"] == []
+    assert report["steps"]["held_by"] is None  # the late-most step waited for nothing
+    assert lag_warnings({METRIC: report}) == []
 
 
 def test_collect_keeps_timer_lines_in_the_window_in_seconds() -> None:
