@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from overlaysim.core.byname import _numbers, name_number
+from overlaysim.core.byname import ByName, _numbers, name_number
 
 __all__ = ["FormedPeers", "SharedByName", "SharedNodeSet", "formed_peers"]
 
@@ -81,11 +81,7 @@ class SharedByName(Generic[V]):
     def __contains__(self, name: object) -> bool:
         return self.get(name) is not None  # type: ignore[arg-type]
 
-    def __getitem__(self, name: str) -> V:
-        x = self.get(name)
-        if x is None:
-            raise KeyError(name)
-        return x
+    __getitem__ = ByName.__getitem__  # in terms of get, which hides the hole
 
     def __setitem__(self, name: str, value: V) -> None:
         i = name_number(name)

@@ -46,9 +46,10 @@ import heapq
 import itertools
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from operator import attrgetter, is_
+from typing import Any
 
 from overlaysim.core.byname import ByName
 from overlaysim.core.config import TableConfig
@@ -245,7 +246,7 @@ def _first_unheld(records: dict[_Key, _Record], entries: tuple | list) -> int:
     try:
         recs = list(map(records.get, map(_table_key, entries), itertools.repeat(_NO_RECORD)))
     except (AttributeError, TypeError):
-        return _first_unheld_loop(records, entries)
+        return _first_not(_holds, records, entries)
     held = list(map(is_, map(_entry_of, recs), entries))
     first = held.index(False) if False in held else len(held)
     hidden = list(map(_hidden_of, recs))
@@ -254,13 +255,13 @@ def _first_unheld(records: dict[_Key, _Record], entries: tuple | list) -> int:
     return first
 
 
-def _first_unheld_loop(records: dict[_Key, _Record], entries: tuple | list) -> int:
-    i = 0
-    for e in entries:
-        if not _holds(records, e):
+def _first_not(test: Callable[[Any, Any], bool], held: Any, items: tuple | list) -> int:
+    """Index of the first of ``items`` with ``test(held, item)`` false, else len: the
+    plain definition, taken when the C-level paths meet a malformed record."""
+    for i, x in enumerate(items):
+        if not test(held, x):
             return i
-        i += 1
-    return i
+    return len(items)
 
 
 def _first_unheld_attachment(
@@ -278,12 +279,7 @@ def _first_unheld_attachment(
             nodes = map(attach.get, map(_network_of, atts), itertools.repeat(_NO_NODES))
             held = list(map(is_, map(dict.get, nodes, map(_node_of, atts)), atts))
     except (AttributeError, TypeError):
-        i = 0
-        for a in atts:
-            if not _holds_attachment(attach, a):
-                return i
-            i += 1
-        return i
+        return _first_not(_holds_attachment, attach, atts)
     return held.index(False) if False in held else len(held)
 
 
