@@ -295,6 +295,8 @@ class Agent:
         if self._timer is not None:
             self._timer.cancel()
         await self.transport.close()
+        if self.manager is not None:
+            await self.manager.aclose()
         for server in (self.control, self.manager_server):
             if server is not None:
                 await server.close()

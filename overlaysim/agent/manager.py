@@ -5,8 +5,10 @@ IPAM) and adds what a swarm manager also does here: it remembers which host hold
 allocation (a restarted agent releases its previous boot's addresses with
 ``release_host``) and places service tasks round robin over the live hosts.
 
-Protocol: one request per TCP connection, each way a 4-byte big-endian length then a
-msgpack map. Request ``{"op": name, "args": {...}}``; answer ``{"result": ...}`` or
+Protocol: requests and answers over TCP, each way a 4-byte big-endian length then a
+msgpack map; a connection carries any number of request/answer pairs in turn (the
+client keeps a few open, see :class:`ManagerClient`), and the server closes one that
+stays idle for :data:`IDLE_TIMEOUT` seconds. Request ``{"op": name, "args": {...}}``; answer ``{"result": ...}`` or
 ``{"error": {"type": "NotAttachable", "message": "..."}}``. Errors are
 :class:`~overlaysim.core.cluster.ClusterError` subclasses; :class:`ManagerClient` raises
 the same subclass again on the calling side (:func:`error_from_wire`).
@@ -64,6 +66,12 @@ REQUEST_AAD = b"osim-mgr-req"
 ANSWER_AAD = b"osim-mgr-ans"
 #: Default period of the network key rotation (Docker rotates every 12 hours).
 KEY_ROTATION = 12 * 3600.0
+#: The server closes a connection that brings no request for this long.
+IDLE_TIMEOUT = 60.0
+#: A client reuses a connection idle for less than this (well inside IDLE_TIMEOUT, so
+#: the server does not close it under a request) and keeps at most POOL_SIZE idle.
+REUSE_WITHIN = 30.0
+POOL_SIZE = 4
 
 ENCRYPTION_REFUSED = (
     "encrypted networks need an authenticated cluster: start the agents with --gossip-key, "
@@ -369,8 +377,12 @@ class ManagerServer:
         self.bad_requests = 0
         #: Rotations done by the timer (not those asked for with ``rotate_keys``).
         self.timed_rotations = 0
+        self.idle_timeout = IDLE_TIMEOUT
+        #: Connections accepted (a client keeps its connection, so about one per client).
+        self.connections = 0
         self._server: asyncio.Server | None = None
         self._rotator: asyncio.Task[None] | None = None
+        self._conns: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -383,6 +395,8 @@ class ManagerServer:
         if self._server is not None:
             self._server.close()
             self._server = None
+        for writer in list(self._conns):  # open client connections end with the server
+            writer.close()
         if self._rotator is not None:
             self._rotator.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -398,33 +412,67 @@ class ManagerServer:
                 self.timed_rotations += 1
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer the requests of one connection in turn until the client closes it, it
+        stays idle for :data:`IDLE_TIMEOUT`, or a request does not authenticate."""
+        self._conns.add(writer)
+        self.connections += 1
+        try:
+            first = True
+            while await self._serve_one(reader, writer, first):
+                first = False
+        finally:
+            self._conns.discard(writer)
+            writer.close()
+
+    async def _serve_one(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bool
+    ) -> bool:
+        """One request and its answer; False when the connection is to be closed."""
         authentic = self.keyring is None
         try:
             try:
                 data = await asyncio.wait_for(
-                    read_frame(reader, _frame_limit(self.keyring)), self.timeout
+                    read_frame(reader, _frame_limit(self.keyring)),
+                    self.timeout if first else self.idle_timeout,
                 )
+            except (ClosedBeforeFrame, TimeoutError):
+                if first:  # a connection that never asks anything counts as bad
+                    self.bad_requests += 1
+                return False  # a client done with its connection, or an idle one
+            except FrameError as exc:  # the stream is out of step: say why (if we may), close
+                self.bad_requests += 1
+                if authentic:
+                    await self._answer(writer, self._undecodable(exc))
+                return False
+            try:
                 if self.keyring is not None:
                     data = open_(self.keyring, data, REQUEST_AAD)
                     authentic = True
                 request = _unpack(data)
             except GossipAuthError:
                 self.bad_requests += 1
-                return  # not a word to a peer that does not hold the key
-            except (FrameError, ValueError, msgpack.UnpackException) as exc:
+                return False  # not a word to a peer that does not hold the key
+            except (ValueError, msgpack.UnpackException) as exc:
                 self.bad_requests += 1
                 if not authentic:
-                    return
-                answer = {"error": error_to_wire(InvalidRequest(f"undecodable request: {exc}"))}
+                    return False
+                answer = self._undecodable(exc)
             else:
                 answer = self.manager.handle(request)
-            payload = _seal(self.keyring, _pack(answer), ANSWER_AAD)
-            writer.write(frame(payload, _frame_limit(self.keyring)))
-            await asyncio.wait_for(writer.drain(), self.timeout)
-        except (OSError, TimeoutError, FrameError):
+            await self._answer(writer, answer)
+            return True
+        except (OSError, TimeoutError):
             self.bad_requests += 1  # the client went away; nothing to answer
-        finally:
-            writer.close()
+            return False
+
+    @staticmethod
+    def _undecodable(exc: Exception) -> dict[str, Any]:
+        return {"error": error_to_wire(InvalidRequest(f"undecodable request: {exc}"))}
+
+    async def _answer(self, writer: asyncio.StreamWriter, answer: dict[str, Any]) -> None:
+        payload = _seal(self.keyring, _pack(answer), ANSWER_AAD)
+        writer.write(frame(payload, _frame_limit(self.keyring)))
+        await asyncio.wait_for(writer.drain(), self.timeout)
 
 
 def _result(answer: object) -> Any:
@@ -435,6 +483,16 @@ def _result(answer: object) -> Any:
     if "result" not in answer:
         raise ManagerUnavailable(f"malformed answer {answer!r}")
     return answer["result"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Conn:
+    """A kept client connection: its streams, the loop they belong to, when it went idle."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    loop: asyncio.AbstractEventLoop
+    since: float
 
 
 class _NoAnswer(Exception):
@@ -469,6 +527,7 @@ class ManagerClient:
         self.timeout = timeout
         self.local_addr = local_addr
         self.keyring = keyring
+        self._pool: list[_Conn] = []  # idle kept connections, most recently used last
 
     def _request(self, op: str, args: dict[str, Any]) -> bytes:
         payload = _seal(self.keyring, _pack({"op": op, "args": args}), REQUEST_AAD)
@@ -494,23 +553,25 @@ class ManagerClient:
         return ManagerUnavailable(f"{where}: {exc.__class__.__name__}: {exc}")
 
     async def call(self, op: str, **args: Any) -> Any:
-        """One request; returns the result or raises."""
-        writer = None
+        """One request; returns the result or raises.
+
+        It goes over a connection kept from an earlier call when one is idle (a lost
+        segment on an open connection costs a retransmission of a few hundred ms, a
+        lost SYN of a new one the kernel's 1 s initial timeout). A kept connection the
+        manager has closed meanwhile (idle, or the manager restarted) answers nothing;
+        then the request goes once more over a new connection.
+        """
         try:
             request = self._request(op, args)
-            local = (self.local_addr, 0) if self.local_addr else None
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, local_addr=local), self.timeout
-            )
-            writer.write(request)
-            await asyncio.wait_for(writer.drain(), self.timeout)
-            try:
-                data = await asyncio.wait_for(
-                    read_frame(reader, _frame_limit(self.keyring)), self.timeout
-                )
-            except (ClosedBeforeFrame, ConnectionResetError) as exc:
-                raise _NoAnswer() from exc
-            answer = self._answer(data)
+            while True:
+                conn = self._take()
+                try:
+                    answer = await self._exchange(conn, request)
+                except (_NoAnswer, ConnectionError):
+                    if conn is None:
+                        raise
+                    continue  # a stale kept connection: the next one, or a new one
+                break
         except (
             _NoAnswer,
             OSError,
@@ -520,10 +581,61 @@ class ManagerClient:
             msgpack.UnpackException,
         ) as exc:
             raise self._unavailable(op, exc) from None
-        finally:
-            if writer is not None:
-                writer.close()
         return _result(answer)
+
+    async def _exchange(self, conn: _Conn | None, request: bytes) -> Any:
+        """Send ``request`` over ``conn`` (None: a new connection); keep the connection
+        for the next call if the answer came back whole."""
+        if conn is None:
+            local = (self.local_addr, 0) if self.local_addr else None
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, local_addr=local), self.timeout
+            )
+        else:
+            reader, writer = conn.reader, conn.writer
+        kept = False
+        try:
+            writer.write(request)
+            await asyncio.wait_for(writer.drain(), self.timeout)
+            try:
+                data = await asyncio.wait_for(
+                    read_frame(reader, _frame_limit(self.keyring)), self.timeout
+                )
+            except (ClosedBeforeFrame, ConnectionResetError) as exc:
+                raise _NoAnswer() from exc
+            answer = self._answer(data)
+            kept = self._keep(reader, writer)
+            return answer
+        finally:
+            if not kept:
+                writer.close()
+
+    def _take(self) -> _Conn | None:
+        """An idle kept connection young enough to reuse, or None."""
+        now = asyncio.get_running_loop().time()
+        while self._pool:
+            conn = self._pool.pop()
+            if conn.loop is asyncio.get_running_loop() and now - conn.since < REUSE_WITHIN:
+                return conn
+            with contextlib.suppress(RuntimeError):  # its loop may be closed already
+                conn.writer.close()
+        return None
+
+    def _keep(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if len(self._pool) >= POOL_SIZE or reader.at_eof():
+            return False
+        loop = asyncio.get_running_loop()
+        self._pool.append(_Conn(reader, writer, loop, loop.time()))
+        return True
+
+    async def aclose(self) -> None:
+        """Close the kept connections (an agent's clean stop)."""
+        pool, self._pool = self._pool, []
+        for conn in pool:
+            conn.writer.close()
+        for conn in pool:
+            with contextlib.suppress(Exception):
+                await conn.writer.wait_closed()
 
     def call_sync(self, op: str, **args: Any) -> Any:
         """The same request from synchronous code (a runner, the CLI)."""

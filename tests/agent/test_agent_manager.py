@@ -230,6 +230,73 @@ async def test_client_reraises_the_same_subclass_over_tcp() -> None:
 
 
 @aio
+async def test_a_client_keeps_its_connection_and_survives_its_loss() -> None:
+    port = free_port()
+    server = ManagerServer(Manager(Cluster(), lambda: ["h1"]), A, port)
+    await server.start()
+    client = ManagerClient(f"{A}:{port}")
+    try:
+        await client.network_create({"name": "web", "attachable": True})
+        for i in range(5):
+            await client.allocate("web", f"c{i}")
+        assert server.connections == 1  # six requests, one connection
+        # the manager closes a connection that stays idle; the next call opens a new one
+        server.idle_timeout = 0.1
+        await client.network_ls()  # answered on the kept one, which then idles out
+        await asyncio.sleep(0.5)
+        assert (await client.network_inspect("web"))["name"] == "web"
+        assert server.connections == 2
+        server.idle_timeout = 60.0
+        # concurrent calls each get a connection; the client keeps a few of them
+        await asyncio.gather(*(client.allocate("web", f"d{i}") for i in range(8)))
+        assert len(client._pool) == 4 and server.connections == 9
+        # a restarted manager: the kept connection is dead, the request is made again
+        await server.close()
+        server = ManagerServer(Manager(Cluster(), lambda: ["h1"]), A, port)
+        await server.start()
+        assert await client.network_ls() == []
+        assert server.connections == 1 and server.bad_requests == 0
+    finally:
+        await client.aclose()
+        await server.close()
+    assert client._pool == []
+
+
+@aio
+async def test_a_kept_connection_carries_many_requests_and_one_bad_frame_ends_it() -> None:
+    port = free_port()
+    server = ManagerServer(Manager(Cluster(), list), A, port)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection(A, port)
+        for _ in range(3):
+            writer.write(_frame(_pack({"op": "network_ls"})))
+            size = struct.unpack("!I", await reader.readexactly(4))[0]
+            assert msgpack.unpackb(await reader.readexactly(size)) == {"result": []}
+        # garbage in a whole frame: an error answer, and the connection keeps serving
+        writer.write(_frame(b"\xc1"))
+        size = struct.unpack("!I", await reader.readexactly(4))[0]
+        answer = msgpack.unpackb(await reader.readexactly(size))
+        assert answer["error"]["type"] == "InvalidRequest"
+        writer.write(_frame(_pack({"op": "network_ls"})))
+        size = struct.unpack("!I", await reader.readexactly(4))[0]
+        assert msgpack.unpackb(await reader.readexactly(size)) == {"result": []}
+        # an oversized length: the stream is out of step, so the answer says why and
+        # the server closes the connection
+        writer.write(struct.pack("!I", 2**31))
+        size = struct.unpack("!I", await reader.readexactly(4))[0]
+        answer = msgpack.unpackb(await reader.readexactly(size))
+        assert answer["error"]["type"] == "InvalidRequest"
+        assert "exceeds limit" in answer["error"]["message"]
+        assert await reader.read() == b""
+        writer.close()
+        assert server.bad_requests == 2
+        assert server.connections == 1
+    finally:
+        await server.close()
+
+
+@aio
 async def test_unreachable_manager_is_not_a_refusal() -> None:
     client = ManagerClient(f"{A}:{free_port()}", timeout=1.0)
     with pytest.raises(ManagerUnavailable):
