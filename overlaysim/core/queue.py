@@ -74,6 +74,17 @@ class _Bucket:
     def remove_at(self, j: int) -> None:
         del self.recs[j], self.keys[j], self.seqs[j], self.sizes[j]
 
+    def insert(self, p: int, recs: list, keys: list, seqs: array, sizes: array) -> None:
+        """Insert the items (in order) before position ``p``."""
+        self.replace(p, p, recs, keys, seqs, sizes)
+
+    def replace(self, p: int, q: int, recs: list, keys: list, seqs: array, sizes: array) -> None:
+        """Put the items (in order) in place of positions ``p`` to ``q`` (excluded)."""
+        self.recs[p:q] = recs
+        self.keys[p:q] = keys
+        self.seqs[p:q] = seqs
+        self.sizes[p:q] = sizes
+
     def extend(self, recs: list, keys: list, seqs: Iterable[int], sizes: Iterable[int]) -> None:
         self.recs.extend(recs)
         self.keys.extend(keys)
@@ -210,15 +221,23 @@ class TransmitLimitedQueue:
             nxt = buckets[t + 1]
             # Taken columns and buckets are both oldest first.
             if len(nxt) and nxt.seqs[-1] > seqs[0]:
-                # Interleaves with what is there: re-sort only the tail it lands in
-                # (two sorted runs; sequence numbers are unique, so the order is total).
+                # Interleaves with what is there. Only the span of the next bucket
+                # between the smallest and the largest taken sequence number needs
+                # merging (two sorted runs; sequence numbers are unique, so the order
+                # is total); usually that span is empty and the items go in as one
+                # slice (a C-level move).
                 p = bisect_right(nxt.seqs, seqs[0])
-                trecs, tkeys, tseqs, tsizes = nxt.cut(p)
-                rows = list(zip(tseqs, trecs, tkeys, tsizes, strict=True))
-                rows.extend(zip(seqs, recs, keys, sizes, strict=True))
-                rows.sort(key=_seq_of)
-                s_, r_, k_, z_ = zip(*rows, strict=True)
-                nxt.extend(list(r_), list(k_), s_, z_)
+                q = bisect_right(nxt.seqs, seqs[-1], p)
+                if p == q:
+                    nxt.insert(p, recs, keys, seqs, sizes)
+                else:
+                    rows = list(
+                        zip(nxt.seqs[p:q], nxt.recs[p:q], nxt.keys[p:q], nxt.sizes[p:q])
+                    )
+                    rows.extend(zip(seqs, recs, keys, sizes, strict=True))
+                    rows.sort(key=_seq_of)
+                    s_, r_, k_, z_ = zip(*rows, strict=True)
+                    nxt.replace(p, q, list(r_), list(k_), array("q", s_), array("q", z_))
             else:
                 nxt.extend(recs, keys, seqs, sizes)  # arrays onto arrays: a copy
 

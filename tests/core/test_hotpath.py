@@ -118,6 +118,8 @@ def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
                 limit = rng.choice((60, 200, 1400))
                 assert q.get(n, 10, limit) == ref.get(n, 10, limit)
                 assert len(q) == len(ref.by_key)
+                for bucket in q._buckets:  # each bucket oldest first (ascending sequence)
+                    assert list(bucket.seqs) == sorted(bucket.seqs)
 
 
 def test_bulk_bootstrap_equals_one_member_alive_per_member() -> None:
