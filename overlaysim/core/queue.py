@@ -231,9 +231,8 @@ class TransmitLimitedQueue:
                 if p == q:
                     nxt.insert(p, recs, keys, seqs, sizes)
                 else:
-                    rows = list(
-                        zip(nxt.seqs[p:q], nxt.recs[p:q], nxt.keys[p:q], nxt.sizes[p:q])
-                    )
+                    span = (nxt.seqs[p:q], nxt.recs[p:q], nxt.keys[p:q], nxt.sizes[p:q])
+                    rows = list(zip(*span, strict=True))
                     rows.extend(zip(seqs, recs, keys, sizes, strict=True))
                     rows.sort(key=_seq_of)
                     s_, r_, k_, z_ = zip(*rows, strict=True)
