@@ -48,7 +48,7 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from operator import attrgetter, is_
+from operator import attrgetter, is_, is_not
 from typing import Any
 
 from overlaysim.core.byname import ByName
@@ -264,23 +264,25 @@ def _first_not(test: Callable[[Any, Any], bool], held: Any, items: tuple | list)
     return len(items)
 
 
-def _first_unheld_attachment(
+def _unheld_attachments(
     attach: dict[str, dict[str, NetworkAttachment]], atts: tuple | list
-) -> int:
-    """Index of the first of ``atts`` not held (see :func:`_holds_attachment`), else len."""
+) -> list:
+    """The records of ``atts`` that are not held (see :func:`_holds_attachment`), in
+    order; usually none (gossip in the simulator) or a few among many (a bulk sync
+    carries every attachment its sender knows)."""
     try:
         if len(attach) == 1:
             # One network known (the usual case): a record stored under a network names
             # that network (records are immutable), so "it is the record stored for its
             # node there" is the whole test, without looking its network up.
             (recs,) = attach.values()
-            held = list(map(is_, map(recs.get, map(_node_of, atts)), atts))
+            new = map(is_not, map(recs.get, map(_node_of, atts)), atts)
         else:
             nodes = map(attach.get, map(_network_of, atts), itertools.repeat(_NO_NODES))
-            held = list(map(is_, map(dict.get, nodes, map(_node_of, atts)), atts))
+            new = map(is_not, map(dict.get, nodes, map(_node_of, atts)), atts)
+        return list(itertools.compress(atts, new))
     except (AttributeError, TypeError):
-        return _first_not(_holds_attachment, attach, atts)
-    return held.index(False) if False in held else len(held)
+        return [a for a in atts if not _holds_attachment(attach, a)]
 
 
 def _holds_attachment(attach: dict[str, dict[str, NetworkAttachment]], a: object) -> bool:
@@ -618,15 +620,13 @@ class Tables:
         if isinstance(msg, TableGossip):
             return self._on_table_gossip(msg, now)
         elif isinstance(msg, NetworkGossip):
-            atts = _seq(msg.attachments)
             attach = self._attach
-            first = _first_unheld_attachment(attach, atts)
-            if first == len(atts):
+            todo = _unheld_attachments(attach, _seq(msg.attachments))
+            if not todo:
                 return False  # only the very records we hold (shared objects in the simulator)
-            # The ones before ``first`` are held and nothing changed since: skip them.
-            for a in atts[first:]:
+            for a in todo:
                 if _holds_attachment(attach, a):
-                    continue
+                    continue  # the same record twice in one message: merged already
                 if not _attachment_ok(a):
                     self.dropped += 1
                 elif self._merge_attachment(a, now):
@@ -1057,9 +1057,9 @@ class Tables:
 
     def _on_bulk_sync(self, src: str, msg: BulkSync, now: float) -> None:
         attach = self._attach
-        for a in _seq(msg.attachments):
+        for a in _unheld_attachments(attach, _seq(msg.attachments)):
             if _holds_attachment(attach, a):
-                continue  # the very record we hold: nothing to merge
+                continue  # the same record twice in one message: merged already
             if _attachment_ok(a):
                 self._merge_attachment(a, now)  # anti-entropy repairs, it does not re-gossip
             else:
