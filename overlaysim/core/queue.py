@@ -26,7 +26,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Hashable, Iterable
-from itertools import accumulate, islice
+from itertools import accumulate, islice, repeat
 from operator import itemgetter
 from typing import Any
 
@@ -221,24 +221,45 @@ class TransmitLimitedQueue:
             nxt = buckets[t + 1]
             # Taken columns and buckets are both oldest first.
             if len(nxt) and nxt.seqs[-1] > seqs[0]:
-                # Interleaves with what is there. Only the span of the next bucket
-                # between the smallest and the largest taken sequence number needs
-                # merging (two sorted runs; sequence numbers are unique, so the order
-                # is total); usually that span is empty and the items go in as one
-                # slice (a C-level move).
-                p = bisect_right(nxt.seqs, seqs[0])
-                q = bisect_right(nxt.seqs, seqs[-1], p)
-                if p == q:
-                    nxt.insert(p, recs, keys, seqs, sizes)
-                else:
-                    span = (nxt.seqs[p:q], nxt.recs[p:q], nxt.keys[p:q], nxt.sizes[p:q])
-                    rows = list(zip(*span, strict=True))
-                    rows.extend(zip(seqs, recs, keys, sizes, strict=True))
-                    rows.sort(key=_seq_of)
-                    s_, r_, k_, z_ = zip(*rows, strict=True)
-                    nxt.replace(p, q, list(r_), list(k_), array("q", s_), array("q", z_))
+                _merge_into(nxt, recs, keys, seqs, sizes)
             else:
                 nxt.extend(recs, keys, seqs, sizes)  # arrays onto arrays: a copy
+
+
+#: Above this many separate runs, merging the span row by row beats one slice each.
+_MAX_RUNS = 8
+
+
+def _merge_into(nxt: _Bucket, recs: list, keys: list, seqs: array, sizes: array) -> None:
+    """Merge taken items (ascending sequence numbers) into bucket ``nxt`` (ascending).
+
+    Sequence numbers are unique, so the order is total. Each taken item goes where its
+    number falls among the bucket's; consecutive items landing at the same place form
+    a run, and a run goes in as one slice (a C-level move). Usually there are one or
+    two runs (a packet takes a contiguous stretch of its bucket, which spans the items
+    taken from between them earlier); with many, only the span of the bucket between the
+    smallest and the largest taken number is merged row by row.
+    """
+    nseqs = nxt.seqs
+    pos = list(map(bisect_right, repeat(nseqs, len(seqs)), seqs))  # non-decreasing
+    first, last = pos[0], pos[-1]
+    if first == last:
+        nxt.insert(first, recs, keys, seqs, sizes)
+        return
+    starts = [0]
+    starts.extend(i for i in range(1, len(pos)) if pos[i] != pos[i - 1])
+    if len(starts) <= _MAX_RUNS:
+        end = len(pos)
+        for i in reversed(starts):  # last run first: earlier positions stay valid
+            nxt.insert(pos[i], recs[i:end], keys[i:end], seqs[i:end], sizes[i:end])
+            end = i
+        return
+    span = (nseqs[first:last], nxt.recs[first:last], nxt.keys[first:last], nxt.sizes[first:last])
+    rows = list(zip(*span, strict=True))
+    rows.extend(zip(seqs, recs, keys, sizes, strict=True))
+    rows.sort(key=_seq_of)
+    s_, r_, k_, z_ = zip(*rows, strict=True)
+    nxt.replace(first, last, list(r_), list(k_), array("q", s_), array("q", z_))
 
 
 _seq_of = itemgetter(0)

@@ -123,6 +123,34 @@ def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
                     assert list(bucket.seqs) == sorted(bucket.seqs)
 
 
+def test_merging_taken_items_into_a_bucket_keeps_every_column_in_sequence_order() -> None:
+    """Taken items go into the next bucket by runs (a slice each) or, with many runs,
+    by a row merge of the span: either way the bucket is the sorted union, column by
+    column, whatever the interleaving."""
+    from array import array
+
+    from overlaysim.core.queue import _Bucket, _merge_into
+
+    rng = random.Random(11)
+    for _ in range(400):
+        numbers = rng.sample(range(1, 400), rng.randrange(2, 120))
+        taken = sorted(rng.sample(numbers, rng.randrange(1, len(numbers))))
+        there = sorted(set(numbers) - set(taken))
+        bucket = _Bucket()
+        bucket.extend([f"r{i}" for i in there], [("k", i) for i in there], there, there)
+        _merge_into(
+            bucket,
+            [f"r{i}" for i in taken],
+            [("k", i) for i in taken],
+            array("q", taken),
+            array("q", taken),
+        )
+        want = sorted(numbers)
+        assert list(bucket.seqs) == want and list(bucket.sizes) == want
+        assert bucket.recs == [f"r{i}" for i in want]
+        assert bucket.keys == [("k", i) for i in want]
+
+
 def test_bulk_bootstrap_equals_one_member_alive_per_member() -> None:
     from overlaysim.core.config import TableConfig
     from overlaysim.core.tables import Tables
