@@ -262,38 +262,48 @@ async def test_a_client_keeps_its_connection_and_survives_its_loss() -> None:
     assert client._pool == []
 
 
-@aio
-async def test_a_kept_connection_carries_many_requests_and_one_bad_frame_ends_it() -> None:
+async def _answer_of(reader: asyncio.StreamReader) -> dict:
+    size = struct.unpack("!I", await reader.readexactly(4))[0]
+    return msgpack.unpackb(await reader.readexactly(size))
+
+
+@contextlib.asynccontextmanager
+async def running_server(manager: Manager, **kw):
+    """``manager`` served on a free port: (server, port)."""
     port = free_port()
-    server = ManagerServer(Manager(Cluster(), list), A, port)
+    server = ManagerServer(manager, A, port, **kw)
     await server.start()
     try:
+        yield server, port
+    finally:
+        await server.close()
+
+
+def plain_server():
+    return running_server(Manager(Cluster(), list))
+
+
+@aio
+async def test_a_kept_connection_carries_many_requests_and_one_bad_frame_ends_it() -> None:
+    async with plain_server() as (server, port):
         reader, writer = await asyncio.open_connection(A, port)
         for _ in range(3):
             writer.write(_frame(_pack({"op": "network_ls"})))
-            size = struct.unpack("!I", await reader.readexactly(4))[0]
-            assert msgpack.unpackb(await reader.readexactly(size)) == {"result": []}
+            assert await _answer_of(reader) == {"result": []}
         # garbage in a whole frame: an error answer, and the connection keeps serving
         writer.write(_frame(b"\xc1"))
-        size = struct.unpack("!I", await reader.readexactly(4))[0]
-        answer = msgpack.unpackb(await reader.readexactly(size))
-        assert answer["error"]["type"] == "InvalidRequest"
+        assert (await _answer_of(reader))["error"]["type"] == "InvalidRequest"
         writer.write(_frame(_pack({"op": "network_ls"})))
-        size = struct.unpack("!I", await reader.readexactly(4))[0]
-        assert msgpack.unpackb(await reader.readexactly(size)) == {"result": []}
+        assert await _answer_of(reader) == {"result": []}
         # an oversized length: the stream is out of step, so the answer says why and
         # the server closes the connection
         writer.write(struct.pack("!I", 2**31))
-        size = struct.unpack("!I", await reader.readexactly(4))[0]
-        answer = msgpack.unpackb(await reader.readexactly(size))
-        assert answer["error"]["type"] == "InvalidRequest"
-        assert "exceeds limit" in answer["error"]["message"]
+        error = (await _answer_of(reader))["error"]
+        assert error["type"] == "InvalidRequest" and "exceeds limit" in error["message"]
         assert await reader.read() == b""
         writer.close()
         assert server.bad_requests == 2
         assert server.connections == 1
-    finally:
-        await server.close()
 
 
 @aio
@@ -367,15 +377,8 @@ def test_server_keyring_and_manager_secure_must_agree() -> None:
         ManagerServer(Manager(Cluster(), list), A, free_port(), keyring=GossipKeyring([K1]))
 
 
-@contextlib.asynccontextmanager
-async def secure_server(**kw):
-    port = free_port()
-    server = ManagerServer(secure_manager(), A, port, keyring=GossipKeyring([K1]), **kw)
-    await server.start()
-    try:
-        yield server, port
-    finally:
-        await server.close()
+def secure_server(**kw):
+    return running_server(secure_manager(), keyring=GossipKeyring([K1]), **kw)
 
 
 @aio
@@ -432,10 +435,7 @@ async def test_unauthenticated_clients_get_no_answer_at_all() -> None:
 
 @aio
 async def test_keyed_client_of_a_keyless_manager_says_so() -> None:
-    port = free_port()
-    server = ManagerServer(Manager(Cluster(), list), A, port)
-    await server.start()
-    try:
+    async with plain_server() as (_, port):
         client = ManagerClient(f"{A}:{port}", keyring=GossipKeyring([K1]))
         with pytest.raises(ManagerUnavailable, match="does not authenticate.*--gossip-key"):
             await client.network_ls()
@@ -444,8 +444,6 @@ async def test_keyed_client_of_a_keyless_manager_says_so() -> None:
         # keys never travel in clear, even to a keyless client of a keyless manager
         with pytest.raises(KeysRefused):
             await ManagerClient(f"{A}:{port}").keys()
-    finally:
-        await server.close()
 
 
 @aio
