@@ -8,8 +8,8 @@ allocation (a restarted agent releases its previous boot's addresses with
 Protocol: requests and answers over TCP, each way a 4-byte big-endian length then a
 msgpack map; a connection carries any number of request/answer pairs in turn (the
 client keeps a few open, see :class:`ManagerClient`), and the server closes one that
-stays idle for :data:`IDLE_TIMEOUT` seconds. Request ``{"op": name, "args": {...}}``; answer ``{"result": ...}`` or
-``{"error": {"type": "NotAttachable", "message": "..."}}``. Errors are
+stays idle for :data:`IDLE_TIMEOUT` seconds. Request ``{"op": name, "args": {...}}``;
+answer ``{"result": ...}`` or ``{"error": {"type": "NotAttachable", "message": "..."}}``. Errors are
 :class:`~overlaysim.core.cluster.ClusterError` subclasses; :class:`ManagerClient` raises
 the same subclass again on the calling side (:func:`error_from_wire`).
 
