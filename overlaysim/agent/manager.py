@@ -9,9 +9,10 @@ Protocol: requests and answers over TCP, each way a 4-byte big-endian length the
 msgpack map; a connection carries any number of request/answer pairs in turn (the
 client keeps a few open, see :class:`ManagerClient`), and the server closes one that
 stays idle for :data:`IDLE_TIMEOUT` seconds. Request ``{"op": name, "args": {...}}``;
-answer ``{"result": ...}`` or ``{"error": {"type": "NotAttachable", "message": "..."}}``. Errors are
-:class:`~overlaysim.core.cluster.ClusterError` subclasses; :class:`ManagerClient` raises
-the same subclass again on the calling side (:func:`error_from_wire`).
+answer ``{"result": ...}`` or ``{"error": {"type": "NotAttachable", "message": "..."}}``.
+Errors are :class:`~overlaysim.core.cluster.ClusterError` subclasses;
+:class:`ManagerClient` raises the same subclass again on the calling side
+(:func:`error_from_wire`).
 
 With a :class:`~overlaysim.core.gossip_crypto.GossipKeyring` (the agents'
 ``--gossip-key``) both frames of a request are sealed, with different associated data
