@@ -15,7 +15,10 @@ network, committed at t=0 (a burst of N entries), optionally with endpoint churn
 For each N it prints wall s per simulated s, entry receptions per wall s (entries
 carried by delivered table messages), protocol messages per wall s (deliveries + timer
 firings), peak RSS and RSS per node, and the wall time of a bare SimPy workload (N
-processes x 1,000 timeouts) timed in the same run, with the ratio run wall / bare wall.
+processes x 1,000 timeouts) timed in the same process, with the ratio run wall / bare
+wall. The bare workload is timed three times (twice before the run, once after it) and
+the ratio uses their median; the line shows their range and the ratios it spans, since
+one timing of a few seconds moves with whatever else the machine is doing.
 
 Usage:
   python bench/sim_scale.py                       # N = 1000, 2000, 5000, 10000; 60 s each
@@ -32,6 +35,7 @@ import argparse
 import gc
 import random
 import resource
+import statistics
 import sys
 import time
 
@@ -196,7 +200,10 @@ def run_endpoints(n: int, seconds: float, preset: str, seed: int, churn: float) 
 
     scenario = validate_scenario(endpoint_scenario(n, seconds, preset, seed, churn))
     gc.collect()
-    bare = bare_simpy_processes(n)
+    # The reference is timed three times (twice before the run, once after it with the
+    # run's objects freed) and its median is used: on a shared machine one timing of a
+    # few seconds has been seen to move by a third between runs.
+    bares = [bare_simpy_processes(n), bare_simpy_processes(n)]
     t0 = time.perf_counter()
     world = SimWorld(scenario, seed)
     cluster = world.cluster
@@ -221,14 +228,20 @@ def run_endpoints(n: int, seconds: float, preset: str, seed: int, churn: float) 
     lat = sorted(r["latency_s"] for r in rows if r["status"] == "converged")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     handled = cluster.messages_delivered + cluster.timers_fired
+    del world, cluster, obs, received
+    gc.collect()
+    bares.append(bare_simpy_processes(n))
+    bare = statistics.median(bares)
     return {
         "n": n,
         "churn": churn,
         "seconds": seconds,
         "bare_wall_s": bare,
+        "bare_walls_s": bares,
         "boot_wall_s": boot_wall,
         "wall_s": wall,
         "ratio": wall / bare,
+        "ratio_range": [wall / max(bares), wall / min(bares)],
         "wall_per_sim_s": run_wall / seconds,
         "entry_rx": counts["entries"],
         "entry_rx_per_wall_s": counts["entries"] / run_wall,
@@ -250,7 +263,9 @@ def _endpoint_line(r: dict) -> str:
         f"N={r['n']:>6} churn={r['churn']:g}/s  wall {r['wall_s']:7.1f} s "
         f"(boot {r['boot_wall_s']:.1f})  wall/sim-s {r['wall_per_sim_s']:7.3f}  "
         f"entry rx/wall-s {r['entry_rx_per_wall_s']:9.0f}  msgs/wall-s {r['msgs_per_wall_s']:8.0f}  "
-        f"bare simpy {r['bare_wall_s']:6.2f} s  ratio x{r['ratio']:.1f}  "
+        f"bare simpy {r['bare_wall_s']:6.2f} s ({min(r['bare_walls_s']):.2f}-"
+        f"{max(r['bare_walls_s']):.2f})  ratio x{r['ratio']:.1f} "
+        f"(x{r['ratio_range'][0]:.1f}-x{r['ratio_range'][1]:.1f})  "
         f"converged {r['converged']}/{r['commits']} p50 {p50} s max {mx} s  "
         f"rss {r['rss_mb']:.0f} MB ({r['rss_kb_per_node']:.0f} KB/node)"
     )
@@ -278,7 +293,8 @@ def _endpoints_main(args: argparse.Namespace) -> int:
             print(json.dumps(r), flush=True)
     print(
         "ratio = run wall (boot + simulated seconds) / wall of N SimPy processes x 1,000 "
-        "timeouts, timed in the same process just before"
+        "timeouts, timed in the same process: the median of three timings (two before the "
+        "run, one after it), their range in brackets"
     )
     return 0
 
