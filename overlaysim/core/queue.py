@@ -26,8 +26,8 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Hashable, Iterable
-from itertools import accumulate, compress, islice, repeat
-from operator import eq, itemgetter
+from itertools import accumulate, islice, repeat
+from operator import itemgetter
 from typing import Any
 
 from overlaysim.core.config import retransmit_limit
@@ -137,45 +137,6 @@ class TransmitLimitedQueue:
         b.keys.append(key)
         b.seqs.append(seq)
         b.sizes.append(size)
-
-    def queue_many(self, keys: list[Hashable], records: list[Any], sizes: list[int]) -> None:
-        """``queue(k, r, s)`` for each, in order, as one batch.
-
-        A message that brings news brings many records at once (a burst's first
-        gossip); queueing them together appends each column once. Same result as the
-        calls one by one, including a key given twice (its last record stays).
-        """
-        by_key = self._by_key
-        if not keys:
-            return
-        if not by_key.keys().isdisjoint(keys):  # replaces: the one-by-one path
-            for k, r, z in zip(keys, records, sizes, strict=True):
-                self.queue(k, r, z)
-            return
-        smallest = min(sizes)
-        if smallest < self._min_size:
-            self._min_size = max(smallest, 1)
-        n = len(keys)
-        start = self._seq + 1
-        self._seq += n
-        if len(_ints) >= _INTS_MAX - n:
-            _ints.clear()
-        nums = range(start, start + n)
-        seqs = list(map(_ints.setdefault, nums, nums))  # shared ints, as _shared_int
-        before = len(by_key)
-        by_key.update(zip(keys, seqs, strict=True))
-        b = self._buckets[0]
-        if len(by_key) - before == n:
-            b.extend(records, keys, seqs, sizes)
-            return
-        # A key twice in the batch: only its last record stays queued, as one by one.
-        keep = list(map(eq, map(by_key.__getitem__, keys), seqs))
-        b.extend(
-            list(compress(records, keep)),
-            list(compress(keys, keep)),
-            compress(seqs, keep),
-            compress(sizes, keep),
-        )
 
     def get(self, n: int, overhead: int, limit: int) -> list[Any]:
         """Take records fitting in ``limit - overhead`` bytes; count one transmit each.

@@ -64,7 +64,6 @@ from overlaysim.core.wire import (
     NetworkGossip,
     TableGossip,
     encode,
-    record_sizes,
 )
 
 __all__ = [
@@ -144,13 +143,6 @@ def _share(v):  # type: ignore[no-untyped-def]
             _shared.clear()
         _shared[v] = s = v
     return s
-
-
-def _share_all(values: list) -> list:
-    """``[_share(v) for v in values]`` (the memo may start over once before them)."""
-    if len(_shared) >= _SHARED_MAX - len(values):
-        _shared.clear()
-    return list(map(_shared.setdefault, values, values))
 
 
 @dataclass(slots=True)
@@ -242,7 +234,6 @@ _entry_of = attrgetter("entry")
 _hidden_of = attrgetter("hidden")
 _network_of = attrgetter("network")
 _node_of = attrgetter("node")
-_node_network = attrgetter("node", "network")
 _NO_RECORD = _Record(None, False)  # type: ignore[arg-type]  # holds no entry
 _NO_NODES: dict[str, NetworkAttachment] = {}  # never written
 
@@ -633,16 +624,13 @@ class Tables:
             todo = _unheld_attachments(attach, _seq(msg.attachments))
             if not todo:
                 return False  # only the very records we hold (shared objects in the simulator)
-            news = []  # spread epidemically, queued together: merging never queues
             for a in todo:
                 if _holds_attachment(attach, a):
                     continue  # the same record twice in one message: merged already
                 if not _attachment_ok(a):
                     self.dropped += 1
                 elif self._merge_attachment(a, now):
-                    news.append(a)
-            if news:
-                self._queue_attachments(news, now)
+                    self._queue_attachment(a, now)  # spread news epidemically
         elif isinstance(msg, BulkSync):
             self._on_bulk_sync(src, msg, now)
         return True
@@ -844,7 +832,7 @@ class Tables:
             raise EntryTooLargeError(f"{network}/{k[0]}/{k[1]} does not fit one gossip datagram")
         self._clock += 1
         self._store(network, st, k, e, now)
-        self._enqueue(network, st, [e], now)
+        self._enqueue(network, st, e, now)
 
     def _hide_owner(
         self, network: str, owner: str, max_epoch: int, now: float, forged: bool = False
@@ -884,7 +872,7 @@ class Tables:
         recs = self._attach.setdefault(network, {})
         recs[self.name] = att
         self._note_net(self.name, network)
-        self._queue_attachments([att], now)
+        self._queue_attachment(att, now)
 
     def _merge_attachment(self, a: NetworkAttachment, now: float) -> bool:
         if a.ltime > self._net_clock:
@@ -928,26 +916,18 @@ class Tables:
 
     # -- gossip and anti-entropy -----------------------------------------------------
 
-    def _enqueue(self, network: str, st: _Network, es: list[Entry], now: float) -> None:
-        """Queue entries of ``network`` for gossip, in order."""
+    def _enqueue(self, network: str, st: _Network, e: Entry, now: float) -> None:
         if st.queue is None:
             return
-        sizes = record_sizes(es)
-        room = self.config.udp_buffer_size - self._overhead(network)
-        if max(sizes) > room:  # too big for gossip: bulk sync carries it
-            es = [e for e, z in zip(es, sizes, strict=True) if z <= room]
-            sizes = [z for z in sizes if z <= room]
-            if not es:
-                return
-        keys = _share_all(list(map(_table_key, es)))
-        st.queue.queue_many(keys, es, sizes)
+        size = record_size(e)
+        if size + self._overhead(network) > self.config.udp_buffer_size:
+            return  # too big for gossip: bulk sync carries it
+        st.queue.queue(_share((e.table, e.key)), e, size)
         self._dirty[network] = None
         self._roll_gossip(now)
 
-    def _queue_attachments(self, atts: list[NetworkAttachment], now: float) -> None:
-        # One key object per (node, network), shared by every node's queue.
-        keys = _share_all(list(map(_node_network, atts)))
-        self._net_queue.queue_many(keys, atts, record_sizes(atts))
+    def _queue_attachment(self, a: NetworkAttachment, now: float) -> None:
+        self._net_queue.queue(_share((a.node, a.network)), a)  # one key object per record
         self._roll_gossip(now)
 
     def _overhead(self, network: str) -> int:
@@ -1060,10 +1040,6 @@ class Tables:
         first = _first_unheld(records, entries)
         if first == len(entries):
             return False
-        # Accepted entries are gossiped on, queued together after the loop (merging a
-        # peer's entry never queues; answering our own with a newer version does, so
-        # the batch goes first then, keeping the queue's order).
-        news: list[Entry] = []
         for e in entries[first:]:  # those before ``first`` are held, nothing changed since
             if _holds(records, e):
                 continue
@@ -1075,14 +1051,8 @@ class Tables:
                 self._events.append(
                     EntryEvent(EntryEventKind.TOMBSTONE, network, e.table, e.key, e.owner, {})
                 )
-            else:
-                if news and e.owner == self.name:
-                    self._enqueue(network, st, news, now)
-                    news = []
-                if self._merge(network, st, e, now):
-                    news.append(e)
-        if news:
-            self._enqueue(network, st, news, now)
+            elif self._merge(network, st, e, now):
+                self._enqueue(network, st, e, now)
         return True
 
     def _on_bulk_sync(self, src: str, msg: BulkSync, now: float) -> None:

@@ -373,14 +373,6 @@ def record_size(record: Any) -> int:
     return size
 
 
-def record_sizes(records: list[Any] | tuple[Any, ...]) -> list[int]:
-    """``[record_size(r) for r in records]``, C-level when all are remembered."""
-    try:
-        return list(map(_size_memo.__getitem__, map(id, records)))
-    except KeyError:
-        return list(map(record_size, records))
-
-
 _SHELLS: dict[type, Any] = {}
 
 

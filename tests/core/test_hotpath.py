@@ -123,32 +123,6 @@ def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
                     assert list(bucket.seqs) == sorted(bucket.seqs)
 
 
-def test_queueing_a_batch_equals_queueing_one_by_one() -> None:
-    """``queue_many`` (a gossip message's news queued together) leaves the queue as the
-    calls one by one would: batches with fresh keys, keys already queued, and a key
-    twice in one batch, checked by what every later packet takes."""
-    rng = random.Random(9)
-    records = [_entry(i) for i in range(80)]
-    for mult in (1, 4):
-        ref, q = _HeapQueue(mult), TransmitLimitedQueue(mult)
-        for _ in range(1500):
-            if rng.random() < 0.45:
-                batch = rng.sample(records, rng.randrange(1, 12))
-                keys = [r.key if rng.random() < 0.8 else f"dup{rng.randrange(4)}" for r in batch]
-                for k, r in zip(keys, batch, strict=True):
-                    ref.queue(k, r)
-                q.queue_many(keys, batch, [wire.record_size(r) for r in batch])
-            else:
-                n = rng.choice((3, 50, 2000))
-                limit = rng.choice((60, 200, 1400))
-                assert q.get(n, 10, limit) == ref.get(n, 10, limit)
-            assert len(q) == len(ref.by_key)
-            assert sorted(q._by_key) == sorted(ref.by_key)
-            for bucket in q._buckets:
-                assert list(bucket.seqs) == sorted(bucket.seqs)
-                assert len(bucket.recs) == len(bucket.keys) == len(bucket.sizes)
-
-
 def test_merging_taken_items_into_a_bucket_keeps_every_column_in_sequence_order() -> None:
     """Taken items go into the next bucket by runs (a slice each) or, with many runs,
     by a row merge of the span: either way the bucket is the sorted union, column by
