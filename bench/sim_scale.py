@@ -201,8 +201,8 @@ def run_endpoints(n: int, seconds: float, preset: str, seed: int, churn: float) 
     scenario = validate_scenario(endpoint_scenario(n, seconds, preset, seed, churn))
     gc.collect()
     # The reference is timed three times (twice before the run, once after it with the
-    # run's objects freed) and its median is used: on a shared machine one timing of a
-    # few seconds has been seen to move by a third between runs.
+    # run's objects freed) and its median is used: one timing of a few seconds has been
+    # seen to differ by a factor of two between runs on the same day (docs/scale.md).
     bares = [bare_simpy_processes(n), bare_simpy_processes(n)]
     t0 = time.perf_counter()
     world = SimWorld(scenario, seed)
