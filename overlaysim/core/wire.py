@@ -309,36 +309,91 @@ def _to_list(obj: Any) -> list:
     return _encoder(type(obj))(obj)
 
 
-def _from_list(cls: type, items: Any, where: str) -> Any:
+# Records worth interning on decode: a peer retransmits the same entry and attachment
+# many times, and the tables recognise a record they already hold by identity (as in
+# the simulator, where one object travels to every node). Decoding an equal record again
+# returns the object decoded first, so the agent takes the same fast path.
+_INTERNED = (Entry, NetworkAttachment)
+#: Bound on the interned records; past it the memo starts over (it is only a cache).
+_INTERN_MAX = 1 << 13
+_interned: dict[tuple, Any] = {}
+_DECODERS: dict[type, Any] = {}
+
+
+def _decoder(cls: type) -> Any:
+    """A generated function ``(items, where) -> cls`` checking every field of one record
+    or message as it came off the wire (what :func:`decode` does per record).
+
+    Generated from the schema, as :func:`_encoder` is: a generic loop over the fields
+    cost several times more per record, and a datagram carries dozens of records.
+    Every check and every error message is the one of the field's kind.
+    """
+    dec = _DECODERS.get(cls)
+    if dec is not None:
+        return dec
     sch = _schema(cls)
-    if not isinstance(items, list) or len(items) != len(sch):
-        raise WireError(f"{where}: expected {len(sch)} fields for {cls.__name__}")
-    kwargs = {}
-    for (name, kind, rec), v in zip(sch, items, strict=True):
-        if kind == "int":
-            if type(v) is not int:
-                raise WireError(f"{where}.{name}: expected int, got {type(v).__name__}")
-        elif kind == "str":
-            if type(v) is not str:
-                raise WireError(f"{where}.{name}: expected str, got {type(v).__name__}")
-        elif kind == "bool":
-            if type(v) is not bool:
-                raise WireError(f"{where}.{name}: expected bool, got {type(v).__name__}")
+    env: dict[str, Any] = {"WireError": WireError, "cls": cls, "_interned": _interned}
+    names = [f"v{i}" for i in range(len(sch))]
+    lines = [
+        "def _dec(items, where):",
+        f"    if not isinstance(items, list) or len(items) != {len(sch)}:",
+        f"        raise WireError(f'{{where}}: expected {len(sch)} fields for {cls.__name__}')",
+    ]
+    if names:
+        lines.append(f"    {', '.join(names)}{',' if len(names) == 1 else ''} = items")
+    key = []
+    for (name, kind, rec), v in zip(sch, names, strict=True):
+        if kind in ("int", "str", "bool"):
+            lines += [
+                f"    if type({v}) is not {kind}:",
+                f"        raise WireError(f'{{where}}.{name}: expected {kind}, got "
+                f"{{type({v}).__name__}}')",
+            ]
+            key.append(v)
         elif kind == "strmap":
-            if not isinstance(v, dict) or not all(
-                type(k) is str and type(x) is str for k, x in v.items()
-            ):
-                raise WireError(f"{where}.{name}: expected map of str to str")
+            lines += [
+                f"    if not isinstance({v}, dict):",
+                f"        raise WireError(f'{{where}}.{name}: expected map of str to str')",
+                f"    for k, x in {v}.items():",
+                "        if type(k) is not str or type(x) is not str:",
+                f"            raise WireError(f'{{where}}.{name}: expected map of str to str')",
+            ]
+            key.append(f"tuple({v}.items())")
         elif kind == "strs":
-            if not isinstance(v, list) or not all(type(x) is str for x in v):
-                raise WireError(f"{where}.{name}: expected list of str")
-            v = tuple(v)
+            lines += [
+                f"    if not isinstance({v}, list):",
+                f"        raise WireError(f'{{where}}.{name}: expected list of str')",
+                f"    for x in {v}:",
+                "        if type(x) is not str:",
+                f"            raise WireError(f'{{where}}.{name}: expected list of str')",
+                f"    {v} = tuple({v})",
+            ]
+            key.append(v)
         else:
-            if not isinstance(v, list):
-                raise WireError(f"{where}.{name}: expected list of {rec.__name__}")
-            v = tuple(_from_list(rec, r, f"{where}.{name}") for r in v)
-        kwargs[name] = v
-    return cls(**kwargs)
+            assert rec is not None
+            env[f"_d_{name}"] = _decoder(rec)
+            lines += [
+                f"    if not isinstance({v}, list):",
+                f"        raise WireError(f'{{where}}.{name}: expected list of {rec.__name__}')",
+                f"    w = where + '.{name}'",
+                f"    {v} = tuple([_d_{name}(r, w) for r in {v}])",
+            ]
+    build = f"cls({', '.join(f'{n}={v}' for (n, _, _), v in zip(sch, names, strict=True))})"
+    if cls in _INTERNED:
+        lines += [
+            f"    key = ({', '.join(key)},)",
+            "    got = _interned.get(key)",
+            "    if got is None or type(got) is not cls:",
+            f"        if len(_interned) >= {_INTERN_MAX}:",
+            "            _interned.clear()",
+            f"        got = _interned[key] = {build}",
+            "    return got",
+        ]
+    else:
+        lines.append(f"    return {build}")
+    exec("\n".join(lines) + "\n", env)  # noqa: S102 - built only from our own field names
+    dec = _DECODERS[cls] = env["_dec"]
+    return dec
 
 
 def encode(msg: Message) -> bytes:
@@ -456,4 +511,4 @@ def decode(data: bytes, max_size: int = MAX_DATAGRAM) -> Message:
     cls = MESSAGES.get(mtype) if type(mtype) is int else None
     if cls is None:
         raise WireError(f"unknown message type {mtype!r}")
-    return _from_list(cls, obj[2:], cls.__name__)
+    return _decoder(cls)(obj[2:], cls.__name__)
