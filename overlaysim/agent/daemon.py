@@ -325,7 +325,8 @@ class Agent:
         if self.cfg.trace_gossip and isinstance(msg, TableGossip):
             self.events.write("gossip_rx", **_gossip_fields(msg), src=msg.source)
         try:
-            self.node.receive(src, msg, time.monotonic())
+            if not self.node.receive(src, msg, time.monotonic()):
+                return  # it changed nothing (a retransmission of what we hold): no outputs
         except Exception as exc:  # a peer's message must never take the agent down
             self.counters.handler_errors += 1
             self._report(
@@ -358,8 +359,13 @@ class Agent:
             if trace and isinstance(item.msg, TableGossip):
                 self.events.write("gossip_tx", **_gossip_fields(item.msg), dst=item.dst)
             self.transport.send(item)
-        for ev in self.node.take_events():
-            self._on_event(ev)
+        events = self.node.take_events()
+        if events:
+            program: list[EntryEvent] = []
+            for ev in events:
+                self._on_event(ev, program)
+            if program:  # one data-plane job per batch: a burst is not a thread hop per entry
+                self._submit(self._program, program)
         when = self.node.next_timer()
         if when is not None and not_before is not None:
             when = max(when, not_before)
@@ -371,16 +377,27 @@ class Agent:
         if when is not None and not self._torn_down:
             self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
 
-    def _on_event(self, ev: MemberEvent | EntryEvent) -> None:
-        """Fan one node event out: the log, the key ring, the kernel and the names."""
+    def _on_event(self, ev: MemberEvent | EntryEvent, program: list[EntryEvent]) -> None:
+        """Fan one node event out: the log, the key ring, the names, and (appended to
+        ``program``, for the data-plane thread) the kernel."""
         if isinstance(ev, MemberEvent):
             self.keys.note_epoch(ev)  # a restarted peer's new epoch: fresh replay windows
         kind, fields = event_line(ev)
         self.events.write(kind, **fields)
         if isinstance(ev, EntryEvent):
             if self.programmer is not None and not self._torn_down:
-                self._submit(self.programmer.on_event, ev)
+                program.append(ev)
             self.svcnet.on_event(ev)
+
+    def _program(self, events: list[EntryEvent]) -> None:
+        """Data-plane thread: apply table events in order; one failing does not stop the
+        rest (each is logged as its own job's failure was)."""
+        programmer = self._programmer()
+        for ev in events:
+            try:
+                programmer.on_event(ev)
+            except Exception as exc:
+                self._error("dataplane", exc)
 
     def _report(self, what: str, detail: str) -> None:
         """Log a peer or transport error, at most once per second per kind."""

@@ -98,6 +98,10 @@ async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_STREAM) -
         raise FrameError(f"frame truncated at {len(exc.partial)} of {size} bytes") from None
 
 
+#: Bound on the memo of checked peer addresses; past it the memo starts over.
+_ADDR_MEMO_MAX = 4096
+
+
 def split_addr(addr: str) -> tuple[str, int]:
     """``"ip:port"`` to ``(ip, port)``; ValueError if malformed."""
     host, sep, port = addr.rpartition(":")
@@ -276,6 +280,8 @@ class Transport:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._last: tuple[Message, bytes] | None = None  # the last message sent, encoded
+        self._addrs: dict[str, tuple[str, int]] = {}  # checked peer addresses
 
     async def start(self) -> None:
         """Bind the UDP socket and start the TCP server (OSError if the port is taken)."""
@@ -307,9 +313,21 @@ class Transport:
         """Send one core message: a datagram, or a TCP stream when reliable or too big."""
         if self._closed:
             return
+        msg = item.msg
         try:
-            data = encode(item.msg)
-            host, port = split_addr(item.dst)
+            last = self._last
+            if last is not None and last[0] is msg:
+                data = last[1]  # one gossip message goes to several peers in a row
+            else:
+                data = encode(msg)
+                self._last = (msg, data)
+            dst = self._addrs.get(item.dst)
+            if dst is None:
+                dst = split_addr(item.dst)
+                if len(self._addrs) >= _ADDR_MEMO_MAX:
+                    self._addrs.clear()
+                self._addrs[item.dst] = dst
+            host, port = dst
         except (ValueError, TypeError) as exc:
             self._send_failed(item, f"cannot send to {item.dst!r}: {exc}")
             return
