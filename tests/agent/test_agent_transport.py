@@ -226,6 +226,24 @@ async def test_garbage_is_counted_and_dropped() -> None:
 
 
 @aio
+async def test_a_burst_of_datagrams_is_read_in_order_garbage_and_all() -> None:
+    """Datagrams already queued are read in one wake-up of the loop (see
+    ``transport._DRAIN_MAX``), in order; garbage among them is counted and skipped."""
+    async with pair() as (a, b, port):
+        pings = [ping_from("b", B, port, seq) for seq in range(150)]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((B, 0))
+            for i, ping in enumerate(pings):  # sent without yielding: all queue up
+                s.sendto(encode(ping), (A, port))
+                if i == 70:
+                    s.sendto(b"\xc1garbage", (A, port))
+        await a.wait(n_msgs=150, n_errors=1)
+        assert [m for _, m in a.got] == pings
+        assert a.t.counters.wire_errors == 1
+        assert a.t.counters.by_type["ping"][3] == 150
+
+
+@aio
 async def test_failed_sends_are_counted_not_raised() -> None:
     async with pair() as (a, b, port):
         dead = free_port()
