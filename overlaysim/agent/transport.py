@@ -27,7 +27,6 @@ import asyncio
 import dataclasses
 import ipaddress
 import os
-import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,11 +97,6 @@ async def read_frame(reader: asyncio.StreamReader, max_size: int = MAX_STREAM) -
     except asyncio.IncompleteReadError as exc:
         raise FrameError(f"frame truncated at {len(exc.partial)} of {size} bytes") from None
 
-
-#: Datagrams read per wake-up of the event loop beyond the first (then the loop runs
-#: timers and streams before reading on), and the largest datagram read.
-_DRAIN_MAX = 64
-_RECV_SIZE = 65535
 
 #: Bound on the memo of checked peer addresses; past it the memo starts over.
 _ADDR_MEMO_MAX = 4096
@@ -244,22 +238,7 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.owner = owner
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        owner = self.owner
-        owner._on_datagram(data, addr)
-        # asyncio reads one datagram per wake-up of the loop; in a burst dozens wait.
-        # Take the ones already queued now: one poll of the loop for all of them.
-        sock = owner._sock
-        for _ in range(_DRAIN_MAX):
-            if sock is None or owner._closed:
-                return
-            try:
-                data, addr = sock.recvfrom(_RECV_SIZE)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self.error_received(exc)
-                return
-            owner._on_datagram(data, addr)
+        self.owner._on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors from earlier sends (port unreachable of a crashed peer): expected.
@@ -298,7 +277,6 @@ class Transport:
         self.io_timeout = io_timeout
         self.keyring = keyring
         self._udp: asyncio.DatagramTransport | None = None
-        self._sock: socket.socket | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -308,15 +286,9 @@ class Transport:
     async def start(self) -> None:
         """Bind the UDP socket and start the TCP server (OSError if the port is taken)."""
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            sock.bind((self.bind, self.port))
-            self._udp, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), sock=sock)
-        except BaseException:
-            sock.close()
-            raise
-        self._sock = sock  # the transport's own socket: read directly in bursts
+        self._udp, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self), local_addr=(self.bind, self.port)
+        )
         self._server = await asyncio.start_server(
             self._on_connection, self.bind, self.port, reuse_address=True
         )
@@ -324,7 +296,6 @@ class Transport:
     async def close(self) -> None:
         """Stop listening and cancel streams in flight; later sends are dropped."""
         self._closed = True
-        self._sock = None
         if self._udp is not None:
             self._udp.close()
             self._udp = None
