@@ -227,8 +227,8 @@ async def test_garbage_is_counted_and_dropped() -> None:
 
 @aio
 async def test_a_burst_of_datagrams_is_read_in_order_garbage_and_all() -> None:
-    """Datagrams already queued are read in one wake-up of the loop (see
-    ``transport._DRAIN_MAX``), in order; garbage among them is counted and skipped."""
+    """Datagrams that queue up while the loop is busy are all delivered, in order;
+    garbage among them is counted and skipped."""
     async with pair() as (a, b, port):
         pings = [ping_from("b", B, port, seq) for seq in range(150)]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
