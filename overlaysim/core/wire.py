@@ -341,55 +341,70 @@ def _decoder(cls: type) -> Any:
     ]
     if names:
         lines.append(f"    {', '.join(names)}{',' if len(names) == 1 else ''} = items")
-    key = []
+    key, checks = [], []  # the scalars (an interned record's key); each field's checks
     for (name, kind, rec), v in zip(sch, names, strict=True):
         if kind in ("int", "str", "bool"):
-            lines += [
+            checks.append([
                 f"    if type({v}) is not {kind}:",
                 f"        raise WireError(f'{{where}}.{name}: expected {kind}, got "
                 f"{{type({v}).__name__}}')",
-            ]
+            ])  # fmt: skip
             key.append(v)
         elif kind == "strmap":
-            lines += [
+            checks.append([
                 f"    if not isinstance({v}, dict):",
                 f"        raise WireError(f'{{where}}.{name}: expected map of str to str')",
                 f"    for k, x in {v}.items():",
                 "        if type(k) is not str or type(x) is not str:",
                 f"            raise WireError(f'{{where}}.{name}: expected map of str to str')",
-            ]
-            key.append(f"tuple({v}.items())")
+            ])  # fmt: skip
         elif kind == "strs":
-            lines += [
+            checks.append([
                 f"    if not isinstance({v}, list):",
                 f"        raise WireError(f'{{where}}.{name}: expected list of str')",
                 f"    for x in {v}:",
                 "        if type(x) is not str:",
                 f"            raise WireError(f'{{where}}.{name}: expected list of str')",
                 f"    {v} = tuple({v})",
-            ]
-            key.append(v)
+            ])  # fmt: skip
         else:
             assert rec is not None
             env[f"_d_{name}"] = _decoder(rec)
-            lines += [
+            checks.append([
                 f"    if not isinstance({v}, list):",
                 f"        raise WireError(f'{{where}}.{name}: expected list of {rec.__name__}')",
                 f"    w = where + '.{name}'",
                 f"    {v} = tuple([_d_{name}(r, w) for r in {v}])",
-            ]
+            ])  # fmt: skip
     build = f"cls({', '.join(f'{n}={v}' for (n, _, _), v in zip(sch, names, strict=True))})"
     if cls in _INTERNED:
+        # Keyed by the scalars, checked first (as in field order: a map may only come
+        # last). A map equal to the interned record's is a map of str to str itself (a
+        # str equals nothing else), so a hit needs no walk through it.
+        maps = [(n, v) for (n, kind, _), v in zip(sch, names, strict=True) if kind == "strmap"]
+        assert len(key) + len(maps) == len(sch) and all(
+            kind != "strmap" for _, kind, _ in sch[: len(key)]
+        ), f"{cls.__name__}: interned records hold scalars, then at most maps"
+        for block in checks[: len(key)]:
+            lines += block
+        same = "".join(f" and got.{n} == {v}" for n, v in maps)
         lines += [
             f"    key = ({', '.join(key)},)",
             "    got = _interned.get(key)",
-            "    if got is None or type(got) is not cls:",
-            f"        if len(_interned) >= {_INTERN_MAX}:",
-            "            _interned.clear()",
-            f"        got = _interned[key] = {build}",
+            f"    if got is not None and type(got) is cls{same}:",
+            "        return got",
+        ]
+        for block in checks[len(key) :]:
+            lines += block
+        lines += [
+            f"    if len(_interned) >= {_INTERN_MAX}:",
+            "        _interned.clear()",
+            f"    got = _interned[key] = {build}",
             "    return got",
         ]
     else:
+        for block in checks:
+            lines += block
         lines.append(f"    return {build}")
     exec("\n".join(lines) + "\n", env)  # noqa: S102 - built only from our own field names
     dec = _DECODERS[cls] = env["_dec"]
