@@ -125,13 +125,27 @@ class ServiceHost:
             remove_uts(netns, root=self._uts_root)
 
     def on_event(self, ev: EntryEvent) -> set[str]:
-        """Apply a table event; the local containers whose VIP tables need a sync."""
-        if ev.table != ENDPOINTS_TABLE or not self.directory.apply(ev):
+        """Apply a table event; the local containers whose VIP tables need a sync.
+
+        A container's VIPs are those of the service tasks on its networks: an endpoint
+        that is no task, before or after the event, changes only the VIPs of the
+        container it names (the networks it is on). In a burst of plain containers that
+        is every event, and none queues a re-plan of every local container.
+        """
+        if ev.table != ENDPOINTS_TABLE:
             return set()
+        directory = self.directory
+        before = directory.record(ev.network, ev.key)
+        if not directory.apply(ev):
+            return set()
+        after = directory.record(ev.network, ev.key)
+        key = ev.key.lower()
+        if (before is None or before.task is None) and (after is None or after.task is None):
+            return {key} if key in self.containers else set()
         return {
             name
             for name in self.containers
-            if name == ev.key.lower() or ev.network in self.directory.networks_of(name)
+            if name == key or ev.network in directory.networks_of(name)
         }
 
     def plan_vips(self, names: Iterable[str] | None = None) -> list[VipPlan]:

@@ -55,6 +55,29 @@ def test_events_name_the_local_containers_on_that_network():
     assert host.on_event(ev(D, "front", "a")) == {"a"}
 
 
+def test_a_plain_remote_endpoint_changes_no_vip_and_a_task_becoming_plain_does():
+    host, calls, _ = make()
+    host.on_event(ev(C, "front", "a", "10.0.0.9"))
+    host.on_event(ev(C, "front", "b", "10.0.0.10"))
+    # another host's container with no service: the names change, the VIPs do not
+    assert host.on_event(ev(C, "front", "other", "10.0.0.20")) == set()
+    assert host.directory.record("front", "other") is not None
+    assert host.on_event(ev(D, "front", "other")) == set()
+    # a task entry replaced by a plain one (same key): the service lost a task
+    web = TaskSpec("web", 1, vip="10.0.0.2")
+    assert host.on_event(ev(C, "front", "web.1", "10.0.0.11", web)) == {"a", "b"}
+    host.sync_vips()
+    assert calls[-2:] == [
+        ("a", "ns-a", {"10.0.0.2": ("10.0.0.11",)}),
+        ("b", "ns-b", {"10.0.0.2": ("10.0.0.11",)}),
+    ]
+    assert host.on_event(ev(C, "front", "web.1", "10.0.0.12")) == {"a", "b"}
+    host.sync_vips()
+    assert calls[-2:] == [("a", "ns-a", {}), ("b", "ns-b", {})]
+    # the plain one going changes nothing for the VIPs
+    assert host.on_event(ev(D, "front", "web.1")) == set()
+
+
 def test_a_failed_sync_is_counted_not_raised():
     host, calls, fail = make()
     host.on_event(ev(C, "front", "a", "10.0.0.9"))
@@ -86,8 +109,8 @@ def test_an_event_that_leaves_vip_sets_alone_runs_no_nft(monkeypatch):
         host.on_event(ev(C, "front", "web.2", "10.0.0.12", TaskSpec("web", 2, vip="10.0.0.2")))
     )
     assert len(nft) == 2 and flushed == []
-    assert host.on_event(ev(C, "front", "other", "10.0.0.30")) == {"a"}  # touched...
-    assert host.sync_vips({"a"}) == 0 and len(nft) == 2  # ...but nothing to rewrite
+    assert host.on_event(ev(C, "front", "other", "10.0.0.30")) == set()  # no task: no re-plan
+    assert host.sync_vips({"a"}) == 0 and len(nft) == 2  # and a re-plan would rewrite nothing
     assert host.sync_vips(host.on_event(ev(D, "front", "web.2"))) == 1
     assert nft[-1] == ("ns-a", {"10.0.0.2": ("10.0.0.11",)})
     assert flushed == [("ns-a", ["10.0.0.2"])]
