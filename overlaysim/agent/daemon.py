@@ -361,11 +361,7 @@ class Agent:
             self.transport.send(item)
         events = self.node.take_events()
         if events:
-            program: list[EntryEvent] = []
-            for ev in events:
-                self._on_event(ev, program)
-            if program:  # one data-plane job per batch: a burst is not a thread hop per entry
-                self._submit(self._program, program)
+            self._on_events(events)
         when = self.node.next_timer()
         if when is not None and not_before is not None:
             when = max(when, not_before)
@@ -377,16 +373,23 @@ class Agent:
         if when is not None and not self._torn_down:
             self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
 
-    def _on_event(self, ev: MemberEvent | EntryEvent, program: list[EntryEvent]) -> None:
-        """Fan one node event out: the log, the key ring, the names, and (appended to
-        ``program``, for the data-plane thread) the kernel."""
-        if isinstance(ev, MemberEvent):
-            self.keys.note_epoch(ev)  # a restarted peer's new epoch: fresh replay windows
-        kind, fields = event_line(ev)
-        self.events.write(kind, **fields)
-        if isinstance(ev, EntryEvent):
-            if self.programmer is not None and not self._torn_down:
+    def _on_events(self, events: list[MemberEvent | EntryEvent]) -> None:
+        """Fan node events out: the log, the key ring, the kernel, then the names.
+
+        The table events go to the data-plane thread as one job (a burst is not a
+        thread hop per entry), queued before the VIP re-plans they cause, as when each
+        event was its own job."""
+        program: list[EntryEvent] = []
+        for ev in events:
+            if isinstance(ev, MemberEvent):
+                self.keys.note_epoch(ev)  # a restarted peer's new epoch: fresh replay windows
+            else:
                 program.append(ev)
+            kind, fields = event_line(ev)
+            self.events.write(kind, **fields)
+        if program and self.programmer is not None and not self._torn_down:
+            self._submit(self._program, program)
+        for ev in program:
             self.svcnet.on_event(ev)
 
     def _program(self, events: list[EntryEvent]) -> None:
