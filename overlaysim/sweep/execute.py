@@ -167,7 +167,11 @@ def _dask(
                         threads_per_worker=1,
                         processes=True,
                         dashboard_address=None,
-                        silence_logs=logging.ERROR,
+                        # CRITICAL, not ERROR: a worker whose heartbeat meets the
+                        # scheduler already gone (Ctrl-C closes both) logs that with a
+                        # traceback at ERROR. A run that fails still says why: its
+                        # exception comes back with its result.
+                        silence_logs=logging.CRITICAL,
                     )
                 )
             client = stack.enter_context(Client(cluster))
