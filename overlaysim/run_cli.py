@@ -78,7 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         "  overlaysim sim scenarios/quickstart.yaml\n"
         "  overlaysim sim scenarios/scale-1000.yaml --seed 3 --out results/s1000\n"
-        "  overlaysim sim scenarios/loss-sweep.yaml --set events.0.percent=20\n",
+        "  overlaysim sim scenarios/loss-sweep.yaml --set events.0.percent=20\n\n"
+        "exit status: 0 complete, 130 interrupted (Ctrl-C; the folder is marked so),\n"
+        "1 failed, 2 invalid input.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("scenario", type=Path, help="scenario YAML file (see docs/scenarios.md)")
@@ -146,7 +148,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         "  sudo overlaysim run scenarios/quickstart.yaml\n"
         "  sudo overlaysim run scenarios/churn.yaml --set topology.hosts=10 --out results/churn-emu\n"
-        "  sudo overlaysim run --name c1 --network web h1\n",
+        "  sudo overlaysim run --name c1 --network web h1\n\n"
+        "exit status (scenario form): 0 complete, 130 interrupted (Ctrl-C, SIGTERM; the\n"
+        "folder is marked so and holds what was collected), 1 failed, 2 invalid input.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", help="a scenario file, or with --name: a host of the testbed")
@@ -184,7 +188,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _run_scenario(args: argparse.Namespace, path: Path, backend: str) -> int:
-    """Load, run on ``backend`` (sim or emu), print the summary; exit status 0 if complete."""
+    """Load, run on ``backend`` (sim or emu), print the summary. Exit status 0 if the
+    run completed, 130 if it was interrupted (Ctrl-C, SIGTERM), 1 if it failed."""
     from overlaysim.scenario.loader import load_scenario
     from overlaysim.world.dryrun import dry_run
 
@@ -212,9 +217,17 @@ def _run_scenario(args: argparse.Namespace, path: Path, backend: str) -> int:
         from overlaysim.metrics.results import load_run
         from overlaysim.report.summary import run_warnings
 
-        for warning in run_warnings(load_run(out)):
+        done = load_run(out)
+        for warning in run_warnings(done):
             print(f"warning: {warning}", file=sys.stderr)
-    return 0 if status == "complete" else 1
+        if status != "complete":  # the one line a quiet run owes its user
+            cause = done.manifest.get("error")
+            print(
+                f"overlaysim: run {status}{f': {cause}' if cause else ''}; "
+                f"what it collected is in {out}",
+                file=sys.stderr,
+            )
+    return {"complete": 0, "interrupted": 130}.get(status, 1)
 
 
 def _cmd_known_issues(args: argparse.Namespace) -> int:

@@ -14,8 +14,10 @@ Two sides, one module:
 * :func:`serve` is the server (``python -m overlaysim.emu.forkserver``). It reads one
   JSON request a line on stdin and answers on stdout: ``{"id", "pid"}`` or
   ``{"id", "error"}`` for a spawn, ``{"exit": pid, "status": code}`` when a child ends
-  (it is their parent, so it reaps them). It exits when stdin closes; children live on
-  until the underlay stops them, as ``mnexec -d`` processes do.
+  (it is their parent, so it reaps them). It exits when stdin closes. The underlay stops
+  every agent it knows of before that; a child still running then is one nobody
+  recorded (a Ctrl-C between the fork and the reply, or a client that died), so the
+  server stops it itself: SIGTERM, then SIGKILL after :data:`STOP_GRACE_S`.
 * :class:`ForkServer` is the client: it starts the server, sends requests and hands back
   :class:`Forked` handles that answer ``poll``/``wait``/``returncode`` like a
   :class:`subprocess.Popen`.
@@ -32,7 +34,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,9 @@ _CLONE_NEWNS = 0x00020000
 _CLONE_NEWNET = 0x40000000
 #: The only program the server runs; anything else is refused.
 AGENT_MODULE = "overlaysim.agent.daemon"
+#: Seconds a child left running at the server's end gets between SIGTERM and SIGKILL
+#: (an agent's graceful leave takes about one second).
+STOP_GRACE_S = 3.0
 
 
 class ForkServerError(RuntimeError):
@@ -140,8 +145,9 @@ class ForkServer:
         # The server is gone, so nobody reports this child any more: poll it directly.
         return _wait_orphan(pid, timeout)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the server (its children are left to the underlay's own clean-up)."""
+    def close(self, timeout: float = STOP_GRACE_S + 5.0) -> None:
+        """Stop the server. Children the underlay stopped are gone already; any other
+        still running is stopped by the server on its way out (see :func:`serve`)."""
         with contextlib.suppress(OSError):
             self._in.close()
         try:
@@ -256,6 +262,9 @@ def serve() -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client decides when we stop
+    stop = []  # SIGTERM/SIGHUP (e.g. from `overlaysim clean`): stop as if stdin closed
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.append(True))
     sel = selectors.DefaultSelector()
     stdin = sys.stdin.buffer
     sel.register(stdin.fileno(), selectors.EVENT_READ)
@@ -266,6 +275,8 @@ def serve() -> None:
         out.write(json.dumps(msg).encode() + b"\n")
         out.flush()
 
+    live: set[int] = set()  # forked and not reaped: their pids cannot be reused yet
+
     def reap() -> None:
         while True:
             try:
@@ -274,10 +285,12 @@ def serve() -> None:
                 return
             if pid == 0:
                 return
-            say({"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+            live.discard(pid)
+            with contextlib.suppress(OSError):  # the client may be gone
+                say({"exit": pid, "status": os.waitstatus_to_exitcode(status)})
 
     open_ = True
-    while open_:
+    while open_ and not stop:
         for key, _ in sel.select():
             if key.fd == wake_r:
                 with contextlib.suppress(BlockingIOError):
@@ -299,12 +312,32 @@ def serve() -> None:
                 try:
                     pid = os.fork()
                 except OSError as exc:
-                    say({"id": rid, "error": f"fork: {exc}"})
+                    with contextlib.suppress(OSError):
+                        say({"id": rid, "error": f"fork: {exc}"})
                     continue
                 if pid == 0:
                     _child(req, (wake_r, wake_w))
-                say({"id": rid, "pid": pid})
+                live.add(pid)
+                with contextlib.suppress(OSError):
+                    say({"id": rid, "pid": pid})
         reap()
+    _stop_children(live, reap)
+
+
+def _stop_children(live: set[int], reap: Callable[[], None]) -> None:
+    """SIGTERM every child still running, SIGKILL what is left after the grace."""
+    import time
+
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 2.0)):
+        for pid in list(live):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while live and time.monotonic() < deadline:
+            time.sleep(0.02)
+            reap()
+        if not live:
+            return
 
 
 if __name__ == "__main__":

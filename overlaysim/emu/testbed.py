@@ -126,6 +126,9 @@ class Testbed:
         #: container namespaces of concurrent runs never collide.
         self.prefix: str = underlay.plan.prefix
         self.agents: dict[str, AgentProcess] = {}
+        #: Hosts an agent was ever forked or started for, even one interrupted before
+        #: it was entered in :attr:`agents`: its files are still to be removed.
+        self._tried: set[str] = set()
         self._boots: dict[str, int] = {}
         self._retired: list[AgentProcess] = []
         #: Clean-up problems met by :meth:`stop` (it does not raise).
@@ -255,6 +258,7 @@ class Testbed:
         boot = self._boots.get(host, 0) + 1
         argv = self.argv(host, seeds, keyed=keyed)
         self._boots[host] = boot
+        self._tried.add(host)
         proc: Any
         if self.fork_agents:
             # One warm interpreter forks every agent: no per-host interpreter start
@@ -451,7 +455,7 @@ class Testbed:
         """
         if keep_logs_in is not None:
             keep_logs_in.mkdir(parents=True, exist_ok=True)
-        for host in self.agents:
+        for host in sorted(self._tried | set(self.agents)):
             log = self.log_path(host)
             if keep_logs_in is not None and log.exists():
                 shutil.copyfile(log, keep_logs_in / log.name)

@@ -93,6 +93,21 @@ def test_a_failed_simulation_names_the_cause_and_the_partial_folder(
     assert '"status": "failed"' in (out / "manifest.json").read_text()
 
 
+def test_an_interrupted_simulation_exits_130_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def ctrl_c(env, duration, progress, name):  # type: ignore[no-untyped-def]
+        env.run(until=5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sim_runner, "_run_env", ctrl_c)
+    out = tmp_path / "partial"
+    assert cli.main(["sim", str(QUICKSTART), "-q", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err == f"overlaysim: run interrupted; what it collected is in {out}\n"
+    assert '"status": "interrupted"' in (out / "manifest.json").read_text()
+
+
 def test_report_on_a_missing_folder_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

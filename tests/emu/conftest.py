@@ -111,6 +111,25 @@ def processes_mentioning(*needles: str) -> list[str]:
     return found
 
 
+def processes_holding(folder: Path) -> list[str]:
+    """``pid: command line`` of every other process with a file under ``folder`` open
+    (deleted or not). A forked agent's command line is its fork server's, so its open
+    log is what names its run."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(Path(entry.path, "fd"))
+            targets = [os.readlink(Path(entry.path, "fd", fd)) for fd in fds]
+            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if any(t.startswith(f"{folder}/") for t in targets):
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
 @contextmanager
 def running_underlay(topology: Topology, **kwargs: Any) -> Iterator[Underlay]:
     """An underlay built and started for a module's tests (``kwargs``: more ``Underlay``

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import link_names, netns_names, processes_mentioning
+from conftest import link_names, netns_names, processes_holding, processes_mentioning
 
 from overlaysim.emu import runner as emu_runner
 from overlaysim.emu.collect import collect
@@ -117,6 +117,7 @@ def _assert_nothing_left(run: Path) -> None:
     assert not [n for n in link_names() if n.startswith(prefix)]
     assert not [n for _f, n in list_nft_tables() if n == f"osim_{prefix[-2:]}"]
     assert not processes_mentioning(f"/run/overlaysim/{run_id}/", "iperf3 -s")
+    assert not processes_holding(Path("/run/overlaysim", run_id))  # forked agents too
     assert not Path("/run/overlaysim", run_id).exists()
     # containers' resolv.conf folders and UTS namespace files are named after their netns
     from overlaysim.agent.resolvconf import NETNS_ETC
@@ -237,6 +238,32 @@ def test_interrupted_run_is_marked_and_leaves_nothing_behind(
     assert ((ev["kind"] == "container_attach") & (ev["subject"] == "c9")).any()
     assert "c9" in set(run.convergence["key"])  # logs up to the interruption were collected
     assert len(run.reachability) == 0  # no measurements after an interruption
+    _assert_nothing_left(tmp_path / "run")
+
+
+@pytest.mark.emu
+def test_ctrl_c_between_an_agents_fork_and_its_record_leaves_nothing_behind(
+    emu: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fork server has forked h3's agent, but the Ctrl-C lands before the testbed
+    entered it: no handle, yet neither the process nor its files may stay."""
+    from overlaysim.emu.forkserver import ForkServer
+
+    real_spawn = ForkServer.spawn
+    forked: list[int] = []
+
+    def spawn(self: ForkServer, ns_pid: int, argv: Any, stderr: Path, **kw: Any) -> Any:
+        child = real_spawn(self, ns_pid, argv, stderr, **kw)
+        forked.append(child.pid)
+        if len(forked) == 3:
+            raise KeyboardInterrupt
+        return child
+
+    monkeypatch.setattr(ForkServer, "spawn", spawn)
+    scenario = load_scenario(QUICKSTART, ["duration=10", "measure.throughput=[]", "events=[]"])
+    status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
+    assert status == "interrupted" and len(forked) == 3
+    assert not [pid for pid in forked if Path(f"/proc/{pid}").exists()]
     _assert_nothing_left(tmp_path / "run")
 
 
