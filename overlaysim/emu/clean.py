@@ -135,8 +135,26 @@ def _clean_record(rec: RunRecord, dry_run: bool, note: Callable[[str], None]) ->
                 delete_nft_table(item.family, item.name)
             note(item.describe())
     _clean_data_plane(rec.path.parent, dry_run, note)
+    _remove_agent_files(rec, dry_run, note)
     if not dry_run:
         rec.discard()
+
+
+def _remove_agent_files(rec: RunRecord, dry_run: bool, note: Callable[[str], None]) -> None:
+    """The dead run's agent logs, stderr files, sockets and key in its folder: nobody
+    will read them there (a run copies the logs it keeps into its results folder). A
+    data-plane record that still lists objects stays, for the next clean."""
+    files = [
+        p
+        for p in rec.path.parent.iterdir()
+        if p != rec.path and "created" not in p.name and (p.is_file() or p.is_socket())
+    ]
+    if not files:
+        return
+    if not dry_run:
+        for path in files:
+            path.unlink(missing_ok=True)
+    note(f"{len(files)} agent file(s) in {rec.path.parent} [run {rec.run_id}]")
 
 
 def _clean_data_plane(run_dir: Path, dry_run: bool, note: Callable[[str], None]) -> None:

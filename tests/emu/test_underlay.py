@@ -471,8 +471,12 @@ def test_clean_finishes_a_killed_run(tmp_path: Path) -> None:
     run.kill()  # SIGKILL: no teardown at all
     run.wait()
     assert f"{prefix}s1" in link_names() and processes_mentioning("sleep 62")
+    (folder,) = [p.parent for p in tmp_path.glob("*/underlay.jsonl")]
+    for name in ("h1.jsonl", "h1.err", "cluster.key"):  # what agents would have left
+        (folder / name).write_text("x")
     done = clean.clean(state_dir=tmp_path, prefix=prefix, echo=None)
     assert any("sleep 62" in line for line in done)
+    assert any(line.startswith("removed 3 agent file(s)") for line in done)
     assert_nothing_left(prefix, tag)
     assert not processes_mentioning("sleep 62")
-    assert not list(tmp_path.glob("*/underlay.jsonl"))
+    assert not folder.exists()  # right away: not left for the orphan sweep's minute
