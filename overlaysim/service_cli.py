@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="create, scale, update, list and remove replicated services",
         description="Replicated services on the running testbed, like 'docker service'. "
         "Each task is a container <service>.<slot> with that hostname, placed round robin "
-        "over the live hosts; the service name resolves in every container on its network.",
+        "over the live hosts (a task name that ran before goes back to its last host while "
+        "it is live); the service name resolves in every container on its network.",
         epilog=EXAMPLES,
         formatter_class=_FMT,
     )

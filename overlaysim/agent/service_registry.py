@@ -5,7 +5,11 @@ of replicas, an endpoint mode (``vip``: one virtual IP balanced over the tasks;
 ``dnsrr``: the name returns the task IPs), an optional command every task runs, and a
 spec generation (``gen``) that every change of the spec increments. Its tasks are
 ``<service>.<slot>`` placed round robin over the live hosts (one cursor across services,
-as before). The registry only keeps the records; starting and stopping the task
+as before), except that a task name that ran before goes back to the host it last ran
+on while that host is live. The tables refuse to create a deleted entry again on a host
+whose agent booted earlier than the one that deleted it, until the tombstone is reaped
+(``reap_interval``, 30 minutes): ``service rm web`` then ``service create web`` placed
+``web.1`` on another host would fail. The registry only keeps the records; starting and stopping the task
 containers is the caller's job (the CLI or the emulator asks each host's agent), with
 the task spec :func:`task_spec` gives, which the agent writes into the task's
 endpoint entries (see :mod:`overlaysim.core.services`).
@@ -189,6 +193,7 @@ class ServiceRegistry:
         #: service -> (ports, ingress VIP). In :meth:`ingress_ports` like the others.
         self.published: dict[str, tuple[tuple[tuple[int, int], ...], str]] = {}
         self._next_host = 0  # round-robin cursor, kept across services
+        self._last_host: dict[str, str] = {}  # task name -> the host it was last placed on
 
     # --- VIPs -------------------------------------------------------------------------
 
@@ -254,7 +259,7 @@ class ServiceRegistry:
             n, net.name, m, vip, tuple(command), publish=ports, ingress_vip=ingress_vip
         )
         for slot in range(1, k + 1):
-            svc.slots[slot] = self._place(hosts)
+            svc.slots[slot] = self._place(hosts, f"{n}.{slot}")
         self.services[n] = svc
         return svc
 
@@ -271,7 +276,7 @@ class ServiceRegistry:
             slot = 1
             while len(svc.slots) < k:
                 if slot not in svc.slots:
-                    svc.slots[slot] = self._place(hosts)
+                    svc.slots[slot] = self._place(hosts, f"{svc.name}.{slot}")
                     added.append([f"{svc.name}.{slot}", svc.slots[slot]])
                 slot += 1
         return svc, added, removed
@@ -365,9 +370,12 @@ class ServiceRegistry:
             raise NoLiveHosts(f"service {name}: no live host to place {k} tasks on")
         return hosts
 
-    def _place(self, hosts: list[str]) -> str:
-        host = hosts[self._next_host % len(hosts)]
-        self._next_host += 1
+    def _place(self, hosts: list[str], task: str) -> str:
+        host = self._last_host.get(task)
+        if host not in hosts:  # new, or its last host is down: round robin
+            host = hosts[self._next_host % len(hosts)]
+            self._next_host += 1
+        self._last_host[task] = host
         return host
 
 

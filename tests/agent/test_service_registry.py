@@ -100,9 +100,27 @@ def test_scale_adds_the_lowest_free_slots_and_removes_the_highest(mgr: Manager) 
     assert down["removed"] == [["api.3", "h3"], ["api.2", "h2"]] and down["added"] == []
     assert down["tasks"] == [["api.1", "h1"]]
     up = ok(call(mgr, "service_scale", name="api", replicas=2))
-    assert up["added"] == [["api.2", "h1"]]  # the round-robin cursor continues
+    assert up["added"] == [["api.2", "h2"]]  # back where api.2 last ran (its tombstone's)
     zero = ok(call(mgr, "service_scale", name="api", replicas=0))
     assert zero["tasks"] == [] and len(zero["removed"]) == 2
+
+
+def test_a_task_name_goes_back_to_the_host_it_last_ran_on(mgr: Manager) -> None:
+    """Re-creating a removed service puts each task where that task name last ran (a
+    host whose agent booted earlier than the deleting one could not create the entry
+    over its tombstone); a new name, or one whose host is down, goes round robin."""
+    live = ["h1", "h2", "h3"]
+    mgr.services.live_hosts = lambda: list(live)
+    first = ok(call(mgr, "service_create", name="web", replicas=3, network="web"))
+    assert first["tasks"] == [["web.1", "h1"], ["web.2", "h2"], ["web.3", "h3"]]
+    ok(call(mgr, "service_rm", name="web"))
+    ok(call(mgr, "service_create", name="db", replicas=1, network="web"))  # moves the cursor
+    again = ok(call(mgr, "service_create", name="web", replicas=4, network="web"))
+    assert again["tasks"] == [["web.1", "h1"], ["web.2", "h2"], ["web.3", "h3"], ["web.4", "h2"]]
+    ok(call(mgr, "service_rm", name="web"))
+    live.remove("h2")
+    down = ok(call(mgr, "service_create", name="web", replicas=2, network="web"))
+    assert down["tasks"] == [["web.1", "h1"], ["web.2", "h3"]]  # h2 is down: the cursor's
 
 
 def test_update_switches_endpoint_mode_with_a_new_generation(mgr: Manager) -> None:
