@@ -589,9 +589,15 @@ class Tables:
             if cur.live:
                 raise EntryExistsError(f"{network}/{table}/{key} exists (owner {cur.entry.owner})")
             if not cur.hidden and cur.entry.owner_epoch > self.epoch:
+                # A version of ours would sort below that tombstone everywhere (the
+                # epoch compares first), so it could never become live: refuse, and
+                # say where and when the key can be used.
+                left = max(0.0, (cur.reap_at or now) - now)
                 raise EntryExistsError(
-                    f"{network}/{table}/{key} was deleted by a boot with epoch "
-                    f"{cur.entry.owner_epoch} > {self.epoch}; it can be reused once reaped"
+                    f"{network}/{table}/{key} was deleted by {cur.entry.owner}, which booted after "
+                    f"this node (epoch {cur.entry.owner_epoch} > {self.epoch}); it can be "
+                    f"created here once that delete is forgotten (in {left:.0f} s), or now "
+                    f"on {cur.entry.owner} or a node that booted later"
                 )
         self._commit(network, st, (table, key), value, now)
 

@@ -110,6 +110,21 @@ def test_local_operations_emit_one_event_per_change():
     assert tomb.deleted and tomb.owner == "a" and tomb.ltime == 4
 
 
+def test_a_key_deleted_by_a_later_boot_is_refused_with_where_and_when_it_frees():
+    t = solo(epoch=3)
+    t.receive("addr-b", gossip(entry("b", "k", 4, epoch=9, deleted=True)), 10.0)
+    with pytest.raises(EntryExistsError) as refused:
+        t.create_entry(NET, EP, "k", {"ip": "x"}, 110.0)
+    assert str(refused.value) == (
+        "blue/ep/k was deleted by b, which booted after this node (epoch 9 > 3); it can be "
+        "created here once that delete is forgotten (in 900 s), or now on b or a node "
+        "that booted later"
+    )
+    t.handle_timer(1011.0)  # reaped: the key is free here too
+    t.create_entry(NET, EP, "k", {"ip": "x"}, 1011.0)
+    assert t.entry(NET, EP, "k") is not None
+
+
 def test_local_misuse_raises_value_errors():
     t = solo()
     with pytest.raises(NotAttachedError):
