@@ -165,7 +165,11 @@ class Agent:
         self._limits: dict[str, RateLimit] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        #: How late each timer fired since the last ``timer_lag`` line (s past its deadline).
+        #: When the armed timer became due: its deadline, or the moment it was armed if
+        #: the core gave a deadline already past (work it wants done at once).
+        self._timer_due = 0.0
+        #: How late each timer fired since the last ``timer_lag`` line (s past when it
+        #: was due).
         self._timer_late: list[float] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._rekeys: set[asyncio.Task[None]] = set()  # early rotations under way
@@ -340,8 +344,10 @@ class Agent:
         fired = time.monotonic()
         if when is not None:
             # a busy loop (or a starved process) runs the callback late: the emulator's
-            # fidelity guard reads this from the log (docs/emulation.md, "Lag")
-            self._timer_late.append(max(0.0, fired - when))
+            # fidelity guard reads this from the log (docs/emulation.md, "Lag"). Counted
+            # from when it was due here, not from a deadline that had passed before the
+            # core asked for it (that is not lateness of this loop).
+            self._timer_late.append(max(0.0, fired - self._timer_due))
         # asyncio may fire up to one clock tick early; the core must see the deadline reached
         now = max(fired, when or 0.0)
         try:
@@ -371,6 +377,7 @@ class Agent:
             self._timer.cancel()
         self._timer, self._timer_at = None, when
         if when is not None and not self._torn_down:
+            self._timer_due = max(when, time.monotonic())
             self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
 
     def _on_events(self, events: list[MemberEvent | EntryEvent]) -> None:

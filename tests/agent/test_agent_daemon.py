@@ -252,6 +252,27 @@ async def test_timer_lateness_is_logged_and_shows_a_starved_loop(tmp_path: Path)
         await cl.close()
 
 
+@aio
+async def test_a_deadline_already_past_when_asked_for_is_not_lateness(tmp_path: Path) -> None:
+    """The core may hand the driver a deadline that passed before it asked (work due at
+    once); the timer runs at once, and its lateness counts from then, not from the
+    deadline (a quickstart run logged a 6 s late timer on a loop that was on time)."""
+    cl = Cluster3(tmp_path)
+    try:
+        a = await cl.start("a", A)
+        await until(lambda: bool(cl.log("a", "timer_lag")), what="a timer_lag line")
+        before = len(cl.log("a", "timer_lag"))
+        real = a.node.next_timer
+        past = [time.monotonic() - 5.0]
+        a.node.next_timer = lambda: past.pop() if past else real()  # type: ignore[method-assign]
+        a._flush()
+        await until(lambda: len(cl.log("a", "timer_lag")) > before + 1, what="two more lines")
+        late = [x for r in cl.log("a", "timer_lag")[before:] for x in r["late_ms"]]
+        assert not past and late and max(late) < 1000.0, late
+    finally:
+        await cl.close()
+
+
 def test_command_line() -> None:
     cfg = parse_args(
         "--name h3 --bind 172.30.0.3 --seeds 172.30.0.1:7946,172.30.0.2 --manager 172.30.0.1 "
