@@ -9,10 +9,11 @@ as before), except that a task name that ran before goes back to the host it las
 on while that host is live. The tables refuse to create a deleted entry again on a host
 whose agent booted earlier than the one that deleted it, until the tombstone is reaped
 (``reap_interval``, 30 minutes): ``service rm web`` then ``service create web`` placed
-``web.1`` on another host would fail. The registry only keeps the records; starting and stopping the task
-containers is the caller's job (the CLI or the emulator asks each host's agent), with
-the task spec :func:`task_spec` gives, which the agent writes into the task's
-endpoint entries (see :mod:`overlaysim.core.services`).
+``web.1`` on another host would fail. (The World's scenario placement applies the same
+rule, :mod:`overlaysim.world.services`.) The registry only keeps the records; starting
+and stopping the task containers is the caller's job (the CLI or the emulator asks each
+host's agent), with the task spec :func:`task_spec` gives, which the agent writes into
+the task's endpoint entries (see :mod:`overlaysim.core.services`).
 
 Published ports (``--publish P:T``, the routing mesh): the service's tasks also join
 the ``ingress`` network (created on first use), where the service has a second VIP;

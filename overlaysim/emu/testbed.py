@@ -455,7 +455,7 @@ class Testbed:
         """
         if keep_logs_in is not None:
             keep_logs_in.mkdir(parents=True, exist_ok=True)
-        for host in sorted(self._tried | set(self.agents)):
+        for host in sorted(self._tried):  # every host in agents is in it too
             log = self.log_path(host)
             if keep_logs_in is not None and log.exists():
                 shutil.copyfile(log, keep_logs_in / log.name)
