@@ -14,7 +14,10 @@ commit:
   (the boot burst: every initial container at t=0, host by host), an emulator's
   attaches take wall time and precede its agents' commits; without this rule the
   first of the simulator's boot commits would wait for its owner alone, the last for
-  every host, and the emulator's for every host (``docs/metrics.md``).
+  every host, and the emulator's for every host (``docs/metrics.md``). The attaches
+  are applied lazily, as one C-level batch per commit the first time anything else
+  happens (another fact, a read): applied one by one, the boot burst's N^2/2
+  (commit, late host) pairs were most of a 10,000-host run's boot.
 * ``seen`` removes a node from the waiting set (idempotent; non-targets, unknown keys
   and a different op are ignored). It is two dict lookups and a byte flag, because at
   1,000 nodes it is called millions of times.
@@ -35,9 +38,11 @@ count for the newer one.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import repeat
 
 
 class Status(StrEnum):
@@ -77,6 +82,11 @@ class _Commit:
     last_seen_t: float = 0.0
     converged_t: float | None = None
     status: Status | None = None
+    #: Hosts (ids) attached to the network at the commit's instant, in order (shared by
+    #: the instant's commits on that network); those from ``late_from`` on came after
+    #: this commit and are not yet among its targets (:meth:`ConvergenceTracker._settle`).
+    late: list[int] | None = None
+    late_from: int = 0
 
     def waits_for(self, i: int) -> bool:
         w = self.waiting
@@ -126,12 +136,17 @@ class ConvergenceTracker:
         # attached at that same instant joins its targets (:meth:`attached`).
         self._instant: float | None = None
         self._at_instant: dict[str, dict[str, _Commit]] = {}
+        # Per network, the hosts attached at that instant after its first commit there
+        # (ids, in order); True while some are not applied to the commits yet.
+        self._late: dict[str, list[int]] = {}
+        self._unsettled = False
         self._finished = False
         self._hosts = _Hosts()
 
     @property
     def pending(self) -> int:
         """Number of commits still waiting for some target."""
+        self._settle_all()
         return len(self._pending)
 
     def commit(
@@ -142,20 +157,37 @@ class ConvergenceTracker:
         ``targets`` are the hosts attached to ``network`` and alive at ``t``.
         """
         self._check_open()
+        if t != self._instant:
+            self._settle_all()
+        else:
+            # The instant's previous commit on this key takes no more late hosts once
+            # this one replaces it (as superseded, or as the key's latest commit).
+            prev = self._at_instant.get(network, {}).get(key)
+            if prev is not None:
+                self._settle(prev)
         old = self._pending.pop((network, key), None)
         if old is not None:
             old.close(Status.SUPERSEDED)
-        ids = [self._hosts.id(h) for h in targets]
-        waiting = bytearray(len(self._hosts.ids))
-        for i in ids:
-            waiting[i] = 1
+        hosts = self._hosts
+        if not isinstance(targets, (list, tuple, set, frozenset)):
+            targets = list(targets)
+        ids_get = hosts.ids.get
+        ids = list(map(ids_get, targets))
+        if None in ids:  # hosts never targets before: numbered in name order
+            for h in sorted(h for h, i in zip(targets, ids, strict=True) if i is None):
+                hosts.id(h)
+            ids = list(map(ids_get, targets))
+        waiting = bytearray(len(hosts.ids))
+        deque(map(waiting.__setitem__, ids, repeat(1)), maxlen=0)  # C-level fill
         count = waiting.count(1)
         rec = _Commit(t, owner, network, key, op, count, waiting, count, last_seen_t=t)
         self._all.append(rec)
         if t != self._instant:
-            self._instant, self._at_instant = t, {}
+            self._instant, self._at_instant, self._late = t, {}, {}
         self._at_instant.setdefault(network, {})[key] = rec
-        own = self._hosts.ids.get(owner)
+        rec.late = late = self._late.setdefault(network, [])
+        rec.late_from = len(late)
+        own = hosts.ids.get(owner)
         if own is not None and rec.waits_for(own):  # the owner holds its own entry from the start
             rec.drop(own)
         if rec.left:
@@ -168,21 +200,58 @@ class ConvergenceTracker:
         made at this same instant, it is one more target of each (one that converged
         within the instant waits again, for it). Earlier instants' commits keep theirs.
 
-        Called once per host coming onto the network (the truth's ``net_attach``)."""
+        Called once per host coming onto the network (the truth's ``net_attach``). The
+        host is noted, and added to the commits when anything else happens."""
         if t != self._instant:
             return
-        i = self._hosts.id(node)
-        for rec in self._at_instant.get(network, {}).values():
-            if node == rec.owner or rec.waits_for(i) or rec.status is Status.SUPERSEDED:
-                continue
-            rec.targets += 1
-            rec.add(i)
-            if rec.status is Status.CONVERGED:  # converged within the instant: reopen
-                rec.status, rec.converged_t = None, None
-                self._pending[(network, rec.key)] = rec
+        late = self._late.get(network)
+        if late is None:
+            return  # no commit on that network at this instant
+        late.append(self._hosts.id(node))
+        self._unsettled = True
+
+    def _settle_all(self) -> None:
+        """Apply the hosts attached late at the current instant to its commits."""
+        if not self._unsettled:
+            return
+        self._unsettled = False
+        for recs in self._at_instant.values():
+            for rec in recs.values():
+                self._settle(rec)
+
+    def _settle(self, rec: _Commit) -> None:
+        """Make ``rec``'s late hosts (attached after it, at its instant) targets: the
+        owner and hosts already waiting excepted; a superseded commit takes none."""
+        late = rec.late
+        if late is None or rec.late_from >= len(late):
+            return
+        ids = late[rec.late_from :]
+        rec.late_from = len(late)
+        if rec.status is Status.SUPERSEDED:
+            return
+        w = rec.waiting
+        top = max(ids)
+        if top >= len(w):
+            w.extend(bytes(top + 1 - len(w)))
+        before = w.count(1)
+        own = self._hosts.ids.get(rec.owner)
+        kept = w[own] if own is not None and own < len(w) else None
+        deque(map(w.__setitem__, ids, repeat(1)), maxlen=0)  # C-level
+        if kept is not None:
+            w[own] = kept  # the owner is never a new target
+        added = w.count(1) - before
+        if not added:
+            return
+        rec.targets += added
+        rec.left += added
+        if rec.status is Status.CONVERGED:  # converged within the instant: reopen
+            rec.status, rec.converged_t = None, None
+            self._pending[(rec.network, rec.key)] = rec
 
     def seen(self, t: float, node: str, network: str, key: str, op: str) -> None:
         """``node`` holds (or has programmed) ``key`` in state ``op`` at ``t``."""
+        if self._unsettled:
+            self._settle_all()
         rec = self._pending.get((network, key))
         if rec is None or rec.op != op:
             return
@@ -202,6 +271,7 @@ class ConvergenceTracker:
         stop waiting for it."""
         # A scan over pending commits: node_gone is rare next to seen, and an index
         # node -> commits would cost on every seen call.
+        self._settle_all()
         done = []
         i = self._hosts.ids.get(node)
         if i is None:  # never a target
@@ -222,6 +292,7 @@ class ConvergenceTracker:
         time, so it is only checked against. The tracker accepts no more input afterwards.
         """
         self._check_open()
+        self._settle_all()
         if self._all and t_end < self._all[-1].t_commit:
             raise ValueError(f"t_end={t_end} is before the last commit")
         for rec in self._pending.values():

@@ -79,4 +79,8 @@ class Truth:
     def commit(self, t: float, owner: str, network: str, key: str, op: str) -> None:
         """Register ``owner``'s commit with the tracker, targets as of now."""
         if self.tracker is not None:
-            self.tracker.commit(t, owner, network, key, op, self.targets(network))
+            # A set, not :meth:`targets`' sorted list: the tracker needs no order, and at
+            # a boot burst sorting N names per commit was N^2 log N work.
+            hosts = self.net_hosts.get(network)
+            targets = hosts & self.up if hosts else set()
+            self.tracker.commit(t, owner, network, key, op, targets)

@@ -247,3 +247,126 @@ def test_an_attach_at_the_instant_joins_pending_commits_not_earlier_or_supersede
         ("k", "delete", 3, "converged"),
     ]
     assert rows[0]["converged_t"] == 2.1 and rows[2]["converged_t"] == 2.3
+
+
+# --- property: hosts attached at a commit's instant, against the rule applied eagerly ---
+
+
+class _EagerTracker:
+    """The tracker's rules as plain sets, each attach applied to the instant's commits
+    at once (the definition the tracker's batched, lazy application must match)."""
+
+    def __init__(self) -> None:
+        self.all: list[dict] = []
+        self.pending: dict[tuple[str, str], dict] = {}
+        self.instant: float | None = None
+        self.at_instant: dict[str, dict[str, dict]] = {}
+
+    def _close(self, rec: dict, status: str, conv: float | None = None) -> None:
+        rec["status"], rec["conv"], rec["waiting"] = status, conv, set()
+
+    def commit(self, t, owner, network, key, op, targets):  # noqa: ANN001, ANN201
+        old = self.pending.pop((network, key), None)
+        if old is not None:
+            self._close(old, "superseded")
+        rec = {"t": t, "owner": owner, "network": network, "key": key, "op": op,
+               "targets": len(set(targets)), "waiting": set(targets) - {owner},
+               "last": t, "status": None, "conv": None}  # fmt: skip
+        self.all.append(rec)
+        if t != self.instant:
+            self.instant, self.at_instant = t, {}
+        self.at_instant.setdefault(network, {})[key] = rec
+        if rec["waiting"]:
+            self.pending[(network, key)] = rec
+        else:
+            self._close(rec, "converged", t)
+
+    def attached(self, t, node, network):  # noqa: ANN001, ANN201
+        if t != self.instant:
+            return
+        for rec in self.at_instant.get(network, {}).values():
+            if node == rec["owner"] or node in rec["waiting"] or rec["status"] == "superseded":
+                continue
+            rec["targets"] += 1
+            rec["waiting"].add(node)
+            if rec["status"] == "converged":
+                rec["status"], rec["conv"] = None, None
+                self.pending[(network, rec["key"])] = rec
+
+    def seen(self, t, node, network, key, op):  # noqa: ANN001, ANN201
+        rec = self.pending.get((network, key))
+        if rec is None or rec["op"] != op or node not in rec["waiting"]:
+            return
+        rec["waiting"].discard(node)
+        rec["last"] = t
+        if not rec["waiting"]:
+            del self.pending[(network, key)]
+            self._close(rec, "converged", t)
+
+    def node_gone(self, t, node, network=None):  # noqa: ANN001, ANN201
+        done = []
+        for k, rec in self.pending.items():
+            if node in rec["waiting"] and (network is None or k[0] == network):
+                rec["waiting"].discard(node)
+                if not rec["waiting"]:
+                    done.append(k)
+        for k in done:
+            rec = self.pending.pop(k)
+            self._close(rec, "converged", rec["last"])
+
+    def finish(self) -> list[tuple]:
+        for rec in self.pending.values():
+            self._close(rec, "unconverged")
+        return [(r["t"], r["owner"], r["network"], r["key"], r["op"], r["targets"],
+                 r["status"], r["conv"]) for r in self.all]  # fmt: skip
+
+
+@st.composite
+def instant_scripts(draw):
+    """Steps on two networks, many of them sharing an instant (as a boot burst does)."""
+    steps, t = [], 0.0
+    for _ in range(draw(st.integers(1, 60))):
+        t += draw(st.sampled_from([0.0, 0.0, 0.0, 0.5]))
+        kind = draw(st.sampled_from(["attach", "attach", "commit", "commit", "seen", "gone"]))
+        net = draw(st.sampled_from(["n1", "n2"]))
+        node = draw(st.sampled_from(HOSTS))
+        key = draw(st.sampled_from(KEYS))
+        op = draw(st.sampled_from(["add", "delete"]))
+        if kind == "commit":
+            targets = draw(st.sets(st.sampled_from(HOSTS)))
+            steps.append((t, "commit", node, net, key, op, sorted(targets)))
+        elif kind == "attach":
+            steps.append((t, "attach", node, net))
+        elif kind == "seen":
+            steps.append((t, "seen", node, net, key, op))
+        else:
+            steps.append((t, "gone", node, draw(st.sampled_from([None, net]))))
+    return steps
+
+
+@settings(max_examples=300, deadline=None)
+@given(instant_scripts(), st.booleans(), st.booleans())
+def test_hosts_attached_at_an_instant_match_the_eager_rule(steps, as_sets, watch):
+    """``watch`` reads ``pending`` after every step (a read applies pending attaches, so
+    without it the attaches stay unapplied until another fact comes)."""
+    tr, ref = ConvergenceTracker(), _EagerTracker()
+    for s in steps:
+        if s[1] == "commit":
+            t, _, owner, net, key, op, targets = s
+            tr.commit(t, owner, net, key, op, set(targets) if as_sets else targets)
+            ref.commit(t, owner, net, key, op, targets)
+        elif s[1] == "attach":
+            tr.attached(s[0], s[2], s[3])
+            ref.attached(s[0], s[2], s[3])
+        elif s[1] == "seen":
+            tr.seen(*s[:1], *s[2:])
+            ref.seen(*s[:1], *s[2:])
+        else:
+            tr.node_gone(s[0], s[2], s[3])
+            ref.node_gone(s[0], s[2], s[3])
+        if watch:
+            assert tr.pending == len(ref.pending)
+    rows = tr.finish((steps[-1][0] if steps else 0.0) + 1)
+    got = [(r["t_commit"], r["owner"], r["network"], r["key"], r["op"], r["targets"],
+            r["status"], r["converged_t"]) for r in rows]  # fmt: skip
+    assert got == ref.finish()
