@@ -251,11 +251,14 @@ class ConvergenceTracker:
     def seen(self, t: float, node: str, network: str, key: str, op: str) -> None:
         """``node`` holds (or has programmed) ``key`` in state ``op`` at ``t``."""
         if self._unsettled:
-            # Only this key's commit at the instant can change (the owner sees its own
-            # commit at once, between a burst's attaches: settling all would be N^2).
-            at = self._at_instant.get(network, {}).get(key)
-            if at is not None:
-                self._settle(at)
+            if t != self._instant:
+                self._settle_all()  # the instant is over: no more late hosts for it
+            else:
+                # Only this key's commit can change. (The owner sees its own commit at
+                # once, between a burst's attaches: settling all each time is N^2.)
+                at = self._at_instant.get(network, {}).get(key)
+                if at is not None:
+                    self._settle(at)
         rec = self._pending.get((network, key))
         if rec is None or rec.op != op:
             return
