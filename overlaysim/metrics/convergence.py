@@ -92,14 +92,6 @@ class _Commit:
         w = self.waiting
         return i < len(w) and w[i] == 1
 
-    def add(self, i: int) -> None:
-        """Host ``i`` waits too (it must not yet)."""
-        w = self.waiting
-        if i >= len(w):
-            w.extend(bytes(i + 1 - len(w)))
-        w[i] = 1
-        self.left += 1
-
     def drop(self, i: int) -> None:
         """Host ``i`` no longer waits (it must have)."""
         self.waiting[i] = 0
@@ -137,7 +129,7 @@ class ConvergenceTracker:
         self._instant: float | None = None
         self._at_instant: dict[str, dict[str, _Commit]] = {}
         # Per network, the hosts attached at that instant after its first commit there
-        # (ids, in order); True while some are not applied to the commits yet.
+        # (ids, in order), and whether some are not applied to the commits yet.
         self._late: dict[str, list[int]] = {}
         self._unsettled = False
         self._finished = False
