@@ -16,14 +16,15 @@ instead of lingering as a dead heap entry.
 
 Memory: during a burst every node holds nearly every entry here for many rounds (at
 thousands of nodes, for the whole run), so an item is not an object: a bucket is four
-parallel columns (record, key, sequence number, size: 28 bytes per item, the record and
-key being shared objects), and the key index maps a key to its item's sequence number,
-an int shared by every queue (each node numbers its items 1, 2, 3...).
+parallel lists (record, key, sequence number, size: four pointers per item, to shared
+objects: the record and key are shared by every node, the key index maps a key to its
+item's sequence number, an int shared by every queue since each node numbers its items
+1, 2, 3..., and a size is the record's memoised one). Lists of shared ints take no more
+room than arrays of raw ints, and bisecting or summing them needs no boxing.
 """
 
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Hashable, Iterable
 from itertools import accumulate, islice, repeat
@@ -59,13 +60,13 @@ class _Bucket:
     def __init__(self) -> None:
         self.recs: list[Any] = []
         self.keys: list[Hashable] = []
-        self.seqs = array("q")
-        self.sizes = array("q")
+        self.seqs: list[int] = []  # the index's own int objects: no boxing on bisect
+        self.sizes: list[int] = []
 
     def __len__(self) -> int:
         return len(self.recs)
 
-    def cut(self, p: int) -> tuple[list[Any], list[Hashable], array, array]:
+    def cut(self, p: int) -> tuple[list[Any], list[Hashable], list[int], list[int]]:
         """Remove and return the items from position ``p`` on (oldest first)."""
         out = (self.recs[p:], self.keys[p:], self.seqs[p:], self.sizes[p:])
         del self.recs[p:], self.keys[p:], self.seqs[p:], self.sizes[p:]
@@ -74,11 +75,11 @@ class _Bucket:
     def remove_at(self, j: int) -> None:
         del self.recs[j], self.keys[j], self.seqs[j], self.sizes[j]
 
-    def insert(self, p: int, recs: list, keys: list, seqs: array, sizes: array) -> None:
+    def insert(self, p: int, recs: list, keys: list, seqs: list, sizes: list) -> None:
         """Insert the items (in order) before position ``p``."""
         self.replace(p, p, recs, keys, seqs, sizes)
 
-    def replace(self, p: int, q: int, recs: list, keys: list, seqs: array, sizes: array) -> None:
+    def replace(self, p: int, q: int, recs: list, keys: list, seqs: list, sizes: list) -> None:
         """Put the items (in order) in place of positions ``p`` to ``q`` (excluded)."""
         self.recs[p:q] = recs
         self.keys[p:q] = keys
@@ -95,7 +96,7 @@ class _Bucket:
 #: Items taken from one bucket by a packet, in queue order (oldest first, as in the
 #: bucket, so moving them on is a slice copy): (bucket, records, keys, sequence
 #: numbers, sizes).
-_Taken = tuple[int, list[Any], list[Hashable], array, array]
+_Taken = tuple[int, list[Any], list[Hashable], list[int], list[int]]
 
 
 class TransmitLimitedQueue:
@@ -192,8 +193,8 @@ class TransmitLimitedQueue:
                 recs.reverse()
                 asc = taken[::-1]
                 keys = [bucket.keys[j] for j in asc]
-                seqs = array("q", [bucket.seqs[j] for j in asc])
-                tsizes = array("q", [sizes[j] for j in asc])
+                seqs = [bucket.seqs[j] for j in asc]
+                tsizes = [sizes[j] for j in asc]
                 for j in taken:  # descending positions: each removal leaves the rest in place
                     bucket.remove_at(j)
                 moved.append((t, recs, keys, seqs, tsizes))
@@ -223,14 +224,14 @@ class TransmitLimitedQueue:
             if len(nxt) and nxt.seqs[-1] > seqs[0]:
                 _merge_into(nxt, recs, keys, seqs, sizes)
             else:
-                nxt.extend(recs, keys, seqs, sizes)  # arrays onto arrays: a copy
+                nxt.extend(recs, keys, seqs, sizes)
 
 
 #: Above this many separate runs, merging the span row by row beats one slice each.
 _MAX_RUNS = 8
 
 
-def _merge_into(nxt: _Bucket, recs: list, keys: list, seqs: array, sizes: array) -> None:
+def _merge_into(nxt: _Bucket, recs: list, keys: list, seqs: list, sizes: list) -> None:
     """Merge taken items (ascending sequence numbers) into bucket ``nxt`` (ascending).
 
     Sequence numbers are unique, so the order is total. Each taken item goes where its
@@ -241,11 +242,15 @@ def _merge_into(nxt: _Bucket, recs: list, keys: list, seqs: array, sizes: array)
     smallest and the largest taken number is merged row by row.
     """
     nseqs = nxt.seqs
-    pos = list(map(bisect_right, repeat(nseqs, len(seqs)), seqs))  # non-decreasing
-    first, last = pos[0], pos[-1]
+    # Positions are non-decreasing: equal ends mean one run (the usual case), found
+    # with two bisections; otherwise the others lie between the ends.
+    first = bisect_right(nseqs, seqs[0])
+    last = bisect_right(nseqs, seqs[-1], first)
     if first == last:
         nxt.insert(first, recs, keys, seqs, sizes)
         return
+    n = len(seqs)
+    pos = list(map(bisect_right, repeat(nseqs, n), seqs, repeat(first, n), repeat(last, n)))
     starts = [0]
     starts.extend(i for i in range(1, len(pos)) if pos[i] != pos[i - 1])
     if len(starts) <= _MAX_RUNS:
@@ -259,7 +264,7 @@ def _merge_into(nxt: _Bucket, recs: list, keys: list, seqs: array, sizes: array)
     rows.extend(zip(seqs, recs, keys, sizes, strict=True))
     rows.sort(key=_seq_of)
     s_, r_, k_, z_ = zip(*rows, strict=True)
-    nxt.replace(first, last, list(r_), list(k_), array("q", s_), array("q", z_))
+    nxt.replace(first, last, list(r_), list(k_), list(s_), list(z_))
 
 
 _seq_of = itemgetter(0)

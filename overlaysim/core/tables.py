@@ -118,6 +118,13 @@ class _Record:
     #: Hidden because its owner left the network, with ``local_tombstones`` off: it then
     #: refuses the owner's same version, like NetworkDB's forged tombstones.
     forged: bool = False
+    #: ``entry`` while visible, None while hidden: "is this the very version we hold?"
+    #: is then one attribute read (see :func:`_first_unheld`). ``hidden`` never changes
+    #: after construction.
+    held: Entry | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.held = None if self.hidden else self.entry
 
     @property
     def live(self) -> bool:
@@ -222,7 +229,7 @@ def _holds(records: dict[_Key, _Record], e: Entry) -> bool:
         r = records.get((e.table, e.key))
     except (AttributeError, TypeError):
         return False
-    return r is not None and r.entry is e and not r.hidden
+    return r is not None and r.held is e
 
 
 # "Is every record of this message the very one we hold?" is asked of every gossip
@@ -230,8 +237,7 @@ def _holds(records: dict[_Key, _Record], e: Entry) -> bool:
 # C-level maps (no Python frame per record), falling back to a plain loop for anything
 # odd (a malformed record raising on the way); both give the same answer.
 _table_key = attrgetter("table", "key")
-_entry_of = attrgetter("entry")
-_hidden_of = attrgetter("hidden")
+_held_of = attrgetter("held")
 _network_of = attrgetter("network")
 _node_of = attrgetter("node")
 _NO_RECORD = _Record(None, False)  # type: ignore[arg-type]  # holds no entry
@@ -244,15 +250,17 @@ def _first_unheld(records: dict[_Key, _Record], entries: tuple | list) -> int:
     ``len(entries)`` when every one is: the usual case for gossip in the simulator.
     """
     try:
-        recs = list(map(records.get, map(_table_key, entries), itertools.repeat(_NO_RECORD)))
+        if all(_held_flags(records, entries)):  # the usual case: no list built
+            return len(entries)
+        return list(_held_flags(records, entries)).index(False)
     except (AttributeError, TypeError):
         return _first_not(_holds, records, entries)
-    held = list(map(is_, map(_entry_of, recs), entries))
-    first = held.index(False) if False in held else len(held)
-    hidden = list(map(_hidden_of, recs))
-    if True in hidden:
-        first = min(first, hidden.index(True))
-    return first
+
+
+def _held_flags(records: dict[_Key, _Record], entries: tuple | list) -> Iterable[bool]:
+    """Lazily, for each of ``entries``, whether it is held (C-level maps)."""
+    recs = map(records.get, map(_table_key, entries), itertools.repeat(_NO_RECORD))
+    return map(is_, map(_held_of, recs), entries)
 
 
 def _first_not(test: Callable[[Any, Any], bool], held: Any, items: tuple | list) -> int:
@@ -276,6 +284,8 @@ def _unheld_attachments(
             # that network (records are immutable), so "it is the record stored for its
             # node there" is the whole test, without looking its network up.
             (recs,) = attach.values()
+            if not any(map(is_not, map(recs.get, map(_node_of, atts)), atts)):
+                return []  # the usual case: nothing new, no list built
             new = map(is_not, map(recs.get, map(_node_of, atts)), atts)
         else:
             nodes = map(attach.get, map(_network_of, atts), itertools.repeat(_NO_NODES))
