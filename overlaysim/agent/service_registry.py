@@ -6,14 +6,12 @@ of replicas, an endpoint mode (``vip``: one virtual IP balanced over the tasks;
 spec generation (``gen``) that every change of the spec increments. Its tasks are
 ``<service>.<slot>`` placed round robin over the live hosts (one cursor across services,
 as before), except that a task name that ran before goes back to the host it last ran
-on while that host is live. The tables refuse to create a deleted entry again on a host
-whose agent booted earlier than the one that deleted it, until the tombstone is reaped
-(``reap_interval``, 30 minutes): ``service rm web`` then ``service create web`` placed
-``web.1`` on another host would fail. (The World's scenario placement applies the same
-rule, :mod:`overlaysim.world.services`.) The registry only keeps the records; starting
-and stopping the task containers is the caller's job (the CLI or the emulator asks each
-host's agent), with the task spec :func:`task_spec` gives, which the agent writes into
-the task's endpoint entries (see :mod:`overlaysim.core.services`).
+on while that host is live (:mod:`overlaysim.core.placement`: elsewhere, ``service rm
+web`` then ``service create web`` could fail until the tombstone is reaped, 30 minutes).
+The registry only keeps the records; starting and stopping the task containers is the
+caller's job (the CLI or the emulator asks each host's agent), with the task spec
+:func:`task_spec` gives, which the agent writes into the task's endpoint entries (see
+:mod:`overlaysim.core.services`).
 
 Published ports (``--publish P:T``, the routing mesh): the service's tasks also join
 the ``ingress`` network (created on first use), where the service has a second VIP;
@@ -42,6 +40,7 @@ from overlaysim.core.cluster_errors import (
     NetworkNotFound,
 )
 from overlaysim.core.network import NetworkSpec
+from overlaysim.core.placement import LastHosts
 from overlaysim.core.services import (
     PUBLISH_EXPECTED,
     RESERVED_PORTS,
@@ -194,7 +193,7 @@ class ServiceRegistry:
         #: service -> (ports, ingress VIP). In :meth:`ingress_ports` like the others.
         self.published: dict[str, tuple[tuple[tuple[int, int], ...], str]] = {}
         self._next_host = 0  # round-robin cursor, kept across services
-        self._last_host: dict[str, str] = {}  # task name -> the host it was last placed on
+        self._last_hosts = LastHosts()
 
     # --- VIPs -------------------------------------------------------------------------
 
@@ -372,11 +371,11 @@ class ServiceRegistry:
         return hosts
 
     def _place(self, hosts: list[str], task: str) -> str:
-        host = self._last_host.get(task)
-        if host not in hosts:  # new, or its last host is down: round robin
+        host = self._last_hosts.sticky(task, hosts)
+        if host is None:  # new, or its last host is down: round robin
             host = hosts[self._next_host % len(hosts)]
             self._next_host += 1
-        self._last_host[task] = host
+        self._last_hosts.placed(task, host)
         return host
 
 

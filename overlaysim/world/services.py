@@ -14,10 +14,9 @@ the running host holding the fewest tasks of that service, then the fewest conta
 then the first in topology order; a step places all its new tasks at once (counting
 the ones still to start). A task name placed before (a service removed and created
 again, or scaled down and up) goes back to the host it was last placed on while that
-host runs: elsewhere, a host whose node booted earlier than the one that deleted the
-name would be refused until the tombstone is reaped (the emulator's agents boot at
-distinct times, the simulator's first boots all at epoch 0, so only the emulator would
-refuse). Scaling down removes the highest slots first. A crashed host's
+host runs (:mod:`overlaysim.core.placement`; the emulator's agents boot at distinct
+times, the simulator's first boots all at epoch 0, so only the emulator would refuse
+it elsewhere). Scaling down removes the highest slots first. A crashed host's
 tasks are not moved elsewhere: they stop being live with their host (their entries go
 when the cluster declares it dead) and come back when it restarts.
 
@@ -45,6 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from overlaysim.core.placement import LastHosts
 from overlaysim.core.services import EndpointMode, TaskSpec, parse_port_pair, task_name
 from overlaysim.metrics.truth import Truth
 from overlaysim.scenario.schema import ServiceTiming
@@ -161,8 +161,7 @@ class Services:
         self._pending: dict[str, list[_Piece]] = {}
         #: host -> tasks placed there whose creation is still pending (any service).
         self._planned: dict[str, int] = {}
-        #: task name -> the host it was last placed on (see :meth:`_place`).
-        self._last_host: dict[str, str] = {}
+        self._last_hosts = LastHosts()  # see :meth:`_place`
 
     # -- verbs -----------------------------------------------------------------------------
 
@@ -414,16 +413,12 @@ class Services:
             taken = set(svc.slots) | set(svc.planned)
             slot = next(k for k in range(1, len(taken) + 2) if k not in taken)
             name = task_name(svc.name, slot)
-            # A name that ran before goes back to its last host while that host is up:
-            # a host whose node booted earlier than the one that deleted the name could
-            # not create it again before the tombstone is reaped (the tables order an
-            # entry's versions by the owner's boot epoch first).
-            host = self._last_host.get(name)
-            if host is None or host not in w.up:
+            host = self._last_hosts.sticky(name, w.up)
+            if host is None:
                 host = place(w.topology.hosts, w.up, tasks, containers)
             if host is None:
                 return out, True
-            self._last_host[name] = host
+            self._last_hosts.placed(name, host)
             svc.planned[slot] = host
             self._planned[host] = self._planned.get(host, 0) + 1
             tasks[host] = tasks.get(host, 0) + 1
