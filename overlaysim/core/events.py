@@ -18,11 +18,15 @@ class Send:
     """Deliver ``msg`` to the node at address ``dst``.
 
     ``reliable`` asks for a stream (TCP in the agent): push-pull and bulk sync.
+    ``size`` is ``len(encode(msg))`` when the sender already knew it (a gossip message
+    packed from records of known size), else None; a driver that only needs the size
+    (the simulator) may use it instead of computing it.
     """
 
     dst: str
     msg: Message
     reliable: bool = False
+    size: int | None = None
 
 
 class MemberEventKind(Enum):

@@ -109,6 +109,8 @@ class TransmitLimitedQueue:
         self._by_key: dict[Hashable, int] = {}  # key -> sequence number of its item
         self._seq = 0
         self._min_size = 1 << 30  # smallest record queued: bounds how many can fit
+        #: Bytes of the records the last :meth:`get` took (their sizes as queued).
+        self.taken_size = 0
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -149,8 +151,10 @@ class TransmitLimitedQueue:
         """
         budget = limit - overhead
         out: list[Any] = []
+        self.taken_size = 0
         if budget <= 0 or not self._by_key:
             return out
+        start = budget
         moved: list[_Taken] = []
         misses = 0
         careful = False  # once an item did not fit, go item by item
@@ -202,6 +206,7 @@ class TransmitLimitedQueue:
                 break
         if moved:
             self._advance(moved, retransmit_limit(self.retransmit_mult, n))
+        self.taken_size = start - budget
         return out
 
     def _advance(self, moved: list[_Taken], max_tx: int) -> None:

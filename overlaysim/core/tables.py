@@ -64,6 +64,7 @@ from overlaysim.core.wire import (
     NetworkGossip,
     TableGossip,
     encode,
+    records_message_size,
 )
 
 __all__ = [
@@ -78,6 +79,9 @@ __all__ = [
 ]
 
 _MAX_INT = 2**63 - 1  # keeps Lamport times encodable whatever a peer sends
+#: A gossip message's records array header grows from 1 to 3 bytes past 15 items: the
+#: room kept for it when packing records.
+_HEADER_GROWTH = 2
 _Key = tuple[str, str]  # (table, key) inside one network
 
 
@@ -466,8 +470,8 @@ class Tables:
         self._dirty: dict[str, None] = {}  # networks with queued table events
         self._net_queue = TransmitLimitedQueue(config.retransmit_mult)
         self._overheads: dict[str, int] = {}
-        # +2: the attachments array header grows from 1 to 3 bytes past 15 items.
-        self._net_overhead = len(encode(NetworkGossip(source=name))) + 2
+        self._net_empty = len(encode(NetworkGossip(source=name)))
+        self._net_overhead = self._net_empty + _HEADER_GROWTH
         # Timers.
         self._next_gossip: float | None = None
         self._next_bulk: float | None = None
@@ -947,10 +951,10 @@ class Tables:
         self._roll_gossip(now)
 
     def _overhead(self, network: str) -> int:
+        """Bytes of a table gossip message on ``network`` beyond its records (at most)."""
         o = self._overheads.get(network)
         if o is None:
-            # +2: the entries array header grows from 1 to 3 bytes past 15 items.
-            o = len(encode(TableGossip(source=self.name, network=network))) + 2
+            o = len(encode(TableGossip(source=self.name, network=network))) + _HEADER_GROWTH
             self._overheads[network] = o
         return o
 
@@ -972,15 +976,21 @@ class Tables:
             if not items:
                 continue
             msg = TableGossip(source=self.name, network=network, entries=tuple(items))
+            # Its length, known without encoding: the records' sizes were queued with them.
+            size = records_message_size(
+                self._overhead(network) - _HEADER_GROWTH, len(items), q.taken_size
+            )
             for node in peers.sample(self.rng, cfg.gossip_nodes):
-                self._sends.append(Send(self._addr[node], msg))
+                self._sends.append(Send(self._addr[node], msg, False, size))
         if len(self._net_queue) and self._alive:
             n = len(self._alive) + 1
-            items = self._net_queue.get(n, self._net_overhead, cfg.udp_buffer_size)
+            q = self._net_queue
+            items = q.get(n, self._net_overhead, cfg.udp_buffer_size)
             if items:
                 msg = NetworkGossip(source=self.name, attachments=tuple(items))
+                size = records_message_size(self._net_empty, len(items), q.taken_size)
                 for node in self._alive.sample(self.rng, cfg.gossip_nodes):
-                    self._sends.append(Send(self._addr[node], msg))
+                    self._sends.append(Send(self._addr[node], msg, False, size))
         self._recovery_sync()
 
     def _recovery_sync(self) -> None:

@@ -475,6 +475,15 @@ def _array_header(n: int) -> int:
     return 1 if n < 16 else 3 if n < 65536 else 5
 
 
+def records_message_size(empty_size: int, count: int, records_size: int) -> int:
+    """``len(encode(msg))`` of a message with one record field, from its parts.
+
+    ``empty_size`` is the length of the message with that field empty, ``count`` the
+    records it holds and ``records_size`` the sum of their :func:`record_size`.
+    """
+    return empty_size + records_size + _array_header(count) - 1
+
+
 def encoded_size(msg: Message) -> int:
     """``len(encode(msg))`` without re-encoding shared records every time.
 

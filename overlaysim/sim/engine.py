@@ -201,7 +201,7 @@ class SimCluster:
                     if run:
                         obs.sent(now, host, last_msg, size, run)  # type: ignore[arg-type]
                     last_msg = msg
-                    size = encoded_size(msg)
+                    size = s.size if s.size is not None else encoded_size(msg)
                     run = 0
                 run += 1
                 delay = transit(host, s.dst, size, net_rng, s.reliable)

@@ -118,6 +118,9 @@ class TableNet:
         self.events[src].extend((self.now, ev) for ev in node.take_events())
         for s in node.take_sends():
             data = encode(s.msg)
+            # A size the sender states (gossip packed from records of known size) is
+            # what a driver may use instead of encoding: it must be the real length.
+            assert s.size is None or s.size == len(data), (type(s.msg).__name__, s.size)
             limit = MAX_STREAM if s.reliable else MAX_DATAGRAM
             assert len(data) <= limit, f"{type(s.msg).__name__} of {len(data)} bytes"
             dst = self._by_addr.get(s.dst)

@@ -642,3 +642,37 @@ def test_recovery_after_false_alarm_syncs_each_node_once_one_per_round():
     # cut off must cross), never two in the same gossip round.
     assert sorted(d.dst for d in syncs) == ["c", "d"]
     assert abs(syncs[1].t - syncs[0].t) >= 0.9 * NO_BULK.gossip_interval
+
+
+def test_gossip_states_its_real_encoded_length_for_any_record_count() -> None:
+    """Gossip messages carry their length (the simulator sizes them by it, without
+    encoding): it must equal the encoding's, from one record to many (the records
+    array's header grows past 15 items), for entries and for attachments."""
+    names = [f"n{i}" for i in range(20)]
+    net = make(names, config=NO_BULK)
+    a = net.nodes["n0"]
+    rng = random.Random(3)
+    sized: list[tuple[str, int, bool]] = []  # (kind, records, stated size is the length)
+
+    def rounds(k: int) -> None:
+        for _ in range(k):
+            net.now += 0.1
+            for node in net.nodes.values():
+                node.handle_timer(net.now)
+                for s in node.take_sends():
+                    m = s.msg
+                    if isinstance(m, TableGossip | NetworkGossip):
+                        recs = m.entries if isinstance(m, TableGossip) else m.attachments
+                        sized.append((type(m).__name__, len(recs), s.size == len(encode(m))))
+
+    for burst in (1, 2, 40, 7):  # value lengths vary, so packets hold different counts
+        for i in range(burst):
+            value = {"ip": f"10.1.{i}.1", "pad": "x" * rng.randrange(0, 40)}
+            a.create_entry(NET, EP, f"k{burst}-{i}", value, net.now)
+        rounds(3)
+    net.nodes["n5"].join_network("green", net.now)
+    rounds(3)
+    assert sized and all(ok for _, _, ok in sized)
+    counts = {n for kind, n, _ in sized if kind == "TableGossip"}
+    assert 1 in counts and max(counts) > 15, counts
+    assert any(kind == "NetworkGossip" for kind, _, _ in sized)
