@@ -54,6 +54,7 @@ from overlaysim.metrics.records import (
     EventKind,
     EventLog,
 )
+from overlaysim.metrics.traffic import TrafficCounter
 from overlaysim.metrics.truth import Truth
 
 _UP = frozenset(str(k) for k in UP_KINDS)
@@ -272,8 +273,7 @@ class _Traffic:
     """
 
     def __init__(self) -> None:
-        self._bins: dict[tuple[int, str], list[int]] = {}
-        self._kinds: dict[str, list[int]] = {}
+        self.counter = TrafficCounter()  # the simulator's bins and rows, fed per line
         self.msgs_sent = 0
         self.msgs_recv = 0
 
@@ -288,26 +288,12 @@ class _Traffic:
             return
         self.msgs_sent += counts[1]
         self.msgs_recv += counts[3]
-        _accumulate(self._bins.setdefault((math.floor(t), node), [0, 0, 0, 0]), counts)
+        self.counter.add_counts(t, node, counts)
         for kind, values in (line.get("by_type") or {}).items():
-            _accumulate(self._kinds.setdefault(str(kind), [0, 0, 0, 0]), values)
+            self.counter.add_counts(t, node, [int(v) for v in list(values)[:4]], str(kind))
 
     def rows(self) -> list[dict[str, object]]:
-        keys = ("bytes_sent", "msgs_sent", "bytes_recv", "msgs_recv")
-        return [
-            {"t": t, "node": node, **dict(zip(keys, c, strict=True))}
-            for (t, node), c in sorted(self._bins.items())
-        ]
+        return self.counter.rows()
 
     def kind_rows(self) -> list[dict[str, object]]:
-        keys = ("bytes_sent", "msgs_sent", "bytes_recv", "msgs_recv")
-        return [
-            {"kind": kind, **dict(zip(keys, c, strict=True))}
-            for kind, c in sorted(self._kinds.items())
-        ]
-
-
-def _accumulate(into: list[int], values: Iterable[Any]) -> None:
-    for i, v in enumerate(values):
-        if i < 4:
-            into[i] += int(v)
+        return self.counter.kind_rows()

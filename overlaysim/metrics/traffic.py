@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 
 class TrafficCounter:
@@ -15,26 +16,47 @@ class TrafficCounter:
     __slots__ = ("_bins", "_kinds")
 
     def __init__(self) -> None:
-        # (second, node) -> [bytes_sent, msgs_sent, bytes_recv, msgs_recv]
-        self._bins: dict[tuple[int, str], list[int]] = {}
+        # second -> node -> [bytes_sent, msgs_sent, bytes_recv, msgs_recv]; nested rather
+        # than keyed by (second, node) so that a call builds and hashes no tuple.
+        self._bins: dict[int, dict[str, list[int]]] = {}
         # kind -> same four counters
         self._kinds: dict[str, list[int]] = {}
 
     def sent(self, t: float, node: str, nbytes: int, kind: str = "", count: int = 1) -> None:
         """``node`` sent ``count`` messages of ``nbytes`` bytes each at ``t``."""
-        self._add(t, node, nbytes, kind, 0, count)
+        self._add(t, node, nbytes * count, kind, 0, count)
 
     def recv(self, t: float, node: str, nbytes: int, kind: str = "") -> None:
         """``node`` received one message of ``nbytes`` bytes at ``t``."""
         self._add(t, node, nbytes, kind, 2, 1)
 
+    def add_counts(self, t: float, node: str, counts: Sequence[int], kind: str = "") -> None:
+        """Add ``counts`` (bytes sent, messages sent, bytes received, messages received)
+        to ``node``'s bin at ``t``, or with ``kind`` to that kind's totals only (the
+        emulator's agents report both per interval)."""
+        if kind:
+            c = self._kinds.get(kind)
+            if c is None:
+                c = self._kinds[kind] = [0, 0, 0, 0]
+        else:
+            sec = math.floor(t)
+            nodes = self._bins.get(sec)
+            if nodes is None:
+                nodes = self._bins[sec] = {}
+            c = nodes.get(node)
+            if c is None:
+                c = nodes[node] = [0, 0, 0, 0]
+        for i, v in enumerate(counts[:4]):
+            c[i] += v
+
     def _add(self, t: float, node: str, nbytes: int, kind: str, i: int, count: int) -> None:
-        if count != 1:
-            nbytes *= count
-        k = (math.floor(t), node)
-        c = self._bins.get(k)
+        sec = math.floor(t)
+        nodes = self._bins.get(sec)
+        if nodes is None:
+            nodes = self._bins[sec] = {}
+        c = nodes.get(node)
         if c is None:
-            c = self._bins[k] = [0, 0, 0, 0]
+            c = nodes[node] = [0, 0, 0, 0]
         c[i] += nbytes
         c[i + 1] += count
         if kind:
@@ -55,7 +77,8 @@ class TrafficCounter:
                 "bytes_recv": c[2],
                 "msgs_recv": c[3],
             }
-            for (t, node), c in sorted(self._bins.items())
+            for t, nodes in sorted(self._bins.items())
+            for node, c in sorted(nodes.items())
         ]
 
     def kind_rows(self) -> list[dict[str, object]]:
