@@ -31,23 +31,17 @@ class TrafficCounter:
         self._add(t, node, nbytes, kind, 2, 1)
 
     def add_counts(self, t: float, node: str, counts: Sequence[int], kind: str = "") -> None:
-        """Add ``counts`` (bytes sent, messages sent, bytes received, messages received)
-        to ``node``'s bin at ``t``, or with ``kind`` to that kind's totals only (the
-        emulator's agents report both per interval)."""
+        """Add ``counts`` (bytes sent, messages sent, bytes received, messages received;
+        missing ones are 0) to ``node``'s bin at ``t``, or with ``kind`` to that kind's
+        totals only (the emulator's agents report both per interval)."""
+        bs, ms, br, mr = [*counts[:4], 0, 0, 0, 0][:4]
         if kind:
-            c = self._kinds.get(kind)
-            if c is None:
-                c = self._kinds[kind] = [0, 0, 0, 0]
+            c = self._kinds.setdefault(kind, [0, 0, 0, 0])
+            for i, v in enumerate((bs, ms, br, mr)):
+                c[i] += v
         else:
-            sec = math.floor(t)
-            nodes = self._bins.get(sec)
-            if nodes is None:
-                nodes = self._bins[sec] = {}
-            c = nodes.get(node)
-            if c is None:
-                c = nodes[node] = [0, 0, 0, 0]
-        for i, v in enumerate(counts[:4]):
-            c[i] += v
+            self._add(t, node, bs, "", 0, ms)
+            self._add(t, node, br, "", 2, mr)
 
     def _add(self, t: float, node: str, nbytes: int, kind: str, i: int, count: int) -> None:
         sec = math.floor(t)
