@@ -984,11 +984,11 @@ class Tables:
                 self._sends.append(Send(self._addr[node], msg, False, size))
         if len(self._net_queue) and self._alive:
             n = len(self._alive) + 1
-            q = self._net_queue
-            items = q.get(n, self._net_overhead, cfg.udp_buffer_size)
+            nq = self._net_queue
+            items = nq.get(n, self._net_overhead, cfg.udp_buffer_size)
             if items:
                 msg = NetworkGossip(source=self.name, attachments=tuple(items))
-                size = records_message_size(self._net_empty, len(items), q.taken_size)
+                size = records_message_size(self._net_empty, len(items), nq.taken_size)
                 for node in self._alive.sample(self.rng, cfg.gossip_nodes):
                     self._sends.append(Send(self._addr[node], msg, False, size))
         self._recovery_sync()
