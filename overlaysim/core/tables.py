@@ -972,14 +972,14 @@ class Tables:
                 continue
             if not peers:
                 continue  # keep the news until someone joins
-            items = q.get(len(peers) + 1, self._overhead(network), cfg.udp_buffer_size)
+            overhead = self._overhead(network)
+            items = q.get(len(peers) + 1, overhead, cfg.udp_buffer_size)
             if not items:
                 continue
             msg = TableGossip(source=self.name, network=network, entries=tuple(items))
             # Its length, known without encoding: the records' sizes were queued with them.
-            size = records_message_size(
-                self._overhead(network) - _HEADER_GROWTH, len(items), q.taken_size
-            )
+            empty = overhead - _HEADER_GROWTH
+            size = records_message_size(empty, len(items), q.taken_size)
             for node in peers.sample(self.rng, cfg.gossip_nodes):
                 self._sends.append(Send(self._addr[node], msg, False, size))
         if len(self._net_queue) and self._alive:

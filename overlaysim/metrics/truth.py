@@ -73,14 +73,15 @@ class Truth:
     def targets(self, network: str) -> list[str]:
         """The hosts attached to ``network`` and up now, sorted: a commit's targets as it
         is registered (hosts attached later in its instant are added to them)."""
-        up = self.up
-        return sorted(h for h in self.net_hosts.get(network, ()) if h in up)
+        return sorted(self._target_set(network))
+
+    def _target_set(self, network: str) -> set[str]:
+        hosts = self.net_hosts.get(network)
+        return hosts & self.up if hosts else set()
 
     def commit(self, t: float, owner: str, network: str, key: str, op: str) -> None:
         """Register ``owner``'s commit with the tracker, targets as of now."""
         if self.tracker is not None:
-            # A set, not :meth:`targets`' sorted list: the tracker needs no order, and at
-            # a boot burst sorting N names per commit was N^2 log N work.
-            hosts = self.net_hosts.get(network)
-            targets = hosts & self.up if hosts else set()
-            self.tracker.commit(t, owner, network, key, op, targets)
+            # The set, unsorted: the tracker needs no order, and at a boot burst sorting
+            # N names per commit was N^2 log N work.
+            self.tracker.commit(t, owner, network, key, op, self._target_set(network))
