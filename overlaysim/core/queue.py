@@ -158,11 +158,16 @@ class TransmitLimitedQueue:
         moved: list[_Taken] = []
         misses = 0
         careful = False  # once an item did not fit, go item by item
+        # No queued record is smaller (it only ever goes down): below it nothing fits,
+        # so the item-by-item search would take nothing and is skipped.
+        smallest = self._min_size
         for t, bucket in enumerate(self._buckets):
             if not bucket.recs:
                 continue
+            if budget < smallest:
+                break
             if not careful:
-                cap = budget // self._min_size + 1  # more than this many cannot fit
+                cap = budget // smallest + 1  # more than this many cannot fit
                 acc = list(accumulate(islice(reversed(bucket.sizes), cap)))
                 k = bisect_right(acc, budget)
                 if k:
@@ -170,7 +175,7 @@ class TransmitLimitedQueue:
                     budget -= acc[k - 1]
                     out.extend(reversed(recs))  # newest first
                     moved.append((t, recs, keys, seqs, sizes))
-                if budget <= 0:
+                if budget < smallest:
                     break
                 if not bucket.recs:
                     continue
@@ -188,7 +193,7 @@ class TransmitLimitedQueue:
                     continue
                 budget -= size
                 taken.append(j)
-                if budget <= 0:
+                if budget < smallest:
                     stop = True
                     break
             if taken:

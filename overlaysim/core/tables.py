@@ -48,7 +48,7 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from operator import attrgetter, is_, is_not
+from operator import attrgetter, is_, is_not, not_
 from typing import Any
 
 from overlaysim.core.byname import ByName
@@ -64,6 +64,7 @@ from overlaysim.core.wire import (
     NetworkGossip,
     TableGossip,
     encode,
+    encoded_size,
     records_message_size,
 )
 
@@ -230,7 +231,7 @@ def _holds(records: dict[_Key, _Record], e: Entry) -> bool:
     lookup answers.) A malformed peer record is simply not held.
     """
     try:
-        r = records.get((e.table, e.key))
+        r = records.get(e.ref)
     except (AttributeError, TypeError):
         return False
     return r is not None and r.held is e
@@ -240,7 +241,7 @@ def _holds(records: dict[_Key, _Record], e: Entry) -> bool:
 # message, for every record in it: it is the hottest check of a run. It is done with
 # C-level maps (no Python frame per record), falling back to a plain loop for anything
 # odd (a malformed record raising on the way); both give the same answer.
-_table_key = attrgetter("table", "key")
+_table_key = attrgetter("ref")  # Entry.ref: (table, key), built once per entry
 _held_of = attrgetter("held")
 _network_of = attrgetter("network")
 _node_of = attrgetter("node")
@@ -265,6 +266,25 @@ def _held_flags(records: dict[_Key, _Record], entries: tuple | list) -> Iterable
     """Lazily, for each of ``entries``, whether it is held (C-level maps)."""
     recs = map(records.get, map(_table_key, entries), itertools.repeat(_NO_RECORD))
     return map(is_, map(_held_of, recs), entries)
+
+
+def _unheld_entries(nets: dict[str, _Network], shared: list[str], entries: tuple | list) -> list:
+    """``entries`` less some that are certainly held (see :func:`_holds`), in order.
+
+    A bulk sync carries every entry of the networks it names, nearly all of them held
+    by the receiver. With one shared network (the usual case) they are filtered with
+    C-level maps against that network's records: an entry found there is held (a
+    stored record names its own network). What is left is checked one by one, as
+    before, so an entry of another network or a malformed one is judged the same way.
+    """
+    st = nets.get(shared[0]) if len(shared) == 1 else None
+    if st is None:
+        return list(entries)
+    try:
+        flags = list(_held_flags(st.records, entries))
+    except (AttributeError, TypeError):
+        return list(entries)
+    return list(itertools.compress(entries, map(not_, flags)))
 
 
 def _first_not(test: Callable[[Any, Any], bool], held: Any, items: tuple | list) -> int:
@@ -470,6 +490,11 @@ class Tables:
         self._dirty: dict[str, None] = {}  # networks with queued table events
         self._net_queue = TransmitLimitedQueue(config.retransmit_mult)
         self._overheads: dict[str, int] = {}
+        # What a bulk sync carries changed this many times; with the networks and length
+        # of the last one sent, so an unchanged one states its length without re-sizing
+        # thousands of records (see _send_bulk).
+        self._content = 0
+        self._bulk_size: tuple[int, tuple[str, ...], int] | None = None
         self._net_empty = len(encode(NetworkGossip(source=name)))
         self._net_overhead = self._net_empty + _HEADER_GROWTH
         # Timers.
@@ -754,6 +779,7 @@ class Tables:
             _unindex(st, old.entry.owner, k)
         _index(st, entry.owner, k)
         st.records[k] = rec
+        self._content += 1
         before = old.entry if old is not None and old.live else None
         self._emit(network, k, before, entry if rec.live else None)
         if entry.deleted and before is None and (old is None or not old.entry.deleted):
@@ -763,6 +789,7 @@ class Tables:
 
     def _forget(self, network: str, st: _Network, k: _Key) -> None:
         rec = st.records.pop(k)
+        self._content += 1
         _unindex(st, rec.entry.owner, k)
         if rec.live:
             self._emit(network, k, rec.entry, None)
@@ -789,7 +816,7 @@ class Tables:
         """Merge a peer's version; True if it was accepted (worth spreading)."""
         if e.ltime > self._clock:
             self._clock = e.ltime  # Lamport: our next event orders after what we saw
-        k = (e.table, e.key)
+        k = e.ref
         cur = st.records.get(k)
         if e.owner == self.name:
             self._reassert(network, st, k, cur, e, now)
@@ -874,6 +901,7 @@ class Tables:
             att = self._attach[network].get(node)
             if att is not None and att.epoch < epoch:
                 del self._attach[network][node]
+                self._content += 1
                 nets = self._node_nets[node]
                 self._node_nets[node] = _share(tuple(n for n in nets if n != network))
                 self._refresh_peer(network, node)
@@ -891,6 +919,7 @@ class Tables:
         )
         recs = self._attach.setdefault(network, {})
         recs[self.name] = att
+        self._content += 1
         self._note_net(self.name, network)
         self._queue_attachment(att, now)
 
@@ -904,6 +933,7 @@ class Tables:
         if cur is not None and (a.epoch, a.ltime) <= (cur.epoch, cur.ltime):
             return False
         recs[a.node] = a
+        self._content += 1
         self._note_net(a.node, a.network)
         self._refresh_peer(a.network, a.node)
         if a.leaving:
@@ -942,7 +972,7 @@ class Tables:
         size = record_size(e)
         if size + self._overhead(network) > self.config.udp_buffer_size:
             return  # too big for gossip: bulk sync carries it
-        st.queue.queue(_share((e.table, e.key)), e, size)
+        st.queue.queue(_share(e.ref), e, size)
         self._dirty[network] = None
         self._roll_gossip(now)
 
@@ -1034,7 +1064,24 @@ class Tables:
             self._send_bulk(self._alive.choice(self.rng), [network])
 
     def _send_bulk(self, node: str, networks: list[str], reply: bool = False) -> None:
-        self._sends.append(Send(self._addr[node], self._bulk_msg(networks, reply), reliable=True))
+        self._sends.append(self._bulk_send(self._addr[node], networks, reply))
+
+    def _bulk_send(self, dst: str, networks: list[str], reply: bool) -> Send:
+        """A bulk sync to ``dst``, stating its length when it is known already.
+
+        Sizing a bulk sync sums the sizes of every record it carries (thousands at
+        scale, all but a few unchanged since this node's last one), so the length of
+        the last one is kept with the content count it was taken at: while nothing a
+        bulk sync carries has changed (``reply`` is one byte either way), it is reused.
+        """
+        msg = self._bulk_msg(networks, reply)
+        nets = tuple(networks)
+        last = self._bulk_size
+        if last is not None and last[0] == self._content and last[1] == nets:
+            return Send(dst, msg, True, last[2])
+        size = encoded_size(msg)
+        self._bulk_size = (self._content, nets, size)
+        return Send(dst, msg, True, size)
 
     def _bulk_msg(self, networks: list[str], reply: bool) -> BulkSync:
         atts = [a for recs in self._attach.values() for a in recs.values()]
@@ -1095,7 +1142,7 @@ class Tables:
         )
         wanted = set(shared)
         nets = self._nets
-        for e in _seq(msg.entries):
+        for e in _unheld_entries(nets, shared, _seq(msg.entries)):
             st = nets.get(getattr(e, "network", None))
             if st is not None and _holds(st.records, e):
                 continue  # the very version we hold
@@ -1105,7 +1152,7 @@ class Tables:
                 self._merge(e.network, self._nets[e.network], e, now)
         if msg.reply is False:
             dst = self._addr.get(msg.source, src) if type(msg.source) is str else src
-            self._sends.append(Send(dst, self._bulk_msg(shared, True), reliable=True))
+            self._sends.append(self._bulk_send(dst, shared, True))
 
     # -- helpers ---------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
@@ -108,6 +108,12 @@ class Entry:
     ltime: int
     deleted: bool
     value: dict[str, str]
+    #: ``(table, key)``, built once: what a node files this entry under, looked up for
+    #: every entry of every gossip message. Derived, so not on the wire nor compared.
+    ref: tuple[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ref", (self.table, self.key))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,6 +259,8 @@ def _schema(cls: type) -> _Schema:
     hints = typing.get_type_hints(cls)
     sch = []
     for f in dataclasses.fields(cls):
+        if not f.init:
+            continue  # derived from the other fields (Entry.ref)
         t = hints[f.name]
         origin = typing.get_origin(t)
         if t is int:

@@ -676,3 +676,70 @@ def test_gossip_states_its_real_encoded_length_for_any_record_count() -> None:
     counts = {n for kind, n, _ in sized if kind == "TableGossip"}
     assert 1 in counts and max(counts) > 15, counts
     assert any(kind == "NetworkGossip" for kind, _, _ in sized)
+
+
+def test_bulk_sync_states_its_length_again_after_every_change_it_carries() -> None:
+    """A bulk sync states its length too, and a node reuses the length of its last one
+    while nothing it carries has changed: any change (an entry stored, replaced or
+    forgotten, an attachment learnt or dropped) must give the new real length."""
+    net = make("abcd", config=FAST, seed=4)
+    a, b = net.nodes["a"], net.nodes["b"]
+    bulks: list[tuple[str, int | None, int]] = []  # (sender, stated size, real length)
+    for name, node in net.nodes.items():
+        take = node.take_sends
+
+        def recording(take=take, name=name):  # type: ignore[no-untyped-def]
+            sends = take()
+            for s in sends:
+                if isinstance(s.msg, BulkSync):
+                    bulks.append((name, s.size, len(encode(s.msg))))
+            return sends
+
+        node.take_sends = recording  # type: ignore[method-assign]
+    net.run(2.5)  # settled: the same content, bulk after bulk
+    a.create_entry(NET, EP, "k1", {"ip": "10.0.0.1"}, net.now)
+    net.run(1.5)
+    a.update_entry(NET, EP, "k1", {"ip": "10.0.0.1", "pad": "x" * 30}, net.now)
+    net.run(1.5)
+    b.join_network("green", net.now)  # an attachment everyone learns
+    net.run(1.5)
+    a.delete_entry(NET, EP, "k1", net.now)
+    net.run(1.5)
+    b.leave_network("green", net.now)
+    net.run(2.0)
+    assert len(bulks) > 20
+    assert all(stated == real for _, stated, real in bulks), bulks
+    assert len({real for _, _, real in bulks}) >= 4  # the content really changed
+
+
+def test_a_reused_bulk_sync_length_follows_each_kind_of_change() -> None:
+    """Each kind of change a bulk sync carries, one at a time, between two bulk syncs
+    with the same networks: the stated length is the new real one every time."""
+    t = solo("a", config=dataclasses.replace(FAST, reap_interval=5.0))
+    now = 0.0
+
+    def check() -> int:
+        s = t._bulk_send("addr-z", [NET], False)
+        assert s.size == len(encode(s.msg))
+        return s.size
+
+    sizes = [check(), check()]  # the second one reuses the first one's length
+    t.create_entry(NET, EP, "mine", {"ip": "10.0.0.9"}, now)  # a commit
+    sizes.append(check())
+    t.receive("addr-z", gossip(entry("z", "theirs", 1, value={"ip": "10.0.0.20"})), now)
+    sizes.append(check())  # an entry stored
+    t.receive("addr-z", gossip(entry("z", "theirs", 2, value={"ip": "10.0.0.200"})), now)
+    sizes.append(check())  # an entry replaced
+    att = NetworkAttachment(node="y", network=NET, ltime=1, leaving=False, epoch=0)
+    t.receive("addr-y", NetworkGossip(source="y", attachments=(att,)), now)
+    sizes.append(check())  # an attachment learnt
+    t.member_alive("y", "addr-y", 1, now)  # y rebooted: its older attachment is void
+    sizes.append(check())
+    t.join_network("green", now)  # our own attachment announced
+    sizes.append(check())
+    t.delete_entry(NET, EP, "mine", now)
+    sizes.append(check())  # a tombstone
+    t.handle_timer(now + 10.0)  # the tombstone reaped: forgotten
+    sizes.append(check())
+    # Every change changed the length, so a stale reuse would have been caught.
+    assert all(x != y for x, y in zip(sizes[1:], sizes[2:], strict=False)), sizes
