@@ -492,7 +492,7 @@ class Tables:
         self._overheads: dict[str, int] = {}
         # What a bulk sync carries changed this many times; with the networks and length
         # of the last one sent, so an unchanged one states its length without re-sizing
-        # thousands of records (see _send_bulk).
+        # thousands of records (see _bulk_send).
         self._content = 0
         self._bulk_size: tuple[int, tuple[str, ...], int] | None = None
         self._net_empty = len(encode(NetworkGossip(source=name)))
