@@ -48,13 +48,14 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from operator import attrgetter, is_, is_not, not_
+from operator import and_, attrgetter, eq, is_, is_not, not_
 from typing import Any
 
 from overlaysim.core.byname import ByName
 from overlaysim.core.config import TableConfig
 from overlaysim.core.events import EntryEvent, EntryEventKind, Send
 from overlaysim.core.formed import formed_peers
+from overlaysim.core.held import HeldIndex
 from overlaysim.core.queue import TransmitLimitedQueue, record_size
 from overlaysim.core.wire import (
     BulkSync,
@@ -458,8 +459,17 @@ class Tables:
     """One node's replicated tables (see the module docstring for the rules)."""
 
     def __init__(
-        self, *, name: str, addr: str, config: TableConfig, rng: random.Random, epoch: int = 0
+        self,
+        *,
+        name: str,
+        addr: str,
+        config: TableConfig,
+        rng: random.Random,
+        epoch: int = 0,
+        held: HeldIndex | None = None,
     ) -> None:
+        """``held``: an index shared with the other nodes of this process that share
+        record objects (the simulator's); by default the node has its own."""
         self.name = name
         self.addr = addr
         self.config = config
@@ -505,6 +515,11 @@ class Tables:
         # Outputs.
         self._sends: list[Send] = []
         self._events: list[EntryEvent] = []
+        # Which record objects this node holds, as bytes in a (shared) index: the held
+        # checks of every gossip message read it (see core/held.py). Kept where a
+        # visible entry record or an attachment is stored or let go.
+        self._held = held if held is not None else HeldIndex()
+        self._slot = self._held.new_slot()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -666,7 +681,7 @@ class Tables:
             return self._on_table_gossip(msg, now)
         elif isinstance(msg, NetworkGossip):
             attach = self._attach
-            todo = _unheld_attachments(attach, _seq(msg.attachments))
+            todo = self._attachments_not_held(_seq(msg.attachments))
             if not todo:
                 return False  # only the very records we hold (shared objects in the simulator)
             for a in todo:
@@ -778,6 +793,10 @@ class Tables:
         if old is not None and old.entry.owner != entry.owner:
             _unindex(st, old.entry.owner, k)
         _index(st, entry.owner, k)
+        if old is not None and old.held is not None:
+            self._held.release(self._slot, old.held)
+        if rec.held is not None:
+            self._held.hold(self._slot, rec.held)
         st.records[k] = rec
         self._content += 1
         before = old.entry if old is not None and old.live else None
@@ -789,6 +808,8 @@ class Tables:
 
     def _forget(self, network: str, st: _Network, k: _Key) -> None:
         rec = st.records.pop(k)
+        if rec.held is not None:
+            self._held.release(self._slot, rec.held)
         self._content += 1
         _unindex(st, rec.entry.owner, k)
         if rec.live:
@@ -900,6 +921,7 @@ class Tables:
         for network in list(self._node_nets.get(node, ())):
             att = self._attach[network].get(node)
             if att is not None and att.epoch < epoch:
+                self._held.release(self._slot, att)
                 del self._attach[network][node]
                 self._content += 1
                 nets = self._node_nets[node]
@@ -918,6 +940,10 @@ class Tables:
             epoch=self.epoch,
         )
         recs = self._attach.setdefault(network, {})
+        old = recs.get(self.name)
+        if old is not None:
+            self._held.release(self._slot, old)
+        self._held.hold(self._slot, att)
         recs[self.name] = att
         self._content += 1
         self._note_net(self.name, network)
@@ -932,6 +958,9 @@ class Tables:
         cur = recs.get(a.node)
         if cur is not None and (a.epoch, a.ltime) <= (cur.epoch, cur.ltime):
             return False
+        if cur is not None:
+            self._held.release(self._slot, cur)
+        self._held.hold(self._slot, a)
         recs[a.node] = a
         self._content += 1
         self._note_net(a.node, a.network)
@@ -1110,7 +1139,7 @@ class Tables:
         drop_unknown_deletes = not self.config.unknown_tombstones
         # Fast path: the very records we already hold (in the simulator, entries are
         # shared immutable objects), so nothing to validate or merge.
-        first = _first_unheld(records, entries)
+        first = self._first_not_held(network, records, entries)
         if first == len(entries):
             return False
         for e in entries[first:]:  # those before ``first`` are held, nothing changed since
@@ -1130,7 +1159,7 @@ class Tables:
 
     def _on_bulk_sync(self, src: str, msg: BulkSync, now: float) -> None:
         attach = self._attach
-        for a in _unheld_attachments(attach, _seq(msg.attachments)):
+        for a in self._attachments_not_held(_seq(msg.attachments)):
             if _holds_attachment(attach, a):
                 continue  # the same record twice in one message: merged already
             if _attachment_ok(a):
@@ -1142,7 +1171,7 @@ class Tables:
         )
         wanted = set(shared)
         nets = self._nets
-        for e in _unheld_entries(nets, shared, _seq(msg.entries)):
+        for e in self._entries_not_held(nets, shared, _seq(msg.entries)):
             st = nets.get(getattr(e, "network", None))
             if st is not None and _holds(st.records, e):
                 continue  # the very version we hold
@@ -1153,6 +1182,50 @@ class Tables:
         if msg.reply is False:
             dst = self._addr.get(msg.source, src) if type(msg.source) is str else src
             self._sends.append(self._bulk_send(dst, shared, True))
+
+    # -- held checks -----------------------------------------------------------------
+    #
+    # "Is this the very record object this node holds?" by the held index (one byte per
+    # record, see core/held.py), with the node's own maps as the fallback: for a record
+    # whose index row predates this node's slot (a node started later), and for the
+    # odd malformed record. Both give the same answer.
+
+    def _first_not_held(
+        self, network: str, records: dict[_Key, _Record], entries: tuple | list
+    ) -> int:
+        """Index of the first of a gossip message's ``entries`` (on ``network``) that
+        this node does not hold; ``len(entries)`` when it holds every one."""
+        held, slot = self._held, self._slot
+        try:
+            if all(held.flags(slot, entries)) and all(
+                map(eq, map(_network_of, entries), itertools.repeat(network))
+            ):
+                return len(entries)
+            on_net = map(eq, map(_network_of, entries), itertools.repeat(network))
+            return list(map(and_, held.flags(slot, entries), on_net)).index(0)
+        except (AttributeError, IndexError):
+            return _first_unheld(records, entries)
+
+    def _entries_not_held(
+        self, nets: dict[str, _Network], shared: list[str], entries: tuple | list
+    ) -> list:
+        """A bulk sync's ``entries`` less those this node holds (in its own network's
+        records, as the per-entry check reads them), in order."""
+        held, slot = self._held, self._slot
+        try:
+            return list(itertools.compress(entries, map(not_, held.flags(slot, entries))))
+        except IndexError:
+            return _unheld_entries(nets, shared, entries)
+
+    def _attachments_not_held(self, atts: tuple | list) -> list:
+        """The attachment records of ``atts`` this node does not hold, in order."""
+        held, slot = self._held, self._slot
+        try:
+            if all(held.flags(slot, atts)):
+                return []  # the usual case: nothing new, no list built
+            return list(itertools.compress(atts, map(not_, held.flags(slot, atts))))
+        except IndexError:
+            return _unheld_attachments(self._attach, atts)
 
     # -- helpers ---------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from overlaysim.core.config import TableConfig
 from overlaysim.core.events import EntryEvent
+from overlaysim.core.held import HeldIndex
 from overlaysim.core.tables import Tables
 from overlaysim.core.wire import MAX_DATAGRAM, MAX_STREAM, Message, decode, encode
 
@@ -40,8 +41,11 @@ class TableNet:
         *,
         loss: float = 0.0,
         delay: tuple[float, float] = (0.001, 0.05),
+        held: HeldIndex | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        #: One held-records index for every node, as the simulator has (None: each its own).
+        self.held = held
         self.loss = loss
         self.delay = delay
         self.now = 0.0
@@ -72,7 +76,9 @@ class TableNet:
     ) -> Tables:
         """Create, register and start a node (replacing one of the same name)."""
         rng = random.Random(self.rng.getrandbits(64) if seed is None else seed)
-        t = Tables(name=name, addr=self.addr_of(name), config=config, rng=rng, epoch=epoch)
+        t = Tables(
+            name=name, addr=self.addr_of(name), config=config, rng=rng, epoch=epoch, held=self.held
+        )
         self.nodes[name] = t
         self.events.setdefault(name, [])
         self._by_addr[t.addr] = name
