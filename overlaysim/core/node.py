@@ -14,7 +14,6 @@ from operator import is_
 
 from overlaysim.core.config import MembershipConfig, TableConfig
 from overlaysim.core.events import EntryEvent, MemberEvent, MemberEventKind, Send
-from overlaysim.core.held import HeldIndex
 from overlaysim.core.membership import Member, Membership
 from overlaysim.core.tables import Tables
 from overlaysim.core.wire import Message, MsgType
@@ -72,10 +71,7 @@ class Node:
         tables: TableConfig,
         rng: random.Random,
         epoch: int = 0,
-        held: HeldIndex | None = None,
     ) -> None:
-        """``held``: the held-records index of the nodes of this process that share
-        record objects (see :mod:`overlaysim.core.held`); by default the node's own."""
         if not membership.epochs:
             epoch = 0  # boot epochs off (memberlist, NetworkDB): every boot looks alike
         self.name = name
@@ -91,12 +87,7 @@ class Node:
             epoch=epoch,
         )
         self.tables = Tables(
-            name=name,
-            addr=addr,
-            config=tables,
-            rng=random.Random(rng.getrandbits(64)),
-            epoch=epoch,
-            held=held,
+            name=name, addr=addr, config=tables, rng=random.Random(rng.getrandbits(64)), epoch=epoch
         )
         self._events: list[MemberEvent | EntryEvent] = []
 

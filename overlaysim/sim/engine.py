@@ -19,7 +19,6 @@ from simpy.events import NORMAL
 
 from overlaysim.core.config import MembershipConfig, TableConfig
 from overlaysim.core.events import EntryEvent, MemberEvent
-from overlaysim.core.held import HeldIndex
 from overlaysim.core.node import Node
 from overlaysim.core.wire import Message, encoded_size
 from overlaysim.sim.underlay import Underlay
@@ -64,8 +63,6 @@ class SimCluster:
         self._net_rng = random.Random(rng.getrandbits(64))
         self._node_seed_rng = random.Random(rng.getrandbits(64))
         self.slots: dict[str, _Slot] = {}
-        # One record object travels to every node: one index says who holds which.
-        self.held = HeldIndex()
         self.epochs: dict[str, int] = {}
         self.messages_delivered = 0
         self.messages_sent = 0
@@ -93,7 +90,6 @@ class SimCluster:
             tables=self.tconfig,
             rng=random.Random(self._node_seed_rng.getrandbits(64)),
             epoch=epoch,
-            held=self.held,
         )
         slot = _Slot(node)
         self.slots[host] = slot

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from overlaysim.core.config import TableConfig
 from overlaysim.core.events import EntryEvent
-from overlaysim.core.held import HeldIndex
 from overlaysim.core.tables import Tables
 from overlaysim.core.wire import MAX_DATAGRAM, MAX_STREAM, Message, decode, encode
 
@@ -41,11 +40,8 @@ class TableNet:
         *,
         loss: float = 0.0,
         delay: tuple[float, float] = (0.001, 0.05),
-        held: HeldIndex | None = None,
     ) -> None:
         self.rng = random.Random(seed)
-        #: One held-records index for every node, as the simulator has (None: each its own).
-        self.held = held
         self.loss = loss
         self.delay = delay
         self.now = 0.0
@@ -76,9 +72,7 @@ class TableNet:
     ) -> Tables:
         """Create, register and start a node (replacing one of the same name)."""
         rng = random.Random(self.rng.getrandbits(64) if seed is None else seed)
-        t = Tables(
-            name=name, addr=self.addr_of(name), config=config, rng=rng, epoch=epoch, held=self.held
-        )
+        t = Tables(name=name, addr=self.addr_of(name), config=config, rng=rng, epoch=epoch)
         self.nodes[name] = t
         self.events.setdefault(name, [])
         self._by_addr[t.addr] = name

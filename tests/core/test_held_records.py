@@ -1,0 +1,208 @@
+"""A node's held bytes answer exactly what its own maps say it holds.
+
+The table layer decides "this is the very record object I hold, nothing to do" from one
+byte per record number (core/wire.py numbers every entry and attachment object; a node
+keeps a byte per number, see core/tables.py). These tests check the numbering, then
+drive nodes through stores, replacements, hides, leaves, restarts and reaps and compare
+the bytes with the maps after every delivery, and check that the bytes change nothing a
+node does.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import pickle
+import random
+from dataclasses import replace
+
+import pytest
+from tablenet import TableNet
+
+import overlaysim.core.tables as tables_mod
+from overlaysim.core.config import TableConfig
+from overlaysim.core.tables import Tables
+from overlaysim.core.wire import (
+    MAX_DATAGRAM,
+    Entry,
+    NetworkAttachment,
+    TableGossip,
+    decode,
+    encode,
+    record_numbers_end,
+)
+
+CFG = TableConfig(
+    gossip_interval=0.1,
+    gossip_nodes=2,
+    retransmit_mult=2,
+    bulk_sync_interval=1.0,
+    reap_interval=2.0,
+)
+
+
+def _entry(key: str = "k", network: str = "n", owner: str = "o", ltime: int = 1) -> Entry:
+    return Entry(
+        network=network, table="t", key=key, owner=owner, owner_epoch=0, ltime=ltime,
+        deleted=False, value={"ip": "10.0.0.1"},
+    )  # fmt: skip
+
+
+def test_record_numbers_are_unique_among_live_records_and_reused() -> None:
+    live = [_entry(f"k{i}") for i in range(50)]
+    live += [
+        NetworkAttachment(node=f"h{i}", network="n", ltime=1, leaving=False) for i in range(50)
+    ]
+    nums = [r.num for r in live]
+    assert len(set(nums)) == len(nums) and max(nums) < record_numbers_end()
+    # Copies, pickles, replace() and decoded records are new objects: numbers of their own.
+    e = live[0]
+    others = [copy.copy(e), copy.deepcopy(e), pickle.loads(pickle.dumps(e)), replace(e)]
+    others.append(
+        decode(encode(TableGossip(source="x", network="n", entries=(e,))), MAX_DATAGRAM).entries[0]
+    )  # type: ignore[attr-defined]
+    assert all(o == e for o in others)
+    assert len({o.num for o in others} | set(nums)) == len(nums) + len(others)
+    # Not on the wire: equal records encode alike whatever their numbers.
+    assert encode(TableGossip(source="x", network="n", entries=(e,))) == encode(
+        TableGossip(source="x", network="n", entries=(others[0],))
+    )
+    freed = {r.num for r in live[10:20]}
+    del live[10:20], others
+    gc.collect()
+    again = [_entry(f"new{i}") for i in range(10)]
+    assert {r.num for r in again} == freed  # the smallest free numbers first
+
+
+def _holds_by_maps(t: Tables, r: object) -> bool:
+    """The definition: ``r`` is the very visible entry, or attachment, ``t`` stores."""
+    if isinstance(r, Entry):
+        st = t._nets.get(r.network)
+        rec = st.records.get(r.ref) if st is not None else None
+        return rec is not None and rec.held is r
+    if isinstance(r, NetworkAttachment):
+        return t._attach.get(r.network, {}).get(r.node) is r
+    return False
+
+
+def _byte(held: bytearray, r: object) -> int:
+    n = r.num  # type: ignore[attr-defined]
+    return held[n] if n < len(held) else 0
+
+
+def _scenario(net: TableNet, rng: random.Random, check) -> None:  # type: ignore[no-untyped-def]
+    """Random entry churn, network leaves and joins, a node down and back, restarts."""
+    names = ["a", "b", "c", "d", "e"]
+    net.cluster(names, CFG)
+    for n in names:
+        net.nodes[n].join_network("n", net.now)
+        if n in "abc":
+            net.nodes[n].join_network("m", net.now)
+    for step in range(60):
+        who = rng.choice(names)
+        t = net.nodes[who]
+        op = rng.random()
+        network = rng.choice(["n", "m"])
+        try:
+            if op < 0.45:
+                key = f"{who}-{rng.randrange(3)}"
+                if t.entry(network, "ep", key) is None:
+                    t.create_entry(network, "ep", key, {"ip": str(step)}, net.now)
+                elif rng.random() < 0.5:
+                    t.update_entry(network, "ep", key, {"ip": str(step)}, net.now)
+                else:
+                    t.delete_entry(network, "ep", key, net.now)
+            elif op < 0.55:
+                if network in t.networks():
+                    t.leave_network(network, net.now)
+                else:
+                    t.join_network(network, net.now)
+            elif op < 0.62:
+                other = rng.choice([n for n in names if n != who])
+                t.member_down(other, net.now)  # a false alarm, taken back below
+                net.run(0.3)
+                t.member_alive(other, net.addr_of(other), net.nodes[other].epoch, net.now)
+            elif op < 0.66:
+                fresh = net.add(who, CFG, epoch=t.epoch + 1)  # a restart
+                net.introduce()
+                fresh.join_network("n", net.now)
+        except tables_mod.TablesError:
+            pass  # the API's own refusals (not attached, not the owner...)
+        net.run(rng.uniform(0.05, 0.6))
+        check()
+    net.run(5.0)  # past reap_interval: tombstones and hidden records are forgotten
+    check()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_held_bytes_match_every_nodes_maps(seed: int) -> None:
+    net = TableNet(seed, loss=0.1)
+    seen: dict[int, object] = {}  # every record object offered to or stored by a node
+
+    def check() -> None:
+        for t in net.nodes.values():
+            for st in t._nets.values():
+                for rec in st.records.values():
+                    seen[id(rec.entry)] = rec.entry
+            for recs in t._attach.values():
+                for a in recs.values():
+                    seen[id(a)] = a
+        records = list(seen.values())
+        for t in net.nodes.values():
+            want = [_holds_by_maps(t, r) for r in records]
+            got = [
+                _byte(t._held_entries if isinstance(r, Entry) else t._held_atts, r) == 1
+                for r in records
+            ]
+            assert got == want, t.name
+            # An attachment never reads as a held entry, nor an entry as an attachment.
+            assert not any(_byte(t._held_atts, r) for r in records if isinstance(r, Entry))
+            assert not any(
+                _byte(t._held_entries, r) for r in records if isinstance(r, NetworkAttachment)
+            )
+
+    def observe(d) -> None:  # type: ignore[no-untyped-def]
+        for r in (*getattr(d.msg, "entries", ()), *getattr(d.msg, "attachments", ())):
+            seen[id(r)] = r
+        check()
+
+    net.observer = observe
+    _scenario(net, random.Random(seed), check)
+    assert len(seen) > 20
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_held_bytes_change_nothing_a_node_does(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same scenario with the held bytes and with the maps alone: the same
+    deliveries, events, final views and dropped counts."""
+    runs = []
+    for by_maps in (False, True):
+        if by_maps:
+
+            def no_bytes(held, records):  # type: ignore[no-untyped-def]
+                raise AttributeError("held bytes off: the maps answer")
+
+            monkeypatch.setattr(tables_mod, "_holding", no_bytes)
+        net = TableNet(seed, loss=0.1)
+        _scenario(net, random.Random(seed), lambda: None)
+        runs.append(
+            (
+                [(d.t, d.src, d.dst, type(d.msg).__name__) for d in net.delivered],
+                {n: list(evs) for n, evs in net.events.items()},
+                {n: (net.view(n, "n"), t.dropped) for n, t in net.nodes.items()},
+            )
+        )
+    assert runs[0] == runs[1]
+    assert len(runs[0][0]) > 500
+
+
+def test_a_held_attachment_among_entries_is_not_a_held_entry() -> None:
+    """Records are numbered across both kinds, and a node keeps their bytes apart: an
+    attachment it holds, sent where entries go, is malformed, not "already held"."""
+    t = Tables(name="a", addr="a", config=TableConfig(), rng=random.Random(1))
+    t.member_alive("h1", "h1", 0, 0.0)
+    t.join_network("n", 0.0)
+    (att,) = t._attach["n"].values()  # its own attachment, held
+    before = t.dropped
+    assert t.receive("h1", TableGossip(source="h1", network="n", entries=(att,)), 1.0)  # type: ignore[arg-type]
+    assert t.dropped == before + 1
