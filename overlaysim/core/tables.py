@@ -287,6 +287,16 @@ def _holding(held: bytearray, records: tuple | list) -> Iterable[int]:
     return map(getitem, itertools.repeat(held), map(_num_of, records))
 
 
+def _holds_now(held: bytearray, records: dict[_Key, _Record], network: str, e: object) -> bool:
+    """:func:`_holds` for an entry of a gossip message on ``network``, by the node's held
+    bytes (kept current while the message is merged): an entry is stored only under
+    its own network, so "held, and of this network" is "held in these records"."""
+    try:
+        return held[e.num] == 1 and e.network == network  # type: ignore[attr-defined]
+    except (AttributeError, IndexError):
+        return _holds(records, e)  # type: ignore[arg-type]
+
+
 def _held_flags(records: dict[_Key, _Record], entries: tuple | list) -> Iterable[bool]:
     """Lazily, for each of ``entries``, whether it is held (C-level maps)."""
     recs = map(records.get, map(_table_key, entries), itertools.repeat(_NO_RECORD))
@@ -1165,8 +1175,9 @@ class Tables:
         first = self._first_not_held(network, records, entries)
         if first == len(entries):
             return False
+        held = self._held_entries
         for e in entries[first:]:  # those before ``first`` are held, nothing changed since
-            if _holds(records, e):
+            if _holds_now(held, records, network, e):
                 continue
             if not _entry_ok(e) or e.network != network:
                 self.dropped += 1
@@ -1218,14 +1229,16 @@ class Tables:
     ) -> int:
         """Index of the first of a gossip message's ``entries`` (on ``network``) that
         this node does not hold; ``len(entries)`` when it holds every one."""
+        held = self._held_entries
         try:
-            held = list(_holding(self._held_entries, entries))
-            on_net = list(map(eq, map(_network_of, entries), itertools.repeat(network)))
+            if all(_holding(held, entries)) and all(
+                map(eq, map(_network_of, entries), itertools.repeat(network))
+            ):
+                return len(entries)  # the usual case: no list built
+            on_net = map(eq, map(_network_of, entries), itertools.repeat(network))
+            return list(map(and_, _holding(held, entries), on_net)).index(0)
         except AttributeError:
             return _first_unheld(records, entries)
-        if all(held) and all(on_net):
-            return len(entries)
-        return list(map(and_, held, on_net)).index(0)
 
     def _entries_not_held(
         self, nets: dict[str, _Network], shared: list[str], entries: tuple | list

@@ -83,10 +83,12 @@ def _take_number() -> int:
     return n
 
 
-def _give_back(record: object) -> None:
+def _give_back(
+    record: object, _push: Any = heapq.heappush, _free: list[int] = _free_numbers
+) -> None:
     try:
-        heapq.heappush(_free_numbers, record.num)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - not numbered (failed __init__), or interpreter exit
+        _push(_free, record.num)  # type: ignore[attr-defined]
+    except AttributeError:  # not numbered: its __init__ failed
         pass
 
 
@@ -162,7 +164,7 @@ class Entry:
         object.__setattr__(self, "ref", (self.table, self.key))
         object.__setattr__(self, "num", _take_number())
 
-    def __del__(self) -> None:
+    def __del__(self, _give_back: Any = _give_back) -> None:  # bound: survives module teardown
         _give_back(self)
 
     __reduce__ = _reduce
@@ -183,7 +185,7 @@ class NetworkAttachment:
     def __post_init__(self) -> None:
         object.__setattr__(self, "num", _take_number())
 
-    def __del__(self) -> None:
+    def __del__(self, _give_back: Any = _give_back) -> None:  # bound: survives module teardown
         _give_back(self)
 
     __reduce__ = _reduce

@@ -206,3 +206,21 @@ def test_a_held_attachment_among_entries_is_not_a_held_entry() -> None:
     before = t.dropped
     assert t.receive("h1", TableGossip(source="h1", network="n", entries=(att,)), 1.0)  # type: ignore[arg-type]
     assert t.dropped == before + 1
+
+
+def test_records_freed_during_interpreter_exit_leave_no_noise() -> None:
+    """A record freed after its module's globals were torn down (interpreter exit sets
+    them to None) gives its number back quietly: no "Exception ignored" on stderr."""
+    import subprocess
+    import sys
+
+    code = (
+        "import overlaysim.core.wire as w\n"
+        "e = w.Entry(network='n', table='t', key='k', owner='o', owner_epoch=0, ltime=1,"
+        " deleted=False, value={})\n"
+        "a = w.NetworkAttachment(node='h', network='n', ltime=1, leaving=False)\n"
+        "w._give_back = w.heapq = w._free_numbers = None  # what teardown does\n"
+        "del e, a\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr == ""
