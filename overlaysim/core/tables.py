@@ -278,7 +278,9 @@ def _release(held: bytearray, record: Entry | NetworkAttachment) -> None:
 
 def _holding(held: bytearray, records: tuple | list) -> Iterable[int]:
     """Lazily, 1 or 0 per record: whether a node's held bytes mark that very object.
-    Raises AttributeError for a record without a number (malformed)."""
+    Raises AttributeError for a record without a number (malformed), IndexError for one
+    numbered beyond what the bytes were grown to (only when records are made on several
+    threads at once): callers then ask the maps."""
     end = record_numbers_end()
     if len(held) < end:
         # Records numbered since the bytes last grew: not held, and reading their byte
@@ -1237,7 +1239,7 @@ class Tables:
                 return len(entries)  # the usual case: no list built
             on_net = map(eq, map(_network_of, entries), itertools.repeat(network))
             return list(map(and_, _holding(held, entries), on_net)).index(0)
-        except AttributeError:
+        except (AttributeError, IndexError):
             return _first_unheld(records, entries)
 
     def _entries_not_held(
@@ -1249,14 +1251,14 @@ class Tables:
             return list(
                 itertools.compress(entries, map(not_, _holding(self._held_entries, entries)))
             )
-        except AttributeError:
+        except (AttributeError, IndexError):
             return _unheld_entries(nets, shared, entries)
 
     def _attachments_not_held(self, atts: tuple | list) -> list:
         """The attachment records of ``atts`` this node does not hold, in order."""
         try:
             held = list(_holding(self._held_atts, atts))
-        except AttributeError:
+        except (AttributeError, IndexError):
             return _unheld_attachments(self._attach, atts)
         if all(held):
             return []  # the usual case: nothing new

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import typing
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -71,15 +72,20 @@ class MemberStateCode(IntEnum):
 # small array of the node's instead of a map of thousands. Not on the wire, not compared;
 # a copy or unpickled record is a new object, so it gets a number of its own.
 _free_numbers: list[int] = []
-_numbers_end = 0  # every number in use is below it
+_fresh_numbers = itertools.count()
+_numbers_end = 0  # every number in use is below it (but see record_numbers_end)
 
 
 def _take_number() -> int:
     global _numbers_end
-    if _free_numbers:
+    # A record may be freed on another thread (an agent's data-plane jobs): each step
+    # here is one atomic C call, and a number is never handed out twice.
+    try:
         return heapq.heappop(_free_numbers)
-    n = _numbers_end
-    _numbers_end += 1
+    except IndexError:
+        n = next(_fresh_numbers)
+    if n >= _numbers_end:
+        _numbers_end = n + 1
     return n
 
 
@@ -93,7 +99,8 @@ def _give_back(
 
 
 def record_numbers_end() -> int:
-    """Every record number in use is below this."""
+    """Every record number in use is below this (records made on one thread; with
+    several at once it may briefly lag, so a reader must tolerate a larger number)."""
     return _numbers_end
 
 
