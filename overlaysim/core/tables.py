@@ -495,13 +495,7 @@ class Tables:
     """One node's replicated tables (see the module docstring for the rules)."""
 
     def __init__(
-        self,
-        *,
-        name: str,
-        addr: str,
-        config: TableConfig,
-        rng: random.Random,
-        epoch: int = 0,
+        self, *, name: str, addr: str, config: TableConfig, rng: random.Random, epoch: int = 0
     ) -> None:
         self.name = name
         self.addr = addr
