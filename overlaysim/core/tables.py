@@ -48,7 +48,7 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from operator import and_, attrgetter, eq, getitem, is_, is_not, not_
+from operator import and_, attrgetter, eq, getitem, not_
 from typing import Any
 
 from overlaysim.core.byname import ByName
@@ -125,7 +125,7 @@ class _Record:
     #: refuses the owner's same version, like NetworkDB's forged tombstones.
     forged: bool = False
     #: ``entry`` while visible, None while hidden: "is this the very version we hold?"
-    #: is then one attribute read (see :func:`_first_unheld`). ``hidden`` never changes
+    #: is then one attribute read (see :func:`_holds`). ``hidden`` never changes
     #: after construction.
     held: Entry | None = field(init=False, default=None)
 
@@ -239,29 +239,12 @@ def _holds(records: dict[_Key, _Record], e: Entry) -> bool:
 
 
 # "Is every record of this message the very one we hold?" is asked of every gossip
-# message, for every record in it: it is the hottest check of a run. It is done with
-# C-level maps (no Python frame per record), falling back to a plain loop for anything
-# odd (a malformed record raising on the way); both give the same answer.
-_table_key = attrgetter("ref")  # Entry.ref: (table, key), built once per entry
-_held_of = attrgetter("held")
+# message and bulk sync, for every record in it: the hottest check of a run. A node
+# answers it from its held bytes (one per record number, see ``Tables._held_entries``)
+# with C-level maps; a malformed record (no number) falls back to the per-record
+# definitions, :func:`_holds` and :func:`_holds_attachment`, which give the same answer.
 _network_of = attrgetter("network")
 _num_of = attrgetter("num")  # a record object's number (core/wire.py)
-_node_of = attrgetter("node")
-_NO_RECORD = _Record(None, False)  # type: ignore[arg-type]  # holds no entry
-_NO_NODES: dict[str, NetworkAttachment] = {}  # never written
-
-
-def _first_unheld(records: dict[_Key, _Record], entries: tuple | list) -> int:
-    """Index of the first entry of ``entries`` that is not held (see :func:`_holds`).
-
-    ``len(entries)`` when every one is: the usual case for gossip in the simulator.
-    """
-    try:
-        if all(_held_flags(records, entries)):  # the usual case: no list built
-            return len(entries)
-        return list(_held_flags(records, entries)).index(False)
-    except (AttributeError, TypeError):
-        return _first_not(_holds, records, entries)
 
 
 def _hold(held: bytearray, record: Entry | NetworkAttachment) -> None:
@@ -299,61 +282,13 @@ def _holds_now(held: bytearray, records: dict[_Key, _Record], network: str, e: o
         return _holds(records, e)  # type: ignore[arg-type]
 
 
-def _held_flags(records: dict[_Key, _Record], entries: tuple | list) -> Iterable[bool]:
-    """Lazily, for each of ``entries``, whether it is held (C-level maps)."""
-    recs = map(records.get, map(_table_key, entries), itertools.repeat(_NO_RECORD))
-    return map(is_, map(_held_of, recs), entries)
-
-
-def _unheld_entries(nets: dict[str, _Network], shared: list[str], entries: tuple | list) -> list:
-    """``entries`` less some that are certainly held (see :func:`_holds`), in order.
-
-    A bulk sync carries every entry of the networks it names, nearly all of them held
-    by the receiver. With one shared network (the usual case) they are filtered with
-    C-level maps against that network's records: an entry found there is held (a
-    stored record names its own network). What is left is checked one by one, as
-    before, so an entry of another network or a malformed one is judged the same way.
-    """
-    st = nets.get(shared[0]) if len(shared) == 1 else None
-    if st is None:
-        return list(entries)
-    try:
-        flags = list(_held_flags(st.records, entries))
-    except (AttributeError, TypeError):
-        return list(entries)
-    return list(itertools.compress(entries, map(not_, flags)))
-
-
 def _first_not(test: Callable[[Any, Any], bool], held: Any, items: tuple | list) -> int:
     """Index of the first of ``items`` with ``test(held, item)`` false, else len: the
-    plain definition, taken when the C-level paths meet a malformed record."""
+    plain definition, taken when the held bytes meet a malformed record."""
     for i, x in enumerate(items):
         if not test(held, x):
             return i
     return len(items)
-
-
-def _unheld_attachments(
-    attach: dict[str, dict[str, NetworkAttachment]], atts: tuple | list
-) -> list:
-    """The records of ``atts`` that are not held (see :func:`_holds_attachment`), in
-    order; usually none (gossip in the simulator) or a few among many (a bulk sync
-    carries every attachment its sender knows)."""
-    try:
-        if len(attach) == 1:
-            # One network known (the usual case): a record stored under a network names
-            # that network (records are immutable), so "it is the record stored for its
-            # node there" is the whole test, without looking its network up.
-            (recs,) = attach.values()
-            if not any(map(is_not, map(recs.get, map(_node_of, atts)), atts)):
-                return []  # the usual case: nothing new, no list built
-            new = map(is_not, map(recs.get, map(_node_of, atts)), atts)
-        else:
-            nodes = map(attach.get, map(_network_of, atts), itertools.repeat(_NO_NODES))
-            new = map(is_not, map(dict.get, nodes, map(_node_of, atts)), atts)
-        return list(itertools.compress(atts, new))
-    except (AttributeError, TypeError):
-        return [a for a in atts if not _holds_attachment(attach, a)]
 
 
 def _holds_attachment(attach: dict[str, dict[str, NetworkAttachment]], a: object) -> bool:
@@ -1201,7 +1136,7 @@ class Tables:
         )
         wanted = set(shared)
         nets = self._nets
-        for e in self._entries_not_held(nets, shared, _seq(msg.entries)):
+        for e in self._entries_not_held(_seq(msg.entries)):
             st = nets.get(getattr(e, "network", None))
             if st is not None and _holds(st.records, e):
                 continue  # the very version we hold
@@ -1234,26 +1169,25 @@ class Tables:
             on_net = map(eq, map(_network_of, entries), itertools.repeat(network))
             return list(map(and_, _holding(held, entries), on_net)).index(0)
         except (AttributeError, IndexError):
-            return _first_unheld(records, entries)
+            return _first_not(_holds, records, entries)
 
-    def _entries_not_held(
-        self, nets: dict[str, _Network], shared: list[str], entries: tuple | list
-    ) -> list:
+    def _entries_not_held(self, entries: tuple | list) -> list:
         """A bulk sync's ``entries`` less those this node holds (in its own network's
-        records, as the per-entry check reads them), in order."""
+        records, as the per-entry check reads them), in order. With a malformed record
+        among them, all of them: the per-entry check judges each."""
         try:
             return list(
                 itertools.compress(entries, map(not_, _holding(self._held_entries, entries)))
             )
         except (AttributeError, IndexError):
-            return _unheld_entries(nets, shared, entries)
+            return list(entries)
 
     def _attachments_not_held(self, atts: tuple | list) -> list:
         """The attachment records of ``atts`` this node does not hold, in order."""
         try:
             held = list(_holding(self._held_atts, atts))
         except (AttributeError, IndexError):
-            return _unheld_attachments(self._attach, atts)
+            return [a for a in atts if not _holds_attachment(self._attach, a)]
         if all(held):
             return []  # the usual case: nothing new
         return list(itertools.compress(atts, map(not_, held)))

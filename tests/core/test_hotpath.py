@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import operator
 import random
 
 from overlaysim.core import wire
@@ -292,76 +291,3 @@ def test_a_held_record_is_recognised_without_a_held_set() -> None:
     before = t.dropped
     assert t.receive("h1", TableGossip(source="h1", network="n", entries=(object(),)), 2.2)
     assert t.dropped == before + 1
-
-
-def test_unheld_attachments_match_the_per_record_test() -> None:
-    """The C-level "attachments not held" filter (one-network shortcut included) gives
-    the records the per-record definition gives, for held records, equal copies,
-    records of other networks, and malformed ones."""
-    from dataclasses import replace
-
-    from overlaysim.core.tables import _holds_attachment, _unheld_attachments
-
-    def att(node: str, net: str) -> NetworkAttachment:
-        return NetworkAttachment(node=node, network=net, ltime=1, leaving=False, epoch=0)
-
-    rng = random.Random(7)
-    for nets in (["n"], ["n", "m"], []):
-        attach: dict[str, dict[str, NetworkAttachment]] = {n: {} for n in nets}
-        held = []
-        for net in nets:
-            for i in range(6):
-                a = att(f"h{i}", net)
-                attach[net][a.node] = a
-                held.append(a)
-        pool: list[object] = [*held, object(), att("h1", "x"), att("zz", "n")]
-        pool += [replace(a) for a in held[:3]]
-        pool.append(NetworkAttachment(node=["h1"], network="n", ltime=1, leaving=False))  # type: ignore[arg-type]
-        for _ in range(300):
-            atts = tuple(rng.choice(pool) for _ in range(rng.randrange(0, 6)))
-            want = [a for a in atts if not _holds_attachment(attach, a)]
-            got = _unheld_attachments(attach, atts)
-            assert len(got) == len(want) and all(map(operator.is_, got, want))
-
-
-def test_bulk_sync_entry_filter_drops_only_held_entries() -> None:
-    """The C-level filter of a bulk sync's entries drops only entries the per-record
-    definition holds, and keeps the order, for held entries, equal copies, entries of
-    another network (held there or not), hidden ones and malformed records."""
-    from dataclasses import replace
-
-    from overlaysim.core.tables import _holds, _Network, _Record, _unheld_entries
-
-    def ent(key: str, net: str) -> Entry:
-        return Entry(
-            network=net, table="t", key=key, owner="o", owner_epoch=0, ltime=1, deleted=False,
-            value={},
-        )  # fmt: skip
-
-    rng = random.Random(9)
-    nets = {"n": _Network(), "m": _Network()}
-    held: list[Entry] = []
-    for name, st in nets.items():
-        for i in range(6):
-            e = ent(f"k{i}", name)
-            st.records[e.ref] = _Record(e, hidden=(i == 5))
-            held.append(e)
-    pool: list[object] = [*held, object(), ent("k9", "n"), ent("k1", "x")]
-    pool += [replace(e) for e in held[:3]]
-    pool.append(replace(held[0], key=["k0"]))  # type: ignore[arg-type]  # unhashable key
-
-    def is_held(e: object) -> bool:
-        st = nets.get(getattr(e, "network", None))  # type: ignore[arg-type]
-        return st is not None and _holds(st.records, e)  # type: ignore[arg-type]
-
-    for shared in (["n"], ["m"], ["n", "m"], ["gone"]):
-        for _ in range(300):
-            entries = tuple(rng.choice(pool) for _ in range(rng.randrange(0, 8)))
-            got = _unheld_entries(nets, shared, entries)
-            rest = iter(entries)  # a subsequence of the entries, in their order...
-            assert all(any(g is e for e in rest) for g in got)
-            dropped = [e for e in entries if not any(e is g for g in got)]
-            assert all(map(is_held, dropped))  # ...less only entries that are held
-            if len(shared) == 1 and all(type(getattr(e, "key", 0)) is str for e in entries):
-                # Well-formed: every entry held in the one shared network is dropped.
-                assert not any(is_held(e) and e.network == shared[0] for e in got)  # type: ignore[attr-defined]
