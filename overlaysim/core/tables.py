@@ -1175,22 +1175,22 @@ class Tables:
         """A bulk sync's ``entries`` less those this node holds (in its own network's
         records, as the per-entry check reads them), in order. With a malformed record
         among them, all of them: the per-entry check judges each."""
+        held = self._held_entries
         try:
-            return list(
-                itertools.compress(entries, map(not_, _holding(self._held_entries, entries)))
-            )
+            if all(_holding(held, entries)):
+                return []  # the usual case: nothing new, and no list built to say so
+            return list(itertools.compress(entries, map(not_, _holding(held, entries))))
         except (AttributeError, IndexError):
             return list(entries)
 
     def _attachments_not_held(self, atts: tuple | list) -> list:
         """The attachment records of ``atts`` this node does not hold, in order."""
         try:
-            held = list(_holding(self._held_atts, atts))
+            if all(_holding(self._held_atts, atts)):
+                return []  # the usual case: nothing new, and no list built to say so
+            return list(itertools.compress(atts, map(not_, _holding(self._held_atts, atts))))
         except (AttributeError, IndexError):
             return [a for a in atts if not _holds_attachment(self._attach, a)]
-        if all(held):
-            return []  # the usual case: nothing new
-        return list(itertools.compress(atts, map(not_, held)))
 
     # -- helpers ---------------------------------------------------------------------
 

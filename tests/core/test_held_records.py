@@ -160,6 +160,16 @@ def test_held_bytes_match_every_nodes_maps(seed: int) -> None:
             assert not any(
                 _byte(t._held_entries, r) for r in records if isinstance(r, NetworkAttachment)
             )
+            # The filters a message's records go through, on a mix and on held ones only
+            # (the all-held shortcut).
+            for kind, keep in (
+                (NetworkAttachment, t._attachments_not_held),
+                (Entry, t._entries_not_held),
+            ):
+                mix = [r for r in records if isinstance(r, kind)]
+                held = [r for r, h in zip(records, want, strict=True) if h and isinstance(r, kind)]
+                assert keep(mix) == [r for r in mix if not _holds_by_maps(t, r)]
+                assert keep(held) == []
 
     def observe(d) -> None:  # type: ignore[no-untyped-def]
         for r in (*getattr(d.msg, "entries", ()), *getattr(d.msg, "attachments", ())):
