@@ -243,11 +243,7 @@ async def test_a_client_keeps_its_connection_and_survives_its_loss() -> None:
         # the manager closes a connection that stays idle; the next call opens a new one
         server.idle_timeout = 0.1
         await client.network_ls()  # answered on the kept one, which then idles out
-        for _ in range(100):  # until the manager has closed it (0.1 s, or later if loaded)
-            await asyncio.sleep(0.05)
-            if not server._conns:
-                break
-        assert not server._conns
+        await _until(lambda: not server._conns)  # closed after 0.1 s (later if loaded)
         # Back to a long timeout before the next connection opens: its idle wait starts
         # with the value of the moment, and a loaded machine may take longer than 0.1 s
         # to send the next request on it.
