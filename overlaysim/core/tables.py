@@ -272,6 +272,14 @@ def _holding(held: bytearray, records: tuple | list) -> Iterable[int]:
     return map(getitem, itertools.repeat(held), map(_num_of, records))
 
 
+def _not_holding(held: bytearray, records: tuple | list) -> list:
+    """The ``records`` whose held byte is 0, in order; when every one is held (the
+    usual case) ``[]``, without building a list to say so. Raises as :func:`_holding`."""
+    if all(_holding(held, records)):
+        return []
+    return list(itertools.compress(records, map(not_, _holding(held, records))))
+
+
 def _holds_now(held: bytearray, records: dict[_Key, _Record], network: str, e: object) -> bool:
     """:func:`_holds` for an entry of a gossip message on ``network``, by the node's held
     bytes (kept current while the message is merged): an entry is stored only under
@@ -1175,20 +1183,15 @@ class Tables:
         """A bulk sync's ``entries`` less those this node holds (in its own network's
         records, as the per-entry check reads them), in order. With a malformed record
         among them, all of them: the per-entry check judges each."""
-        held = self._held_entries
         try:
-            if all(_holding(held, entries)):
-                return []  # the usual case: nothing new, and no list built to say so
-            return list(itertools.compress(entries, map(not_, _holding(held, entries))))
+            return _not_holding(self._held_entries, entries)
         except (AttributeError, IndexError):
             return list(entries)
 
     def _attachments_not_held(self, atts: tuple | list) -> list:
         """The attachment records of ``atts`` this node does not hold, in order."""
         try:
-            if all(_holding(self._held_atts, atts)):
-                return []  # the usual case: nothing new, and no list built to say so
-            return list(itertools.compress(atts, map(not_, _holding(self._held_atts, atts))))
+            return _not_holding(self._held_atts, atts)
         except (AttributeError, IndexError):
             return [a for a in atts if not _holds_attachment(self._attach, a)]
 
