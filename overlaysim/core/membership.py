@@ -81,6 +81,8 @@ from overlaysim.core.wire import (
     UpdateKind,
 )
 
+_node_of = operator.attrgetter("node")  # a member update's key in the broadcast queue
+
 
 class MemberState(Enum):
     """Local view of a member."""
@@ -246,7 +248,7 @@ class Membership:
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._suspicions: dict[str, Suspicion] = {}
-        self._queue = TransmitLimitedQueue(config.retransmit_mult)
+        self._queue = TransmitLimitedQueue(config.retransmit_mult, _node_of)
         self._timers: list[tuple[float, int, int, object]] = []
         self._timer_ids = itertools.count()
         self._seq = 0
@@ -945,7 +947,7 @@ class Membership:
 
     def _broadcast(self, u: MemberUpdate, now: float) -> None:
         """Queue ``u`` for piggybacking and make sure the gossip timer runs."""
-        self._queue.queue(u.node, u)
+        self._queue.queue(u)
         if self._started and not self._gossip_armed and self.config.gossip_nodes > 0:
             self._arm_gossip(now)
 

@@ -3,9 +3,9 @@
 Each queued item is piggybacked on outgoing packets until it has been sent
 ``retransmit_limit(mult, n)`` times, ``n`` being the cluster (or network) size that the
 caller passes in: the queue never looks it up itself. Items with the fewest transmits
-go first (newest first among equals), so fresh news spreads fastest. A new item with the
-same ``key`` replaces the old one: a newer fact about a node or entry invalidates the
-older.
+go first (newest first among equals), so fresh news spreads fastest. A new record with
+the same key (the queue's ``key`` function of the record) replaces the old one: a newer
+fact about a node or entry invalidates the older.
 
 Items live in one bucket per transmit count, oldest first, so "newest first" is a walk
 from the end. A packet takes the longest run of newest items that fits (found with a
@@ -15,18 +15,20 @@ rather than a heap pop and push per item, and a replaced item leaves its bucket 
 instead of lingering as a dead heap entry.
 
 Memory: during a burst every node holds nearly every entry here for many rounds (at
-thousands of nodes, for the whole run), so an item is not an object: a bucket is four
-parallel lists (record, key, sequence number, size: four pointers per item, to shared
-objects: the record and key are shared by every node, the key index maps a key to its
+thousands of nodes, for the whole run), so an item is not an object: a bucket is three
+parallel lists (record, sequence number, size: three pointers per item, to shared
+objects: the record is shared by every node, the key index maps a record's key to its
 item's sequence number, an int shared by every queue since each node numbers its items
 1, 2, 3..., and a size is the record's memoised one). Lists of shared ints take no more
-room than arrays of raw ints, and bisecting or summing them needs no boxing.
+room than arrays of raw ints, and bisecting or summing them needs no boxing. The key is
+not a column: it is read from the record (one shared object per record) when an item
+is retired, so a packet moves three columns, not four.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from itertools import accumulate, islice, repeat
 from operator import itemgetter
 from typing import Any
@@ -55,55 +57,54 @@ def _shared_int(i: int) -> int:
 class _Bucket:
     """Items sent the same number of times, in queue order (oldest first), by column."""
 
-    __slots__ = ("recs", "keys", "seqs", "sizes")
+    __slots__ = ("recs", "seqs", "sizes")
 
     def __init__(self) -> None:
         self.recs: list[Any] = []
-        self.keys: list[Hashable] = []
         self.seqs: list[int] = []  # the index's own int objects: no boxing on bisect
         self.sizes: list[int] = []
 
     def __len__(self) -> int:
         return len(self.recs)
 
-    def cut(self, p: int) -> tuple[list[Any], list[Hashable], list[int], list[int]]:
+    def cut(self, p: int) -> tuple[list[Any], list[int], list[int]]:
         """Remove and return the items from position ``p`` on (oldest first)."""
-        out = (self.recs[p:], self.keys[p:], self.seqs[p:], self.sizes[p:])
-        del self.recs[p:], self.keys[p:], self.seqs[p:], self.sizes[p:]
+        out = (self.recs[p:], self.seqs[p:], self.sizes[p:])
+        del self.recs[p:], self.seqs[p:], self.sizes[p:]
         return out
 
     def remove_at(self, j: int) -> None:
-        del self.recs[j], self.keys[j], self.seqs[j], self.sizes[j]
+        del self.recs[j], self.seqs[j], self.sizes[j]
 
-    def insert(self, p: int, recs: list, keys: list, seqs: list, sizes: list) -> None:
+    def insert(self, p: int, recs: list, seqs: list, sizes: list) -> None:
         """Insert the items (in order) before position ``p``."""
-        self.replace(p, p, recs, keys, seqs, sizes)
+        self.replace(p, p, recs, seqs, sizes)
 
-    def replace(self, p: int, q: int, recs: list, keys: list, seqs: list, sizes: list) -> None:
+    def replace(self, p: int, q: int, recs: list, seqs: list, sizes: list) -> None:
         """Put the items (in order) in place of positions ``p`` to ``q`` (excluded)."""
         self.recs[p:q] = recs
-        self.keys[p:q] = keys
         self.seqs[p:q] = seqs
         self.sizes[p:q] = sizes
 
-    def extend(self, recs: list, keys: list, seqs: Iterable[int], sizes: Iterable[int]) -> None:
+    def extend(self, recs: list, seqs: Iterable[int], sizes: Iterable[int]) -> None:
         self.recs.extend(recs)
-        self.keys.extend(keys)
         self.seqs.extend(seqs)
         self.sizes.extend(sizes)
 
 
 #: Items taken from one bucket by a packet, in queue order (oldest first, as in the
-#: bucket, so moving them on is a slice copy): (bucket, records, keys, sequence
-#: numbers, sizes).
-_Taken = tuple[int, list[Any], list[Hashable], list[int], list[int]]
+#: bucket, so moving them on is a slice copy): (bucket, records, sequence numbers,
+#: sizes).
+_Taken = tuple[int, list[Any], list[int], list[int]]
 
 
 class TransmitLimitedQueue:
     """Priority queue of records to piggyback, bounded by a retransmit budget."""
 
-    def __init__(self, retransmit_mult: int) -> None:
+    def __init__(self, retransmit_mult: int, key: Callable[[Any], Hashable]) -> None:
         self.retransmit_mult = retransmit_mult
+        #: A record's key: records with equal keys replace each other.
+        self.key = key
         # _buckets[t]: items sent t times, in queue order (oldest first).
         self._buckets: list[_Bucket] = [_Bucket()]
         self._by_key: dict[Hashable, int] = {}  # key -> sequence number of its item
@@ -115,11 +116,12 @@ class TransmitLimitedQueue:
     def __len__(self) -> int:
         return len(self._by_key)
 
-    def queue(self, key: Hashable, record: Any, size: int | None = None) -> None:
-        """Queue ``record``; an older item with the same ``key`` is dropped.
+    def queue(self, record: Any, size: int | None = None) -> None:
+        """Queue ``record``; an older item with the same key is dropped.
 
         ``size`` is the record's encoded size when the caller already knows it.
         """
+        key = self.key(record)
         old = self._by_key.get(key)
         if old is not None:
             for bucket in self._buckets:
@@ -137,7 +139,6 @@ class TransmitLimitedQueue:
         self._by_key[key] = seq
         b = self._buckets[0]
         b.recs.append(record)
-        b.keys.append(key)
         b.seqs.append(seq)
         b.sizes.append(size)
 
@@ -171,10 +172,10 @@ class TransmitLimitedQueue:
                 acc = list(accumulate(islice(reversed(bucket.sizes), cap)))
                 k = bisect_right(acc, budget)
                 if k:
-                    recs, keys, seqs, sizes = bucket.cut(len(bucket) - k)
+                    recs, seqs, sizes = bucket.cut(len(bucket) - k)
                     budget -= acc[k - 1]
                     out.extend(reversed(recs))  # newest first
-                    moved.append((t, recs, keys, seqs, sizes))
+                    moved.append((t, recs, seqs, sizes))
                 if budget < smallest:
                     break
                 if not bucket.recs:
@@ -201,12 +202,11 @@ class TransmitLimitedQueue:
                 out.extend(recs)
                 recs.reverse()
                 asc = taken[::-1]
-                keys = [bucket.keys[j] for j in asc]
                 seqs = [bucket.seqs[j] for j in asc]
                 tsizes = [sizes[j] for j in asc]
                 for j in taken:  # descending positions: each removal leaves the rest in place
                     bucket.remove_at(j)
-                moved.append((t, recs, keys, seqs, tsizes))
+                moved.append((t, recs, seqs, tsizes))
             if stop:
                 break
         if moved:
@@ -217,10 +217,10 @@ class TransmitLimitedQueue:
     def _advance(self, moved: list[_Taken], max_tx: int) -> None:
         """Count one transmit for each taken item: next bucket, or gone at ``max_tx``."""
         buckets = self._buckets
-        for t, recs, keys, seqs, sizes in moved:
+        for t, recs, seqs, sizes in moved:
             if t + 1 >= max_tx:
                 pop = self._by_key.pop
-                for k in keys:
+                for k in map(self.key, recs):
                     pop(k)
                 if not self._by_key:
                     # A dict keeps the table of its largest size; a burst of N items
@@ -232,16 +232,16 @@ class TransmitLimitedQueue:
             nxt = buckets[t + 1]
             # Taken columns and buckets are both oldest first.
             if len(nxt) and nxt.seqs[-1] > seqs[0]:
-                _merge_into(nxt, recs, keys, seqs, sizes)
+                _merge_into(nxt, recs, seqs, sizes)
             else:
-                nxt.extend(recs, keys, seqs, sizes)
+                nxt.extend(recs, seqs, sizes)
 
 
 #: Above this many separate runs, merging the span row by row beats one slice each.
 _MAX_RUNS = 8
 
 
-def _merge_into(nxt: _Bucket, recs: list, keys: list, seqs: list, sizes: list) -> None:
+def _merge_into(nxt: _Bucket, recs: list, seqs: list, sizes: list) -> None:
     """Merge taken items (ascending sequence numbers) into bucket ``nxt`` (ascending).
 
     Sequence numbers are unique, so the order is total. Each taken item goes where its
@@ -257,7 +257,7 @@ def _merge_into(nxt: _Bucket, recs: list, keys: list, seqs: list, sizes: list) -
     first = bisect_right(nseqs, seqs[0])
     last = bisect_right(nseqs, seqs[-1], first)
     if first == last:
-        nxt.insert(first, recs, keys, seqs, sizes)
+        nxt.insert(first, recs, seqs, sizes)
         return
     n = len(seqs)
     pos = list(map(bisect_right, repeat(nseqs, n), seqs, repeat(first, n), repeat(last, n)))
@@ -266,15 +266,15 @@ def _merge_into(nxt: _Bucket, recs: list, keys: list, seqs: list, sizes: list) -
     if len(starts) <= _MAX_RUNS:
         end = len(pos)
         for i in reversed(starts):  # last run first: earlier positions stay valid
-            nxt.insert(pos[i], recs[i:end], keys[i:end], seqs[i:end], sizes[i:end])
+            nxt.insert(pos[i], recs[i:end], seqs[i:end], sizes[i:end])
             end = i
         return
-    span = (nseqs[first:last], nxt.recs[first:last], nxt.keys[first:last], nxt.sizes[first:last])
+    span = (nseqs[first:last], nxt.recs[first:last], nxt.sizes[first:last])
     rows = list(zip(*span, strict=True))
-    rows.extend(zip(seqs, recs, keys, sizes, strict=True))
+    rows.extend(zip(seqs, recs, sizes, strict=True))
     rows.sort(key=_seq_of)
-    s_, r_, k_, z_ = zip(*rows, strict=True)
-    nxt.replace(first, last, list(r_), list(k_), list(s_), list(z_))
+    s_, r_, z_ = zip(*rows, strict=True)
+    nxt.replace(first, last, list(r_), list(s_), list(z_))
 
 
 _seq_of = itemgetter(0)

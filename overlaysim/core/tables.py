@@ -244,6 +244,7 @@ def _holds(records: dict[_Key, _Record], e: Entry) -> bool:
 # with C-level maps; a malformed record (no number) falls back to the per-record
 # definitions, :func:`_holds` and :func:`_holds_attachment`, which give the same answer.
 _network_of = attrgetter("network")
+_ref_of = attrgetter("ref")  # a record's key in a broadcast queue, one object per record
 _num_of = attrgetter("num")  # a record object's number (core/wire.py)
 
 
@@ -468,7 +469,7 @@ class Tables:
         self._down: dict[str, int] = {}  # node -> highest epoch of it we saw die
         # Gossip.
         self._dirty: dict[str, None] = {}  # networks with queued table events
-        self._net_queue = TransmitLimitedQueue(config.retransmit_mult)
+        self._net_queue = TransmitLimitedQueue(config.retransmit_mult, _ref_of)
         self._overheads: dict[str, int] = {}
         # What a bulk sync carries changed this many times; with the networks and length
         # of the last one sent, so an unchanged one states its length without re-sizing
@@ -578,7 +579,7 @@ class Tables:
         self._draining.discard(network)
         st = self._nets.setdefault(network, _Network())
         if st.queue is None:
-            st.queue = TransmitLimitedQueue(self.config.retransmit_mult)
+            st.queue = TransmitLimitedQueue(self.config.retransmit_mult, _ref_of)
         self._announce(network, False, now)
         self._roll_bulk(now)
         peers = self._peers.get(network)
@@ -973,12 +974,12 @@ class Tables:
         size = record_size(e)
         if size + self._overhead(network) > self.config.udp_buffer_size:
             return  # too big for gossip: bulk sync carries it
-        st.queue.queue(_share(e.ref), e, size)
+        st.queue.queue(e, size)
         self._dirty[network] = None
         self._roll_gossip(now)
 
     def _queue_attachment(self, a: NetworkAttachment, now: float) -> None:
-        self._net_queue.queue(_share((a.node, a.network)), a)  # one key object per record
+        self._net_queue.queue(a)
         self._roll_gossip(now)
 
     def _overhead(self, network: str) -> int:

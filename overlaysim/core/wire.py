@@ -186,10 +186,14 @@ class NetworkAttachment:
     ltime: int
     leaving: bool
     epoch: int = 0
+    #: ``(node, network)``, built once: the record's key in a broadcast queue (one
+    #: object per record, shared by every node's queue). Derived: not on the wire.
+    ref: tuple[str, str] = field(init=False, repr=False, compare=False)
     #: This object's record number (see ``_take_number``).
     num: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "ref", (self.node, self.network))
         object.__setattr__(self, "num", _take_number())
 
     def __del__(self, _give_back: Any = _give_back) -> None:  # bound: survives module teardown
