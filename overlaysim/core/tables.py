@@ -158,6 +158,11 @@ def _share(v):  # type: ignore[no-untyped-def]
     return s
 
 
+#: A record's key in a broadcast queue (``Entry.ref``, ``NetworkAttachment.ref``): one
+#: object per record, read when an item is queued or retired, not kept per item.
+_ref_of = attrgetter("ref")
+
+
 @dataclass(slots=True)
 class _Network:
     """What this node stores about one network."""
@@ -244,7 +249,6 @@ def _holds(records: dict[_Key, _Record], e: Entry) -> bool:
 # with C-level maps; a malformed record (no number) falls back to the per-record
 # definitions, :func:`_holds` and :func:`_holds_attachment`, which give the same answer.
 _network_of = attrgetter("network")
-_ref_of = attrgetter("ref")  # a record's key in a broadcast queue, one object per record
 _num_of = attrgetter("num")  # a record object's number (core/wire.py)
 
 
