@@ -25,6 +25,7 @@ Usage:
   python bench/sim_scale.py --endpoints --sizes 500 1000 --seconds 30
   python bench/sim_scale.py --endpoints --churn 20 --sizes 1000 --seconds 30
   python bench/sim_scale.py --endpoints --sizes 500 --seconds 10 --profile prof.out
+  python bench/sim_scale.py --endpoints --sizes 10000 --seconds 60 --progress 2
   python bench/sim_scale.py --sizes 1000 --seconds 10
   python bench/sim_scale.py --sizes 100000 --seconds 5   # if memory allows
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
 import resource
 import statistics
@@ -191,8 +193,21 @@ def endpoint_scenario(n: int, seconds: float, preset: str, seed: int, churn: flo
     }
 
 
-def run_endpoints(n: int, seconds: float, preset: str, seed: int, churn: float) -> dict:
-    """One user-shaped run through the scenario runner's world (observers included)."""
+def _rss_mb() -> float:
+    """Current (not peak) resident set of this process, MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_endpoints(
+    n: int, seconds: float, preset: str, seed: int, churn: float, progress: float = 0.0
+) -> dict:
+    """One user-shaped run through the scenario runner's world (observers included).
+
+    ``progress`` > 0: run in steps of that many simulated seconds and print a line to
+    stderr after each (simulated time, wall time, current RSS, entry receptions), so a
+    run of an hour shows how it advances and one stopped early still says how far it got.
+    Stepping adds stop events between steps; it does not reorder the run's own events."""
     from overlaysim.core.wire import BulkSync, TableGossip
     from overlaysim.scenario.loader import validate_scenario
     from overlaysim.scenario.timeline import plan
@@ -221,7 +236,19 @@ def run_endpoints(n: int, seconds: float, preset: str, seed: int, churn: float) 
     boot_wall = time.perf_counter() - t0
     with frozen_heap():
         t1 = time.perf_counter()
-        world.env.run(until=seconds)
+        steps = [seconds]
+        if progress > 0:
+            steps = [k * progress for k in range(1, int(seconds / progress) + 1)]
+            steps += [seconds] if steps[-1] < seconds else []
+        for until in steps:
+            world.env.run(until=until)
+            if progress > 0:
+                print(
+                    f"  N={n} t={until:g} s  wall {boot_wall + time.perf_counter() - t1:.1f} s "
+                    f"(boot {boot_wall:.1f})  rss {_rss_mb():.0f} MB  "
+                    f"entry rx {counts['entries']}",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
         run_wall = time.perf_counter() - t1
     wall = boot_wall + run_wall
     rows = world.tracker.finish(seconds)
@@ -286,7 +313,10 @@ def _endpoints_main(args: argparse.Namespace) -> int:
         cmd += ["--preset", args.preset, "--seed", str(args.seed), "--churn", str(args.churn)]
         if args.profile:
             cmd += ["--profile", f"{args.profile}.{n}"]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        if args.progress:
+            cmd += ["--progress", str(args.progress)]
+        # stderr passes through: progress lines, and a failure's own message.
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         print(_endpoint_line(r), flush=True)
         if args.json:
@@ -307,11 +337,11 @@ def _one(args: argparse.Namespace) -> int:
 
         prof = cProfile.Profile()
         prof.enable()
-        r = run_endpoints(args.one, args.seconds, args.preset, args.seed, args.churn)
+        r = run_endpoints(args.one, args.seconds, args.preset, args.seed, args.churn, args.progress)
         prof.disable()
         prof.dump_stats(args.profile)
     else:
-        r = run_endpoints(args.one, args.seconds, args.preset, args.seed, args.churn)
+        r = run_endpoints(args.one, args.seconds, args.preset, args.seed, args.churn, args.progress)
     print(json.dumps(r))
     return 0
 
@@ -333,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--churn", type=float, default=0.0, help="endpoint churn events/s")
     ap.add_argument("--profile", help="cProfile stats file prefix (endpoint runs)")
     ap.add_argument("--json", action="store_true", help="also print each row as JSON")
+    ap.add_argument(
+        "--progress", type=float, default=0.0, metavar="S",
+        help="endpoint runs: print simulated time, wall time and RSS every S simulated s",
+    )  # fmt: skip
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
