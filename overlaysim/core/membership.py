@@ -63,6 +63,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from overlaysim.core import wire
+from overlaysim.core.byname import name_number
 from overlaysim.core.config import MembershipConfig, push_pull_scale
 from overlaysim.core.cowmap import CowMap
 from overlaysim.core.events import MemberEvent, MemberEventKind, Send
@@ -81,7 +82,10 @@ from overlaysim.core.wire import (
     UpdateKind,
 )
 
-_node_of = operator.attrgetter("node")  # a member update's key in the broadcast queue
+
+def _node_key(u: MemberUpdate) -> int:
+    """A member update's key in the broadcast queue: its node's name number."""
+    return name_number(u.node)
 
 
 class MemberState(Enum):
@@ -248,7 +252,7 @@ class Membership:
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._suspicions: dict[str, Suspicion] = {}
-        self._queue = TransmitLimitedQueue(config.retransmit_mult, _node_of)
+        self._queue = TransmitLimitedQueue(config.retransmit_mult, _node_key)
         self._timers: list[tuple[float, int, int, object]] = []
         self._timer_ids = itertools.count()
         self._seq = 0

@@ -4,8 +4,10 @@ Each queued item is piggybacked on outgoing packets until it has been sent
 ``retransmit_limit(mult, n)`` times, ``n`` being the cluster (or network) size that the
 caller passes in: the queue never looks it up itself. Items with the fewest transmits
 go first (newest first among equals), so fresh news spreads fastest. A new record with
-the same key (the queue's ``key`` function of the record) replaces the old one: a newer
-fact about a node or entry invalidates the older.
+the same key replaces the old one: a newer fact about a node or entry invalidates the
+older. The queue's ``key`` function gives a record's key as a small number, dense over
+the keys in use (``Entry.key_number``, a node's name number): the queue finds the item
+of a key in a list indexed by it.
 
 Items live in one bucket per transmit count, oldest first, so "newest first" is a walk
 from the end. A packet takes the longest run of newest items that fits (found with a
@@ -17,9 +19,10 @@ instead of lingering as a dead heap entry.
 Memory: during a burst every node holds nearly every entry here for many rounds (at
 thousands of nodes, for the whole run), so an item is not an object: a bucket is three
 parallel lists (record, sequence number, size: three pointers per item, to shared
-objects: the record is shared by every node, the key index maps a record's key to its
-item's sequence number, an int shared by every queue since each node numbers its items
-1, 2, 3..., and a size is the record's memoised one). Lists of shared ints take no more
+objects: the record is shared by every node, the key index maps a record's key number
+to its item's sequence number, an int shared by every queue since each node numbers its
+items 1, 2, 3..., and a size is the record's memoised one). The key index is a list, one
+8-byte slot per key number, where a dict cost ~35 bytes per queued item. Lists of shared ints take no more
 room than arrays of raw ints, and bisecting or summing them needs no boxing. The key is
 not a column: it is read from the record (one shared object per record) when an item
 is retired, so a packet moves three columns, not four.
@@ -28,7 +31,7 @@ is retired, so a packet moves three columns, not four.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from itertools import accumulate, islice, repeat
 from operator import itemgetter
 from typing import Any
@@ -101,20 +104,22 @@ _Taken = tuple[int, list[Any], list[int], list[int]]
 class TransmitLimitedQueue:
     """Priority queue of records to piggyback, bounded by a retransmit budget."""
 
-    def __init__(self, retransmit_mult: int, key: Callable[[Any], Hashable]) -> None:
+    def __init__(self, retransmit_mult: int, key: Callable[[Any], int]) -> None:
         self.retransmit_mult = retransmit_mult
-        #: A record's key: records with equal keys replace each other.
+        #: A record's key number (>= 0): records with equal keys replace each other.
         self.key = key
         # _buckets[t]: items sent t times, in queue order (oldest first).
         self._buckets: list[_Bucket] = [_Bucket()]
-        self._by_key: dict[Hashable, int] = {}  # key -> sequence number of its item
+        # Key number -> sequence number of its item, 0 where none is queued.
+        self._index: list[int] = []
+        self._count = 0  # items queued
         self._seq = 0
         self._min_size = 1 << 30  # smallest record queued: bounds how many can fit
         #: Bytes of the records the last :meth:`get` took (their sizes as queued).
         self.taken_size = 0
 
     def __len__(self) -> int:
-        return len(self._by_key)
+        return self._count
 
     def queue(self, record: Any, size: int | None = None) -> None:
         """Queue ``record``; an older item with the same key is dropped.
@@ -122,21 +127,26 @@ class TransmitLimitedQueue:
         ``size`` is the record's encoded size when the caller already knows it.
         """
         key = self.key(record)
-        old = self._by_key.get(key)
-        if old is not None:
+        index = self._index
+        if key >= len(index):
+            index.extend(repeat(0, key + 1 - len(index)))
+        old = index[key]
+        if old:
             for bucket in self._buckets:
                 seqs = bucket.seqs
                 j = bisect_left(seqs, old)
                 if j < len(seqs) and seqs[j] == old:
                     bucket.remove_at(j)
                     break
+        else:
+            self._count += 1
         if size is None:
             size = record_size(record)
         if size < self._min_size:
             self._min_size = max(size, 1)
         self._seq += 1
         seq = _shared_int(self._seq)
-        self._by_key[key] = seq
+        index[key] = seq
         b = self._buckets[0]
         b.recs.append(record)
         b.seqs.append(seq)
@@ -153,7 +163,7 @@ class TransmitLimitedQueue:
         budget = limit - overhead
         out: list[Any] = []
         self.taken_size = 0
-        if budget <= 0 or not self._by_key:
+        if budget <= 0 or not self._count:
             return out
         start = budget
         moved: list[_Taken] = []
@@ -219,13 +229,14 @@ class TransmitLimitedQueue:
         buckets = self._buckets
         for t, recs, seqs, sizes in moved:
             if t + 1 >= max_tx:
-                pop = self._by_key.pop
+                index = self._index
                 for k in map(self.key, recs):
-                    pop(k)
-                if not self._by_key:
-                    # A dict keeps the table of its largest size; a burst of N items
-                    # would otherwise leave every node an N-slot table for good.
-                    self._by_key = {}
+                    index[k] = 0
+                self._count -= len(recs)
+                if not self._count:
+                    # A burst's keys would otherwise leave every node a slot per key
+                    # for good.
+                    self._index = []
                 continue
             if t + 1 == len(buckets):
                 buckets.append(_Bucket())

@@ -158,9 +158,10 @@ def _share(v):  # type: ignore[no-untyped-def]
     return s
 
 
-#: A record's key in a broadcast queue (``Entry.ref``, ``NetworkAttachment.ref``): one
-#: object per record, read when an item is queued or retired, not kept per item.
-_ref_of = attrgetter("ref")
+#: A record's key in a broadcast queue: the number of its ``ref`` among the keys in use
+#: (``Entry.key_number``, ``NetworkAttachment.key_number``), read when an item is queued
+#: or retired, not kept per item.
+_key_of = attrgetter("key_number.num")
 
 
 @dataclass(slots=True)
@@ -473,7 +474,7 @@ class Tables:
         self._down: dict[str, int] = {}  # node -> highest epoch of it we saw die
         # Gossip.
         self._dirty: dict[str, None] = {}  # networks with queued table events
-        self._net_queue = TransmitLimitedQueue(config.retransmit_mult, _ref_of)
+        self._net_queue = TransmitLimitedQueue(config.retransmit_mult, _key_of)
         self._overheads: dict[str, int] = {}
         # What a bulk sync carries changed this many times; with the networks and length
         # of the last one sent, so an unchanged one states its length without re-sizing
@@ -583,7 +584,7 @@ class Tables:
         self._draining.discard(network)
         st = self._nets.setdefault(network, _Network())
         if st.queue is None:
-            st.queue = TransmitLimitedQueue(self.config.retransmit_mult, _ref_of)
+            st.queue = TransmitLimitedQueue(self.config.retransmit_mult, _key_of)
         self._announce(network, False, now)
         self._roll_bulk(now)
         peers = self._peers.get(network)

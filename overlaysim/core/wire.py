@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import threading
 import typing
+import weakref
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
@@ -104,6 +106,65 @@ def record_numbers_end() -> int:
     return _numbers_end
 
 
+# Key numbers. Every broadcast queue finds "the item I already hold for this record's
+# key" when a newer record replaces it. A dict from key to item costs each node a slot
+# of ~35 bytes per queued record, and during a burst every node queues nearly every
+# record: at thousands of nodes that was a quarter of the run's memory. So each key
+# in use gets a small number (one space per record class), and a queue keeps a list
+# indexed by it (8 bytes per slot). A number belongs to the key while any record with
+# that key exists (the records hold it) and is then given back for reuse, so the
+# numbers stay as dense as the live keys. Not on the wire, not compared.
+
+
+class KeyNumber:
+    """The number of one record key, held by every live record with that key."""
+
+    __slots__ = ("num", "_free", "__weakref__")
+
+    def __init__(self, num: int, free: list[int]) -> None:
+        self.num = num
+        self._free = free
+
+    def __del__(self, _push: Any = heapq.heappush) -> None:  # bound: survives teardown
+        _push(self._free, self.num)  # one C call: safe from any thread or a GC pass
+
+    def __repr__(self) -> str:
+        return f"KeyNumber({self.num})"
+
+
+class KeyNumbers:
+    """Dense numbers for the keys of one record class (see the comment above)."""
+
+    def __init__(self) -> None:
+        self._live: weakref.WeakValueDictionary[Any, KeyNumber] = weakref.WeakValueDictionary()
+        self._free: list[int] = []
+        self._fresh = itertools.count()
+        # Records are made on the agent's event-loop thread and may be freed on its
+        # data-plane thread: two makers must not both number one key.
+        self._lock = threading.Lock()
+
+    def of(self, key: Any) -> KeyNumber | None:
+        """The number of ``key``: the live one, else a free or fresh one; ``None`` for
+        an unhashable key (a malformed record, which no queue takes)."""
+        with self._lock:
+            try:
+                k = self._live.get(key)
+            except TypeError:
+                return None
+            if k is None:
+                try:
+                    num = heapq.heappop(self._free)
+                except IndexError:
+                    num = next(self._fresh)
+                k = KeyNumber(num, self._free)
+                self._live[key] = k
+            return k
+
+
+_entry_keys = KeyNumbers()
+_attachment_keys = KeyNumbers()
+
+
 def _remake(cls: type, values: dict[str, Any]) -> Any:
     return cls(**values)
 
@@ -166,10 +227,14 @@ class Entry:
     ref: tuple[str, str] = field(init=False, repr=False, compare=False)
     #: This object's record number (see ``_take_number``).
     num: int = field(init=False, repr=False, compare=False)
+    #: The number of ``ref`` among entry keys (see :class:`KeyNumbers`).
+    key_number: KeyNumber | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ref", (self.table, self.key))
+        ref = (self.table, self.key)
+        object.__setattr__(self, "ref", ref)
         object.__setattr__(self, "num", _take_number())
+        object.__setattr__(self, "key_number", _entry_keys.of(ref))
 
     def __del__(self, _give_back: Any = _give_back) -> None:  # bound: survives module teardown
         _give_back(self)
@@ -191,10 +256,14 @@ class NetworkAttachment:
     ref: tuple[str, str] = field(init=False, repr=False, compare=False)
     #: This object's record number (see ``_take_number``).
     num: int = field(init=False, repr=False, compare=False)
+    #: The number of ``ref`` among attachment keys (see :class:`KeyNumbers`).
+    key_number: KeyNumber | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ref", (self.node, self.network))
+        ref = (self.node, self.network)
+        object.__setattr__(self, "ref", ref)
         object.__setattr__(self, "num", _take_number())
+        object.__setattr__(self, "key_number", _attachment_keys.of(ref))
 
     def __del__(self, _give_back: Any = _give_back) -> None:  # bound: survives module teardown
         _give_back(self)

@@ -6,6 +6,7 @@ These pin down that the cheaper mechanics compute exactly what the plain definit
 from __future__ import annotations
 
 import dataclasses
+import gc
 import heapq
 import itertools
 import operator
@@ -107,7 +108,10 @@ class _HeapQueue:
 def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
     rng = random.Random(5)
     for mult in (1, 2, 4):
-        ref, q = _HeapQueue(mult), TransmitLimitedQueue(mult, key=operator.attrgetter("ref"))
+        ref, q = (
+            _HeapQueue(mult),
+            TransmitLimitedQueue(mult, key=operator.attrgetter("key_number.num")),
+        )
         # Versions of one entry share its key, so a newer one replaces an older one.
         records = [_entry(i) for i in range(60)]
         records += [dataclasses.replace(rng.choice(records), ltime=-i) for i in range(30)]
@@ -219,13 +223,43 @@ def test_nodes_share_one_record_and_key_per_entry() -> None:
 
 
 def test_emptied_queue_lets_go_of_its_table() -> None:
-    """After a burst has been sent out, the queue's index is a fresh small dict."""
-    q = TransmitLimitedQueue(retransmit_mult=1, key=operator.attrgetter("ref"))
+    """After a burst has been sent out, the queue's key index is an empty list again."""
+    q = TransmitLimitedQueue(retransmit_mult=1, key=operator.attrgetter("key_number.num"))
     for i in range(2000):
         q.queue(_att(i), 20)
     while len(q):
         q.get(2, 0, 1400)
-    assert q._by_key == {} and q._by_key.__sizeof__() == {}.__sizeof__()
+    assert q._index == [] and q._index.__sizeof__() == [].__sizeof__()
+
+
+def test_key_numbers_follow_the_live_keys() -> None:
+    """Records with one key share one key number; different live keys never share one;
+    the number goes back for reuse once no record with the key is left; a malformed
+    (unhashable) key gets none."""
+    a = dataclasses.replace(_entry(7), key="key-numbers-a")  # keys no other test uses
+    old = [a, dataclasses.replace(a, ltime=-1), dataclasses.replace(a, key="key-numbers-b")]
+    del a
+    assert old[0].key_number is old[1].key_number
+    assert old[0].key_number.num != old[2].key_number.num
+    att = _att(7)
+    assert att.key_number is _att(7).key_number  # attachments number their own keys
+    num = old[0].key_number.num
+    del old[:2]
+    gc.collect()
+    free = wire._entry_keys._free
+    assert num in free  # given back...
+    fresh = [
+        dataclasses.replace(old[0], key=f"key-numbers-{i}")
+        for i in range(1 + sum(n < num for n in free))
+    ]
+    assert num in {e.key_number.num for e in fresh}  # ...and reused, smallest first
+    live = [*fresh, old[0]]
+    assert len({e.key_number.num for e in live}) == len(live)
+    bad = Entry(
+        network="n", table="t", key=["x"], owner="h1", owner_epoch=0, ltime=1,  # type: ignore[arg-type]
+        deleted=False, value={},
+    )  # fmt: skip
+    assert bad.key_number is None
 
 
 def test_byname_behaves_as_a_dict() -> None:
