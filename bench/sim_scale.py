@@ -37,6 +37,7 @@ import gc
 import os
 import random
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -308,6 +309,7 @@ def _endpoints_main(args: argparse.Namespace) -> int:
         f"{args.seconds:g} simulated s, boot formed, 1 endpoint/host on 1 network at t=0",
         flush=True,
     )
+    failed = False
     for n in args.sizes:
         cmd = [sys.executable, __file__, "--one", str(n), "--seconds", str(args.seconds)]
         cmd += ["--preset", args.preset, "--seed", str(args.seed), "--churn", str(args.churn)]
@@ -316,8 +318,14 @@ def _endpoints_main(args: argparse.Namespace) -> int:
         if args.progress:
             cmd += ["--progress", str(args.progress)]
         # stderr passes through: progress lines, and a failure's own message.
-        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            rc = proc.returncode
+            how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
+            print(f"N={n:>6}: the run did not finish ({how}); see the lines above", flush=True)
+            failed = True
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
         print(_endpoint_line(r), flush=True)
         if args.json:
             print(json.dumps(r), flush=True)
@@ -326,7 +334,7 @@ def _endpoints_main(args: argparse.Namespace) -> int:
         "timeouts, timed in the same process: the median of three timings (two before the "
         "run, one after it), their range in brackets"
     )
-    return 0
+    return 1 if failed else 0
 
 
 def _one(args: argparse.Namespace) -> int:
@@ -341,7 +349,18 @@ def _one(args: argparse.Namespace) -> int:
         prof.disable()
         prof.dump_stats(args.profile)
     else:
-        r = run_endpoints(args.one, args.seconds, args.preset, args.seed, args.churn, args.progress)
+        try:
+            r = run_endpoints(
+                args.one, args.seconds, args.preset, args.seed, args.churn, args.progress
+            )
+        except MemoryError:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(
+                f"N={args.one}: out of memory (peak RSS {peak:.0f} MB); with --progress the "
+                "lines above say how far the run got",
+                file=sys.stderr,
+            )
+            return 3
     print(json.dumps(r))
     return 0
 
