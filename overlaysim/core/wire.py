@@ -146,11 +146,14 @@ class KeyNumbers:
     def of(self, key: Any) -> KeyNumber | None:
         """The number of ``key``: the live one, else a free or fresh one; ``None`` for
         an unhashable key (a malformed record, which no queue takes)."""
+        try:
+            k = self._live.get(key)  # the usual case: a record with this key exists
+        except TypeError:
+            return None
+        if k is not None:
+            return k
         with self._lock:
-            try:
-                k = self._live.get(key)
-            except TypeError:
-                return None
+            k = self._live.get(key)
             if k is None:
                 try:
                     num = heapq.heappop(self._free)
