@@ -21,11 +21,11 @@ thousands of nodes, for the whole run), so an item is not an object: a bucket is
 parallel lists (record, sequence number, size: three pointers per item, to shared
 objects: the record is shared by every node, the key index maps a record's key number
 to its item's sequence number, an int shared by every queue since each node numbers its
-items 1, 2, 3..., and a size is the record's memoised one). The key index is a list, one
-8-byte slot per key number, where a dict cost ~35 bytes per queued item. Lists of shared ints take no more
-room than arrays of raw ints, and bisecting or summing them needs no boxing. The key is
-not a column: it is read from the record (one shared object per record) when an item
-is retired, so a packet moves three columns, not four.
+items 1, 2, 3..., and a size is the record's memoised one). Lists of shared ints take no
+more room than arrays of raw ints, and bisecting or summing them needs no boxing. The
+key is not a column: it is read from the record (one shared object per record) when an
+item is retired, so a packet moves three columns, not four. The key index is a list,
+one 8-byte slot per key number, where a dict cost ~35 bytes per queued item.
 """
 
 from __future__ import annotations
