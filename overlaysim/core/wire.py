@@ -119,49 +119,72 @@ def record_numbers_end() -> int:
 class KeyNumber:
     """The number of one record key, held by every live record with that key."""
 
-    __slots__ = ("num", "_free", "__weakref__")
+    __slots__ = ("num", "__weakref__")
 
-    def __init__(self, num: int, free: list[int]) -> None:
+    def __init__(self, num: int) -> None:
         self.num = num
-        self._free = free
-
-    def __del__(self, _push: Any = heapq.heappush) -> None:  # bound: survives teardown
-        _push(self._free, self.num)  # one C call: safe from any thread or a GC pass
 
     def __repr__(self) -> str:
         return f"KeyNumber({self.num})"
+
+
+class _KeyRef(weakref.KeyedRef):
+    """A weak reference to a key's :class:`KeyNumber` that remembers the number, so the
+    number can be given back once the object is gone (not from a finaliser, which
+    another thread could still reach the object through the map during)."""
+
+    __slots__ = ("num",)
+
+    def __new__(cls, ob: KeyNumber, callback: Any, key: Any, num: int) -> _KeyRef:
+        self = super().__new__(cls, ob, callback, key)
+        self.num = num
+        return self
+
+    def __init__(self, ob: KeyNumber, callback: Any, key: Any, num: int) -> None:
+        super().__init__(ob, callback, key)
 
 
 class KeyNumbers:
     """Dense numbers for the keys of one record class (see the comment above)."""
 
     def __init__(self) -> None:
-        self._live: weakref.WeakValueDictionary[Any, KeyNumber] = weakref.WeakValueDictionary()
+        self._live: dict[Any, _KeyRef] = {}
         self._free: list[int] = []
         self._fresh = itertools.count()
         # Records are made on the agent's event-loop thread and may be freed on its
-        # data-plane thread: two makers must not both number one key.
-        self._lock = threading.Lock()
+        # data-plane thread. Reentrant: a collection started while numbering a key may
+        # give other numbers back on the same thread.
+        self._lock = threading.RLock()
 
     def of(self, key: Any) -> KeyNumber | None:
         """The number of ``key``: the live one, else a free or fresh one; ``None`` for
         an unhashable key (a malformed record, which no queue takes)."""
         try:
-            k = self._live.get(key)  # the usual case: a record with this key exists
+            ref = self._live.get(key)  # the usual case: a record with this key exists
         except TypeError:
             return None
+        k = ref() if ref is not None else None
         if k is not None:
             return k
         with self._lock:
-            k = self._live.get(key)
+            ref = self._live.get(key)
+            k = ref() if ref is not None else None
             if k is None:
                 try:
                     num = heapq.heappop(self._free)
                 except IndexError:
                     num = next(self._fresh)
-                k = KeyNumber(num, self._free)
-                self._live[key] = k
+                k = KeyNumber(num)
+                self._live[key] = _KeyRef(k, self._gone, key, num)
             return k
+
+    def _gone(self, ref: _KeyRef, _push: Any = heapq.heappush) -> None:
+        """A key's number object is gone: forget it (unless the key was numbered again
+        meanwhile) and give the number back."""
+        with self._lock:
+            if self._live.get(ref.key) is ref:
+                del self._live[ref.key]
+            _push(self._free, ref.num)
 
 
 _entry_keys = KeyNumbers()

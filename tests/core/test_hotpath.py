@@ -262,6 +262,44 @@ def test_key_numbers_follow_the_live_keys() -> None:
     assert bad.key_number is None
 
 
+def test_key_numbers_stay_one_per_live_key_when_threads_make_and_drop_records() -> None:
+    """An agent makes records on one thread and may drop them on another: with both at
+    once, every live key still has exactly one number and no two live keys share one."""
+    import sys
+    import threading
+
+    base = dataclasses.replace(_entry(3), key="key-threads")
+    kept: list[list[Entry]] = [[], []]
+
+    def churn(me: int) -> None:
+        rng = random.Random(me)
+        mine, theirs = kept[me], kept[1 - me]
+        for _ in range(20000):
+            mine.append(dataclasses.replace(base, key=f"key-threads-{rng.randrange(6)}"))
+            if len(theirs) > 4:  # drop records the other thread made
+                try:
+                    theirs.pop(rng.randrange(len(theirs)))
+                except IndexError:
+                    pass  # the other thread took it first
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    try:
+        workers = [threading.Thread(target=churn, args=(i,)) for i in (0, 1)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        sys.setswitchinterval(switch)
+    by_key: dict[str, set[int]] = {}
+    for e in kept[0] + kept[1]:
+        by_key.setdefault(e.key, set()).add(id(e.key_number))
+    assert all(len(ids) == 1 for ids in by_key.values())
+    nums = [next(e for e in kept[0] + kept[1] if e.key == k).key_number.num for k in by_key]
+    assert len(set(nums)) == len(nums)
+
+
 def test_byname_behaves_as_a_dict() -> None:
     """A ByName map (a list slot per name number) answers get/set/pop/in/len exactly as
     a dict from name to value would, over random operations on overlapping names."""
