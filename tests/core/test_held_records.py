@@ -17,6 +17,7 @@ import random
 from dataclasses import replace
 
 import pytest
+from interleave import on_threads
 from tablenet import TableNet
 
 import overlaysim.core.tables as tables_mod
@@ -239,27 +240,15 @@ def test_records_freed_during_interpreter_exit_leave_no_noise() -> None:
 def test_record_numbers_stay_unique_when_records_come_and_go_on_two_threads() -> None:
     """An agent frees records on its data-plane thread too: numbers taken and given back
     from two threads at once are still unique among the live records."""
-    import sys
-    import threading
-
     kept: list[list[Entry]] = [[], []]
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible
-    try:
 
-        def churn(i: int) -> None:
-            for j in range(20000):
-                e = _entry(f"{i}-{j}")
-                if j % 3 == 0:
-                    kept[i].append(e)  # the others are freed at once
+    def churn(i: int) -> None:
+        for j in range(20000):
+            e = _entry(f"{i}-{j}")
+            if j % 3 == 0:
+                kept[i].append(e)  # the others are freed at once
 
-        threads = [threading.Thread(target=churn, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    on_threads(churn)
     live = kept[0] + kept[1]
     assert len({e.num for e in live}) == len(live)
     assert max(e.num for e in live) < record_numbers_end()

@@ -12,6 +12,8 @@ import itertools
 import operator
 import random
 
+from interleave import on_threads
+
 from overlaysim.core import wire
 from overlaysim.core.config import retransmit_limit
 from overlaysim.core.queue import TransmitLimitedQueue
@@ -265,9 +267,6 @@ def test_key_numbers_follow_the_live_keys() -> None:
 def test_key_numbers_stay_one_per_live_key_when_threads_make_and_drop_records() -> None:
     """An agent makes records on one thread and may drop them on another: with both at
     once, every live key still has exactly one number and no two live keys share one."""
-    import sys
-    import threading
-
     base = dataclasses.replace(_entry(3), key="key-threads")
     kept: list[list[Entry]] = [[], []]
 
@@ -282,16 +281,7 @@ def test_key_numbers_stay_one_per_live_key_when_threads_make_and_drop_records() 
                 except IndexError:
                     pass  # the other thread took it first
 
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
-    try:
-        workers = [threading.Thread(target=churn, args=(i,)) for i in (0, 1)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-    finally:
-        sys.setswitchinterval(switch)
+    on_threads(churn)
     by_key: dict[str, set[int]] = {}
     for e in kept[0] + kept[1]:
         by_key.setdefault(e.key, set()).add(id(e.key_number))
