@@ -18,18 +18,22 @@ instead of lingering as a dead heap entry.
 
 Memory: during a burst every node holds nearly every entry here for many rounds (at
 thousands of nodes, for the whole run), so an item is not an object: a bucket is three
-parallel lists (record, sequence number, size: three pointers per item, to shared
-objects: the record is shared by every node, the key index maps a record's key number
-to its item's sequence number, an int shared by every queue since each node numbers its
-items 1, 2, 3..., and a size is the record's memoised one). Lists of shared ints take no
-more room than arrays of raw ints, and bisecting or summing them needs no boxing. The
-key is not a column: it is read from the record (one shared object per record) when an
-item is retired, so a packet moves three columns, not four. The key index is a list,
-one 8-byte slot per key number, where a dict cost ~35 bytes per queued item.
+parallel columns (record, sequence number, size). The record column is a list of
+pointers to the record, which every node shares; the other two are arrays of raw
+unsigned ints (4 bytes each, where a list slot is 8 and an int object 28 more). The key
+is not a column: it is read from the record when an item is retired, so a packet moves
+three columns, not four. The key index is an array too, one 4-byte slot per key number,
+where a dict cost ~35 bytes per queued item. Reading an array slot makes an int object
+(sizes are below 257 and come from the interpreter's cache); a bisection reads a few.
+
+Sequence numbers are per queue and only go up. Should one reach the array's limit (2**32
+- 1, billions of queued records in one agent's life), the queue numbers its items 1, 2,
+3... again in the same order (:meth:`TransmitLimitedQueue._renumber`).
 """
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from itertools import accumulate, islice, repeat
@@ -42,19 +46,20 @@ from overlaysim.core.wire import record_size
 __all__ = ["TransmitLimitedQueue", "record_size"]
 
 
-#: One int object per sequence number for all queues (see the module docstring).
-#: Bounded; past the bound it starts over (a cache: equal ints are interchangeable).
-_INTS_MAX = 1 << 18
-_ints: dict[int, int] = {}
+#: Array type codes: sequence numbers and key index (unsigned 32 bits), sizes (same).
+_SEQ = "I"
+_SEQ_MAX = (1 << 32) - 1
 
 
-def _shared_int(i: int) -> int:
-    s = _ints.get(i)
-    if s is None:
-        if len(_ints) >= _INTS_MAX:
-            _ints.clear()
-        _ints[i] = s = i
-    return s
+def _seq_array(items: Iterable[int] = ()) -> array:
+    return array(_SEQ, items)
+
+
+def _as_column(items: Iterable[int]) -> array:
+    """``items`` as a column array: a slice of an array takes only an array of its type."""
+    if type(items) is array and items.typecode == _SEQ:  # type: ignore[attr-defined]
+        return items  # type: ignore[return-value]
+    return array(_SEQ, items)
 
 
 class _Bucket:
@@ -64,13 +69,13 @@ class _Bucket:
 
     def __init__(self) -> None:
         self.recs: list[Any] = []
-        self.seqs: list[int] = []  # the index's own int objects: no boxing on bisect
-        self.sizes: list[int] = []
+        self.seqs: array = _seq_array()
+        self.sizes: array = _seq_array()
 
     def __len__(self) -> int:
         return len(self.recs)
 
-    def cut(self, p: int) -> tuple[list[Any], list[int], list[int]]:
+    def cut(self, p: int) -> tuple[list[Any], array, array]:
         """Remove and return the items from position ``p`` on (oldest first)."""
         out = (self.recs[p:], self.seqs[p:], self.sizes[p:])
         del self.recs[p:], self.seqs[p:], self.sizes[p:]
@@ -86,8 +91,8 @@ class _Bucket:
     def replace(self, p: int, q: int, recs: list, seqs: list, sizes: list) -> None:
         """Put the items (in order) in place of positions ``p`` to ``q`` (excluded)."""
         self.recs[p:q] = recs
-        self.seqs[p:q] = seqs
-        self.sizes[p:q] = sizes
+        self.seqs[p:q] = _as_column(seqs)
+        self.sizes[p:q] = _as_column(sizes)
 
     def extend(self, recs: list, seqs: Iterable[int], sizes: Iterable[int]) -> None:
         self.recs.extend(recs)
@@ -98,7 +103,7 @@ class _Bucket:
 #: Items taken from one bucket by a packet, in queue order (oldest first, as in the
 #: bucket, so moving them on is a slice copy): (bucket, records, sequence numbers,
 #: sizes).
-_Taken = tuple[int, list[Any], list[int], list[int]]
+_Taken = tuple[int, list[Any], "array | list[int]", "array | list[int]"]
 
 
 class TransmitLimitedQueue:
@@ -111,7 +116,7 @@ class TransmitLimitedQueue:
         # _buckets[t]: items sent t times, in queue order (oldest first).
         self._buckets: list[_Bucket] = [_Bucket()]
         # Key number -> sequence number of its item, 0 where none is queued.
-        self._index: list[int] = []
+        self._index: array = _seq_array()
         self._count = 0  # items queued
         self._seq = 0
         self._min_size = 1 << 30  # smallest record queued: bounds how many can fit
@@ -144,8 +149,10 @@ class TransmitLimitedQueue:
             size = record_size(record)
         if size < self._min_size:
             self._min_size = max(size, 1)
+        if self._seq == _SEQ_MAX:
+            self._renumber()
         self._seq += 1
-        seq = _shared_int(self._seq)
+        seq = self._seq
         index[key] = seq
         b = self._buckets[0]
         b.recs.append(record)
@@ -224,6 +231,17 @@ class TransmitLimitedQueue:
         self.taken_size = start - budget
         return out
 
+    def _renumber(self) -> None:
+        """Number the queued items 1, 2, 3... again, keeping their order."""
+        items = sorted(
+            (seq, t, j) for t, b in enumerate(self._buckets) for j, seq in enumerate(b.seqs)
+        )
+        for new, (_seq, t, j) in enumerate(items, 1):
+            b = self._buckets[t]
+            b.seqs[j] = new
+            self._index[self.key(b.recs[j])] = new
+        self._seq = len(items)
+
     def _advance(self, moved: list[_Taken], max_tx: int) -> None:
         """Count one transmit for each taken item: next bucket, or gone at ``max_tx``."""
         buckets = self._buckets
@@ -236,7 +254,7 @@ class TransmitLimitedQueue:
                 if not self._count:
                     # A burst's keys would otherwise leave every node a slot per key
                     # for good.
-                    self._index = []
+                    self._index = _seq_array()
                 continue
             if t + 1 == len(buckets):
                 buckets.append(_Bucket())

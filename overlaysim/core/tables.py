@@ -46,12 +46,13 @@ import heapq
 import itertools
 import math
 import random
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from operator import and_, attrgetter, eq, getitem, not_
 from typing import Any
 
-from overlaysim.core.byname import ByName
+from overlaysim.core.byname import ByName, _numbers, name_number
 from overlaysim.core.config import TableConfig
 from overlaysim.core.events import EntryEvent, EntryEventKind, Send
 from overlaysim.core.formed import formed_peers
@@ -315,42 +316,73 @@ def _holds_attachment(attach: dict[str, dict[str, NetworkAttachment]], a: object
 
 
 class _NodeSet:
-    """Set of node names with O(1) add/remove and O(k) random sampling."""
+    """Set of node names with O(1) add/remove and O(k) random sampling.
+
+    ``_pos`` maps a name's number (:func:`name_number`) to its position in ``_items``
+    plus one, 0 where the name is not in the set: an array of raw ints, 4 bytes per
+    (node, peer) pair where a :class:`ByName` slot is 8.
+    """
 
     __slots__ = ("_items", "_pos")
 
     def __init__(self) -> None:
         self._items: list[str] = []
-        self._pos: ByName[int] = ByName()  # a list slot per pair, not a dict slot
+        self._pos = array("I")
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __contains__(self, node: object) -> bool:
-        return node in self._pos
+        try:
+            return self._pos[_numbers[node]] != 0  # type: ignore[index]
+        except (KeyError, IndexError):
+            return False
+
+    def _slot(self, node: str) -> int:
+        """``node``'s number, the array grown to hold it."""
+        i = _numbers.get(node)
+        if i is None:
+            i = name_number(node)
+        pos = self._pos
+        if i >= len(pos):
+            pos.frombytes(bytes(pos.itemsize * (i + 1 - len(pos))))
+        return i
 
     def add(self, node: str) -> bool:
-        items = self._items
-        if not self._pos.add(node, _share(len(items))):
+        i = self._slot(node)
+        pos = self._pos
+        if pos[i]:
             return False
+        items = self._items
         items.append(node)
+        pos[i] = len(items)
         return True
 
     def extend(self, nodes: list[str]) -> None:
         """Add ``nodes``, none of which is in the set yet."""
-        start = len(self._items)
-        self._items.extend(nodes)
-        positions = map(_share, range(start, start + len(nodes)))
-        self._pos.update(list(zip(nodes, positions, strict=True)))
+        if not nodes:
+            return
+        nums = [name_number(n) for n in nodes]
+        pos = self._pos
+        top = max(nums)
+        if top >= len(pos):
+            pos.frombytes(bytes(pos.itemsize * (top + 1 - len(pos))))
+        items = self._items
+        for i, p in zip(nums, range(len(items) + 1, len(items) + 1 + len(nodes)), strict=True):
+            pos[i] = p
+        items.extend(nodes)
 
     def discard(self, node: str) -> None:
-        i = self._pos.pop(node, None)
-        if i is None:
+        i = _numbers.get(node)
+        pos = self._pos
+        if i is None or i >= len(pos) or not pos[i]:
             return
+        p = pos[i] - 1
+        pos[i] = 0
         last = self._items.pop()
         if last != node:  # swap the last one into the hole
-            self._items[i] = last
-            self._pos[last] = i
+            self._items[p] = last
+            pos[_numbers[last]] = p + 1
 
     def sample(self, rng: random.Random, k: int) -> list[str]:
         return rng.sample(self._items, min(k, len(self._items)))

@@ -107,8 +107,8 @@ class _HeapQueue:
         return out
 
 
-def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
-    rng = random.Random(5)
+def _against_heap_queue(seed: int, steps: int) -> None:
+    rng = random.Random(seed)
     for mult in (1, 2, 4):
         ref, q = (
             _HeapQueue(mult),
@@ -117,7 +117,7 @@ def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
         # Versions of one entry share its key, so a newer one replaces an older one.
         records = [_entry(i) for i in range(60)]
         records += [dataclasses.replace(rng.choice(records), ltime=-i) for i in range(30)]
-        for _ in range(3000):
+        for _ in range(steps):
             if rng.random() < 0.4:
                 r = rng.choice(records)
                 ref.queue(r.ref, r)
@@ -129,6 +129,28 @@ def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
                 assert len(q) == len(ref.by_key)
                 for bucket in q._buckets:  # each bucket oldest first (ascending sequence)
                     assert list(bucket.seqs) == sorted(bucket.seqs)
+
+
+def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
+    _against_heap_queue(5, 3000)
+
+
+def test_sequence_numbers_start_over_in_order_at_their_limit(monkeypatch) -> None:
+    """Sequence numbers are 32-bit array slots: at the limit the queue renumbers its
+    items, and takes exactly what it would have taken without the limit."""
+    import overlaysim.core.queue as queue_module
+
+    monkeypatch.setattr(queue_module, "_SEQ_MAX", 70)  # renumbers many times
+    renumbered = []
+    real = TransmitLimitedQueue._renumber
+
+    def spy(self: TransmitLimitedQueue) -> None:
+        real(self)
+        renumbered.append(self._seq)
+
+    monkeypatch.setattr(TransmitLimitedQueue, "_renumber", spy)
+    _against_heap_queue(6, 3000)
+    assert len(renumbered) > 10 and max(renumbered) < 70
 
 
 def test_merging_taken_items_into_a_bucket_keeps_every_column_in_sequence_order() -> None:
@@ -225,13 +247,15 @@ def test_nodes_share_one_record_and_key_per_entry() -> None:
 
 
 def test_emptied_queue_lets_go_of_its_table() -> None:
-    """After a burst has been sent out, the queue's key index is an empty list again."""
+    """After a burst has been sent out, the queue's key index is an empty array again."""
+    from array import array
+
     q = TransmitLimitedQueue(retransmit_mult=1, key=operator.attrgetter("key_number.num"))
     for i in range(2000):
         q.queue(_att(i), 20)
     while len(q):
         q.get(2, 0, 1400)
-    assert q._index == [] and q._index.__sizeof__() == [].__sizeof__()
+    assert len(q._index) == 0 and q._index.__sizeof__() == array("I").__sizeof__()
 
 
 def test_key_numbers_follow_the_live_keys() -> None:
