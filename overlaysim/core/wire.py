@@ -67,32 +67,48 @@ class MemberStateCode(IntEnum):
 
 # --- nested records ---------------------------------------------------------------
 
+
 # Record numbers. Every entry and attachment object gets a number that no other live
 # record has, given back when the object is gone and reused, smallest first, so the
 # numbers in use stay dense. A node keeps "which record objects do I hold" as one byte
 # per number (see core/tables.py): the held check of every gossip message then reads one
 # small array of the node's instead of a map of thousands. Not on the wire, not compared;
 # a copy or unpickled record is a new object, so it gets a number of its own.
-_free_numbers: list[int] = []
-_fresh_numbers = itertools.count()
+class _NumberPool:
+    """Numbers handed out smallest given-back first, else the next never used one.
+
+    A number may be given back on another thread (an agent's data-plane jobs drop
+    records): :meth:`take` is one atomic C call per step, so a number is never handed
+    out twice.
+    """
+
+    __slots__ = ("free", "_fresh")
+
+    def __init__(self) -> None:
+        self.free: list[int] = []  # a heap
+        self._fresh = itertools.count()
+
+    def take(self) -> int:
+        try:
+            return heapq.heappop(self.free)
+        except IndexError:
+            return next(self._fresh)
+
+
+_record_numbers = _NumberPool()
 _numbers_end = 0  # every number in use is below it (but see record_numbers_end)
 
 
 def _take_number() -> int:
     global _numbers_end
-    # A record may be freed on another thread (an agent's data-plane jobs): each step
-    # here is one atomic C call, and a number is never handed out twice.
-    try:
-        return heapq.heappop(_free_numbers)
-    except IndexError:
-        n = next(_fresh_numbers)
+    n = _record_numbers.take()
     if n >= _numbers_end:
         _numbers_end = n + 1
     return n
 
 
 def _give_back(
-    record: object, _push: Any = heapq.heappush, _free: list[int] = _free_numbers
+    record: object, _push: Any = heapq.heappush, _free: list[int] = _record_numbers.free
 ) -> None:
     try:
         _push(_free, record.num)  # type: ignore[attr-defined]
@@ -110,8 +126,8 @@ def record_numbers_end() -> int:
 # key" when a newer record replaces it. A dict from key to item costs each node a slot
 # of ~35 bytes per queued record, and during a burst every node queues nearly every
 # record: at thousands of nodes that was a quarter of the run's memory. So each key
-# in use gets a small number (one space per record class), and a queue keeps a list
-# indexed by it (8 bytes per slot). A number belongs to the key while any record with
+# in use gets a small number (one space per record class), and a queue keeps an array
+# indexed by it (4 bytes per slot). A number belongs to the key while any record with
 # that key exists (the records hold it) and is then given back for reuse, so the
 # numbers stay as dense as the live keys. Not on the wire, not compared.
 
@@ -149,8 +165,7 @@ class KeyNumbers:
 
     def __init__(self) -> None:
         self._live: dict[Any, _KeyRef] = {}
-        self._free: list[int] = []
-        self._fresh = itertools.count()
+        self._numbers = _NumberPool()
         # Records are made on the agent's event-loop thread and may be freed on its
         # data-plane thread. Reentrant: a collection started while numbering a key may
         # give other numbers back on the same thread.
@@ -170,10 +185,7 @@ class KeyNumbers:
             ref = self._live.get(key)
             k = ref() if ref is not None else None
             if k is None:
-                try:
-                    num = heapq.heappop(self._free)
-                except IndexError:
-                    num = next(self._fresh)
+                num = self._numbers.take()
                 k = KeyNumber(num)
                 self._live[key] = _KeyRef(k, self._gone, key, num)
             return k
@@ -184,7 +196,7 @@ class KeyNumbers:
         with self._lock:
             if self._live.get(ref.key) is ref:
                 del self._live[ref.key]
-            _push(self._free, ref.num)
+            _push(self._numbers.free, ref.num)
 
 
 _entry_keys = KeyNumbers()

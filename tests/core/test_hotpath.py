@@ -272,7 +272,7 @@ def test_key_numbers_follow_the_live_keys() -> None:
     num = old[0].key_number.num
     del old[:2]
     gc.collect()
-    free = wire._entry_keys._free
+    free = wire._entry_keys._numbers.free
     assert num in free  # given back...
     fresh = [
         dataclasses.replace(old[0], key=f"key-numbers-{i}")
