@@ -7,7 +7,7 @@ go first (newest first among equals), so fresh news spreads fastest. A new recor
 the same key replaces the old one: a newer fact about a node or entry invalidates the
 older. The queue's ``key`` function gives a record's key as a small number, dense over
 the keys in use (``Entry.key_number``, a node's name number): the queue finds the item
-of a key in a list indexed by it.
+of a key in an array indexed by it.
 
 Items live in one bucket per transmit count, oldest first, so "newest first" is a walk
 from the end. A packet takes the longest run of newest items that fits (found with a
@@ -20,15 +20,16 @@ Memory: during a burst every node holds nearly every entry here for many rounds 
 thousands of nodes, for the whole run), so an item is not an object: a bucket is three
 parallel columns (record, sequence number, size). The record column is a list of
 pointers to the record, which every node shares; the other two are arrays of raw
-unsigned ints (4 bytes each, where a list slot is 8 and an int object 28 more). The key
+unsigned ints (4 bytes a slot, where a list slot is 8 and points to an int object). The key
 is not a column: it is read from the record when an item is retired, so a packet moves
 three columns, not four. The key index is an array too, one 4-byte slot per key number,
 where a dict cost ~35 bytes per queued item. Reading an array slot makes an int object
-(sizes are below 257 and come from the interpreter's cache); a bisection reads a few.
+(a size is usually below 257, an int the interpreter keeps cached); a bisection reads
+a dozen.
 
-Sequence numbers are per queue and only go up. Should one reach the array's limit (2**32
-- 1, billions of queued records in one agent's life), the queue numbers its items 1, 2,
-3... again in the same order (:meth:`TransmitLimitedQueue._renumber`).
+Sequence numbers are per queue and only go up. Should one reach the array's limit
+(``2**32 - 1``, billions of queued records in one agent's life), the queue numbers its
+items 1, 2, 3... again in the same order (:meth:`TransmitLimitedQueue._renumber`).
 """
 
 from __future__ import annotations
