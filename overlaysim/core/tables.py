@@ -139,8 +139,7 @@ class _Record:
 
 
 #: Canonical copies of small immutable values that every node would otherwise hold its
-#: own copy of: entry keys ``(table, key)``, a peer's tuple of networks, the ints of
-#: node-set positions. With N nodes each holding a value per peer or
+#: own copy of: entry keys ``(table, key)``, a peer's tuple of networks. With N nodes each holding a value per peer or
 #: per entry, one 32-56 byte object per (node, peer) pair adds up to gigabytes at
 #: thousands of nodes; shared, it is one object per value. Equal values are
 #: interchangeable, so sharing changes no result. Bounded; past the bound the memo starts
@@ -338,14 +337,19 @@ class _NodeSet:
         except (KeyError, IndexError):
             return False
 
+    def _grow(self, top: int) -> None:
+        """Make room in ``_pos`` for name number ``top`` (new slots 0)."""
+        pos = self._pos
+        if top >= len(pos):
+            pos.frombytes(bytes(pos.itemsize * (top + 1 - len(pos))))
+
     def _slot(self, node: str) -> int:
         """``node``'s number, the array grown to hold it."""
         i = _numbers.get(node)
         if i is None:
             i = name_number(node)
-        pos = self._pos
-        if i >= len(pos):
-            pos.frombytes(bytes(pos.itemsize * (i + 1 - len(pos))))
+        if i >= len(self._pos):  # rare: no call on the hot path
+            self._grow(i)
         return i
 
     def add(self, node: str) -> bool:
@@ -363,10 +367,8 @@ class _NodeSet:
         if not nodes:
             return
         nums = [name_number(n) for n in nodes]
+        self._grow(max(nums))
         pos = self._pos
-        top = max(nums)
-        if top >= len(pos):
-            pos.frombytes(bytes(pos.itemsize * (top + 1 - len(pos))))
         items = self._items
         for i, p in zip(nums, range(len(items) + 1, len(items) + 1 + len(nodes)), strict=True):
             pos[i] = p
