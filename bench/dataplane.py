@@ -13,6 +13,12 @@ the peer: the kernel's VXLAN with no bridge and no container hop, the ceiling ou
 data plane can reach. Every round runs underlay, ours and the reference back to back
 (the order of ours and the reference alternates between rounds) and prints
 overlay/underlay and ours/reference; the table gives medians with their range.
+
+``--macvlan`` adds a second hand-made path to every round: the same VXLAN devices in two
+more host namespaces (``osimb-m1``/``osimb-m2``), each with a container namespace whose
+interface is a macvlan (bridge mode) on the VXLAN device: a container hop without our
+veth pair and bridge. Its ratio to the reference (``mv/ref``) says what that other way of
+attaching containers would buy on this machine.
 Everything is removed at the end; traffic stays between the namespaces built here.
 
 Run as root: ``.venv/bin/python bench/dataplane.py [--seconds 10] [--repeat 5]``.
@@ -29,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,6 +57,12 @@ R1, R2 = f"{PREFIX}-r1", f"{PREFIX}-r2"
 RL1, RL2 = f"{PREFIX}-rl1", f"{PREFIX}-rl2"
 RIP1, RIP2 = "10.98.1.1", "10.98.1.2"
 RC1, RC2 = "10.41.9.1", "10.41.9.2"
+
+M1, M2 = f"{PREFIX}-m1", f"{PREFIX}-m2"
+MC1, MC2 = f"{PREFIX}-mc1", f"{PREFIX}-mc2"
+ML1, ML2 = f"{PREFIX}-ml1", f"{PREFIX}-ml2"
+MIP1, MIP2 = "10.98.2.1", "10.98.2.2"
+MV1, MV2 = "10.41.10.1", "10.41.10.2"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +122,7 @@ class Result:
     underlay_retrans: tuple[int, ...]  # TCP retransmissions per run (reordering, drops)
     overlay_retrans: tuple[int, ...]
     load: tuple[float, ...]  # 1-minute load average at the start of each round
+    macvlan_gbps: tuple[float, ...] = ()  # the hand-built macvlan path, with --macvlan
 
     @property
     def ratios(self) -> list[float]:
@@ -127,6 +140,11 @@ class Result:
     @property
     def ref_ratio(self) -> float:
         return statistics.median(self.ref_ratios) if self.ref_ratios else 0.0
+
+    @property
+    def macvlan_ratios(self) -> list[float]:
+        pairs = zip(self.reference_gbps, self.macvlan_gbps, strict=False)
+        return [m / r for r, m in pairs if r]
 
 
 # --- building ---------------------------------------------------------------------------
@@ -212,6 +230,40 @@ def reference(underlay_mtu: int = 1500) -> Iterator[tuple[str, str, str]]:
             kns.remove_netns(name)
 
 
+@contextmanager
+def macvlan_path(underlay_mtu: int = 1500) -> Iterator[tuple[str, str, str]]:
+    """The reference's VXLAN devices, but the overlay address sits in a container
+    namespace on a macvlan (bridge mode) of the VXLAN device: a container hop with no
+    veth pair and no bridge. Yields (server netns, client netns, server overlay IP)."""
+    try:
+        build_underlay((M1, ML1, MIP1), (M2, ML2, MIP2), underlay_mtu)
+        macs = {M1: "02:42:0a:29:0a:01", M2: "02:42:0a:29:0a:02"}
+        for ns, cns, local, peer, ip, peer_ip, peer_ns in (
+            (M1, MC1, MIP1, MIP2, MV1, MV2, M2),
+            (M2, MC2, MIP2, MIP1, MV2, MV1, M1),
+        ):
+            mtu = str(underlay_mtu - VXLAN_OVERHEAD)
+            kns.create_netns(cns)
+            _ip(ns, "link", "add", "vx0", "mtu", mtu, "type", "vxlan", "id", "4096",
+                "dstport", "4789", "local", local, "nolearning")  # fmt: skip
+            _ip(ns, "link", "set", "vx0", "up")
+            _ip(ns, "link", "add", "link", "vx0", "name", "mv0", "netns", cns, "address",
+                macs[ns], "mtu", mtu, "type", "macvlan", "mode", "bridge")  # fmt: skip
+            _ip(cns, "addr", "add", f"{ip}/24", "dev", "mv0")
+            _ip(cns, "link", "set", "mv0", "up")
+            _ip(cns, "link", "set", "lo", "up")
+            subprocess.run(
+                ["bridge", "-n", ns, "fdb", "add", macs[peer_ns], "dev", "vx0", "dst", peer,
+                 "self", "permanent"], check=True, capture_output=True, timeout=10,
+            )  # fmt: skip
+            _ip(cns, "neigh", "add", peer_ip, "lladdr", macs[peer_ns], "dev", "mv0", "nud",
+                "permanent")  # fmt: skip
+        yield MC2, MC1, MV2
+    finally:
+        for name in (MC1, MC2, M1, M2):
+            kns.remove_netns(name)
+
+
 def _set_features(changes: list[tuple[str, dict[str, bool]]]) -> None:
     """In the current namespace: set ethtool features (runs in a forked helper)."""
     from pyroute2.ethtool import Ethtool
@@ -283,19 +335,27 @@ def iperf3_tcp(server_ns: str, client_ns: str, server_ip: str, seconds: float) -
         server.wait(timeout=10)
 
 
-def measure(variant: Variant, seconds: float, repeat: int, ref: tuple[str, str, str]) -> Result:
+def measure(
+    variant: Variant,
+    seconds: float,
+    repeat: int,
+    ref: tuple[str, str, str],
+    macvlan: tuple[str, str, str] | None = None,
+) -> Result:
     with testbed(variant) as (d1, d2, mtu):
         c1, c2 = d1.container_netns("c1"), d2.container_netns("c2")
-        under, over, refs, load = [], [], [], []
+        under, over, refs, mvs, load = [], [], [], [], []
         for i in range(repeat):  # interleaved, so drift in the machine hits every path
             load.append(os.getloadavg()[0])
             under.append(iperf3_tcp(U2, U1, IP2, seconds))
-            if i % 2:  # alternate which overlay runs first
-                refs.append(iperf3_tcp(*ref, seconds)[0])
-                over.append(iperf3_tcp(c2, c1, C2_IP, seconds))
-            else:
-                over.append(iperf3_tcp(c2, c1, C2_IP, seconds))
-                refs.append(iperf3_tcp(*ref, seconds)[0])
+            paths = [
+                lambda: over.append(iperf3_tcp(c2, c1, C2_IP, seconds)),
+                lambda: refs.append(iperf3_tcp(*ref, seconds)[0]),
+            ]
+            if macvlan is not None:
+                paths.append(lambda: mvs.append(iperf3_tcp(*macvlan, seconds)[0]))
+            for run in paths[::-1] if i % 2 else paths:  # alternate which runs first
+                run()
     changes = [
         f"{role}: " + ",".join(f"{k}={'on' if v else 'off'}" for k, v in wanted.items())
         for role, wanted in variant.offloads.items()
@@ -313,6 +373,7 @@ def measure(variant: Variant, seconds: float, repeat: int, ref: tuple[str, str, 
         underlay_retrans=tuple(r for _, r in under),
         overlay_retrans=tuple(r for _, r in over),
         load=tuple(load),
+        macvlan_gbps=tuple(mvs),
     )
 
 
@@ -337,6 +398,14 @@ def print_table(results: list[Result]) -> None:
             f"{r.ref_ratio:>8.2f} {_spread(r.ref_ratios):>11} "
             f"{min(r.load):>4.1f}-{max(r.load):<4.1f}  {r.offloads}"
         )
+    for r in results:
+        if r.macvlan_gbps:
+            mv = r.macvlan_ratios
+            print(
+                f"{r.variant}: hand-built macvlan path {med(r.macvlan_gbps):.2f} Gbit/s, "
+                f"mv/ref {med(mv):.2f} {_spread(mv)}, ours/ref {r.ref_ratio:.2f} "
+                f"{_spread(r.ref_ratios)} (medians over {len(mv)} rounds)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help="comma-separated names: " + ",".join(v.name for v in VARIANTS),
     )
+    parser.add_argument(
+        "--macvlan",
+        action="store_true",
+        help="also time a hand-built container hop through a macvlan on the VXLAN device "
+        "(no veth pair, no bridge) in every round",
+    )
     parser.add_argument("--json", type=Path, help="also write results here")
     args = parser.parse_args(argv)
     chosen = [v for v in VARIANTS if args.variants == "all" or v.name in args.variants.split(",")]
@@ -355,11 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no variant matches {args.variants!r}")
     clean_prefixed(PREFIX)  # leftovers of an interrupted earlier run
     results = []
-    with reference() as ref:
+    with reference() as ref, macvlan_path() if args.macvlan else nullcontext() as mv:
         for variant in chosen:
             if variant.underlay_mtu != 1500:
                 print(f"  {variant.name}: the reference runs on a 1500 underlay", file=sys.stderr)
-            result = measure(variant, args.seconds, args.repeat, ref)
+            result = measure(variant, args.seconds, args.repeat, ref, mv)
             rounds = ", ".join(
                 f"{u:.2f}/{o:.2f}/{f:.2f}"
                 for u, o, f in zip(
@@ -378,7 +453,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(
             json.dumps(
-                [asdict(r) | {"ratio": r.ratio, "ref_ratio": r.ref_ratio} for r in results],
+                [
+                    asdict(r)
+                    | {
+                        "ratio": r.ratio,
+                        "ref_ratio": r.ref_ratio,
+                        "macvlan_ratios": r.macvlan_ratios,
+                    }
+                    for r in results
+                ],
                 indent=2,
             )
         )
