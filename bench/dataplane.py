@@ -73,6 +73,8 @@ class Variant:
     ``offloads`` maps a device role (``underlay``, ``vxlan``, ``veth``) to feature
     settings, e.g. ``{"veth": {"rx-gro": True}}``; ``veth`` means both ends of each
     container's veth pair. ``bridge`` holds ``ip link set br0 type bridge`` options.
+    ``attachment`` is the network's (:data:`overlaysim.agent.dataplane.sandbox.
+    ATTACHMENTS`): ``macvlan`` has no bridge and no veth pair.
     """
 
     name: str
@@ -80,6 +82,7 @@ class Variant:
     overlay_mtu: int = 0
     offloads: dict[str, dict[str, bool]] = field(default_factory=dict)
     bridge: dict[str, str] = field(default_factory=dict)
+    attachment: str = "veth"
 
 
 GRO_ALL = {"underlay": {"rx-gro": True}, "veth": {"rx-gro": True}}
@@ -90,6 +93,7 @@ NO_TNL_GSO = {"tx-udp_tnl-segmentation": False, "tx-udp_tnl-csum-segmentation": 
 NO_BR_NF = {"nf_call_iptables": "0", "nf_call_ip6tables": "0", "nf_call_arptables": "0"}
 VARIANTS = (
     Variant(name="default"),
+    Variant(name="macvlan", attachment="macvlan"),
     Variant(name="gro-cveth", offloads={"veth": {"rx-gro": True}}),
     Variant(name="bridge-no-nf", bridge=NO_BR_NF),
     Variant(name="gro-cveth-no-nf", offloads={"veth": {"rx-gro": True}}, bridge=NO_BR_NF),
@@ -173,7 +177,7 @@ def testbed(variant: Variant) -> Iterator[tuple[DataPlane, DataPlane, int]]:
         build_underlay((U1, L1, IP1), (U2, L2, IP2), variant.underlay_mtu)
         net = NetInfo(
             name="bench", vni=4096, subnet="10.40.0.0/24", gateway="10.40.0.1",
-            mtu=variant.overlay_mtu,
+            mtu=variant.overlay_mtu, attachment=variant.attachment,
         )  # fmt: skip
         d1 = DataPlane(host="u1", underlay_ip=IP1, host_netns=U1, prefix=PREFIX)
         planes.append(d1)
@@ -360,6 +364,8 @@ def measure(
         f"{role}: " + ",".join(f"{k}={'on' if v else 'off'}" for k, v in wanted.items())
         for role, wanted in variant.offloads.items()
     ]
+    if variant.attachment != "veth":
+        changes.append(f"attachment: {variant.attachment}")
     if variant.bridge:
         changes.append("br0: " + ",".join(f"{k}={v}" for k, v in variant.bridge.items()))
     return Result(

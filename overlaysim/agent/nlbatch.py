@@ -58,11 +58,14 @@ NLM_F_EXCL = 0x200
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
+IFLA_LINK = 5
 IFLA_MASTER = 10
 IFLA_LINKINFO = 18
 IFLA_NET_NS_FD = 28
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
+IFLA_MACVLAN_MODE = 1
+MACVLAN_MODE_BRIDGE = 4
 VETH_INFO_PEER = 1
 NLA_F_NESTED = 0x8000
 IFA_ADDRESS = 1
@@ -172,6 +175,31 @@ def encode_veth_add(
             _attr(IFLA_IFNAME, name.encode() + b"\0"),
             _attr(IFLA_MTU, struct.pack("=I", mtu)),
             _attr(IFLA_MASTER, struct.pack("=I", master)),
+            _attr(IFLA_LINKINFO | NLA_F_NESTED, info),
+        )
+    )
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    return _HDR.pack(_HDR.size + len(body), RTM_NEWLINK, flags, seq, 0) + body
+
+
+def encode_macvlan_add(name: str, *, link: int, mtu: int, mac: str, ns_fd: int, seq: int) -> bytes:
+    """``ip link add link <link> name <name> address <mac> mtu M netns <fd> type macvlan
+    mode bridge``: a macvlan of device ``link`` (an index in the socket's namespace),
+    created directly in another namespace under its final name, in one request."""
+    raw = bytes.fromhex(mac.replace(":", ""))
+    if len(raw) != 6:
+        raise ValueError(f"bad MAC address {mac!r}")
+    info = _attr(IFLA_INFO_KIND, b"macvlan\0") + _attr(
+        IFLA_INFO_DATA | NLA_F_NESTED,
+        _attr(IFLA_MACVLAN_MODE, struct.pack("=I", MACVLAN_MODE_BRIDGE)),
+    )
+    body = _IFINFO.pack(0, 0, 0, 0, 0, 0) + b"".join(
+        (
+            _attr(IFLA_IFNAME, name.encode() + b"\0"),
+            _attr(IFLA_ADDRESS, raw),
+            _attr(IFLA_MTU, struct.pack("=I", mtu)),
+            _attr(IFLA_LINK, struct.pack("=I", link)),
+            _attr(IFLA_NET_NS_FD, struct.pack("=I", ns_fd)),
             _attr(IFLA_LINKINFO | NLA_F_NESTED, info),
         )
     )

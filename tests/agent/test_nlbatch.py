@@ -35,6 +35,7 @@ from overlaysim.agent.nlbatch import (
     encode_addr_add,
     encode_link_del_named,
     encode_link_up,
+    encode_macvlan_add,
     encode_veth_add,
 )
 
@@ -158,6 +159,25 @@ def test_a_port_is_one_veth_request_with_its_peer_moved() -> None:
     gone = ifinfmsg(encode_link_del_named("vethab12", 13))
     gone.decode()
     assert gone["header"]["type"] == RTM_DELLINK and gone.get_attr("IFLA_IFNAME") == "vethab12"
+
+
+def test_a_macvlan_port_is_one_request_made_in_the_container() -> None:
+    msg = ifinfmsg(
+        encode_macvlan_add("eth1", link=3, mtu=1450, mac="02:42:0a:0a:00:08", ns_fd=19, seq=14)
+    )
+    msg.decode()
+    hdr = msg["header"]
+    assert (hdr["type"], hdr["sequence_number"]) == (RTM_NEWLINK, 14)
+    assert hdr["flags"] == NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    assert msg.get_attr("IFLA_IFNAME") == "eth1"
+    assert msg.get_attr("IFLA_ADDRESS") == "02:42:0a:0a:00:08"
+    assert (msg.get_attr("IFLA_MTU"), msg.get_attr("IFLA_LINK")) == (1450, 3)
+    assert msg.get_attr("IFLA_NET_NS_FD") == 19
+    info = msg.get_attr("IFLA_LINKINFO")
+    assert info.get_attr("IFLA_INFO_KIND") == "macvlan"
+    assert info.get_attr("IFLA_INFO_DATA").get_attr("IFLA_MACVLAN_MODE") == "bridge"
+    with pytest.raises(ValueError, match="MAC"):
+        encode_macvlan_add("eth1", link=3, mtu=1450, mac="02:42", ns_fd=19, seq=1)
 
 
 @pytest.mark.emu

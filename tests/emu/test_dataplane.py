@@ -39,6 +39,7 @@ PREFIX = "osimt"
 WEB = NetInfo(name="web", vni=5001, subnet="10.20.0.0/24", gateway="10.20.0.1")
 NET_A = NetInfo(name="a", vni=4101, subnet="10.30.1.0/24", gateway="10.30.1.1")
 NET_B = NetInfo(name="b", vni=4102, subnet="10.30.2.0/24", gateway="10.30.2.1")
+MV = NetInfo(name="mv", vni=4103, subnet="10.30.3.0/24", gateway="10.30.3.1", attachment="macvlan")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -163,6 +164,13 @@ def test_netinfo_validates() -> None:
     with pytest.raises(ValueError, match="gateway"):
         NetInfo(name="x", vni=4096, subnet="10.0.0.0/24", gateway="10.0.1.1")
     assert WEB.prefixlen == 24
+    with pytest.raises(ValueError, match="attachment 'ipvlan', expected one of veth, macvlan"):
+        NetInfo(name="x", vni=4096, subnet="10.0.0.0/24", gateway="10.0.0.1", attachment="ipvlan")
+    with pytest.raises(ValueError, match="plain networks only"):
+        NetInfo(
+            name="x", vni=4096, subnet="10.0.0.0/24", gateway="10.0.0.1", encrypted=True,
+            attachment="macvlan",
+        )  # fmt: skip
 
 
 def test_name_parts_are_safe_and_distinct() -> None:
@@ -394,6 +402,42 @@ def test_networks_are_isolated_and_a_dual_homed_container_reaches_both(
     assert d2.attach("c3", NET_A, c3_a, 24, docker_mac(c3_a)) == "eth0"
     assert d2.kernel_state("a") == ({(docker_mac(c1_ip), IP1)}, {endpoint(c1_ip)})
     assert pings(c3, c1_ip)
+
+
+@pytest.mark.emu
+def test_macvlan_attachment_carries_traffic_without_bridge_or_veth(
+    planes: tuple[DataPlane, DataPlane],
+) -> None:
+    """Containers as macvlans of the VXLAN device: across hosts (VXLAN, the network's
+    VNI), on one host (the macvlans' bridge mode), to the gateway; isolated from a
+    veth-attached network; nothing left when they go."""
+    d1, d2 = planes
+    c1_ip, c2_ip, c3_ip = "10.30.3.2", "10.30.3.3", "10.30.3.4"
+    connect(d1, d2, MV, c1_ip, c2_ip)
+    assert d2.attach("c3", MV, c3_ip, 24, docker_mac(c3_ip)) == "eth0"
+    d1.add_remote("mv", c3_ip, docker_mac(c3_ip), IP2)
+    other_ip = "10.30.1.9"
+    d1.attach("c9", NET_A, other_ip, 24, docker_mac(other_ip))
+    c1, c2, c3 = d1.container_netns("c1"), d2.container_netns("c2"), d2.container_netns("c3")
+    sandbox = d2.sandbox_netns(MV)
+    with IPRoute(netns=c2, flags=0) as ipr:
+        (eth0,) = ipr.get_links(ifname="eth0")
+        kind = eth0.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND")
+        assert (kind, eth0.get_attr("IFLA_ADDRESS")) == ("macvlan", docker_mac(c2_ip))
+        assert eth0.get_attr("IFLA_MTU") == sandbox_mtu(MV, 1500)
+    shown = {link["ifname"] for link in json.loads(run_in(sandbox, "ip", "-j", "link").stdout)}
+    assert shown == {"lo", f"{PREFIX}-4103", "gw0"}  # no bridge, no veth
+    assert pings(c1, c2_ip)  # across hosts
+    assert pings(c2, c1_ip)
+    assert pings(c2, c3_ip)  # same host
+    assert pings(c1, MV.gateway)
+    assert not pings(c1, other_ip) and not pings(d1.container_netns("c9"), c1_ip)
+    assert d2.kernel_state("mv") == ({(docker_mac(c1_ip), IP1)}, {endpoint(c1_ip)})
+    d2.detach("c3", "mv")
+    assert not kns.netns_exists(c3)
+    assert pings(c1, c2_ip)
+    d2.detach("c2", "mv")  # u2's last container on mv: the sandbox goes
+    assert not kns.netns_exists(sandbox) and not kns.netns_exists(c2)
 
 
 @pytest.mark.emu

@@ -82,7 +82,7 @@ class Encryption:
             sb.uplink_index = index(inner, sb.uplink)
             inner.link("set", index=sb.uplink_index, mtu=sb.mtu)
             inner.link("set", index=sb.uplink_index, master=index(inner, BRIDGE), state="up")
-            bring_up(inner)
+            bring_up(inner, sb)
         except Exception:
             tunnel.remove_network(sb.net.vni)
             raise

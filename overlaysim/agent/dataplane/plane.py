@@ -33,7 +33,6 @@ from overlaysim.agent.dataplane.encrypted import Encryption
 from overlaysim.agent.dataplane.handles import DataPlaneError, Handles
 from overlaysim.agent.dataplane.ports import Container, norm_mac, plug, unplug
 from overlaysim.agent.dataplane.sandbox import (
-    BRIDGE,
     DEFAULT_VXLAN_PORT,
     NetInfo,
     Sandbox,
@@ -411,7 +410,7 @@ class DataPlane:
 
     @_kernel_call
     def offloads(self, network: str) -> dict[str, dict[str, bool]]:
-        """Key offload features of the sandbox's uplink, bridge and veth ports.
+        """Key offload features of the sandbox's uplink, gateway device and veth ports.
 
         GSO/TSO on the VXLAN device and UDP-tunnel GSO on the underlay are what keep
         overlay throughput near the underlay's (docs/dataplane.md).
@@ -419,7 +418,8 @@ class DataPlane:
         sandbox = self._sandboxes.get(network)
         if sandbox is None:
             raise DataPlaneError(f"network {network!r} has no sandbox here")
-        ifnames = [sandbox.uplink, BRIDGE, *sandbox.ports.values()]
+        ports = [] if sandbox.macvlan else list(sandbox.ports.values())  # macvlans: in containers
+        ifnames = [sandbox.uplink, sandbox.gateway_device, *ports]
         return kns.run_in_netns(sandbox.ns, kns.read_features, ifnames)
 
     # --- teardown ---------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""Container ports: a namespace per container, a veth pair per network it joins.
+"""Container ports: a namespace per container, a port per network it joins.
 
 A container is the named namespace ``<prefix>-<host>-<container>``; each network it
 is on adds a veth pair, ``ethN`` inside the container (address, MAC, the sandbox's
 MTU) and ``veth<hash>`` on the sandbox's bridge. Deleting the sandbox end takes the
-container end along.
+container end along. On a network with the ``macvlan`` attachment the port is one
+device instead, ``ethN``: a macvlan of the sandbox's VXLAN device, created directly in
+the container and deleted from there.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from overlaysim.agent.nlbatch import (
     encode_addr_add,
     encode_link_del_named,
     encode_link_up,
+    encode_macvlan_add,
     encode_veth_add,
 )
 
@@ -75,6 +78,8 @@ def plug(
     """
     used = {ifname for ifname, _, _ in c.ifaces.values()}
     ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
+    if sb.macvlan:
+        return _plug_macvlan(sock, c, sb, ifname, ip, prefixlen, mac)
     veth = _port_name(c.name, sb)
     # one raw request: the pair, its sandbox end on the bridge and up, its container end
     # named, addressed and moved (through pyroute2 this request cost a busy agent
@@ -106,6 +111,41 @@ def plug(
     return ifname
 
 
+def _plug_macvlan(
+    sock: NeighSocket, c: Container, sb: Sandbox, ifname: str, ip: str, prefixlen: int, mac: str
+) -> str:
+    """The port as a macvlan of the sandbox's uplink, made in ``c`` as ``ifname``."""
+    fd = os.open(kns.ns_path(c.ns), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        (code,) = sock.acked(
+            [
+                lambda seq: encode_macvlan_add(
+                    ifname, link=sb.uplink_index, mtu=sb.mtu, mac=mac, ns_fd=fd, seq=seq
+                )
+            ]
+        )
+    finally:
+        os.close(fd)
+    if code:
+        raise kns.KernelError(f"macvlan {ifname} of {sb.uplink} for {c.name}: {os.strerror(code)}")
+    sb.ports[c.name] = ifname
+    try:
+        _address_and_up(c.ns, ifname, ip, prefixlen)
+    except Exception:
+        del sb.ports[c.name]
+        _delete_in_container(c, ifname)
+        raise
+    return ifname
+
+
+def _delete_in_container(c: Container, ifname: str) -> None:
+    sock = NeighSocket(kns.ns_path(c.ns))
+    try:
+        _delete_port(sock, ifname)
+    finally:
+        sock.close()
+
+
 def _address_and_up(ns: str, ifname: str, ip: str, prefixlen: int) -> None:
     """Inside the container: the address on ``ifname``, it and loopback up, in one write
     on a raw netlink socket (a pyroute2 handle per container namespace costs a helper
@@ -130,15 +170,18 @@ def _address_and_up(ns: str, ifname: str, ip: str, prefixlen: int) -> None:
 
 
 def unplug(sock: NeighSocket, c: Container, sb: Sandbox) -> None:
-    """Remove ``c``'s port on the sandbox (its peer in the container goes too);
-    ``sock`` is the sandbox's raw netlink socket."""
-    veth = sb.ports.pop(c.name)
-    _delete_port(sock, veth)
+    """Remove ``c``'s port on the sandbox (its peer in the container goes too; a
+    macvlan port is deleted inside ``c``); ``sock`` is the sandbox's raw netlink socket."""
+    port = sb.ports.pop(c.name)
+    if sb.macvlan:
+        _delete_in_container(c, port)
+    else:
+        _delete_port(sock, port)
     del c.ifaces[sb.net.name]
 
 
 def _delete_port(sock: NeighSocket, veth: str) -> None:
-    """Delete the sandbox end of a port by name (gone already is fine)."""
+    """Delete a port by name in ``sock``'s namespace (gone already is fine)."""
     (code,) = sock.acked([lambda seq: encode_link_del_named(veth, seq)])
     if code and code not in (errno.ENODEV, errno.ENOENT):
         raise kns.KernelError(f"deleting {veth}: {os.strerror(code)}")

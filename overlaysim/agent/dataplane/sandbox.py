@@ -3,7 +3,9 @@
 A sandbox ``<prefix>-<host>-<vni>`` holds a bridge ``br0`` (the gateway address, the
 overlay MTU) and the network's uplink: a VXLAN device (VNI, UDP port,
 ``nolearning``, ``proxy``, no l2/l3 miss notifications) or, on an encrypted network,
-a TAP served by the user-space ESP path (:mod:`.encrypted`). The VXLAN device is
+a TAP served by the user-space ESP path (:mod:`.encrypted`). With the ``macvlan``
+attachment there is no bridge: containers and the gateway device ``gw0`` are macvlans
+(bridge mode) of the VXLAN device, one hop fewer per frame (docs/dataplane.md). The VXLAN device is
 created in the host's namespace and then moved into the sandbox, so its UDP socket
 stays on the underlay. Sandboxes are separate namespaces with no route between them,
 so containers on different networks cannot reach each other.
@@ -33,6 +35,11 @@ DEFAULT_VXLAN_PORT = 4789
 #: Neighbour-table GC thresholds Docker sets so hundreds of endpoints fit.
 GC_THRESH = {1: 8192, 2: 49152, 3: 65536}
 BRIDGE = names.SANDBOX_BRIDGE
+#: The gateway's device in a sandbox without a bridge (``macvlan`` attachment).
+GATEWAY_MACVLAN = "gw0"
+#: How containers hang off a network's uplink: a veth pair into the sandbox's bridge
+#: (Docker's way, the default) or a macvlan of the VXLAN device.
+ATTACHMENTS = ("veth", "macvlan")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,7 +48,8 @@ class NetInfo:
 
     ``mtu`` 0 means "derive from the underlay" with the core's rule
     (:func:`sandbox_mtu`). ``encrypted`` networks use the user-space ESP path
-    instead of a VXLAN device.
+    instead of a VXLAN device. ``attachment`` is one of :data:`ATTACHMENTS`;
+    ``macvlan`` is for plain networks only.
     """
 
     name: str
@@ -50,8 +58,19 @@ class NetInfo:
     gateway: str
     mtu: int = 0
     encrypted: bool = False
+    attachment: str = "veth"
 
     def __post_init__(self) -> None:
+        if self.attachment not in ATTACHMENTS:
+            raise ValueError(
+                f"network {self.name!r}: attachment {self.attachment!r}, expected one of "
+                + ", ".join(ATTACHMENTS)
+            )
+        if self.attachment == "macvlan" and self.encrypted:
+            raise ValueError(
+                f"network {self.name!r}: the macvlan attachment is for plain networks only "
+                "(an encrypted network's uplink is a TAP on the sandbox's bridge)"
+            )
         if not 1 <= self.vni <= 0xFFFFFF:
             raise ValueError(f"network {self.name!r}: vni {self.vni} not in 1..16777215")
         net = ipaddress.IPv4Network(self.subnet)
@@ -85,7 +104,17 @@ class Sandbox:
     record: Created
     uplink_index: int = 0  # inside the sandbox, once built
     bridge_index: int = 0  # inside the sandbox, once built
-    ports: dict[str, str] = field(default_factory=dict)  # container -> veth in sandbox
+    # container -> its port: the veth in the sandbox, or (macvlan) its name in the container
+    ports: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def macvlan(self) -> bool:
+        return self.net.attachment == "macvlan"
+
+    @property
+    def gateway_device(self) -> str:
+        """The device holding the gateway address: the bridge, or ``gw0``."""
+        return GATEWAY_MACVLAN if self.macvlan else BRIDGE
 
 
 def build_vxlan(
@@ -133,20 +162,34 @@ def build_vxlan(
         journal.drop(in_host)  # moved (now inside the sandbox) or deleted
     inner = handles.ipr(sb.ns)
     sb.uplink_index = index(inner, sb.uplink)
-    inner.link("set", index=sb.uplink_index, master=index(inner, BRIDGE), state="up")
-    bring_up(inner)
+    if sb.macvlan:
+        # a device has one receive handler: the uplink is the macvlans' lower device
+        # and cannot also be a bridge port
+        inner.link("set", index=sb.uplink_index, state="up")
+        inner.link(
+            "add", ifname=GATEWAY_MACVLAN, kind="macvlan", link=sb.uplink_index,
+            macvlan_mode="bridge", mtu=sb.mtu,
+        )  # fmt: skip
+        gw = index(inner, GATEWAY_MACVLAN)
+        inner.addr("add", index=gw, address=sb.net.gateway, prefixlen=sb.net.prefixlen)
+    else:
+        inner.link("set", index=sb.uplink_index, master=index(inner, BRIDGE), state="up")
+    bring_up(inner, sb)
 
 
 def build_bridge(inner: IPRoute, sb: Sandbox) -> None:
-    """The sandbox's bridge with the gateway address (not yet up)."""
+    """The sandbox's bridge with the gateway address (not yet up); none for a
+    ``macvlan`` sandbox, whose gateway device comes with its uplink."""
+    if sb.macvlan:
+        return
     inner.link("add", ifname=BRIDGE, kind="bridge", mtu=sb.mtu)
     sb.bridge_index = index(inner, BRIDGE)
     inner.addr("add", index=sb.bridge_index, address=sb.net.gateway, prefixlen=sb.net.prefixlen)
 
 
-def bring_up(inner: IPRoute) -> None:
-    """Bridge and loopback up, once the uplink hangs off the bridge."""
-    inner.link("set", index=index(inner, BRIDGE), state="up")
+def bring_up(inner: IPRoute, sb: Sandbox) -> None:
+    """Gateway device and loopback up, once the uplink hangs off the bridge."""
+    inner.link("set", index=index(inner, sb.gateway_device), state="up")
     inner.link("set", index=index(inner, "lo"), state="up")
 
 
