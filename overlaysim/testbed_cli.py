@@ -93,7 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="create an overlay network",
         description="Create an overlay network (VNI and subnet allocated by the manager "
         "unless given). --opt encrypted seals the network's traffic between hosts as "
-        "ESP-in-UDP (AES-GCM-128) on UDP 4500 with keys the manager rotates.",
+        "ESP-in-UDP (AES-GCM-128) on UDP 4500 with keys the manager rotates. "
+        "--opt attachment=macvlan plugs containers in as macvlans of the network's VXLAN "
+        "device instead of veth pairs into its bridge (plain networks only; "
+        "docs/dataplane.md).",
         epilog="example:\n  overlaysim network create -d overlay --attachable --subnet 10.30.0.0/24 "
         "--ip-range 10.30.0.128/25 --aux-address router=10.30.0.2 web\n",
         formatter_class=_FMT,
@@ -199,13 +202,17 @@ def _print(obj: Any) -> None:
 
 
 def _network_create(args: argparse.Namespace) -> int:
-    encrypted = False
+    encrypted, attachment = False, "veth"
     for opt in args.opt:
         key, _, value = opt.partition("=")
         if key == "encrypted" and value in ("", "true", "1"):
             encrypted = True
+        elif key == "attachment" and value:
+            attachment = value  # the manager checks the value
         else:
-            raise UserError(f"--opt {opt}: unknown option; supported: encrypted")
+            raise UserError(
+                f"--opt {opt}: unknown option; supported: encrypted, attachment=veth|macvlan"
+            )
     aux = {}
     for item in args.aux:
         name, sep, ip = item.partition("=")
@@ -221,6 +228,7 @@ def _network_create(args: argparse.Namespace) -> int:
         "attachable": args.attachable,
         "encrypted": encrypted,
         "mtu": args.mtu,
+        "attachment": attachment,
     }
     net = _live().call_manager("network_create", spec=spec)
     print(net["id"])

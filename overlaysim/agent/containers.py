@@ -229,6 +229,7 @@ class Containers:
             gateway=net["gateway"],
             mtu=derive_mtu(self.underlay_mtu, net["encrypted"], net["mtu"]),
             encrypted=bool(net["encrypted"]),
+            attachment=net.get("attachment", "veth"),
         )
         await self._before_allocate()
         alloc = await manager.allocate(name, c.name, ip, c.standalone, host=self.host)

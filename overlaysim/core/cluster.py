@@ -316,6 +316,7 @@ class Cluster:
                     "encrypted": net.encrypted,
                     "mtu": net.mtu,
                     "labels": dict(net.labels),
+                    "attachment": net.attachment,
                     "cursor": state.pool.cursor,
                     "endpoints": [[ep, str(addr)] for ep, addr in state.held()],
                 }
@@ -455,6 +456,7 @@ class Cluster:
             encrypted=entry["encrypted"],
             mtu=entry["mtu"],
             labels=entry["labels"],
+            attachment=entry.get("attachment", "veth"),  # snapshots from before it
         )
         addressing = validate_spec(spec)
         if spec.name in self._nets:

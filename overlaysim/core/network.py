@@ -16,6 +16,10 @@ from overlaysim.core.cluster_errors import InvalidSpec, check_bool, check_int, c
 from overlaysim.core.ipam import AddressError, Addressing, field_subnet, plan_addressing
 from overlaysim.core.mtu import MAX_SPEC_MTU, MIN_MTU
 
+#: How containers hang off a network on each host: a veth pair into the network's bridge
+#: (Docker's way) or a macvlan of its VXLAN device (one hop fewer; plain networks only).
+ATTACHMENTS = ("veth", "macvlan")
+
 #: Docker's rule for network names.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -27,7 +31,8 @@ class NetworkSpec:
     Plain data: :meth:`Cluster.create_network` validates it, with the existing networks
     in view. ``subnet``, ``gateway``, ``ip_range`` are CIDR / address strings;
     ``aux_addresses`` maps a name to an address kept out of allocation; ``mtu`` None
-    means "derive from the underlay" (:func:`derive_mtu`).
+    means "derive from the underlay" (:func:`derive_mtu`). ``attachment`` is one of
+    :data:`ATTACHMENTS`; it changes how hosts plug containers in, not the protocol.
     """
 
     name: str
@@ -39,6 +44,7 @@ class NetworkSpec:
     encrypted: bool = False
     mtu: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    attachment: str = "veth"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,6 +67,7 @@ class Network:
     encrypted: bool = False
     mtu: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    attachment: str = "veth"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +96,7 @@ def validate_spec(spec: NetworkSpec) -> Addressing | None:
         )
     check_bool("attachable", spec.attachable)
     check_bool("encrypted", spec.encrypted)
+    check_attachment(spec.attachment, spec.encrypted)
     if spec.mtu is not None:
         check_int("mtu", spec.mtu)
         if not MIN_MTU <= spec.mtu <= MAX_SPEC_MTU:
@@ -109,6 +117,17 @@ def validate_spec(spec: NetworkSpec) -> Addressing | None:
         raise InvalidSpec(str(err)) from None
 
 
+def check_attachment(attachment: object, encrypted: bool) -> None:
+    """Raise :class:`InvalidSpec` unless ``attachment`` is known and fits the network."""
+    if attachment not in ATTACHMENTS:
+        raise InvalidSpec(f"attachment={attachment!r}: expected one of {', '.join(ATTACHMENTS)}")
+    if attachment == "macvlan" and encrypted:
+        raise InvalidSpec(
+            "attachment='macvlan': expected a plain network; an encrypted network's "
+            "containers attach through its bridge (attachment 'veth')"
+        )
+
+
 def network_id(name: str, counter: int) -> str:
     return hashlib.sha256(f"{name}\x00{counter}".encode()).hexdigest()[:25]
 
@@ -126,4 +145,5 @@ def build_network(spec: NetworkSpec, net_id: str, vni: int, addressing: Addressi
         encrypted=spec.encrypted,
         mtu=spec.mtu,
         labels=dict(spec.labels),
+        attachment=spec.attachment,
     )

@@ -174,6 +174,7 @@ class EmuBackend:
                 "attachable": net.attachable,
                 "encrypted": net.encrypted,
                 "mtu": net.mtu,
+                "attachment": net.attachment,
             }
             made = self.testbed.manager_call("network_create", spec=spec)
             if any(n["name"] == made["name"] for n in self.networks):
@@ -187,6 +188,13 @@ class EmuBackend:
                     "mtu": made.get("mtu"),
                     "encrypted": made.get("encrypted", False),
                 }
+                # only when not the default, so that earlier results folders stay as
+                # they were
+                | (
+                    {"attachment": made["attachment"]}
+                    if made.get("attachment", "veth") != "veth"
+                    else {}
+                )
             )
 
     def prepare_start(self, host: str) -> None:

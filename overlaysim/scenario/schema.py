@@ -51,6 +51,13 @@ class Network(StrictModel):
     )
     attachable: bool = Field(False, description="true if standalone containers may attach")
     encrypted: bool = Field(False, description="true to encrypt this network's data plane")
+    attachment: Literal["veth", "macvlan"] = Field(
+        "veth",
+        description="how emulated hosts plug containers in: veth (a veth pair into the "
+        "network's bridge, as Docker does) or macvlan (a macvlan of the VXLAN device: one "
+        "hop fewer per frame; plain networks only). The simulator records it; it does not "
+        "change the protocol",
+    )
     mtu: int | None = Field(
         None, ge=576, le=9000, description="an overlay MTU (default: underlay MTU - 50)"
     )

@@ -416,6 +416,7 @@ def run_simulation(
                 "mtu": n.mtu,
                 "encrypted": n.encrypted,
             }
+            | ({"attachment": n.attachment} if n.attachment != "veth" else {})
             for n in world.networks.values()
         ],
     )

@@ -38,6 +38,7 @@ def network_spec(net: Network) -> NetworkSpec:
         attachable=net.attachable,
         encrypted=net.encrypted,
         mtu=net.mtu,
+        attachment=net.attachment,
     )
 
 

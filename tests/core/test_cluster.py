@@ -486,6 +486,24 @@ def test_spec_mtu_is_kept_as_override() -> None:
     assert c.create_network(NetworkSpec(name="m")).mtu is None
 
 
+def test_attachment_is_kept_and_checked() -> None:
+    c = Cluster()
+    assert c.create_network(NetworkSpec(name="v")).attachment == "veth"
+    assert c.create_network(NetworkSpec(name="m", attachment="macvlan")).attachment == "macvlan"
+    with pytest.raises(InvalidSpec, match=r"attachment='ipvlan': expected one of veth, macvlan"):
+        c.create_network(NetworkSpec(name="x", attachment="ipvlan"))
+    with pytest.raises(InvalidSpec, match="expected a plain network"):
+        c.create_network(NetworkSpec(name="y", attachment="macvlan", encrypted=True))
+    assert [n.name for n in c.networks()] == ["v", "m"]  # nothing half-made
+
+
+def test_a_snapshot_from_before_attachments_restores_as_veth() -> None:
+    snap = json.loads(json.dumps(_busy_cluster().snapshot()))
+    for net in snap["networks"]:
+        del net["attachment"]
+    assert {n.attachment for n in Cluster.restore(snap).networks()} == {"veth"}
+
+
 # --- snapshot / restore ---------------------------------------------------------------------
 
 
@@ -505,7 +523,7 @@ def _busy_cluster() -> Cluster:
             labels={"tier": "web"},
         )
     )
-    c.create_network(NetworkSpec(name="back"))
+    c.create_network(NetworkSpec(name="back", attachment="macvlan"))
     c.remove_network("gone")
     fill(c, "front", "f", 6)
     c.release("front", "f1")

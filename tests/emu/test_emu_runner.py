@@ -323,6 +323,28 @@ def test_a_refused_network_fails_the_run_and_tears_down(emu: None, tmp_path: Pat
 
 
 @pytest.mark.emu
+def test_a_macvlan_attached_network_carries_the_probes_and_stays_isolated(
+    emu: None, tmp_path: Path
+) -> None:
+    """One network plugged in as macvlans of its VXLAN device, the other as veth pairs:
+    every expected pair reaches, no pair across the two networks does."""
+    scenario = load_scenario(
+        QUICKSTART,
+        ["duration=6", "events=[]", "measure.throughput=[]", "networks.0.attachment=macvlan"],
+    )
+    status = emu_runner.run_emulation(scenario, tmp_path / "run", progress=False)
+    assert status == "complete"
+    run = load_run(tmp_path / "run")
+    made = {n["name"]: n.get("attachment", "veth") for n in run.manifest["networks"]}
+    assert sorted(made.values()) == ["macvlan", "veth"]
+    assert run.metrics is not None
+    reach = run.metrics["reachability"]
+    assert reach["expected_pairs"] > 0 and reach["reachable_pairs"] == reach["expected_pairs"]
+    assert reach["unexpected_reachable"] == 0
+    _assert_nothing_left(tmp_path / "run")
+
+
+@pytest.mark.emu
 def test_join_boot_starts_the_clock_before_the_agents(emu: None, tmp_path: Path) -> None:
     scenario = load_scenario(
         QUICKSTART, ["boot=join", "duration=6", "events=[]", "measure.throughput=[]"]

@@ -28,6 +28,7 @@ from overlaysim.agent import netns as kns
 from overlaysim.agent.created import LINK, Created, CreatedLog
 from overlaysim.agent.dataplane.handles import DataPlaneError, Handles, index
 from overlaysim.core.mtu import derive_mtu
+from overlaysim.core.network import ATTACHMENTS
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,6 @@ GC_THRESH = {1: 8192, 2: 49152, 3: 65536}
 BRIDGE = names.SANDBOX_BRIDGE
 #: The gateway's device in a sandbox without a bridge (``macvlan`` attachment).
 GATEWAY_MACVLAN = "gw0"
-#: How containers hang off a network's uplink: a veth pair into the sandbox's bridge
-#: (Docker's way, the default) or a macvlan of the VXLAN device.
-ATTACHMENTS = ("veth", "macvlan")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
