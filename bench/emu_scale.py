@@ -41,7 +41,7 @@ from overlaysim.sim.runner import run_simulation
 CHURN_AT = 10.0
 
 
-def scenario(n: int, loss: float, duration: float) -> Any:
+def scenario(n: int, loss: float, duration: float, attachment: str = "veth") -> Any:
     events: list[dict[str, Any]] = [
         {"at": CHURN_AT, "action": "churn", "network": "web", "rate_per_s": 2, "duration": 10}
     ]
@@ -54,7 +54,14 @@ def scenario(n: int, loss: float, duration: float) -> Any:
             "duration": duration,
             "profile": "lan",
             "topology": {"generator": "star", "hosts": n},
-            "networks": [{"name": "web", "subnet": "10.40.0.0/16", "attachable": True}],
+            "networks": [
+                {
+                    "name": "web",
+                    "subnet": "10.40.0.0/16",
+                    "attachable": True,
+                    "attachment": attachment,
+                }
+            ],
             "containers": [{"per_host": 2, "prefix": "c", "networks": ["web"]}],
             "events": events,
             "measure": {"probes": False, "throughput": []},
@@ -77,8 +84,10 @@ def phases(conv: Any) -> tuple[list[float], list[float], int]:
     return boot, churn, int((conv["status"] == "unconverged").sum())
 
 
-def one(n: int, loss: float, duration: float, out: Path) -> dict[str, Any]:
-    sc = scenario(n, loss, duration)
+def one(
+    n: int, loss: float, duration: float, out: Path, attachment: str = "veth"
+) -> dict[str, Any]:
+    sc = scenario(n, loss, duration, attachment)
     load_before = os.getloadavg()[0]
     t = time.perf_counter()
     status = run_emulation(sc, out / "emu", progress=False)
@@ -129,6 +138,12 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[10, 25, 50])
     p.add_argument("--loss", type=float, nargs="+", default=[0.0, 5.0])
     p.add_argument("--duration", type=float, default=25.0)
+    p.add_argument(
+        "--attachment",
+        choices=("veth", "macvlan"),
+        default="veth",
+        help="how hosts plug the containers into 'web' (docs/dataplane.md)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     a = p.parse_args()
     rows = []
@@ -142,7 +157,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="emu-scale-") as tmp:
         for n in a.sizes:
             for loss in a.loss:
-                r = one(n, loss, a.duration, Path(tmp) / f"{n}-{loss:g}")
+                r = one(n, loss, a.duration, Path(tmp) / f"{n}-{loss:g}", a.attachment)
                 rows.append(r)
                 print(
                     f"{r['hosts']:>5} {r['loss_pct']:>5g} {r['setup_s']:>7.1f} "
