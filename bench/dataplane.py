@@ -205,6 +205,21 @@ def _ip(ns: str, *argv: str) -> None:
     subprocess.run(["ip", "-n", ns, *argv], check=True, capture_output=True, timeout=10)
 
 
+def _vxlan_toward(
+    ns: str, local: str, underlay_mtu: int, peer_mac: str, peer: str, *link_opts: str
+) -> None:
+    """``vx0`` in ``ns`` (VNI 4096, ``nolearning``, up) with a static FDB entry sending
+    ``peer_mac`` to VTEP ``peer``; ``link_opts`` go to ``ip link add`` (an address)."""
+    _ip(ns, "link", "add", "vx0", *link_opts, "mtu", str(underlay_mtu - VXLAN_OVERHEAD),
+        "type", "vxlan", "id", "4096", "dstport", "4789", "local", local,
+        "nolearning")  # fmt: skip
+    _ip(ns, "link", "set", "vx0", "up")
+    subprocess.run(
+        ["bridge", "-n", ns, "fdb", "add", peer_mac, "dev", "vx0", "dst", peer, "self",
+         "permanent"], check=True, capture_output=True, timeout=10,
+    )  # fmt: skip
+
+
 @contextmanager
 def reference(underlay_mtu: int = 1500) -> Iterator[tuple[str, str, str]]:
     """The hand-built ceiling: a VXLAN device per namespace carrying the overlay address,
@@ -217,15 +232,8 @@ def reference(underlay_mtu: int = 1500) -> Iterator[tuple[str, str, str]]:
             (R1, RIP1, RIP2, RC1, RC2, R2),
             (R2, RIP2, RIP1, RC2, RC1, R1),
         ):
-            _ip(ns, "link", "add", "vx0", "address", macs[ns], "mtu",
-                str(underlay_mtu - VXLAN_OVERHEAD), "type", "vxlan", "id", "4096",
-                "dstport", "4789", "local", local, "nolearning")  # fmt: skip
+            _vxlan_toward(ns, local, underlay_mtu, macs[peer_ns], peer, "address", macs[ns])
             _ip(ns, "addr", "add", f"{ip}/24", "dev", "vx0")
-            _ip(ns, "link", "set", "vx0", "up")
-            subprocess.run(
-                ["bridge", "-n", ns, "fdb", "add", macs[peer_ns], "dev", "vx0", "dst", peer,
-                 "self", "permanent"], check=True, capture_output=True, timeout=10,
-            )  # fmt: skip
             _ip(ns, "neigh", "add", peer_ip, "lladdr", macs[peer_ns], "dev", "vx0", "nud",
                 "permanent")  # fmt: skip
         yield R2, R1, RC2
@@ -246,20 +254,14 @@ def macvlan_path(underlay_mtu: int = 1500) -> Iterator[tuple[str, str, str]]:
             (M1, MC1, MIP1, MIP2, MV1, MV2, M2),
             (M2, MC2, MIP2, MIP1, MV2, MV1, M1),
         ):
-            mtu = str(underlay_mtu - VXLAN_OVERHEAD)
             kns.create_netns(cns)
-            _ip(ns, "link", "add", "vx0", "mtu", mtu, "type", "vxlan", "id", "4096",
-                "dstport", "4789", "local", local, "nolearning")  # fmt: skip
-            _ip(ns, "link", "set", "vx0", "up")
+            _vxlan_toward(ns, local, underlay_mtu, macs[peer_ns], peer)
             _ip(ns, "link", "add", "link", "vx0", "name", "mv0", "netns", cns, "address",
-                macs[ns], "mtu", mtu, "type", "macvlan", "mode", "bridge")  # fmt: skip
+                macs[ns], "mtu", str(underlay_mtu - VXLAN_OVERHEAD), "type", "macvlan",
+                "mode", "bridge")  # fmt: skip
             _ip(cns, "addr", "add", f"{ip}/24", "dev", "mv0")
             _ip(cns, "link", "set", "mv0", "up")
             _ip(cns, "link", "set", "lo", "up")
-            subprocess.run(
-                ["bridge", "-n", ns, "fdb", "add", macs[peer_ns], "dev", "vx0", "dst", peer,
-                 "self", "permanent"], check=True, capture_output=True, timeout=10,
-            )  # fmt: skip
             _ip(cns, "neigh", "add", peer_ip, "lladdr", macs[peer_ns], "dev", "mv0", "nud",
                 "permanent")  # fmt: skip
         yield MC2, MC1, MV2

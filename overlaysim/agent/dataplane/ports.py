@@ -14,6 +14,7 @@ import errno
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from overlaysim.agent import names
@@ -71,34 +72,37 @@ def plug(
     prefixlen: int,
     mac: str,
 ) -> str:
-    """Connect ``c`` to the sandbox's bridge; returns the interface name inside ``c``.
+    """Connect ``c`` to the sandbox's network (a veth pair into its bridge, or a macvlan
+    of its uplink); returns the interface name inside ``c``.
 
     ``sock`` is the sandbox's raw netlink socket. On failure nothing of the new port is
     left behind (the caller owns the namespaces).
     """
     used = {ifname for ifname, _, _ in c.ifaces.values()}
     ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
+    # one raw request (through pyroute2 a veth cost a busy agent several milliseconds of
+    # Python per container): a macvlan of the uplink made in the container as ifname,
+    # or the veth pair, its sandbox end on the bridge and up, its container end named,
+    # addressed and moved
     if sb.macvlan:
-        return _plug_macvlan(sock, c, sb, ifname, ip, prefixlen, mac)
-    veth = _port_name(c.name, sb)
-    # one raw request: the pair, its sandbox end on the bridge and up, its container end
-    # named, addressed and moved (through pyroute2 this request cost a busy agent
-    # several milliseconds of Python per container)
-    fd = os.open(kns.ns_path(c.ns), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        (code,) = sock.acked(
-            [
-                lambda seq: encode_veth_add(
-                    veth, mtu=sb.mtu, master=sb.bridge_index, peer=ifname, peer_mac=mac,
-                    peer_ns_fd=fd, seq=seq,
-                )
-            ]
+        port, what = ifname, f"macvlan {ifname} of {sb.uplink}"
+        code = _request_into(
+            sock, c, lambda fd, seq: encode_macvlan_add(
+                ifname, link=sb.uplink_index, mtu=sb.mtu, mac=mac, ns_fd=fd, seq=seq
+            ),
         )  # fmt: skip
-    finally:
-        os.close(fd)
+    else:
+        port = _port_name(c.name, sb)
+        what = f"veth {port} in {sb.ns}"
+        code = _request_into(
+            sock, c, lambda fd, seq: encode_veth_add(
+                port, mtu=sb.mtu, master=sb.bridge_index, peer=ifname, peer_mac=mac,
+                peer_ns_fd=fd, seq=seq,
+            ),
+        )  # fmt: skip
     if code:
-        raise kns.KernelError(f"veth {veth} in {sb.ns} for {c.name}: {os.strerror(code)}")
-    sb.ports[c.name] = veth
+        raise kns.KernelError(f"{what} for {c.name}: {os.strerror(code)}")
+    sb.ports[c.name] = port
     try:
         if sb.net.encrypted:  # sealed super-frames must fit one datagram
             cipr = handles.ipr(c.ns)
@@ -106,44 +110,32 @@ def plug(
         _address_and_up(c.ns, ifname, ip, prefixlen)
     except Exception:
         del sb.ports[c.name]
-        _delete_port(sock, veth)
+        _remove_port(sock, c, sb, port)
         raise
     return ifname
 
 
-def _plug_macvlan(
-    sock: NeighSocket, c: Container, sb: Sandbox, ifname: str, ip: str, prefixlen: int, mac: str
-) -> str:
-    """The port as a macvlan of the sandbox's uplink, made in ``c`` as ``ifname``."""
+def _request_into(sock: NeighSocket, c: Container, encode: Callable[[int, int], bytes]) -> int:
+    """Send ``encode(fd, seq)`` on ``sock`` with ``fd`` open on ``c``'s namespace (where
+    the request puts a device); the kernel's error code, 0 when done."""
     fd = os.open(kns.ns_path(c.ns), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        (code,) = sock.acked(
-            [
-                lambda seq: encode_macvlan_add(
-                    ifname, link=sb.uplink_index, mtu=sb.mtu, mac=mac, ns_fd=fd, seq=seq
-                )
-            ]
-        )
+        (code,) = sock.acked([lambda seq: encode(fd, seq)])
     finally:
         os.close(fd)
-    if code:
-        raise kns.KernelError(f"macvlan {ifname} of {sb.uplink} for {c.name}: {os.strerror(code)}")
-    sb.ports[c.name] = ifname
-    try:
-        _address_and_up(c.ns, ifname, ip, prefixlen)
-    except Exception:
-        del sb.ports[c.name]
-        _delete_in_container(c, ifname)
-        raise
-    return ifname
+    return code
 
 
-def _delete_in_container(c: Container, ifname: str) -> None:
-    sock = NeighSocket(kns.ns_path(c.ns))
+def _remove_port(sock: NeighSocket, c: Container, sb: Sandbox, port: str) -> None:
+    """Delete ``port``: a veth by its sandbox end, a macvlan inside ``c``."""
+    if not sb.macvlan:
+        _delete_port(sock, port)
+        return
+    inside = NeighSocket(kns.ns_path(c.ns))
     try:
-        _delete_port(sock, ifname)
+        _delete_port(inside, port)
     finally:
-        sock.close()
+        inside.close()
 
 
 def _address_and_up(ns: str, ifname: str, ip: str, prefixlen: int) -> None:
@@ -172,11 +164,7 @@ def _address_and_up(ns: str, ifname: str, ip: str, prefixlen: int) -> None:
 def unplug(sock: NeighSocket, c: Container, sb: Sandbox) -> None:
     """Remove ``c``'s port on the sandbox (its peer in the container goes too; a
     macvlan port is deleted inside ``c``); ``sock`` is the sandbox's raw netlink socket."""
-    port = sb.ports.pop(c.name)
-    if sb.macvlan:
-        _delete_in_container(c, port)
-    else:
-        _delete_port(sock, port)
+    _remove_port(sock, c, sb, sb.ports.pop(c.name))
     del c.ifaces[sb.net.name]
 
 
