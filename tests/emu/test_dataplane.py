@@ -164,9 +164,11 @@ def test_netinfo_validates() -> None:
     with pytest.raises(ValueError, match="gateway"):
         NetInfo(name="x", vni=4096, subnet="10.0.0.0/24", gateway="10.0.1.1")
     assert WEB.prefixlen == 24
-    with pytest.raises(ValueError, match="attachment 'ipvlan', expected one of veth, macvlan"):
+    with pytest.raises(
+        ValueError, match=r"network 'x': attachment='ipvlan': expected one of veth, macvlan"
+    ):
         NetInfo(name="x", vni=4096, subnet="10.0.0.0/24", gateway="10.0.0.1", attachment="ipvlan")
-    with pytest.raises(ValueError, match="plain networks only"):
+    with pytest.raises(ValueError, match="expected a plain network"):
         NetInfo(
             name="x", vni=4096, subnet="10.0.0.0/24", gateway="10.0.0.1", encrypted=True,
             attachment="macvlan",

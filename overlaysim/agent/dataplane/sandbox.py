@@ -5,10 +5,10 @@ overlay MTU) and the network's uplink: a VXLAN device (VNI, UDP port,
 ``nolearning``, ``proxy``, no l2/l3 miss notifications) or, on an encrypted network,
 a TAP served by the user-space ESP path (:mod:`.encrypted`). With the ``macvlan``
 attachment there is no bridge: containers and the gateway device ``gw0`` are macvlans
-(bridge mode) of the VXLAN device, one hop fewer per frame (docs/dataplane.md). The VXLAN device is
-created in the host's namespace and then moved into the sandbox, so its UDP socket
-stays on the underlay. Sandboxes are separate namespaces with no route between them,
-so containers on different networks cannot reach each other.
+(bridge mode) of the VXLAN device, one hop fewer per frame (docs/dataplane.md). The
+VXLAN device is created in the host's namespace and then moved into the sandbox, so its
+UDP socket stays on the underlay. Sandboxes are separate namespaces with no route
+between them, so containers on different networks cannot reach each other.
 
 The MTU comes from the core's rule (:func:`overlaysim.core.mtu.derive_mtu`),
 encryption overhead included, unless the network fixes one.
@@ -27,8 +27,9 @@ from overlaysim.agent import names
 from overlaysim.agent import netns as kns
 from overlaysim.agent.created import LINK, Created, CreatedLog
 from overlaysim.agent.dataplane.handles import DataPlaneError, Handles, index
+from overlaysim.core.cluster_errors import InvalidSpec
 from overlaysim.core.mtu import derive_mtu
-from overlaysim.core.network import ATTACHMENTS
+from overlaysim.core.network import check_attachment
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ class NetInfo:
 
     ``mtu`` 0 means "derive from the underlay" with the core's rule
     (:func:`sandbox_mtu`). ``encrypted`` networks use the user-space ESP path
-    instead of a VXLAN device. ``attachment`` is one of :data:`ATTACHMENTS`;
-    ``macvlan`` is for plain networks only.
+    instead of a VXLAN device. ``attachment`` is one of
+    :data:`overlaysim.core.network.ATTACHMENTS`; ``macvlan`` is for plain networks only.
     """
 
     name: str
@@ -59,16 +60,10 @@ class NetInfo:
     attachment: str = "veth"
 
     def __post_init__(self) -> None:
-        if self.attachment not in ATTACHMENTS:
-            raise ValueError(
-                f"network {self.name!r}: attachment {self.attachment!r}, expected one of "
-                + ", ".join(ATTACHMENTS)
-            )
-        if self.attachment == "macvlan" and self.encrypted:
-            raise ValueError(
-                f"network {self.name!r}: the macvlan attachment is for plain networks only "
-                "(an encrypted network's uplink is a TAP on the sandbox's bridge)"
-            )
+        try:  # the manager's rule, so that both refuse the same networks
+            check_attachment(self.attachment, self.encrypted)
+        except InvalidSpec as err:
+            raise ValueError(f"network {self.name!r}: {err}") from None
         if not 1 <= self.vni <= 0xFFFFFF:
             raise ValueError(f"network {self.name!r}: vni {self.vni} not in 1..16777215")
         net = ipaddress.IPv4Network(self.subnet)
