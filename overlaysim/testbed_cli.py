@@ -202,7 +202,9 @@ def _print(obj: Any) -> None:
 
 
 def _network_create(args: argparse.Namespace) -> int:
-    encrypted, attachment = False, "veth"
+    from overlaysim.core.network import DEFAULT_ATTACHMENT
+
+    encrypted, attachment = False, DEFAULT_ATTACHMENT
     for opt in args.opt:
         key, _, value = opt.partition("=")
         if key == "encrypted" and value in ("", "true", "1"):

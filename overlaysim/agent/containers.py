@@ -32,6 +32,7 @@ from overlaysim.agent.manager import ManagerClient
 from overlaysim.agent.programmer import Programmer
 from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.mtu import derive_mtu
+from overlaysim.core.network import DEFAULT_ATTACHMENT
 from overlaysim.core.services import EndpointMode, TaskSpec, name_fields
 from overlaysim.core.tables import TablesError
 
@@ -229,7 +230,7 @@ class Containers:
             gateway=net["gateway"],
             mtu=derive_mtu(self.underlay_mtu, net["encrypted"], net["mtu"]),
             encrypted=bool(net["encrypted"]),
-            attachment=net.get("attachment", "veth"),
+            attachment=net.get("attachment", DEFAULT_ATTACHMENT),
         )
         await self._before_allocate()
         alloc = await manager.allocate(name, c.name, ip, c.standalone, host=self.host)

@@ -60,6 +60,7 @@ from overlaysim.core.ipam import (
     plan_addressing,
 )
 from overlaysim.core.network import (
+    DEFAULT_ATTACHMENT,
     Allocation,
     Network,
     NetworkSpec,
@@ -456,7 +457,7 @@ class Cluster:
             encrypted=entry["encrypted"],
             mtu=entry["mtu"],
             labels=entry["labels"],
-            attachment=entry.get("attachment", "veth"),  # snapshots from before it
+            attachment=entry.get("attachment", DEFAULT_ATTACHMENT),  # snapshots from before it
         )
         addressing = validate_spec(spec)
         if spec.name in self._nets:

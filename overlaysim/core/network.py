@@ -19,6 +19,7 @@ from overlaysim.core.mtu import MAX_SPEC_MTU, MIN_MTU
 #: How containers hang off a network on each host: a veth pair into the network's bridge
 #: (Docker's way) or a macvlan of its VXLAN device (one hop fewer; plain networks only).
 ATTACHMENTS = ("veth", "macvlan")
+DEFAULT_ATTACHMENT = ATTACHMENTS[0]
 
 #: Docker's rule for network names.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -44,7 +45,7 @@ class NetworkSpec:
     encrypted: bool = False
     mtu: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
-    attachment: str = "veth"
+    attachment: str = DEFAULT_ATTACHMENT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,7 +68,7 @@ class Network:
     encrypted: bool = False
     mtu: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
-    attachment: str = "veth"
+    attachment: str = DEFAULT_ATTACHMENT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +127,12 @@ def check_attachment(attachment: object, encrypted: bool) -> None:
             "attachment='macvlan': expected a plain network; an encrypted network's "
             "containers attach through its bridge (attachment 'veth')"
         )
+
+
+def attachment_record(attachment: str) -> dict[str, str]:
+    """A network's attachment for a results manifest: nothing for the default, so that
+    results folders of veth networks read as they did before the option existed."""
+    return {} if attachment == DEFAULT_ATTACHMENT else {"attachment": attachment}
 
 
 def network_id(name: str, counter: int) -> str:

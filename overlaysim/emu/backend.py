@@ -24,6 +24,7 @@ from overlaysim.agent.control import ControlError
 from overlaysim.agent.manager import ManagerUnavailable
 from overlaysim.agent.service_registry import INGRESS
 from overlaysim.core.cluster_errors import ClusterError
+from overlaysim.core.network import DEFAULT_ATTACHMENT, attachment_record
 from overlaysim.emu.impair import UnsupportedImpairment
 from overlaysim.emu.testbed import Testbed, TestbedError
 from overlaysim.metrics.lag import AgentOp
@@ -188,13 +189,7 @@ class EmuBackend:
                     "mtu": made.get("mtu"),
                     "encrypted": made.get("encrypted", False),
                 }
-                # only when not the default, so that earlier results folders stay as
-                # they were
-                | (
-                    {"attachment": made["attachment"]}
-                    if made.get("attachment", "veth") != "veth"
-                    else {}
-                )
+                | attachment_record(made.get("attachment", DEFAULT_ATTACHMENT))
             )
 
     def prepare_start(self, host: str) -> None:

@@ -21,7 +21,7 @@ from overlaysim.core.cluster import Cluster
 from overlaysim.core.config import configs
 from overlaysim.core.endpoint import ENDPOINTS, Endpoint
 from overlaysim.core.events import EntryEvent, EntryEventKind, MemberEvent
-from overlaysim.core.network import Allocation
+from overlaysim.core.network import Allocation, attachment_record
 from overlaysim.core.services import name_fields, vip_endpoint
 from overlaysim.core.wire import Entry, Message, MsgType
 from overlaysim.errors import RunFailed
@@ -416,7 +416,7 @@ def run_simulation(
                 "mtu": n.mtu,
                 "encrypted": n.encrypted,
             }
-            | ({"attachment": n.attachment} if n.attachment != "veth" else {})
+            | attachment_record(n.attachment)
             for n in world.networks.values()
         ],
     )

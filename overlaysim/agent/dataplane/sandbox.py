@@ -29,7 +29,7 @@ from overlaysim.agent.created import LINK, Created, CreatedLog
 from overlaysim.agent.dataplane.handles import DataPlaneError, Handles, index
 from overlaysim.core.cluster_errors import InvalidSpec
 from overlaysim.core.mtu import derive_mtu
-from overlaysim.core.network import check_attachment
+from overlaysim.core.network import DEFAULT_ATTACHMENT, check_attachment
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class NetInfo:
     gateway: str
     mtu: int = 0
     encrypted: bool = False
-    attachment: str = "veth"
+    attachment: str = DEFAULT_ATTACHMENT
 
     def __post_init__(self) -> None:
         try:  # the manager's rule, so that both refuse the same networks
