@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from overlaysim.core.cluster_errors import InvalidSpec, check_bool, check_int, check_str_map
 from overlaysim.core.ipam import AddressError, Addressing, field_subnet, plan_addressing
@@ -18,8 +19,10 @@ from overlaysim.core.mtu import MAX_SPEC_MTU, MIN_MTU
 
 #: How containers hang off a network on each host: a veth pair into the network's bridge
 #: (Docker's way) or a macvlan of its VXLAN device (one hop fewer; plain networks only).
-ATTACHMENTS = ("veth", "macvlan")
-DEFAULT_ATTACHMENT = ATTACHMENTS[0]
+#: The scenario schema's field type is this ``Literal``, so both name the same values.
+Attachment = Literal["veth", "macvlan"]
+ATTACHMENTS: tuple[str, ...] = get_args(Attachment)
+DEFAULT_ATTACHMENT: Attachment = "veth"
 
 #: Docker's rule for network names.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, PrivateAttr, Tag, field_validator
 
 from overlaysim.core.esp import MAX_SEQ
+from overlaysim.core.network import DEFAULT_ATTACHMENT, Attachment
 from overlaysim.scenario.events import Event
 from overlaysim.scenario.fields import HostPair, Name, StrictModel
 from overlaysim.scenario.topologies import TopologySpec
@@ -51,8 +52,8 @@ class Network(StrictModel):
     )
     attachable: bool = Field(False, description="true if standalone containers may attach")
     encrypted: bool = Field(False, description="true to encrypt this network's data plane")
-    attachment: Literal["veth", "macvlan"] = Field(
-        "veth",
+    attachment: Attachment = Field(
+        DEFAULT_ATTACHMENT,
         description="how emulated hosts plug containers in: veth (a veth pair into the "
         "network's bridge, as Docker does) or macvlan (a macvlan of the VXLAN device: one "
         "hop fewer per frame; plain networks only). The simulator records it; it does not "
