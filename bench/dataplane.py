@@ -19,6 +19,10 @@ more host namespaces (``osimb-m1``/``osimb-m2``), each with a container namespac
 interface is a macvlan (bridge mode) on the VXLAN device: a container hop without our
 veth pair and bridge. Its ratio to the reference (``mv/ref``) says what that other way of
 attaching containers would buy on this machine.
+``--same-host`` adds a third container ``c3`` on the first host, on the same network, and
+times ``c3`` -> ``c1`` in every round: traffic that never leaves the host (veth pair,
+bridge, veth pair; or macvlan to macvlan). Its ratio to the reference (``local/ref``,
+both timed in the same round) compares attachments across variants.
 Everything is removed at the end; traffic stays between the namespaces built here.
 
 Run as root: ``.venv/bin/python bench/dataplane.py [--seconds 10] [--repeat 5]``.
@@ -51,6 +55,7 @@ U1, U2 = f"{PREFIX}-u1", f"{PREFIX}-u2"
 L1, L2 = f"{PREFIX}-l1", f"{PREFIX}-l2"
 IP1, IP2 = "10.98.0.1", "10.98.0.2"
 C1_IP, C2_IP = "10.40.0.2", "10.40.0.3"
+C3_IP = "10.40.0.4"  # --same-host: a second container on the first host
 
 
 R1, R2 = f"{PREFIX}-r1", f"{PREFIX}-r2"
@@ -127,6 +132,7 @@ class Result:
     overlay_retrans: tuple[int, ...]
     load: tuple[float, ...]  # 1-minute load average at the start of each round
     macvlan_gbps: tuple[float, ...] = ()  # the hand-built macvlan path, with --macvlan
+    local_gbps: tuple[float, ...] = ()  # c3 -> c1 on one host, with --same-host
 
     @property
     def ratios(self) -> list[float]:
@@ -150,6 +156,11 @@ class Result:
         pairs = zip(self.reference_gbps, self.macvlan_gbps, strict=False)
         return [m / r for r, m in pairs if r]
 
+    @property
+    def local_ratios(self) -> list[float]:
+        pairs = zip(self.reference_gbps, self.local_gbps, strict=False)
+        return [x / r for r, x in pairs if r]
+
 
 # --- building ---------------------------------------------------------------------------
 
@@ -170,8 +181,11 @@ def build_underlay(one: tuple[str, str, str], two: tuple[str, str, str], mtu: in
 
 
 @contextmanager
-def testbed(variant: Variant) -> Iterator[tuple[DataPlane, DataPlane, int]]:
-    """Underlay hosts, data planes and one container per host; torn down on exit."""
+def testbed(
+    variant: Variant, same_host: bool = False
+) -> Iterator[tuple[DataPlane, DataPlane, int]]:
+    """Underlay hosts, data planes and one container per host (two on the first with
+    ``same_host``); torn down on exit."""
     planes: list[DataPlane] = []
     try:
         build_underlay((U1, L1, IP1), (U2, L2, IP2), variant.underlay_mtu)
@@ -185,6 +199,8 @@ def testbed(variant: Variant) -> Iterator[tuple[DataPlane, DataPlane, int]]:
         planes.append(d2)
         d1.attach("c1", net, C1_IP, 24, docker_mac(C1_IP))
         d2.attach("c2", net, C2_IP, 24, docker_mac(C2_IP))
+        if same_host:
+            d1.attach("c3", net, C3_IP, 24, docker_mac(C3_IP))
         d1.add_remote("bench", C2_IP, docker_mac(C2_IP), IP2)
         d2.add_remote("bench", C1_IP, docker_mac(C1_IP), IP1)
         apply_offloads(variant, (d1, d2), net)
@@ -347,10 +363,12 @@ def measure(
     repeat: int,
     ref: tuple[str, str, str],
     macvlan: tuple[str, str, str] | None = None,
+    same_host: bool = False,
 ) -> Result:
-    with testbed(variant) as (d1, d2, mtu):
+    with testbed(variant, same_host) as (d1, d2, mtu):
         c1, c2 = d1.container_netns("c1"), d2.container_netns("c2")
-        under, over, refs, mvs, load = [], [], [], [], []
+        c3 = d1.container_netns("c3") if same_host else ""
+        under, over, refs, mvs, local, load = [], [], [], [], [], []
         for i in range(repeat):  # interleaved, so drift in the machine hits every path
             load.append(os.getloadavg()[0])
             under.append(iperf3_tcp(U2, U1, IP2, seconds))
@@ -360,6 +378,8 @@ def measure(
             ]
             if macvlan is not None:
                 paths.append(lambda: mvs.append(iperf3_tcp(*macvlan, seconds)[0]))
+            if same_host:
+                paths.append(lambda: local.append(iperf3_tcp(c1, c3, C1_IP, seconds)[0]))
             for run in paths[::-1] if i % 2 else paths:  # alternate which runs first
                 run()
     changes = [
@@ -382,6 +402,7 @@ def measure(
         overlay_retrans=tuple(r for _, r in over),
         load=tuple(load),
         macvlan_gbps=tuple(mvs),
+        local_gbps=tuple(local),
     )
 
 
@@ -414,6 +435,14 @@ def print_table(results: list[Result]) -> None:
                 f"mv/ref {med(mv):.2f} {_spread(mv)}, ours/ref {r.ref_ratio:.2f} "
                 f"{_spread(r.ref_ratios)} (medians over {len(mv)} rounds)"
             )
+    for r in results:
+        if r.local_gbps:
+            lr = r.local_ratios
+            print(
+                f"{r.variant}: same host c3 -> c1 {med(r.local_gbps):.2f} Gbit/s "
+                f"{_spread(list(r.local_gbps))}, local/ref {med(lr):.2f} {_spread(lr)} "
+                f"(medians over {len(lr)} rounds)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,6 +460,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also time a hand-built container hop through a macvlan on the VXLAN device "
         "(no veth pair, no bridge) in every round",
     )
+    parser.add_argument(
+        "--same-host",
+        action="store_true",
+        help="also time two containers on one host (c3 -> c1, same network) in every round",
+    )
     parser.add_argument("--json", type=Path, help="also write results here")
     args = parser.parse_args(argv)
     chosen = [v for v in VARIANTS if args.variants == "all" or v.name in args.variants.split(",")]
@@ -442,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in chosen:
             if variant.underlay_mtu != 1500:
                 print(f"  {variant.name}: the reference runs on a 1500 underlay", file=sys.stderr)
-            result = measure(variant, args.seconds, args.repeat, ref, mv)
+            result = measure(variant, args.seconds, args.repeat, ref, mv, args.same_host)
             rounds = ", ".join(
                 f"{u:.2f}/{o:.2f}/{f:.2f}"
                 for u, o, f in zip(
@@ -467,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ratio": r.ratio,
                         "ref_ratio": r.ref_ratio,
                         "macvlan_ratios": r.macvlan_ratios,
+                        "local_ratios": r.local_ratios,
                     }
                     for r in results
                 ],

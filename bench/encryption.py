@@ -18,6 +18,11 @@ first design), alternating them in the same test bed; ``gso-nomerge`` is ``gso``
 receiver's merging of segments into super-frames turned off. The load average is
 printed next to every round: the machine may be shared.
 
+``--pin split|same`` pins the two data-path processes (every thread) to CPUs: ``split``
+puts the sender on CPU 0 and the receiver on CPU 1, ``same`` both on CPU 0; iperf3 and
+the kernel's softirq work stay where the scheduler puts them. Unpinned is the default
+(and what a run of the emulator gets).
+
 ``--profile send|receive`` samples the sending or receiving data-path process's loop
 thread with py-spy during one more encrypted run (first of ``--modes``) and prints the
 top lines by own time.
@@ -198,6 +203,17 @@ def _set_mode(hosts, mode: str) -> None:
         conn.recv()
 
 
+#: ``--pin``: CPU sets of the sending (u1) and receiving (u2) data-path processes.
+PINS = {"split": ({0}, {1}), "same": ({0}, {0})}
+
+
+def pin(hosts, placement: str) -> None:
+    """Pin every thread of each data-path process (threads made later inherit it)."""
+    for (_, _, info), cpus in zip(hosts, PINS[placement], strict=True):
+        for tid in os.listdir(f"/proc/{info['pid']}/task"):
+            os.sched_setaffinity(int(tid), cpus)
+
+
 def run_round(hosts, seconds: float, modes: list[str], flip: bool) -> Round:
     """Underlay, plain, encrypted per mode; ``flip`` reverses the mode order, so that
     alternating rounds do not always give one mode the same position."""
@@ -268,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("send", "receive"),
         help="py-spy the sending or receiving loop during one more run",
     )
+    parser.add_argument(
+        "--pin",
+        choices=sorted(PINS),
+        help="pin the sender's and receiver's data-path processes: split = CPU 0 and 1, "
+        "same = both on CPU 0 (default: unpinned)",
+    )
     parser.add_argument("--top", type=int, default=12, help="profile entries to print")
     parser.add_argument("--json", type=Path, help="also write results here")
     args = parser.parse_args(argv)
@@ -278,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("needs root (network namespaces)")
     clean_prefixed(PREFIX)  # leftovers of an interrupted earlier run
     rounds: list[Round] = []
+    if args.pin and (os.cpu_count() or 1) < 2:
+        parser.error("--pin needs at least 2 CPUs")
     with testbed(args.link_mbps) as hosts:
+        if args.pin:
+            pin(hosts, args.pin)
         for i in range(args.repeat):
             r = run_round(hosts, args.seconds, modes, flip=bool(i % 2))
             rounds.append(r)
@@ -301,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     # issue 15: half of plain on fast links, keeping up with plain on 1 Gbit/s links
     target = 0.95 if 0 < args.link_mbps <= 1000 else 0.5
     link = f"{args.link_mbps / 1000:g} Gbit/s tbf" if args.link_mbps else "unshaped veth"
+    placed = f"pinned {args.pin}" if args.pin else "unpinned"
+    print(f"data-path processes {placed}")
     print(f"underlay: {link}; load average {', '.join(f'{r.load:.1f}' for r in rounds)}")
     print(f"{'underlay':<28} {med(r.underlay for r in rounds):8.2f} Gbit/s")
     print(f"{'plain overlay (VXLAN)':<28} {med(r.plain for r in rounds):8.2f} Gbit/s")
