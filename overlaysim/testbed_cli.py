@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
-from overlaysim.errors import UserError
+from overlaysim.errors import UserError, user_error_types
 from overlaysim.listing import print_table
 
 if TYPE_CHECKING:
@@ -116,8 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = nsub.add_parser("inspect", help="show a network and its endpoints as JSON")
     p.add_argument("name")
     p.set_defaults(func=_network_inspect)
-    p = nsub.add_parser("rm", help="remove a network (refused while endpoints remain)")
-    p.add_argument("name")
+    p = nsub.add_parser("rm", help="remove networks (each refused while endpoints remain)")
+    p.add_argument("names", nargs="+", metavar="NAME")
     p.set_defaults(func=_network_rm)
     p = nsub.add_parser("connect", help="attach a running container to another network")
     p.add_argument("network")
@@ -129,8 +130,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("container")
     p.set_defaults(func=_network_disconnect)
 
-    p = sub.add_parser("rm", help="remove a container")
-    p.add_argument("container")
+    p = sub.add_parser("rm", help="remove containers")
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
     p.set_defaults(func=_rm)
 
     p = sub.add_parser("ps", help="list containers on every host")
@@ -261,10 +262,23 @@ def _network_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _each(names: list[str], remove: Any) -> int:
+    """``remove(name)`` for every name, as ``docker rm a b`` does: each removed name is
+    printed, each failure named on stderr without stopping the rest; status 2 if any
+    failed."""
+    failed = 0
+    for name in names:
+        try:
+            print(remove(name))
+        except user_error_types() as exc:
+            print(f"overlaysim: error: {name}: {exc}", file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
+
+
 def _network_rm(args: argparse.Namespace) -> int:
-    net = _live().call_manager("network_rm", name=args.name)
-    print(net["name"])
-    return 0
+    live = _live()
+    return _each(args.names, lambda name: live.call_manager("network_rm", name=name)["name"])
 
 
 def _network_connect(args: argparse.Namespace) -> int:
@@ -307,11 +321,14 @@ def run_container(args: argparse.Namespace) -> int:
 
 
 def _rm(args: argparse.Namespace) -> int:
+    live = _live()  # no testbed: one error, not one per name
 
-    host, _ = _find(args.container)
-    _live().call(host, "rm", container=args.container)
-    print(args.container)
-    return 0
+    def remove(container: str) -> str:
+        host, _ = _find(container)
+        live.call(host, "rm", container=container)
+        return container
+
+    return _each(args.containers, remove)
 
 
 def _ps(args: argparse.Namespace) -> int:

@@ -303,6 +303,27 @@ def test_lab_check_6_follows_the_lab(bed: Path) -> None:
     assert res.stdout.splitlines()[-1] == "lab 6: 7/7 steps done"
 
 
+def test_rm_and_network_rm_take_several_names_and_name_each_failure() -> None:
+    """Like ``docker rm a b``: every name is tried, each removed one printed, each
+    failure named on stderr, status 2 if any failed."""
+    osim("run", "--name", "tmp1", "--network", "back", "h1")
+    osim("run", "--name", "tmp2", "--network", "back", "h3")
+    res = osim("rm", "tmp1", "ghost", "tmp2", check=False)
+    assert res.returncode == 2, res
+    assert res.stdout.split() == ["tmp1", "tmp2"], res.stdout
+    assert "ghost: no such container" in res.stderr and "Traceback" not in res.stderr
+    ps = osim("ps").stdout
+    assert "tmp1" not in ps and "tmp2" not in ps and "client" in ps, ps
+    for name, subnet in (("spare1", "10.63.0.0/24"), ("spare2", "10.64.0.0/24")):
+        osim("network", "create", "--subnet", subnet, name)
+    res = osim("network", "rm", "spare1", "nosuch", "spare2", "back", check=False)
+    assert res.returncode == 2, res
+    assert res.stdout.split() == ["spare1", "spare2"], res.stdout
+    assert "nosuch:" in res.stderr and "back: " in res.stderr, res.stderr  # in use: kept
+    names = osim("network", "ls").stdout
+    assert "spare" not in names and "back" in names, names
+
+
 def _forwarding(host: str) -> str:
     res = LAB[0].underlay.cmd(host, ["cat", "/proc/sys/net/ipv4/ip_forward"])
     return res.stdout.strip()
