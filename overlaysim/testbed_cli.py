@@ -264,14 +264,14 @@ def _network_inspect(args: argparse.Namespace) -> int:
 
 def _each(names: list[str], remove: Any) -> int:
     """``remove(name)`` for every name, as ``docker rm a b`` does: each removed name is
-    printed, each failure named on stderr without stopping the rest; status 2 if any
-    failed."""
+    printed, each failure reported on stderr (its message names what failed) without
+    stopping the rest; status 2 if any failed."""
     failed = 0
     for name in names:
         try:
             print(remove(name))
         except user_error_types() as exc:
-            print(f"overlaysim: error: {name}: {exc}", file=sys.stderr)
+            print(f"overlaysim: error: {exc}", file=sys.stderr)
             failed += 1
     return 2 if failed else 0
 
