@@ -146,21 +146,22 @@ class EmuBackend:
         seeds: Callable[[str, Collection[str]], list[str]],
     ) -> dict[str, float]:
         tb = self.testbed
-        if formed:
-            for h in order:
-                tb.start_agent(h, seeds(h, order))
-            tb.wait_ready(order)
-            tb.wait_formed(order, timeout=FORM_TIMEOUT_S + 0.5 * len(order))
-            self.create_networks()
-            self.t0 = time.monotonic()
-            return dict.fromkeys(order, 0.0)
-        self.t0 = time.monotonic()
+        if not formed:
+            self.t0 = time.monotonic()  # the joins are part of the run
         started: list[str] = []
         for h in order:
+            # seeds among the agents already started (as in the simulator, later hosts
+            # join through earlier ones): the first, a manager, has none rather than
+            # pushing to hosts whose agents are not listening yet
             tb.start_agent(h, seeds(h, started))
-            started.append(h)  # as in the simulator: later hosts join through it
+            started.append(h)
         starts = tb.wait_ready(order)
+        if formed:
+            tb.wait_formed(order, timeout=FORM_TIMEOUT_S + 0.5 * len(order))
         self.create_networks()
+        if formed:
+            self.t0 = time.monotonic()
+            return dict.fromkeys(order, 0.0)
         return {h: max(0.0, starts[h] - self.t0) for h in order}
 
     def create_networks(self) -> None:

@@ -407,8 +407,10 @@ class Testbed:
         Never raises: clean-up problems are appended to :attr:`errors`.
 
         Agents are asked to ``shutdown`` without a leave (the run is over: a wave of
-        leaves would only add noise to the logs), in parallel. From here on no agent
-        starts (a restart still under way on a worker thread fails with an error).
+        leaves would only add noise to the logs), in parallel, the manager hosts last:
+        a stopping agent gives its containers' addresses back to the manager, which must
+        still be there to take them. From here on no agent starts (a restart still under
+        way on a worker thread fails with an error).
         """
         with self._spawn_lock:
             self._stopping = True
@@ -418,20 +420,22 @@ class Testbed:
             with contextlib.suppress(Exception):  # a hung agent gets SIGKILL below
                 self.client(host, timeout=5.0).call("shutdown", leave=False)
 
-        if running:
-            with ThreadPoolExecutor(max_workers=min(16, len(running))) as pool:
-                list(pool.map(ask, running))
-        deadline = time.monotonic() + timeout
         killed = []
-        for host in running:
-            proc = self.agents[host].proc
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-                killed.append(host)
+        workers = [h for h in running if h not in self.managers]
+        for group in (workers, [h for h in running if h in self.managers]):
+            if group:
+                with ThreadPoolExecutor(max_workers=min(16, len(group))) as pool:
+                    list(pool.map(ask, group))
+            deadline = time.monotonic() + timeout
+            for host in group:
+                proc = self.agents[host].proc
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
+                    killed.append(host)
         for agent in self._retired:
             if agent.running():
                 with contextlib.suppress(ProcessLookupError):
