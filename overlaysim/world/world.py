@@ -469,20 +469,28 @@ class World:
     # -- containers --------------------------------------------------------------------------
 
     def start_containers(self, specs: list[ContainerSpec]) -> None:
-        """The initial containers: each host's in order (hosts may start in parallel)."""
+        """The initial containers: each host's in order (hosts may start in parallel).
+
+        They are one instant of the scenario, so all are recorded at the time the
+        burst began. A backend that takes wall time over them (the emulator, host by
+        host) must not stamp a host's later than another host's commits: a commit's
+        targets are the hosts attached by its instant (docs/results.md), and every
+        boot commit waits for every host, as in the simulator.
+        """
         for spec in specs:
             self.containers.setdefault(spec.name, Container(spec.name, spec.host))
+        t = self.backend.now()
 
         def start(spec: ContainerSpec) -> None:
             c = self.containers[spec.name]
             try:
                 if spec.host in self.up:
-                    self._bring_up(c, list(spec.networks), self.backend.now(), announce=True)
+                    self._bring_up(c, list(spec.networks), t, announce=True)
                     return
                 for net in spec.networks:  # the host starts later and announces it then
                     c.networks[net] = self.backend.reserve(c, net)
                     self.record(
-                        self.backend.now(),
+                        t,
                         "container_attach",
                         node=spec.host,
                         subject=spec.name,
