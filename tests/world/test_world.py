@@ -166,6 +166,31 @@ def test_hosts_attached_at_the_same_instant_are_targets_of_each_others_commits()
     assert [(r["key"], r["targets"]) for r in rows] == [("c1", 1), ("c2", 3), ("c3", 3), ("c4", 3)]
 
 
+class Slow(Recording):
+    """Attaching takes wall time, as in the emulator (the clock moves 0.5 s per call)."""
+
+    records_commits = False  # commits come from the agents, later
+
+    def attach(self, c: Container, networks: Sequence[str], first: Collection[str]):
+        self.t += 0.5
+        return super().attach(c, networks, first)
+
+
+def test_the_initial_containers_are_one_instant_even_when_attaching_takes_time() -> None:
+    sc = validate_scenario(
+        {**SCENARIO, "containers": [{"per_host": 1, "prefix": "c", "networks": ["web"]}]}
+    )
+    backend = Slow()
+    world = World(sc, backend, tracker=ConvergenceTracker())
+    world.boot(plan(sc))
+    assert backend.t == 1.5  # three attaches of 0.5 s each
+    attaches = [r for r in world.events.rows if r[2] in ("container_attach", "net_attach")]
+    assert len(attaches) == 6 and {r[0] for r in attaches} == {0.0}, attaches
+    # so an agent's commit made while later hosts were still attaching waits for them all
+    world.commit(0.7, "h1", "web", "c-h1-1", "add")
+    assert [r["targets"] for r in world.truth.tracker.finish(10.0)] == [3]  # type: ignore[union-attr]
+
+
 def test_detach_of_the_last_container_leaves_the_network() -> None:
     world, backend, _ = _world()
     world.apply(Attach(at=1, container="c2", host="h1", network="web"))
