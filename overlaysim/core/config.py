@@ -105,6 +105,12 @@ class TableConfig:
     retransmit_mult: int = 4
     #: Anti-entropy: bulk sync all shared networks with one random peer this often.
     bulk_sync_interval: float = 30.0
+    #: Join resync: after joining a network, the next anti-entropy round comes at most
+    #: this many seconds later (0: off, NetworkDB's single join sync). A host joining
+    #: while an entry is still spreading can miss it twice: its join sync's peer lacks
+    #: it yet, and its owner's gossip budget is spent before the owner learns of the
+    #: join; then it waits for a periodic bulk sync (docs/emulation-scale.md).
+    join_resync_delay: float = 0.0
     #: Tombstones (deleted entries) are kept this long so late adds cannot resurrect them.
     reap_interval: float = 1800.0
     #: Largest datagram the sender fills with table events.

@@ -621,6 +621,9 @@ class Tables:
             st.queue = TransmitLimitedQueue(self.config.retransmit_mult, _key_of)
         self._announce(network, False, now)
         self._roll_bulk(now)
+        resync = self.config.join_resync_delay
+        if resync > 0 and self._next_bulk is not None:
+            self._next_bulk = min(self._next_bulk, now + resync)
         peers = self._peers.get(network)
         if peers:
             self._send_bulk(peers.choice(self.rng), [network])

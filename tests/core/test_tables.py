@@ -618,6 +618,35 @@ def test_join_syncs_at_once_with_a_known_peer():
         assert set(_keyed(net.view("c", NET))) == {"a1"}
 
 
+@pytest.mark.parametrize("resync", [0.0, 1.0])
+def test_join_resync_repairs_an_entry_committed_just_after_the_join_sync(resync):
+    """c joins, its join sync is answered, then a commits; a's gossip never reaches c (a
+    spent it before learning of the join). Off: c waits for a periodic bulk sync (none
+    within 1000 s here). On: a bulk round ``join_resync_delay`` after the join."""
+    cfg = dataclasses.replace(NO_BULK, join_resync_delay=resync)
+    net = TableNet(3)
+    net.cluster("abc", cfg)
+    for n in "ab":
+        net.nodes[n].join_network(NET, net.now)
+    net.run(0.5)
+    c = net.nodes["c"]
+    atts = tuple(net.nodes["a"].attachments(NET).values())
+    c.receive("addr-a", NetworkGossip(source="a", attachments=atts), net.now)
+    net.drop = lambda s, d, m: d == "c" and isinstance(m, TableGossip)
+    joined = net.now
+    c.join_network(NET, joined)
+    net.run(0.05)  # the join sync and its reply have crossed
+    net.nodes["a"].create_entry(NET, EP, "a1", {"ip": "a"}, net.now)
+    net.run(0.9)
+    assert c.entries(NET) == {} and set(_keyed(net.view("b", NET))) == {"a1"}
+    net.run(0.6)  # to 1.55 s after the join
+    assert set(_keyed(net.view("c", NET))) == ({"a1"} if resync else set())
+    if resync:
+        syncs = [d for d in net.delivered if d.src == "c" and isinstance(d.msg, BulkSync)]
+        first, second = (d.t - joined for d in syncs if not d.msg.reply)  # delivered at
+        assert first < 0.1 and 1.0 <= second < 1.1  # the join's, then the resync's
+
+
 def test_recovery_after_false_alarm_syncs_each_node_once_one_per_round():
     net = make("abcd", NO_BULK, seed=15)
     for n in "cd":
