@@ -11,6 +11,7 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from overlaysim.errors import UserError, user_error_types
@@ -262,7 +263,7 @@ def _network_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _each(names: list[str], remove: Any) -> int:
+def _each(names: list[str], remove: Callable[[str], str]) -> int:
     """``remove(name)`` for every name, as ``docker rm a b`` does: each removed name is
     printed, each failure reported on stderr (its message names what failed) without
     stopping the rest; status 2 if any failed."""

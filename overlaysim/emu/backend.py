@@ -158,10 +158,10 @@ class EmuBackend:
         starts = tb.wait_ready(order)
         if formed:
             tb.wait_formed(order, timeout=FORM_TIMEOUT_S + 0.5 * len(order))
-        self.create_networks()
-        if formed:
+            self.create_networks()
             self.t0 = time.monotonic()
             return dict.fromkeys(order, 0.0)
+        self.create_networks()
         return {h: max(0.0, starts[h] - self.t0) for h in order}
 
     def create_networks(self) -> None:

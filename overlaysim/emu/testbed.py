@@ -421,8 +421,8 @@ class Testbed:
                 self.client(host, timeout=5.0).call("shutdown", leave=False)
 
         killed = []
-        workers = [h for h in running if h not in self.managers]
-        for group in (workers, [h for h in running if h in self.managers]):
+        managers = [h for h in running if h in self.managers]
+        for group in ([h for h in running if h not in managers], managers):
             if group:
                 with ThreadPoolExecutor(max_workers=min(16, len(group))) as pool:
                     list(pool.map(ask, group))
