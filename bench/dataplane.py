@@ -49,6 +49,7 @@ from overlaysim.agent import netns as kns
 from overlaysim.agent.created import clean_prefixed
 from overlaysim.agent.dataplane import DataPlane, NetInfo, docker_mac, sandbox_mtu
 from overlaysim.core.mtu import VXLAN_OVERHEAD
+from overlaysim.core.network import DEFAULT_ATTACHMENT
 
 PREFIX = "osimb"
 U1, U2 = f"{PREFIX}-u1", f"{PREFIX}-u2"
@@ -87,7 +88,7 @@ class Variant:
     overlay_mtu: int = 0
     offloads: dict[str, dict[str, bool]] = field(default_factory=dict)
     bridge: dict[str, str] = field(default_factory=dict)
-    attachment: str = "veth"
+    attachment: str = DEFAULT_ATTACHMENT
 
 
 GRO_ALL = {"underlay": {"rx-gro": True}, "veth": {"rx-gro": True}}
@@ -144,8 +145,7 @@ class Result:
 
     @property
     def ref_ratios(self) -> list[float]:
-        pairs = zip(self.reference_gbps, self.overlay_gbps, strict=True)
-        return [o / r for r, o in pairs if r]
+        return _to_reference(self.reference_gbps, self.overlay_gbps)
 
     @property
     def ref_ratio(self) -> float:
@@ -153,13 +153,17 @@ class Result:
 
     @property
     def macvlan_ratios(self) -> list[float]:
-        pairs = zip(self.reference_gbps, self.macvlan_gbps, strict=False)
-        return [m / r for r, m in pairs if r]
+        return _to_reference(self.reference_gbps, self.macvlan_gbps)
 
     @property
     def local_ratios(self) -> list[float]:
-        pairs = zip(self.reference_gbps, self.local_gbps, strict=False)
-        return [x / r for r, x in pairs if r]
+        return _to_reference(self.reference_gbps, self.local_gbps)
+
+
+def _to_reference(reference: tuple[float, ...], path: tuple[float, ...]) -> list[float]:
+    """Per-round ratios of a path to the reference timed in the same round (an optional
+    path has no samples when it was not asked for)."""
+    return [x / r for r, x in zip(reference, path, strict=False) if r]
 
 
 # --- building ---------------------------------------------------------------------------
@@ -386,7 +390,7 @@ def measure(
         f"{role}: " + ",".join(f"{k}={'on' if v else 'off'}" for k, v in wanted.items())
         for role, wanted in variant.offloads.items()
     ]
-    if variant.attachment != "veth":
+    if variant.attachment != DEFAULT_ATTACHMENT:
         changes.append(f"attachment: {variant.attachment}")
     if variant.bridge:
         changes.append("br0: " + ",".join(f"{k}={v}" for k, v in variant.bridge.items()))

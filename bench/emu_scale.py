@@ -38,6 +38,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from overlaysim.core.network import ATTACHMENTS, DEFAULT_ATTACHMENT
 from overlaysim.emu.runner import run_emulation
 from overlaysim.metrics.results import load_run
 from overlaysim.scenario.loader import validate_scenario
@@ -47,7 +48,7 @@ from overlaysim.sim.runner import run_simulation
 CHURN_AT = 10.0
 
 
-def scenario(n: int, loss: float, duration: float, attachment: str = "veth") -> Any:
+def scenario(n: int, loss: float, duration: float, attachment: str = DEFAULT_ATTACHMENT) -> Any:
     events: list[dict[str, Any]] = [
         {"at": CHURN_AT, "action": "churn", "network": "web", "rate_per_s": 2, "duration": 10}
     ]
@@ -108,7 +109,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, bool]]:
 
 
 def one(
-    n: int, loss: float, duration: float, out: Path, attachment: str = "veth"
+    n: int, loss: float, duration: float, out: Path, attachment: str = DEFAULT_ATTACHMENT
 ) -> dict[str, Any]:
     sc = scenario(n, loss, duration, attachment)
     load_before = os.getloadavg()[0]
@@ -163,8 +164,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=25.0)
     p.add_argument(
         "--attachment",
-        choices=("veth", "macvlan"),
-        default="veth",
+        choices=ATTACHMENTS,
+        default=DEFAULT_ATTACHMENT,
         help="how hosts plug the containers into 'web' (docs/dataplane.md)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")

@@ -298,10 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modes: {args.modes!r}, expected a list of {', '.join(MODES)}")
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces)")
-    clean_prefixed(PREFIX)  # leftovers of an interrupted earlier run
-    rounds: list[Round] = []
     if args.pin and (os.cpu_count() or 1) < 2:
         parser.error("--pin needs at least 2 CPUs")
+    clean_prefixed(PREFIX)  # leftovers of an interrupted earlier run
+    rounds: list[Round] = []
     with testbed(args.link_mbps) as hosts:
         if args.pin:
             pin(hosts, args.pin)
