@@ -105,12 +105,23 @@ class TableConfig:
     retransmit_mult: int = 4
     #: Anti-entropy: bulk sync all shared networks with one random peer this often.
     bulk_sync_interval: float = 30.0
-    #: Join resync: after joining a network, the next anti-entropy round comes at most
-    #: this many seconds later (0: off, NetworkDB's single join sync). A host joining
-    #: while an entry is still spreading can miss it twice: its join sync's peer lacks
-    #: it yet, and its owner's gossip budget is spent before the owner learns of the
-    #: join; then it waits for a periodic bulk sync (docs/emulation-scale.md).
-    join_resync_delay: float = 0.0
+    #: Join sync: a node joining a network bulk-syncs at once with this many random
+    #: peers it already knows are on it; 0: with every one of them. NetworkDB's
+    #: JoinNetwork syncs with every one (``bulkSync(networkNodes, all=true)``), but our
+    #: bulk syncs also carry every attachment, which NetworkDB's do not: with 0 a
+    #: rejoining node hands its new attachment to every peer at once and the leave/rejoin
+    #: race of moby#47728 no longer shows. Both variants use 1 (docs/variants.md).
+    join_sync_peers: int = 1
+    #: Join resync: one more bulk round this many seconds after joining a network
+    #: (0: off, NetworkDB's single join sync). A host joining while entries are still
+    #: spreading can miss them: its join sync came too early, and their gossip was spent
+    #: on the peers known before the join was (docs/emulation-scale.md).
+    join_resync_delay: float = 2.0
+    #: Bulk-sync rebroadcast: a version first learned from a bulk sync is gossiped on,
+    #: as NetworkDB does once its own join sync is done, unless the network's broadcast
+    #: queue already holds this many records (NetworkDB's maxQueueLenBroadcastOnSync,
+    #: 500). 0: never (a bulk sync only repairs the node that receives it).
+    bulk_rebroadcast_limit: int = 500
     #: Tombstones (deleted entries) are kept this long so late adds cannot resurrect them.
     reap_interval: float = 1800.0
     #: Largest datagram the sender fills with table events.
@@ -163,6 +174,21 @@ class TableConfig:
 
 PROFILES = ("lan", "wan", "local")
 
+#: Fields that must be above zero: periods (a zero period would fire forever at one
+#: instant), the probe timeout and the datagram budget. Every other number may be 0
+#: (0 means "off" or "none" there); no field takes a negative value.
+POSITIVE_FIELDS = frozenset(
+    {
+        "probe_interval",
+        "probe_timeout",
+        "gossip_interval",
+        "push_pull_interval",
+        "bulk_sync_interval",
+        "reap_interval",
+        "udp_buffer_size",
+    }
+)
+
 #: Protocol variants: ``overlaysim`` (ours, every extension on) and ``docker`` (libnetwork's
 #: NetworkDB on memberlist; docs/variants.md maps each setting to its source).
 VARIANTS = ("overlaysim", "docker")
@@ -188,6 +214,7 @@ EXTENSIONS: dict[str, Extension] = {
         Extension("heal_rule", "membership", "heal_window_mult", 2.0, 0.0),
         Extension("lifeguard", "membership", "lifeguard", True, False),
         Extension("recovery_sync", "tables", "recovery_sync", True, False),
+        Extension("join_resync", "tables", "join_resync_delay", 2.0, 0.0),
         Extension("reconcile", "tables", "reconcile", True, False),
         Extension("unknown_tombstones", "tables", "unknown_tombstones", True, False),
         Extension("local_tombstones", "tables", "local_tombstones", True, False),
@@ -204,6 +231,7 @@ _DOCKER_OFF = (
     "dead_notice",
     "heal_rule",
     "recovery_sync",
+    "join_resync",
     "reconcile",
     "unknown_tombstones",
     "local_tombstones",

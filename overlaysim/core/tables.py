@@ -392,6 +392,10 @@ class _NodeSet:
     def choice(self, rng: random.Random) -> str:
         return self._items[rng.randrange(len(self._items))]
 
+    def members(self) -> list[str]:
+        """The nodes, in the set's own (deterministic) order."""
+        return list(self._items)
+
     def as_set(self) -> set[str]:
         return set(self._items)
 
@@ -493,6 +497,8 @@ class Tables:
         self._attached: dict[str, None] = {}  # networks we are on (ordered set)
         self._draining: set[str] = set()  # left, still gossiping our tombstones
         self._pending: dict[str, None] = {}  # joined, join sync not yet sent
+        self._unsynced: set[str] = set()  # joined, no bulk sync covering it received yet
+        self._resyncs: list[float] = []  # deadlines of join resyncs, in order
         # Attachments, cluster-wide: network -> node -> latest record.
         self._attach: dict[str, dict[str, NetworkAttachment]] = {}
         # node -> networks it is attached to, in the order learnt; tuples shared across
@@ -610,7 +616,8 @@ class Tables:
     # -- local API -------------------------------------------------------------------
 
     def join_network(self, network: str, now: float) -> None:
-        """Attach: announce it cluster-wide, then bulk sync with a peer on the network."""
+        """Attach: announce it cluster-wide, then bulk sync with the peers known on it
+        (``join_sync_peers``: every one by default, as NetworkDB)."""
         _check_names(network)
         if network in self._attached:
             return
@@ -620,13 +627,21 @@ class Tables:
         if st.queue is None:
             st.queue = TransmitLimitedQueue(self.config.retransmit_mult, _key_of)
         self._announce(network, False, now)
+        self._unsynced.add(network)
         self._roll_bulk(now)
         resync = self.config.join_resync_delay
-        if resync > 0 and self._next_bulk is not None:
-            self._next_bulk = min(self._next_bulk, now + resync)
+        if resync > 0:
+            self._resyncs.append(now + resync)
         peers = self._peers.get(network)
         if peers:
-            self._send_bulk(peers.choice(self.rng), [network])
+            k = self.config.join_sync_peers
+            if k == 1:
+                self._send_bulk(peers.choice(self.rng), [network])
+            else:
+                nodes = peers.members() if k <= 0 else peers.sample(self.rng, k)
+                msg, size = self._bulk_sized([network], False)  # the same for every peer
+                addr = self._addr
+                self._sends.extend(Send(addr[n], msg, True, size) for n in nodes)
         else:
             self._pending[network] = None
             self._discover(network)
@@ -636,6 +651,7 @@ class Tables:
         st = self._attached_state(network)
         del self._attached[network]
         self._pending.pop(network, None)
+        self._unsynced.discard(network)
         for k, rec in list(st.records.items()):
             if rec.entry.owner != self.name:
                 self._forget(network, st, k)
@@ -719,6 +735,11 @@ class Tables:
         if self._next_bulk is not None and now >= self._next_bulk:
             self._bulk_round()
             self._next_bulk = _after(self._next_bulk, cfg.bulk_sync_interval, now)
+        resyncs = self._resyncs
+        if resyncs and now >= resyncs[0]:
+            while resyncs and now >= resyncs[0]:
+                del resyncs[0]
+            self._bulk_round()  # one round answers every join due by now
         reap = self._reap
         while reap and reap[0][0] <= now:
             reap_at, _, network, k = heapq.heappop(reap)
@@ -737,6 +758,8 @@ class Tables:
             out = self._next_gossip if out is None else min(out, self._next_gossip)
         if self._next_bulk is not None and self._attached:
             out = self._next_bulk if out is None else min(out, self._next_bulk)
+        if self._resyncs:
+            out = self._resyncs[0] if out is None else min(out, self._resyncs[0])
         return out
 
     def take_sends(self) -> list[Send]:
@@ -1118,14 +1141,19 @@ class Tables:
         the last one is kept with the content count it was taken at: while nothing a
         bulk sync carries has changed (``reply`` is one byte either way), it is reused.
         """
+        msg, size = self._bulk_sized(networks, reply)
+        return Send(dst, msg, True, size)
+
+    def _bulk_sized(self, networks: list[str], reply: bool) -> tuple[BulkSync, int]:
+        """A bulk sync and its encoded length (see :meth:`_bulk_send`)."""
         msg = self._bulk_msg(networks, reply)
         nets = tuple(networks)
         last = self._bulk_size
         if last is not None and last[0] == self._content and last[1] == nets:
-            return Send(dst, msg, True, last[2])
+            return msg, last[2]
         size = encoded_size(msg)
         self._bulk_size = (self._content, nets, size)
-        return Send(dst, msg, True, size)
+        return msg, size
 
     def _bulk_msg(self, networks: list[str], reply: bool) -> BulkSync:
         atts = [a for recs in self._attach.values() for a in recs.values()]
@@ -1187,6 +1215,7 @@ class Tables:
         )
         wanted = set(shared)
         nets = self._nets
+        limit = self.config.bulk_rebroadcast_limit
         for e in self._entries_not_held(_seq(msg.entries)):
             st = nets.get(getattr(e, "network", None))
             if st is not None and _holds(st.records, e):
@@ -1194,10 +1223,29 @@ class Tables:
             if not _entry_ok(e):
                 self.dropped += 1
             elif e.network in wanted:
-                self._merge(e.network, self._nets[e.network], e, now)
+                st = nets[e.network]
+                known = e.ref in st.records
+                if self._merge(e.network, st, e, now) and limit:
+                    self._rebroadcast(e.network, st, e, known, limit, now)
+        self._unsynced.difference_update(shared)
         if msg.reply is False:
             dst = self._addr.get(msg.source, src) if type(msg.source) is str else src
             self._sends.append(self._bulk_send(dst, shared, True))
+
+    def _rebroadcast(
+        self, network: str, st: _Network, e: Entry, known: bool, limit: int, now: float
+    ) -> None:
+        """Gossip on a version first learned from a bulk sync, as NetworkDB does.
+
+        Not while our own join sync is unanswered (what it brings, everyone else has),
+        not past ``limit`` queued records, and not a delete of an entry we never held
+        (NetworkDB spreads those only young; a tombstone can circle for its whole life).
+        """
+        if network in self._unsynced or (e.deleted and not known):
+            return
+        q = st.queue
+        if q is not None and len(q) < limit:
+            self._enqueue(network, st, e, now)
 
     # -- held checks -----------------------------------------------------------------
     #

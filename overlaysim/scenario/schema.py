@@ -144,8 +144,14 @@ def _overrides_for(cls_name: str):
                     f"only {cls_name} fields ({', '.join(sorted(fields))}), not {name!r}"
                 )
             want = {"bool": bool, "int": int, "float": (int, float)}[f.type]
+            kind = {"bool": "true or false", "int": "an integer", "float": "a number"}[f.type]
             if not isinstance(v, want) or (f.type != "bool" and isinstance(v, bool)):
-                raise ValueError(f"{name}: a {f.type}")
+                raise ValueError(f"{name}: {kind}")
+            if f.type != "bool":
+                if name in config.POSITIVE_FIELDS and not v > 0:
+                    raise ValueError(f"{name}: {kind} above 0, not {v!r}")
+                if not v >= 0:
+                    raise ValueError(f"{name}: {kind} of 0 or more, not {v!r}")
         return value
 
     return check
@@ -172,7 +178,7 @@ class Protocol(StrictModel):
     extensions: dict[str, bool] = Field(
         default_factory=dict,
         description="switches over the variant: epochs, dead_notice, heal_rule, lifeguard, "
-        "recovery_sync, reconcile, e.g. {heal_rule: false}",
+        "recovery_sync, join_resync, reconcile, e.g. {heal_rule: false}",
     )
 
     membership: dict[str, bool | int | float] = Field(

@@ -618,6 +618,101 @@ def test_join_syncs_at_once_with_a_known_peer():
         assert set(_keyed(net.view("c", NET))) == {"a1"}
 
 
+def test_join_syncs_with_every_known_peer_so_an_owner_hands_over_its_new_entry():
+    """a commits just before c joins and none of its gossip gets through, so only a
+    holds the entry. With ``join_sync_peers=0`` (NetworkDB, the ``docker`` variant: every
+    known peer) c's join syncs include a, whatever the seed; with one random peer (ours)
+    c misses the entry whenever it picks b, until a periodic bulk sync (none within
+    1000 s here)."""
+    held = {}
+    for k in (0, 1):
+        for seed in range(6):
+            net = TableNet(seed)
+            net.cluster("abc", dataclasses.replace(NO_BULK, join_sync_peers=k))
+            for n in "ab":
+                net.nodes[n].join_network(NET, net.now)
+            net.run(0.5)
+            c = net.nodes["c"]
+            atts = tuple(net.nodes["a"].attachments(NET).values())
+            c.receive("addr-a", NetworkGossip(source="a", attachments=atts), net.now)
+            net.drop = lambda s, d, m: isinstance(m, TableGossip)
+            net.nodes["a"].create_entry(NET, EP, "a1", {"ip": "a"}, net.now)
+            joined = net.now
+            c.join_network(NET, joined)
+            net.run(1.0)
+            assert net.view("b", NET) == {}  # only a holds it: c's syncs decide
+            syncs = [
+                d.dst
+                for d in net.delivered
+                if d.t >= joined and d.src == "c" and isinstance(d.msg, BulkSync)
+            ]
+            assert sorted(syncs) == ["a", "b"] if k == 0 else len(syncs) == 1
+            held.setdefault(k, []).append(set(_keyed(net.view("c", NET))) == {"a1"})
+    assert all(held[0]) and not all(held[1]) and any(held[1])
+
+
+def _gossiped_keys(t: Tables, until: float) -> set[str]:
+    """Keys ``t`` puts in table gossip from now until ``until``."""
+    keys: set[str] = set()
+    while (nxt := t.next_timer()) is not None and nxt <= until:
+        t.handle_timer(nxt)
+        for s in t.take_sends():
+            if isinstance(s.msg, TableGossip):
+                keys.update(e.key for e in s.msg.entries)
+    return keys
+
+
+@pytest.mark.parametrize("limit", [0, 500])
+def test_a_version_first_learned_from_a_bulk_sync_is_gossiped_on(limit):
+    """NetworkDB rebroadcasts what a bulk sync taught it (once its own join sync is
+    done, while its queue is short); 0 turns that off. Never a delete of an entry it
+    never held, and never what the answer to its own join sync brings."""
+    cfg = dataclasses.replace(NO_BULK, bulk_rebroadcast_limit=limit, join_resync_delay=0)
+    net = make("abcd", cfg, seed=21)
+    a = net.nodes["a"]
+    news = (entry("d", "new", 5), entry("d", "gone", 6, deleted=True))
+    a.receive("addr-b", BulkSync(source="b", reply=True, networks=(NET,), entries=news), net.now)
+    assert set(_keyed(a.entries(NET))) == {"new"}
+    assert _gossiped_keys(a, net.now + 1.0) == ({"new"} if limit else set())
+    # A node whose own join sync is not answered yet: what arrives is not news to others.
+    e = net.nodes["e"] = Tables(name="e", addr="addr-e", config=cfg, rng=random.Random(3), epoch=0)
+    e.start(net.now)
+    e.bootstrap([(n, f"addr-{n}", 0) for n in "abcd"], net.now)
+    e.receive(
+        "addr-a", NetworkGossip(source="a", attachments=tuple(a.attachments(NET).values())), net.now
+    )
+    e.join_network(NET, net.now)
+    e.take_sends()
+    sync = BulkSync(source="b", reply=True, networks=(NET,), entries=(entry("d", "x", 7),))
+    e.receive("addr-b", sync, net.now)
+    assert "x" in _keyed(e.entries(NET)) and "x" not in _gossiped_keys(e, net.now + 1.0)
+
+
+def test_join_resync_is_one_more_round_and_leaves_the_periodic_phase_alone():
+    """The resync is an extra bulk round ``join_resync_delay`` after the join; the
+    periodic rounds keep their own (random) phase, so a cluster that boots together
+    does not sync in lockstep ever after."""
+    base = dataclasses.replace(FAST, bulk_sync_interval=30.0, join_resync_delay=0)
+    rounds = {}
+    for resync in (0.0, 2.0):
+        net = TableNet(4)
+        net.cluster("abc", dataclasses.replace(base, join_resync_delay=resync))
+        for n in "ab":
+            net.nodes[n].join_network(NET, net.now)
+        net.run(0.5)
+        joined = net.now
+        net.nodes["c"].join_network(NET, joined)
+        net.run(70.0)
+        rounds[resync] = [
+            round(d.t - joined, 1)
+            for d in net.delivered
+            if d.src == "c" and isinstance(d.msg, BulkSync) and not d.msg.reply
+        ]
+    extra = sorted(set(rounds[2.0]) - set(rounds[0.0]))
+    assert len(rounds[2.0]) == len(rounds[0.0]) + 1 and len(extra) == 1
+    assert 2.0 <= extra[0] <= 2.1
+
+
 @pytest.mark.parametrize("resync", [0.0, 1.0])
 def test_join_resync_repairs_an_entry_committed_just_after_the_join_sync(resync):
     """c joins, its join sync is answered, then a commits; a's gossip never reaches c (a

@@ -216,6 +216,18 @@ def test_messages_carry_no_library_text(tmp_path: Path) -> None:
             "protocol.esp_seq_limit: 0 is not valid: expected an integer",
         ),
         (
+            {"protocol": {"tables": {"gossip_nodes": -1}}},
+            "expected gossip_nodes: an integer of 0 or more, not -1",
+        ),
+        (
+            {"protocol": {"tables": {"bulk_sync_interval": 0}}},
+            "expected bulk_sync_interval: a number above 0, not 0",
+        ),
+        (
+            {"protocol": {"membership": {"suspicion_mult": 2.5}}},
+            "expected suspicion_mult: an integer",
+        ),
+        (
             {"events": [{"at": 1, "action": "delay", "ms": 5, "link": ["h1", "h2"]}]},
             "expected the two ends of a topology link, like [h1, s1]",
         ),
