@@ -15,8 +15,10 @@ entry took to be held by every host (the emulator's targets for a boot commit), 
 how many never were within ``--duration`` seconds.
 
 Settings: ``before`` is the tables as they were before the join resync and the
-bulk-sync rebroadcast (both off); ``docker`` is the ``docker`` variant; ``overlaysim``
-is the default. Nothing here is timed: the simulator is deterministic.
+bulk-sync rebroadcast (both off); ``every-peer`` adds a join sync with every peer known
+on the network (NetworkDB's); ``rebroadcast`` and ``resync`` turn one of the two on;
+``docker`` is the ``docker`` variant; ``overlaysim`` is the default (both on). Nothing
+here is timed: the simulator is deterministic.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ import statistics
 import sys
 from typing import Any
 
+_BEFORE = {"join_resync_delay": 0, "bulk_rebroadcast_limit": 0}
 SETTINGS: dict[str, dict[str, Any]] = {
-    "before": {"tables": {"join_resync_delay": 0, "bulk_rebroadcast_limit": 0}},
+    "before": {"tables": _BEFORE},
+    "every-peer": {"tables": {**_BEFORE, "join_sync_peers": 0}},
+    "rebroadcast": {"tables": {"join_resync_delay": 0}},
+    "resync": {"tables": {"bulk_rebroadcast_limit": 0}},
     "docker": {"variant": "docker"},
     "overlaysim": {},
 }
@@ -112,8 +118,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hosts", type=int, default=100, help="hosts (default 100)")
     ap.add_argument("--span", type=float, default=6.0, help="seconds the joins take (6)")
     ap.add_argument("--duration", type=float, default=25.0, help="simulated seconds (25)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 13)))
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 13)), help="seeds (default 1-12)")
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        default=["before", "docker", "overlaysim"],
+        choices=list(SETTINGS),
+        help="which settings (default: before docker overlaysim)",
+    )
     args = ap.parse_args(argv)
     if args.hosts < 2 or args.span <= 0 or args.duration <= args.span + 0.5:
         ap.error("expected --hosts >= 2, --span > 0 and --duration > --span + 0.5")
