@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hosts", type=int, default=100, help="hosts (default 100)")
     ap.add_argument("--span", type=float, default=6.0, help="seconds the joins take (6)")
     ap.add_argument("--duration", type=float, default=25.0, help="simulated seconds (25)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 13)), help="seeds (default 1-12)")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=list(range(1, 13)), help="seeds (default 1-12)"
+    )
     ap.add_argument(
         "--settings",
         nargs="+",
