@@ -618,6 +618,19 @@ def test_join_syncs_at_once_with_a_known_peer():
         assert set(_keyed(net.view("c", NET))) == {"a1"}
 
 
+def _c_about_to_join(seed, config) -> tuple[TableNet, Tables]:
+    """a and b on the network, joins settled; c knows it (a's attachments), not on it."""
+    net = TableNet(seed)
+    net.cluster("abc", config)
+    for n in "ab":
+        net.nodes[n].join_network(NET, net.now)
+    net.run(0.5)
+    c = net.nodes["c"]
+    atts = tuple(net.nodes["a"].attachments(NET).values())
+    c.receive("addr-a", NetworkGossip(source="a", attachments=atts), net.now)
+    return net, c
+
+
 def test_join_syncs_with_every_known_peer_so_an_owner_hands_over_its_new_entry():
     """a commits just before c joins and none of its gossip gets through, so only a
     holds the entry. With ``join_sync_peers=0`` (NetworkDB, the ``docker`` variant: every
@@ -627,14 +640,7 @@ def test_join_syncs_with_every_known_peer_so_an_owner_hands_over_its_new_entry()
     held = {}
     for k in (0, 1):
         for seed in range(6):
-            net = TableNet(seed)
-            net.cluster("abc", dataclasses.replace(NO_BULK, join_sync_peers=k))
-            for n in "ab":
-                net.nodes[n].join_network(NET, net.now)
-            net.run(0.5)
-            c = net.nodes["c"]
-            atts = tuple(net.nodes["a"].attachments(NET).values())
-            c.receive("addr-a", NetworkGossip(source="a", attachments=atts), net.now)
+            net, c = _c_about_to_join(seed, dataclasses.replace(NO_BULK, join_sync_peers=k))
             net.drop = lambda s, d, m: isinstance(m, TableGossip)
             net.nodes["a"].create_entry(NET, EP, "a1", {"ip": "a"}, net.now)
             joined = net.now
@@ -718,15 +724,7 @@ def test_join_resync_repairs_an_entry_committed_just_after_the_join_sync(resync)
     """c joins, its join sync is answered, then a commits; a's gossip never reaches c (a
     spent it before learning of the join). Off: c waits for a periodic bulk sync (none
     within 1000 s here). On: a bulk round ``join_resync_delay`` after the join."""
-    cfg = dataclasses.replace(NO_BULK, join_resync_delay=resync)
-    net = TableNet(3)
-    net.cluster("abc", cfg)
-    for n in "ab":
-        net.nodes[n].join_network(NET, net.now)
-    net.run(0.5)
-    c = net.nodes["c"]
-    atts = tuple(net.nodes["a"].attachments(NET).values())
-    c.receive("addr-a", NetworkGossip(source="a", attachments=atts), net.now)
+    net, c = _c_about_to_join(3, dataclasses.replace(NO_BULK, join_resync_delay=resync))
     net.drop = lambda s, d, m: d == "c" and isinstance(m, TableGossip)
     joined = net.now
     c.join_network(NET, joined)
