@@ -112,10 +112,11 @@ class TableConfig:
     #: rejoining node hands its new attachment to every peer at once and the leave/rejoin
     #: race of moby#47728 no longer shows. Both variants use 1 (docs/variants.md).
     join_sync_peers: int = 1
-    #: Join resync: one more bulk round this many seconds after joining a network
-    #: (0: off, NetworkDB's single join sync). A host joining while entries are still
-    #: spreading can miss them: its join sync came too early, and their gossip was spent
-    #: on the peers known before the join was (docs/emulation-scale.md).
+    #: Join resync: one more bulk round this many seconds after joining a network on
+    #: which peers were known (0: off, NetworkDB's single join sync). A host joining
+    #: while entries are still spreading can miss them: its join sync came too early,
+    #: and their gossip was spent on the peers known before the join was
+    #: (docs/emulation-scale.md).
     join_resync_delay: float = 2.0
     #: Bulk-sync rebroadcast: a version first learned from a bulk sync is gossiped on,
     #: as NetworkDB does once its own join sync is done, unless the network's broadcast

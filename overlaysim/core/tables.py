@@ -630,10 +630,13 @@ class Tables:
         self._unsynced.add(network)
         self._roll_bulk(now)
         resync = self.config.join_resync_delay
-        if resync > 0:
-            self._resyncs.append(now + resync)
         peers = self._peers.get(network)
         if peers:
+            # A network in motion: entries may be spreading among peers that do not know
+            # of us yet. A join that finds no peer is the network forming (a simulated
+            # boot): every entry still waits in its owner's queue for a first peer.
+            if resync > 0:
+                self._resyncs.append(now + resync)
             k = self.config.join_sync_peers
             if k == 1:
                 self._send_bulk(peers.choice(self.rng), [network])
