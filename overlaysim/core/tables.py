@@ -616,8 +616,9 @@ class Tables:
     # -- local API -------------------------------------------------------------------
 
     def join_network(self, network: str, now: float) -> None:
-        """Attach: announce it cluster-wide, then bulk sync with the peers known on it
-        (``join_sync_peers``: every one by default, as NetworkDB)."""
+        """Attach: announce it cluster-wide, then bulk sync with ``join_sync_peers`` peers
+        known on it (one; 0: every one, as NetworkDB), and once more
+        ``join_resync_delay`` later."""
         _check_names(network)
         if network in self._attached:
             return
