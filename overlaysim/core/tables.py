@@ -42,6 +42,7 @@ The rules, all applied in :meth:`Tables._merge` and :meth:`Tables._store`:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -639,7 +640,7 @@ class Tables:
             if resync > 0:
                 self._resyncs.append(now + resync)
             k = self.config.join_sync_peers
-            if k == 1:
+            if k == 1:  # the model's one draw, as before the setting existed
                 self._send_bulk(peers.choice(self.rng), [network])
             else:
                 nodes = peers.members() if k <= 0 else peers.sample(self.rng, k)
@@ -741,8 +742,7 @@ class Tables:
             self._next_bulk = _after(self._next_bulk, cfg.bulk_sync_interval, now)
         resyncs = self._resyncs
         if resyncs and now >= resyncs[0]:
-            while resyncs and now >= resyncs[0]:
-                del resyncs[0]
+            del resyncs[: bisect.bisect_right(resyncs, now)]
             self._bulk_round()  # one round answers every join due by now
         reap = self._reap
         while reap and reap[0][0] <= now:
@@ -1228,7 +1228,7 @@ class Tables:
                 self.dropped += 1
             elif e.network in wanted:
                 st = nets[e.network]
-                known = e.ref in st.records
+                known = bool(limit) and e.ref in st.records  # only the rebroadcast asks
                 if self._merge(e.network, st, e, now) and limit:
                     self._rebroadcast(e.network, st, e, known, limit, now)
         self._unsynced.difference_update(shared)
