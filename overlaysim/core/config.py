@@ -144,6 +144,12 @@ class TableConfig:
     #: before moby#50342 forged a tombstone at the entry's own Lamport time, so the
     #: same version is refused until the owner writes a newer one.
     local_tombstones: bool = True
+    #: Leave clock: a leave states its owner's entry clock, and an entry of the same boot
+    #: written later (a larger Lamport time) proves the owner rejoined, so it is kept
+    #: even when the rejoin's attachment has not arrived yet. False: NetworkDB's rule,
+    #: every entry of an owner held as having left the network is dropped, and one that
+    #: outran the rejoin's announcement waits for a bulk sync (moby#47728's race).
+    leave_clock: bool = True
     #: Overlay MTU from the underlay's: the agent derives each network's MTU from its
     #: underlay interface (minus VXLAN, and ESP when encrypted). False: libnetwork's
     #: fixed assumption of a 1500-byte underlay (1450 for VXLAN), whatever the real one
@@ -219,6 +225,7 @@ EXTENSIONS: dict[str, Extension] = {
         Extension("reconcile", "tables", "reconcile", True, False),
         Extension("unknown_tombstones", "tables", "unknown_tombstones", True, False),
         Extension("local_tombstones", "tables", "local_tombstones", True, False),
+        Extension("leave_clock", "tables", "leave_clock", True, False),
         Extension("mtu_from_underlay", "tables", "mtu_from_underlay", True, False),
         Extension("rekey_with_next", "tables", "rekey_with_next", True, False),
     )
@@ -236,6 +243,7 @@ _DOCKER_OFF = (
     "reconcile",
     "unknown_tombstones",
     "local_tombstones",
+    "leave_clock",
     "mtu_from_underlay",
     "rekey_with_next",
 )

@@ -465,6 +465,7 @@ def _attachment_check(a: object) -> bool:
         and _int_ok(a.ltime)
         and _int_ok(a.epoch)
         and type(a.leaving) is bool
+        and _int_ok(a.entry_clock)
     )
 
 
@@ -903,7 +904,7 @@ class Tables:
         if dead is not None and e.owner_epoch <= dead:
             return True
         att = self._attach.get(network, {}).get(e.owner)
-        return att is not None and att.leaving and e.owner_epoch <= att.epoch
+        return att is not None and att.leaving and _before_leave(e, att, self.config.leave_clock)
 
     def _reassert(
         self, network: str, st: _Network, k: _Key, cur: _Record | None, e: Entry, now: float
@@ -945,16 +946,28 @@ class Tables:
         self._enqueue(network, st, e, now)
 
     def _hide_owner(
-        self, network: str, owner: str, max_epoch: int, now: float, forged: bool = False
+        self,
+        network: str,
+        owner: str,
+        max_epoch: int,
+        now: float,
+        forged: bool = False,
+        leave: NetworkAttachment | None = None,
     ) -> None:
+        """Hide ``owner``'s live entries of boots up to ``max_epoch``; for a ``leave``,
+        those written before it (all of that boot's, without ``leave_clock``)."""
         st = self._nets.get(network)
         if st is None:
             return
+        clock = self.config.leave_clock
         for k in _owner_keys(st, owner):
             rec = st.records[k]
-            if rec.live and rec.entry.owner_epoch <= max_epoch:
-                self._store(network, st, k, rec.entry, now, hidden=True)
-                st.records[k].forged = forged
+            if not rec.live or rec.entry.owner_epoch > max_epoch:
+                continue
+            if leave is not None and not _before_leave(rec.entry, leave, clock):
+                continue  # written after the leave: the rejoin's, which we heard first
+            self._store(network, st, k, rec.entry, now, hidden=True)
+            st.records[k].forged = forged
 
     def _replace_older_boot(self, node: str, epoch: int, now: float) -> None:
         """A newer boot of ``node``: its older entries and attachments are void."""
@@ -980,6 +993,7 @@ class Tables:
             ltime=self._net_clock,
             leaving=leaving,
             epoch=self.epoch,
+            entry_clock=self._clock,
         )
         recs = self._attach.setdefault(network, {})
         old = recs.get(self.name)
@@ -1011,7 +1025,7 @@ class Tables:
             # Without local tombstones (NetworkDB before moby#50342) the hidden records
             # stand for deletes at their own Lamport time.
             forged = not self.config.local_tombstones
-            self._hide_owner(a.network, a.node, a.epoch, now, forged)
+            self._hide_owner(a.network, a.node, a.epoch, now, forged, a)
         return True
 
     def _note_net(self, node: str, network: str) -> None:
@@ -1084,14 +1098,19 @@ class Tables:
             for node in peers.sample(self.rng, cfg.gossip_nodes):
                 self._sends.append(Send(self._addr[node], msg, False, size))
         if len(self._net_queue) and self._alive:
+            # Attachments ride memberlist's gossip in NetworkDB (network events through
+            # the delegate's GetBroadcasts), and memberlist fills each target's datagram
+            # from the queue on its own: every copy counts as one transmission. Table
+            # gossip (above) takes once per network and sends that to every target.
             n = len(self._alive) + 1
             nq = self._net_queue
-            items = nq.get(n, self._net_overhead, cfg.udp_buffer_size)
-            if items:
+            for node in self._alive.sample(self.rng, cfg.gossip_nodes):
+                items = nq.get(n, self._net_overhead, cfg.udp_buffer_size)
+                if not items:
+                    break
                 msg = NetworkGossip(source=self.name, attachments=tuple(items))
                 size = records_message_size(self._net_empty, len(items), nq.taken_size)
-                for node in self._alive.sample(self.rng, cfg.gossip_nodes):
-                    self._sends.append(Send(self._addr[node], msg, False, size))
+                self._sends.append(Send(self._addr[node], msg, False, size))
         self._recovery_sync()
 
     def _recovery_sync(self) -> None:
@@ -1318,6 +1337,17 @@ class Tables:
         if t is not None and t < now:
             iv = self.config.bulk_sync_interval
             self._next_bulk = t + math.ceil((now - t) / iv) * iv
+
+
+def _before_leave(e: Entry, leave: NetworkAttachment, clock: bool) -> bool:
+    """Whether ``leave`` (an attachment with ``leaving`` set) covers ``e``, an entry of
+    the same owner and network: of an earlier boot, or of the same boot and, with
+    ``clock`` (the ``leave_clock`` extension), written no later than the leave. The
+    owner's entry clock only grows, so an entry above the leave's ``entry_clock`` was
+    written after it: the owner has rejoined, and its rejoin has not reached us yet."""
+    if e.owner_epoch != leave.epoch:
+        return e.owner_epoch < leave.epoch
+    return not clock or e.ltime <= leave.entry_clock
 
 
 def _after(deadline: float, interval: float, now: float) -> float:

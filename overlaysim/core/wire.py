@@ -289,6 +289,10 @@ class NetworkAttachment:
     ltime: int
     leaving: bool
     epoch: int = 0
+    #: The node's table (entry) Lamport clock when it announced this. Its entries with
+    #: a larger ``ltime`` were written after this announcement: for a leave, proof of a
+    #: rejoin (the ``leave_clock`` extension, docs/tables.md).
+    entry_clock: int = 0
     #: ``(node, network)``, built once: the record's key in a broadcast queue (one
     #: object per record, shared by every node's queue). Derived: not on the wire.
     ref: tuple[str, str] = field(init=False, repr=False, compare=False)

@@ -8,7 +8,7 @@ import random
 import pytest
 from tablenet import TableNet
 
-from overlaysim.core.config import TableConfig
+from overlaysim.core.config import TableConfig, retransmit_limit
 from overlaysim.core.events import EntryEventKind
 from overlaysim.core.tables import (
     EntryExistsError,
@@ -580,6 +580,39 @@ def test_duplicates_are_not_rebroadcast_and_gossip_goes_quiet():
 
 def _att(node, network=NET, ltime=1, leaving=False):
     return NetworkAttachment(node=node, network=network, ltime=ltime, leaving=leaving)
+
+
+def test_an_attachment_copy_is_one_transmission_a_table_take_serves_every_target():
+    """NetworkDB: table gossip takes from a network's queue once and sends that to every
+    target; attachments ride memberlist's gossip, which fills each target's datagram from
+    the queue on its own. So an attachment goes out retransmit-limit times in all, an
+    entry retransmit-limit times to each of ``gossip_nodes`` targets."""
+    cfg = dataclasses.replace(NO_BULK, gossip_nodes=3)
+    t = solo("b", config=cfg)
+    others = [f"n{i}" for i in range(20)]
+    for n in others:
+        t.member_alive(n, f"addr-{n}", 0, 0.0)
+    t.receive(
+        "addr-n0", NetworkGossip(source="n0", attachments=tuple(_att(n) for n in others)), 0.0
+    )
+    t.take_sends()
+    t.receive("addr-n0", gossip(entry("n0", "k", 3)), 0.0)
+    new = _att("n0", network="red")  # news from n0 about another network
+    t.receive("addr-n0", NetworkGossip(source="n0", attachments=(new,)), 0.0)
+    att_copies, entry_copies, targets = 0, 0, set()
+    now = 0.0
+    for _ in range(40):
+        now = t.next_timer() or now + 0.1
+        t.handle_timer(now)
+        for s in t.take_sends():
+            if isinstance(s.msg, NetworkGossip) and new in s.msg.attachments:
+                att_copies += 1
+                targets.add(s.dst)
+            elif isinstance(s.msg, TableGossip):
+                entry_copies += len(s.msg.entries)
+    limit = retransmit_limit(cfg.retransmit_mult, 21)  # b and 20 others, on the network too
+    assert att_copies == limit and len(targets) > 1
+    assert entry_copies == limit * cfg.gossip_nodes
 
 
 def test_leave_announcement_alone_clears_a_nodes_entries():
