@@ -71,9 +71,9 @@ def scenario(hosts: int, span: float, duration: float, seed: int, protocol: dict
 class _Held:
     """A simulator observer that notes when each host first holds each entry."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, first: dict[tuple[str, str], float]) -> None:
         self.inner = inner
-        self.first: dict[tuple[str, str], float] = {}
+        self.first = first
 
     def entry_event(self, t: float, host: str, ev: Any) -> None:
         if ev.table == "endpoints" and ev.kind.name in ("CREATE", "UPDATE"):
@@ -87,23 +87,17 @@ class _Held:
 def run(sc: dict) -> tuple[list[float], int]:
     """Per entry: seconds from its commit until every host held it; and how many never."""
     from overlaysim.scenario.loader import validate_scenario
-    from overlaysim.scenario.timeline import plan
-    from overlaysim.sim.runner import SimWorld, frozen_heap
+    from overlaysim.sim.runner import run_observed
 
     scen = validate_scenario(sc, source="bench/join_race.py")
-    the_plan = plan(scen, sc["seed"])
-    world = SimWorld(scen, sc["seed"], services=the_plan.has_services)
-    tap = _Held(world.cluster.observer)
-    world.cluster.observer = tap
-    world.start(the_plan)
-    with frozen_heap():
-        world.env.run(until=float(scen.duration))
+    first: dict[tuple[str, str], float] = {}  # (host, key): when the host first held it
+    world = run_observed(scen, sc["seed"], lambda inner: _Held(inner, first))
     commits = {r[5]: float(r[0]) for r in world.events.rows if r[2] == "entry_commit"}
     hosts = {f"h{i}" for i in range(1, sc["topology"]["hosts"] + 1)}
     spans, never = [], 0
     for key, t0 in commits.items():
         owner = key.split("-")[1]
-        ts = [t0 if h == owner else tap.first.get((h, key)) for h in hosts]
+        ts = [t0 if h == owner else first.get((h, key)) for h in hosts]
         if None in ts:
             never += 1
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -478,6 +478,24 @@ def run_simulation(
     if status == "failed":
         raise RunFailed(f"simulation failed: {error} (partial results in {out})")
     return status
+
+
+def run_observed(scenario: Scenario, seed: int, tap: Callable[[Observer], Observer]) -> SimWorld:
+    """Simulate ``scenario`` in memory, no results folder, with an observer of the
+    caller's: ``tap`` is given the run's own observer and returns the one the cluster
+    uses (it should forward to the one it was given). Returns the finished world.
+
+    For replays and benches that need what a results folder does not keep (every
+    datagram, the first instant each host held each entry); the run is the one
+    ``overlaysim sim`` makes for the same scenario and seed.
+    """
+    the_plan = plan(scenario, seed)
+    world = SimWorld(scenario, seed, services=the_plan.has_services)
+    world.cluster.observer = tap(world.cluster.observer)
+    world.start(the_plan)
+    with frozen_heap():
+        world.env.run(until=float(scenario.duration))
+    return world
 
 
 @contextlib.contextmanager

@@ -57,19 +57,12 @@ class _Tap:
 def sim_trace(folder: Path) -> tuple[Trace, dict[str, Any]]:
     """Replay a simulator folder's scenario and seed, recording the trace."""
     from overlaysim.scenario.loader import validate_scenario
-    from overlaysim.scenario.timeline import plan
-    from overlaysim.sim.runner import SimWorld, frozen_heap
+    from overlaysim.sim.runner import run_observed
 
     manifest = json.loads((folder / "manifest.json").read_text())
     scenario = validate_scenario(manifest["scenario"], source=str(folder / "manifest.json"))
-    seed = int(manifest["seed"])
-    the_plan = plan(scenario, seed)
-    world = SimWorld(scenario, seed, services=the_plan.has_services)
     tr = Trace()
-    world.cluster.observer = _Tap(world.cluster.observer, tr)
-    world.start(the_plan)
-    with frozen_heap():
-        world.env.run(until=float(scenario.duration))
+    world = run_observed(scenario, int(manifest["seed"]), lambda inner: _Tap(inner, tr))
     tr.commits = [
         Commit(float(r[0]), r[1], r[4], r[5], r[6])
         for r in world.events.rows
