@@ -286,12 +286,15 @@ def test_peer_garbage_is_ignored_and_counted():
         TableGossip(source="a", network="red", entries=(entry("a", "k", 1, network="red"),)),
         TableGossip(source="a", network=None, entries=None),
         NetworkGossip(source="a", attachments=("x", None)),
+        NetworkGossip(source="a", attachments=(dataclasses.replace(_att("a"), entry_clock=-1),)),
+        NetworkGossip(source="a", attachments=(dataclasses.replace(_att("a"), entry_clock="9"),)),
         BulkSync(source=None, reply=True, networks="blue", attachments=(1,), entries=(2,)),
     ):
         t.receive("addr-a", msg, 1.0)  # type: ignore[arg-type]
     assert (t.entries(NET), t.tombstones(NET), t.peers(NET)) == before
-    assert t.dropped >= len(bad_entries) - 1
+    assert t.dropped >= len(bad_entries) - 1 + 2  # and the two bad entry clocks
     assert kinds(t) == [("create", "mine")]
+    assert t.attachments(NET).keys() == {"b"}  # neither bad attachment was taken
 
 
 # -- nodes over the fake link --------------------------------------------------------
