@@ -23,7 +23,10 @@ from typing import Any, ClassVar
 
 import msgpack
 
-VERSION = 1
+#: Bumped whenever a message's fields change, so a peer from another release is refused
+#: by name ("unsupported wire version") rather than by a field count. 2: attachments
+#: carry ``entry_clock``.
+VERSION = 2
 
 #: Largest datagram we send or accept over UDP (fits a 1500-byte underlay MTU
 #: minus IP/UDP headers, like memberlist's UDPBufferSize).

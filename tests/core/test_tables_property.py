@@ -14,6 +14,7 @@ from overlaysim.core.events import EntryEventKind
 from overlaysim.core.tables import Tables
 from overlaysim.core.wire import (
     MAX_STREAM,
+    VERSION,
     BulkSync,
     Entry,
     NetworkAttachment,
@@ -228,7 +229,7 @@ wire_fields = st.lists(
 @given(mtype=st.integers(5, 10), fields=wire_fields, raw=st.binary(max_size=40))
 def test_decoded_wire_garbage_never_raises(mtype, fields, raw):
     t = _victim()
-    for data in (msgpack.packb([1, mtype, *fields]), raw):
+    for data in (msgpack.packb([VERSION, mtype, *fields]), raw):
         try:
             msg = decode(data)
         except WireError:

@@ -11,6 +11,7 @@ import random
 import typing
 
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -275,3 +276,22 @@ def test_the_intern_memo_is_bounded() -> None:
     for i in range(wire._INTERN_MAX + 10):
         decode(encode(TableGossip(source="a", network="n", entries=(_entry(i),))))
     assert len(wire._interned) <= wire._INTERN_MAX
+
+
+def test_a_packet_of_the_previous_wire_version_is_refused_by_its_version() -> None:
+    """Version 1 attachments had no ``entry_clock``: such a peer is told apart by the
+    version, not by a confusing field count."""
+    old = msgpack.packb(
+        [1, int(NetworkGossip.TYPE), "h1", [["h1", "web", 3, False, 0]]], use_bin_type=True
+    )
+    with pytest.raises(WireError, match=r"unsupported wire version 1 \(expected 2\)"):
+        decode(old, wire.MAX_DATAGRAM)
+    now = encode(
+        NetworkGossip(
+            source="h1",
+            attachments=(
+                NetworkAttachment(node="h1", network="web", ltime=3, leaving=False, epoch=0),
+            ),
+        )
+    )
+    assert msgpack.unpackb(now)[0] == wire.VERSION == 2
