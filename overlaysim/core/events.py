@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from overlaysim.core.slotinit import slot_init
 from overlaysim.core.wire import Message
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Send:
     """Deliver ``msg`` to the node at address ``dst``.
@@ -38,6 +40,7 @@ class MemberEventKind(Enum):
     UPDATE = "update"  # alive with a new address or epoch (restart)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class MemberEvent:
     """The local view of ``node`` changed."""
@@ -64,6 +67,7 @@ class EntryEventKind(Enum):
     REFRESH = "refresh"
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class EntryEvent:
     """The local copy of a table entry changed (what the data plane programs)."""

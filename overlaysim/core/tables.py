@@ -175,6 +175,11 @@ class _Network:
     #: the largest per-pair cost), a dict used as an ordered set from two keys on.
     by_owner: ByName[_Key | dict[_Key, None]] = field(default_factory=ByName)
     queue: TransmitLimitedQueue | None = None  # while attached, or draining after a leave
+    #: How many of ``records`` are not hidden, and the sum of their entries'
+    #: :func:`record_size`: what a bulk sync carries of this network (see
+    #: ``Tables._bulk_sized``), kept as records come and go.
+    shown: int = 0
+    shown_bytes: int = 0
 
 
 def _owner_keys(st: _Network, owner: str) -> list[_Key]:
@@ -518,11 +523,10 @@ class Tables:
         self._dirty: dict[str, None] = {}  # networks with queued table events
         self._net_queue = TransmitLimitedQueue(config.retransmit_mult, _key_of)
         self._overheads: dict[str, int] = {}
-        # What a bulk sync carries changed this many times; with the networks and length
-        # of the last one sent, so an unchanged one states its length without re-sizing
-        # thousands of records (see _bulk_send).
-        self._content = 0
-        self._bulk_size: tuple[int, tuple[str, ...], int] | None = None
+        # How many attachment records this node holds, and the sum of their
+        # record_size: a bulk sync carries them all (see _bulk_sized).
+        self._atts = 0
+        self._att_bytes = 0
         self._net_empty = len(encode(NetworkGossip(source=name)))
         self._net_overhead = self._net_empty + _HEADER_GROWTH
         # Timers.
@@ -841,7 +845,12 @@ class Tables:
         if rec.held is not None:
             _hold(self._held_entries, rec.held)
         st.records[k] = rec
-        self._content += 1
+        if old is not None and not old.hidden:
+            st.shown -= 1
+            st.shown_bytes -= record_size(old.entry)
+        if not rec.hidden:
+            st.shown += 1
+            st.shown_bytes += record_size(entry)
         before = old.entry if old is not None and old.live else None
         self._emit(network, k, before, entry if rec.live else None)
         if entry.deleted and before is None and (old is None or not old.entry.deleted):
@@ -853,7 +862,9 @@ class Tables:
         rec = st.records.pop(k)
         if rec.held is not None:
             _release(self._held_entries, rec.held)
-        self._content += 1
+        if not rec.hidden:
+            st.shown -= 1
+            st.shown_bytes -= record_size(rec.entry)
         _unindex(st, rec.entry.owner, k)
         if rec.live:
             self._emit(network, k, rec.entry, None)
@@ -978,7 +989,8 @@ class Tables:
             if att is not None and att.epoch < epoch:
                 _release(self._held_atts, att)
                 del self._attach[network][node]
-                self._content += 1
+                self._atts -= 1
+                self._att_bytes -= record_size(att)
                 nets = self._node_nets[node]
                 self._node_nets[node] = _share(tuple(n for n in nets if n != network))
                 self._refresh_peer(network, node)
@@ -996,12 +1008,7 @@ class Tables:
             entry_clock=self._clock,
         )
         recs = self._attach.setdefault(network, {})
-        old = recs.get(self.name)
-        if old is not None:
-            _release(self._held_atts, old)
-        _hold(self._held_atts, att)
-        recs[self.name] = att
-        self._content += 1
+        self._put_attachment(recs, recs.get(self.name), att)
         self._note_net(self.name, network)
         self._queue_attachment(att, now)
 
@@ -1014,11 +1021,7 @@ class Tables:
         cur = recs.get(a.node)
         if cur is not None and (a.epoch, a.ltime) <= (cur.epoch, cur.ltime):
             return False
-        if cur is not None:
-            _release(self._held_atts, cur)
-        _hold(self._held_atts, a)
-        recs[a.node] = a
-        self._content += 1
+        self._put_attachment(recs, cur, a)
         self._note_net(a.node, a.network)
         self._refresh_peer(a.network, a.node)
         if a.leaving:
@@ -1027,6 +1030,22 @@ class Tables:
             forged = not self.config.local_tombstones
             self._hide_owner(a.network, a.node, a.epoch, now, forged, a)
         return True
+
+    def _put_attachment(
+        self,
+        recs: dict[str, NetworkAttachment],
+        old: NetworkAttachment | None,
+        a: NetworkAttachment,
+    ) -> None:
+        """Hold ``a`` in place of ``old`` (None: a node new to the network)."""
+        if old is not None:
+            _release(self._held_atts, old)
+            self._atts -= 1
+            self._att_bytes -= record_size(old)
+        _hold(self._held_atts, a)
+        recs[a.node] = a
+        self._atts += 1
+        self._att_bytes += record_size(a)
 
     def _note_net(self, node: str, network: str) -> None:
         nets = self._node_nets.get(node, ())
@@ -1157,25 +1176,25 @@ class Tables:
         self._sends.append(self._bulk_send(self._addr[node], networks, reply))
 
     def _bulk_send(self, dst: str, networks: list[str], reply: bool) -> Send:
-        """A bulk sync to ``dst``, stating its length when it is known already.
-
-        Sizing a bulk sync sums the sizes of every record it carries (thousands at
-        scale, all but a few unchanged since this node's last one), so the length of
-        the last one is kept with the content count it was taken at: while nothing a
-        bulk sync carries has changed (``reply`` is one byte either way), it is reused.
-        """
+        """A bulk sync to ``dst``, stating its length (see :meth:`_bulk_sized`)."""
         msg, size = self._bulk_sized(networks, reply)
         return Send(dst, msg, True, size)
 
     def _bulk_sized(self, networks: list[str], reply: bool) -> tuple[BulkSync, int]:
-        """A bulk sync and its encoded length (see :meth:`_bulk_send`)."""
+        """A bulk sync and its encoded length.
+
+        A bulk sync carries every attachment and entry this node holds (thousands at
+        scale); summing their sizes for every one sent cost more than all else a bulk
+        sync does at 10,000 nodes. The sums are kept instead, as records are stored and
+        let go (``_atts``, ``_att_bytes``, ``_Network.shown``): the length is the empty
+        message's plus each record field's, as :func:`records_message_size` adds them.
+        """
         msg = self._bulk_msg(networks, reply)
-        nets = tuple(networks)
-        last = self._bulk_size
-        if last is not None and last[0] == self._content and last[1] == nets:
-            return msg, last[2]
-        size = encoded_size(msg)
-        self._bulk_size = (self._content, nets, size)
+        nets = [st for n in networks if (st := self._nets.get(n)) is not None]
+        shown = sum(st.shown for st in nets)
+        empty = encoded_size(BulkSync(source=self.name, reply=reply, networks=tuple(networks)))
+        size = records_message_size(empty, self._atts, self._att_bytes)
+        size = records_message_size(size, shown, sum(st.shown_bytes for st in nets))
         return msg, size
 
     def _bulk_msg(self, networks: list[str], reply: bool) -> BulkSync:
