@@ -160,9 +160,9 @@ def _share(v):  # type: ignore[no-untyped-def]
 
 
 #: A record's key in a broadcast queue: the number of its ``ref`` among the keys in use
-#: (``Entry.key_number``, ``NetworkAttachment.key_number``), read when an item is queued
-#: or retired, not kept per item.
-_key_of = attrgetter("key_number.num")
+#: (``Entry.key_num``, ``NetworkAttachment.key_num``: their ``key_number``'s, copied),
+#: read when an item is queued or retired, not kept per item.
+_key_of = attrgetter("key_num")
 
 
 @dataclass(slots=True)
@@ -885,7 +885,7 @@ class Tables:
             kind, src = EntryEventKind.REFRESH, after
         else:
             kind, src = EntryEventKind.UPDATE, after
-        self._events.append(EntryEvent(kind, network, k[0], k[1], src.owner, dict(src.value)))
+        self._events.append(EntryEvent(kind, network, k[0], k[1], src.owner, src.value))
 
     def _merge(self, network: str, st: _Network, e: Entry, now: float) -> bool:
         """Merge a peer's version; True if it was accepted (worth spreading)."""

@@ -19,6 +19,7 @@ import typing
 import weakref
 from dataclasses import dataclass, field
 from enum import IntEnum
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import msgpack
@@ -233,6 +234,9 @@ class MemberUpdate:
     addr: str = ""
     src: str = ""
     epoch: int = 0
+    #: This record's encoded size, 0 until :func:`record_size` first measures it.
+    #: Derived: not on the wire nor compared.
+    wire_size: int = field(default=0, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -244,6 +248,9 @@ class MemberState:
     incarnation: int
     state: int
     epoch: int = 0
+    #: This record's encoded size, 0 until :func:`record_size` first measures it.
+    #: Derived: not on the wire nor compared.
+    wire_size: int = field(default=0, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -270,12 +277,20 @@ class Entry:
     num: int = field(init=False, repr=False, compare=False)
     #: The number of ``ref`` among entry keys (see :class:`KeyNumbers`).
     key_number: KeyNumber | None = field(init=False, repr=False, compare=False)
+    #: ``key_number.num``, copied: a broadcast queue reads it for every record queued,
+    #: and the record is in the CPU cache then where the number object may not be.
+    key_num: int | None = field(init=False, repr=False, compare=False)
+    #: This record's encoded size, 0 until :func:`record_size` first measures it.
+    #: Derived: not on the wire nor compared.
+    wire_size: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ref = (self.table, self.key)
         object.__setattr__(self, "ref", ref)
         object.__setattr__(self, "num", _take_number())
-        object.__setattr__(self, "key_number", _entry_keys.of(ref))
+        kn = _entry_keys.of(ref)
+        object.__setattr__(self, "key_number", kn)
+        object.__setattr__(self, "key_num", kn.num if kn is not None else None)
 
     def __del__(self, _give_back: Any = _give_back) -> None:  # bound: survives module teardown
         _give_back(self)
@@ -303,12 +318,20 @@ class NetworkAttachment:
     num: int = field(init=False, repr=False, compare=False)
     #: The number of ``ref`` among attachment keys (see :class:`KeyNumbers`).
     key_number: KeyNumber | None = field(init=False, repr=False, compare=False)
+    #: ``key_number.num``, copied: a broadcast queue reads it for every record queued,
+    #: and the record is in the CPU cache then where the number object may not be.
+    key_num: int | None = field(init=False, repr=False, compare=False)
+    #: This record's encoded size, 0 until :func:`record_size` first measures it.
+    #: Derived: not on the wire nor compared.
+    wire_size: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ref = (self.node, self.network)
         object.__setattr__(self, "ref", ref)
         object.__setattr__(self, "num", _take_number())
-        object.__setattr__(self, "key_number", _attachment_keys.of(ref))
+        kn = _attachment_keys.of(ref)
+        object.__setattr__(self, "key_number", kn)
+        object.__setattr__(self, "key_num", kn.num if kn is not None else None)
 
     def __del__(self, _give_back: Any = _give_back) -> None:  # bound: survives module teardown
         _give_back(self)
@@ -613,30 +636,22 @@ def encode(msg: Message) -> bytes:
     return _packb([VERSION, int(msg.TYPE), *_to_list(msg)])
 
 
-#: Bound on the record-size memo; past it the memo starts over (it is only a cache).
-_SIZE_MEMO_MAX = 1 << 16
-# id -> size, and id -> the record itself: holding the record keeps its id from being
-# reused while remembered, so a hit by id is a hit for that very object.
-_size_memo: dict[int, int] = {}
-_size_keep: dict[int, Any] = {}
+_set_attr = object.__setattr__
+_wire_size_of = attrgetter("wire_size")
 
 
 def record_size(record: Any) -> int:
     """Encoded size of one nested record (what it adds to a packet).
 
-    Records are immutable, and in the simulator one record object travels to every
-    node, so its size is computed once and remembered by identity (the record is kept
-    alongside its size, so its ``id`` cannot be reused while remembered).
+    Records are immutable, so a record's size is measured once and kept in its own
+    ``wire_size`` slot; in the simulator one record object travels to every node, so
+    one measurement serves them all. (A memo by ``id`` kept it before: a map of tens of
+    thousands of sizes, and at 10,000 nodes nearly every look-up missed the CPU cache.)
     """
-    size = _size_memo.get(id(record))
-    if size is not None:
-        return size
-    size = len(_packb(_to_list(record)))
-    if len(_size_memo) >= _SIZE_MEMO_MAX:
-        _size_memo.clear()
-        _size_keep.clear()
-    _size_memo[id(record)] = size
-    _size_keep[id(record)] = record
+    size = record.wire_size
+    if not size:
+        size = len(_packb(_to_list(record)))
+        _set_attr(record, "wire_size", size)  # derived, so frozen only to callers
     return size
 
 
@@ -685,17 +700,16 @@ def encoded_size(msg: Message) -> int:
     """``len(encode(msg))`` without re-encoding shared records every time.
 
     For the simulator, which never encodes: the message minus its records is encoded,
-    and each nested record adds its memoised :func:`record_size` (plus the growth of
+    and each nested record adds its :func:`record_size`, measured once per record (plus the growth of
     its array's header past 15 items).
     """
     shell, groups = _shell(type(msg))(msg)
     size = len(_packb(shell))
     for recs in groups:
         if recs:
-            try:  # all remembered: a C-level sum
-                size += sum(map(_size_memo.__getitem__, map(id, recs)))
-            except KeyError:
-                size += sum(map(record_size, recs))
+            sizes = list(map(_wire_size_of, recs))
+            # All measured already (the usual case): a C-level sum.
+            size += sum(sizes) if 0 not in sizes else sum(map(record_size, recs))
             size += _array_header(len(recs)) - 1
     return size
 
