@@ -21,6 +21,7 @@ from overlaysim.core.wire import (
     Ack,
     BulkSync,
     Entry,
+    MemberUpdate,
     NetworkAttachment,
     NetworkGossip,
     Ping,
@@ -129,6 +130,22 @@ def _against_heap_queue(seed: int, steps: int) -> None:
                 assert len(q) == len(ref.by_key)
                 for bucket in q._buckets:  # each bucket oldest first (ascending sequence)
                     assert list(bucket.seqs) == sorted(bucket.seqs)
+
+
+def test_a_record_is_sized_once_and_a_changed_copy_anew() -> None:
+    """``record_size`` is the length of the record's own encoding, kept in its derived
+    ``wire_size`` slot; a copy with other content is measured anew; neither that slot
+    nor ``key_num`` (its key number, copied) takes part in equality."""
+    e = _entry(3)
+    assert e.wire_size == 0  # not measured yet
+    size = wire.record_size(e)
+    assert size == len(wire._packb(wire._to_list(e))) == e.wire_size
+    longer = dataclasses.replace(e, value={**e.value, "extra": "x" * 40})
+    assert wire.record_size(longer) == len(wire._packb(wire._to_list(longer))) > size
+    assert dataclasses.replace(e) == e
+    assert e.key_num == e.key_number.num == longer.key_num  # same key, same number
+    u = MemberUpdate(kind=1, node="a", incarnation=2)
+    assert wire.record_size(u) == len(wire._packb(wire._to_list(u))) == u.wire_size
 
 
 def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
