@@ -140,8 +140,8 @@ class _Record:
 
 
 #: Canonical copies of small immutable values that every node would otherwise hold its
-#: own copy of: entry keys ``(table, key)``, a peer's tuple of networks. With N nodes each holding a value per peer or
-#: per entry, one 32-56 byte object per (node, peer) pair adds up to gigabytes at
+#: own copy of: entry keys ``(table, key)``. With N nodes each holding a value per
+#: entry, one 32-56 byte object per (node, entry) pair adds up to gigabytes at
 #: thousands of nodes; shared, it is one object per value. Equal values are
 #: interchangeable, so sharing changes no result. Bounded; past the bound the memo starts
 #: over (it is only a cache).
@@ -158,6 +158,17 @@ def _share(v):  # type: ignore[no-untyped-def]
         _shared[v] = s = v
     return s
 
+
+#: The event kinds, read as module constants: an attribute of an ``Enum`` class goes
+#: through its metaclass's ``__getattr__`` hook (about 90 ns, where a global is a few),
+#: and one is read for every record a node accepts.
+_CREATE, _UPDATE, _DELETE, _TOMBSTONE, _REFRESH = (
+    EntryEventKind.CREATE,
+    EntryEventKind.UPDATE,
+    EntryEventKind.DELETE,
+    EntryEventKind.TOMBSTONE,
+    EntryEventKind.REFRESH,
+)
 
 #: A record's key in a broadcast queue: the number of its ``ref`` among the keys in use
 #: (``Entry.key_num``, ``NetworkAttachment.key_num``: their ``key_number``'s, copied),
@@ -271,8 +282,11 @@ def _release(held: bytearray, record: Entry | NetworkAttachment) -> None:
     held[record.num] = 0
 
 
-def _holding(held: bytearray, records: tuple | list) -> Iterable[int]:
+def _holding(
+    held: bytearray, records: tuple | list, nums: Iterable[int] | None = None
+) -> Iterable[int]:
     """Lazily, 1 or 0 per record: whether a node's held bytes mark that very object.
+    ``nums``, when given, are the records' numbers, read instead of the records.
     Raises AttributeError for a record without a number (malformed), IndexError for one
     numbered beyond what the bytes were grown to (only when records are made on several
     threads at once): callers then ask the maps."""
@@ -281,15 +295,30 @@ def _holding(held: bytearray, records: tuple | list) -> Iterable[int]:
         # Records numbered since the bytes last grew: not held, and reading their byte
         # must not fail.
         held.extend(bytes(end - len(held)))
-    return map(getitem, itertools.repeat(held), map(_num_of, records))
+    if nums is None:
+        nums = map(_num_of, records)
+    return map(getitem, itertools.repeat(held), nums)
 
 
-def _not_holding(held: bytearray, records: tuple | list) -> list:
+def _not_holding(held: bytearray, records: tuple | list, nums: array | None = None) -> list:
     """The ``records`` whose held byte is 0, in order; when every one is held (the
     usual case) ``[]``, without building a list to say so. Raises as :func:`_holding`."""
-    if all(_holding(held, records)):
+    if all(_holding(held, records, nums)):
         return []
-    return list(itertools.compress(records, map(not_, _holding(held, records))))
+    return list(itertools.compress(records, map(not_, _holding(held, records, nums))))
+
+
+def _gossip_numbers(msg: NetworkGossip, atts: tuple | list) -> array | None:
+    """The record numbers of ``atts`` (``msg``'s attachments), kept in the message for
+    its other receivers; None if a record has none (malformed)."""
+    nums = msg.nums
+    if nums is None:
+        try:
+            nums = array("I", map(_num_of, atts))
+        except (AttributeError, TypeError, OverflowError):
+            return None
+        object.__setattr__(msg, "nums", nums)
+    return nums
 
 
 def _holds_now(held: bytearray, records: dict[_Key, _Record], network: str, e: object) -> bool:
@@ -300,6 +329,17 @@ def _holds_now(held: bytearray, records: dict[_Key, _Record], network: str, e: o
         return held[e.num] == 1 and e.network == network  # type: ignore[attr-defined]
     except (AttributeError, IndexError):
         return _holds(records, e)  # type: ignore[arg-type]
+
+
+def _holds_attachment_now(
+    held: bytearray, attach: dict[str, dict[str, NetworkAttachment]], a: object
+) -> bool:
+    """:func:`_holds_attachment` by the node's held bytes (kept current while a message
+    is merged)."""
+    try:
+        return held[a.num] == 1  # type: ignore[attr-defined]
+    except (AttributeError, IndexError, TypeError):
+        return _holds_attachment(attach, a)
 
 
 def _first_not(test: Callable[[Any, Any], bool], held: Any, items: tuple | list) -> int:
@@ -508,9 +548,6 @@ class Tables:
         self._resyncs: list[float] = []  # deadlines of join resyncs, in order
         # Attachments, cluster-wide: network -> node -> latest record.
         self._attach: dict[str, dict[str, NetworkAttachment]] = {}
-        # node -> networks it is attached to, in the order learnt; tuples shared across
-        # nodes (see _share), as most peers are on the same few networks.
-        self._node_nets: ByName[tuple[str, ...]] = ByName()
         self._peers: dict[str, _NodeSet] = {}  # attached, alive, not us
         self._recovered = _NodeSet()  # back after we declared them down: fetch what we hid
         # Membership facts.
@@ -569,7 +606,7 @@ class Tables:
         self._alive.add(node)
         if known is None or epoch > known:
             self._replace_older_boot(node, epoch, now)
-        for network in list(self._node_nets.get(node, ())):
+        for network in self._nets_of(node):
             self._refresh_peer(network, node)
         if false_alarm and self.config.recovery_sync:
             self._recovered.add(node)
@@ -587,7 +624,7 @@ class Tables:
         ``member_alive``. A fresh node given a tuple reads one shared copy of those facts
         until it changes them (see :mod:`overlaysim.core.formed`).
         """
-        fresh = not (self._epochs or self._nets or self._node_nets or self._pending)
+        fresh = not (self._epochs or self._nets or self._attach or self._pending)
         if fresh and type(members) is tuple and (shared := formed_peers(members)) is not None:
             # One copy of the cluster's facts for every node until it changes them.
             self._epochs, self._addr, self._alive = shared.views(self.name, _NodeSet)  # type: ignore[assignment]
@@ -616,7 +653,7 @@ class Tables:
         self._down[node] = dead_epoch
         self._addr.pop(node, None)
         self._alive.discard(node)
-        for network in list(self._node_nets.get(node, ())):
+        for network in self._nets_of(node):
             self._refresh_peer(network, node)
 
     # -- local API -------------------------------------------------------------------
@@ -722,7 +759,8 @@ class Tables:
             return self._on_table_gossip(msg, now)
         elif isinstance(msg, NetworkGossip):
             attach = self._attach
-            todo = self._attachments_not_held(_seq(msg.attachments))
+            atts = _seq(msg.attachments)
+            todo = self._attachments_not_held(atts, _gossip_numbers(msg, atts))
             if not todo:
                 return False  # only the very records we hold (shared objects in the simulator)
             for a in todo:
@@ -828,7 +866,19 @@ class Tables:
         self, network: str, st: _Network, k: _Key, entry: Entry, now: float, hidden: bool = False
     ) -> None:
         """Put a record in place and emit the event the live-view change implies."""
-        old = st.records.get(k)
+        self._replace(network, st, k, st.records.get(k), entry, now, hidden)
+
+    def _replace(
+        self,
+        network: str,
+        st: _Network,
+        k: _Key,
+        old: _Record | None,
+        entry: Entry,
+        now: float,
+        hidden: bool = False,
+    ) -> None:
+        """:meth:`_store`, given ``old``, the record stored under ``k`` (None if none)."""
         if old is None:
             k = _share(k)  # a new key of records and by_owner: one copy for all nodes
         if hidden or entry.deleted:
@@ -854,9 +904,7 @@ class Tables:
         before = old.entry if old is not None and old.live else None
         self._emit(network, k, before, entry if rec.live else None)
         if entry.deleted and before is None and (old is None or not old.entry.deleted):
-            self._events.append(
-                EntryEvent(EntryEventKind.TOMBSTONE, network, k[0], k[1], entry.owner, {})
-            )
+            self._events.append(EntryEvent(_TOMBSTONE, network, k[0], k[1], entry.owner, {}))
 
     def _forget(self, network: str, st: _Network, k: _Key) -> None:
         rec = st.records.pop(k)
@@ -873,18 +921,18 @@ class Tables:
         if after is None:
             if before is None:
                 return
-            kind, src = EntryEventKind.DELETE, before
+            kind, src = _DELETE, before
         elif before is None:
-            kind, src = EntryEventKind.CREATE, after
+            kind, src = _CREATE, after
         elif before is after:
             return  # the very version (nothing a caller should do, but nothing changed)
         elif before.owner == after.owner and before.value == after.value:
             # A new version with the same content: nothing to reprogram, but this node
             # now holds the newer version (say a restarted owner's, when this node had
             # kept its previous boot's entry), and convergence of it must be seen.
-            kind, src = EntryEventKind.REFRESH, after
+            kind, src = _REFRESH, after
         else:
-            kind, src = EntryEventKind.UPDATE, after
+            kind, src = _UPDATE, after
         self._events.append(EntryEvent(kind, network, k[0], k[1], src.owner, src.value))
 
     def _merge(self, network: str, st: _Network, e: Entry, now: float) -> bool:
@@ -907,14 +955,15 @@ class Tables:
                     return False
             elif ev <= cv:
                 return False
-        self._store(network, st, k, e, now)
+        self._replace(network, st, k, cur, e, now)
         return True
 
     def _owner_gone(self, network: str, e: Entry) -> bool:
         dead = self._down.get(e.owner)
         if dead is not None and e.owner_epoch <= dead:
             return True
-        att = self._attach.get(network, {}).get(e.owner)
+        recs = self._attach.get(network)
+        att = recs.get(e.owner) if recs is not None else None
         return att is not None and att.leaving and _before_leave(e, att, self.config.leave_clock)
 
     def _reassert(
@@ -984,13 +1033,12 @@ class Tables:
         """A newer boot of ``node``: its older entries and attachments are void."""
         for network in list(self._nets):
             self._hide_owner(network, node, epoch - 1, now)
-        for network in list(self._node_nets.get(node, ())):
-            att = self._attach[network].get(node)
-            if att is not None and att.epoch < epoch:
+        for network in self._nets_of(node):
+            recs = self._attach[network]
+            att = recs[node]
+            if att.epoch < epoch:
                 self._let_go_attachment(att)
-                del self._attach[network][node]
-                nets = self._node_nets[node]
-                self._node_nets[node] = _share(tuple(n for n in nets if n != network))
+                del recs[node]
                 self._refresh_peer(network, node)
 
     # -- attachments -----------------------------------------------------------------
@@ -1007,7 +1055,6 @@ class Tables:
         )
         recs = self._attach.setdefault(network, {})
         self._put_attachment(recs, recs.get(self.name), att)
-        self._note_net(self.name, network)
         self._queue_attachment(att, now)
 
     def _merge_attachment(self, a: NetworkAttachment, now: float) -> bool:
@@ -1015,13 +1062,14 @@ class Tables:
             self._net_clock = a.ltime
         if a.node == self.name or a.epoch < self._epochs.get(a.node, 0):
             return False  # we know our own state; older boots are void
-        recs = self._attach.setdefault(a.network, {})
+        recs = self._attach.get(a.network)
+        if recs is None:
+            recs = self._attach[a.network] = {}
         cur = recs.get(a.node)
         if cur is not None and (a.epoch, a.ltime) <= (cur.epoch, cur.ltime):
             return False
         self._put_attachment(recs, cur, a)
-        self._note_net(a.node, a.network)
-        self._refresh_peer(a.network, a.node)
+        self._set_peer(a.network, a.node, not a.leaving and a.node in self._addr)
         if a.leaving:
             # Without local tombstones (NetworkDB before moby#50342) the hidden records
             # stand for deletes at their own Lamport time.
@@ -1049,17 +1097,24 @@ class Tables:
         self._atts -= 1
         self._att_bytes -= record_size(a)
 
-    def _note_net(self, node: str, network: str) -> None:
-        nets = self._node_nets.get(node, ())
-        if network not in nets:
-            self._node_nets[node] = _share((*nets, network))
+    def _nets_of(self, node: str) -> list[str]:
+        """The networks ``node`` has an attachment record on (joined or left), in the
+        order this node first heard of each network.
+
+        A scan of the few networks rather than a per-peer map kept on every stored
+        attachment: that map cost a list slot per (node, peer) pair and a look-up per
+        accepted attachment, for the membership changes that read it."""
+        return [n for n, recs in self._attach.items() if node in recs]
 
     def _refresh_peer(self, network: str, node: str) -> None:
         """Recompute whether ``node`` is a gossip peer on ``network``."""
         if node == self.name:
             return
         att = self._attach.get(network, {}).get(node)
-        want = att is not None and not att.leaving and node in self._addr
+        self._set_peer(network, node, att is not None and not att.leaving and node in self._addr)
+
+    def _set_peer(self, network: str, node: str, want: bool) -> None:
+        """Make ``node`` (not this node) a gossip peer on ``network`` or not."""
         ps = self._peers.get(network)
         if want:
             if ps is None:
@@ -1238,17 +1293,16 @@ class Tables:
             elif drop_unknown_deletes and e.deleted and (e.table, e.key) not in st.records:
                 # NetworkDB: an async delete of an entry it never held is ignored. Still
                 # reported (as when it is stored), so measurements see that it arrived.
-                self._events.append(
-                    EntryEvent(EntryEventKind.TOMBSTONE, network, e.table, e.key, e.owner, {})
-                )
+                self._events.append(EntryEvent(_TOMBSTONE, network, e.table, e.key, e.owner, {}))
             elif self._merge(network, st, e, now):
                 self._enqueue(network, st, e, now)
         return True
 
     def _on_bulk_sync(self, src: str, msg: BulkSync, now: float) -> None:
         attach = self._attach
+        held_atts = self._held_atts
         for a in self._attachments_not_held(_seq(msg.attachments)):
-            if _holds_attachment(attach, a):
+            if _holds_attachment_now(held_atts, attach, a):
                 continue  # the same record twice in one message: merged already
             if _attachment_ok(a):
                 self._merge_attachment(a, now)  # anti-entropy repairs, it does not re-gossip
@@ -1260,10 +1314,12 @@ class Tables:
         wanted = set(shared)
         nets = self._nets
         limit = self.config.bulk_rebroadcast_limit
+        held = self._held_entries
         for e in self._entries_not_held(_seq(msg.entries)):
-            st = nets.get(getattr(e, "network", None))
-            if st is not None and _holds(st.records, e):
-                continue  # the very version we hold
+            network = getattr(e, "network", None)
+            st = nets.get(network)
+            if st is not None and _holds_now(held, st.records, network, e):  # type: ignore[arg-type]
+                continue  # the very version we hold (twice in this message)
             if not _entry_ok(e):
                 self.dropped += 1
             elif e.network in wanted:
@@ -1323,10 +1379,11 @@ class Tables:
         except (AttributeError, IndexError):
             return list(entries)
 
-    def _attachments_not_held(self, atts: tuple | list) -> list:
-        """The attachment records of ``atts`` this node does not hold, in order."""
+    def _attachments_not_held(self, atts: tuple | list, nums: array | None = None) -> list:
+        """The attachment records of ``atts`` this node does not hold, in order
+        (``nums``: their record numbers, if known)."""
         try:
-            return _not_holding(self._held_atts, atts)
+            return _not_holding(self._held_atts, atts, nums)
         except (AttributeError, IndexError):
             return [a for a in atts if not _holds_attachment(self._attach, a)]
 

@@ -433,6 +433,11 @@ class NetworkGossip(Message):
     TYPE: ClassVar[MsgType] = MsgType.NETWORK_GOSSIP
     source: str
     attachments: tuple[NetworkAttachment, ...] = ()
+    #: The attachments' record numbers (an ``array``), filled by the first receiver that
+    #: checks which of them it holds: a gossip message goes to several peers, and each
+    #: then reads one small array instead of every record object. Derived: not on the
+    #: wire nor compared.
+    nums: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 MESSAGES: dict[int, type[Message]] = {

@@ -190,7 +190,7 @@ def test_held_bytes_change_nothing_a_node_does(seed: int, monkeypatch: pytest.Mo
     for by_maps in (False, True):
         if by_maps:
 
-            def no_bytes(held, records):  # type: ignore[no-untyped-def]
+            def no_bytes(held, records, nums=None):  # type: ignore[no-untyped-def]
                 raise AttributeError("held bytes off: the maps answer")
 
             monkeypatch.setattr(tables_mod, "_holding", no_bytes)
@@ -252,3 +252,30 @@ def test_record_numbers_stay_unique_when_records_come_and_go_on_two_threads() ->
     live = kept[0] + kept[1]
     assert len({e.num for e in live}) == len(live)
     assert max(e.num for e in live) < record_numbers_end()
+
+
+def test_a_gossip_messages_numbers_are_read_once_and_serve_every_receiver() -> None:
+    """The first receiver of an attachment gossip keeps its records' numbers in the
+    message; a second receiver reads them and holds what the first did. A malformed
+    record leaves no numbers, and the record is dropped, the others merged."""
+    from overlaysim.core.wire import NetworkGossip
+
+    atts = tuple(
+        NetworkAttachment(node=f"h{i}", network="n", ltime=1, leaving=False, epoch=0, entry_clock=0)
+        for i in range(5)
+    )
+    msg = NetworkGossip(source="h0", attachments=atts)
+    assert msg.nums is None and msg == NetworkGossip(source="h0", attachments=atts)
+    nodes = [Tables(name=x, addr=x, config=TableConfig(), rng=random.Random(1)) for x in "ab"]
+    for t in nodes:
+        assert t.receive("h0", msg, 0.0)
+        assert list(msg.nums) == [a.num for a in atts]
+        assert t.attachments("n") == {a.node: a for a in atts}
+        assert not t.receive("h0", msg, 0.1)  # every record held now: nothing to do
+    assert decode(encode(msg)).nums is None  # not on the wire
+
+    bad = NetworkGossip(source="h0", attachments=(atts[0], "junk", atts[1]))  # type: ignore[arg-type]
+    t = Tables(name="c", addr="c", config=TableConfig(), rng=random.Random(1))
+    t.receive("h0", bad, 0.0)
+    assert bad.nums is None and t.dropped == 1
+    assert set(t.attachments("n")) == {"h0", "h1"}
