@@ -1069,7 +1069,7 @@ class Tables:
         if cur is not None and (a.epoch, a.ltime) <= (cur.epoch, cur.ltime):
             return False
         self._put_attachment(recs, cur, a)
-        self._set_peer(a.network, a.node, not a.leaving and a.node in self._addr)
+        self._set_peer(a.network, a.node, self._peer_wanted(a))
         if a.leaving:
             # Without local tombstones (NetworkDB before moby#50342) the hidden records
             # stand for deletes at their own Lamport time.
@@ -1111,7 +1111,12 @@ class Tables:
         if node == self.name:
             return
         att = self._attach.get(network, {}).get(node)
-        self._set_peer(network, node, att is not None and not att.leaving and node in self._addr)
+        self._set_peer(network, node, att is not None and self._peer_wanted(att))
+
+    def _peer_wanted(self, att: NetworkAttachment) -> bool:
+        """Whether the node of ``att``, its latest attachment record held here, is a
+        gossip peer on that network: attached (not leaving) and alive."""
+        return not att.leaving and att.node in self._addr
 
     def _set_peer(self, network: str, node: str, want: bool) -> None:
         """Make ``node`` (not this node) a gossip peer on ``network`` or not."""
