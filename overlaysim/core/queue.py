@@ -16,8 +16,13 @@ budget runs out, are looked at one by one. So a packet costs a few list operatio
 rather than a heap pop and push per item, and a replaced item leaves its bucket at once
 instead of lingering as a dead heap entry.
 
+A bucket is kept in chunks of a few hundred items (consecutive runs of its order). Taken
+items usually land in the middle of their next bucket, before items taken earlier from
+newer ones; in one flat bucket each such insert moved every newer item, thousands per
+packet at 10,000 nodes late in a burst. In chunks it moves the rest of one chunk.
+
 Memory: during a burst every node holds nearly every entry here for many rounds (at
-thousands of nodes, for the whole run), so an item is not an object: a bucket is three
+thousands of nodes, for the whole run), so an item is not an object: a chunk is three
 parallel columns (record, sequence number, size). The record column is a list of
 pointers to the record, which every node shares; the other two are arrays of raw
 unsigned ints (4 bytes a slot, where a list slot is 8 and points to an int object). The key
@@ -36,9 +41,9 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable
-from itertools import accumulate, islice, repeat
-from operator import itemgetter
+from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate, chain, islice, repeat
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from overlaysim.core.config import retransmit_limit
@@ -63,8 +68,14 @@ def _as_column(items: Iterable[int]) -> array:
     return array(_SEQ, items)
 
 
-class _Bucket:
-    """Items sent the same number of times, in queue order (oldest first), by column."""
+#: Items a chunk of a bucket is filled to when items are appended, and what a chunk
+#: grown past twice this by merges is split back to: an insert moves at most the rest
+#: of one chunk, where a bucket of thousands moved all its newer items.
+_CHUNK = 256
+
+
+class _Chunk:
+    """A run of a bucket's items in queue order (oldest first), by column."""
 
     __slots__ = ("recs", "seqs", "sizes")
 
@@ -72,6 +83,13 @@ class _Bucket:
         self.recs: list[Any] = []
         self.seqs: array = _seq_array()
         self.sizes: array = _seq_array()
+
+    @classmethod
+    def of(cls, recs: list[Any], seqs: array, sizes: array) -> _Chunk:
+        """A chunk holding these columns (not copied)."""
+        c = cls()
+        c.recs, c.seqs, c.sizes = recs, seqs, sizes
+        return c
 
     def __len__(self) -> int:
         return len(self.recs)
@@ -99,6 +117,178 @@ class _Bucket:
         self.recs.extend(recs)
         self.seqs.extend(seqs)
         self.sizes.extend(sizes)
+
+
+_sizes_of = attrgetter("sizes")
+
+
+class _Bucket:
+    """Items sent the same number of times, in queue order (oldest first), in chunks.
+
+    ``chunks`` are consecutive runs of the order (none empty), ``firsts`` each one's
+    first sequence number, so an item is found with two bisections: which chunk, then
+    where in it."""
+
+    __slots__ = ("chunks", "firsts", "n")
+
+    def __init__(self) -> None:
+        self.chunks: list[_Chunk] = []
+        self.firsts: array = _seq_array()
+        self.n = 0  # items held
+
+    def __len__(self) -> int:
+        return self.n
+
+    def columns(self) -> tuple[list[Any], list[int], list[int]]:
+        """Records, sequence numbers and sizes of the whole bucket (tests, debugging)."""
+        recs: list[Any] = []
+        seqs: list[int] = []
+        sizes: list[int] = []
+        for c in self.chunks:
+            recs += c.recs
+            seqs += c.seqs
+            sizes += c.sizes
+        return recs, seqs, sizes
+
+    def newest_sizes(self) -> Iterator[int]:
+        """The items' sizes, newest first (lazily)."""
+        return chain.from_iterable(map(reversed, map(_sizes_of, reversed(self.chunks))))
+
+    def last_seq(self) -> int:
+        return self.chunks[-1].seqs[-1]
+
+    def append(self, rec: Any, seq: int, size: int) -> None:
+        """Add an item newer than every item held."""
+        self.n += 1
+        chunks = self.chunks
+        if chunks:
+            c = chunks[-1]
+            if len(c.recs) < _CHUNK:
+                c.recs.append(rec)
+                c.seqs.append(seq)
+                c.sizes.append(size)
+                return
+        c = _Chunk()
+        c.recs.append(rec)
+        c.seqs.append(seq)
+        c.sizes.append(size)
+        chunks.append(c)
+        self.firsts.append(seq)
+
+    def extend(self, recs: list, seqs: Any, sizes: Any) -> None:
+        """Add items (in order) newer than every item held."""
+        n = len(recs)
+        if not n:
+            return
+        self.n += n
+        chunks = self.chunks
+        i = 0
+        if chunks:
+            c = chunks[-1]
+            room = _CHUNK - len(c.recs)
+            if room >= n:
+                c.extend(recs, seqs, sizes)
+                return
+            if room > 0:
+                c.extend(recs[:room], seqs[:room], sizes[:room])
+                i = room
+        while i < n:
+            j = min(i + _CHUNK, n)
+            c = _Chunk()
+            c.extend(recs[i:j], seqs[i:j], sizes[i:j])
+            chunks.append(c)
+            self.firsts.append(seqs[i])
+            i = j
+
+    def find(self, seq: int) -> tuple[int, int] | None:
+        """(chunk, position) of the item numbered ``seq``, None if not here."""
+        ci = bisect_right(self.firsts, seq) - 1
+        if ci < 0:
+            return None
+        seqs = self.chunks[ci].seqs
+        j = bisect_left(seqs, seq)
+        if j < len(seqs) and seqs[j] == seq:
+            return ci, j
+        return None
+
+    def remove_at(self, ci: int, j: int) -> None:
+        """Remove the item at position ``j`` of chunk ``ci`` (a chunk left empty goes, so
+        removals in descending (chunk, position) order leave the others in place)."""
+        c = self.chunks[ci]
+        c.remove_at(j)
+        self.n -= 1
+        if not c.recs:
+            del self.chunks[ci], self.firsts[ci]
+        elif j == 0:
+            self.firsts[ci] = c.seqs[0]
+
+    def cut_newest(self, k: int) -> tuple[list[Any], array, array]:
+        """Remove and return the newest ``k`` items (1 <= k <= len), oldest first."""
+        self.n -= k
+        chunks = self.chunks
+        c = chunks[-1]
+        m = len(c.recs)
+        if k < m:
+            return c.cut(m - k)
+        parts = []
+        while k:
+            c = chunks[-1]
+            m = len(c.recs)
+            if k < m:
+                parts.append(c.cut(m - k))
+                break
+            chunks.pop()
+            self.firsts.pop()
+            parts.append((c.recs, c.seqs, c.sizes))
+            k -= m
+        if len(parts) == 1:
+            return parts[0]
+        parts.reverse()
+        recs: list[Any] = []
+        seqs, sizes = _seq_array(), _seq_array()
+        for r, q, z in parts:
+            recs += r
+            seqs += q
+            sizes += z
+        return recs, seqs, sizes
+
+    def merge(self, recs: list, seqs: Any, sizes: Any) -> None:
+        """Merge items (ascending sequence numbers, none held here) into the bucket:
+        each chunk takes those below the next chunk's first number."""
+        if not self.chunks:
+            self.extend(recs, seqs, sizes)
+            return
+        chunks, firsts = self.chunks, self.firsts
+        self.n += len(recs)
+        n = len(seqs)
+        lo = 0
+        while lo < n:
+            ci = max(bisect_right(firsts, seqs[lo]) - 1, 0)
+            hi = n if ci + 1 == len(chunks) else bisect_left(seqs, firsts[ci + 1], lo)
+            c = chunks[ci]
+            if lo == 0 and hi == n:
+                _merge_into(c, recs, seqs, sizes)
+            else:
+                _merge_into(c, recs[lo:hi], seqs[lo:hi], sizes[lo:hi])
+            firsts[ci] = c.seqs[0]
+            if len(c.recs) > 2 * _CHUNK:
+                self._split(ci)
+            lo = hi
+
+    def _split(self, ci: int) -> None:
+        """Split chunk ``ci`` into chunks of at most ``_CHUNK`` items, near equal."""
+        c = self.chunks[ci]
+        m = len(c.recs)
+        parts = -(-m // _CHUNK)
+        step = -(-m // parts)
+        news = [_Chunk.of(*c.cut(p)) for p in range(step * (parts - 1), 0, -step)]
+        news.reverse()
+        self.chunks[ci + 1 : ci + 1] = news
+        self.firsts[ci + 1 : ci + 1] = _seq_array(x.seqs[0] for x in news)
+
+    def renumbered(self) -> None:
+        """Take each chunk's first number again (after the queue renumbered items)."""
+        self.firsts = _seq_array(c.seqs[0] for c in self.chunks)
 
 
 #: Items taken from one bucket by a packet, in queue order (oldest first, as in the
@@ -139,10 +329,9 @@ class TransmitLimitedQueue:
         old = index[key]
         if old:
             for bucket in self._buckets:
-                seqs = bucket.seqs
-                j = bisect_left(seqs, old)
-                if j < len(seqs) and seqs[j] == old:
-                    bucket.remove_at(j)
+                at = bucket.find(old)
+                if at is not None:
+                    bucket.remove_at(*at)
                     break
         else:
             self._count += 1
@@ -155,10 +344,7 @@ class TransmitLimitedQueue:
         self._seq += 1
         seq = self._seq
         index[key] = seq
-        b = self._buckets[0]
-        b.recs.append(record)
-        b.seqs.append(seq)
-        b.sizes.append(size)
+        self._buckets[0].append(record, seq, size)
 
     def get(self, n: int, overhead: int, limit: int) -> list[Any]:
         """Take records fitting in ``limit - overhead`` bytes; count one transmit each.
@@ -181,49 +367,54 @@ class TransmitLimitedQueue:
         # so the item-by-item search would take nothing and is skipped.
         smallest = self._min_size
         for t, bucket in enumerate(self._buckets):
-            if not bucket.recs:
+            if not bucket.n:
                 continue
             if budget < smallest:
                 break
             if not careful:
                 cap = budget // smallest + 1  # more than this many cannot fit
-                acc = list(accumulate(islice(reversed(bucket.sizes), cap)))
+                acc = list(accumulate(islice(bucket.newest_sizes(), cap)))
                 k = bisect_right(acc, budget)
                 if k:
-                    recs, seqs, sizes = bucket.cut(len(bucket) - k)
+                    recs, seqs, sizes = bucket.cut_newest(k)
                     budget -= acc[k - 1]
                     out.extend(reversed(recs))  # newest first
                     moved.append((t, recs, seqs, sizes))
                 if budget < smallest:
                     break
-                if not bucket.recs:
+                if not bucket.n:
                     continue
                 careful = True
-            taken: list[int] = []  # positions, newest first
+            taken: list[tuple[_Chunk, int, int]] = []  # (chunk, its index, position), newest first
             stop = False
-            sizes = bucket.sizes
-            for j in range(len(sizes) - 1, -1, -1):
-                size = sizes[j]
-                if size > budget:
-                    misses += 1
-                    if budget < 32 or misses >= 8:
+            chunks = bucket.chunks
+            for ci in range(len(chunks) - 1, -1, -1):
+                chunk = chunks[ci]
+                sizes = chunk.sizes
+                for j in range(len(sizes) - 1, -1, -1):
+                    size = sizes[j]
+                    if size > budget:
+                        misses += 1
+                        if budget < 32 or misses >= 8:
+                            stop = True
+                            break
+                        continue
+                    budget -= size
+                    taken.append((chunk, ci, j))
+                    if budget < smallest:
                         stop = True
                         break
-                    continue
-                budget -= size
-                taken.append(j)
-                if budget < smallest:
-                    stop = True
+                if stop:
                     break
             if taken:
-                recs = [bucket.recs[j] for j in taken]  # newest first
+                recs = [c.recs[j] for c, _, j in taken]  # newest first
                 out.extend(recs)
                 recs.reverse()
                 asc = taken[::-1]
-                seqs = [bucket.seqs[j] for j in asc]
-                tsizes = [sizes[j] for j in asc]
-                for j in taken:  # descending positions: each removal leaves the rest in place
-                    bucket.remove_at(j)
+                seqs = [c.seqs[j] for c, _, j in asc]
+                tsizes = [c.sizes[j] for c, _, j in asc]
+                for _, ci, j in taken:  # descending: each removal leaves the rest in place
+                    bucket.remove_at(ci, j)
                 moved.append((t, recs, seqs, tsizes))
             if stop:
                 break
@@ -234,13 +425,14 @@ class TransmitLimitedQueue:
 
     def _renumber(self) -> None:
         """Number the queued items 1, 2, 3... again, keeping their order."""
-        items = sorted(
-            (seq, t, j) for t, b in enumerate(self._buckets) for j, seq in enumerate(b.seqs)
-        )
-        for new, (_seq, t, j) in enumerate(items, 1):
-            b = self._buckets[t]
-            b.seqs[j] = new
-            self._index[self.key(b.recs[j])] = new
+        chunks = [c for b in self._buckets for c in b.chunks]
+        items = sorted((seq, i, j) for i, c in enumerate(chunks) for j, seq in enumerate(c.seqs))
+        for new, (_seq, i, j) in enumerate(items, 1):
+            c = chunks[i]
+            c.seqs[j] = new
+            self._index[self.key(c.recs[j])] = new
+        for b in self._buckets:
+            b.renumbered()
         self._seq = len(items)
 
     def _advance(self, moved: list[_Taken], max_tx: int) -> None:
@@ -261,8 +453,8 @@ class TransmitLimitedQueue:
                 buckets.append(_Bucket())
             nxt = buckets[t + 1]
             # Taken columns and buckets are both oldest first.
-            if len(nxt) and nxt.seqs[-1] > seqs[0]:
-                _merge_into(nxt, recs, seqs, sizes)
+            if nxt.n and nxt.last_seq() > seqs[0]:
+                nxt.merge(recs, seqs, sizes)
             else:
                 nxt.extend(recs, seqs, sizes)
 
@@ -271,8 +463,8 @@ class TransmitLimitedQueue:
 _MAX_RUNS = 8
 
 
-def _merge_into(nxt: _Bucket, recs: list, seqs: list, sizes: list) -> None:
-    """Merge taken items (ascending sequence numbers) into bucket ``nxt`` (ascending).
+def _merge_into(nxt: _Chunk, recs: list, seqs: list, sizes: list) -> None:
+    """Merge taken items (ascending sequence numbers) into chunk ``nxt`` (ascending).
 
     Sequence numbers are unique, so the order is total. Each taken item goes where its
     number falls among the bucket's; consecutive items landing at the same place form

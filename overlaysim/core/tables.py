@@ -454,35 +454,23 @@ def _strmap_ok(v: object) -> bool:
     return isinstance(v, dict) and all(type(a) is str and type(b) is str for a, b in v.items())
 
 
-#: Records that passed validation, by ``id`` (kept alive alongside, so an id is not
-#: reused while remembered). Records are immutable and, in the simulator, shared by
-#: every node, so each is checked once rather than once per receiving node. Bounded;
-#: past the bound the memo starts over (it is only a cache).
-_VALID_MAX = 1 << 16
-_valid: dict[int, object] = {}
-
-
-def _remember_valid(r: object) -> None:
-    if len(_valid) >= _VALID_MAX:
-        _valid.clear()
-    _valid[id(r)] = r
-
-
 def _entry_ok(e: object) -> bool:
-    if _valid.get(id(e), _valid) is e:
+    # The flag lives in the record, which the caller reads next anyway: a memo keyed by
+    # id was a look-up in a map of tens of thousands, nearly always a cache miss.
+    if type(e) is Entry and e.checked:
         return True
     ok = _entry_check(e)
     if ok:
-        _remember_valid(e)
+        object.__setattr__(e, "checked", True)
     return ok
 
 
 def _attachment_ok(a: object) -> bool:
-    if _valid.get(id(a), _valid) is a:
+    if type(a) is NetworkAttachment and a.checked:
         return True
     ok = _attachment_check(a)
     if ok:
-        _remember_valid(a)
+        object.__setattr__(a, "checked", True)
     return ok
 
 

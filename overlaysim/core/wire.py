@@ -283,6 +283,10 @@ class Entry:
     #: This record's encoded size, 0 until :func:`record_size` first measures it.
     #: Derived: not on the wire nor compared.
     wire_size: int = field(default=0, init=False, repr=False, compare=False)
+    #: True once a receiver found every field well-formed (``core/tables.py``): a
+    #: record is immutable and, in the simulator, shared by every node, so the first
+    #: receiver checks it for all. Derived: not on the wire nor compared.
+    checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ref = (self.table, self.key)
@@ -324,6 +328,10 @@ class NetworkAttachment:
     #: This record's encoded size, 0 until :func:`record_size` first measures it.
     #: Derived: not on the wire nor compared.
     wire_size: int = field(default=0, init=False, repr=False, compare=False)
+    #: True once a receiver found every field well-formed (``core/tables.py``): a
+    #: record is immutable and, in the simulator, shared by every node, so the first
+    #: receiver checks it for all. Derived: not on the wire nor compared.
+    checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ref = (self.node, self.network)
