@@ -129,15 +129,14 @@ class _Bucket:
     first sequence number, so an item is found with two bisections: which chunk, then
     where in it."""
 
-    __slots__ = ("chunks", "firsts", "n")
+    __slots__ = ("chunks", "firsts")
 
     def __init__(self) -> None:
         self.chunks: list[_Chunk] = []
         self.firsts: array = _seq_array()
-        self.n = 0  # items held
 
     def __len__(self) -> int:
-        return self.n
+        return sum(len(c.recs) for c in self.chunks)
 
     def columns(self) -> tuple[list[Any], list[int], list[int]]:
         """Records, sequence numbers and sizes of the whole bucket (tests, debugging)."""
@@ -154,12 +153,8 @@ class _Bucket:
         """The items' sizes, newest first (lazily)."""
         return chain.from_iterable(map(reversed, map(_sizes_of, reversed(self.chunks))))
 
-    def last_seq(self) -> int:
-        return self.chunks[-1].seqs[-1]
-
     def append(self, rec: Any, seq: int, size: int) -> None:
         """Add an item newer than every item held."""
-        self.n += 1
         chunks = self.chunks
         if chunks:
             c = chunks[-1]
@@ -180,7 +175,6 @@ class _Bucket:
         n = len(recs)
         if not n:
             return
-        self.n += n
         chunks = self.chunks
         i = 0
         if chunks:
@@ -216,7 +210,6 @@ class _Bucket:
         removals in descending (chunk, position) order leave the others in place)."""
         c = self.chunks[ci]
         c.remove_at(j)
-        self.n -= 1
         if not c.recs:
             del self.chunks[ci], self.firsts[ci]
         elif j == 0:
@@ -224,7 +217,6 @@ class _Bucket:
 
     def cut_newest(self, k: int) -> tuple[list[Any], array, array]:
         """Remove and return the newest ``k`` items (1 <= k <= len), oldest first."""
-        self.n -= k
         chunks = self.chunks
         c = chunks[-1]
         m = len(c.recs)
@@ -259,7 +251,16 @@ class _Bucket:
             self.extend(recs, seqs, sizes)
             return
         chunks, firsts = self.chunks, self.firsts
-        self.n += len(recs)
+        ci = bisect_right(firsts, seqs[0]) - 1
+        if ci < 0:
+            ci = 0
+        if ci + 1 == len(chunks) or seqs[-1] < firsts[ci + 1]:  # the usual case: one chunk
+            c = chunks[ci]
+            _merge_into(c, recs, seqs, sizes)
+            firsts[ci] = c.seqs[0]
+            if len(c.recs) > 2 * _CHUNK:
+                self._split(ci)
+            return
         n = len(seqs)
         lo = 0
         while lo < n:
@@ -344,7 +345,14 @@ class TransmitLimitedQueue:
         self._seq += 1
         seq = self._seq
         index[key] = seq
-        self._buckets[0].append(record, seq, size)
+        b = self._buckets[0]
+        chunks = b.chunks
+        if chunks and len((c := chunks[-1]).recs) < _CHUNK:  # room in the newest chunk (inline)
+            c.recs.append(record)
+            c.seqs.append(seq)
+            c.sizes.append(size)
+        else:
+            b.append(record, seq, size)
 
     def get(self, n: int, overhead: int, limit: int) -> list[Any]:
         """Take records fitting in ``limit - overhead`` bytes; count one transmit each.
@@ -367,30 +375,37 @@ class TransmitLimitedQueue:
         # so the item-by-item search would take nothing and is skipped.
         smallest = self._min_size
         for t, bucket in enumerate(self._buckets):
-            if not bucket.n:
+            if not bucket.chunks:
                 continue
             if budget < smallest:
                 break
             if not careful:
                 cap = budget // smallest + 1  # more than this many cannot fit
-                acc = list(accumulate(islice(bucket.newest_sizes(), cap)))
+                last = bucket.chunks[-1]
+                if len(last.recs) >= cap:  # the usual case: the newest chunk alone (inline)
+                    acc = list(accumulate(islice(reversed(last.sizes), cap)))
+                else:
+                    acc = list(accumulate(islice(bucket.newest_sizes(), cap)))
                 k = bisect_right(acc, budget)
                 if k:
-                    recs, seqs, sizes = bucket.cut_newest(k)
+                    if k < len(last.recs):
+                        recs, seqs, sizes = last.cut(len(last.recs) - k)
+                    else:
+                        recs, seqs, sizes = bucket.cut_newest(k)
                     budget -= acc[k - 1]
                     out.extend(reversed(recs))  # newest first
                     moved.append((t, recs, seqs, sizes))
                 if budget < smallest:
                     break
-                if not bucket.n:
+                if not bucket.chunks:
                     continue
                 careful = True
-            taken: list[tuple[_Chunk, int, int]] = []  # (chunk, its index, position), newest first
             stop = False
             chunks = bucket.chunks
-            for ci in range(len(chunks) - 1, -1, -1):
+            for ci in range(len(chunks) - 1, -1, -1):  # newest chunk first
                 chunk = chunks[ci]
                 sizes = chunk.sizes
+                taken: list[int] = []  # positions in this chunk, newest first
                 for j in range(len(sizes) - 1, -1, -1):
                     size = sizes[j]
                     if size > budget:
@@ -400,22 +415,26 @@ class TransmitLimitedQueue:
                             break
                         continue
                     budget -= size
-                    taken.append((chunk, ci, j))
+                    taken.append(j)
                     if budget < smallest:
                         stop = True
                         break
+                if taken:
+                    recs = [chunk.recs[j] for j in taken]  # newest first
+                    out.extend(recs)
+                    recs.reverse()
+                    asc = taken[::-1]
+                    seqs = [chunk.seqs[j] for j in asc]
+                    tsizes = [sizes[j] for j in asc]
+                    for j in taken:  # descending positions: each leaves the rest in place
+                        del chunk.recs[j], chunk.seqs[j], chunk.sizes[j]
+                    if not chunk.recs:  # older chunks keep their places
+                        del chunks[ci], bucket.firsts[ci]
+                    elif not asc[0]:
+                        bucket.firsts[ci] = chunk.seqs[0]
+                    moved.append((t, recs, seqs, tsizes))
                 if stop:
                     break
-            if taken:
-                recs = [c.recs[j] for c, _, j in taken]  # newest first
-                out.extend(recs)
-                recs.reverse()
-                asc = taken[::-1]
-                seqs = [c.seqs[j] for c, _, j in asc]
-                tsizes = [c.sizes[j] for c, _, j in asc]
-                for _, ci, j in taken:  # descending: each removal leaves the rest in place
-                    bucket.remove_at(ci, j)
-                moved.append((t, recs, seqs, tsizes))
             if stop:
                 break
         if moved:
@@ -453,7 +472,7 @@ class TransmitLimitedQueue:
                 buckets.append(_Bucket())
             nxt = buckets[t + 1]
             # Taken columns and buckets are both oldest first.
-            if nxt.n and nxt.last_seq() > seqs[0]:
+            if nxt.chunks and nxt.chunks[-1].seqs[-1] > seqs[0]:
                 nxt.merge(recs, seqs, sizes)
             else:
                 nxt.extend(recs, seqs, sizes)
