@@ -16,13 +16,15 @@ budget runs out, are looked at one by one. So a packet costs a few list operatio
 rather than a heap pop and push per item, and a replaced item leaves its bucket at once
 instead of lingering as a dead heap entry.
 
-A bucket is kept in chunks of a few hundred items (consecutive runs of its order). Taken
-items usually land in the middle of their next bucket, before items taken earlier from
-newer ones; in one flat bucket each such insert moved every newer item, thousands per
-packet at 10,000 nodes late in a burst. In chunks it moves the rest of one chunk.
+A bucket keeps its newest few hundred items in one run and older ones in chunks of a
+few hundred. Packets take from the newest end; taken items mostly land near the oldest
+end of their next bucket, before items taken earlier from newer ones. In one flat run
+of thousands (10,000 nodes late in a burst) each such insert moved every newer item;
+in chunks it moves the rest of one chunk. A small bucket has no chunks and costs what a
+flat run costs (chunks everywhere made 1,000-host runs 4% slower).
 
 Memory: during a burst every node holds nearly every entry here for many rounds (at
-thousands of nodes, for the whole run), so an item is not an object: a chunk is three
+thousands of nodes, for the whole run), so an item is not an object: a run is three
 parallel columns (record, sequence number, size). The record column is a list of
 pointers to the record, which every node shares; the other two are arrays of raw
 unsigned ints (4 bytes a slot, where a list slot is 8 and points to an int object). The key
@@ -41,9 +43,9 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator
-from itertools import accumulate, chain, islice, repeat
-from operator import attrgetter, itemgetter
+from collections.abc import Callable, Iterable
+from itertools import accumulate, islice, repeat
+from operator import itemgetter
 from typing import Any
 
 from overlaysim.core.config import retransmit_limit
@@ -68,14 +70,13 @@ def _as_column(items: Iterable[int]) -> array:
     return array(_SEQ, items)
 
 
-#: Items a chunk of a bucket is filled to when items are appended, and what a chunk
-#: grown past twice this by merges is split back to: an insert moves at most the rest
-#: of one chunk, where a bucket of thousands moved all its newer items.
+#: Items a bucket keeps in its newest run, and what its older chunks hold (up to twice
+#: this after merges, then split): an insert moves at most about this many items.
 _CHUNK = 256
 
 
-class _Chunk:
-    """A run of a bucket's items in queue order (oldest first), by column."""
+class _Run:
+    """Items in queue order (oldest first), by column."""
 
     __slots__ = ("recs", "seqs", "sizes")
 
@@ -83,13 +84,6 @@ class _Chunk:
         self.recs: list[Any] = []
         self.seqs: array = _seq_array()
         self.sizes: array = _seq_array()
-
-    @classmethod
-    def of(cls, recs: list[Any], seqs: array, sizes: array) -> _Chunk:
-        """A chunk holding these columns (not copied)."""
-        c = cls()
-        c.recs, c.seqs, c.sizes = recs, seqs, sizes
-        return c
 
     def __len__(self) -> int:
         return len(self.recs)
@@ -99,9 +93,6 @@ class _Chunk:
         out = (self.recs[p:], self.seqs[p:], self.sizes[p:])
         del self.recs[p:], self.seqs[p:], self.sizes[p:]
         return out
-
-    def remove_at(self, j: int) -> None:
-        del self.recs[j], self.seqs[j], self.sizes[j]
 
     def insert(self, p: int, recs: list, seqs: list, sizes: list) -> None:
         """Insert the items (in order) before position ``p``."""
@@ -119,154 +110,106 @@ class _Chunk:
         self.sizes.extend(sizes)
 
 
-_sizes_of = attrgetter("sizes")
+class _Bucket(_Run):
+    """Items sent the same number of times, in queue order (oldest first).
 
+    Its own columns are the newest items; ``older`` holds the rest in chunks (oldest
+    first, none empty, each before the next and before the newest run), ``firsts``
+    each chunk's first sequence number. The newest run is empty only when the bucket is.
+    """
 
-class _Bucket:
-    """Items sent the same number of times, in queue order (oldest first), in chunks.
-
-    ``chunks`` are consecutive runs of the order (none empty), ``firsts`` each one's
-    first sequence number, so an item is found with two bisections: which chunk, then
-    where in it."""
-
-    __slots__ = ("chunks", "firsts")
+    __slots__ = ("older", "firsts")
 
     def __init__(self) -> None:
-        self.chunks: list[_Chunk] = []
+        super().__init__()
+        self.older: list[_Run] = []
         self.firsts: array = _seq_array()
 
     def __len__(self) -> int:
-        return sum(len(c.recs) for c in self.chunks)
+        return len(self.recs) + sum(len(c.recs) for c in self.older)
 
     def columns(self) -> tuple[list[Any], list[int], list[int]]:
         """Records, sequence numbers and sizes of the whole bucket (tests, debugging)."""
         recs: list[Any] = []
         seqs: list[int] = []
         sizes: list[int] = []
-        for c in self.chunks:
+        for c in [*self.older, self]:
             recs += c.recs
             seqs += c.seqs
             sizes += c.sizes
         return recs, seqs, sizes
 
-    def newest_sizes(self) -> Iterator[int]:
-        """The items' sizes, newest first (lazily)."""
-        return chain.from_iterable(map(reversed, map(_sizes_of, reversed(self.chunks))))
+    def pull(self, want: int) -> None:
+        """Move older chunks into the newest run until it holds ``want`` items or no
+        chunk is left."""
+        older, firsts = self.older, self.firsts
+        while older and len(self.recs) < want:
+            c = older.pop()
+            firsts.pop()
+            self.recs[0:0] = c.recs
+            self.seqs[0:0] = c.seqs
+            self.sizes[0:0] = c.sizes
 
-    def append(self, rec: Any, seq: int, size: int) -> None:
-        """Add an item newer than every item held."""
-        chunks = self.chunks
-        if chunks:
-            c = chunks[-1]
-            if len(c.recs) < _CHUNK:
-                c.recs.append(rec)
-                c.seqs.append(seq)
-                c.sizes.append(size)
-                return
-        c = _Chunk()
-        c.recs.append(rec)
-        c.seqs.append(seq)
-        c.sizes.append(size)
-        chunks.append(c)
-        self.firsts.append(seq)
-
-    def extend(self, recs: list, seqs: Any, sizes: Any) -> None:
-        """Add items (in order) newer than every item held."""
-        n = len(recs)
-        if not n:
+    def spill(self) -> None:
+        """Move all but the newest ``_CHUNK`` items of the newest run into chunks."""
+        m = len(self.recs) - _CHUNK
+        if m <= 0:
             return
-        chunks = self.chunks
-        i = 0
-        if chunks:
-            c = chunks[-1]
-            room = _CHUNK - len(c.recs)
-            if room >= n:
-                c.extend(recs, seqs, sizes)
-                return
-            if room > 0:
-                c.extend(recs[:room], seqs[:room], sizes[:room])
-                i = room
-        while i < n:
-            j = min(i + _CHUNK, n)
-            c = _Chunk()
-            c.extend(recs[i:j], seqs[i:j], sizes[i:j])
-            chunks.append(c)
-            self.firsts.append(seqs[i])
-            i = j
+        for i in range(0, m, _CHUNK):
+            j = min(i + _CHUNK, m)
+            c = _Run()
+            c.extend(self.recs[i:j], self.seqs[i:j], self.sizes[i:j])
+            self.older.append(c)
+            self.firsts.append(c.seqs[0])
+        del self.recs[:m], self.seqs[:m], self.sizes[:m]
 
-    def find(self, seq: int) -> tuple[int, int] | None:
-        """(chunk, position) of the item numbered ``seq``, None if not here."""
-        ci = bisect_right(self.firsts, seq) - 1
-        if ci < 0:
-            return None
-        seqs = self.chunks[ci].seqs
+    def remove(self, seq: int) -> bool:
+        """Remove the item numbered ``seq``; False if it is not here."""
+        seqs = self.seqs
         j = bisect_left(seqs, seq)
         if j < len(seqs) and seqs[j] == seq:
-            return ci, j
-        return None
-
-    def remove_at(self, ci: int, j: int) -> None:
-        """Remove the item at position ``j`` of chunk ``ci`` (a chunk left empty goes, so
-        removals in descending (chunk, position) order leave the others in place)."""
-        c = self.chunks[ci]
-        c.remove_at(j)
+            del self.recs[j], seqs[j], self.sizes[j]
+            if not self.recs:
+                self.pull(1)
+            return True
+        ci = bisect_right(self.firsts, seq) - 1
+        if ci < 0:
+            return False
+        c = self.older[ci]
+        seqs = c.seqs
+        j = bisect_left(seqs, seq)
+        if j == len(seqs) or seqs[j] != seq:
+            return False
+        del c.recs[j], seqs[j], c.sizes[j]
         if not c.recs:
-            del self.chunks[ci], self.firsts[ci]
-        elif j == 0:
-            self.firsts[ci] = c.seqs[0]
-
-    def cut_newest(self, k: int) -> tuple[list[Any], array, array]:
-        """Remove and return the newest ``k`` items (1 <= k <= len), oldest first."""
-        chunks = self.chunks
-        c = chunks[-1]
-        m = len(c.recs)
-        if k < m:
-            return c.cut(m - k)
-        parts = []
-        while k:
-            c = chunks[-1]
-            m = len(c.recs)
-            if k < m:
-                parts.append(c.cut(m - k))
-                break
-            chunks.pop()
-            self.firsts.pop()
-            parts.append((c.recs, c.seqs, c.sizes))
-            k -= m
-        if len(parts) == 1:
-            return parts[0]
-        parts.reverse()
-        recs: list[Any] = []
-        seqs, sizes = _seq_array(), _seq_array()
-        for r, q, z in parts:
-            recs += r
-            seqs += q
-            sizes += z
-        return recs, seqs, sizes
+            del self.older[ci], self.firsts[ci]
+        elif not j:
+            self.firsts[ci] = seqs[0]
+        return True
 
     def merge(self, recs: list, seqs: Any, sizes: Any) -> None:
-        """Merge items (ascending sequence numbers, none held here) into the bucket:
-        each chunk takes those below the next chunk's first number."""
-        if not self.chunks:
-            self.extend(recs, seqs, sizes)
-            return
-        chunks, firsts = self.chunks, self.firsts
-        ci = bisect_right(firsts, seqs[0]) - 1
-        if ci < 0:
-            ci = 0
-        if ci + 1 == len(chunks) or seqs[-1] < firsts[ci + 1]:  # the usual case: one chunk
-            c = chunks[ci]
-            _merge_into(c, recs, seqs, sizes)
-            firsts[ci] = c.seqs[0]
-            if len(c.recs) > 2 * _CHUNK:
-                self._split(ci)
-            return
+        """Merge items (ascending sequence numbers, none held here, the newest one
+        before this bucket's newest) into the bucket."""
+        if self.older and seqs[0] < self.seqs[0]:
+            h = bisect_left(seqs, self.seqs[0])
+            self._merge_older(recs[:h], seqs[:h], sizes[:h])
+            if h == len(seqs):
+                return
+            recs, seqs, sizes = recs[h:], seqs[h:], sizes[h:]
+        _merge_into(self, recs, seqs, sizes)
+        if len(self.recs) > 2 * _CHUNK:
+            self.spill()
+
+    def _merge_older(self, recs: list, seqs: Any, sizes: Any) -> None:
+        """Merge items older than the newest run into the chunks: each chunk takes those
+        below the next chunk's first number."""
+        older, firsts = self.older, self.firsts
         n = len(seqs)
         lo = 0
         while lo < n:
             ci = max(bisect_right(firsts, seqs[lo]) - 1, 0)
-            hi = n if ci + 1 == len(chunks) else bisect_left(seqs, firsts[ci + 1], lo)
-            c = chunks[ci]
+            hi = n if ci + 1 == len(older) else bisect_left(seqs, firsts[ci + 1], lo)
+            c = older[ci]
             if lo == 0 and hi == n:
                 _merge_into(c, recs, seqs, sizes)
             else:
@@ -278,18 +221,18 @@ class _Bucket:
 
     def _split(self, ci: int) -> None:
         """Split chunk ``ci`` into chunks of at most ``_CHUNK`` items, near equal."""
-        c = self.chunks[ci]
+        c = self.older[ci]
         m = len(c.recs)
         parts = -(-m // _CHUNK)
         step = -(-m // parts)
-        news = [_Chunk.of(*c.cut(p)) for p in range(step * (parts - 1), 0, -step)]
+        news = []
+        for p in range(step * (parts - 1), 0, -step):
+            x = _Run()
+            x.recs, x.seqs, x.sizes = c.cut(p)
+            news.append(x)
         news.reverse()
-        self.chunks[ci + 1 : ci + 1] = news
+        self.older[ci + 1 : ci + 1] = news
         self.firsts[ci + 1 : ci + 1] = _seq_array(x.seqs[0] for x in news)
-
-    def renumbered(self) -> None:
-        """Take each chunk's first number again (after the queue renumbered items)."""
-        self.firsts = _seq_array(c.seqs[0] for c in self.chunks)
 
 
 #: Items taken from one bucket by a packet, in queue order (oldest first, as in the
@@ -330,9 +273,7 @@ class TransmitLimitedQueue:
         old = index[key]
         if old:
             for bucket in self._buckets:
-                at = bucket.find(old)
-                if at is not None:
-                    bucket.remove_at(*at)
+                if bucket.remove(old):
                     break
         else:
             self._count += 1
@@ -346,13 +287,11 @@ class TransmitLimitedQueue:
         seq = self._seq
         index[key] = seq
         b = self._buckets[0]
-        chunks = b.chunks
-        if chunks and len((c := chunks[-1]).recs) < _CHUNK:  # room in the newest chunk (inline)
-            c.recs.append(record)
-            c.seqs.append(seq)
-            c.sizes.append(size)
-        else:
-            b.append(record, seq, size)
+        b.recs.append(record)
+        b.seqs.append(seq)
+        b.sizes.append(size)
+        if len(b.recs) > 2 * _CHUNK:
+            b.spill()
 
     def get(self, n: int, overhead: int, limit: int) -> list[Any]:
         """Take records fitting in ``limit - overhead`` bytes; count one transmit each.
@@ -375,66 +314,58 @@ class TransmitLimitedQueue:
         # so the item-by-item search would take nothing and is skipped.
         smallest = self._min_size
         for t, bucket in enumerate(self._buckets):
-            if not bucket.chunks:
+            if not bucket.recs:
                 continue
             if budget < smallest:
                 break
+            if bucket.older:
+                # A packet looks at no more than this many items (fits, then misses):
+                # all from the newest run.
+                bucket.pull(budget // smallest + 9)
             if not careful:
                 cap = budget // smallest + 1  # more than this many cannot fit
-                last = bucket.chunks[-1]
-                if len(last.recs) >= cap:  # the usual case: the newest chunk alone (inline)
-                    acc = list(accumulate(islice(reversed(last.sizes), cap)))
-                else:
-                    acc = list(accumulate(islice(bucket.newest_sizes(), cap)))
+                acc = list(accumulate(islice(reversed(bucket.sizes), cap)))
                 k = bisect_right(acc, budget)
                 if k:
-                    if k < len(last.recs):
-                        recs, seqs, sizes = last.cut(len(last.recs) - k)
-                    else:
-                        recs, seqs, sizes = bucket.cut_newest(k)
+                    recs, seqs, sizes = bucket.cut(len(bucket.recs) - k)
                     budget -= acc[k - 1]
                     out.extend(reversed(recs))  # newest first
                     moved.append((t, recs, seqs, sizes))
+                if not bucket.recs:
+                    bucket.pull(1)
                 if budget < smallest:
                     break
-                if not bucket.chunks:
+                if not bucket.recs:
                     continue
                 careful = True
+            taken: list[int] = []  # positions, newest first
             stop = False
-            chunks = bucket.chunks
-            for ci in range(len(chunks) - 1, -1, -1):  # newest chunk first
-                chunk = chunks[ci]
-                sizes = chunk.sizes
-                taken: list[int] = []  # positions in this chunk, newest first
-                for j in range(len(sizes) - 1, -1, -1):
-                    size = sizes[j]
-                    if size > budget:
-                        misses += 1
-                        if budget < 32 or misses >= 8:
-                            stop = True
-                            break
-                        continue
-                    budget -= size
-                    taken.append(j)
-                    if budget < smallest:
+            sizes = bucket.sizes
+            for j in range(len(sizes) - 1, -1, -1):
+                size = sizes[j]
+                if size > budget:
+                    misses += 1
+                    if budget < 32 or misses >= 8:
                         stop = True
                         break
-                if taken:
-                    recs = [chunk.recs[j] for j in taken]  # newest first
-                    out.extend(recs)
-                    recs.reverse()
-                    asc = taken[::-1]
-                    seqs = [chunk.seqs[j] for j in asc]
-                    tsizes = [sizes[j] for j in asc]
-                    for j in taken:  # descending positions: each leaves the rest in place
-                        del chunk.recs[j], chunk.seqs[j], chunk.sizes[j]
-                    if not chunk.recs:  # older chunks keep their places
-                        del chunks[ci], bucket.firsts[ci]
-                    elif not asc[0]:
-                        bucket.firsts[ci] = chunk.seqs[0]
-                    moved.append((t, recs, seqs, tsizes))
-                if stop:
+                    continue
+                budget -= size
+                taken.append(j)
+                if budget < smallest:
+                    stop = True
                     break
+            if taken:
+                recs = [bucket.recs[j] for j in taken]  # newest first
+                out.extend(recs)
+                recs.reverse()
+                asc = taken[::-1]
+                seqs = [bucket.seqs[j] for j in asc]
+                tsizes = [sizes[j] for j in asc]
+                for j in taken:  # descending positions: each removal leaves the rest in place
+                    del bucket.recs[j], bucket.seqs[j], bucket.sizes[j]
+                if not bucket.recs:
+                    bucket.pull(1)
+                moved.append((t, recs, seqs, tsizes))
             if stop:
                 break
         if moved:
@@ -444,14 +375,14 @@ class TransmitLimitedQueue:
 
     def _renumber(self) -> None:
         """Number the queued items 1, 2, 3... again, keeping their order."""
-        chunks = [c for b in self._buckets for c in b.chunks]
-        items = sorted((seq, i, j) for i, c in enumerate(chunks) for j, seq in enumerate(c.seqs))
+        runs = [r for b in self._buckets for r in (*b.older, b)]
+        items = sorted((seq, i, j) for i, r in enumerate(runs) for j, seq in enumerate(r.seqs))
         for new, (_seq, i, j) in enumerate(items, 1):
-            c = chunks[i]
-            c.seqs[j] = new
-            self._index[self.key(c.recs[j])] = new
+            r = runs[i]
+            r.seqs[j] = new
+            self._index[self.key(r.recs[j])] = new
         for b in self._buckets:
-            b.renumbered()
+            b.firsts = _seq_array(c.seqs[0] for c in b.older)
         self._seq = len(items)
 
     def _advance(self, moved: list[_Taken], max_tx: int) -> None:
@@ -472,18 +403,25 @@ class TransmitLimitedQueue:
                 buckets.append(_Bucket())
             nxt = buckets[t + 1]
             # Taken columns and buckets are both oldest first.
-            if nxt.chunks and nxt.chunks[-1].seqs[-1] > seqs[0]:
-                nxt.merge(recs, seqs, sizes)
+            if nxt.recs and nxt.seqs[-1] > seqs[0]:
+                if nxt.older and seqs[0] < nxt.seqs[0]:
+                    nxt.merge(recs, seqs, sizes)
+                else:  # all into the newest run (inline: the usual case)
+                    _merge_into(nxt, recs, seqs, sizes)
+                    if len(nxt.recs) > 2 * _CHUNK:
+                        nxt.spill()
             else:
                 nxt.extend(recs, seqs, sizes)
+                if len(nxt.recs) > 2 * _CHUNK:
+                    nxt.spill()
 
 
 #: Above this many separate runs, merging the span row by row beats one slice each.
 _MAX_RUNS = 8
 
 
-def _merge_into(nxt: _Chunk, recs: list, seqs: list, sizes: list) -> None:
-    """Merge taken items (ascending sequence numbers) into chunk ``nxt`` (ascending).
+def _merge_into(nxt: _Run, recs: list, seqs: list, sizes: list) -> None:
+    """Merge taken items (ascending sequence numbers) into run ``nxt`` (ascending).
 
     Sequence numbers are unique, so the order is total. Each taken item goes where its
     number falls among the bucket's; consecutive items landing at the same place form

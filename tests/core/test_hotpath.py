@@ -133,13 +133,15 @@ def _against_heap_queue(seed: int, steps: int) -> None:
 
 
 def _check_bucket(bucket) -> None:
-    """A bucket's items ascend by sequence number across its chunks, no chunk is empty,
-    and its first numbers and count are its chunks'."""
+    """A bucket's items ascend by sequence number across its older chunks and its
+    newest run, no chunk is empty, the newest run is empty only with the bucket, and
+    the chunks' first numbers are kept."""
     recs, seqs, sizes = bucket.columns()
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert len(recs) == len(sizes) == len(seqs) == len(bucket)
-    assert all(len(c) for c in bucket.chunks)
-    assert list(bucket.firsts) == [c.seqs[0] for c in bucket.chunks]
+    assert all(len(c) for c in bucket.older)
+    assert bucket.recs or not bucket.older
+    assert list(bucket.firsts) == [c.seqs[0] for c in bucket.older]
 
 
 def test_a_record_is_sized_once_and_a_changed_copy_anew() -> None:
@@ -163,8 +165,8 @@ def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
 
 
 def test_a_bucket_in_small_chunks_takes_exactly_what_a_heap_queue_takes(monkeypatch) -> None:
-    """Chunks of a few items, so appends open chunks, packets take across chunk
-    boundaries, merges land in several chunks and split them, removals empty them."""
+    """Chunks of a few items, so buckets spill into chunks, packets pull chunks back,
+    merges land in several chunks and split them, removals empty them."""
     import overlaysim.core.queue as queue_module
 
     for chunk in (1, 2, 3, 5):
@@ -194,9 +196,10 @@ def test_sequence_numbers_start_over_in_order_at_their_limit(monkeypatch) -> Non
 def test_merging_taken_items_into_a_bucket_keeps_every_column_in_sequence_order(
     monkeypatch,
 ) -> None:
-    """Taken items go into the next bucket chunk by chunk, by runs (a slice each) or,
-    with many runs, by a row merge of the span: either way the bucket is the sorted
-    union, column by column, whatever the interleaving and the chunk size."""
+    """Taken items go into the next bucket's older chunks or its newest run, by runs
+    (a slice each) or, with many runs, by a row merge of the span: either way the
+    bucket is the sorted union, column by column, whatever the interleaving and the
+    chunk size."""
     from array import array
 
     import overlaysim.core.queue as queue_module
@@ -211,6 +214,7 @@ def test_merging_taken_items_into_a_bucket_keeps_every_column_in_sequence_order(
             there = sorted(set(numbers) - set(taken))
             bucket = _Bucket()
             bucket.extend([f"r{i}" for i in there], there, there)
+            bucket.spill()  # older items in chunks
             bucket.merge(
                 [f"r{i}" for i in taken],
                 array("q", taken),
@@ -221,7 +225,7 @@ def test_merging_taken_items_into_a_bucket_keeps_every_column_in_sequence_order(
             assert seqs == want and sizes == want
             assert recs == [f"r{i}" for i in want]
             _check_bucket(bucket)
-            assert all(len(c) <= 2 * chunk for c in bucket.chunks)
+            assert all(len(c) <= 2 * chunk for c in bucket.older)
 
 
 def test_bulk_bootstrap_equals_one_member_alive_per_member() -> None:
