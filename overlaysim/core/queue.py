@@ -16,15 +16,8 @@ budget runs out, are looked at one by one. So a packet costs a few list operatio
 rather than a heap pop and push per item, and a replaced item leaves its bucket at once
 instead of lingering as a dead heap entry.
 
-A bucket keeps its newest few hundred items in one run and older ones in chunks of a
-few hundred. Packets take from the newest end; taken items mostly land near the oldest
-end of their next bucket, before items taken earlier from newer ones. In one flat run
-of thousands (10,000 nodes late in a burst) each such insert moved every newer item;
-in chunks it moves the rest of one chunk. A small bucket has no chunks and costs what a
-flat run costs (chunks everywhere made 1,000-host runs 4% slower).
-
 Memory: during a burst every node holds nearly every entry here for many rounds (at
-thousands of nodes, for the whole run), so an item is not an object: a run is three
+thousands of nodes, for the whole run), so an item is not an object: a bucket is three
 parallel columns (record, sequence number, size). The record column is a list of
 pointers to the record, which every node shares; the other two are arrays of raw
 unsigned ints (4 bytes a slot, where a list slot is 8 and points to an int object). The key
@@ -70,13 +63,8 @@ def _as_column(items: Iterable[int]) -> array:
     return array(_SEQ, items)
 
 
-#: Items a bucket keeps in its newest run, and what its older chunks hold (up to twice
-#: this after merges, then split): an insert moves at most about this many items.
-_CHUNK = 256
-
-
-class _Run:
-    """Items in queue order (oldest first), by column."""
+class _Bucket:
+    """Items sent the same number of times, in queue order (oldest first), by column."""
 
     __slots__ = ("recs", "seqs", "sizes")
 
@@ -94,6 +82,9 @@ class _Run:
         del self.recs[p:], self.seqs[p:], self.sizes[p:]
         return out
 
+    def remove_at(self, j: int) -> None:
+        del self.recs[j], self.seqs[j], self.sizes[j]
+
     def insert(self, p: int, recs: list, seqs: list, sizes: list) -> None:
         """Insert the items (in order) before position ``p``."""
         self.replace(p, p, recs, seqs, sizes)
@@ -108,131 +99,6 @@ class _Run:
         self.recs.extend(recs)
         self.seqs.extend(seqs)
         self.sizes.extend(sizes)
-
-
-class _Bucket(_Run):
-    """Items sent the same number of times, in queue order (oldest first).
-
-    Its own columns are the newest items; ``older`` holds the rest in chunks (oldest
-    first, none empty, each before the next and before the newest run), ``firsts``
-    each chunk's first sequence number. The newest run is empty only when the bucket is.
-    """
-
-    __slots__ = ("older", "firsts")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.older: list[_Run] = []
-        self.firsts: array = _seq_array()
-
-    def __len__(self) -> int:
-        return len(self.recs) + sum(len(c.recs) for c in self.older)
-
-    def columns(self) -> tuple[list[Any], list[int], list[int]]:
-        """Records, sequence numbers and sizes of the whole bucket (tests, debugging)."""
-        recs: list[Any] = []
-        seqs: list[int] = []
-        sizes: list[int] = []
-        for c in [*self.older, self]:
-            recs += c.recs
-            seqs += c.seqs
-            sizes += c.sizes
-        return recs, seqs, sizes
-
-    def pull(self, want: int) -> None:
-        """Move older chunks into the newest run until it holds ``want`` items or no
-        chunk is left."""
-        older, firsts = self.older, self.firsts
-        while older and len(self.recs) < want:
-            c = older.pop()
-            firsts.pop()
-            self.recs[0:0] = c.recs
-            self.seqs[0:0] = c.seqs
-            self.sizes[0:0] = c.sizes
-
-    def spill(self) -> None:
-        """Move all but the newest ``_CHUNK`` items of the newest run into chunks."""
-        m = len(self.recs) - _CHUNK
-        if m <= 0:
-            return
-        for i in range(0, m, _CHUNK):
-            j = min(i + _CHUNK, m)
-            c = _Run()
-            c.extend(self.recs[i:j], self.seqs[i:j], self.sizes[i:j])
-            self.older.append(c)
-            self.firsts.append(c.seqs[0])
-        del self.recs[:m], self.seqs[:m], self.sizes[:m]
-
-    def remove(self, seq: int) -> bool:
-        """Remove the item numbered ``seq``; False if it is not here."""
-        seqs = self.seqs
-        j = bisect_left(seqs, seq)
-        if j < len(seqs) and seqs[j] == seq:
-            del self.recs[j], seqs[j], self.sizes[j]
-            if not self.recs:
-                self.pull(1)
-            return True
-        ci = bisect_right(self.firsts, seq) - 1
-        if ci < 0:
-            return False
-        c = self.older[ci]
-        seqs = c.seqs
-        j = bisect_left(seqs, seq)
-        if j == len(seqs) or seqs[j] != seq:
-            return False
-        del c.recs[j], seqs[j], c.sizes[j]
-        if not c.recs:
-            del self.older[ci], self.firsts[ci]
-        elif not j:
-            self.firsts[ci] = seqs[0]
-        return True
-
-    def merge(self, recs: list, seqs: Any, sizes: Any) -> None:
-        """Merge items (ascending sequence numbers, none held here, the newest one
-        before this bucket's newest) into the bucket."""
-        if self.older and seqs[0] < self.seqs[0]:
-            h = bisect_left(seqs, self.seqs[0])
-            self._merge_older(recs[:h], seqs[:h], sizes[:h])
-            if h == len(seqs):
-                return
-            recs, seqs, sizes = recs[h:], seqs[h:], sizes[h:]
-        _merge_into(self, recs, seqs, sizes)
-        if len(self.recs) > 2 * _CHUNK:
-            self.spill()
-
-    def _merge_older(self, recs: list, seqs: Any, sizes: Any) -> None:
-        """Merge items older than the newest run into the chunks: each chunk takes those
-        below the next chunk's first number."""
-        older, firsts = self.older, self.firsts
-        n = len(seqs)
-        lo = 0
-        while lo < n:
-            ci = max(bisect_right(firsts, seqs[lo]) - 1, 0)
-            hi = n if ci + 1 == len(older) else bisect_left(seqs, firsts[ci + 1], lo)
-            c = older[ci]
-            if lo == 0 and hi == n:
-                _merge_into(c, recs, seqs, sizes)
-            else:
-                _merge_into(c, recs[lo:hi], seqs[lo:hi], sizes[lo:hi])
-            firsts[ci] = c.seqs[0]
-            if len(c.recs) > 2 * _CHUNK:
-                self._split(ci)
-            lo = hi
-
-    def _split(self, ci: int) -> None:
-        """Split chunk ``ci`` into chunks of at most ``_CHUNK`` items, near equal."""
-        c = self.older[ci]
-        m = len(c.recs)
-        parts = -(-m // _CHUNK)
-        step = -(-m // parts)
-        news = []
-        for p in range(step * (parts - 1), 0, -step):
-            x = _Run()
-            x.recs, x.seqs, x.sizes = c.cut(p)
-            news.append(x)
-        news.reverse()
-        self.older[ci + 1 : ci + 1] = news
-        self.firsts[ci + 1 : ci + 1] = _seq_array(x.seqs[0] for x in news)
 
 
 #: Items taken from one bucket by a packet, in queue order (oldest first, as in the
@@ -273,7 +139,10 @@ class TransmitLimitedQueue:
         old = index[key]
         if old:
             for bucket in self._buckets:
-                if bucket.remove(old):
+                seqs = bucket.seqs
+                j = bisect_left(seqs, old)
+                if j < len(seqs) and seqs[j] == old:
+                    bucket.remove_at(j)
                     break
         else:
             self._count += 1
@@ -290,8 +159,6 @@ class TransmitLimitedQueue:
         b.recs.append(record)
         b.seqs.append(seq)
         b.sizes.append(size)
-        if len(b.recs) > 2 * _CHUNK:
-            b.spill()
 
     def get(self, n: int, overhead: int, limit: int) -> list[Any]:
         """Take records fitting in ``limit - overhead`` bytes; count one transmit each.
@@ -318,21 +185,15 @@ class TransmitLimitedQueue:
                 continue
             if budget < smallest:
                 break
-            if bucket.older:
-                # A packet looks at no more than this many items (fits, then misses):
-                # all from the newest run.
-                bucket.pull(budget // smallest + 9)
             if not careful:
                 cap = budget // smallest + 1  # more than this many cannot fit
                 acc = list(accumulate(islice(reversed(bucket.sizes), cap)))
                 k = bisect_right(acc, budget)
                 if k:
-                    recs, seqs, sizes = bucket.cut(len(bucket.recs) - k)
+                    recs, seqs, sizes = bucket.cut(len(bucket) - k)
                     budget -= acc[k - 1]
                     out.extend(reversed(recs))  # newest first
                     moved.append((t, recs, seqs, sizes))
-                if not bucket.recs:
-                    bucket.pull(1)
                 if budget < smallest:
                     break
                 if not bucket.recs:
@@ -362,9 +223,7 @@ class TransmitLimitedQueue:
                 seqs = [bucket.seqs[j] for j in asc]
                 tsizes = [sizes[j] for j in asc]
                 for j in taken:  # descending positions: each removal leaves the rest in place
-                    del bucket.recs[j], bucket.seqs[j], bucket.sizes[j]
-                if not bucket.recs:
-                    bucket.pull(1)
+                    bucket.remove_at(j)
                 moved.append((t, recs, seqs, tsizes))
             if stop:
                 break
@@ -375,14 +234,13 @@ class TransmitLimitedQueue:
 
     def _renumber(self) -> None:
         """Number the queued items 1, 2, 3... again, keeping their order."""
-        runs = [r for b in self._buckets for r in (*b.older, b)]
-        items = sorted((seq, i, j) for i, r in enumerate(runs) for j, seq in enumerate(r.seqs))
-        for new, (_seq, i, j) in enumerate(items, 1):
-            r = runs[i]
-            r.seqs[j] = new
-            self._index[self.key(r.recs[j])] = new
-        for b in self._buckets:
-            b.firsts = _seq_array(c.seqs[0] for c in b.older)
+        items = sorted(
+            (seq, t, j) for t, b in enumerate(self._buckets) for j, seq in enumerate(b.seqs)
+        )
+        for new, (_seq, t, j) in enumerate(items, 1):
+            b = self._buckets[t]
+            b.seqs[j] = new
+            self._index[self.key(b.recs[j])] = new
         self._seq = len(items)
 
     def _advance(self, moved: list[_Taken], max_tx: int) -> None:
@@ -403,25 +261,18 @@ class TransmitLimitedQueue:
                 buckets.append(_Bucket())
             nxt = buckets[t + 1]
             # Taken columns and buckets are both oldest first.
-            if nxt.recs and nxt.seqs[-1] > seqs[0]:
-                if nxt.older and seqs[0] < nxt.seqs[0]:
-                    nxt.merge(recs, seqs, sizes)
-                else:  # all into the newest run (inline: the usual case)
-                    _merge_into(nxt, recs, seqs, sizes)
-                    if len(nxt.recs) > 2 * _CHUNK:
-                        nxt.spill()
+            if len(nxt) and nxt.seqs[-1] > seqs[0]:
+                _merge_into(nxt, recs, seqs, sizes)
             else:
                 nxt.extend(recs, seqs, sizes)
-                if len(nxt.recs) > 2 * _CHUNK:
-                    nxt.spill()
 
 
 #: Above this many separate runs, merging the span row by row beats one slice each.
 _MAX_RUNS = 8
 
 
-def _merge_into(nxt: _Run, recs: list, seqs: list, sizes: list) -> None:
-    """Merge taken items (ascending sequence numbers) into run ``nxt`` (ascending).
+def _merge_into(nxt: _Bucket, recs: list, seqs: list, sizes: list) -> None:
+    """Merge taken items (ascending sequence numbers) into bucket ``nxt`` (ascending).
 
     Sequence numbers are unique, so the order is total. Each taken item goes where its
     number falls among the bucket's; consecutive items landing at the same place form

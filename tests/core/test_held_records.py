@@ -27,6 +27,7 @@ from overlaysim.core.wire import (
     MAX_DATAGRAM,
     Entry,
     NetworkAttachment,
+    NetworkGossip,
     TableGossip,
     decode,
     encode,
@@ -279,3 +280,39 @@ def test_a_gossip_messages_numbers_are_read_once_and_serve_every_receiver() -> N
     t.receive("h0", bad, 0.0)
     assert bad.nums is None and t.dropped == 1
     assert set(t.attachments("n")) == {"h0", "h1"}
+
+
+def test_a_record_is_checked_once_and_a_malformed_one_never() -> None:
+    """The first receiver that finds a record well-formed marks it (``checked``); the
+    mark is not on the wire nor compared, a copy starts unmarked, a malformed record is
+    never marked and is dropped by every receiver, and an object of another kind that
+    claims the mark is still judged and dropped."""
+    a = NetworkAttachment(node="h1", network="n", ltime=1, leaving=False)
+    e = _entry("k1", owner="h1")
+    assert not a.checked and not e.checked
+    t = Tables(name="a", addr="a", config=TableConfig(), rng=random.Random(1))
+    t.member_alive("h1", "h1", 0, 0.0)
+    t.join_network("n", 0.0)
+    assert t.receive("h1", NetworkGossip(source="h1", attachments=(a,)), 0.1)
+    assert t.receive("h1", TableGossip(source="h1", network="n", entries=(e,)), 0.2)
+    assert a.checked and e.checked and t.entry("n", "t", "k1") is e
+    assert replace(e) == e and not replace(e).checked  # not compared; a copy is new
+    assert (
+        not decode(encode(TableGossip(source="h1", network="n", entries=(e,)))).entries[0].checked
+    )
+
+    bad = replace(e, key="k2", ltime=-1)  # out of range: malformed
+    for name in "bc":
+        u = Tables(name=name, addr=name, config=TableConfig(), rng=random.Random(1))
+        u.member_alive("h1", "h1", 0, 0.0)
+        u.join_network("n", 0.0)
+        u.receive("h1", NetworkGossip(source="h1", attachments=(a,)), 0.1)
+        u.receive("h1", TableGossip(source="h1", network="n", entries=(bad,)), 0.2)
+        assert u.dropped == 1 and u.entry("n", "t", "k2") is None and not bad.checked
+
+    class Impostor:
+        checked = True
+
+    before = t.dropped
+    t.receive("h1", TableGossip(source="h1", network="n", entries=(Impostor(),)), 0.3)  # type: ignore[arg-type]
+    assert t.dropped == before + 1

@@ -129,19 +129,7 @@ def _against_heap_queue(seed: int, steps: int) -> None:
                 assert q.get(n, 10, limit) == ref.get(n, 10, limit)
                 assert len(q) == len(ref.by_key)
                 for bucket in q._buckets:  # each bucket oldest first (ascending sequence)
-                    _check_bucket(bucket)
-
-
-def _check_bucket(bucket) -> None:
-    """A bucket's items ascend by sequence number across its older chunks and its
-    newest run, no chunk is empty, the newest run is empty only with the bucket, and
-    the chunks' first numbers are kept."""
-    recs, seqs, sizes = bucket.columns()
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert len(recs) == len(sizes) == len(seqs) == len(bucket)
-    assert all(len(c) for c in bucket.older)
-    assert bucket.recs or not bucket.older
-    assert list(bucket.firsts) == [c.seqs[0] for c in bucket.older]
+                    assert list(bucket.seqs) == sorted(bucket.seqs)
 
 
 def test_a_record_is_sized_once_and_a_changed_copy_anew() -> None:
@@ -164,23 +152,12 @@ def test_bucketed_queue_takes_exactly_what_a_heap_queue_takes() -> None:
     _against_heap_queue(5, 3000)
 
 
-def test_a_bucket_in_small_chunks_takes_exactly_what_a_heap_queue_takes(monkeypatch) -> None:
-    """Chunks of a few items, so buckets spill into chunks, packets pull chunks back,
-    merges land in several chunks and split them, removals empty them."""
-    import overlaysim.core.queue as queue_module
-
-    for chunk in (1, 2, 3, 5):
-        monkeypatch.setattr(queue_module, "_CHUNK", chunk)
-        _against_heap_queue(7 + chunk, 1500)
-
-
 def test_sequence_numbers_start_over_in_order_at_their_limit(monkeypatch) -> None:
     """Sequence numbers are 32-bit array slots: at the limit the queue renumbers its
     items, and takes exactly what it would have taken without the limit."""
     import overlaysim.core.queue as queue_module
 
     monkeypatch.setattr(queue_module, "_SEQ_MAX", 70)  # renumbers many times
-    monkeypatch.setattr(queue_module, "_CHUNK", 4)  # buckets of several chunks
     renumbered = []
     real = TransmitLimitedQueue._renumber
 
@@ -193,39 +170,30 @@ def test_sequence_numbers_start_over_in_order_at_their_limit(monkeypatch) -> Non
     assert len(renumbered) > 10 and max(renumbered) < 70
 
 
-def test_merging_taken_items_into_a_bucket_keeps_every_column_in_sequence_order(
-    monkeypatch,
-) -> None:
-    """Taken items go into the next bucket's older chunks or its newest run, by runs
-    (a slice each) or, with many runs, by a row merge of the span: either way the
-    bucket is the sorted union, column by column, whatever the interleaving and the
-    chunk size."""
+def test_merging_taken_items_into_a_bucket_keeps_every_column_in_sequence_order() -> None:
+    """Taken items go into the next bucket by runs (a slice each) or, with many runs,
+    by a row merge of the span: either way the bucket is the sorted union, column by
+    column, whatever the interleaving."""
     from array import array
 
-    import overlaysim.core.queue as queue_module
-    from overlaysim.core.queue import _Bucket
+    from overlaysim.core.queue import _Bucket, _merge_into
 
     rng = random.Random(11)
-    for chunk in (3, 16, 256):
-        monkeypatch.setattr(queue_module, "_CHUNK", chunk)
-        for _ in range(400):
-            numbers = rng.sample(range(1, 400), rng.randrange(2, 120))
-            taken = sorted(rng.sample(numbers, rng.randrange(1, len(numbers))))
-            there = sorted(set(numbers) - set(taken))
-            bucket = _Bucket()
-            bucket.extend([f"r{i}" for i in there], there, there)
-            bucket.spill()  # older items in chunks
-            bucket.merge(
-                [f"r{i}" for i in taken],
-                array("q", taken),
-                array("q", taken),
-            )
-            want = sorted(numbers)
-            recs, seqs, sizes = bucket.columns()
-            assert seqs == want and sizes == want
-            assert recs == [f"r{i}" for i in want]
-            _check_bucket(bucket)
-            assert all(len(c) <= 2 * chunk for c in bucket.older)
+    for _ in range(400):
+        numbers = rng.sample(range(1, 400), rng.randrange(2, 120))
+        taken = sorted(rng.sample(numbers, rng.randrange(1, len(numbers))))
+        there = sorted(set(numbers) - set(taken))
+        bucket = _Bucket()
+        bucket.extend([f"r{i}" for i in there], there, there)
+        _merge_into(
+            bucket,
+            [f"r{i}" for i in taken],
+            array("q", taken),
+            array("q", taken),
+        )
+        want = sorted(numbers)
+        assert list(bucket.seqs) == want and list(bucket.sizes) == want
+        assert bucket.recs == [f"r{i}" for i in want]
 
 
 def test_bulk_bootstrap_equals_one_member_alive_per_member() -> None:
