@@ -259,8 +259,6 @@ def test_a_gossip_messages_numbers_are_read_once_and_serve_every_receiver() -> N
     """The first receiver of an attachment gossip keeps its records' numbers in the
     message; a second receiver reads them and holds what the first did. A malformed
     record leaves no numbers, and the record is dropped, the others merged."""
-    from overlaysim.core.wire import NetworkGossip
-
     atts = tuple(
         NetworkAttachment(node=f"h{i}", network="n", ltime=1, leaving=False, epoch=0, entry_clock=0)
         for i in range(5)
