@@ -5,6 +5,10 @@ stream size limit), so a message the tables could not put on the wire fails the 
 Unreliable sends are lost with probability ``loss``; every send gets a random delay in
 ``delay``, so messages are reordered. Partitions and a drop predicate cut links;
 reliable sends (bulk sync) are never lost at random but are cut by partitions.
+
+With ``objects=True`` a receiver gets the very message object that was sent, as in the
+simulator (records shared between nodes, derived fields such as record numbers kept);
+each message is still encoded, so the size and limit checks hold either way.
 """
 
 from __future__ import annotations
@@ -40,14 +44,16 @@ class TableNet:
         *,
         loss: float = 0.0,
         delay: tuple[float, float] = (0.001, 0.05),
+        objects: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
+        self.objects = objects
         self.loss = loss
         self.delay = delay
         self.now = 0.0
         self.nodes: dict[str, Tables] = {}
         self._by_addr: dict[str, str] = {}
-        self._heap: list[tuple[float, int, str, str, bytes, bool]] = []
+        self._heap: list[tuple[float, int, str, str, bytes | Message, bool]] = []
         self._seq = itertools.count()
         self._groups: list[set[str]] | None = None
         #: drop(src, dst, msg) -> True cuts that message.
@@ -136,7 +142,8 @@ class TableNet:
                 continue
             d = self.delay_fn(src, dst, s.msg) if self.delay_fn is not None else None
             t = self.now + (self.rng.uniform(*self.delay) if d is None else d)
-            heapq.heappush(self._heap, (t, next(self._seq), src, dst, data, s.reliable))
+            sent = s.msg if self.objects else data
+            heapq.heappush(self._heap, (t, next(self._seq), src, dst, sent, s.reliable))
 
     def run_until(self, until: float) -> None:
         """Deliver messages and fire timers in time order up to ``until``."""
@@ -155,7 +162,10 @@ class TableNet:
             self.now = max(self.now, nxt)
             if t_msg is not None and t_msg <= nxt:
                 _, _, src, dst, data, reliable = heapq.heappop(self._heap)
-                msg = decode(data, MAX_STREAM if reliable else MAX_DATAGRAM)
+                if isinstance(data, Message):
+                    msg = data
+                else:
+                    msg = decode(data, MAX_STREAM if reliable else MAX_DATAGRAM)
                 node = self.nodes[dst]
                 node.receive(self.addr_of(src), msg, self.now)
                 self._route(dst, node)
