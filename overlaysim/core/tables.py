@@ -308,10 +308,17 @@ def _not_holding(held: bytearray, records: tuple | list, nums: array | None = No
     return list(itertools.compress(records, map(not_, _holding(held, records, nums))))
 
 
-def _numbered(msg: Message, name: str, records: tuple | list) -> None:
-    """Keep ``records``' numbers in ``msg``'s derived field ``name`` (see "Record numbers
-    in a message", core/wire.py). Only for records this node holds, just read."""
-    object.__setattr__(msg, name, array("I", map(_num_of, records)))
+def _gossip_numbers(msg: NetworkGossip, atts: tuple | list) -> array | None:
+    """The record numbers of ``atts`` (``msg``'s attachments), kept in the message for
+    its other receivers; None if a record has none (malformed)."""
+    nums = msg.nums
+    if nums is None:
+        try:
+            nums = array("I", map(_num_of, atts))
+        except (AttributeError, TypeError, OverflowError):
+            return None
+        object.__setattr__(msg, "nums", nums)
+    return nums
 
 
 def _holds_now(held: bytearray, records: dict[_Key, _Record], network: str, e: object) -> bool:
@@ -741,7 +748,7 @@ class Tables:
         elif isinstance(msg, NetworkGossip):
             attach = self._attach
             atts = _seq(msg.attachments)
-            todo = self._attachments_not_held(atts, msg.nums)
+            todo = self._attachments_not_held(atts, _gossip_numbers(msg, atts))
             if not todo:
                 return False  # only the very records we hold (shared objects in the simulator)
             for a in todo:
@@ -1154,7 +1161,6 @@ class Tables:
             if not items:
                 continue
             msg = TableGossip(source=self.name, network=network, entries=tuple(items))
-            _numbered(msg, "nums", items)
             # Its length, known without encoding: the records' sizes were queued with them.
             empty = overhead - _HEADER_GROWTH
             size = records_message_size(empty, len(items), q.taken_size)
@@ -1172,7 +1178,6 @@ class Tables:
                 if not items:
                     break
                 msg = NetworkGossip(source=self.name, attachments=tuple(items))
-                _numbered(msg, "nums", items)
                 size = records_message_size(self._net_empty, len(items), nq.taken_size)
                 self._sends.append(Send(self._addr[node], msg, False, size))
         self._recovery_sync()
@@ -1251,16 +1256,13 @@ class Tables:
             for r in st.records.values()
             if not r.hidden  # hidden records are our conclusion, not the owner's word
         ]
-        msg = BulkSync(
+        return BulkSync(
             source=self.name,
             reply=reply,
             networks=tuple(networks),
             attachments=tuple(atts),
             entries=tuple(entries),
         )
-        _numbered(msg, "att_nums", atts)
-        _numbered(msg, "entry_nums", entries)
-        return msg
 
     def _on_table_gossip(self, msg: TableGossip, now: float) -> bool:
         network = msg.network
@@ -1272,20 +1274,11 @@ class Tables:
         drop_unknown_deletes = not self.config.unknown_tombstones
         # Fast path: the very records we already hold (in the simulator, entries are
         # shared immutable objects), so nothing to validate or merge.
-        nums = msg.nums
-        first = self._first_not_held(network, records, entries, nums)
+        first = self._first_not_held(network, records, entries)
         if first == len(entries):
             return False
         held = self._held_entries
-        rest = entries[first:]  # those before ``first`` are held, nothing changed since
-        if nums is not None:
-            # Skip held records by their numbers, not their objects; lazily, so a record
-            # merged earlier in this loop reads as held when it comes again.
-            try:
-                rest = itertools.compress(rest, map(not_, _holding(held, rest, nums[first:])))
-            except (AttributeError, IndexError):
-                pass  # as _first_not_held: the per-record checks below judge each
-        for e in rest:
+        for e in entries[first:]:  # those before ``first`` are held, nothing changed since
             if _holds_now(held, records, network, e):
                 continue
             if not _entry_ok(e) or e.network != network:
@@ -1301,7 +1294,7 @@ class Tables:
     def _on_bulk_sync(self, src: str, msg: BulkSync, now: float) -> None:
         attach = self._attach
         held_atts = self._held_atts
-        for a in self._attachments_not_held(_seq(msg.attachments), msg.att_nums):
+        for a in self._attachments_not_held(_seq(msg.attachments)):
             if _holds_attachment_now(held_atts, attach, a):
                 continue  # the same record twice in one message: merged already
             if _attachment_ok(a):
@@ -1315,7 +1308,7 @@ class Tables:
         nets = self._nets
         limit = self.config.bulk_rebroadcast_limit
         held = self._held_entries
-        for e in self._entries_not_held(_seq(msg.entries), msg.entry_nums):
+        for e in self._entries_not_held(_seq(msg.entries)):
             network = getattr(e, "network", None)
             st = nets.get(network)
             if st is not None and _holds_now(held, st.records, network, e):  # type: ignore[arg-type]
@@ -1355,22 +1348,12 @@ class Tables:
     # cache). The maps, which give the same answer, remain for a malformed record.
 
     def _first_not_held(
-        self,
-        network: str,
-        records: dict[_Key, _Record],
-        entries: tuple | list,
-        nums: array | None = None,
+        self, network: str, records: dict[_Key, _Record], entries: tuple | list
     ) -> int:
         """Index of the first of a gossip message's ``entries`` (on ``network``) that
-        this node does not hold; ``len(entries)`` when it holds every one. ``nums``:
-        their record numbers, written by the sender, whose queue for ``network`` they
-        came from (so they are of that network)."""
+        this node does not hold; ``len(entries)`` when it holds every one."""
         held = self._held_entries
         try:
-            if nums is not None:
-                if all(_holding(held, entries, nums)):
-                    return len(entries)
-                return list(_holding(held, entries, nums)).index(0)
             if all(_holding(held, entries)) and all(
                 map(eq, map(_network_of, entries), itertools.repeat(network))
             ):
@@ -1380,13 +1363,12 @@ class Tables:
         except (AttributeError, IndexError):
             return _first_not(_holds, records, entries)
 
-    def _entries_not_held(self, entries: tuple | list, nums: array | None = None) -> list:
+    def _entries_not_held(self, entries: tuple | list) -> list:
         """A bulk sync's ``entries`` less those this node holds (in its own network's
-        records, as the per-entry check reads them), in order (``nums``: their record
-        numbers, if known). With a malformed record among them, all of them: the
-        per-entry check judges each."""
+        records, as the per-entry check reads them), in order. With a malformed record
+        among them, all of them: the per-entry check judges each."""
         try:
-            return _not_holding(self._held_entries, entries, nums)
+            return _not_holding(self._held_entries, entries)
         except (AttributeError, IndexError):
             return list(entries)
 

@@ -412,16 +412,6 @@ class PushPull(Message):
     members: tuple[MemberState, ...] = ()
 
 
-# Record numbers in a message. A table message's ``nums`` fields (``TableGossip.nums``,
-# ``NetworkGossip.nums``, ``BulkSync.att_nums`` and ``entry_nums``) are None or an
-# ``array`` of the record numbers of that field's records, in order, written by the node
-# that built the message from records it holds (core/tables.py), whose objects it has
-# just read. A receiver then asks "do I hold these very objects?" of one small array
-# instead of reading every record object, each a cache miss at thousands of nodes (a
-# bulk sync carries every record). A decoded message has none: its receiver reads the
-# records.
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TableGossip(Message):
     """Epidemic table updates for one network, sent only to that network's nodes."""
@@ -430,9 +420,6 @@ class TableGossip(Message):
     source: str
     network: str
     entries: tuple[Entry, ...] = ()
-    #: The entries' record numbers ("Record numbers in a message", above). Derived:
-    #: not on the wire nor compared.
-    nums: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -445,10 +432,6 @@ class BulkSync(Message):
     networks: tuple[str, ...] = ()
     attachments: tuple[NetworkAttachment, ...] = ()
     entries: tuple[Entry, ...] = ()
-    #: The attachments' and the entries' record numbers ("Record numbers in a
-    #: message", above). Derived: not on the wire nor compared.
-    att_nums: Any = field(default=None, init=False, repr=False, compare=False)
-    entry_nums: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -458,8 +441,10 @@ class NetworkGossip(Message):
     TYPE: ClassVar[MsgType] = MsgType.NETWORK_GOSSIP
     source: str
     attachments: tuple[NetworkAttachment, ...] = ()
-    #: The attachments' record numbers ("Record numbers in a message", above).
-    #: Derived: not on the wire nor compared.
+    #: The attachments' record numbers (an ``array``), filled by the first receiver that
+    #: checks which of them it holds: a gossip message goes to several peers, and each
+    #: then reads one small array instead of every record object. Derived: not on the
+    #: wire nor compared.
     nums: Any = field(default=None, init=False, repr=False, compare=False)
 
 

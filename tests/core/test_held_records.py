@@ -25,7 +25,6 @@ from overlaysim.core.config import TableConfig
 from overlaysim.core.tables import Tables
 from overlaysim.core.wire import (
     MAX_DATAGRAM,
-    BulkSync,
     Entry,
     NetworkAttachment,
     NetworkGossip,
@@ -137,22 +136,11 @@ def _scenario(net: TableNet, rng: random.Random, check) -> None:  # type: ignore
     check()
 
 
-def _numbers_of(msg: object) -> list[tuple[object, tuple]]:
-    """A message's record-number fields and the records each numbers."""
-    if isinstance(msg, BulkSync):
-        return [(msg.att_nums, msg.attachments), (msg.entry_nums, msg.entries)]
-    if isinstance(msg, NetworkGossip):
-        return [(msg.nums, msg.attachments)]
-    if isinstance(msg, TableGossip):
-        return [(msg.nums, msg.entries)]
-    return []
-
-
 @pytest.mark.parametrize("objects", [False, True], ids=["wire", "objects"])
 @pytest.mark.parametrize("seed", range(6))
 def test_held_bytes_match_every_nodes_maps(seed: int, objects: bool) -> None:
     """Over the wire every received record is a new object; as objects (the simulator)
-    nodes share them, and a message carries its records' numbers."""
+    nodes share them, so the held bytes answer "already held" for most receptions."""
     net = TableNet(seed, loss=0.1, objects=objects)
     seen: dict[int, object] = {}  # every record object offered to or stored by a node
 
@@ -194,18 +182,16 @@ def test_held_bytes_match_every_nodes_maps(seed: int, objects: bool) -> None:
         nonlocal numbered
         for r in (*getattr(d.msg, "entries", ()), *getattr(d.msg, "attachments", ())):
             seen[id(r)] = r
-        for nums, records in _numbers_of(d.msg):
-            if nums is not None:  # the sender's: exactly its records', in order
-                assert list(nums) == [r.num for r in records]
-                numbered += bool(records)
-        if isinstance(d.msg, TableGossip) and d.msg.nums is not None:
-            assert all(e.network == d.msg.network for e in d.msg.entries)
+        if isinstance(d.msg, NetworkGossip) and d.msg.nums is not None:
+            assert list(d.msg.nums) == [a.num for a in d.msg.attachments]
+            numbered += 1
         check()
 
     net.observer = observe
     _scenario(net, random.Random(seed), check)
     assert len(seen) > 20
-    assert (numbered > 50) if objects else (numbered == 0)  # decoded: no numbers
+    if objects:  # some receptions were of records already held, found by their bytes
+        assert numbered > 20 and any(t._held_entries.count(1) for t in net.nodes.values())
 
 
 @pytest.mark.parametrize("objects", [False, True], ids=["wire", "objects"])
@@ -213,15 +199,15 @@ def test_held_bytes_match_every_nodes_maps(seed: int, objects: bool) -> None:
 def test_held_bytes_change_nothing_a_node_does(
     seed: int, objects: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same scenario with the held bytes, without the messages' record numbers (as
-    objects), and with the maps alone: the same deliveries, events, final views and
-    dropped counts."""
+    """The same scenario with the held bytes, without the gossip messages' kept record
+    numbers (as objects, where they are kept), and with the maps alone: the same
+    deliveries, events, final views and dropped counts."""
     runs = []
     for how in ("bytes", "no numbers", "maps"):
         if how == "no numbers":
             if not objects:
-                continue  # decoded messages carry none anyway
-            monkeypatch.setattr(tables_mod, "_numbered", lambda msg, name, records: None)
+                continue  # a decoded message is read by one receiver: nothing kept
+            monkeypatch.setattr(tables_mod, "_gossip_numbers", lambda msg, atts: None)
         if how == "maps":
 
             def no_bytes(held, records, nums=None):  # type: ignore[no-untyped-def]
@@ -237,7 +223,8 @@ def test_held_bytes_change_nothing_a_node_does(
                 {n: (net.view(n, "n"), t.dropped) for n, t in net.nodes.items()},
             )
         )
-    assert all(run == runs[0] for run in runs[1:]) and len(runs) == (3 if objects else 2)
+    assert len(runs) == (3 if objects else 2)
+    assert all(run == runs[0] for run in runs[1:])
     assert len(runs[0][0]) > 500
 
 
@@ -288,56 +275,29 @@ def test_record_numbers_stay_unique_when_records_come_and_go_on_two_threads() ->
     assert max(e.num for e in live) < record_numbers_end()
 
 
-def test_a_message_carries_its_records_numbers_from_the_node_that_built_it() -> None:
-    """Gossip and bulk syncs a node builds carry their records' numbers; a receiver
-    handed the very message holds what it would from the records alone, and then finds
-    nothing new in it. The numbers are not on the wire; a decoded or hand-made message
-    has none and is judged record by record, a malformed record dropped."""
-    a, b = (Tables(name=x, addr=x, config=CFG, rng=random.Random(1)) for x in "ab")
-    a.member_alive("b", "b", 0, 0.0)
-    b.member_alive("a", "a", 0, 0.0)
-    b.join_network("n", 0.0)
-    a.join_network("n", 0.0)
-    b_att = b.attachments("n")["b"]
-    a.receive("b", NetworkGossip(source="b", attachments=(b_att,)), 0.0)  # b: a's peer on n
-    a.create_entry("n", "t", "k", {"ip": "10.0.0.1"}, 0.0)
-    a.start(0.0)
-    msgs: list[object] = []
-    now = 0.0
-    while now < 1.5:  # gossip rounds, and a bulk-sync round (interval 1 s)
-        now = max(now, a.next_timer() or now + 0.1)
-        a.handle_timer(now)
-        msgs += [s.msg for s in a.take_sends()]
-    assert {TableGossip, NetworkGossip, BulkSync} <= {type(m) for m in msgs}
-    for m in msgs:
-        for nums, records in _numbers_of(m):
-            assert nums is not None and list(nums) == [r.num for r in records]
-            assert getattr(decode(encode(m)), _field_of(m, records)) is None  # not on the wire
-    bulk = next(m for m in msgs if isinstance(m, BulkSync) and m.entries)
-    assert b.receive("a", bulk, 1.6)
-    assert b.entry("n", "t", "k") is a.entry("n", "t", "k")  # the very object
-    assert b.attachments("n")["a"] is a.attachments("n")["a"]
-    gossip = next(m for m in msgs if isinstance(m, TableGossip))
-    assert not b.receive("a", gossip, 1.7)  # every record held: nothing to do
-    b.take_events()
-    b.receive("a", bulk, 1.8)
-    assert b.take_events() == [] and b.dropped == 0
-
+def test_a_gossip_messages_numbers_are_read_once_and_serve_every_receiver() -> None:
+    """The first receiver of an attachment gossip keeps its records' numbers in the
+    message; a second receiver reads them and holds what the first did. A malformed
+    record leaves no numbers, and the record is dropped, the others merged."""
     atts = tuple(
-        NetworkAttachment(node=f"h{i}", network="n", ltime=1, leaving=False) for i in range(3)
+        NetworkAttachment(node=f"h{i}", network="n", ltime=1, leaving=False, epoch=0, entry_clock=0)
+        for i in range(5)
     )
+    msg = NetworkGossip(source="h0", attachments=atts)
+    assert msg.nums is None and msg == NetworkGossip(source="h0", attachments=atts)
+    nodes = [Tables(name=x, addr=x, config=TableConfig(), rng=random.Random(1)) for x in "ab"]
+    for t in nodes:
+        assert t.receive("h0", msg, 0.0)
+        assert list(msg.nums) == [a.num for a in atts]
+        assert t.attachments("n") == {a.node: a for a in atts}
+        assert not t.receive("h0", msg, 0.1)  # every record held now: nothing to do
+    assert decode(encode(msg)).nums is None  # not on the wire
+
     bad = NetworkGossip(source="h0", attachments=(atts[0], "junk", atts[1]))  # type: ignore[arg-type]
-    assert bad.nums is None
     t = Tables(name="c", addr="c", config=TableConfig(), rng=random.Random(1))
     t.receive("h0", bad, 0.0)
-    assert t.dropped == 1 and set(t.attachments("n")) == {"h0", "h1"}
-
-
-def _field_of(msg: object, records: tuple) -> str:
-    """The name of ``msg``'s record-number field for ``records``."""
-    if isinstance(msg, BulkSync):
-        return "att_nums" if records is msg.attachments else "entry_nums"
-    return "nums"
+    assert bad.nums is None and t.dropped == 1
+    assert set(t.attachments("n")) == {"h0", "h1"}
 
 
 def test_a_record_is_checked_once_and_a_malformed_one_never() -> None:
