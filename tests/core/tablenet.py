@@ -7,8 +7,8 @@ Unreliable sends are lost with probability ``loss``; every send gets a random de
 reliable sends (bulk sync) are never lost at random but are cut by partitions.
 
 With ``objects=True`` a receiver gets the very message object that was sent, as in the
-simulator (records shared between nodes, derived fields such as record numbers kept);
-each message is still encoded, so the size and limit checks hold either way.
+simulator (derived fields such as a message's record numbers are kept); each message
+is still encoded, so the size and limit checks hold either way.
 """
 
 from __future__ import annotations

@@ -139,8 +139,8 @@ def _scenario(net: TableNet, rng: random.Random, check) -> None:  # type: ignore
 @pytest.mark.parametrize("objects", [False, True], ids=["wire", "objects"])
 @pytest.mark.parametrize("seed", range(6))
 def test_held_bytes_match_every_nodes_maps(seed: int, objects: bool) -> None:
-    """Over the wire every received record is a new object; as objects (the simulator)
-    nodes share them, so the held bytes answer "already held" for most receptions."""
+    """Over the wire (as the agent: its decoder interns records) and as objects (as the
+    simulator: every receiver gets the very message, its derived fields kept)."""
     net = TableNet(seed, loss=0.1, objects=objects)
     seen: dict[int, object] = {}  # every record object offered to or stored by a node
 
@@ -190,8 +190,7 @@ def test_held_bytes_match_every_nodes_maps(seed: int, objects: bool) -> None:
     net.observer = observe
     _scenario(net, random.Random(seed), check)
     assert len(seen) > 20
-    if objects:  # some receptions were of records already held, found by their bytes
-        assert numbered > 20 and any(t._held_entries.count(1) for t in net.nodes.values())
+    assert numbered > 20
 
 
 @pytest.mark.parametrize("objects", [False, True], ids=["wire", "objects"])
@@ -206,7 +205,7 @@ def test_held_bytes_change_nothing_a_node_does(
     for how in ("bytes", "no numbers", "maps"):
         if how == "no numbers":
             if not objects:
-                continue  # a decoded message is read by one receiver: nothing kept
+                continue  # each receiver decodes its own copy: no numbers to share
             monkeypatch.setattr(tables_mod, "_gossip_numbers", lambda msg, atts: None)
         if how == "maps":
 
