@@ -128,6 +128,7 @@ def test_frozen_heap_freezes_each_full_collections_survivors_and_gives_all_back(
     class Cycle:
         __slots__ = ("me", "__weakref__")
 
+    before = gc.get_threshold()
     with frozen_heap():
         frozen = gc.get_freeze_count()
         kept = [[i] for i in range(1000)]  # long-lived state made during the run
@@ -139,4 +140,14 @@ def test_frozen_heap_freezes_each_full_collections_survivors_and_gives_all_back(
         gc.collect(2)
         assert all(r() is None for r in refs)
         assert gc.get_freeze_count() >= frozen + len(kept)
+        # Young cycles are still collected on their own, without an explicit collect.
+        more = [Cycle() for _ in range(100)]
+        for g in more:
+            g.me = g
+        refs = [weakref.ref(g) for g in more]
+        del more, g
+        churn = [[i] for i in range(50_000)]  # allocations: young collections come due
+        assert all(r() is None for r in refs)
+        del churn
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
