@@ -310,7 +310,8 @@ def _not_holding(held: bytearray, records: tuple | list, nums: array | None = No
 
 def _gossip_numbers(msg: NetworkGossip, atts: tuple | list) -> array | None:
     """The record numbers of ``atts`` (``msg``'s attachments), kept in the message for
-    its other receivers; None if a record has none (malformed)."""
+    any later reader of it (in the simulator today there is none: each copy is its own
+    message); None if a record has none (malformed)."""
     nums = msg.nums
     if nums is None:
         try:

@@ -442,9 +442,10 @@ class NetworkGossip(Message):
     source: str
     attachments: tuple[NetworkAttachment, ...] = ()
     #: The attachments' record numbers (an ``array``), filled by the first receiver that
-    #: checks which of them it holds: a gossip message goes to several peers, and each
-    #: then reads one small array instead of every record object. Derived: not on the
-    #: wire nor compared.
+    #: checks which of them it holds, for any later reader of the same object. Since each
+    #: gossip copy became a message of its own (filled for its one target) no second
+    #: receiver reads it in the simulator (docs/scale.md, twenty-first round): a candidate
+    #: for removal. Derived: not on the wire nor compared.
     nums: Any = field(default=None, init=False, repr=False, compare=False)
 
 
