@@ -230,7 +230,13 @@ def _thp_mode() -> str:
 
 
 def run_endpoints(
-    n: int, seconds: float, preset: str, seed: int, churn: float, progress: float = 0.0
+    n: int,
+    seconds: float,
+    preset: str,
+    seed: int,
+    churn: float,
+    progress: float = 0.0,
+    huge_pages: bool = True,
 ) -> dict:
     """One user-shaped run through the scenario runner's world (observers included).
 
@@ -264,7 +270,7 @@ def run_endpoints(
     obs.received = received
     world.start(plan(scenario, seed))  # boot, then the timeline (churn) as a process
     boot_wall = time.perf_counter() - t0
-    with frozen_heap():
+    with frozen_heap(huge_pages) as collapse:
         t1 = time.perf_counter()
         steps = [seconds]
         if progress > 0:
@@ -312,6 +318,7 @@ def run_endpoints(
         "rss_mb": rss_mb,
         "rss_kb_per_node": rss_mb * 1024 / n,
         "huge_mb": huge_mb,
+        "heap_pages": "off: --small-pages" if collapse is None else collapse.status,
     }
 
 
@@ -328,6 +335,7 @@ def _endpoint_line(r: dict) -> str:
         f"converged {r['converged']}/{r['commits']} p50 {p50} s max {mx} s  "
         f"rss {r['rss_mb']:.0f} MB ({r['rss_kb_per_node']:.0f} KB/node)"
         + ("" if r.get("huge_mb") is None else f", {r['huge_mb']:.0f} MB in huge pages at the end")
+        + (f" (heap collapse {r['heap_pages']})" if "heap_pages" in r else "")
     )
 
 
@@ -355,6 +363,8 @@ def _endpoints_main(args: argparse.Namespace) -> int:
             cmd += ["--profile", f"{args.profile}.{n}"]
         if args.progress:
             cmd += ["--progress", str(args.progress)]
+        if args.small_pages:
+            cmd += ["--small-pages"]
         # stderr passes through: progress lines, and a failure's own message.
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
         if proc.returncode != 0:
@@ -383,14 +393,18 @@ def _one(args: argparse.Namespace) -> int:
 
         prof = cProfile.Profile()
         prof.enable()
-        r = run_endpoints(args.one, args.seconds, args.preset, args.seed, args.churn, args.progress)
+        r = run_endpoints(
+            args.one, args.seconds, args.preset, args.seed, args.churn, args.progress,
+            not args.small_pages,
+        )  # fmt: skip
         prof.disable()
         prof.dump_stats(args.profile)
     else:
         try:
             r = run_endpoints(
-                args.one, args.seconds, args.preset, args.seed, args.churn, args.progress
-            )
+                args.one, args.seconds, args.preset, args.seed, args.churn, args.progress,
+                not args.small_pages,
+            )  # fmt: skip
         except MemoryError:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(
@@ -430,6 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         "later, transparent huge pages not 'never'): the per-node state in 2 MiB pages, "
         "fewer TLB misses at 10,000 hosts (docs/scale.md, twenty-first round); the result "
         "line says how much ended in huge pages",
+    )  # fmt: skip
+    ap.add_argument(
+        "--small-pages", action="store_true",
+        help="endpoint runs: leave the heap on small pages (the simulator otherwise asks "
+        "the kernel to move it onto huge pages, overlaysim/sim/hugepages.py): for A/B "
+        "timings of that placement",
     )  # fmt: skip
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -66,54 +66,71 @@ def _as_column(items: Iterable[int]) -> array:
 class _Bucket:
     """Items sent the same number of times, in queue order (oldest first), by column."""
 
-    __slots__ = ("recs", "seqs", "sizes")
+    __slots__ = ("recs", "seqs", "sizes", "nums")
 
     def __init__(self) -> None:
         self.recs: list[Any] = []
         self.seqs: array = _seq_array()
         self.sizes: array = _seq_array()
+        self.nums: array = _seq_array()
 
     def __len__(self) -> int:
         return len(self.recs)
 
-    def cut(self, p: int) -> tuple[list[Any], array, array]:
+    def cut(self, p: int) -> tuple[list[Any], array, array, array]:
         """Remove and return the items from position ``p`` on (oldest first)."""
-        out = (self.recs[p:], self.seqs[p:], self.sizes[p:])
-        del self.recs[p:], self.seqs[p:], self.sizes[p:]
+        out = (self.recs[p:], self.seqs[p:], self.sizes[p:], self.nums[p:])
+        del self.recs[p:], self.seqs[p:], self.sizes[p:], self.nums[p:]
         return out
 
     def remove_at(self, j: int) -> None:
-        del self.recs[j], self.seqs[j], self.sizes[j]
+        del self.recs[j], self.seqs[j], self.sizes[j], self.nums[j]
 
-    def insert(self, p: int, recs: list, seqs: list, sizes: list) -> None:
+    def insert(self, p: int, recs: list, seqs: list, sizes: list, nums: list) -> None:
         """Insert the items (in order) before position ``p``."""
-        self.replace(p, p, recs, seqs, sizes)
+        self.replace(p, p, recs, seqs, sizes, nums)
 
-    def replace(self, p: int, q: int, recs: list, seqs: list, sizes: list) -> None:
+    def replace(self, p: int, q: int, recs: list, seqs: list, sizes: list, nums: list) -> None:
         """Put the items (in order) in place of positions ``p`` to ``q`` (excluded)."""
         self.recs[p:q] = recs
         self.seqs[p:q] = _as_column(seqs)
         self.sizes[p:q] = _as_column(sizes)
+        self.nums[p:q] = _as_column(nums)
 
-    def extend(self, recs: list, seqs: Iterable[int], sizes: Iterable[int]) -> None:
+    def extend(
+        self, recs: list, seqs: Iterable[int], sizes: Iterable[int], nums: Iterable[int]
+    ) -> None:
         self.recs.extend(recs)
         self.seqs.extend(seqs)
         self.sizes.extend(sizes)
+        self.nums.extend(nums)
 
 
 #: Items taken from one bucket by a packet, in queue order (oldest first, as in the
 #: bucket, so moving them on is a slice copy): (bucket, records, sequence numbers,
-#: sizes).
-_Taken = tuple[int, list[Any], "array | list[int]", "array | list[int]"]
+#: sizes, record numbers).
+_Taken = tuple[int, list[Any], "array | list[int]", "array | list[int]", "array | list[int]"]
+
+
+def _no_number(record: Any) -> int:
+    return 0
 
 
 class TransmitLimitedQueue:
     """Priority queue of records to piggyback, bounded by a retransmit budget."""
 
-    def __init__(self, retransmit_mult: int, key: Callable[[Any], int]) -> None:
+    def __init__(
+        self,
+        retransmit_mult: int,
+        key: Callable[[Any], int],
+        number: Callable[[Any], int] = _no_number,
+    ) -> None:
         self.retransmit_mult = retransmit_mult
         #: A record's key number (>= 0): records with equal keys replace each other.
         self.key = key
+        #: A record's number (core/wire.py), kept beside it and handed out with it
+        #: (``taken_nums``), so a receiver's held check need not read the record.
+        self.number = number
         # _buckets[t]: items sent t times, in queue order (oldest first).
         self._buckets: list[_Bucket] = [_Bucket()]
         # Key number -> sequence number of its item, 0 where none is queued.
@@ -123,6 +140,9 @@ class TransmitLimitedQueue:
         self._min_size = 1 << 30  # smallest record queued: bounds how many can fit
         #: Bytes of the records the last :meth:`get` took (their sizes as queued).
         self.taken_size = 0
+        #: The numbers (``number``) of the records the last :meth:`get` took, in the
+        #: order it returned them.
+        self.taken_nums: array = _seq_array()
 
     def __len__(self) -> int:
         return self._count
@@ -159,6 +179,7 @@ class TransmitLimitedQueue:
         b.recs.append(record)
         b.seqs.append(seq)
         b.sizes.append(size)
+        b.nums.append(self.number(record))
 
     def get(self, n: int, overhead: int, limit: int) -> list[Any]:
         """Take records fitting in ``limit - overhead`` bytes; count one transmit each.
@@ -171,6 +192,7 @@ class TransmitLimitedQueue:
         budget = limit - overhead
         out: list[Any] = []
         self.taken_size = 0
+        taken_nums = self.taken_nums = _seq_array()
         if budget <= 0 or not self._count:
             return out
         start = budget
@@ -190,10 +212,11 @@ class TransmitLimitedQueue:
                 acc = list(accumulate(islice(reversed(bucket.sizes), cap)))
                 k = bisect_right(acc, budget)
                 if k:
-                    recs, seqs, sizes = bucket.cut(len(bucket) - k)
+                    recs, seqs, sizes, nums = bucket.cut(len(bucket) - k)
                     budget -= acc[k - 1]
                     out.extend(reversed(recs))  # newest first
-                    moved.append((t, recs, seqs, sizes))
+                    taken_nums.extend(nums[::-1])
+                    moved.append((t, recs, seqs, sizes, nums))
                 if budget < smallest:
                     break
                 if not bucket.recs:
@@ -222,9 +245,11 @@ class TransmitLimitedQueue:
                 asc = taken[::-1]
                 seqs = [bucket.seqs[j] for j in asc]
                 tsizes = [sizes[j] for j in asc]
+                tnums = [bucket.nums[j] for j in asc]
+                taken_nums.extend(reversed(tnums))
                 for j in taken:  # descending positions: each removal leaves the rest in place
                     bucket.remove_at(j)
-                moved.append((t, recs, seqs, tsizes))
+                moved.append((t, recs, seqs, tsizes, tnums))
             if stop:
                 break
         if moved:
@@ -246,7 +271,7 @@ class TransmitLimitedQueue:
     def _advance(self, moved: list[_Taken], max_tx: int) -> None:
         """Count one transmit for each taken item: next bucket, or gone at ``max_tx``."""
         buckets = self._buckets
-        for t, recs, seqs, sizes in moved:
+        for t, recs, seqs, sizes, nums in moved:
             if t + 1 >= max_tx:
                 index = self._index
                 for k in map(self.key, recs):
@@ -262,16 +287,16 @@ class TransmitLimitedQueue:
             nxt = buckets[t + 1]
             # Taken columns and buckets are both oldest first.
             if len(nxt) and nxt.seqs[-1] > seqs[0]:
-                _merge_into(nxt, recs, seqs, sizes)
+                _merge_into(nxt, recs, seqs, sizes, nums)
             else:
-                nxt.extend(recs, seqs, sizes)
+                nxt.extend(recs, seqs, sizes, nums)
 
 
 #: Above this many separate runs, merging the span row by row beats one slice each.
 _MAX_RUNS = 8
 
 
-def _merge_into(nxt: _Bucket, recs: list, seqs: list, sizes: list) -> None:
+def _merge_into(nxt: _Bucket, recs: list, seqs: list, sizes: list, nums: list) -> None:
     """Merge taken items (ascending sequence numbers) into bucket ``nxt`` (ascending).
 
     Sequence numbers are unique, so the order is total. Each taken item goes where its
@@ -287,7 +312,7 @@ def _merge_into(nxt: _Bucket, recs: list, seqs: list, sizes: list) -> None:
     first = bisect_right(nseqs, seqs[0])
     last = bisect_right(nseqs, seqs[-1], first)
     if first == last:
-        nxt.insert(first, recs, seqs, sizes)
+        nxt.insert(first, recs, seqs, sizes, nums)
         return
     n = len(seqs)
     pos = list(map(bisect_right, repeat(nseqs, n), seqs, repeat(first, n), repeat(last, n)))
@@ -296,15 +321,15 @@ def _merge_into(nxt: _Bucket, recs: list, seqs: list, sizes: list) -> None:
     if len(starts) <= _MAX_RUNS:
         end = len(pos)
         for i in reversed(starts):  # last run first: earlier positions stay valid
-            nxt.insert(pos[i], recs[i:end], seqs[i:end], sizes[i:end])
+            nxt.insert(pos[i], recs[i:end], seqs[i:end], sizes[i:end], nums[i:end])
             end = i
         return
-    span = (nseqs[first:last], nxt.recs[first:last], nxt.sizes[first:last])
+    span = (nseqs[first:last], nxt.recs[first:last], nxt.sizes[first:last], nxt.nums[first:last])
     rows = list(zip(*span, strict=True))
-    rows.extend(zip(seqs, recs, sizes, strict=True))
+    rows.extend(zip(seqs, recs, sizes, nums, strict=True))
     rows.sort(key=_seq_of)
-    s_, r_, z_ = zip(*rows, strict=True)
-    nxt.replace(first, last, list(r_), list(s_), list(z_))
+    s_, r_, z_, n_ = zip(*rows, strict=True)
+    nxt.replace(first, last, list(r_), list(s_), list(z_), list(n_))
 
 
 _seq_of = itemgetter(0)

@@ -420,6 +420,11 @@ class TableGossip(Message):
     source: str
     network: str
     entries: tuple[Entry, ...] = ()
+    #: The entries' record numbers (an ``array``, in order), handed out by the sender's
+    #: broadcast queue with them (core/queue.py keeps each record's number beside it),
+    #: so receivers' held checks need not read the records. None for a message that came
+    #: off the wire. Derived: not on the wire nor compared.
+    nums: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -432,6 +437,19 @@ class BulkSync(Message):
     networks: tuple[str, ...] = ()
     attachments: tuple[NetworkAttachment, ...] = ()
     entries: tuple[Entry, ...] = ()
+    #: The sender's held bytes (core/tables.py) for attachments and for entries when it
+    #: made the message, ``bytes`` copies in which each of its records is marked: a
+    #: receiver that holds every record so marked holds every record of the message
+    #: and need not read them (see ``Tables._on_bulk_sync``). None for a message that
+    #: came off the wire. Derived: not on the wire nor compared.
+    att_marks: Any = field(default=None, init=False, repr=False, compare=False)
+    entry_marks: Any = field(default=None, init=False, repr=False, compare=False)
+    #: The records' numbers (``array``s, in the order of ``attachments`` and
+    #: ``entries``), kept by the sender beside its records, so a receiver's held check
+    #: need not read the records; None off the wire (and ``entry_nums`` None when the
+    #: sender had hidden records). Derived: not on the wire nor compared.
+    att_nums: Any = field(default=None, init=False, repr=False, compare=False)
+    entry_nums: Any = field(default=None, init=False, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -441,11 +459,9 @@ class NetworkGossip(Message):
     TYPE: ClassVar[MsgType] = MsgType.NETWORK_GOSSIP
     source: str
     attachments: tuple[NetworkAttachment, ...] = ()
-    #: The attachments' record numbers (an ``array``), filled by the first receiver that
-    #: checks which of them it holds, for any later reader of the same object. Since each
-    #: gossip copy became a message of its own (filled for its one target) no second
-    #: receiver reads it in the simulator (docs/scale.md, twenty-first round): a candidate
-    #: for removal. Derived: not on the wire nor compared.
+    #: The attachments' record numbers (an ``array``, in order), handed out by the
+    #: sender's broadcast queue with them, as ``TableGossip.nums``. None for a message
+    #: that came off the wire. Derived: not on the wire nor compared.
     nums: Any = field(default=None, init=False, repr=False, compare=False)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import random
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from overlaysim.scenario.sites import site_pair, sites_of
 from overlaysim.scenario.steps import Step
 from overlaysim.scenario.timeline import Plan, plan
 from overlaysim.sim.engine import Observer, SimCluster
+from overlaysim.sim.hugepages import HeapCollapser
 from overlaysim.sim.underlay import Underlay
 from overlaysim.world.container import Container
 from overlaysim.world.dryrun import network_spec
@@ -499,8 +500,11 @@ def run_observed(scenario: Scenario, seed: int, tap: Callable[[Observer], Observ
 
 
 @contextlib.contextmanager
-def frozen_heap():
-    """Keep the cyclic garbage collector off the cluster's long-lived state.
+def frozen_heap(huge_pages: bool = True) -> Iterator[HeapCollapser | None]:
+    """Keep the cyclic garbage collector off the cluster's long-lived state, and (with
+    ``huge_pages``) the heap on huge pages where the kernel allows it (see
+    overlaysim/sim/hugepages.py; asked after a collection, at most every
+    ``_COLLAPSE_EVERY`` wall seconds). Yields the :class:`HeapCollapser`, or None.
 
     A simulated cluster holds millions of long-lived objects (N x N member views);
     every full collection would walk them all, a cost that grows with N and dominated
@@ -523,14 +527,18 @@ def frozen_heap():
     gc.freeze()
     thresholds = gc.get_threshold()
     gc.set_threshold(_YOUNG_THRESHOLD, *thresholds[1:])
+    collapse = HeapCollapser(_COLLAPSE_EVERY) if huge_pages else None
 
     def refreeze(phase: str, info: dict) -> None:
-        if phase == "stop" and info["generation"] == 2:
-            gc.freeze()
+        if phase == "stop":
+            if info["generation"] == 2:
+                gc.freeze()
+            if collapse is not None:
+                collapse()  # rate-limited: a clock read on most calls
 
     gc.callbacks.append(refreeze)
     try:
-        yield
+        yield collapse
     finally:
         gc.callbacks.remove(refreeze)
         gc.set_threshold(*thresholds)
@@ -540,6 +548,8 @@ def frozen_heap():
 #: Allocations between collections of the youngest generation during a run (see
 #: :func:`frozen_heap`; the interpreter's default is 700).
 _YOUNG_THRESHOLD = 10_000
+#: Wall seconds between two requests to move the heap onto huge pages.
+_COLLAPSE_EVERY = 5.0
 
 
 def _run_env(env: simpy.Environment, duration: float, progress: bool, name: str) -> None:

@@ -25,6 +25,7 @@ from overlaysim.core.config import TableConfig
 from overlaysim.core.tables import Tables
 from overlaysim.core.wire import (
     MAX_DATAGRAM,
+    BulkSync,
     Entry,
     NetworkAttachment,
     NetworkGossip,
@@ -175,22 +176,36 @@ def test_held_bytes_match_every_nodes_maps(seed: int, objects: bool) -> None:
                 held = [r for r, h in zip(records, want, strict=True) if h and isinstance(r, kind)]
                 assert keep(mix) == [r for r in mix if not _holds_by_maps(t, r)]
                 assert keep(held) == []
+            # The numbers kept beside the records, in the records' order.
+            for st in t._nets.values():
+                assert list(st.nums) == [r.entry.num for r in st.records.values()]
+            assert list(t._att_nums) == list(t._attach)
+            for network, recs in t._attach.items():
+                assert list(t._att_nums[network]) == [a.num for a in recs.values()]
 
     numbered = 0
+    bulk_numbered = 0
 
     def observe(d) -> None:  # type: ignore[no-untyped-def]
-        nonlocal numbered
+        nonlocal numbered, bulk_numbered
         for r in (*getattr(d.msg, "entries", ()), *getattr(d.msg, "attachments", ())):
             seen[id(r)] = r
-        if isinstance(d.msg, NetworkGossip) and d.msg.nums is not None:
-            assert list(d.msg.nums) == [a.num for a in d.msg.attachments]
+        if isinstance(d.msg, (NetworkGossip, TableGossip)) and d.msg.nums is not None:
+            records = getattr(d.msg, "attachments", None) or d.msg.entries
+            assert list(d.msg.nums) == [r.num for r in records]
             numbered += 1
+        if isinstance(d.msg, BulkSync) and d.msg.att_nums is not None:
+            assert list(d.msg.att_nums) == [a.num for a in d.msg.attachments]
+            if d.msg.entry_nums is not None:
+                assert list(d.msg.entry_nums) == [e.num for e in d.msg.entries]
+                bulk_numbered += bool(d.msg.entries)
         check()
 
     net.observer = observe
     _scenario(net, random.Random(seed), check)
     assert len(seen) > 20
-    assert numbered > 20
+    assert (numbered > 20) == objects  # off the wire a message carries no numbers
+    assert (bulk_numbered > 5) == objects
 
 
 @pytest.mark.parametrize("objects", [False, True], ids=["wire", "objects"])
@@ -199,14 +214,35 @@ def test_held_bytes_change_nothing_a_node_does(
     seed: int, objects: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same scenario with the held bytes, without the gossip messages' kept record
-    numbers (as objects, where they are kept), and with the maps alone: the same
-    deliveries, events, final views and dropped counts."""
+    numbers and the bulk syncs' marks (as objects, where they travel), and with the
+    maps alone: the same deliveries, events, final views and dropped counts."""
     runs = []
-    for how in ("bytes", "no numbers", "maps"):
+    covered = 0
+    covers = tables_mod._covers
+
+    def counting(held, marks):  # type: ignore[no-untyped-def]
+        nonlocal covered
+        got = covers(held, marks)
+        covered += got
+        return got
+
+    monkeypatch.setattr(tables_mod, "_covers", counting)
+    for how in ("bytes", "no numbers", "no marks", "maps"):
+        if how in ("no numbers", "no marks") and not objects:
+            continue  # each receiver decodes its own copy: nothing travels with it
         if how == "no numbers":
-            if not objects:
-                continue  # each receiver decodes its own copy: no numbers to share
-            monkeypatch.setattr(tables_mod, "_gossip_numbers", lambda msg, atts: None)
+            monkeypatch.setattr(tables_mod, "_taken_numbers", lambda q: None)
+            made = Tables._bulk_msg
+
+            def unnumbered(self, networks, reply):  # type: ignore[no-untyped-def]
+                msg = made(self, networks, reply)
+                object.__setattr__(msg, "att_nums", None)
+                object.__setattr__(msg, "entry_nums", None)
+                return msg
+
+            monkeypatch.setattr(Tables, "_bulk_msg", unnumbered)
+        if how in ("no marks", "maps"):
+            monkeypatch.setattr(tables_mod, "_covers", lambda held, marks: False)
         if how == "maps":
 
             def no_bytes(held, records, nums=None):  # type: ignore[no-untyped-def]
@@ -222,7 +258,10 @@ def test_held_bytes_change_nothing_a_node_does(
                 {n: (net.view(n, "n"), t.dropped) for n, t in net.nodes.items()},
             )
         )
-    assert len(runs) == (3 if objects else 2)
+        if how == "bytes":
+            # As objects, bulk syncs were skipped whole on their marks; off the wire never.
+            assert (covered > 0) == objects
+    assert len(runs) == (4 if objects else 2)
     assert all(run == runs[0] for run in runs[1:])
     assert len(runs[0][0]) > 500
 
@@ -274,28 +313,47 @@ def test_record_numbers_stay_unique_when_records_come_and_go_on_two_threads() ->
     assert max(e.num for e in live) < record_numbers_end()
 
 
-def test_a_gossip_messages_numbers_are_read_once_and_serve_every_receiver() -> None:
-    """The first receiver of an attachment gossip keeps its records' numbers in the
-    message; a second receiver reads them and holds what the first did. A malformed
-    record leaves no numbers, and the record is dropped, the others merged."""
+def test_gossip_carries_its_records_numbers_from_the_senders_queue() -> None:
+    """A node's gossip rounds hand each message its records' numbers, kept by the
+    broadcast queue beside the records; a receiver then holds exactly what it would
+    reading the records. A message built by hand or decoded off the wire has none, and
+    its records are read (a malformed one dropped, the others merged)."""
+    a, b = (Tables(name=x, addr=x, config=TableConfig(), rng=random.Random(1)) for x in "ab")
+    for t, other in ((a, b), (b, a)):
+        t.start(0.0)
+        t.member_alive(other.name, other.addr, 0, 0.0)
+    a.join_network("n", 0.0)
+    b.join_network("n", 0.0)
+    sent = []
+    now = 0.0
+    for step in range(40):
+        if step == 10:
+            a.create_entry("n", "ep", "k1", {"ip": "1"}, now)
+        now += 0.2
+        for t, other in ((a, b), (b, a)):
+            t.handle_timer(now)
+            for out in t.take_sends():
+                if isinstance(out.msg, (NetworkGossip, TableGossip)):
+                    sent.append(out.msg)
+                other.receive(t.addr, out.msg, now)
+    assert {type(m) for m in sent} == {NetworkGossip, TableGossip}
+    for m in sent:
+        records = getattr(m, "attachments", None) or m.entries
+        assert m.nums is not None and list(m.nums) == [r.num for r in records]
+        assert decode(encode(m)).nums is None  # not on the wire
+        assert m == decode(encode(m))  # nor compared
+    assert b.entry("n", "ep", "k1") is not None and "a" in b.attachments("n")
+    assert all(not t.receive("x", m, now) for m in sent for t in (a, b))  # all held now
+
     atts = tuple(
         NetworkAttachment(node=f"h{i}", network="n", ltime=1, leaving=False, epoch=0, entry_clock=0)
-        for i in range(5)
+        for i in range(3)
     )
-    msg = NetworkGossip(source="h0", attachments=atts)
-    assert msg.nums is None and msg == NetworkGossip(source="h0", attachments=atts)
-    nodes = [Tables(name=x, addr=x, config=TableConfig(), rng=random.Random(1)) for x in "ab"]
-    for t in nodes:
-        assert t.receive("h0", msg, 0.0)
-        assert list(msg.nums) == [a.num for a in atts]
-        assert t.attachments("n") == {a.node: a for a in atts}
-        assert not t.receive("h0", msg, 0.1)  # every record held now: nothing to do
-    assert decode(encode(msg)).nums is None  # not on the wire
-
     bad = NetworkGossip(source="h0", attachments=(atts[0], "junk", atts[1]))  # type: ignore[arg-type]
+    assert bad.nums is None
     t = Tables(name="c", addr="c", config=TableConfig(), rng=random.Random(1))
     t.receive("h0", bad, 0.0)
-    assert bad.nums is None and t.dropped == 1
+    assert t.dropped == 1
     assert set(t.attachments("n")) == {"h0", "h1"}
 
 
@@ -333,3 +391,36 @@ def test_a_record_is_checked_once_and_a_malformed_one_never() -> None:
     before = t.dropped
     t.receive("h1", TableGossip(source="h1", network="n", entries=(Impostor(),)), 0.3)  # type: ignore[arg-type]
     assert t.dropped == before + 1
+
+
+def test_a_bulk_sync_whose_marks_a_node_covers_is_not_read_record_by_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bulk sync made here carries its sender's held bytes as marks. A receiver that
+    holds every marked record skips the message's records unread; one record it lacks
+    and it reads them all and merges that one; off the wire there are no marks."""
+    a, b = (Tables(name=x, addr=x, config=TableConfig(), rng=random.Random(1)) for x in "ab")
+    for t, other in ((a, b), (b, a)):
+        t.member_alive(other.name, other.addr, 0, 0.0)
+        t.join_network("n", 0.0)
+    a.create_entry("n", "ep", "k1", {"ip": "1"}, 0.1)
+    read: list[int] = []
+    plain = Tables._entries_not_held
+
+    def reading(self, entries, nums=None):  # type: ignore[no-untyped-def]
+        read.append(len(entries))
+        return plain(self, entries, nums)
+
+    monkeypatch.setattr(Tables, "_entries_not_held", reading)
+    first = a._bulk_msg(["n"], True)
+    assert first.att_marks is not None and first.entry_marks is not None
+    b.receive("a", first, 0.2)
+    assert read == [1] and b.entry("n", "ep", "k1") is first.entries[0]
+    b.receive("a", a._bulk_msg(["n"], True), 0.3)  # nothing new: covered
+    assert read == [1, 0]
+    a.create_entry("n", "ep", "k2", {"ip": "2"}, 0.4)
+    b.receive("a", a._bulk_msg(["n"], True), 0.5)
+    assert read == [1, 0, 2] and b.entry("n", "ep", "k2") is not None
+    wire = decode(encode(a._bulk_msg(["n"], True)))
+    assert wire.att_marks is None and wire.entry_marks is None  # type: ignore[attr-defined]
+    assert wire == a._bulk_msg(["n"], True)  # not compared either

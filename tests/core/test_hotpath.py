@@ -113,7 +113,11 @@ def _against_heap_queue(seed: int, steps: int) -> None:
     for mult in (1, 2, 4):
         ref, q = (
             _HeapQueue(mult),
-            TransmitLimitedQueue(mult, key=operator.attrgetter("key_number.num")),
+            TransmitLimitedQueue(
+                mult,
+                key=operator.attrgetter("key_number.num"),
+                number=operator.attrgetter("num"),
+            ),
         )
         # Versions of one entry share its key, so a newer one replaces an older one.
         records = [_entry(i) for i in range(60)]
@@ -126,7 +130,10 @@ def _against_heap_queue(seed: int, steps: int) -> None:
             else:
                 n = rng.choice((3, 50, 2000))
                 limit = rng.choice((60, 200, 1400))
-                assert q.get(n, 10, limit) == ref.get(n, 10, limit)
+                got = q.get(n, 10, limit)
+                assert got == ref.get(n, 10, limit)
+                # Each record's number is handed out beside it, read when it was queued.
+                assert list(q.taken_nums) == [r.num for r in got]
                 assert len(q) == len(ref.by_key)
                 for bucket in q._buckets:  # each bucket oldest first (ascending sequence)
                     assert list(bucket.seqs) == sorted(bucket.seqs)
@@ -184,15 +191,17 @@ def test_merging_taken_items_into_a_bucket_keeps_every_column_in_sequence_order(
         taken = sorted(rng.sample(numbers, rng.randrange(1, len(numbers))))
         there = sorted(set(numbers) - set(taken))
         bucket = _Bucket()
-        bucket.extend([f"r{i}" for i in there], there, there)
+        bucket.extend([f"r{i}" for i in there], there, there, [i + 1 for i in there])
         _merge_into(
             bucket,
             [f"r{i}" for i in taken],
             array("q", taken),
             array("q", taken),
+            array("q", [i + 1 for i in taken]),
         )
         want = sorted(numbers)
         assert list(bucket.seqs) == want and list(bucket.sizes) == want
+        assert list(bucket.nums) == [i + 1 for i in want]
         assert bucket.recs == [f"r{i}" for i in want]
 
 
