@@ -50,6 +50,7 @@ from overlaysim.core.config import profile
 from overlaysim.scenario.generators import star
 from overlaysim.scenario.topology import LinkSpec
 from overlaysim.sim.engine import Observer, SimCluster
+from overlaysim.sim.hugepages import huge_mb as huge_mb_now
 from overlaysim.sim.runner import frozen_heap
 from overlaysim.sim.underlay import Underlay
 
@@ -201,19 +202,6 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _huge_mb() -> float | None:
-    """Anonymous memory of this process in transparent huge pages now, MB (None where
-    the kernel does not say)."""
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("AnonHugePages:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 #: glibc (2.35 and later) tunable that puts the C allocator's memory in transparent huge
 #: pages (madvise), read when a process starts: the per-node state is mostly there.
 _HUGETLB = "glibc.malloc.hugetlb=1"
@@ -290,7 +278,7 @@ def run_endpoints(
     rows = world.tracker.finish(seconds)
     lat = sorted(r["latency_s"] for r in rows if r["status"] == "converged")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    huge_mb = _huge_mb()
+    huge_mb = huge_mb_now()
     handled = cluster.messages_delivered + cluster.timers_fired
     del world, cluster, obs, received
     gc.collect()

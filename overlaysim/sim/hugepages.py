@@ -69,8 +69,10 @@ class HeapCollapser:
         # small for huge pages to matter.
         self._last = time.monotonic()
         self._madvise = _madvise()
-        #: "on", or why not ("off: ...").
-        self.status = "on" if self._madvise is not None else "off: no madvise in the C library"
+        #: "on" once asked, "on, not asked yet" before, or why not ("off: ...").
+        self.status = (
+            "on, not asked yet" if self._madvise is not None else "off: no madvise in the C library"
+        )
         #: Bytes the kernel accepted, summed over calls (ranges asked again count again).
         self.asked_bytes = 0
 
@@ -88,6 +90,7 @@ class HeapCollapser:
             self._stop("off: no /proc/self/maps")
             return
         refused = 0
+        self.status = "on"
         for a, b in ranges:
             if self._madvise(a, b - a, _MADV_COLLAPSE) == 0:
                 self.asked_bytes += b - a
@@ -105,7 +108,8 @@ class HeapCollapser:
 
 
 def huge_mb() -> float | None:
-    """MB of this process's anonymous memory on huge pages now (None: not Linux)."""
+    """MB of this process's anonymous memory on huge pages now (None where the kernel
+    does not say)."""
     try:
         with open("/proc/self/smaps_rollup") as f:
             for line in f:
@@ -113,4 +117,4 @@ def huge_mb() -> float | None:
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
-    return 0.0
+    return None

@@ -232,9 +232,8 @@ def test_held_bytes_change_nothing_a_node_does(
             continue  # each receiver decodes its own copy: nothing travels with it
         if how == "no numbers":
             monkeypatch.setattr(tables_mod, "_taken_numbers", lambda q: None)
-            made = Tables._bulk_msg
 
-            def unnumbered(self, networks, reply):  # type: ignore[no-untyped-def]
+            def unnumbered(self, networks, reply, made=Tables._bulk_msg):  # type: ignore[no-untyped-def]
                 msg = made(self, networks, reply)
                 object.__setattr__(msg, "att_nums", None)
                 object.__setattr__(msg, "entry_nums", None)
