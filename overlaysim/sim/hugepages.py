@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 __all__ = ["HeapCollapser", "anonymous_ranges", "huge_mb"]
 
@@ -30,7 +30,7 @@ _MADV_COLLAPSE = 25  # include/uapi/asm-generic/mman-common.h
 _HUGE = 2 << 20  # a huge page on x86-64 and arm64 (4 KB base pages)
 
 
-def _madvise() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _madvise() -> Callable[[int, int, int], int] | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.madvise
