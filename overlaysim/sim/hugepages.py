@@ -4,17 +4,18 @@ A simulated cluster of thousands of hosts is gigabytes of small Python objects, 
 hot path reads one field of many of them in no particular order (each record of each
 message a node receives). On 4 KB pages nearly every such read also misses the CPU's
 address-translation cache; on 2 MB pages far fewer do. Python's object allocator maps
-its arenas without asking for huge pages, and on most kernels transparent huge pages
-are given only to memory that asks (mode ``madvise``), so the heap stays on small pages.
+its arenas without asking for huge pages, and where transparent huge pages are given
+only to memory that asks (mode ``madvise``, as on this project's machines) the heap
+stays on small pages.
 
 Linux 6.1 added ``MADV_COLLAPSE``: a process asks for a range of its own memory to be
-moved onto huge pages now, whatever the system-wide mode. :class:`HeapCollapser` does
+moved onto huge pages now, in mode ``madvise`` as in ``always``. :class:`HeapCollapser` does
 that for the process's anonymous memory, at most once per ``every`` wall seconds while
 the heap grows, the first time ``every`` seconds in (ranges already on huge pages cost
 next to nothing to ask again: about a millisecond per GB here; a first request about
 two seconds per GB, once).
 Placement only: no result depends on it. Where the kernel refuses (older kernels,
-mode ``never``, not Linux) it stops asking and says so in :attr:`HeapCollapser.status`.
+huge pages disabled, not Linux) it stops asking and says so in :attr:`HeapCollapser.status`.
 """
 
 from __future__ import annotations
