@@ -26,7 +26,6 @@ Usage:
   python bench/sim_scale.py --endpoints --churn 20 --sizes 1000 --seconds 30
   python bench/sim_scale.py --endpoints --sizes 500 --seconds 10 --profile prof.out
   python bench/sim_scale.py --endpoints --sizes 10000 --seconds 60 --progress 2
-  python bench/sim_scale.py --endpoints --sizes 10000 --seconds 60 --malloc-hugepages
   python bench/sim_scale.py --sizes 1000 --seconds 10
   python bench/sim_scale.py --sizes 100000 --seconds 5   # if memory allows
 """
@@ -202,11 +201,6 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-#: glibc (2.35 and later) tunable that puts the C allocator's memory in transparent huge
-#: pages (madvise), read when a process starts: the per-node state is mostly there.
-_HUGETLB = "glibc.malloc.hugetlb=1"
-
-
 def _thp_mode() -> str:
     """The kernel's transparent huge page mode (always, madvise, never), or unknown."""
     try:
@@ -333,9 +327,6 @@ def _endpoints_main(args: argparse.Namespace) -> int:
     import subprocess
 
     env = dict(os.environ)
-    if args.malloc_hugepages:
-        tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-        env["GLIBC_TUNABLES"] = ":".join([*tunables, _HUGETLB])
     print(
         f"python {sys.version.split()[0]}, simpy {simpy.__version__}, preset {args.preset}, "
         f"{args.seconds:g} simulated s, boot formed, 1 endpoint/host on 1 network at t=0; "
@@ -425,13 +416,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--progress", type=float, default=0.0, metavar="S",
         help="endpoint runs: print simulated time, wall time and RSS every S simulated s",
-    )  # fmt: skip
-    ap.add_argument(
-        "--malloc-hugepages", action="store_true",
-        help=f"endpoint runs: start each size with GLIBC_TUNABLES={_HUGETLB} (glibc 2.35 or "
-        "later, transparent huge pages not 'never'): the per-node state in 2 MiB pages, "
-        "fewer TLB misses at 10,000 hosts (docs/scale.md, twenty-first round); the result "
-        "line says how much ended in huge pages",
     )  # fmt: skip
     ap.add_argument(
         "--small-pages", action="store_true",
