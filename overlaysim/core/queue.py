@@ -64,50 +64,18 @@ def _as_column(items: Iterable[int]) -> array:
 
 
 class _Bucket:
-    """Items sent the same number of times, in queue order (oldest first), by column.
+    """Items sent the same number of times, in queue order (oldest first), by column."""
 
-    Taken items older than all a bucket holds (the usual case late in a burst: a
-    packet takes the newest of the bucket below, each packet older than the one before)
-    wait in ``front``, chunk by chunk, instead of going in at the start of every column
-    one packet at a time (a move of the whole bucket each, thousands of items at
-    scale). The bucket's order is ``front``'s chunks, last first, then the columns;
-    :meth:`flush` puts them in place before anything reads or changes the columns.
-    """
-
-    __slots__ = ("recs", "seqs", "sizes", "nums", "front")
+    __slots__ = ("recs", "seqs", "sizes", "nums")
 
     def __init__(self) -> None:
         self.recs: list[Any] = []
         self.seqs: array = _seq_array()
         self.sizes: array = _seq_array()
         self.nums: array = _seq_array()
-        #: Chunks (records, sequence numbers, sizes, record numbers), each older than
-        #: the one before it and than every item of the columns.
-        self.front: list[tuple[list[Any], Any, Any, Any]] = []
 
     def __len__(self) -> int:
-        return len(self.recs) + sum(len(c[0]) for c in self.front)
-
-    def oldest(self) -> int:
-        """Sequence number of the oldest item (the bucket is not empty)."""
-        return self.front[-1][1][0] if self.front else self.seqs[0]
-
-    def flush(self) -> None:
-        """Put the waiting chunks in place, at the start of the columns."""
-        chunks = self.front[::-1]  # oldest first
-        self.front = []
-        recs: list[Any] = []
-        seqs, sizes, nums = _seq_array(), _seq_array(), _seq_array()
-        for r, q, z, m in chunks:
-            recs += r
-            seqs.extend(q)
-            sizes.extend(z)
-            nums.extend(m)
-        recs += self.recs
-        seqs += self.seqs
-        sizes += self.sizes
-        nums += self.nums
-        self.recs, self.seqs, self.sizes, self.nums = recs, seqs, sizes, nums
+        return len(self.recs)
 
     def cut(self, p: int) -> tuple[list[Any], array, array, array]:
         """Remove and return the items from position ``p`` on (oldest first)."""
@@ -191,8 +159,6 @@ class TransmitLimitedQueue:
         old = index[key]
         if old:
             for bucket in self._buckets:
-                if bucket.front:
-                    bucket.flush()
                 seqs = bucket.seqs
                 j = bisect_left(seqs, old)
                 if j < len(seqs) and seqs[j] == old:
@@ -237,8 +203,6 @@ class TransmitLimitedQueue:
         # so the item-by-item search would take nothing and is skipped.
         smallest = self._min_size
         for t, bucket in enumerate(self._buckets):
-            if bucket.front:
-                bucket.flush()
             if not bucket.recs:
                 continue
             if budget < smallest:
@@ -295,9 +259,6 @@ class TransmitLimitedQueue:
 
     def _renumber(self) -> None:
         """Number the queued items 1, 2, 3... again, keeping their order."""
-        for b in self._buckets:
-            if b.front:
-                b.flush()
         items = sorted(
             (seq, t, j) for t, b in enumerate(self._buckets) for j, seq in enumerate(b.seqs)
         )
@@ -325,17 +286,10 @@ class TransmitLimitedQueue:
                 buckets.append(_Bucket())
             nxt = buckets[t + 1]
             # Taken columns and buckets are both oldest first.
-            if not nxt.recs and not nxt.front:
-                nxt.extend(recs, seqs, sizes, nums)
-            elif seqs[-1] < nxt.oldest():
-                nxt.front.append((recs, seqs, sizes, nums))  # goes in at the start, later
+            if len(nxt) and nxt.seqs[-1] > seqs[0]:
+                _merge_into(nxt, recs, seqs, sizes, nums)
             else:
-                if nxt.front:
-                    nxt.flush()
-                if nxt.seqs[-1] > seqs[0]:
-                    _merge_into(nxt, recs, seqs, sizes, nums)
-                else:
-                    nxt.extend(recs, seqs, sizes, nums)
+                nxt.extend(recs, seqs, sizes, nums)
 
 
 #: Above this many separate runs, merging the span row by row beats one slice each.
