@@ -272,7 +272,6 @@ def _holds(records: dict[_Key, _Record], e: Entry) -> bool:
 # definitions, :func:`_holds` and :func:`_holds_attachment`, which give the same answer.
 _network_of = attrgetter("network")
 _num_of = attrgetter("num")  # a record object's number (core/wire.py)
-_entry_of = attrgetter("entry")  # a stored record's entry
 
 
 def _hold(held: bytearray, record: Entry | NetworkAttachment) -> None:
@@ -1289,22 +1288,14 @@ class Tables:
         return msg, size
 
     def _bulk_msg(self, networks: list[str], reply: bool) -> BulkSync:
-        # Built by C-level iteration (thousands of records per message at scale).
-        atts = tuple(
-            itertools.chain.from_iterable([recs.values() for recs in self._attach.values()])
-        )
+        atts = [a for recs in self._attach.values() for a in recs.values()]
         nets = [st for n in networks if (st := self._nets.get(n)) is not None]
-        entries = tuple(
-            itertools.chain.from_iterable(
-                [
-                    map(_entry_of, st.records.values())
-                    if st.shown == len(st.records)
-                    # hidden records are our conclusion, not the owner's word
-                    else (r.entry for r in st.records.values() if not r.hidden)
-                    for st in nets
-                ]
-            )
-        )
+        entries = [
+            r.entry
+            for st in nets
+            for r in st.records.values()
+            if not r.hidden  # hidden records are our conclusion, not the owner's word
+        ]
         # The records' numbers, kept beside them (``_att_nums``, ``_Network.nums``), for
         # the receiver's held check; entries' only when none is hidden (the usual case),
         # hidden records' numbers being kept too.
@@ -1321,8 +1312,8 @@ class Tables:
             source=self.name,
             reply=reply,
             networks=tuple(networks),
-            attachments=atts,
-            entries=entries,
+            attachments=tuple(atts),
+            entries=tuple(entries),
         )
         # Every record just put in is one this node holds, so marked in its held bytes.
         object.__setattr__(msg, "att_marks", bytes(self._held_atts))
