@@ -326,11 +326,10 @@ def _endpoints_main(args: argparse.Namespace) -> int:
     import json
     import subprocess
 
-    env = dict(os.environ)
     print(
         f"python {sys.version.split()[0]}, simpy {simpy.__version__}, preset {args.preset}, "
         f"{args.seconds:g} simulated s, boot formed, 1 endpoint/host on 1 network at t=0; "
-        f"GLIBC_TUNABLES={env.get('GLIBC_TUNABLES', '')!r}, transparent huge pages "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, transparent huge pages "
         f"{_thp_mode()!r}",
         flush=True,
     )
@@ -345,7 +344,7 @@ def _endpoints_main(args: argparse.Namespace) -> int:
         if args.small_pages:
             cmd += ["--small-pages"]
         # stderr passes through: progress lines, and a failure's own message.
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             rc = proc.returncode
             how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
