@@ -53,6 +53,9 @@ from overlaysim.sim.hugepages import huge_mb as huge_mb_now
 from overlaysim.sim.runner import frozen_heap
 from overlaysim.sim.underlay import Underlay
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from where import protocol_sections  # noqa: E402 - bench/where.py, beside this file
+
 
 def process_simpy_rate(n: int = 200_000) -> float:
     """Messages per wall second for idiomatic SimPy: one process per message that waits
@@ -219,13 +222,17 @@ def run_endpoints(
     churn: float,
     progress: float = 0.0,
     huge_pages: bool = True,
+    where: bool = False,
 ) -> dict:
     """One user-shaped run through the scenario runner's world (observers included).
 
     ``progress`` > 0: run in steps of that many simulated seconds and print a line to
     stderr after each (simulated time, wall time, current RSS, entry receptions), so a
     run of an hour shows how it advances and one stopped early still says how far it got.
-    Stepping adds stop events between steps; it does not reorder the run's own events."""
+    Stepping adds stop events between steps; it does not reorder the run's own events.
+
+    ``where``: sample where the simulated part's time goes (bench/where.py) and return
+    it as ``where`` rows (label, estimated wall seconds, samples)."""
     from overlaysim.core.wire import BulkSync, TableGossip
     from overlaysim.scenario.loader import validate_scenario
     from overlaysim.scenario.timeline import plan
@@ -252,8 +259,11 @@ def run_endpoints(
     obs.received = received
     world.start(plan(scenario, seed))  # boot, then the timeline (churn) as a process
     boot_wall = time.perf_counter() - t0
+    sampler = protocol_sections([received]) if where else None
     with frozen_heap(huge_pages) as collapse:
         t1 = time.perf_counter()
+        if sampler is not None:
+            sampler.start()
         steps = [seconds]
         if progress > 0:
             steps = [k * progress for k in range(1, int(seconds / progress) + 1)]
@@ -268,6 +278,8 @@ def run_endpoints(
                     file=sys.stderr, flush=True,
                 )  # fmt: skip
         run_wall = time.perf_counter() - t1
+        if sampler is not None:
+            sampler.stop()
     wall = boot_wall + run_wall
     rows = world.tracker.finish(seconds)
     lat = sorted(r["latency_s"] for r in rows if r["status"] == "converged")
@@ -301,6 +313,7 @@ def run_endpoints(
         "rss_kb_per_node": rss_mb * 1024 / n,
         "huge_mb": huge_mb,
         "heap_pages": "off: --small-pages" if collapse is None else collapse.status,
+        **({} if sampler is None else {"where": sampler.rows(run_wall)}),
     }
 
 
@@ -319,6 +332,19 @@ def _endpoint_line(r: dict) -> str:
         + ("" if r.get("huge_mb") is None else f", {r['huge_mb']:.0f} MB in huge pages at the end")
         + (f" (heap collapse {r['heap_pages']})" if "heap_pages" in r else "")
     )
+
+
+def _where_table(r: dict) -> str:
+    """The ``where`` rows of one run as an indented table (seconds, share, samples)."""
+    run = r["wall_s"] - r["boot_wall_s"]
+    total = sum(row[2] for row in r["where"]) or 1
+    lines = [
+        f"  where the {run:.1f} s of the simulated part went ({total:,} CPU-time samples, "
+        "each counted for the innermost step on the stack; bench/where.py):"
+    ]
+    for label, secs, samples in r["where"]:
+        lines.append(f"    {secs:9.2f} s {100 * samples / total:5.1f}%  {samples:>9,}  {label}")
+    return "\n".join(lines)
 
 
 def _endpoints_main(args: argparse.Namespace) -> int:
@@ -343,6 +369,8 @@ def _endpoints_main(args: argparse.Namespace) -> int:
             cmd += ["--progress", str(args.progress)]
         if args.small_pages:
             cmd += ["--small-pages"]
+        if args.where:
+            cmd += ["--where"]
         # stderr passes through: progress lines, and a failure's own message.
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
@@ -353,6 +381,8 @@ def _endpoints_main(args: argparse.Namespace) -> int:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         print(_endpoint_line(r), flush=True)
+        if "where" in r:
+            print(_where_table(r), flush=True)
         if args.json:
             print(json.dumps(r), flush=True)
     print(
@@ -373,7 +403,7 @@ def _one(args: argparse.Namespace) -> int:
         prof.enable()
         r = run_endpoints(
             args.one, args.seconds, args.preset, args.seed, args.churn, args.progress,
-            not args.small_pages,
+            not args.small_pages, args.where,
         )  # fmt: skip
         prof.disable()
         prof.dump_stats(args.profile)
@@ -381,7 +411,7 @@ def _one(args: argparse.Namespace) -> int:
         try:
             r = run_endpoints(
                 args.one, args.seconds, args.preset, args.seed, args.churn, args.progress,
-                not args.small_pages,
+                not args.small_pages, args.where,
             )  # fmt: skip
         except MemoryError:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -421,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
         help="endpoint runs: leave the heap on small pages (the simulator otherwise asks "
         "the kernel to move it onto huge pages, overlaysim/sim/hugepages.py): for A/B "
         "timings of that placement",
+    )  # fmt: skip
+    ap.add_argument(
+        "--where", action="store_true",
+        help="endpoint runs: after each run, print where its simulated part's time went "
+        "(receiving each message kind, held checks, accepting records, broadcast queues, "
+        "gossip and bulk-sync rounds, timers, the driver, observers, SimPy's loop), "
+        "sampled 250 times per CPU second (bench/where.py)",
     )  # fmt: skip
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
