@@ -54,7 +54,7 @@ from overlaysim.sim.runner import frozen_heap
 from overlaysim.sim.underlay import Underlay
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from where import protocol_sections  # noqa: E402 - bench/where.py, beside this file
+from where import protocol_sections, top  # noqa: E402 - bench/where.py, beside this file
 
 
 def process_simpy_rate(n: int = 200_000) -> float:
@@ -268,13 +268,18 @@ def run_endpoints(
         if progress > 0:
             steps = [k * progress for k in range(1, int(seconds / progress) + 1)]
             steps += [seconds] if steps[-1] < seconds else []
+        windows: list[tuple[float, dict[str, int]]] = []
         for until in steps:
             world.env.run(until=until)
             if progress > 0:
+                busiest = ""
+                if sampler is not None:
+                    windows.append((until, sampler.window()))
+                    busiest = f"  busiest: {top(windows[-1][1])}"
                 print(
                     f"  N={n} t={until:g} s  wall {boot_wall + time.perf_counter() - t1:.1f} s "
                     f"(boot {boot_wall:.1f})  rss {_rss_mb():.0f} MB  "
-                    f"entry rx {counts['entries']}",
+                    f"entry rx {counts['entries']}{busiest}",
                     file=sys.stderr, flush=True,
                 )  # fmt: skip
         run_wall = time.perf_counter() - t1
@@ -314,6 +319,7 @@ def run_endpoints(
         "huge_mb": huge_mb,
         "heap_pages": "off: --small-pages" if collapse is None else collapse.status,
         **({} if sampler is None else {"where": sampler.rows(run_wall)}),
+        **({"where_windows": windows} if windows else {}),
     }
 
 
@@ -444,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="also print each row as JSON")
     ap.add_argument(
         "--progress", type=float, default=0.0, metavar="S",
-        help="endpoint runs: print simulated time, wall time and RSS every S simulated s",
+        help="endpoint runs: print simulated time, wall time and RSS every S simulated s "
+        "(with --where, also the three busiest steps of those S seconds)",
     )  # fmt: skip
     ap.add_argument(
         "--small-pages", action="store_true",

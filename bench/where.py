@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from types import CodeType, FrameType
 from typing import Any
 
-__all__ = ["Sampler", "protocol_sections"]
+__all__ = ["Sampler", "protocol_sections", "top"]
 
 #: Label of a sample whose stack has no named section (the bench's own loop, set-up).
 OTHER = "other (the bench's loop, collector callbacks)"
@@ -43,6 +43,7 @@ class Sampler:
         self.sections = sections
         self.interval = 1.0 / hz
         self.counts: dict[str, int] = {}
+        self._seen: dict[str, int] = {}  # counts at the last window()
         self._old: Any = None
 
     def start(self) -> None:
@@ -67,6 +68,13 @@ class Sampler:
             frame = frame.f_back
         self.counts[label] = self.counts.get(label, 0) + 1
 
+    def window(self) -> dict[str, int]:
+        """Samples per label since the previous call (since the start, the first time)."""
+        now = dict(self.counts)
+        out = {k: v - self._seen.get(k, 0) for k, v in now.items() if v > self._seen.get(k, 0)}
+        self._seen = now
+        return out
+
     def rows(self, seconds: float) -> list[tuple[str, float, int]]:
         """(label, estimated seconds, samples), largest first: each label's share of the
         samples times ``seconds`` (the sampled part's wall or CPU time)."""
@@ -74,6 +82,15 @@ class Sampler:
         rows = [(k, seconds * v / total if total else 0.0, v) for k, v in self.counts.items()]
         rows.sort(key=lambda r: (-r[2], r[0]))
         return rows
+
+
+def top(counts: dict[str, int], k: int = 3) -> str:
+    """The ``k`` largest labels of ``counts`` with their shares, e.g. for a progress line."""
+    total = sum(counts.values())
+    if not total:
+        return "no samples"
+    best = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return ", ".join(f"{label} {100 * v / total:.0f}%" for label, v in best)
 
 
 def _codes(owner: Any, names: Iterable[str]) -> list[CodeType]:
