@@ -11,11 +11,13 @@ hundred times a second and the handler walks the interrupted Python stack from t
 innermost frame out, counting the sample for the first function that names a section.
 So a section's share is its *self* share: a held check inside receiving a gossip
 message counts as the held check, and what receiving does besides its named steps
-counts as "receive <message> (rest)". A C call (a list insert, the cyclic collector
-started by an allocation) counts for the Python function that made it, since Python runs
-the handler as soon as that call returns. Each sample costs a stack walk of a few dozen
-frames, so the run itself is not measurably slower (docs/scale.md, twenty-fifth round);
-nothing in the protocol or the driver is wrapped or changed.
+counts as "receive <message> (rest)". Python runs the handler at its next check for
+signals, not at the instant the timer fires: time in a C call (a list insert, the cyclic
+collector started by an allocation) counts for the function that made it or, when the
+check comes as the next function starts, for that one: a share is good to a few percent,
+not to the call. Each sample costs a stack walk of a few dozen frames, so the run itself
+is not measurably slower (docs/scale.md, twenty-fifth round); nothing in the protocol or
+the driver is wrapped or changed.
 """
 
 from __future__ import annotations
