@@ -269,22 +269,24 @@ def run_endpoints(
             steps = [k * progress for k in range(1, int(seconds / progress) + 1)]
             steps += [seconds] if steps[-1] < seconds else []
         windows: list[tuple[float, dict[str, int]]] = []
-        for until in steps:
-            world.env.run(until=until)
-            if progress > 0:
-                busiest = ""
-                if sampler is not None:
-                    windows.append((until, sampler.window()))
-                    busiest = f"  busiest: {top(windows[-1][1])}"
-                print(
-                    f"  N={n} t={until:g} s  wall {boot_wall + time.perf_counter() - t1:.1f} s "
-                    f"(boot {boot_wall:.1f})  rss {_rss_mb():.0f} MB  "
-                    f"entry rx {counts['entries']}{busiest}",
-                    file=sys.stderr, flush=True,
-                )  # fmt: skip
+        try:
+            for until in steps:
+                world.env.run(until=until)
+                if progress > 0:
+                    busiest = ""
+                    if sampler is not None:
+                        windows.append((until, sampler.window()))
+                        busiest = f"  busiest: {top(windows[-1][1])}"
+                    print(
+                        f"  N={n} t={until:g} s  wall {boot_wall + time.perf_counter() - t1:.1f} s "
+                        f"(boot {boot_wall:.1f})  rss {_rss_mb():.0f} MB  "
+                        f"entry rx {counts['entries']}{busiest}",
+                        file=sys.stderr, flush=True,
+                    )  # fmt: skip
+        finally:
+            if sampler is not None:
+                sampler.stop()  # also on MemoryError or Ctrl-C: no timer left firing
         run_wall = time.perf_counter() - t1
-        if sampler is not None:
-            sampler.stop()
     wall = boot_wall + run_wall
     rows = world.tracker.finish(seconds)
     lat = sorted(r["latency_s"] for r in rows if r["status"] == "converged")
