@@ -23,7 +23,6 @@ the driver is wrapped or changed.
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Callable, Iterable
 from types import CodeType, FrameType
 from typing import Any
@@ -151,7 +150,3 @@ def protocol_sections(extra_observers: Iterable[Callable] = ()) -> Sampler:
     for fn in extra_observers:
         named[fn.__code__] = "observers (metrics)"
     return Sampler(named)
-
-
-if __name__ == "__main__":  # pragma: no cover - a module of bench/sim_scale.py
-    sys.exit("bench/where.py is used by bench/sim_scale.py --where")
