@@ -214,6 +214,21 @@ def _thp_mode() -> str:
     return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "unknown"
 
 
+def _interpreter() -> str:
+    """Which interpreter build runs, for the header: its path and whether its core is a
+    shared ``libpython`` (calls between the interpreter's own functions then go through
+    the dynamic linker's tables) or linked into the executable. On one machine the two
+    builds of Python 3.11 ran the same workload up to a tenth apart (docs/scale.md,
+    twenty-sixth round), so a timing names the build it came from."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.rsplit("/", 1)[-1].strip() for line in f if "/libpython" in line}
+    except OSError:
+        libs = set()
+    core = f"shared {', '.join(sorted(libs))}" if libs else "linked into the executable"
+    return f"interpreter {os.path.realpath(sys.executable)} ({core})"
+
+
 def run_endpoints(
     n: int,
     seconds: float,
@@ -364,7 +379,7 @@ def _endpoints_main(args: argparse.Namespace) -> int:
         f"python {sys.version.split()[0]}, simpy {simpy.__version__}, preset {args.preset}, "
         f"{args.seconds:g} simulated s, boot formed, 1 endpoint/host on 1 network at t=0; "
         f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, transparent huge pages "
-        f"{_thp_mode()!r}",
+        f"{_thp_mode()!r}; {_interpreter()}",
         flush=True,
     )
     failed = False
@@ -475,7 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.endpoints:
         return _endpoints_main(args)
 
-    print(f"python {sys.version.split()[0]}, simpy {simpy.__version__}, preset {args.preset}")
+    print(
+        f"python {sys.version.split()[0]}, simpy {simpy.__version__}, preset {args.preset}; "
+        f"{_interpreter()}"
+    )
     rows = []
     for n in args.sizes:
         gc.collect()
