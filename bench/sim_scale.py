@@ -223,9 +223,9 @@ def _interpreter() -> str:
     try:
         with open("/proc/self/maps") as f:
             libs = {line.rsplit("/", 1)[-1].strip() for line in f if "/libpython" in line}
-    except OSError:
-        libs = set()
-    core = f"shared {', '.join(sorted(libs))}" if libs else "linked into the executable"
+        core = f"shared {', '.join(sorted(libs))}" if libs else "linked into the executable"
+    except OSError:  # no /proc (not Linux): say so rather than guess
+        core = "core linkage unknown"
     return f"interpreter {os.path.realpath(sys.executable)} ({core})"
 
 
