@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint sysdeps venv clean-results notebooks
+.PHONY: demo test test-fast lint sysdeps venv clean-results notebooks compiled clean-compiled
 
 $(STAMP): pyproject.toml
 	@bash scripts/sysdeps.sh  # NetfilterQueue (emu, test extras) builds against libnetfilter-queue-dev
@@ -45,6 +45,22 @@ $(NB_STAMP): $(STAMP) pyproject.toml
 
 notebooks: $(NB_STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $$(test "$$(id -u)" = 0 && echo --allow-root) $(JUPYTER_ARGS)
+
+# Optional: the table layer and the broadcast queue compiled by mypyc from the same .py
+# into build/compiled, for the simulator only and only when asked (`overlaysim sim
+# --core compiled`, `bench/sim_scale.py --core compiled`); a build older than its
+# sources is refused. Needs a C compiler (gcc). docs/scale.md says what it buys.
+COMPILED_STAMP := $(VENV)/.compiled-stamp
+
+$(COMPILED_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[test,compiled]'
+	@touch $(COMPILED_STAMP)
+
+compiled: $(COMPILED_STAMP)
+	$(PY) scripts/build_compiled.py
+
+clean-compiled:
+	$(PY) scripts/build_compiled.py --clean
 
 clean-results:
 	rm -rf results

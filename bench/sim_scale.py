@@ -28,6 +28,10 @@ Usage:
   python bench/sim_scale.py --endpoints --sizes 10000 --seconds 60 --progress 2
   python bench/sim_scale.py --sizes 1000 --seconds 10
   python bench/sim_scale.py --sizes 100000 --seconds 5   # if memory allows
+  python bench/sim_scale.py --endpoints --sizes 2000 --seconds 30 --core compiled
+
+``--core compiled`` runs the optional build of ``make compiled`` (the table layer and
+queue compiled by mypyc from the same sources); the header names the build in use.
 """
 
 from __future__ import annotations
@@ -42,16 +46,36 @@ import statistics
 import sys
 import time
 
-import simpy
-from simpy.events import Timeout
+from overlaysim import corebuild
 
-from overlaysim.core.config import profile
-from overlaysim.scenario.generators import star
-from overlaysim.scenario.topology import LinkSpec
-from overlaysim.sim.engine import Observer, SimCluster
-from overlaysim.sim.hugepages import huge_mb as huge_mb_now
-from overlaysim.sim.runner import frozen_heap
-from overlaysim.sim.underlay import Underlay
+
+def _core_choice(argv: list[str]) -> str:
+    """``--core``'s value, read before argparse runs: the build must be chosen before the
+    protocol core is imported (below)."""
+    for i, a in enumerate(argv):
+        if a == "--core" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--core="):
+            return a.split("=", 1)[1]
+    return "python"
+
+
+if __name__ == "__main__":
+    try:
+        corebuild.install(_core_choice(sys.argv[1:]))
+    except corebuild.CoreBuildError as exc:
+        sys.exit(f"sim_scale: {exc}")
+
+import simpy  # noqa: E402 - after the build is chosen
+from simpy.events import Timeout  # noqa: E402
+
+from overlaysim.core.config import profile  # noqa: E402
+from overlaysim.scenario.generators import star  # noqa: E402
+from overlaysim.scenario.topology import LinkSpec  # noqa: E402
+from overlaysim.sim.engine import Observer, SimCluster  # noqa: E402
+from overlaysim.sim.hugepages import huge_mb as huge_mb_now  # noqa: E402
+from overlaysim.sim.runner import frozen_heap  # noqa: E402
+from overlaysim.sim.underlay import Underlay  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from where import protocol_sections, top  # noqa: E402 - bench/where.py, beside this file
@@ -379,7 +403,7 @@ def _endpoints_main(args: argparse.Namespace) -> int:
         f"python {sys.version.split()[0]}, simpy {simpy.__version__}, preset {args.preset}, "
         f"{args.seconds:g} simulated s, boot formed, 1 endpoint/host on 1 network at t=0; "
         f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, transparent huge pages "
-        f"{_thp_mode()!r}; {_interpreter()}",
+        f"{_thp_mode()!r}; {_interpreter()}; {corebuild.describe()}",
         flush=True,
     )
     failed = False
@@ -394,6 +418,7 @@ def _endpoints_main(args: argparse.Namespace) -> int:
             cmd += ["--small-pages"]
         if args.where:
             cmd += ["--where"]
+        cmd += ["--core", args.core]
         # stderr passes through: progress lines, and a failure's own message.
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
@@ -483,8 +508,18 @@ def main(argv: list[str] | None = None) -> int:
         "gossip and bulk-sync rounds, timers, the driver, observers, SimPy's loop), "
         "sampled 250 times per CPU second (bench/where.py)",
     )  # fmt: skip
+    ap.add_argument(
+        "--core", choices=corebuild.CHOICES, default="python",
+        help="which build of the table layer and queue runs: the Python sources (default) "
+        "or the optional build of `make compiled` (refused when missing or stale)",
+    )  # fmt: skip
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.where and corebuild.status().core == "compiled":
+        ap.error(
+            "--where samples Python frames, and the compiled table layer and queue have "
+            "none: use --core python for where the time goes"
+        )
     if args.one:
         return _one(args)
     if args.endpoints:
@@ -492,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"python {sys.version.split()[0]}, simpy {simpy.__version__}, preset {args.preset}; "
-        f"{_interpreter()}"
+        f"{_interpreter()}; {corebuild.describe()}"
     )
     rows = []
     for n in args.sizes:

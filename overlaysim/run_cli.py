@@ -85,6 +85,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("scenario", type=Path, help="scenario YAML file (see docs/scenarios.md)")
     _add_run_options(p)
+    p.add_argument(
+        "--core",
+        choices=("python", "compiled", "auto"),
+        default="python",
+        help="which build of the table layer and queue runs: the Python sources "
+        "(default), the optional build of `make compiled` (refused when missing or older "
+        "than the sources), or auto (the build when it is usable). Same results folder "
+        "either way; see docs/scale.md",
+    )
     p.set_defaults(func=_cmd_sim)
 
     p = sub.add_parser(
@@ -253,6 +262,15 @@ def _cmd_known_issues(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
+    from overlaysim import corebuild
+
+    try:
+        corebuild.install(args.core)  # before the protocol core is imported
+    except corebuild.CoreBuildError as exc:
+        print(f"overlaysim: error: {exc}", file=sys.stderr)
+        return 2
+    if args.core != "python" and not args.quiet:
+        print(corebuild.describe(), file=sys.stderr)
     return _run_scenario(args, args.scenario, "sim")
 
 

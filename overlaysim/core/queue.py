@@ -86,11 +86,11 @@ class _Bucket:
     def remove_at(self, j: int) -> None:
         del self.recs[j], self.seqs[j], self.sizes[j], self.nums[j]
 
-    def insert(self, p: int, recs: list, seqs: list, sizes: list, nums: list) -> None:
+    def insert(self, p: int, recs: Any, seqs: Any, sizes: Any, nums: Any) -> None:
         """Insert the items (in order) before position ``p``."""
         self.replace(p, p, recs, seqs, sizes, nums)
 
-    def replace(self, p: int, q: int, recs: list, seqs: list, sizes: list, nums: list) -> None:
+    def replace(self, p: int, q: int, recs: Any, seqs: Any, sizes: Any, nums: Any) -> None:
         """Put the items (in order) in place of positions ``p`` to ``q`` (excluded)."""
         self.recs[p:q] = recs
         self.seqs[p:q] = _as_column(seqs)
@@ -239,17 +239,17 @@ class TransmitLimitedQueue:
                     stop = True
                     break
             if taken:
-                recs = [bucket.recs[j] for j in taken]  # newest first
-                out.extend(recs)
-                recs.reverse()
+                trecs = [bucket.recs[j] for j in taken]  # newest first
+                out.extend(trecs)
+                trecs.reverse()
                 asc = taken[::-1]
-                seqs = [bucket.seqs[j] for j in asc]
+                tseqs = [bucket.seqs[j] for j in asc]
                 tsizes = [sizes[j] for j in asc]
                 tnums = [bucket.nums[j] for j in asc]
                 taken_nums.extend(reversed(tnums))
                 for j in taken:  # descending positions: each removal leaves the rest in place
                     bucket.remove_at(j)
-                moved.append((t, recs, seqs, tsizes, tnums))
+                moved.append((t, trecs, tseqs, tsizes, tnums))
             if stop:
                 break
         if moved:
@@ -296,7 +296,7 @@ class TransmitLimitedQueue:
 _MAX_RUNS = 8
 
 
-def _merge_into(nxt: _Bucket, recs: list, seqs: list, sizes: list, nums: list) -> None:
+def _merge_into(nxt: _Bucket, recs: Any, seqs: Any, sizes: Any, nums: Any) -> None:
     """Merge taken items (ascending sequence numbers) into bucket ``nxt`` (ascending).
 
     Sequence numbers are unique, so the order is total. Each taken item goes where its

@@ -86,7 +86,10 @@ _MAX_INT = 2**63 - 1  # keeps Lamport times encodable whatever a peer sends
 #: A gossip message's records array header grows from 1 to 3 bytes past 15 items: the
 #: room kept for it when packing records.
 _HEADER_GROWTH = 2
-_Key = tuple[str, str]  # (table, key) inside one network
+#: (table, key) inside one network. A plain ``tuple`` to the type checker: compiled by
+#: mypyc (``make compiled``), a ``tuple[str, str]`` is kept unboxed and made again at
+#: every store, so the keys every node shares (:func:`_share`) would be one per node.
+_Key = tuple
 
 
 class TablesError(ValueError):
@@ -113,7 +116,7 @@ class EntryTooLargeError(TablesError):
     """The entry would not fit in one gossip datagram."""
 
 
-def entry_version(e: Entry) -> tuple[int, int, str]:
+def entry_version(e: Entry) -> tuple:  # a plain tuple: see _Key
     """The order between versions of one entry: higher wins."""
     return (e.owner_epoch, e.ltime, e.owner)
 
@@ -199,7 +202,7 @@ class _Network:
 
 def _owner_keys(st: _Network, owner: str) -> list[_Key]:
     """Keys of ``owner``'s records in ``st``, in index order (a copy)."""
-    keys = st.by_owner.get(owner)
+    keys: Any = st.by_owner.get(owner)
     if keys is None:
         return []
     return list(keys) if type(keys) is dict else [keys]
@@ -207,7 +210,7 @@ def _owner_keys(st: _Network, owner: str) -> list[_Key]:
 
 def _index(st: _Network, owner: str, k: _Key) -> None:
     by_owner = st.by_owner
-    keys = by_owner.get(owner)
+    keys: Any = by_owner.get(owner)
     if keys is None:
         by_owner[owner] = k
     elif type(keys) is dict:
@@ -518,7 +521,7 @@ def _attachment_check(a: object) -> bool:
     )
 
 
-def _seq(v: object) -> Iterable:
+def _seq(v: object) -> Any:
     """A peer's collection field, or nothing if it is not one."""
     return v if isinstance(v, tuple | list) else ()
 
@@ -556,13 +559,15 @@ class Tables:
         # order (both maps gain a network together and never lose one): handed to a
         # bulk sync's receiver, as ``_Network.nums``.
         self._att_nums: dict[str, array] = {}
-        self._peers: dict[str, _NodeSet] = {}  # attached, alive, not us
+        # Any: a formed boot (core/formed.py) puts shared views of its own in place of
+        # these node sets and maps, which a compiled build must not reject.
+        self._peers: dict[str, Any] = {}  # attached, alive, not us
         self._recovered = _NodeSet()  # back after we declared them down: fetch what we hid
         # Membership facts.
         # Per-peer facts are ByName maps (a list slot per peer, see core/byname.py).
-        self._addr: ByName[str] = ByName()  # alive members
-        self._alive = _NodeSet()
-        self._epochs: ByName[int] = ByName()
+        self._addr: Any = ByName()  # alive members
+        self._alive: Any = _NodeSet()
+        self._epochs: Any = ByName()
         self._down: dict[str, int] = {}  # node -> highest epoch of it we saw die
         # Gossip.
         self._dirty: dict[str, None] = {}  # networks with queued table events
@@ -655,10 +660,10 @@ class Tables:
         for network, st in self._nets.items():
             for k in _owner_keys(st, node):
                 rec = st.records[k]
-                dead_epoch = max(dead_epoch, rec.entry.owner_epoch)
+                dead_epoch = max(dead_epoch, rec.entry.owner_epoch)  # type: ignore[type-var]
                 if rec.live:
                     self._store(network, st, k, rec.entry, now, hidden=True)
-        self._down[node] = dead_epoch
+        self._down[node] = dead_epoch  # type: ignore[assignment]
         self._addr.pop(node, None)
         self._alive.discard(node)
         for network in self._nets_of(node):
@@ -800,8 +805,8 @@ class Tables:
             st = self._nets.get(network)
             rec = st.records.get(k) if st is not None else None
             if rec is not None and rec.reap_at == reap_at and not rec.live:
-                self._forget(network, st, k)
-                if not st.records and st.queue is None and network not in self._attached:
+                self._forget(network, st, k)  # type: ignore[arg-type]
+                if not st.records and st.queue is None and network not in self._attached:  # type: ignore[union-attr]
                     del self._nets[network]
 
     def next_timer(self) -> float | None:
@@ -1216,10 +1221,10 @@ class Tables:
                 items = nq.get(n, self._net_overhead, cfg.udp_buffer_size)
                 if not items:
                     break
-                msg = NetworkGossip(source=self.name, attachments=tuple(items))
-                object.__setattr__(msg, "nums", _taken_numbers(nq))
+                nmsg = NetworkGossip(source=self.name, attachments=tuple(items))
+                object.__setattr__(nmsg, "nums", _taken_numbers(nq))
                 size = records_message_size(self._net_empty, len(items), nq.taken_size)
-                self._sends.append(Send(self._addr[node], msg, False, size))
+                self._sends.append(Send(self._addr[node], nmsg, False, size))
         self._recovery_sync()
 
     def _recovery_sync(self) -> None:
@@ -1307,7 +1312,7 @@ class Tables:
             if st.shown != len(st.records):
                 entry_nums = None
                 break
-            entry_nums += st.nums
+            entry_nums += st.nums  # type: ignore[operator]
         msg = BulkSync(
             source=self.name,
             reply=reply,
@@ -1352,6 +1357,9 @@ class Tables:
     def _on_bulk_sync(self, src: str, msg: BulkSync, now: float) -> None:
         attach = self._attach
         held_atts = self._held_atts
+        atts: Any
+        nums: Any
+        entries: Any
         if _covers(held_atts, msg.att_marks):
             atts, nums = (), None
         else:
@@ -1376,7 +1384,7 @@ class Tables:
             entries, nums = _seq(msg.entries), msg.entry_nums
         for e in self._entries_not_held(entries, nums):
             network = getattr(e, "network", None)
-            st = nets.get(network)
+            st = nets.get(network)  # type: ignore[arg-type]
             if st is not None and _holds_now(held, st.records, network, e):  # type: ignore[arg-type]
                 continue  # the very version we hold (twice in this message)
             if not _entry_ok(e):
@@ -1389,7 +1397,7 @@ class Tables:
         self._unsynced.difference_update(shared)
         if msg.reply is False:
             dst = self._addr.get(msg.source, src) if type(msg.source) is str else src
-            self._sends.append(self._bulk_send(dst, shared, True))
+            self._sends.append(self._bulk_send(dst, shared, True))  # type: ignore[arg-type]
 
     def _rebroadcast(
         self, network: str, st: _Network, e: Entry, known: bool, limit: int, now: float
