@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from overlaysim import corebuild
+
 
 def _add_overrides(p: argparse.ArgumentParser, help: str | None) -> None:
     """``--set PATH=VALUE`` (repeatable), read by :func:`load_scenario` as ``overrides``."""
@@ -78,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n"
         "  overlaysim sim scenarios/quickstart.yaml\n"
         "  overlaysim sim scenarios/scale-1000.yaml --seed 3 --out results/s1000\n"
-        "  overlaysim sim scenarios/loss-sweep.yaml --set events.0.percent=20\n\n"
+        "  overlaysim sim scenarios/loss-sweep.yaml --set events.0.percent=20\n"
+        "  make compiled && overlaysim sim scenarios/scale-2000.yaml --core compiled\n\n"
         "exit status: 0 complete, 130 interrupted (Ctrl-C; the folder is marked so),\n"
         "1 failed, 2 invalid input.\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -87,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_run_options(p)
     p.add_argument(
         "--core",
-        choices=("python", "compiled", "auto"),
+        choices=corebuild.CHOICES,
         default="python",
         help="which build of the table layer and queue runs: the Python sources "
         "(default), the optional build of `make compiled` (refused when missing or older "
@@ -262,8 +265,6 @@ def _cmd_known_issues(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
-    from overlaysim import corebuild
-
     try:
         corebuild.install(args.core)  # before the protocol core is imported
     except corebuild.CoreBuildError as exc:
