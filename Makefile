@@ -48,8 +48,8 @@ notebooks: $(NB_STAMP)
 
 # Optional: the table layer and the broadcast queue compiled by mypyc from the same .py
 # into build/compiled, for the simulator only and only when asked (`overlaysim sim
-# --core compiled`, `bench/sim_scale.py --core compiled`); a build older than its
-# sources is refused. Needs a C compiler (gcc). docs/scale.md says what it buys.
+# --core compiled`, `bench/sim_scale.py --core compiled`); a build made from other
+# sources than the ones on disk is refused. Needs gcc. docs/scale.md says what it buys.
 COMPILED_STAMP := $(VENV)/.compiled-stamp
 
 $(COMPILED_STAMP): $(STAMP) pyproject.toml

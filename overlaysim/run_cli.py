@@ -93,8 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=corebuild.CHOICES,
         default="python",
         help="which build of the table layer and queue runs: the Python sources "
-        "(default), the optional build of `make compiled` (refused when missing or older "
-        "than the sources), or auto (the build when it is usable). Same results folder "
+        "(default), the optional build of `make compiled` (refused when missing or built "
+        "from other sources), or auto (the build when it is usable). Same results folder "
         "either way; see docs/scale.md",
     )
     p.set_defaults(func=_cmd_sim)
